@@ -1,0 +1,253 @@
+"""TOML configuration, validated once into typed values.
+
+Every problem is collected, not just the first, so an operator fixes a bad
+file in one pass; each is one line: file, key, what is wrong.
+"""
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .model import (Bridge, Endpoint, Mapping, ModelError, Overlay, parse_action,
+                    parse_address, parse_iid, parse_int, parse_mac)
+from .profiles import DEFAULT_PROFILE, PROFILES
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    openflow_host: str
+    openflow_port: int
+    overlay: Overlay
+
+
+_CONTROLLER_KEYS = {"listen", "port", "miss_action"}
+_BRIDGE_KEYS = {"datapath_id", "name", "rloc", "tunnel_port", "tunnel_profile", "iid",
+                "router_mac", "endpoint"}
+_TOP_KEYS = {"controller", "bridge", "mapping"}
+
+
+def parse_datapath_id(value: object, field: str = "datapath_id") -> int:
+    """16 hex digits as `ovs-ofctl show` prints them (colons and 0x allowed),
+    or an integer."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        dpid = value
+    elif isinstance(value, str):
+        text = value.lower().replace(":", "")
+        text = text[2:] if text.startswith("0x") else text
+        try:
+            dpid = int(text, 16)
+        except ValueError:
+            raise ModelError(field, f"{value!r} is not a hexadecimal datapath ID") from None
+    else:
+        raise ModelError(field, f"must be a hex string like '00008ad828ce7949', got {value!r}")
+    if not 0 < dpid < 2**64:
+        raise ModelError(field, f"{value!r} is out of range (1 to 2^64-1)")
+    return dpid
+
+
+def default_router_mac(identity: str) -> str:
+    """A stable, locally administered MAC per bridge: VMs cache it, so it
+    must not change when the controller restarts."""
+    digest = hashlib.blake2b(identity.encode(), digest_size=4).digest()
+    return "02:4c:" + ":".join(f"{b:02x}" for b in digest)
+
+
+def _parse_bridge(raw: object, field: str, problems: list[str], where: str) -> Bridge | None:
+    def problem(e: ModelError) -> None:
+        problems.append(f"{where}: {e}")
+
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: {field}: must be a table ([[bridge]])")
+        return None
+    for key in sorted(set(raw) - _BRIDGE_KEYS):
+        problems.append(f"{where}: {field}.{key}: unknown key")
+    ok = True
+    dpid = name = None
+    try:
+        if "datapath_id" in raw:
+            dpid = parse_datapath_id(raw["datapath_id"], f"{field}.datapath_id")
+        if "name" in raw:
+            name = raw["name"]
+            if not isinstance(name, str) or not name:
+                raise ModelError(f"{field}.name", f"must be a bridge name, got {name!r}")
+        if dpid is None and name is None:
+            raise ModelError(field, "needs datapath_id or name to identify the bridge")
+    except ModelError as e:
+        problem(e)
+        ok = False
+    rloc = None
+    if "rloc" not in raw:
+        problem(ModelError(f"{field}.rloc", "is required (the bridge's underlay address)"))
+        ok = False
+    else:
+        try:
+            rloc = parse_address(raw["rloc"], f"{field}.rloc")
+        except ModelError as e:
+            problem(e)
+            ok = False
+    tunnel_port = raw.get("tunnel_port", "lisp0")
+    if not isinstance(tunnel_port, str) or not tunnel_port:
+        problem(ModelError(f"{field}.tunnel_port", f"must be a port name, got {tunnel_port!r}"))
+        ok = False
+    profile = raw.get("tunnel_profile", DEFAULT_PROFILE)
+    if profile not in PROFILES:
+        problem(ModelError(f"{field}.tunnel_profile",
+                           f"must be one of {', '.join(PROFILES)}, got {profile!r}"))
+        ok = False
+    default_iid = None
+    if "iid" in raw:
+        try:
+            default_iid = parse_iid(raw["iid"], f"{field}.iid")
+        except ModelError as e:
+            problem(e)
+            ok = False
+    label = name if name is not None else f"{dpid:016x}" if dpid is not None else field
+    router_mac = default_router_mac(f"{dpid}/{name}")
+    if "router_mac" in raw:
+        try:
+            router_mac = parse_mac(raw["router_mac"], f"{field}.router_mac")
+        except ModelError as e:
+            problem(e)
+            ok = False
+    # Endpoint problems are reported but keep the bridge for the
+    # cross-bridge checks, so one run shows every problem.
+    endpoints: list[Endpoint] = []
+    raw_eps = raw.get("endpoint", [])
+    if not isinstance(raw_eps, list):
+        problems.append(f"{where}: {field}.endpoint: must be an array of tables ([[bridge.endpoint]])")
+        raw_eps = []
+    ports_seen: set[str] = set()
+    for i, raw_ep in enumerate(raw_eps):
+        ep_field = f"{field}.endpoint[{i}]"
+        try:
+            ep = Endpoint.parse(raw_ep, ep_field, default_iid)
+        except ModelError as e:
+            problem(e)
+            continue
+        if ep.port in ports_seen:
+            problem(ModelError(f"{ep_field}.port", f"port {ep.port!r} already has an endpoint "
+                               "on this bridge (one IID per port: list all its EIDs in one endpoint)"))
+            continue
+        ports_seen.add(ep.port)
+        if ep.port == tunnel_port:
+            problem(ModelError(f"{ep_field}.port", f"{ep.port!r} is the bridge's tunnel port"))
+            continue
+        endpoints.append(ep)
+    if not ok:
+        return None
+    return Bridge(label, dpid, name, rloc, tunnel_port, profile, router_mac, tuple(endpoints))
+
+
+def parse_config(data: dict, source: str = "<config>") -> Config:
+    """Validate a parsed TOML document; raise ConfigError listing every problem."""
+    problems: list[str] = []
+    where = source
+    for key in sorted(set(data) - _TOP_KEYS):
+        problems.append(f"{where}: {key}: unknown key")
+
+    ctl = data.get("controller", {})
+    host, port, miss_action = "0.0.0.0", 6653, "drop"
+    if not isinstance(ctl, dict):
+        problems.append(f"{where}: controller: must be a table")
+        ctl = {}
+    for key in sorted(set(ctl) - _CONTROLLER_KEYS):
+        problems.append(f"{where}: controller.{key}: unknown key")
+    try:
+        if "listen" in ctl:
+            host = str(parse_address(ctl["listen"], "controller.listen"))
+        if "port" in ctl:
+            port = parse_int(ctl["port"], "controller.port", 1, 65535)
+        if "miss_action" in ctl:
+            miss_action = parse_action(ctl["miss_action"], "controller.miss_action")
+    except ModelError as e:
+        problems.append(f"{where}: {e}")
+
+    bridges: list[Bridge] = []
+    raw_bridges = data.get("bridge", [])
+    if not isinstance(raw_bridges, list):
+        problems.append(f"{where}: bridge: must be an array of tables ([[bridge]])")
+        raw_bridges = []
+    for i, raw in enumerate(raw_bridges):
+        bridge = _parse_bridge(raw, f"bridge[{i}]", problems, where)
+        if bridge is not None:
+            bridges.append(bridge)
+    _check_bridges_unique(bridges, problems, where)
+
+    mappings: list[Mapping] = []
+    raw_maps = data.get("mapping", [])
+    if not isinstance(raw_maps, list):
+        problems.append(f"{where}: mapping: must be an array of tables ([[mapping]])")
+        raw_maps = []
+    seen: dict[tuple, int] = {}
+    for i, raw in enumerate(raw_maps):
+        try:
+            m = Mapping.parse(raw, f"mapping[{i}]", source="config")
+        except ModelError as e:
+            problems.append(f"{where}: {e}")
+            continue
+        if m.key in seen:
+            problems.append(f"{where}: mapping[{i}].eid: {m.eid} in IID {m.iid} is already "
+                            f"mapped by mapping[{seen[m.key]}]")
+        seen[m.key] = i
+        mappings.append(m)
+
+    if problems:
+        raise ConfigError(problems)
+    return Config(source, host, port, Overlay(tuple(bridges), tuple(mappings), miss_action))
+
+
+def _check_bridges_unique(bridges: list[Bridge], problems: list[str], where: str) -> None:
+    """Bridges are told apart by datapath ID or unique name, and the
+    controller is the mapping system for their EIDs: any ambiguity here
+    would send traffic to the wrong hypervisor."""
+    by_dpid: dict[int, str] = {}
+    by_name: dict[str, str] = {}
+    by_rloc: dict[object, str] = {}
+    by_eid: dict[tuple, str] = {}
+    for b in bridges:
+        if b.datapath_id is not None:
+            if b.datapath_id in by_dpid:
+                problems.append(f"{where}: bridge {b.label}: datapath_id {b.datapath_id:016x} "
+                                f"is also used by bridge {by_dpid[b.datapath_id]}")
+            by_dpid[b.datapath_id] = b.label
+        if b.name is not None:
+            if b.name in by_name:
+                problems.append(f"{where}: bridge {b.label}: name {b.name!r} is used by two "
+                                "bridges; identify them by datapath_id instead")
+            by_name[b.name] = b.label
+        if b.rloc in by_rloc:
+            problems.append(f"{where}: bridge {b.label}: rloc {b.rloc} is also the RLOC of "
+                            f"bridge {by_rloc[b.rloc]}")
+        by_rloc[b.rloc] = b.label
+        for ep in b.endpoints:
+            for addr in ep.eids:
+                key = (ep.iid, addr)
+                if key in by_eid:
+                    problems.append(f"{where}: bridge {b.label}: endpoint {ep.port}: EID {addr} "
+                                    f"in IID {ep.iid} is also on {by_eid[key]}")
+                by_eid[key] = f"bridge {b.label} port {ep.port}"
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; ConfigError on any problem."""
+    source = str(path)
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except OSError as e:
+        raise ConfigError([f"{source}: cannot read: {e.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{source}: not UTF-8 text"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{source}: TOML syntax: {e}"]) from None
+    return parse_config(data, source)

@@ -1,0 +1,301 @@
+"""The LISP data model: plain, validated values and the map-cache.
+
+Everything here is pure. Constructors validate and raise `ModelError` naming
+the field, so the config loader and (later) the REST API report the same
+problems in the same words.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Union
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+IID_MAX = 2**24 - 1
+PRIORITY_UNUSED = 255  # RFC 9300: an RLOC with priority 255 is never used
+
+# Actions for negative map-cache entries and for a map-cache miss (RFC 9301).
+ACTIONS = ("no-action", "native-forward", "send-map-request", "drop")
+
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+class ModelError(ValueError):
+    """A value failed validation; `field` says which one."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+def parse_iid(value: object, field: str = "iid") -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ModelError(field, f"must be an integer, got {value!r}")
+    if not 0 <= value <= IID_MAX:
+        raise ModelError(field, f"must be between 0 and {IID_MAX}, got {value}")
+    return value
+
+
+def parse_address(value: object, field: str) -> IPAddress:
+    if not isinstance(value, str):
+        raise ModelError(field, f"must be an IP address string, got {value!r}")
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        raise ModelError(field, f"{value!r} is not an IPv4 or IPv6 address") from None
+
+
+def parse_prefix(value: object, field: str = "eid") -> IPNetwork:
+    """An EID prefix; a bare address means a host prefix (/32 or /128).
+
+    Host bits set (10.1.1.1/24) are an error: such a typo would otherwise
+    silently widen or move a mapping."""
+    if not isinstance(value, str):
+        raise ModelError(field, f"must be a prefix string like '10.1.0.0/16', got {value!r}")
+    try:
+        return ipaddress.ip_network(value, strict=True)
+    except ValueError as exc:
+        raise ModelError(field, f"{value!r} is not a valid prefix ({exc})") from None
+
+
+def parse_mac(value: object, field: str = "mac") -> str:
+    if not isinstance(value, str) or not _MAC_RE.match(value.lower()):
+        raise ModelError(field, f"must be a MAC address like '52:54:00:b8:27:75', got {value!r}")
+    return value.lower()
+
+
+def parse_int(value: object, field: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ModelError(field, f"must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise ModelError(field, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def parse_action(value: object, field: str = "action") -> str:
+    if value not in ACTIONS:
+        raise ModelError(field, f"must be one of {', '.join(ACTIONS)}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
+class Rloc:
+    address: IPAddress
+    priority: int = 1
+    weight: int = 100
+
+    @classmethod
+    def parse(cls, value: object, field: str = "rloc") -> "Rloc":
+        """From an address string or a {address, priority, weight} table."""
+        if isinstance(value, str):
+            return cls(parse_address(value, field))
+        if not isinstance(value, dict):
+            raise ModelError(field, f"must be an address or a table with 'address', got {value!r}")
+        unknown = set(value) - {"address", "priority", "weight"}
+        if unknown:
+            raise ModelError(f"{field}.{sorted(unknown)[0]}", "unknown field")
+        if "address" not in value:
+            raise ModelError(f"{field}.address", "is required")
+        return cls(
+            parse_address(value["address"], f"{field}.address"),
+            parse_int(value.get("priority", 1), f"{field}.priority", 0, 255),
+            parse_int(value.get("weight", 100), f"{field}.weight", 0, 100),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Mapping:
+    """(IID, EID prefix) -> RLOC set. No usable RLOC makes it negative, and
+    then `action` says what happens to the packets."""
+
+    iid: int
+    eid: IPNetwork
+    rlocs: tuple[Rloc, ...] = ()
+    ttl: int | None = None  # minutes; None = static
+    action: str = "no-action"
+    source: str = "config"
+
+    @property
+    def key(self) -> tuple[int, IPNetwork]:
+        return (self.iid, self.eid)
+
+    def best_rloc(self) -> Rloc | None:
+        """The one RLOC traffic goes to until select groups exist: lowest
+        priority value, then highest weight, then lowest address, so every
+        bridge and every run picks the same one."""
+        usable = [r for r in self.rlocs if r.priority != PRIORITY_UNUSED]
+        if not usable:
+            return None
+        return min(usable, key=lambda r: (r.priority, -r.weight, r.address.version, int(r.address)))
+
+    @classmethod
+    def parse(cls, value: object, field: str = "mapping", source: str = "config") -> "Mapping":
+        if not isinstance(value, dict):
+            raise ModelError(field, f"must be a table, got {value!r}")
+        unknown = set(value) - {"iid", "eid", "rlocs", "ttl", "action"}
+        if unknown:
+            raise ModelError(f"{field}.{sorted(unknown)[0]}", "unknown field")
+        for required in ("iid", "eid"):
+            if required not in value:
+                raise ModelError(f"{field}.{required}", "is required")
+        rlocs_raw = value.get("rlocs", [])
+        if not isinstance(rlocs_raw, list):
+            raise ModelError(f"{field}.rlocs", "must be a list")
+        rlocs = tuple(Rloc.parse(r, f"{field}.rlocs[{i}]") for i, r in enumerate(rlocs_raw))
+        seen = set()
+        for i, r in enumerate(rlocs):
+            if r.address in seen:
+                raise ModelError(f"{field}.rlocs[{i}].address", f"{r.address} is listed twice")
+            seen.add(r.address)
+        ttl = value.get("ttl")
+        if ttl is not None:
+            ttl = parse_int(ttl, f"{field}.ttl", 1, 2**32 - 1)
+        return cls(
+            iid=parse_iid(value["iid"], f"{field}.iid"),
+            eid=parse_prefix(value["eid"], f"{field}.eid"),
+            rlocs=rlocs,
+            ttl=ttl,
+            action=parse_action(value.get("action", "no-action"), f"{field}.action"),
+            source=source,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A VM interface in the local EID database of one bridge."""
+
+    port: str
+    mac: str
+    iid: int
+    eids: tuple[IPAddress, ...]
+
+    @classmethod
+    def parse(cls, value: object, field: str, default_iid: int | None) -> "Endpoint":
+        if not isinstance(value, dict):
+            raise ModelError(field, f"must be a table, got {value!r}")
+        unknown = set(value) - {"port", "mac", "iid", "eids"}
+        if unknown:
+            raise ModelError(f"{field}.{sorted(unknown)[0]}", "unknown field")
+        for required in ("port", "mac", "eids"):
+            if required not in value:
+                raise ModelError(f"{field}.{required}", "is required")
+        port = value["port"]
+        if not isinstance(port, str) or not port:
+            raise ModelError(f"{field}.port", f"must be a port name, got {port!r}")
+        if "iid" in value:
+            iid = parse_iid(value["iid"], f"{field}.iid")
+        elif default_iid is not None:
+            iid = default_iid
+        else:
+            raise ModelError(f"{field}.iid", "is required (or set iid on the bridge)")
+        eids_raw = value["eids"]
+        if not isinstance(eids_raw, list) or not eids_raw:
+            raise ModelError(f"{field}.eids", "must be a non-empty list of addresses")
+        eids = tuple(parse_address(a, f"{field}.eids[{i}]") for i, a in enumerate(eids_raw))
+        return cls(port, parse_mac(value["mac"], f"{field}.mac"), iid, eids)
+
+
+class MapCache:
+    """Mappings by (IID, prefix) with longest-prefix-match lookup per IID.
+
+    Prefixes are bucketed by (IID, version, length); a lookup tries the
+    lengths present, longest first, so it costs at most 33 (or 129) dict
+    probes however many mappings there are."""
+
+    def __init__(self, mappings: Iterable[Mapping] = ()):
+        self._by_key: dict[tuple[int, IPNetwork], Mapping] = {}
+        # (iid, version) -> {prefixlen: {network int: Mapping}}
+        self._buckets: dict[tuple[int, int], dict[int, dict[int, Mapping]]] = {}
+        for m in mappings:
+            self.add(m)
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def __iter__(self) -> Iterator[Mapping]:
+        return iter(self._by_key.values())
+
+    def __contains__(self, key: tuple[int, IPNetwork]) -> bool:
+        return key in self._by_key
+
+    def get(self, iid: int, eid: IPNetwork) -> Mapping | None:
+        return self._by_key.get((iid, eid))
+
+    def add(self, mapping: Mapping) -> None:
+        """Insert or replace the mapping for its (IID, prefix)."""
+        self._by_key[mapping.key] = mapping
+        lengths = self._buckets.setdefault((mapping.iid, mapping.eid.version), {})
+        lengths.setdefault(mapping.eid.prefixlen, {})[int(mapping.eid.network_address)] = mapping
+
+    def remove(self, iid: int, eid: IPNetwork) -> Mapping | None:
+        mapping = self._by_key.pop((iid, eid), None)
+        if mapping is not None:
+            lengths = self._buckets[(iid, eid.version)]
+            bucket = lengths[eid.prefixlen]
+            del bucket[int(eid.network_address)]
+            if not bucket:
+                del lengths[eid.prefixlen]
+        return mapping
+
+    def lookup(self, iid: int, address: IPAddress | str) -> Mapping | None:
+        """The mapping that serves `address` in `iid`: longest prefix wins."""
+        if isinstance(address, str):
+            address = ipaddress.ip_address(address)
+        lengths = self._buckets.get((iid, address.version))
+        if not lengths:
+            return None
+        bits = address.max_prefixlen
+        value = int(address)
+        for length in sorted(lengths, reverse=True):
+            mask = ((1 << length) - 1) << (bits - length) if length else 0
+            hit = lengths[length].get(value & mask)
+            if hit is not None:
+                return hit
+        return None
+
+
+@dataclass(frozen=True)
+class Bridge:
+    """One managed OVS bridge as the config describes it."""
+
+    label: str  # what logs and the API call it
+    datapath_id: int | None
+    name: str | None
+    rloc: IPAddress
+    tunnel_port: str
+    profile: str
+    router_mac: str
+    endpoints: tuple[Endpoint, ...] = ()
+
+    def matches(self, datapath_id: int, bridge_name: str | None) -> bool:
+        if self.datapath_id is not None:
+            return self.datapath_id == datapath_id
+        return self.name is not None and self.name == bridge_name
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """Everything the compiler needs: bridges, static mappings, miss action."""
+
+    bridges: tuple[Bridge, ...]
+    mappings: tuple[Mapping, ...] = ()
+    miss_action: str = "drop"
+
+    def map_cache(self) -> MapCache:
+        """The map-cache every bridge sees: configured mappings, plus one host
+        mapping per endpoint address pointing at the RLOC of its bridge (the
+        controller is the mapping system of its own bridges). A configured
+        mapping for the same host prefix wins: the operator said so."""
+        cache = MapCache()
+        for bridge in self.bridges:
+            for ep in bridge.endpoints:
+                for addr in ep.eids:
+                    host = ipaddress.ip_network(addr)
+                    cache.add(Mapping(ep.iid, host, (Rloc(bridge.rloc),), source="endpoint"))
+        for m in self.mappings:
+            cache.add(m)
+        return cache
