@@ -1,0 +1,242 @@
+"""The only OpenFlow I/O: requests and their replies, matched by xid.
+
+A `Switch` wraps one os-ken datapath. Its methods block the calling
+greenthread (never os-ken's event thread: the replies arrive there) until
+the switch answers or a deadline passes. Changes go out as one atomic,
+ordered ONF bundle followed by a barrier; an error that names a bundle
+message's xid names the flow that caused it.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+from os_ken.lib import hub
+from os_ken.ofproto import ofproto_v1_3 as ofp
+
+from . import encode
+from .flows import COOKIE_TAG, COOKIE_TAG_MASK, COOKIE_TAG_SHIFT, Flow, render
+from .reconcile import Plan
+
+LOG = logging.getLogger(__name__)
+
+BUNDLE_FLAGS = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
+SEND_CHUNK = 64 * 1024  # bytes per socket write: few greenthread switches
+YIELD_EVERY = 256  # messages encoded between yields to the hub (echo replies)
+
+
+class SwitchError(Exception):
+    """The switch failed a request, timed out, or went away."""
+
+
+@dataclass
+class _Pending:
+    event: object = field(default_factory=hub.Event)
+    replies: list = field(default_factory=list)
+    error: object = None
+
+
+@dataclass
+class ApplyResult:
+    committed: bool
+    sent: int  # flow-mods in the committed bundle
+    failed: dict[int, str]  # cookie -> error text, for flows the switch rejected
+    attempts: int
+
+
+class Switch:
+    def __init__(self, datapath, label: str = "", timeout: float = 30.0):
+        self.dp = datapath
+        self.label = label or f"{datapath.id:016x}"
+        self.timeout = timeout
+        self._pending: dict[int, _Pending] = {}
+        self._xids = itertools.count(random.randint(1 << 30, 1 << 31))
+        self._bundle_ids = itertools.count(1)
+        self._bundle_errors: dict[int, object] | None = None
+        self.closed = False
+
+    # -- called from os-ken's event thread --------------------------------
+    def on_reply(self, msg) -> bool:
+        """Route a reply to whoever waits for its xid; True if it was ours."""
+        pending = self._pending.get(msg.xid)
+        if pending is None:
+            return False
+        pending.replies.append(msg)
+        if not getattr(msg, "flags", 0) & ofp.OFPMPF_REPLY_MORE:
+            pending.event.set()
+        return True
+
+    def on_error(self, msg) -> bool:
+        if self._bundle_errors is not None and msg.xid in self._bundle_errors:
+            self._bundle_errors[msg.xid] = msg
+            return True
+        pending = self._pending.get(msg.xid)
+        if pending is None:
+            return False
+        pending.error = msg
+        pending.event.set()
+        return True
+
+    def close(self) -> None:
+        """The connection is gone: wake every waiter with an error."""
+        self.closed = True
+        for pending in self._pending.values():
+            pending.error = pending.error or "disconnected"
+            pending.event.set()
+
+    # -- requests ----------------------------------------------------------
+    def _xid(self) -> int:
+        return next(self._xids) & 0xFFFFFFFF
+
+    def _send(self, buf: bytes) -> None:
+        if self.closed or not self.dp.send(buf):
+            raise SwitchError(f"bridge {self.label}: connection closed")
+
+    def request(self, build: Callable[[int], bytes], what: str, timeout: float | None = None) -> list:
+        xid = self._xid()
+        pending = self._pending[xid] = _Pending()
+        try:
+            self._send(build(xid))
+            if not pending.event.wait(timeout or self.timeout):
+                raise SwitchError(f"bridge {self.label}: no reply to {what} "
+                                  f"within {timeout or self.timeout:.0f} s")
+            if pending.error is not None:
+                raise SwitchError(f"bridge {self.label}: {what} failed: {describe_error(pending.error)}")
+            return pending.replies
+        finally:
+            del self._pending[xid]
+
+    def port_desc(self) -> tuple[dict[str, int], str | None]:
+        """Port numbers by name, and the bridge's name (its LOCAL port)."""
+        ports: dict[str, int] = {}
+        local = None
+        for reply in self.request(encode.port_desc_request, "port description"):
+            for port in reply.body:
+                name = port.name.decode(errors="replace") if isinstance(port.name, bytes) else port.name
+                if port.port_no == ofp.OFPP_LOCAL:
+                    local = name
+                elif port.port_no <= ofp.OFPP_MAX:
+                    ports[name] = port.port_no
+        return ports, local
+
+    def installed_cookies(self) -> dict[int, int]:
+        """How many flows the bridge holds under each of our cookies."""
+        counts: dict[int, int] = {}
+        replies = self.request(
+            lambda xid: encode.flow_stats_request(xid, COOKIE_TAG << COOKIE_TAG_SHIFT, COOKIE_TAG_MASK),
+            "flow dump")
+        for reply in replies:
+            for stat in reply.body:
+                counts[stat.cookie] = counts.get(stat.cookie, 0) + 1
+        return counts
+
+    def barrier(self) -> None:
+        self.request(encode.barrier, "barrier")
+
+    # -- changes -----------------------------------------------------------
+    def apply(self, plan: Plan, max_attempts: int = 3) -> ApplyResult:
+        """Send `plan` as one atomic bundle and confirm it with a barrier.
+
+        If the switch rejects flows, the bundle is retried without them (the
+        rest of the change must not wait for one bad flow); the rejected
+        cookies and the switch's words come back in `failed`."""
+        failed: dict[int, str] = {}
+        for attempt in range(1, max_attempts + 1):
+            adds = tuple((c, f) for c, f in plan.add if c not in failed)
+            ok, rejected = self._bundle(plan.delete, adds)
+            for cookie, (flow, err) in rejected.items():
+                text = describe_error(err)
+                failed[cookie] = text
+                LOG.error("bridge %s: switch rejected flow %s: %s", self.label,
+                          render(flow) if flow is not None else f"delete cookie={cookie:#x}", text)
+            if ok:
+                self.barrier()
+                return ApplyResult(True, len(plan.delete) + len(adds), failed, attempt)
+            if not rejected:
+                raise SwitchError(f"bridge {self.label}: bundle commit failed and no flow was named")
+        return ApplyResult(False, 0, failed, max_attempts)
+
+    def _bundle(self, deletes: tuple[int, ...], adds: tuple[tuple[int, Flow], ...]):
+        bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
+        self.request(lambda xid: encode.bundle_ctrl(xid, bundle_id, ofp.ONF_BCT_OPEN_REQUEST, BUNDLE_FLAGS),
+                     "bundle open")
+        by_xid: dict[int, tuple[int, Flow | None]] = {}
+        self._bundle_errors = {}
+        try:
+            chunk: list[bytes] = []
+            size = 0
+            messages = itertools.chain(((c, None) for c in deletes), adds)
+            for n, (cookie, flow) in enumerate(messages, 1):
+                xid = self._xid()
+                by_xid[xid] = (cookie, flow)
+                self._bundle_errors[xid] = None
+                inner = encode.encode_delete(cookie) if flow is None else encode.encode_add(flow, cookie)
+                buf = encode.bundle_add(xid, bundle_id, BUNDLE_FLAGS, inner)
+                chunk.append(buf)
+                size += len(buf)
+                if size >= SEND_CHUNK:
+                    self._send(b"".join(chunk))
+                    chunk, size = [], 0
+                if n % YIELD_EVERY == 0:
+                    hub.sleep(0)
+            if chunk:
+                self._send(b"".join(chunk))
+            try:
+                self.request(lambda xid: encode.bundle_ctrl(xid, bundle_id, ofp.ONF_BCT_COMMIT_REQUEST,
+                                                            BUNDLE_FLAGS),
+                             "bundle commit", timeout=max(self.timeout, 60.0))
+                ok = True
+            except SwitchError:
+                if self.closed:
+                    raise
+                ok = False
+            # Errors for bundle messages precede the commit reply; a barrier
+            # makes sure none is still in flight before we read them.
+            self.barrier()
+            rejected = {by_xid[x][0]: (by_xid[x][1], err)
+                        for x, err in self._bundle_errors.items() if err is not None}
+            return ok, rejected
+        finally:
+            self._bundle_errors = None
+
+
+def describe_error(err: object) -> str:
+    """An OpenFlow error as words: type and code names from os-ken's tables."""
+    if isinstance(err, str):
+        return err
+    etype, code = getattr(err, "type", None), getattr(err, "code", None)
+    type_name = _ERROR_TYPES.get(etype, f"type {etype}")
+    code_name = _ERROR_CODES.get((etype, code), f"code {code}")
+    return f"{type_name}/{code_name}"
+
+
+def _error_names():
+    types, codes = {}, {}
+    prefixes = {}
+    for name in dir(ofp):
+        if name.startswith("OFPET_"):
+            value = getattr(ofp, name)
+            types[value] = name
+    # Code constants are named after their type (OFPBAC_ for BAD_ACTION...).
+    type_prefix = {
+        ofp.OFPET_HELLO_FAILED: "OFPHFC_", ofp.OFPET_BAD_REQUEST: "OFPBRC_",
+        ofp.OFPET_BAD_ACTION: "OFPBAC_", ofp.OFPET_BAD_INSTRUCTION: "OFPBIC_",
+        ofp.OFPET_BAD_MATCH: "OFPBMC_", ofp.OFPET_FLOW_MOD_FAILED: "OFPFMFC_",
+        ofp.OFPET_GROUP_MOD_FAILED: "OFPGMFC_", ofp.OFPET_PORT_MOD_FAILED: "OFPPMFC_",
+        ofp.OFPET_TABLE_MOD_FAILED: "OFPTMFC_", ofp.OFPET_QUEUE_OP_FAILED: "OFPQOFC_",
+        ofp.OFPET_SWITCH_CONFIG_FAILED: "OFPSCFC_", ofp.OFPET_ROLE_REQUEST_FAILED: "OFPRRFC_",
+        ofp.OFPET_METER_MOD_FAILED: "OFPMMFC_", ofp.OFPET_TABLE_FEATURES_FAILED: "OFPTFFC_",
+    }
+    for etype, prefix in type_prefix.items():
+        prefixes[prefix] = etype
+    for name in dir(ofp):
+        for prefix, etype in prefixes.items():
+            if name.startswith(prefix):
+                codes[(etype, getattr(ofp, name))] = name
+    return types, codes
+
+
+_ERROR_TYPES, _ERROR_CODES = _error_names()

@@ -1,0 +1,162 @@
+"""End to end: the real controller process, real OVS, VMs in namespaces.
+
+Each test writes a config, builds the topology it describes and starts
+`lisp-controller serve` as a user would; nothing types a flow by hand.
+"""
+from __future__ import annotations
+
+import re
+import signal
+from pathlib import Path
+
+import pytest
+
+from lisp_controller.scenario import ControllerProcess, build, wait_programmed
+from lisp_controller.testbed import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOG = ROOT / "configs" / "blog-two-hypervisors.toml"
+IID = 1000
+PINGS = 10
+
+
+def blog_config(tmp_path: Path, profile: str) -> Path:
+    text = BLOG.read_text().replace('tunnel_profile = "lisp-gpe"', f'tunnel_profile = "{profile}"')
+    path = tmp_path / f"blog-{profile}.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("profile", ["lisp-gpe", "gre-l3"])
+def test_blog_vms_ping_through_the_controllers_flows(testbed, tmp_path, profile):
+    ov = build(testbed, blog_config(tmp_path, profile))
+    ctl = ControllerProcess(ov).start()
+    wait_programmed(ov)
+    vm1, vm2 = ov.vms
+    hv1, hv2 = ov.hypervisors
+    vm1.wait_reachable(vm2.ip)
+    vm2.wait_reachable(vm1.ip)
+    capture = testbed.capture(hv1.ns, hv1.underlay_iface, profile)
+    with capture:
+        assert vm1.ping(vm2.ip, count=PINGS) == (PINGS, PINGS)
+        assert vm2.ping(vm1.ip, count=PINGS) == (PINGS, PINGS)
+    if profile == "lisp-gpe":
+        rows = capture.decode(["udp.dstport", "lisp-data.iid"], display_filter="lisp-data && icmp")
+        assert len(rows) == 4 * PINGS, rows
+        assert {r for r in rows} == {f"4341\t{IID}"}
+    else:
+        rows = capture.decode(["gre.key"], display_filter="gre && icmp")
+        assert len(rows) == 4 * PINGS and {int(r, 16) for r in rows} == {IID}
+    # The controller found the port numbers by name, on each bridge.
+    for hv in ov.hypervisors:
+        ports = hv.port_numbers()
+        flows = hv.dump_flows()
+        assert any(f"in_port={ports['lisp0']},dl_dst=00:00:00:00:00:00" in f for f in flows), flows
+        assert any(f"table=2, priority=0 actions=output:{ports['lisp0']}" in f for f in flows), flows
+    assert "Traceback" not in ctl.log()
+
+
+def test_lisp_profile_flows_checked_by_ofproto_trace(testbed, tmp_path):
+    """type=lisp cannot encapsulate in the userspace datapath (DESIGN.md
+    section 2), so the lisp profile is checked by where OVS would send the
+    packet, not by packets."""
+    ov = build(testbed, blog_config(tmp_path, "lisp"))
+    ControllerProcess(ov).start()
+    wait_programmed(ov)
+    hv1 = ov.hypervisors[0]
+    ports = hv1.port_numbers()
+    out = hv1.appctl("ofproto/trace", "br2",
+                     f"in_port={ports['vnet0']},ip,dl_src=52:54:00:b8:27:75,dl_dst=52:54:00:1b:ea:d5,"
+                     "nw_src=10.1.1.20,nw_dst=10.1.1.30")
+    assert "set_field:192.168.1.252->tun_dst" in out
+    assert f"output:{ports['lisp0']}" in out
+    assert "set_field:0x3e8->tun_id" in out, out
+    # And a decapsulated packet (the old kernel vport's 02:00:00:00:00:00)
+    # is delivered to VM1 with its MAC.
+    out = hv1.appctl("ofproto/trace", "br2",
+                     f"in_port={ports['lisp0']},tun_id=0x3e8,tun_src=192.168.1.252,tun_dst=192.168.1.249,"
+                     "ip,dl_dst=02:00:00:00:00:00,nw_src=10.1.1.30,nw_dst=10.1.1.20")
+    assert "set_field:52:54:00:b8:27:75->eth_dst" in out
+    assert f"output:{ports['vnet0']}" in out
+
+
+def _controller_messages(hv, since: int) -> list[str]:
+    """OpenFlow messages ovs-vswitchd received from the controller (not
+    from our own ovs-ofctl, which talks over unix#) since byte `since`."""
+    text = (hv.rundir / "ovs-vswitchd.log").read_bytes()[since:].decode(errors="replace")
+    return [line for line in text.splitlines() if "|vconn|" in line and "|tcp:" in line and "received:" in line]
+
+
+@pytest.mark.parametrize("how", ["kill-9", "terminate"])
+def test_controller_restart_loses_no_packet_and_sends_no_flow_mod(testbed, tmp_path, how):
+    ov = build(testbed, blog_config(tmp_path, "lisp-gpe"))
+    ctl = ControllerProcess(ov).start()
+    wait_programmed(ov)
+    vm1, vm2 = ov.vms
+    vm1.wait_reachable(vm2.ip)
+    vm2.wait_reachable(vm1.ip)
+    before = {hv.name: sorted(hv.dump_flows()) for hv in ov.hypervisors}
+    offsets = {}
+    for hv in ov.hypervisors:
+        hv.set_vlog("vconn:file:dbg")
+        offsets[hv.name] = (hv.rundir / "ovs-vswitchd.log").stat().st_size
+
+    # Continuous ping at 10 ms through the restart.
+    pinger = testbed.spawn(vm1.ns, ["ping", "-n", "-i", "0.01", "-W", "1", vm2.ip],
+                           stdout=open(tmp_path / "ping.txt", "wb"), stderr=open(tmp_path / "ping.err", "wb"))
+    wait_until(lambda: (tmp_path / "ping.txt").read_text().count("bytes from") >= 20, timeout=10)
+    ctl.stop(signal.SIGKILL if how == "kill-9" else signal.SIGTERM)
+    ctl = ControllerProcess(ov, "controller-2").start()
+    ctl.wait_log("already correct, nothing sent", count=2)
+    wait_until(lambda: (tmp_path / "ping.txt").read_text().count("bytes from") >= 200, timeout=20)
+    pinger.send_signal(signal.SIGINT)
+    pinger.wait(10)
+    summary = re.search(r"(\d+) packets transmitted, (\d+) received", (tmp_path / "ping.txt").read_text())
+    sent, received = int(summary.group(1)), int(summary.group(2))
+    assert sent >= 200 and received == sent, (sent, received)
+
+    for hv in ov.hypervisors:
+        assert sorted(hv.dump_flows()) == before[hv.name]
+        messages = _controller_messages(hv, offsets[hv.name])
+        # The new controller did talk to the switch (handshake, port and
+        # flow dumps, barrier)...
+        assert any("OFPST_FLOW request" in m for m in messages), messages[:20]
+        assert any("OFPT_BARRIER_REQUEST" in m or "OFPST_PORT_DESC" in m for m in messages), messages[:20]
+        # ...and sent no flow-mod, bundled or not.
+        changes = [m for m in messages if re.search(r"FLOW_MOD|BUNDLE_ADD", m)]
+        assert changes == [], changes
+
+
+def test_port_renumbering_is_followed_and_foreign_flows_are_never_touched(testbed, tmp_path):
+    ov = build(testbed, blog_config(tmp_path, "lisp-gpe"))
+    ctl = ControllerProcess(ov).start()
+    wait_programmed(ov)
+    vm1, vm2 = ov.vms
+    hv1 = ov.hypervisors[0]
+    vm1.wait_reachable(vm2.ip)
+    old = hv1.port_numbers()["vnet0"]
+    assert old != 42
+    foreign = "cookie=0x1234,table=7,priority=5,ip,nw_dst=10.9.9.9 actions=drop"
+    hv1.add_flows([foreign])
+    # The VM's port comes back with a new number, as after a VM restart.
+    hv1.vsctl("del-port", "br2", "vnet0", "--", "add-port", "br2", "vnet0",
+              "--", "set", "Interface", "vnet0", "ofport_request=42")
+    wait_until(lambda: any("in_port=42" in f for f in hv1.dump_flows()), timeout=10,
+               what="flows on the new port number")
+    flows = hv1.dump_flows()
+    assert not any(re.search(rf"in_port={old}[, ]|output:{old}$", f) for f in flows if "cookie=0x4c" in f), flows
+    assert any("cookie=0x1234" in f and "table=7" in f for f in flows), flows
+    vm1.wait_reachable(vm2.ip)
+    assert vm1.ping(vm2.ip, count=PINGS) == (PINGS, PINGS)
+    assert "port vnet0 is now 42" in ctl.log()
+
+
+def test_bridge_not_in_config_is_left_alone(testbed, tmp_path):
+    ov = build(testbed, blog_config(tmp_path, "lisp-gpe"))
+    stranger = testbed.add_hypervisor("hv9", "192.168.1.99", 16, ov.segment, "00000000000000aa",
+                                      controller=ov.controller_ns)
+    stranger.add_flows(["cookie=0x4c00000000000001,priority=0 actions=NORMAL"])
+    ctl = ControllerProcess(ov).start()
+    wait_programmed(ov)
+    ctl.wait_log("bridge 00000000000000aa (br2): connected but not in the config")
+    assert stranger.dump_flows() == ["cookie=0x4c00000000000001, priority=0 actions=NORMAL"]
