@@ -160,3 +160,28 @@ def test_bridge_not_in_config_is_left_alone(testbed, tmp_path):
     wait_programmed(ov)
     ctl.wait_log("bridge 00000000000000aa (br2): connected but not in the config")
     assert stranger.dump_flows() == ["cookie=0x4c00000000000001, priority=0 actions=NORMAL"]
+
+
+def test_rejected_flow_is_named_and_the_rest_is_applied(testbed, tmp_path):
+    """A table that refuses to grow (an operator's flow_limit) rejects one
+    flow of the bundle: the error names that flow and its bridge, the rest
+    of the change is applied, and the other bridge is unaffected."""
+    ov = build(testbed, blog_config(tmp_path, "lisp-gpe"))
+    hv1, hv2 = ov.hypervisors
+    hv1.vsctl("--", "--id=@t", "create", "Flow_Table", "flow_limit=3", "overflow_policy=refuse",
+              "--", "set", "Bridge", "br2", "flow_tables:1=@t")
+    ctl = ControllerProcess(ov).start()
+    wait_programmed(ov)
+    ctl.wait_log("1 rejected")
+    log = ctl.log()
+    rejected = [l for l in log.splitlines() if "switch rejected flow" in l]
+    assert len(rejected) == 1, log
+    assert "bridge 00008ad828ce7949 (br2)" in rejected[0]
+    assert re.search(r"cookie=0x4c[0-9a-f]+,table=1,priority=\d+", rejected[0]), rejected[0]
+    assert "OFPFMFC_TABLE_FULL" in rejected[0] or "TABLE_FULL" in rejected[0], rejected[0]
+    assert len(hv1.dump_flows(table=1)) == 3
+    assert len(hv2.dump_flows(table=1)) == 4
+    # Everything outside the full table arrived on hv1 too.
+    assert [f for f in hv1.dump_flows() if "table=1" not in f] and \
+        len([f for f in hv1.dump_flows() if "table=1," not in f]) == \
+        len([f for f in hv2.dump_flows() if "table=1," not in f])
