@@ -12,7 +12,7 @@ import os
 import sys
 import warnings
 
-from .config import ConfigError, load_config
+from .config import TOKEN_ENV, ConfigError, load_config
 
 
 def _load(path: str):
@@ -38,7 +38,7 @@ def cmd_check_config(args) -> int:
 
 def cmd_flows(args) -> int:
     """Print the flows a bridge would get, for reading and for diffing."""
-    from .compiler import compile_bridge
+    from .compiler import compile_bridge, compile_overlay
     from .flows import render
 
     config = _load(args.config)
@@ -56,7 +56,7 @@ def cmd_flows(args) -> int:
             print(f"error: --port {item!r}: expected NAME=NUMBER", file=sys.stderr)
             return 2
         ports[name] = int(number)
-    compiled = compile_bridge(matches[0], ports, config.overlay)
+    compiled = compile_bridge(matches[0], ports, compile_overlay(config.overlay))
     for flow in sorted(compiled.flows.values()):
         print(render(flow))
     if compiled.missing_ports:
@@ -71,10 +71,27 @@ def cmd_serve(args) -> int:
         return 2
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("lisp_controller")
+    from .state import State
+    from .store import Store, StoreError
+
+    store_path = args.store or config.store_path
+    try:
+        store = Store(store_path)
+        mappings, endpoints = store.load()
+        state = State(config, clock=_clock())
+        _merge_store(state, store, mappings, endpoints, log)
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        print("nothing started: fix or move the store file (the config is fine)", file=sys.stderr)
+        return 3
+    token = os.environ.get(TOKEN_ENV) or config.api.token
+
     os.environ["OSKEN_HUB_TYPE"] = "eventlet"
     # eventlet announces its own deprecation on import; os-ken 4.2 needs it.
     warnings.filterwarnings("ignore", message="\nEventlet is deprecated")
     import eventlet
+    import eventlet.wsgi
 
     eventlet.monkey_patch()
     from os_ken import cfg
@@ -82,16 +99,29 @@ def cmd_serve(args) -> int:
     from os_ken.controller import controller
     from os_ken.lib import hub
 
+    from .api import Api
+
+    try:
+        api_socket = eventlet.listen((config.api.host, config.api.port))
+    except OSError as e:
+        print(f"error: cannot listen on {config.api.host}:{config.api.port} for the API: {e.strerror}",
+              file=sys.stderr)
+        return 3
     cfg.CONF([], project="os_ken")
     cfg.CONF.set_override("ofp_listen_host", config.openflow_host)
     cfg.CONF.set_override("ofp_tcp_listen_port", config.openflow_port)
-    logging.getLogger("lisp_controller").info(
-        "config %s: %d bridges; OpenFlow on %s:%d", config.source, len(config.overlay.bridges),
-        config.openflow_host, config.openflow_port)
+    log.info("config %s: %d bridges, %d mappings (%d from the store %s); OpenFlow on %s:%d; "
+             "API on http://%s:%d%s", config.source, len(config.overlay.bridges), len(state.cache),
+             len(state.api_mappings()), store_path, config.openflow_host, config.openflow_port,
+             config.api.host, config.api.port, " (token required for changes)" if token else "")
     manager = AppManager.get_instance()
     manager.load_apps(["os_ken.controller.ofp_handler", "lisp_controller.app"])
     contexts = manager.create_contexts()
-    services = manager.instantiate_apps(lisp_config=config, **contexts)
+    services = manager.instantiate_apps(lisp_config=config, lisp_state=state, lisp_store=store, **contexts)
+    app = manager.applications["LispControllerApp"]
+    api = Api(app, token, config.api.max_body_bytes, pause=lambda: hub.sleep(0))
+    services.append(hub.spawn(eventlet.wsgi.server, api_socket, api, log=logging.getLogger("lisp_controller.http"),
+                              log_output=False, max_size=1000))
     services.append(hub.spawn(controller.OpenFlowController()))
     try:
         hub.joinall(services)
@@ -99,7 +129,45 @@ def cmd_serve(args) -> int:
         pass
     finally:
         manager.close()
+        store.close()
     return 0
+
+
+def _clock():
+    """Wall time, or a faster one for tests of TTLs (LISP_CONTROLLER_TIME_SCALE)."""
+    import time
+
+    scale = float(os.environ.get("LISP_CONTROLLER_TIME_SCALE", "1"))
+    if scale == 1:
+        return time.time
+    origin = time.time()
+    return lambda: origin + (time.time() - origin) * scale
+
+
+def _merge_store(state, store, mappings, endpoints, log) -> None:
+    """The config wins: a stored API mapping or endpoint that now collides
+    with the config is removed from the store, with a warning."""
+    from .state import Change, Conflict
+
+    keep, drop = [], []
+    for m in mappings:
+        owner = state.owner(m.key)
+        (drop if owner in ("config", "endpoint") else keep).append(m)
+    for m in drop:
+        log.warning("stored mapping %s:%s is now owned by the config; the config wins and it "
+                    "is removed from the store", m.iid, m.eid)
+    eps_keep, eps_drop = [], []
+    for label, ep in endpoints:
+        try:
+            state.check(Change(put_endpoints=[(label, ep)]))
+            eps_keep.append((label, ep))
+        except Conflict as e:
+            log.warning("stored endpoint %s on bridge %s conflicts with the config (%s); removed "
+                        "from the store", ep.port, label, e)
+            eps_drop.append((label, ep.port))
+    if drop or eps_drop:
+        store.write(delete=[m.key for m in drop], delete_endpoints=eps_drop)
+    state.apply(Change(put=keep, put_endpoints=eps_keep), bump=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("serve", help="run the controller")
     p.add_argument("-c", "--config", required=True, help="TOML config file")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--store", help="SQLite store path (overrides store.path in the config)")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("check-config", help="validate a config file and exit")
     p.add_argument("config")
@@ -119,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", action="append", default=[], metavar="NAME=NUMBER",
                    help="OpenFlow port number of a port (repeat)")
     p.set_defaults(func=cmd_flows)
+    from .client import add_parsers
+
+    add_parsers(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

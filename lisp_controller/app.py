@@ -17,15 +17,19 @@ from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_c
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from .compiler import compile_bridge, compile_map_cache
+from .compiler import Compiled, compile_bridge
 from .config import Config
 from .flows import render
+from .metrics import Metrics
 from .model import Bridge
 from .reconcile import applied, reconcile
+from .state import Change, State
+from .store import Store
 from .switch import Switch, SwitchError, describe_error
 
 LOG = logging.getLogger("lisp_controller")
 MAX_ERRORS_KEPT = 50
+EXPIRY_INTERVAL = 1.0  # seconds between TTL checks
 
 
 @dataclass
@@ -44,6 +48,8 @@ class BridgeStatus:
     last_reconcile: float | None = None
     last_reconcile_ms: float | None = None
     flow_mods_sent: int = 0
+    synced_generation: int = -1  # state generation the bridge last confirmed
+    last_rejected: int = 0  # flows the switch refused in that sync
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -123,22 +129,34 @@ class BridgeSession:
         except Exception:  # a bug must not kill os-ken's hub; say where it happened
             LOG.exception("bridge %s: session failed", self.label)
 
+    def compile(self) -> Compiled:
+        bridge = self.app.state.bridge(self.status.bridge.label)
+        return compile_bridge(bridge, self.status.ports, self.app.state.shared)
+
     def sync(self) -> None:
         """Make the bridge hold exactly the desired flows."""
         st = self.status
         started = time.monotonic()
-        compiled = compile_bridge(st.bridge, st.ports, self.app.config.overlay, self.app.shared_flows)
+        # Compile under the commit lock: a big change applied to the state
+        # yields to the hub midway, and a bridge must never see half of it.
+        with self.app.commit_lock:
+            generation = self.app.state.generation
+            compiled = self.compile()
         if compiled.missing_ports != st.missing_ports and compiled.missing_ports:
             LOG.warning("bridge %s: configured ports not on the bridge: %s (their flows are left out)",
                         self.label, ", ".join(compiled.missing_ports))
         st.missing_ports = compiled.missing_ports
         st.flows_desired = len(compiled.flows)
         plan = reconcile(compiled.flows, self.installed)
+        rejected = 0
         if plan:
             result = self.switch.apply(plan)
             self.installed = applied(self.installed, plan, set(result.failed))
             st.flow_mods_sent += result.sent
+            self.app.metrics.inc("lisp_flow_mods_sent_total", result.sent)
+            rejected = len(result.failed)
             for cookie, text in result.failed.items():
+                self.app.metrics.inc("lisp_openflow_errors_total")
                 self._record_error(f"flow rejected: {render(compiled.flows[cookie])}: {text}")
             LOG.info("bridge %s: %d flows removed, %d added%s in %.0f ms, confirmed by barrier",
                      self.label, len(plan.delete), len(plan.add) - len(result.failed),
@@ -150,6 +168,10 @@ class BridgeSession:
         st.flows_installed = sum(self.installed.values())
         st.last_reconcile = time.time()
         st.last_reconcile_ms = (time.monotonic() - started) * 1000
+        st.synced_generation = generation
+        st.last_rejected = rejected
+        self.app.metrics.inc("lisp_reconcile_seconds_total", st.last_reconcile_ms / 1000)
+        self.app.metrics.inc("lisp_reconciles_total")
 
     def _record_error(self, text: str) -> None:
         errors = self.status.errors
@@ -158,16 +180,94 @@ class BridgeSession:
 
 
 class LispControllerApp(app_manager.OSKenApp):
+    """Owns the desired state and the bridge sessions; the API calls
+    `commit` to change the state and learns per bridge what happened."""
+
     OFP_VERSIONS = [ofp.OFP_VERSION]
 
-    def __init__(self, *args, lisp_config: Config | None = None, **kwargs):
+    def __init__(self, *args, lisp_config: Config | None = None, lisp_state: State | None = None,
+                 lisp_store: Store | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if lisp_config is None:
             raise ValueError("LispControllerApp needs lisp_config")
         self.config = lisp_config
-        self.shared_flows = compile_map_cache(lisp_config.overlay.map_cache(),
-                                              lisp_config.overlay.miss_action)
+        self.state = lisp_state or State(lisp_config)
+        self.store = lisp_store
         self.sessions: dict[int, BridgeSession] = {}
+        self.commit_lock = hub.Semaphore(1)
+        self.metrics = _metrics(self)
+        self.threads.append(hub.spawn(self._expire_loop))
+
+    # -- changes -----------------------------------------------------------
+    def commit(self, change: Change, wait: float | None = None) -> list[dict]:
+        """Check, store, apply, then wait (bounded) for every connected
+        bridge to confirm by barrier. Raises Conflict or StoreError before
+        anything changed."""
+        with self.commit_lock:
+            self.state.check(change)
+            if self.store is not None:
+                self.store.write(change.put, change.delete, change.replace_api,
+                                 change.put_endpoints, change.delete_endpoints)
+            self.state.apply(change, pause=_pause)
+            target = self.state.generation
+            for session in list(self.sessions.values()):
+                session.mark_dirty()
+        return self.wait_confirmed(target, self.config.api.confirm_timeout if wait is None else wait)
+
+    def wait_confirmed(self, generation: int, timeout: float) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            pending = [s for s in self._programmed() if s.status.synced_generation < generation]
+            if not pending or time.monotonic() >= deadline:
+                break
+            hub.sleep(0.002)
+        results = []
+        connected = {s.status.bridge.label: s for s in self._programmed()}
+        for bridge in self.state.bridges.values():
+            s = connected.get(bridge.label)
+            if s is None:
+                status = "not-connected"
+            elif s.status.synced_generation < generation:
+                status = "timeout"
+            elif s.status.last_rejected:
+                status = "rejected"
+            else:
+                status = "confirmed"
+            entry = {"bridge": bridge.label, "status": status}
+            if status == "rejected":
+                entry["errors"] = s.status.errors[-s.status.last_rejected:]
+            results.append(entry)
+        return results
+
+    def _programmed(self) -> list[BridgeSession]:
+        return [s for s in self.sessions.values() if s.status.bridge is not None]
+
+    def _expire_loop(self) -> None:
+        while True:
+            hub.sleep(EXPIRY_INTERVAL)
+            try:
+                keys = self.state.expired()
+                if keys:
+                    LOG.info("%d mappings reached their TTL: %s", len(keys),
+                             ", ".join(f"{iid}:{eid}" for iid, eid in keys[:10]))
+                    self.commit(Change(delete=keys), wait=0)
+            except Exception:  # keep expiring later; say what went wrong now
+                LOG.exception("TTL expiry failed")
+
+    # -- views for the API ---------------------------------------------------
+    def datapaths(self) -> list[dict]:
+        """Every configured bridge, connected or not, then any connected
+        datapath the config does not know."""
+        by_label = {s.status.bridge.label: s for s in self._programmed()}
+        out = [_datapath_view(b, by_label.get(b.label)) for b in self.state.bridges.values()]
+        out += [_datapath_view(None, s) for s in self.sessions.values() if s.status.bridge is None]
+        return out
+
+    def bridge_flows(self, label: str) -> list:
+        """The flows the bridge should hold now (what it holds, once synced)."""
+        session = next((s for s in self._programmed() if s.status.bridge.label == label), None)
+        ports = session.status.ports if session is not None else {}
+        return list(compile_bridge(self.state.bridge(label), ports, self.state.shared).flows.values())
 
     def bridge_for(self, datapath_id: int, name: str | None) -> Bridge | None:
         """The configured bridge this datapath is, or None (logged)."""
@@ -223,10 +323,78 @@ class LispControllerApp(app_manager.OSKenApp):
         if session is not None and session.switch.on_error(ev.msg):
             return
         label = session.label if session else f"{ev.msg.datapath.id:016x}"
+        self.metrics.inc("lisp_openflow_errors_total")
         LOG.error("bridge %s: OpenFlow error %s for xid %#x", label, describe_error(ev.msg), ev.msg.xid)
+
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    def _packet_in(self, ev) -> None:
+        """Only map-cache misses with send-map-request reach us; counted
+        until a LISP control plane exists to ask."""
+        self.metrics.inc("lisp_map_cache_misses_total")
 
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
     def _port_status(self, ev) -> None:
         session = self._session(ev.msg)
         if session is not None:
             session.port_status(ev.msg)
+
+
+def _pause() -> None:
+    hub.sleep(0)
+
+
+def _metrics(app: LispControllerApp) -> Metrics:
+    m = Metrics()
+    m.gauge("lisp_mappings", "Mappings in the map-cache, by owner",
+            lambda: _count_by_source(app.state))
+    m.gauge("lisp_datapaths_connected", "Configured bridges connected now",
+            lambda: {(): float(len(app._programmed()))})
+    m.gauge("lisp_datapaths_configured", "Bridges in the config",
+            lambda: {(): float(len(app.state.bridges))})
+    m.counter("lisp_flow_mods_sent_total", "Flow-mods sent to bridges (inside bundles)")
+    m.counter("lisp_openflow_errors_total", "OpenFlow errors received from bridges")
+    m.counter("lisp_reconcile_seconds_total", "Time spent making bridges match the state")
+    m.counter("lisp_reconciles_total", "Reconciles run")
+    m.counter("lisp_map_cache_misses_total", "Packets that missed the map-cache (send-map-request)")
+    m.counter("lisp_api_requests_total", "API requests, by method and status")
+    m.counter("lisp_api_request_seconds_total", "Time spent answering API requests, by method")
+    return m
+
+
+def _count_by_source(state: State) -> dict:
+    counts: dict = {}
+    for mapping in state.cache:
+        key = (("source", mapping.source),)
+        counts[key] = counts.get(key, 0.0) + 1
+    return counts
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _datapath_view(bridge: Bridge | None, session: BridgeSession | None) -> dict:
+    st = session.status if session is not None else None
+    dpid = bridge.datapath_id if bridge is not None and bridge.datapath_id is not None else \
+        (st.datapath_id if st is not None else None)
+    return {
+        "bridge": bridge.label if bridge is not None else f"{st.datapath_id:016x}",
+        "configured": bridge is not None,
+        "datapath_id": f"{dpid:016x}" if dpid is not None else None,
+        "name": (st.name if st is not None else None) or (bridge.name if bridge is not None else None),
+        "connected": st is not None,
+        "connected_since": _iso(st.connected_since) if st else None,
+        "address": st.address if st else None,
+        "rloc": str(bridge.rloc) if bridge else None,
+        "tunnel_profile": bridge.profile if bridge else None,
+        "tunnel_port": bridge.tunnel_port if bridge else None,
+        "ports": dict(sorted(st.ports.items(), key=lambda kv: kv[1])) if st else {},
+        "missing_ports": list(st.missing_ports) if st else [],
+        "flows_desired": st.flows_desired if st else None,
+        "flows_installed": st.flows_installed if st else None,
+        "flow_mods_sent": st.flow_mods_sent if st else 0,
+        "last_reconcile": _iso(st.last_reconcile) if st else None,
+        "last_reconcile_ms": round(st.last_reconcile_ms, 1) if st and st.last_reconcile_ms is not None else None,
+        "errors": list(st.errors) if st else [],
+        "degraded": bool(st and st.errors),
+    }

@@ -67,21 +67,28 @@ def mapping_flow(m: Mapping) -> Flow:
     return Flow(T_MAPCACHE, PRIO_PREFIX_BASE + m.eid.prefixlen, match, actions)
 
 
+def miss_flow(miss_action: str) -> Flow:
+    return Flow(T_MAPCACHE, 0, (), _miss_actions(miss_action))
+
+
 def compile_map_cache(cache: MapCache, miss_action: str) -> dict[int, Flow]:
     """The shared map-cache table: one flow per mapping, plus the miss rule,
     keyed by cookie once for all bridges."""
     flows = [mapping_flow(m) for m in cache]
-    flows.append(Flow(T_MAPCACHE, 0, (), _miss_actions(miss_action)))
+    flows.append(miss_flow(miss_action))
     return keyed(flows)
 
 
-def compile_bridge(bridge: Bridge, ports: TMapping[str, int], overlay: Overlay,
-                   shared: dict[int, Flow] | None = None) -> Compiled:
-    """All flows for one bridge. `ports` maps port names to OpenFlow port
-    numbers as the bridge reports them; a configured port the bridge lacks
-    is reported in `missing_ports` and its flows are left out."""
-    if shared is None:
-        shared = compile_map_cache(overlay.map_cache(), overlay.miss_action)
+def compile_overlay(overlay: Overlay) -> dict[int, Flow]:
+    """The shared map-cache flows of a whole (static) overlay."""
+    return compile_map_cache(overlay.map_cache(), overlay.miss_action)
+
+
+def compile_bridge(bridge: Bridge, ports: TMapping[str, int], shared: TMapping[int, Flow]) -> Compiled:
+    """All flows for one bridge: the shared map-cache flows plus its own.
+    `ports` maps port names to OpenFlow port numbers as the bridge reports
+    them; a configured port the bridge lacks is reported in `missing_ports`
+    and its flows are left out."""
     flows: list[Flow] = []
     missing: list[str] = []
     profile = PROFILES[bridge.profile]

@@ -22,17 +22,33 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class ApiSettings:
+    host: str = "127.0.0.1"  # local only unless the operator says otherwise
+    port: int = 8080
+    token: str | None = None  # bearer token for changes; TOKEN_ENV overrides
+    max_body_bytes: int = 64 * 1024 * 1024  # 100,000 mappings are about 11 MB
+    confirm_timeout: float = 5.0  # how long a write waits for the bridges' barriers
+
+
+TOKEN_ENV = "LISP_CONTROLLER_TOKEN"
+DEFAULT_STORE = "/var/lib/lisp-controller/store.db"
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     openflow_host: str
     openflow_port: int
     overlay: Overlay
+    api: ApiSettings = ApiSettings()
+    store_path: str = DEFAULT_STORE
 
 
 _CONTROLLER_KEYS = {"listen", "port", "miss_action"}
+_STORE_KEYS = {"path"}
 _BRIDGE_KEYS = {"datapath_id", "name", "rloc", "tunnel_port", "tunnel_profile", "iid",
                 "router_mac", "endpoint"}
-_TOP_KEYS = {"controller", "bridge", "mapping"}
+_TOP_KEYS = {"controller", "api", "store", "bridge", "mapping"}
 
 
 def parse_datapath_id(value: object, field: str = "datapath_id") -> int:
@@ -171,6 +187,14 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
     except ModelError as e:
         problems.append(f"{where}: {e}")
 
+    api = _parse_api(_table(data, "api", problems, where), problems, where)
+    store_raw = _table(data, "store", problems, where)
+    for key in sorted(set(store_raw) - _STORE_KEYS):
+        problems.append(f"{where}: store.{key}: unknown key")
+    store_path = store_raw.get("path", DEFAULT_STORE)
+    if not isinstance(store_path, str) or not store_path:
+        problems.append(f"{where}: store.path: must be a file path, got {store_path!r}")
+
     bridges: list[Bridge] = []
     raw_bridges = data.get("bridge", [])
     if not isinstance(raw_bridges, list):
@@ -202,7 +226,51 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
 
     if problems:
         raise ConfigError(problems)
-    return Config(source, host, port, Overlay(tuple(bridges), tuple(mappings), miss_action))
+    return Config(source, host, port, Overlay(tuple(bridges), tuple(mappings), miss_action),
+                  api, store_path)
+
+
+def _table(data: dict, key: str, problems: list[str], where: str) -> dict:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        problems.append(f"{where}: {key}: must be a table ([{key}])")
+        return {}
+    return value
+
+
+def _parse_seconds(value: object, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 600:
+        raise ModelError(field, f"must be seconds between 0 and 600, got {value!r}")
+    return float(value)
+
+
+def _parse_token(value: object, field: str) -> str:
+    if not isinstance(value, str) or len(value) < 16:
+        raise ModelError(field, "must be a string of at least 16 characters")
+    return value
+
+
+_API_PARSERS = {
+    "listen": ("host", lambda v, f: str(parse_address(v, f))),
+    "port": ("port", lambda v, f: parse_int(v, f, 1, 65535)),
+    "max_body_bytes": ("max_body_bytes", lambda v, f: parse_int(v, f, 1024, 2**40)),
+    "confirm_timeout": ("confirm_timeout", _parse_seconds),
+    "token": ("token", _parse_token),
+}
+
+
+def _parse_api(raw: dict, problems: list[str], where: str) -> ApiSettings:
+    values = {}
+    for key in sorted(raw):
+        if key not in _API_PARSERS:
+            problems.append(f"{where}: api.{key}: unknown key")
+            continue
+        attr, parse = _API_PARSERS[key]
+        try:
+            values[attr] = parse(raw[key], f"api.{key}")
+        except ModelError as e:
+            problems.append(f"{where}: {e}")
+    return ApiSettings(**values)
 
 
 def _check_bridges_unique(bridges: list[Bridge], problems: list[str], where: str) -> None:

@@ -117,7 +117,8 @@ class Mapping:
     rlocs: tuple[Rloc, ...] = ()
     ttl: int | None = None  # minutes; None = static
     action: str = "no-action"
-    source: str = "config"
+    source: str = "config"  # config | endpoint | api
+    expires: float | None = None  # clock time when a TTL runs out
 
     @property
     def key(self) -> tuple[int, IPNetwork]:
@@ -293,9 +294,14 @@ class Overlay:
         cache = MapCache()
         for bridge in self.bridges:
             for ep in bridge.endpoints:
-                for addr in ep.eids:
-                    host = ipaddress.ip_network(addr)
-                    cache.add(Mapping(ep.iid, host, (Rloc(bridge.rloc),), source="endpoint"))
+                for m in endpoint_mappings(bridge, ep):
+                    cache.add(m)
         for m in self.mappings:
             cache.add(m)
         return cache
+
+
+def endpoint_mappings(bridge: Bridge, ep: Endpoint) -> list[Mapping]:
+    """The host mappings an endpoint contributes to every other bridge."""
+    return [Mapping(ep.iid, ipaddress.ip_network(a), (Rloc(bridge.rloc),), source="endpoint")
+            for a in ep.eids]

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from lisp_controller.compiler import compile_bridge
+from lisp_controller.compiler import compile_bridge, compile_overlay
 from lisp_controller.config import load_config, parse_config
 from lisp_controller.flows import render
 from lisp_controller.reconcile import applied, reconcile
@@ -22,7 +22,7 @@ def table0(flows):
 def test_blog_table0_has_the_recipes_rule_shapes():
     config = load_config(BLOG)
     hv1 = config.overlay.bridges[0]
-    flows = compile_bridge(hv1, {"vnet0": VNET0, "lisp0": LISP0}, config.overlay).flows
+    flows = compile_bridge(hv1, {"vnet0": VNET0, "lisp0": LISP0}, compile_overlay(config.overlay)).flows
     # The recipe: priority 3 decap by dl_dst, 2 ARP from the VM port,
     # 1 IP from the VM port without VLAN, 0 NORMAL. The L3 tunnel profiles
     # deliver dl_dst=00:00:00:00:00:00 (DESIGN.md section 2), and IPv6
@@ -53,7 +53,7 @@ def test_lisp_profile_decaps_the_kernel_vport_mac():
     config = parse_config({"bridge": [{"name": "br0", "rloc": "192.0.2.1", "tunnel_profile": "lisp", "iid": 1,
                                        "endpoint": [{"port": "tap0", "mac": "52:54:00:00:00:01",
                                                      "eids": ["10.0.0.1"]}]}]})
-    flows = compile_bridge(config.overlay.bridges[0], {"tap0": 1, "lisp0": 3}, config.overlay).flows
+    flows = compile_bridge(config.overlay.bridges[0], {"tap0": 1, "lisp0": 3}, compile_overlay(config.overlay)).flows
     assert "table=0,priority=3,in_port=3,dl_dst=02:00:00:00:00:00 actions=goto_table:3" in table0(flows)
 
 
@@ -71,7 +71,7 @@ def test_overlapping_prefixes_resolve_longest_first():
             {"iid": 5, "eid": "10.2.3.0/24", "rlocs": ["198.51.100.24"]},
             {"iid": 5, "eid": "10.2.3.128/25", "action": "drop"},
         ]})
-    flows = compile_bridge(config.overlay.bridges[0], {"vm1": 1, "lisp0": 2}, config.overlay).flows
+    flows = compile_bridge(config.overlay.bridges[0], {"vm1": 1, "lisp0": 2}, compile_overlay(config.overlay)).flows
 
     def where(dst):
         r = trace(flows, {"in_port": 1, "eth_type": 0x0800, "vlan_vid": 0, "ipv4_dst": dst})
@@ -94,7 +94,7 @@ def test_same_eid_in_two_iids_goes_to_different_rlocs_and_keys():
             {"name": "hv3", "rloc": "192.0.2.3", "endpoint": [
                 {"port": "blue2", "mac": "52:54:00:00:00:04", "iid": 200, "eids": ["10.0.0.2"]}]}]})
     hv1 = config.overlay.bridges[0]
-    flows = compile_bridge(hv1, {"red1": 1, "blue1": 2, "lisp0": 3}, config.overlay).flows
+    flows = compile_bridge(hv1, {"red1": 1, "blue1": 2, "lisp0": 3}, compile_overlay(config.overlay)).flows
     red = trace(flows, {"in_port": 1, "eth_type": 0x0800, "vlan_vid": 0, "ipv4_dst": "10.0.0.2"})
     blue = trace(flows, {"in_port": 2, "eth_type": 0x0800, "vlan_vid": 0, "ipv4_dst": "10.0.0.2"})
     assert (red.packet["tun_ipv4_dst"], red.packet["tunnel_id"]) == ("192.0.2.2", 100)
@@ -116,7 +116,7 @@ def test_two_vms_per_hypervisor_and_local_delivery():
         _site("hv2", "192.0.2.2", 9, ("vm3", "52:54:00:00:00:03", ["10.0.0.3", "2001:db8::3"]))]})
     ov = config.overlay
     ports = {"vm1": 1, "vm2": 2, "lisp0": 3}
-    flows = compile_bridge(ov.bridges[0], ports, ov).flows
+    flows = compile_bridge(ov.bridges[0], ports, compile_overlay(ov)).flows
     # vm1 -> vm2 stays on the bridge, with vm2's MAC.
     r = trace(flows, {"in_port": 1, "eth_type": 0x0800, "vlan_vid": 0, "ipv4_dst": "10.0.0.2"})
     assert r.outputs == [2] and r.packet["eth_dst"] == "52:54:00:00:00:02"
@@ -140,7 +140,7 @@ def test_own_rloc_is_never_a_tunnel_target():
     config = parse_config({
         "bridge": [_site("hv1", "192.0.2.1", 9, ("vm1", "52:54:00:00:00:01", ["10.0.0.1"]))],
         "mapping": [{"iid": 9, "eid": "10.0.0.0/24", "rlocs": ["192.0.2.1"]}]})
-    flows = compile_bridge(config.overlay.bridges[0], {"vm1": 1, "lisp0": 3}, config.overlay).flows
+    flows = compile_bridge(config.overlay.bridges[0], {"vm1": 1, "lisp0": 3}, compile_overlay(config.overlay)).flows
     r = trace(flows, {"in_port": 1, "eth_type": 0x0800, "vlan_vid": 0, "ipv4_dst": "10.0.0.77"})
     assert 3 not in r.outputs  # the egress table sends it to decap, where it has no endpoint
 
@@ -151,8 +151,8 @@ def test_port_renumbering_changes_only_the_affected_flows():
               ("vm2", "52:54:00:00:00:02", ["10.0.0.2"])),
         _site("hv2", "192.0.2.2", 9, ("vm3", "52:54:00:00:00:03", ["10.0.0.3"]))]})
     ov = config.overlay
-    before = compile_bridge(ov.bridges[0], {"vm1": 1, "vm2": 2, "lisp0": 3}, ov).flows
-    after = compile_bridge(ov.bridges[0], {"vm1": 1, "vm2": 7, "lisp0": 3}, ov).flows
+    before = compile_bridge(ov.bridges[0], {"vm1": 1, "vm2": 2, "lisp0": 3}, compile_overlay(ov)).flows
+    after = compile_bridge(ov.bridges[0], {"vm1": 1, "vm2": 7, "lisp0": 3}, compile_overlay(ov)).flows
     plan = reconcile(after, {c: 1 for c in before})
     removed = [render(before[c], cookie=False) for c in plan.delete]
     added = [render(f, cookie=False) for _, f in plan.add]
@@ -166,7 +166,7 @@ def test_port_renumbering_changes_only_the_affected_flows():
 
 def test_missing_port_leaves_its_flows_out_and_says_so():
     config = load_config(BLOG)
-    compiled = compile_bridge(config.overlay.bridges[0], {"lisp0": 2}, config.overlay)
+    compiled = compile_bridge(config.overlay.bridges[0], {"lisp0": 2}, compile_overlay(config.overlay))
     assert compiled.missing_ports == ("vnet0",)
     assert not any("in_port=1" in render(f) for f in compiled.flows.values())
 
@@ -176,14 +176,14 @@ def test_miss_action_send_map_request_and_native_forward():
                              ("drop", [])):
         config = parse_config({"controller": {"miss_action": action},
                                "bridge": [_site("hv1", "192.0.2.1", 9, ("vm1", "52:54:00:00:00:01", ["10.0.0.1"]))]})
-        flows = compile_bridge(config.overlay.bridges[0], {"vm1": 1, "lisp0": 3}, config.overlay).flows
+        flows = compile_bridge(config.overlay.bridges[0], {"vm1": 1, "lisp0": 3}, compile_overlay(config.overlay)).flows
         r = trace(flows, {"in_port": 1, "eth_type": 0x0800, "vlan_vid": 0, "ipv4_dst": "10.5.5.5"})
         assert r.outputs == expected, action
 
 
 def test_every_table_ends_in_a_miss_rule():
     config = load_config(BLOG)
-    flows = compile_bridge(config.overlay.bridges[0], {"vnet0": 1, "lisp0": 2}, config.overlay).flows
+    flows = compile_bridge(config.overlay.bridges[0], {"vnet0": 1, "lisp0": 2}, compile_overlay(config.overlay)).flows
     tables = {f.table for f in flows.values()}
     assert tables == {0, 1, 2, 3, 4}
     for t in tables:
@@ -192,7 +192,7 @@ def test_every_table_ends_in_a_miss_rule():
 
 def test_reconcile_deletes_strays_and_duplicates_then_adds():
     config = load_config(BLOG)
-    desired = compile_bridge(config.overlay.bridges[0], {"vnet0": 1, "lisp0": 2}, config.overlay).flows
+    desired = compile_bridge(config.overlay.bridges[0], {"vnet0": 1, "lisp0": 2}, compile_overlay(config.overlay)).flows
     cookies = list(desired)
     installed = {c: 1 for c in cookies[2:]}
     installed[cookies[2]] = 2  # a stray copy under one of our cookies

@@ -1,0 +1,279 @@
+"""The command-line client: `lisp-controller mapping|endpoint|datapath|health ...`.
+
+Every API operation, readable tables by default, `--json` for scripts.
+Talks HTTP with the standard library only, so it runs anywhere Python does.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from .config import TOKEN_ENV
+
+URL_ENV = "LISP_CONTROLLER_URL"
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class ClientError(Exception):
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def request(url: str, method: str, path: str, body: object = None, query: dict | None = None,
+            timeout: float = 300.0) -> object:
+    full = url.rstrip("/") + path
+    if query:
+        full += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(full, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    token = os.environ.get(TOKEN_ENV)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+            ctype = resp.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        try:
+            err = json.loads(raw)["error"]
+            where = f"{err['field']}: " if err.get("field") else ""
+            message = f"{e.code} {where}{err['message']}"
+        except (ValueError, KeyError, TypeError):
+            message = f"{e.code} {e.reason}"
+        raise ClientError(message, 1) from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise ClientError(f"cannot reach the controller at {url}: {reason} (is `lisp-controller serve` "
+                          f"running? set --url or {URL_ENV})", 3) from None
+    return json.loads(raw) if "json" in ctype else raw.decode()
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(fmt.format(*map(str, r)).rstrip() for r in [header, *rows])
+
+
+def _rlocs(m: dict) -> str:
+    return ", ".join(f"{r['address']} ({r['priority']}/{r['weight']})" for r in m["rlocs"]) or "-"
+
+
+def _mapping_rows(mappings: list[dict]) -> str:
+    rows = [[m["iid"], m["eid"], _rlocs(m), "-" if m["ttl"] is None else f"{m['ttl']}m",
+             "-" if m.get("expires_in") is None else f"{m['expires_in']:.0f}s",
+             m["action"] if not m["rlocs"] else "-", m["source"]] for m in mappings]
+    return table(rows, ["IID", "EID", "RLOCS (priority/weight)", "TTL", "EXPIRES", "ACTION", "SOURCE"])
+
+
+def _bridges(result: dict) -> str:
+    parts = [f"{b['bridge']} {b['status']}" for b in result.get("bridges", [])]
+    errors = [e for b in result.get("bridges", []) for e in b.get("errors", [])]
+    text = "bridges: " + (", ".join(parts) or "none configured")
+    return text + "".join(f"\n  {e}" for e in errors)
+
+
+def _parse_rloc(text: str) -> dict:
+    """ADDRESS[,PRIORITY[,WEIGHT]]"""
+    parts = text.split(",")
+    rloc: dict = {"address": parts[0]}
+    try:
+        if len(parts) > 1:
+            rloc["priority"] = int(parts[1])
+        if len(parts) > 2:
+            rloc["weight"] = int(parts[2])
+    except ValueError:
+        raise ClientError(f"--rloc {text!r}: expected ADDRESS[,PRIORITY[,WEIGHT]]", 2) from None
+    if len(parts) > 3:
+        raise ClientError(f"--rloc {text!r}: expected ADDRESS[,PRIORITY[,WEIGHT]]", 2)
+    return rloc
+
+
+def _read_json_file(path: str) -> object:
+    try:
+        with (sys.stdin if path == "-" else open(path)) as f:
+            return json.load(f)
+    except OSError as e:
+        raise ClientError(f"{path}: {e.strerror}", 2) from None
+    except ValueError as e:
+        raise ClientError(f"{path}: not JSON: {e}", 2) from None
+
+
+def _key_path(iid: int, eid: str) -> str:
+    return f"/v1/mappings/{iid}/{eid}"
+
+
+def run(args) -> int:
+    url = args.url
+    out = None
+    if args.area == "health":
+        out = request(url, "GET", "/v1/health")
+        text = f"{out['status']}: {out['mappings']} mappings, {out['datapaths_connected']} of " \
+               f"{out['datapaths_configured']} bridges connected"
+    elif args.area == "metrics":
+        print(request(url, "GET", "/metrics"), end="")
+        return 0
+    elif args.area == "mapping":
+        text, out = _mapping(args, url)
+    elif args.area == "endpoint":
+        text, out = _endpoint(args, url)
+    else:
+        text, out = _datapath(args, url)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(text)
+    return 0
+
+
+def _mapping(args, url):
+    op = args.op
+    if op == "list":
+        out = request(url, "GET", "/v1/mappings", query={"iid": args.iid, "prefix": args.prefix,
+                                                          "source": args.source})
+        return _mapping_rows(out["mappings"]) + f"\n{out['total']} mappings", out
+    if op == "get":
+        out = request(url, "GET", _key_path(args.iid, args.eid))
+        return _mapping_rows([out["mapping"]]), out
+    if op == "lookup":
+        out = request(url, "GET", "/v1/lookup", query={"iid": args.iid, "eid": args.address})
+        if out["mapping"] is None:
+            return f"{args.address} in IID {args.iid}: no mapping (miss: {out['miss_action']})", out
+        return f"{args.address} in IID {args.iid} is served by\n" + _mapping_rows([out["mapping"]]), out
+    if op in ("add", "set"):
+        body = {"iid": args.iid, "eid": args.eid, "rlocs": [_parse_rloc(r) for r in args.rloc]}
+        if args.ttl is not None:
+            body["ttl"] = args.ttl
+        if args.action is not None:
+            body["action"] = args.action
+        if op == "add":
+            out = request(url, "POST", "/v1/mappings", body)
+            verb = "created"
+        else:
+            out = request(url, "PUT", _key_path(args.iid, args.eid), body)
+            verb = "set"
+        return f"{verb} {args.iid}:{out['mapping']['eid']}; {_bridges(out)}", out
+    if op == "delete":
+        out = request(url, "DELETE", _key_path(args.iid, args.eid))
+        return f"deleted {args.iid}:{out['deleted']['eid']}; {_bridges(out)}", out
+    data = _read_json_file(args.file)
+    if isinstance(data, list):
+        data = {"mappings": data}
+    if op == "bulk":
+        out = request(url, "POST", "/v1/mappings/bulk", data)
+        return f"{out['put']} mappings set, {out['deleted']} deleted; {_bridges(out)}", out
+    out = request(url, "PUT", "/v1/mappings", data)  # replace
+    return f"API mappings replaced: {out['before']} before, {out['mappings']} now; {_bridges(out)}", out
+
+
+def _endpoint(args, url):
+    if args.op == "list":
+        out = request(url, "GET", "/v1/endpoints", query={"bridge": args.bridge})
+        rows = [[e["bridge"], e["port"], e["mac"], e["iid"], ", ".join(e["eids"]), e["source"]]
+                for e in out["endpoints"]]
+        return table(rows, ["BRIDGE", "PORT", "MAC", "IID", "EIDS", "SOURCE"]), out
+    if args.op == "add":
+        out = request(url, "POST", "/v1/endpoints", {"bridge": args.bridge, "port": args.port, "mac": args.mac,
+                                                     "iid": args.iid, "eids": args.eid})
+        return f"added {args.port} on {out['endpoint']['bridge']}; {_bridges(out)}", out
+    out = request(url, "DELETE", f"/v1/endpoints/{urllib.parse.quote(args.bridge, safe='')}/"
+                                 f"{urllib.parse.quote(args.port, safe='')}")
+    return f"deleted {args.port} on {out['deleted']['bridge']}; {_bridges(out)}", out
+
+
+def _datapath(args, url):
+    if args.op == "list":
+        out = request(url, "GET", "/v1/datapaths")
+        rows = []
+        for d in out["datapaths"]:
+            state = "up" if d["connected"] else "down"
+            if d["connected"] and not d["configured"]:
+                state = "up (not in config)"
+            flows = "-" if d["flows_desired"] is None else f"{d['flows_installed']}/{d['flows_desired']}"
+            rows.append([d["bridge"], d["datapath_id"] or "-", d["name"] or "-", state, d["rloc"] or "-",
+                         d["tunnel_profile"] or "-", flows, len(d["errors"])])
+        return table(rows, ["BRIDGE", "DATAPATH", "NAME", "STATE", "RLOC", "PROFILE", "FLOWS", "ERRORS"]), out
+    ref = urllib.parse.quote(args.bridge, safe="")
+    if args.op == "show":
+        out = request(url, "GET", f"/v1/datapaths/{ref}")
+        d = out["datapath"]
+        lines = [f"{k}: {v}" for k, v in d.items() if k not in ("ports", "errors")]
+        lines.append("ports: " + (", ".join(f"{n}={p}" for n, p in d["ports"].items()) or "-"))
+        lines += ["errors:"] + [f"  {e}" for e in d["errors"]] if d["errors"] else ["errors: none"]
+        return "\n".join(lines), out
+    out = request(url, "GET", f"/v1/datapaths/{ref}/flows")
+    note = "" if out["connected"] else "# not connected: flows that need port numbers are left out\n"
+    return note + "\n".join(out["flows"]), out
+
+
+def add_parsers(sub) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=os.environ.get(URL_ENV, DEFAULT_URL),
+                        help=f"controller API (default ${URL_ENV} or {DEFAULT_URL})")
+    common.add_argument("--json", action="store_true", help="print the API's JSON")
+
+    def area(name, help_text):
+        p = sub.add_parser(name, help=help_text, parents=[common])
+        p.set_defaults(func=_main, area=name)
+        return p
+
+    area("health", "is the controller up")
+    area("metrics", "Prometheus metrics")
+
+    m = area("mapping", "the map-cache").add_subparsers(dest="op", required=True)
+    p = m.add_parser("list", parents=[common])
+    p.add_argument("--iid", type=int)
+    p.add_argument("--prefix", help="only mappings inside this prefix")
+    p.add_argument("--source", choices=["config", "endpoint", "api"])
+    for op in ("get", "delete"):
+        p = m.add_parser(op, parents=[common])
+        p.add_argument("eid", help="EID prefix, e.g. 10.2.0.0/16")
+        p.add_argument("--iid", type=int, required=True)
+    p = m.add_parser("lookup", parents=[common], help="which mapping serves an address")
+    p.add_argument("address")
+    p.add_argument("--iid", type=int, required=True)
+    for op, help_text in (("add", "create (fails if it exists)"), ("set", "create or replace")):
+        p = m.add_parser(op, parents=[common], help=help_text)
+        p.add_argument("eid", help="EID prefix, e.g. 10.2.0.0/16")
+        p.add_argument("--iid", type=int, required=True)
+        p.add_argument("--rloc", action="append", default=[], metavar="ADDRESS[,PRIORITY[,WEIGHT]]")
+        p.add_argument("--ttl", type=int, help="minutes")
+        p.add_argument("--action", choices=["no-action", "native-forward", "send-map-request", "drop"],
+                       help="for a negative mapping (no --rloc)")
+    for op, help_text in (("bulk", "set and delete many: JSON {mappings: [...], delete: [...]}"),
+                          ("replace", "replace every API mapping: JSON {mappings: [...]}")):
+        p = m.add_parser(op, parents=[common], help=help_text)
+        p.add_argument("file", help="JSON file, or - for standard input")
+
+    e = area("endpoint", "local endpoints of the bridges").add_subparsers(dest="op", required=True)
+    p = e.add_parser("list", parents=[common])
+    p.add_argument("--bridge")
+    p = e.add_parser("add", parents=[common])
+    for name in ("--bridge", "--port", "--mac"):
+        p.add_argument(name, required=True)
+    p.add_argument("--iid", type=int, required=True)
+    p.add_argument("--eid", action="append", required=True, help="EID address (repeat)")
+    p = e.add_parser("delete", parents=[common])
+    p.add_argument("--bridge", required=True)
+    p.add_argument("--port", required=True)
+
+    d = area("datapath", "bridges").add_subparsers(dest="op", required=True)
+    d.add_parser("list", parents=[common])
+    for op in ("show", "flows"):
+        d.add_parser(op, parents=[common]).add_argument("bridge", help="label, name or datapath ID")
+
+
+def _main(args) -> int:
+    try:
+        return run(args)
+    except ClientError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.code

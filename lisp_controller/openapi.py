@@ -1,0 +1,183 @@
+"""The OpenAPI 3 document of the REST API, built from the route table.
+
+Each handler has one entry here (summary, body, responses); `document`
+refuses to build if a route has none, and the tests check the served
+document against the routes and against real responses.
+"""
+from __future__ import annotations
+
+import re
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+SCHEMAS = {
+    "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "required": ["status", "message"], "properties": {
+            "status": {"type": "integer"}, "field": {"type": ["string", "null"]},
+            "message": {"type": "string"}}}}},
+    "Rloc": {"type": "object", "required": ["address"], "additionalProperties": False, "properties": {
+        "address": {"type": "string", "description": "IPv4 or IPv6 address"},
+        "priority": {"type": "integer", "minimum": 0, "maximum": 255, "default": 1,
+                     "description": "lowest wins; 255 = never used"},
+        "weight": {"type": "integer", "minimum": 0, "maximum": 100, "default": 100}}},
+    "MappingIn": {"type": "object", "required": ["iid", "eid"], "additionalProperties": False, "properties": {
+        "iid": {"type": "integer", "minimum": 0, "maximum": 16777215},
+        "eid": {"type": "string", "description": "EID prefix, e.g. 10.2.0.0/16 or 2001:db8::/48"},
+        "rlocs": {"type": "array", "items": {"oneOf": [{"$ref": "#/components/schemas/Rloc"}, {"type": "string"}]}},
+        "ttl": {"type": ["integer", "null"], "minimum": 1, "description": "minutes; absent = static"},
+        "action": {"type": "string", "enum": ["no-action", "native-forward", "send-map-request", "drop"],
+                   "description": "for negative entries (no usable RLOC)"}}},
+    "Mapping": {"type": "object", "required": ["iid", "eid", "rlocs", "action", "source"], "properties": {
+        "iid": {"type": "integer"}, "eid": {"type": "string"},
+        "rlocs": {"type": "array", "items": {"$ref": "#/components/schemas/Rloc"}},
+        "ttl": {"type": ["integer", "null"]}, "action": {"type": "string"},
+        "source": {"type": "string", "enum": ["config", "endpoint", "api"]},
+        "expires_in": {"type": ["number", "null"], "description": "seconds until the TTL runs out"}}},
+    "EndpointIn": {"type": "object", "required": ["bridge", "port", "mac", "iid", "eids"],
+                   "additionalProperties": False, "properties": {
+                       "bridge": {"type": "string", "description": "label, name or datapath ID"},
+                       "port": {"type": "string"}, "mac": {"type": "string"},
+                       "iid": {"type": "integer", "minimum": 0, "maximum": 16777215},
+                       "eids": {"type": "array", "items": {"type": "string"}, "minItems": 1}}},
+    "Endpoint": {"type": "object", "required": ["bridge", "port", "mac", "iid", "eids", "source"], "properties": {
+        "bridge": {"type": "string"}, "port": {"type": "string"}, "mac": {"type": "string"},
+        "iid": {"type": "integer"}, "eids": {"type": "array", "items": {"type": "string"}},
+        "source": {"type": "string", "enum": ["config", "api"]}}},
+    "BridgeResult": {"type": "object", "required": ["bridge", "status"], "properties": {
+        "bridge": {"type": "string"},
+        "status": {"type": "string", "enum": ["confirmed", "rejected", "timeout", "not-connected"],
+                   "description": "confirmed: the bridge holds the change (barrier); rejected: it refused "
+                                  "flows (see errors); timeout: still being applied; not-connected: "
+                                  "it gets the change when it connects"},
+        "errors": {"type": "array", "items": {"type": "string"}}}},
+    "Datapath": {"type": "object", "required": ["bridge", "configured", "connected"], "properties": {
+        "bridge": {"type": "string"}, "configured": {"type": "boolean"},
+        "datapath_id": {"type": ["string", "null"]}, "name": {"type": ["string", "null"]},
+        "connected": {"type": "boolean"}, "connected_since": {"type": ["string", "null"]},
+        "address": {"type": ["string", "null"]}, "rloc": {"type": ["string", "null"]},
+        "tunnel_profile": {"type": ["string", "null"]}, "tunnel_port": {"type": ["string", "null"]},
+        "ports": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "missing_ports": {"type": "array", "items": {"type": "string"}},
+        "flows_desired": {"type": ["integer", "null"]}, "flows_installed": {"type": ["integer", "null"]},
+        "flow_mods_sent": {"type": "integer"}, "last_reconcile": {"type": ["string", "null"]},
+        "last_reconcile_ms": {"type": ["number", "null"]},
+        "errors": {"type": "array", "items": {"type": "string"}}, "degraded": {"type": "boolean"}}},
+}
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(**props) -> dict:
+    return {"type": "object", "required": list(props), "properties": props}
+
+
+_BRIDGES = {"type": "array", "items": _ref("BridgeResult")}
+_MAPPING_LIST = {"type": "array", "items": _ref("MappingIn")}
+_Q = lambda name, schema, desc, required=False: {  # noqa: E731
+    "name": name, "in": "query", "required": required, "schema": schema, "description": desc}
+
+# handler -> (summary, request body schema or None, {status: (description, schema)}, query params)
+OPERATIONS: dict[str, tuple] = {
+    "health": ("Liveness and a summary", None, {200: ("ok", _obj(status={"type": "string"}, mappings={
+        "type": "integer"}, datapaths_configured={"type": "integer"}, datapaths_connected={"type": "integer"}))}, []),
+    "metrics": ("Metrics in the Prometheus text format", None, {200: ("metrics", "text")}, []),
+    "openapi": ("This document", None, {200: ("OpenAPI 3 document", {"type": "object"})}, []),
+    "list_mappings": ("List mappings (all owners), sorted by IID and prefix", None, {
+        200: ("mappings", _obj(total={"type": "integer"}, offset={"type": "integer"},
+                                mappings={"type": "array", "items": _ref("Mapping")}))},
+        [_Q("iid", {"type": "integer"}, "only this Instance ID"),
+         _Q("prefix", {"type": "string"}, "only mappings inside this prefix"),
+         _Q("source", {"type": "string", "enum": ["config", "endpoint", "api"]}, "only this owner"),
+         _Q("offset", {"type": "integer", "minimum": 0}, "skip this many"),
+         _Q("limit", {"type": "integer", "minimum": 1}, "at most this many (default 100000)")]),
+    "create_mapping": ("Create a mapping (409 if it exists)", _ref("MappingIn"), {
+        201: ("created and sent to the bridges", _obj(mapping=_ref("Mapping"), bridges=_BRIDGES))}, []),
+    "replace_mappings": ("Replace every API mapping with the given set", _obj(mappings=_MAPPING_LIST), {
+        200: ("replaced", _obj(mappings={"type": "integer"}, before={"type": "integer"}, bridges=_BRIDGES))}, []),
+    "bulk_mappings": ("Create or replace many mappings and delete others, in one transaction",
+                      {"type": "object", "properties": {"mappings": _MAPPING_LIST, "delete": {
+                          "type": "array", "items": _obj(iid={"type": "integer"}, eid={"type": "string"})}}}, {
+        200: ("applied", _obj(put={"type": "integer"}, deleted={"type": "integer"}, bridges=_BRIDGES))}, []),
+    "get_mapping": ("One mapping", None, {200: ("the mapping", _obj(mapping=_ref("Mapping")))}, []),
+    "put_mapping": ("Create or replace one mapping",
+                    {"type": "object", "additionalProperties": False,
+                     "properties": SCHEMAS["MappingIn"]["properties"]}, {
+        200: ("replaced", _obj(mapping=_ref("Mapping"), bridges=_BRIDGES)),
+        201: ("created", _obj(mapping=_ref("Mapping"), bridges=_BRIDGES))}, []),
+    "delete_mapping": ("Delete one API mapping", None, {
+        200: ("deleted", _obj(deleted=_ref("Mapping"), bridges=_BRIDGES))}, []),
+    "lookup": ("Which mapping serves this EID (longest prefix match)", None, {
+        200: ("the answer; mapping is null on a miss, with the miss action",
+              {"type": "object", "required": ["iid", "eid", "mapping"], "properties": {
+                  "iid": {"type": "integer"}, "eid": {"type": "string"},
+                  "mapping": {"oneOf": [_ref("Mapping"), {"type": "null"}]},
+                  "miss_action": {"type": "string"}}})},
+        [_Q("iid", {"type": "integer"}, "Instance ID", True), _Q("eid", {"type": "string"}, "EID address", True)]),
+    "list_endpoints": ("Local endpoints of every bridge (config and API)", None, {
+        200: ("endpoints", _obj(endpoints={"type": "array", "items": _ref("Endpoint")}))},
+        [_Q("bridge", {"type": "string"}, "only this bridge")]),
+    "add_endpoint": ("Add a local endpoint to a bridge", _ref("EndpointIn"), {
+        201: ("added", _obj(endpoint=_ref("Endpoint"), bridges=_BRIDGES))}, []),
+    "delete_endpoint": ("Delete an API endpoint", None, {
+        200: ("deleted", _obj(deleted=_obj(bridge={"type": "string"}, port={"type": "string"}),
+                              bridges=_BRIDGES))}, []),
+    "list_datapaths": ("Bridges: configured and connected", None, {
+        200: ("datapaths", _obj(datapaths={"type": "array", "items": _ref("Datapath")}))}, []),
+    "get_datapath": ("One bridge", None, {200: ("the bridge", _obj(datapath=_ref("Datapath")))}, []),
+    "datapath_flows": ("The bridge's flows in ovs-ofctl syntax", None, {
+        200: ("flows", _obj(bridge={"type": "string"}, connected={"type": "boolean"},
+                            flows={"type": "array", "items": {"type": "string"}}))},
+        [_Q("format", {"type": "string", "enum": ["json", "text"]}, "text: one flow per line")]),
+}
+
+_PARAM_DOC = {
+    "iid": ("Instance ID", {"type": "integer", "minimum": 0, "maximum": 16777215}),
+    "eid": ("EID prefix; its slash may be sent as is (10.2.0.0/16) or as %2F", {"type": "string"}),
+    "bridge": ("bridge label, name or datapath ID", {"type": "string"}),
+    "port": ("port name", {"type": "string"}),
+}
+_ERRORS = {400: "bad input (the body names the field)", 401: "token missing or wrong",
+           404: "not found", 409: "conflict (exists, or owned by the config or an endpoint)",
+           413: "body too large", 415: "not JSON", 503: "the store cannot be written; nothing changed"}
+
+
+def document(routes) -> dict:
+    paths: dict = {}
+    for method, path, name in routes:
+        summary, body, responses, query = OPERATIONS[name]
+        op: dict = {"operationId": name, "summary": summary, "responses": {}}
+        params = [{"name": p, "in": "path", "required": True, "description": _PARAM_DOC[p][0],
+                   "schema": _PARAM_DOC[p][1]} for p in _path_params(path)]
+        if params or query:
+            op["parameters"] = params + list(query)
+        if body is not None:
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        for status, (desc, schema) in responses.items():
+            content = {"text/plain": {"schema": {"type": "string"}}} if schema == "text" else \
+                {"application/json": {"schema": schema}}
+            op["responses"][str(status)] = {"description": desc, "content": content}
+        errors = [400, 404] if method == "GET" and (params or query) else []
+        if method != "GET":
+            errors = [400, 401, 404, 409, 413, 415, 503]
+        for status in errors:
+            op["responses"][str(status)] = {"description": _ERRORS[status],
+                                            "content": {"application/json": {"schema": _ERROR}}}
+        if method != "GET":
+            op["security"] = [{"bearer": []}, {}]
+        paths.setdefault(path, {})[method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "lisp-controller", "version": "1",
+                 "description": "Map-cache, local endpoints and bridges of a LISP controller for Open vSwitch. "
+                                "Writes answer once committed to the store and, within a bounded wait, "
+                                "confirmed by barrier on each connected bridge (see `bridges`)."},
+        "paths": paths,
+        "components": {"schemas": SCHEMAS,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }
+
+
+def _path_params(path: str) -> list[str]:
+    return re.findall(r"\{(\w+)\}", path)

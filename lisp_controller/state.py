@@ -1,0 +1,224 @@
+"""The desired state: config and store merged into what the compiler needs.
+
+Pure and in memory. A change is checked first (`check`, which raises and
+mutates nothing), written to the store by the caller, and only then applied
+here (`apply`), so memory never runs ahead of what is committed. The shared
+map-cache flows are kept up to date per mapping: a change to one mapping
+re-renders one flow, not the whole table.
+
+Ownership: a (IID, prefix) belongs to the config, to an endpoint (its host
+mapping), or to the API. The API may only change its own.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from .compiler import mapping_flow, miss_flow
+from .config import Config
+from .flows import Flow, flow_cookie
+from .model import Bridge, Endpoint, MapCache, Mapping, endpoint_mappings
+
+Key = tuple  # (iid, IPv4Network | IPv6Network)
+PAUSE_EVERY = 2000
+
+
+class Conflict(Exception):
+    """A change the current state does not allow (HTTP 409 or 404)."""
+
+    def __init__(self, field: str, message: str, status: int = 409):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message, self.status = field, message, status
+
+
+@dataclass
+class Change:
+    """One request's worth of edits, applied all or nothing."""
+
+    put: list[Mapping] = field(default_factory=list)
+    delete: list[Key] = field(default_factory=list)
+    replace_api: bool = False  # API mappings not in `put` are deleted
+    create_only: bool = False  # `put` must not replace an existing mapping
+    put_endpoints: list[tuple[str, Endpoint]] = field(default_factory=list)  # (bridge label, ep)
+    delete_endpoints: list[tuple[str, str]] = field(default_factory=list)  # (bridge label, port)
+
+
+def key_text(key: Key) -> str:
+    return f"{key[0]}:{key[1]}"
+
+
+class State:
+    def __init__(self, config: Config, mappings: Iterable[Mapping] = (),
+                 endpoints: Iterable[tuple[str, Endpoint]] = (), clock: Callable[[], float] = time.time):
+        self.config = config
+        self.clock = clock
+        self.generation = 0
+        self.cache = MapCache()
+        self.shared: dict[int, Flow] = {}
+        self._cookie_of: dict[Key, int] = {}
+        self._config_bridges = {b.label: b for b in config.overlay.bridges}
+        self.api_endpoints: dict[tuple[str, str], Endpoint] = {}
+        self.bridges: dict[str, Bridge] = dict(self._config_bridges)
+        self._add_flow(miss_flow(config.overlay.miss_action))
+        for bridge in config.overlay.bridges:
+            for ep in bridge.endpoints:
+                for m in endpoint_mappings(bridge, ep):
+                    self._put(m)
+        for m in config.overlay.mappings:
+            self._put(m)
+        self.apply(Change(put=list(mappings), put_endpoints=list(endpoints)), bump=False)
+
+    # -- reading -----------------------------------------------------------
+    def owner(self, key: Key) -> str | None:
+        m = self.cache.get(*key)
+        return m.source if m is not None else None
+
+    def api_mappings(self) -> list[Mapping]:
+        return [m for m in self.cache if m.source == "api"]
+
+    def bridge(self, label: str) -> Bridge | None:
+        return self.bridges.get(label)
+
+    def find_bridge(self, ref: str) -> Bridge | None:
+        """A bridge by label, name or datapath ID (hex, as ovs-ofctl shows it)."""
+        ref_l = ref.lower().removeprefix("0x")
+        for b in self.bridges.values():
+            if ref in (b.label, b.name) or (b.datapath_id is not None and ref_l.isalnum()
+                                             and _hex(ref_l) == b.datapath_id):
+                return b
+        return None
+
+    def expired(self) -> list[Key]:
+        now = self.clock()
+        return [m.key for m in self.cache if m.expires is not None and m.expires <= now]
+
+    # -- changing ----------------------------------------------------------
+    def check(self, change: Change) -> None:
+        """Raise Conflict if `change` may not be applied; change nothing."""
+        seen: set[Key] = set()
+        for i, m in enumerate(change.put):
+            where = f"mappings[{i}]" if len(change.put) > 1 or change.replace_api else "mapping"
+            if m.key in seen:
+                raise Conflict(f"{where}.eid", f"{key_text(m.key)} appears twice in this request", 400)
+            seen.add(m.key)
+            owner = self.owner(m.key)
+            if owner in ("config", "endpoint"):
+                raise Conflict(f"{where}.eid", f"{key_text(m.key)} is owned by the {owner} "
+                               "and cannot be changed through the API")
+            if owner == "api" and change.create_only:
+                raise Conflict(f"{where}.eid", f"{key_text(m.key)} already exists "
+                               "(PUT replaces a mapping)")
+        for key in change.delete:
+            owner = self.owner(key)
+            if owner is None:
+                raise Conflict("eid", f"no mapping for {key_text(key)}", 404)
+            if owner != "api":
+                raise Conflict("eid", f"{key_text(key)} is owned by the {owner} "
+                               "and cannot be changed through the API")
+        for i, (label, ep) in enumerate(change.put_endpoints):
+            self._check_endpoint(label, ep, "endpoint" if len(change.put_endpoints) == 1 else f"endpoints[{i}]")
+        for label, port in change.delete_endpoints:
+            if (label, port) not in self.api_endpoints:
+                if self._config_owns_port(label, port):
+                    raise Conflict("port", f"endpoint {port} on bridge {label} is owned by the config")
+                raise Conflict("port", f"no endpoint on port {port} of bridge {label}", 404)
+
+    def _config_owns_port(self, label: str, port: str) -> bool:
+        bridge = self._config_bridges.get(label)
+        return bridge is not None and any(e.port == port for e in bridge.endpoints)
+
+    def _check_endpoint(self, label: str, ep: Endpoint, where: str) -> None:
+        bridge = self.bridges.get(label)
+        if bridge is None:
+            raise Conflict(f"{where}.bridge", f"no bridge {label!r} in the config", 404)
+        if ep.port == bridge.tunnel_port:
+            raise Conflict(f"{where}.port", f"{ep.port!r} is the bridge's tunnel port")
+        if any(e.port == ep.port for e in bridge.endpoints):
+            raise Conflict(f"{where}.port", f"port {ep.port} of bridge {label} already has an endpoint")
+        for addr in ep.eids:
+            key = (ep.iid, ipaddress.ip_network(addr))
+            owner = self.owner(key)
+            if owner is not None:
+                raise Conflict(f"{where}.eids", f"{key_text(key)} is already mapped (by the {owner})")
+
+    def apply(self, change: Change, bump: bool = True, pause: Callable[[], None] | None = None) -> None:
+        """Apply a checked (and committed) change. `pause` is called every
+        few thousand mappings so a big change lets the hub breathe."""
+        now = self.clock()
+        n = 0
+
+        def tick() -> None:
+            nonlocal n
+            n += 1
+            if pause is not None and n % PAUSE_EVERY == 0:
+                pause()
+
+        if change.replace_api:
+            keep = {m.key for m in change.put}
+            for m in self.api_mappings():
+                if m.key not in keep:
+                    self._remove(m.key)
+                    tick()
+        for key in change.delete:
+            self._remove(key)
+            tick()
+        for m in change.put:
+            self._put(stamp(m, now) if m.expires is None else m)
+            tick()
+        for label, port in change.delete_endpoints:
+            ep = self.api_endpoints.pop((label, port))
+            for m in endpoint_mappings(self.bridges[label], ep):
+                self._remove(m.key)
+            self._rebuild_bridge(label)
+        for label, ep in change.put_endpoints:
+            if label not in self.bridges:
+                continue  # a stored endpoint whose bridge left the config
+            self.api_endpoints[(label, ep.port)] = ep
+            for m in endpoint_mappings(self.bridges[label], ep):
+                self._put(m)
+            self._rebuild_bridge(label)
+        if bump:
+            self.generation += 1
+
+    def _rebuild_bridge(self, label: str) -> None:
+        base = self._config_bridges[label]
+        extra = tuple(ep for (lbl, _), ep in sorted(self.api_endpoints.items()) if lbl == label)
+        self.bridges[label] = dataclasses.replace(base, endpoints=base.endpoints + extra)
+
+    def _add_flow(self, flow: Flow) -> int:
+        cookie = flow_cookie(flow)
+        other = self.shared.get(cookie)
+        if other is not None and other != flow:
+            raise RuntimeError(f"cookie collision {cookie:#x}")
+        self.shared[cookie] = flow
+        return cookie
+
+    def _put(self, m: Mapping) -> None:
+        old = self._cookie_of.pop(m.key, None)
+        if old is not None:
+            del self.shared[old]
+        self.cache.add(m)
+        self._cookie_of[m.key] = self._add_flow(mapping_flow(m))
+
+    def _remove(self, key: Key) -> None:
+        self.cache.remove(*key)
+        cookie = self._cookie_of.pop(key, None)
+        if cookie is not None:
+            del self.shared[cookie]
+
+
+def stamp(m: Mapping, now: float) -> Mapping:
+    """Give an API mapping with a TTL its expiry time (TTL is in minutes)."""
+    if m.ttl is None or m.source != "api":
+        return m
+    return dataclasses.replace(m, expires=now + 60.0 * m.ttl)
+
+
+def _hex(text: str) -> int | None:
+    try:
+        return int(text, 16)
+    except ValueError:
+        return None

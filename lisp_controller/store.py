@@ -1,0 +1,117 @@
+"""SQLite persistence for API mappings and API endpoints: the store is the truth.
+
+One transaction per request: a crash at any point leaves either all of a
+request or none of it. WAL with synchronous=FULL, so a committed request
+also survives a power cut. Config-owned entries are never stored.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Iterable
+
+from .model import Endpoint, Mapping, Rloc
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS mappings (
+    iid INTEGER NOT NULL, eid TEXT NOT NULL, rlocs TEXT NOT NULL, ttl INTEGER,
+    action TEXT NOT NULL, expires REAL, PRIMARY KEY (iid, eid)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS endpoints (
+    bridge TEXT NOT NULL, port TEXT NOT NULL, mac TEXT NOT NULL, iid INTEGER NOT NULL,
+    eids TEXT NOT NULL, PRIMARY KEY (bridge, port)) WITHOUT ROWID;
+"""
+
+
+class StoreError(Exception):
+    """The store cannot be opened, read or written; the message says why."""
+
+
+def _wrap(path: Path, doing: str, exc: Exception) -> StoreError:
+    text = str(exc)
+    if isinstance(exc, sqlite3.DatabaseError) and "not a database" in text:
+        text = "file is not an SQLite database (corrupt, or another file)"
+    elif "readonly" in text or "read-only" in text:
+        text = "the file or its directory is read-only"
+    elif "disk is full" in text or "database or disk is full" in text:
+        text = "the disk is full"
+    return StoreError(f"store {path}: cannot {doing}: {text}")
+
+
+class Store:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(_SCHEMA)
+            row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise StoreError(f"store {self.path}: schema version {row[0]}, expected {SCHEMA_VERSION}")
+            self.db.execute("PRAGMA quick_check").fetchone()
+        except (sqlite3.Error, OSError) as exc:
+            raise _wrap(self.path, "open", exc) from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def load(self) -> tuple[list[Mapping], list[tuple[str, Endpoint]]]:
+        try:
+            mappings = [_mapping(row) for row in self.db.execute(
+                "SELECT iid, eid, rlocs, ttl, action, expires FROM mappings")]
+            endpoints = [(bridge, Endpoint(port, mac, iid, tuple(ipaddress.ip_address(a) for a in json.loads(eids))))
+                         for bridge, port, mac, iid, eids in self.db.execute(
+                             "SELECT bridge, port, mac, iid, eids FROM endpoints")]
+        except (sqlite3.Error, ValueError) as exc:
+            raise _wrap(self.path, "read", exc) from None
+        return mappings, endpoints
+
+    def write(self, put: Iterable[Mapping] = (), delete: Iterable[tuple] = (), replace_all: bool = False,
+              put_endpoints: Iterable[tuple[str, Endpoint]] = (),
+              delete_endpoints: Iterable[tuple[str, str]] = ()) -> None:
+        """One transaction: everything or nothing."""
+        try:
+            cur = self.db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                if replace_all:
+                    cur.execute("DELETE FROM mappings")
+                cur.executemany("DELETE FROM mappings WHERE iid=? AND eid=?",
+                                ((iid, str(eid)) for iid, eid in delete))
+                cur.executemany("INSERT OR REPLACE INTO mappings VALUES (?,?,?,?,?,?)",
+                                (_row(m) for m in put))
+                cur.executemany("DELETE FROM endpoints WHERE bridge=? AND port=?", delete_endpoints)
+                cur.executemany("INSERT OR REPLACE INTO endpoints VALUES (?,?,?,?,?)",
+                                ((b, e.port, e.mac, e.iid, json.dumps([str(a) for a in e.eids]))
+                                 for b, e in put_endpoints))
+                cur.execute("COMMIT")
+            except BaseException:
+                if self.db.in_transaction:
+                    cur.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _wrap(self.path, "write", exc) from None
+
+    def size_bytes(self) -> int:
+        return sum(os.path.getsize(p) for p in (self.path, Path(f"{self.path}-wal"))
+                   if os.path.exists(p))
+
+
+def _row(m: Mapping) -> tuple:
+    rlocs = json.dumps([[str(r.address), r.priority, r.weight] for r in m.rlocs])
+    return (m.iid, str(m.eid), rlocs, m.ttl, m.action, m.expires)
+
+
+def _mapping(row) -> Mapping:
+    iid, eid, rlocs, ttl, action, expires = row
+    return Mapping(iid, ipaddress.ip_network(eid),
+                   tuple(Rloc(ipaddress.ip_address(a), p, w) for a, p, w in json.loads(rlocs)),
+                   ttl, action, "api", expires)

@@ -1,0 +1,118 @@
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from lisp_controller.compiler import compile_overlay
+from lisp_controller.config import load_config
+from lisp_controller.model import Endpoint, Mapping
+from lisp_controller.state import Change, Conflict, State
+from lisp_controller.store import Store, StoreError
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOG = load_config(ROOT / "configs" / "blog-two-hypervisors.toml")
+
+
+def api(iid, eid, *rlocs, **kw):
+    return Mapping.parse({"iid": iid, "eid": eid, "rlocs": list(rlocs), **kw}, source="api")
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_shared_flows_stay_equal_to_a_full_compile():
+    state = State(BLOG)
+    assert state.shared == compile_overlay(BLOG.overlay)
+    state.apply(Change(put=[api(1000, "10.2.0.0/16", "192.0.2.1"), api(1000, "10.3.0.0/16", "192.0.2.2")]))
+    state.apply(Change(put=[api(1000, "10.2.0.0/16", "192.0.2.9")], delete=[(1000, ipaddress.ip_network("10.3.0.0/16"))]))
+    from lisp_controller.compiler import compile_map_cache
+    assert state.shared == compile_map_cache(state.cache, BLOG.overlay.miss_action)
+    assert len(state.shared) == 4  # two endpoint host mappings, 10.2/16, the miss rule
+
+
+def test_ownership_rules():
+    state = State(BLOG)
+    with pytest.raises(Conflict, match="owned by the endpoint") as err:
+        state.check(Change(put=[api(1000, "10.1.1.20/32", "192.0.2.1")]))
+    assert err.value.status == 409
+    state.apply(Change(put=[api(1000, "10.2.0.0/16", "192.0.2.1")]))
+    with pytest.raises(Conflict, match="already exists"):
+        state.check(Change(put=[api(1000, "10.2.0.0/16", "192.0.2.1")], create_only=True))
+    state.check(Change(put=[api(1000, "10.2.0.0/16", "192.0.2.7")]))  # replace is fine
+    with pytest.raises(Conflict, match="no mapping") as err:
+        state.check(Change(delete=[(1000, ipaddress.ip_network("10.9.0.0/16"))]))
+    assert err.value.status == 404
+    with pytest.raises(Conflict, match="appears twice") as err:
+        state.check(Change(put=[api(1, "10.0.0.0/8"), api(1, "10.0.0.0/8")]))
+    assert err.value.status == 400
+
+
+def test_replace_api_keeps_config_and_endpoint_mappings():
+    state = State(BLOG)
+    state.apply(Change(put=[api(1000, f"10.2.{i}.0/24", "192.0.2.1") for i in range(5)]))
+    state.apply(Change(put=[api(1000, "10.2.3.0/24", "192.0.2.1"), api(1000, "10.7.0.0/16", "192.0.2.2")],
+                       replace_api=True))
+    assert sorted(str(m.eid) for m in state.api_mappings()) == ["10.2.3.0/24", "10.7.0.0/16"]
+    assert {m.source for m in state.cache} == {"api", "endpoint"}
+
+
+def test_api_endpoint_moves_the_host_mapping_between_bridges():
+    state = State(BLOG)
+    hv1, hv2 = BLOG.overlay.bridges
+    ep = Endpoint("vnet7", "52:54:00:00:00:07", 1000, (ipaddress.ip_address("10.1.1.77"),))
+    state.apply(Change(put_endpoints=[(hv2.label, ep)]))
+    assert str(state.cache.lookup(1000, "10.1.1.77").best_rloc().address) == "192.168.1.252"
+    assert [e.port for e in state.bridge(hv2.label).endpoints] == ["vnet0", "vnet7"]
+    with pytest.raises(Conflict, match="already mapped"):
+        state.check(Change(put_endpoints=[(hv1.label, ep)]))
+    state.apply(Change(delete_endpoints=[(hv2.label, "vnet7")]))
+    state.apply(Change(put_endpoints=[(hv1.label, ep)]))
+    assert str(state.cache.lookup(1000, "10.1.1.77").best_rloc().address) == "192.168.1.249"
+    with pytest.raises(Conflict, match="owned by the config"):
+        state.check(Change(delete_endpoints=[(hv1.label, "vnet0")]))
+
+
+def test_ttl_expiry_uses_the_injected_clock():
+    clock = Clock()
+    state = State(BLOG, clock=clock)
+    state.apply(Change(put=[api(1000, "10.2.0.0/16", "192.0.2.1", ttl=2), api(1000, "10.3.0.0/16", "192.0.2.1")]))
+    assert state.cache.get(1000, ipaddress.ip_network("10.2.0.0/16")).expires == 1000.0 + 120
+    clock.now += 119
+    assert state.expired() == []
+    clock.now += 2
+    assert state.expired() == [(1000, ipaddress.ip_network("10.2.0.0/16"))]
+
+
+def test_store_round_trip_and_all_or_nothing(tmp_path):
+    store = Store(tmp_path / "s.db")
+    m = api(1000, "10.2.0.0/16", {"address": "2001:db8::1", "priority": 3, "weight": 40}, ttl=5)
+    m = Mapping(m.iid, m.eid, m.rlocs, m.ttl, m.action, "api", 1234.5)
+    ep = Endpoint("vnet3", "52:54:00:00:00:03", 7, (ipaddress.ip_address("10.1.1.3"), ipaddress.ip_address("2001:db8::3")))
+    store.write(put=[m, api(1, "0.0.0.0/0", action="drop")], put_endpoints=[("hv1", ep)])
+    store.close()
+    mappings, endpoints = Store(tmp_path / "s.db").load()
+    assert sorted(mappings, key=lambda x: x.iid) == [api(1, "0.0.0.0/0", action="drop"), m]
+    assert endpoints == [("hv1", ep)]
+
+    # A write that fails half-way leaves nothing of itself behind.
+    store = Store(tmp_path / "s.db")
+
+    def exploding():
+        yield api(2, "10.0.0.0/8")
+        raise RuntimeError("crash in the middle")
+
+    with pytest.raises(RuntimeError):
+        store.write(put=exploding(), delete=[(1, ipaddress.ip_network("0.0.0.0/0"))])
+    assert len(store.load()[0]) == 2
+
+
+def test_corrupt_store_gives_a_clear_error(tmp_path):
+    bad = tmp_path / "corrupt.db"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not an SQLite database"):
+        Store(bad)
