@@ -2,9 +2,14 @@
 
 The demo and the end-to-end tests share this: one hypervisor per configured
 bridge (same datapath ID, RLOC, tunnel port and profile), one VM per
-endpoint (same port name, MAC and EIDs), all on one underlay segment, and
-the controller started as a real `lisp-controller serve` process in its own
-namespace. What users configure is exactly what gets tested.
+endpoint (same port name, MAC, EIDs and gateway), and the controller started
+as a real `lisp-controller serve` process in its own namespace. What users
+configure is exactly what gets tested.
+
+The underlay and the VM side take the shape of the OVS LISP recipe's three
+scenarios (docs/scenario-*.rst): all hypervisors on one segment (1 and 3) or
+one segment per RLOC subnet joined by a router namespace (2); optionally the
+VM bridges joined by an L2 segment (1: the recipe's eth0 on br0).
 """
 from __future__ import annotations
 
@@ -17,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Config, load_config
-from .testbed import VM, Controller, Hypervisor, Segment, Testbed, wait_until
+from .model import Endpoint
+from .testbed import VM, Controller, Hypervisor, Router, Segment, Testbed, wait_until
 
 
 @dataclass
@@ -26,48 +32,85 @@ class Overlay:
     config_path: Path
     config: Config
     controller_ns: Controller
-    segment: Segment
+    segment: Segment  # the (first) underlay segment
     hypervisors: list[Hypervisor] = field(default_factory=list)
     vms: list[VM] = field(default_factory=list)
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)  # VM name -> its endpoint
+    segments: list[Segment] = field(default_factory=list)  # every underlay segment
+    router: Router | None = None  # the underlay router (routed_underlay)
+    vm_lan: Segment | None = None  # the L2 segment joining the VM bridges
 
     def vm(self, name: str) -> VM:
         return next(v for v in self.vms if v.name == name)
 
 
+def _first_host(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
+    return str(net.network_address + 1)
+
+
 def build(tb: Testbed, config_path: str | Path, vm_prefixlen: int = 24,
-          underlay: str = "192.168.0.0/16", static_neighbours: bool = True) -> Overlay:
-    """Hypervisors and VMs as the config describes them. RLOCs must be IPv4
-    in `underlay`; VM i of the config is named vm<i+1>. With
-    `static_neighbours`, every VM gets a neighbour entry for every other
-    VM's address (the blog's `arp -f /etc/ethers`)."""
+          underlay: str = "192.168.0.0/16", static_neighbours: bool = True, *,
+          routed_underlay: bool = False, rloc_prefixlen: int | None = None,
+          vm_lan: bool = False) -> Overlay:
+    """Hypervisors and VMs as the config describes them; VM i of the config
+    is named vm<i+1> and gets a default route via its endpoint's gateway.
+
+    Underlay: by default every RLOC (IPv4 or IPv6) sits in `underlay`, one
+    segment. `routed_underlay` instead puts each RLOC subnet (RLOC/
+    `rloc_prefixlen`, default /24 or /64) on a segment of its own, joined by
+    a router namespace at the first address of each subnet, which is every
+    hypervisor's gateway (scenario 2). `vm_lan` adds port eth0 to every VM
+    bridge, all on one L2 segment (scenario 1). With `static_neighbours`,
+    every VM gets a neighbour entry for every other VM of its IID (the
+    blog's `arp -f /etc/ethers`)."""
     config = load_config(config_path)
     if config.openflow_host in ("0.0.0.0", "::"):
         raise ValueError("the testbed needs a config whose controller.listen is its management address")
     ctl = tb.add_controller()
     if ctl.address != config.openflow_host:
         raise ValueError(f"config listens on {config.openflow_host}, testbed controller is {ctl.address}")
-    net = ipaddress.ip_network(underlay)
-    segment = tb.add_segment("wan", str(net))
-    ov = Overlay(tb, Path(config_path), config, ctl, segment)
-    for i, bridge in enumerate(config.overlay.bridges, 1):
+    bridges = config.overlay.bridges
+    # (segment network, gateway) per bridge
+    if routed_underlay:
+        nets = [ipaddress.ip_interface(f"{b.rloc}/{rloc_prefixlen or (24 if b.rloc.version == 4 else 64)}").network
+                for b in bridges]
+        distinct = list(dict.fromkeys(nets))
+        segments = {net: tb.add_segment(f"wan{k}", str(net)) for k, net in enumerate(distinct, 1)}
+        router = tb.add_router("rtr", list(segments.values()),
+                               [f"{_first_host(net)}/{net.prefixlen}" for net in distinct])
+        placement = [(segments[net], net, _first_host(net)) for net in nets]
+    else:
+        net = ipaddress.ip_network(underlay)
+        router = None
+        placement = [(tb.add_segment("wan", str(net)), net, None)] * len(bridges)
+    segments = list(tb.segments.values())
+    ov = Overlay(tb, Path(config_path), config, ctl, segments[0], segments=segments, router=router)
+    if vm_lan:
+        ov.vm_lan = tb.add_segment("vmlan", "0.0.0.0/32", mtu=1500)
+    for i, (bridge, (segment, net, gateway)) in enumerate(zip(bridges, placement), 1):
         if bridge.datapath_id is None:
             raise ValueError(f"bridge {bridge.label}: the testbed needs a datapath_id")
         hv = tb.add_hypervisor(f"hv{i}", str(bridge.rloc), net.prefixlen, segment,
                                f"{bridge.datapath_id:016x}", bridge=bridge.name or "br2",
                                tunnel_port=bridge.tunnel_port, profile=bridge.profile,
-                               controller=ctl, of_port=config.openflow_port)
+                               controller=ctl, of_port=config.openflow_port, gateway=gateway)
         ov.hypervisors.append(hv)
+        if ov.vm_lan is not None:
+            tb.add_l2_port(hv, ov.vm_lan, "eth0")
         for ep in bridge.endpoints:
             v4 = [a for a in ep.eids if a.version == 4]
             v6 = [a for a in ep.eids if a.version == 6]
             vm = tb.add_vm(hv, f"vm{len(ov.vms) + 1}", ep.mac,
                            f"{v4[0]}/{vm_prefixlen}" if v4 else None,
                            ipv6=f"{v6[0]}/64" if v6 else None, port_name=ep.port)
+            if ep.gateway is not None:
+                vm.run("ip", "route", "add", "default", "via", str(ep.gateway))
             ov.vms.append(vm)
+            ov.endpoints[vm.name] = ep
     if static_neighbours:
         for vm in ov.vms:
             for other in ov.vms:
-                if other is not vm:
+                if other is not vm and ov.endpoints[other.name].iid == ov.endpoints[vm.name].iid:
                     for addr in (other.ip, other.ipv6):
                         if addr:
                             vm.neigh_add(addr, other.mac)

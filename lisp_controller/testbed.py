@@ -902,6 +902,18 @@ class Testbed:
                      "--", "set", "Bridge", bridge, "controller=@c")
         return hv
 
+    def add_l2_port(self, hv: Hypervisor, segment: Segment, port: str = "eth0") -> None:
+        """Plug port ``port`` of the hypervisor's VM bridge into an L2
+        segment: the recipe's ``eth0`` on ``br0`` in scenario 1, so ARP
+        (sent NORMAL) reaches the VMs of the other hypervisors."""
+        peer = self.ifname(f"h{hv.index}l{segment.index}")
+        self._veth(hv.ns, port, segment.ns, peer, mtu=segment.mtu)
+        self._enslave(segment.ns, peer, segment.bridge)
+        self._quiet_port(hv.ns, port)
+        self.run(hv.ns, "ethtool", "-K", port, "tx", "off")
+        self.run(hv.ns, "ip", "link", "set", port, "up")
+        hv.vsctl("add-port", hv.bridge, port)
+
     def _add_mgmt_link(self, hv: Hypervisor) -> None:
         assert self.controller is not None
         hv.mgmt_iface = self.ifname("mgmt")
