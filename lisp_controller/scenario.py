@@ -23,7 +23,8 @@ from pathlib import Path
 
 from .config import Config, load_config
 from .model import Endpoint
-from .testbed import VM, Controller, Hypervisor, Router, Segment, Testbed, wait_until
+from .testbed import (HOST, VM, Controller, Hypervisor, Router, Segment, Testbed,
+                      _sigterm_as_interrupt, wait_until)
 
 
 @dataclass
@@ -46,6 +47,21 @@ class Overlay:
 
 def _first_host(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
     return str(net.network_address + 1)
+
+
+def add_endpoint_vm(tb: Testbed, hv: Hypervisor, ep: Endpoint, name: str,
+                    prefixlen: int = 24, mtu: int | None = None) -> VM:
+    """A VM namespace exactly as the endpoint describes it: port name, MAC,
+    first IPv4 and IPv6 EID, default route via its gateway."""
+    v4 = [a for a in ep.eids if a.version == 4]
+    v6 = [a for a in ep.eids if a.version == 6]
+    vm = tb.add_vm(hv, name, ep.mac, f"{v4[0]}/{prefixlen}" if v4 else None,
+                   ipv6=f"{v6[0]}/64" if v6 else None, port_name=ep.port)
+    if mtu is not None:
+        vm.run("ip", "link", "set", vm.iface, "mtu", str(mtu))
+    if ep.gateway is not None:
+        vm.run("ip", "route", "add", "default", "via", str(ep.gateway))
+    return vm
 
 
 def build(tb: Testbed, config_path: str | Path, vm_prefixlen: int = 24,
@@ -98,13 +114,7 @@ def build(tb: Testbed, config_path: str | Path, vm_prefixlen: int = 24,
         if ov.vm_lan is not None:
             tb.add_l2_port(hv, ov.vm_lan, "eth0")
         for ep in bridge.endpoints:
-            v4 = [a for a in ep.eids if a.version == 4]
-            v6 = [a for a in ep.eids if a.version == 6]
-            vm = tb.add_vm(hv, f"vm{len(ov.vms) + 1}", ep.mac,
-                           f"{v4[0]}/{vm_prefixlen}" if v4 else None,
-                           ipv6=f"{v6[0]}/64" if v6 else None, port_name=ep.port)
-            if ep.gateway is not None:
-                vm.run("ip", "route", "add", "default", "via", str(ep.gateway))
+            vm = add_endpoint_vm(tb, hv, ep, f"vm{len(ov.vms) + 1}", vm_prefixlen)
             ov.vms.append(vm)
             ov.endpoints[vm.name] = ep
     if static_neighbours:
@@ -155,3 +165,74 @@ def wait_programmed(ov: Overlay, timeout: float = 20.0) -> None:
     for hv in ov.hypervisors:
         wait_until(lambda: any("table=4" in line for line in hv.dump_flows()), timeout=timeout,
                    what=f"flows on {hv.name}")
+
+
+# --------------------------------------------------------------------------
+# Whole-host mode: one real machine (a Vagrant box) is one hypervisor.
+
+
+def build_host(tb: Testbed, config: Config, bridge_label: str, nic: str,
+               prefixlen: int = 24, vm_mtu: int = 1400) -> tuple[Hypervisor, list[VM]]:
+    """This host becomes the configured bridge `bridge_label`: its OVS, its
+    NIC `nic` carrying the RLOC, the controller at the config's listen
+    address, and one VM namespace per endpoint. The VMs get a smaller MTU
+    because a real underlay usually has no room for the tunnel header."""
+    matches = [b for b in config.overlay.bridges
+               if bridge_label in (b.label, b.name, f"{b.datapath_id or 0:016x}")]
+    if len(matches) != 1:
+        raise ValueError(f"bridge {bridge_label!r} is {'ambiguous' if matches else 'not'} in {config.source}")
+    bridge = matches[0]
+    if bridge.datapath_id is None:
+        raise ValueError(f"bridge {bridge.label}: whole-host mode needs a datapath_id")
+    hv = tb.add_host_hypervisor("hv", str(bridge.rloc), prefixlen, nic, f"{bridge.datapath_id:016x}",
+                                config.openflow_host, config.openflow_port,
+                                bridge=bridge.name or "br2", tunnel_port=bridge.tunnel_port,
+                                profile=bridge.profile)
+    vms = [add_endpoint_vm(tb, hv, ep, f"vm-{ep.port}", mtu=vm_mtu) for ep in bridge.endpoints]
+    return hv, vms
+
+
+def _cmd_host(args) -> int:
+    config = load_config(args.config)
+    with Testbed(prefix=args.prefix, whole_host=True) as tb:
+        hv, vms = build_host(tb, config, args.bridge, args.nic, args.prefixlen, args.vm_mtu)
+        if args.serve:
+            log = open(args.log, "ab")
+            tb.spawn(HOST, [sys.executable, "-m", "lisp_controller", "serve", "-c", str(args.config)],
+                     env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=log, stderr=subprocess.STDOUT)
+            log.close()
+        print(f"host hypervisor {args.bridge}: RLOC {hv.rloc} on br-phy ({args.nic}), "
+              f"bridge {hv.bridge}, OVS_RUNDIR={hv.rundir}")
+        for vm in vms:
+            print(f"  vm {vm.name}: ip netns exec {vm.ns} ...  ({vm.ip}, {vm.mac})")
+        print("ready", flush=True)
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m lisp_controller.scenario")
+    sub = parser.add_subparsers(dest="command", required=True)
+    host = sub.add_parser("host", help="make THIS machine (a disposable box) one hypervisor of a "
+                          "config; runs until SIGTERM, then removes everything it made")
+    host.add_argument("-c", "--config", required=True)
+    host.add_argument("--bridge", required=True, help="bridge label, name or datapath ID")
+    host.add_argument("--nic", required=True, help="underlay NIC; its address is moved to br-phy")
+    host.add_argument("--prefixlen", type=int, default=24, help="RLOC subnet prefix length")
+    host.add_argument("--vm-mtu", type=int, default=1400)
+    host.add_argument("--serve", action="store_true", help="also run the controller here")
+    host.add_argument("--log", default="/var/log/lisp-controller.log", help="controller log (--serve)")
+    host.add_argument("--prefix", default=None, help="namespace name prefix (default: random)")
+    host.set_defaults(func=_cmd_host)
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
