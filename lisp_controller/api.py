@@ -87,7 +87,8 @@ def mapping_json(m: Mapping, now: float) -> dict:
 
 def endpoint_json(label: str, ep: Endpoint, source: str) -> dict:
     return {"bridge": label, "port": ep.port, "mac": ep.mac, "iid": ep.iid,
-            "eids": [str(a) for a in ep.eids], "source": source}
+            "eids": [str(a) for a in ep.eids], "gateway": str(ep.gateway) if ep.gateway else None,
+            "source": source}
 
 
 class Api:
@@ -344,7 +345,7 @@ class Api:
         return json_response({"endpoints": out})
 
     def add_endpoint(self, req):
-        raw = self._object(self._body(req), "endpoint", {"bridge", "port", "mac", "iid", "eids"})
+        raw = self._object(self._body(req), "endpoint", {"bridge", "port", "mac", "iid", "eids", "gateway"})
         ref = raw.get("bridge")
         if not isinstance(ref, str):
             raise ApiError(400, "endpoint.bridge", "is required (bridge label, name or datapath ID)")

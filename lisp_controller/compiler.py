@@ -10,10 +10,10 @@ from __future__ import annotations
 import ipaddress
 from typing import Mapping as TMapping, NamedTuple
 
-from .flows import (ETH_ARP, ETH_IP, ETH_IPV6, IPPROTO_ICMPV6, NORMAL, ND_ADVERT,
-                    ND_SOLICIT, TO_CONTROLLER, Flow, goto, keyed, output,
+from .flows import (DEC_TTL, ETH_ARP, ETH_IP, ETH_IPV6, IN_PORT, IPPROTO_ICMPV6, NORMAL,
+                    ND_ADVERT, ND_SOLICIT, TO_CONTROLLER, Flow, goto, keyed, move, output,
                     set_field, write_metadata)
-from .model import Bridge, MapCache, Mapping, Overlay
+from .model import Bridge, Endpoint, MapCache, Mapping, Overlay
 from .profiles import PROFILES
 
 T_CLASSIFY, T_MAPCACHE, T_EGRESS, T_DECAP, T_ARP = 0, 1, 2, 3, 4
@@ -24,6 +24,16 @@ TABLE_NAMES = {T_CLASSIFY: "classify", T_MAPCACHE: "map-cache", T_EGRESS: "egres
 # bridge's own EIDs sit above every prefix.
 PRIO_PREFIX_BASE = 100
 PRIO_LOCAL_EID = PRIO_PREFIX_BASE + 129 + 1
+
+# ARP table: a VM asking for its own address (gratuitous ARP, duplicate
+# address probes) is never answered; the gateway answer outranks any EID;
+# local EIDs outrank the map-cache prefixes, which keep their LPM order.
+PRIO_ARP_OWN = PRIO_LOCAL_EID + 20
+PRIO_ARP_GATEWAY = PRIO_LOCAL_EID + 10
+ARP_REQUEST, ARP_REPLY = 1, 2
+# decap: a packet from the tunnel for a routed endpoint (one with a
+# gateway) is routed by this xTR, so its TTL drops by one here.
+PRIO_DECAP, PRIO_DECAP_ROUTED = 10, 11
 
 
 class Compiled(NamedTuple):
@@ -84,6 +94,74 @@ def compile_overlay(overlay: Overlay) -> dict[int, Flow]:
     return compile_map_cache(overlay.map_cache(), overlay.miss_action)
 
 
+def arp_reply(iid: int, target: ipaddress.IPv4Network, mac: str, priority: int) -> Flow:
+    """An ARP responder flow (the standard OVS one): a request from a port
+    of `iid` for an address in `target` is turned into the reply `mac`
+    would send and goes back out of the port it came in on. The asked
+    address is swapped through reg0, so one flow answers a whole prefix."""
+    match = (("eth_type", ETH_ARP), ("metadata", iid), ("arp_op", ARP_REQUEST),
+             ("arp_tpa", target))
+    actions = (move("eth_src", "eth_dst"), set_field("eth_src", mac),
+               set_field("arp_op", ARP_REPLY), move("arp_sha", "arp_tha"),
+               set_field("arp_sha", mac), move("arp_tpa", "reg0"),
+               move("arp_spa", "arp_tpa"), move("reg0", "arp_spa"), IN_PORT)
+    return Flow(T_ARP, priority, match, actions)
+
+
+def _map_cache_ipv4(shared: dict[int, Flow], own_rloc: object) -> list[tuple[int, ipaddress.IPv4Network, bool]]:
+    """(IID, prefix, tunnelled?) of every IPv4 map-cache flow; tunnelled
+    means sent into the tunnel towards another RLOC. Proxy ARP answers
+    exactly for those and, at the same longest-prefix priority, refuses the
+    rest (negative entries inside a wider prefix), so it never promises a
+    destination the map-cache would drop. Read from the forwarding flows
+    themselves, so the two cannot disagree."""
+    out = []
+    for f in shared.values():
+        match = dict(f.match)
+        if f.table != T_MAPCACHE or match.get("eth_type") != ETH_IP:
+            continue
+        rlocs = [a[2] for a in f.actions if a[0] == "set_field" and a[1].startswith("tun_")
+                 and a[1].endswith("_dst")]
+        out.append((match["metadata"], match["ipv4_dst"], bool(rlocs) and rlocs[0] != own_rloc))
+    return out
+
+
+def _arp_flows(bridge: Bridge, ports: TMapping[str, int], shared: dict[int, Flow]) -> list[Flow]:
+    """Table 4. Gateways are always answered (scenario 3). With proxy ARP
+    (scenario 2) every EID of the asking port's IID is answered: local
+    ones with the endpoint's MAC, remote ones with the router MAC, and
+    other ARP is dropped rather than flooded to other tenants' VMs."""
+    flows: list[Flow] = []
+    for ep in bridge.endpoints:
+        if ep.gateway is not None:
+            flows.append(arp_reply(ep.iid, ipaddress.ip_network(ep.gateway), bridge.router_mac,
+                                   PRIO_ARP_GATEWAY))
+    if bridge.proxy_arp:
+        for ep in bridge.endpoints:
+            port = ports.get(ep.port)
+            for addr in ep.eids:
+                if addr.version != 4:
+                    continue
+                host = ipaddress.ip_network(addr)
+                flows.append(arp_reply(ep.iid, host, ep.mac, PRIO_LOCAL_EID))
+                if port is not None:
+                    flows.append(Flow(T_ARP, PRIO_ARP_OWN, (("in_port", port), ("eth_type", ETH_ARP),
+                                                            ("arp_tpa", host)), ()))
+        for iid, prefix, tunnelled in _map_cache_ipv4(shared, bridge.rloc):
+            prio = PRIO_PREFIX_BASE + prefix.prefixlen
+            flows.append(arp_reply(iid, prefix, bridge.router_mac, prio) if tunnelled else
+                         Flow(T_ARP, prio, (("eth_type", ETH_ARP), ("metadata", iid),
+                                            ("arp_tpa", prefix)), ()))
+        flows.append(Flow(T_ARP, 1, (("eth_type", ETH_ARP),), ()))
+    flows.append(Flow(T_ARP, 0, (), (NORMAL,)))
+    return flows
+
+
+def _routed(ep: Endpoint) -> tuple:
+    """A VM with a gateway sends its packets to this xTR as its router."""
+    return (DEC_TTL,) if ep.gateway is not None else ()
+
+
 def compile_bridge(bridge: Bridge, ports: TMapping[str, int], shared: TMapping[int, Flow]) -> Compiled:
     """All flows for one bridge: the shared map-cache flows plus its own.
     `ports` maps port names to OpenFlow port numbers as the bridge reports
@@ -106,13 +184,16 @@ def compile_bridge(bridge: Bridge, ports: TMapping[str, int], shared: TMapping[i
         if port is None:
             missing.append(ep.port)
             continue
+        # The ARP table learns the asking port's IID from the metadata.
+        to_arp = (write_metadata(ep.iid), goto(T_ARP))
         flows += [
-            Flow(T_CLASSIFY, 2, (("in_port", port), ("eth_type", ETH_ARP)), (goto(T_ARP),)),
+            Flow(T_CLASSIFY, 2, (("in_port", port), ("eth_type", ETH_ARP)), to_arp),
             *(Flow(T_CLASSIFY, 2, (("in_port", port), ("eth_type", ETH_IPV6),
                                    ("ip_proto", IPPROTO_ICMPV6), ("icmpv6_type", nd)),
-                   (goto(T_ARP),)) for nd in (ND_SOLICIT, ND_ADVERT)),
+                   to_arp) for nd in (ND_SOLICIT, ND_ADVERT)),
             *(Flow(T_CLASSIFY, 1, (("in_port", port), ("eth_type", eth), ("vlan_vid", 0)),
-                   (write_metadata(ep.iid), goto(T_MAPCACHE))) for eth in (ETH_IP, ETH_IPV6)),
+                   (*_routed(ep), write_metadata(ep.iid), goto(T_MAPCACHE)))
+              for eth in (ETH_IP, ETH_IPV6)),
         ]
         for addr in ep.eids:
             host = ipaddress.ip_network(addr)
@@ -120,15 +201,20 @@ def compile_bridge(bridge: Bridge, ports: TMapping[str, int], shared: TMapping[i
             flows.append(Flow(T_MAPCACHE, PRIO_LOCAL_EID,
                               (("eth_type", _eth_type(v)), ("metadata", ep.iid), (_dst_field(v), host)),
                               (set_field("tunnel_id", ep.iid), goto(T_DECAP))))
-            flows.append(Flow(T_DECAP, 10,
-                              (("eth_type", _eth_type(v)), ("tunnel_id", ep.iid), (_dst_field(v), host)),
-                              (set_field("eth_src", bridge.router_mac), set_field("eth_dst", ep.mac),
-                               output(port))))
+            match = (("eth_type", _eth_type(v)), ("tunnel_id", ep.iid), (_dst_field(v), host))
+            deliver = (set_field("eth_src", bridge.router_mac), set_field("eth_dst", ep.mac),
+                       output(port))
+            flows.append(Flow(T_DECAP, PRIO_DECAP, match, deliver))
+            # Local delivery was already routed (TTL - 1) at ingress: only a
+            # packet from the tunnel is decremented here, once per xTR.
+            if _routed(ep) and tunnel is not None:
+                flows.append(Flow(T_DECAP, PRIO_DECAP_ROUTED, (("in_port", tunnel), *match),
+                                  (*_routed(ep), *deliver)))
 
     # An RLOC equal to our own is never a tunnel target: deliver locally.
     own = (_tun_dst_field(bridge.rloc.version), bridge.rloc)
     flows.append(Flow(T_EGRESS, 10, (own,), (goto(T_DECAP),)))
     flows.append(Flow(T_EGRESS, 0, (), (output(tunnel),) if tunnel is not None else ()))
     flows.append(Flow(T_DECAP, 0, (), ()))
-    flows.append(Flow(T_ARP, 0, (), (NORMAL,)))
+    flows += _arp_flows(bridge, ports, shared)
     return Compiled({**shared, **keyed(flows)}, tuple(missing))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .model import (Bridge, Endpoint, Mapping, ModelError, Overlay, parse_action,
-                    parse_address, parse_iid, parse_int, parse_mac)
+                    parse_address, parse_bool, parse_gateway, parse_iid, parse_int, parse_mac)
 from .profiles import DEFAULT_PROFILE, PROFILES
 
 
@@ -47,7 +47,7 @@ class Config:
 _CONTROLLER_KEYS = {"listen", "port", "miss_action"}
 _STORE_KEYS = {"path"}
 _BRIDGE_KEYS = {"datapath_id", "name", "rloc", "tunnel_port", "tunnel_profile", "iid",
-                "router_mac", "endpoint"}
+                "router_mac", "endpoint", "proxy_arp", "gateway"}
 _TOP_KEYS = {"controller", "api", "store", "bridge", "mapping"}
 
 
@@ -134,6 +134,20 @@ def _parse_bridge(raw: object, field: str, problems: list[str], where: str) -> B
         except ModelError as e:
             problem(e)
             ok = False
+    proxy_arp = False
+    default_gateway = None
+    try:
+        if "proxy_arp" in raw:
+            proxy_arp = parse_bool(raw["proxy_arp"], f"{field}.proxy_arp")
+    except ModelError as e:
+        problem(e)
+        ok = False
+    try:
+        if "gateway" in raw:
+            default_gateway = parse_gateway(raw["gateway"], f"{field}.gateway")
+    except ModelError as e:
+        problem(e)
+        ok = False
     # Endpoint problems are reported but keep the bridge for the
     # cross-bridge checks, so one run shows every problem.
     endpoints: list[Endpoint] = []
@@ -145,7 +159,7 @@ def _parse_bridge(raw: object, field: str, problems: list[str], where: str) -> B
     for i, raw_ep in enumerate(raw_eps):
         ep_field = f"{field}.endpoint[{i}]"
         try:
-            ep = Endpoint.parse(raw_ep, ep_field, default_iid)
+            ep = Endpoint.parse(raw_ep, ep_field, default_iid, default_gateway)
         except ModelError as e:
             problem(e)
             continue
@@ -160,7 +174,8 @@ def _parse_bridge(raw: object, field: str, problems: list[str], where: str) -> B
         endpoints.append(ep)
     if not ok:
         return None
-    return Bridge(label, dpid, name, rloc, tunnel_port, profile, router_mac, tuple(endpoints))
+    return Bridge(label, dpid, name, rloc, tunnel_port, profile, router_mac, tuple(endpoints),
+                  proxy_arp)
 
 
 def parse_config(data: dict, source: str = "<config>") -> Config:
@@ -303,6 +318,14 @@ def _check_bridges_unique(bridges: list[Bridge], problems: list[str], where: str
                     problems.append(f"{where}: bridge {b.label}: endpoint {ep.port}: EID {addr} "
                                     f"in IID {ep.iid} is also on {by_eid[key]}")
                 by_eid[key] = f"bridge {b.label} port {ep.port}"
+    # The gateway answer outranks every EID in the ARP table: a gateway that
+    # is also a VM's address would steal that VM's traffic.
+    for b in bridges:
+        for ep in b.endpoints:
+            if ep.gateway is not None and (ep.iid, ep.gateway) in by_eid:
+                problems.append(f"{where}: bridge {b.label}: endpoint {ep.port}: gateway "
+                                f"{ep.gateway} in IID {ep.iid} is the EID of "
+                                f"{by_eid[(ep.iid, ep.gateway)]}")
 
 
 def load_config(path: str | Path) -> Config:

@@ -15,7 +15,7 @@ from os_ken.ofproto import ofproto_common, ofproto_protocol
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from .flows import Flow
+from .flows import FIELD_BITS, Flow
 
 _PROTO = ofproto_protocol.ProtocolDesc(ofp.OFP_VERSION)
 ALL_ONES_64 = 0xFFFFFFFFFFFFFFFF
@@ -45,6 +45,13 @@ def _instructions(actions: tuple) -> list:
             apply.append(parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER))
         elif kind == "set_field":
             apply.append(parser.OFPActionSetField(**{a[1]: _match_value(a[2])}))
+        elif kind == "in_port":
+            apply.append(parser.OFPActionOutput(ofp.OFPP_IN_PORT))
+        elif kind == "dec_ttl":
+            apply.append(parser.OFPActionDecNwTtl())
+        elif kind == "move":
+            apply.append(parser.NXActionRegMove(src_field=a[1], dst_field=a[2],
+                                                n_bits=FIELD_BITS[a[1]]))
         elif kind == "write_metadata":
             tail_meta.append(parser.OFPInstructionWriteMetadata(a[1], ALL_ONES_64))
         elif kind == "goto":

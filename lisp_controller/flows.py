@@ -41,6 +41,8 @@ def output(port: int) -> tuple:
 
 NORMAL = ("normal",)
 TO_CONTROLLER = ("controller",)
+IN_PORT = ("in_port",)  # back out of the port the packet came in on (ARP replies)
+DEC_TTL = ("dec_ttl",)  # IPv4 TTL / IPv6 hop limit - 1: this xTR routed the packet
 
 
 def set_field(name: str, value: object) -> tuple:
@@ -53,6 +55,23 @@ def goto(table: int) -> tuple:
 
 def write_metadata(value: int) -> tuple:
     return ("write_metadata", value)
+
+
+def move(src: str, dst: str) -> tuple:
+    """Copy a whole field into another of the same width (Nicira reg_move:
+    OpenFlow 1.3 has no copy-field action)."""
+    if FIELD_BITS[src] != FIELD_BITS[dst]:
+        raise ValueError(f"move {src} -> {dst}: widths differ")
+    return ("move", src, dst)
+
+
+# Widths of the fields `move` may copy, and their NXM names (what
+# ovs-ofctl prints for a move).
+FIELD_BITS = {"eth_src": 48, "eth_dst": 48, "arp_sha": 48, "arp_tha": 48,
+              "arp_spa": 32, "arp_tpa": 32, "reg0": 32}
+_NXM_NAME = {"eth_src": "NXM_OF_ETH_SRC", "eth_dst": "NXM_OF_ETH_DST",
+             "arp_sha": "NXM_NX_ARP_SHA", "arp_tha": "NXM_NX_ARP_THA",
+             "arp_spa": "NXM_OF_ARP_SPA", "arp_tpa": "NXM_OF_ARP_TPA", "reg0": "NXM_NX_REG0"}
 
 
 # Rendering -----------------------------------------------------------------
@@ -70,6 +89,8 @@ _FIELD_TEXT = {
     "tun_ipv4_dst": "tun_dst",
     "tun_ipv6_dst": "tun_ipv6_dst",
     "arp_tpa": "arp_tpa",
+    "arp_spa": "arp_spa",
+    "arp_sha": "arp_sha",
     "arp_op": "arp_op",
 }
 _HEX_FIELDS = {"metadata", "tunnel_id"}
@@ -128,6 +149,12 @@ def render_actions(flow: Flow) -> str:
             out.append(f"goto_table:{action[1]}")
         elif kind == "write_metadata":
             out.append(f"write_metadata:{hex(action[1])}")
+        elif kind == "move":
+            out.append(f"move:{_NXM_NAME[action[1]]}[]->{_NXM_NAME[action[2]]}[]")
+        elif kind == "in_port":
+            out.append("IN_PORT")
+        elif kind == "dec_ttl":
+            out.append("dec_ttl")
         else:
             raise ValueError(f"unknown action {action!r}")
     return ",".join(out) or "drop"

@@ -76,6 +76,22 @@ def parse_int(value: object, field: str, low: int, high: int) -> int:
     return value
 
 
+def parse_gateway(value: object, field: str = "gateway") -> ipaddress.IPv4Address:
+    """A VM's default router address. IPv4 only: the bridge answers ARP for
+    it in flows; answering IPv6 neighbour solicitations is not done yet."""
+    address = parse_address(value, field)
+    if address.version != 4:
+        raise ModelError(field, f"{address} is IPv6; only IPv4 gateways are answered "
+                         "(ARP), IPv6 neighbour discovery is not")
+    return address  # type: ignore[return-value]
+
+
+def parse_bool(value: object, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise ModelError(field, f"must be true or false, got {value!r}")
+    return value
+
+
 def parse_action(value: object, field: str = "action") -> str:
     if value not in ACTIONS:
         raise ModelError(field, f"must be one of {', '.join(ACTIONS)}, got {value!r}")
@@ -173,12 +189,16 @@ class Endpoint:
     mac: str
     iid: int
     eids: tuple[IPAddress, ...]
+    # The VM's default router address (scenario 3): the bridge answers ARP
+    # for it with its router MAC and routes the VM's packets (TTL - 1).
+    gateway: ipaddress.IPv4Address | None = None
 
     @classmethod
-    def parse(cls, value: object, field: str, default_iid: int | None) -> "Endpoint":
+    def parse(cls, value: object, field: str, default_iid: int | None,
+              default_gateway: ipaddress.IPv4Address | None = None) -> "Endpoint":
         if not isinstance(value, dict):
             raise ModelError(field, f"must be a table, got {value!r}")
-        unknown = set(value) - {"port", "mac", "iid", "eids"}
+        unknown = set(value) - {"port", "mac", "iid", "eids", "gateway"}
         if unknown:
             raise ModelError(f"{field}.{sorted(unknown)[0]}", "unknown field")
         for required in ("port", "mac", "eids"):
@@ -197,7 +217,12 @@ class Endpoint:
         if not isinstance(eids_raw, list) or not eids_raw:
             raise ModelError(f"{field}.eids", "must be a non-empty list of addresses")
         eids = tuple(parse_address(a, f"{field}.eids[{i}]") for i, a in enumerate(eids_raw))
-        return cls(port, parse_mac(value["mac"], f"{field}.mac"), iid, eids)
+        gateway = default_gateway
+        if "gateway" in value:
+            gateway = parse_gateway(value["gateway"], f"{field}.gateway")
+        if gateway is not None and gateway in eids:
+            raise ModelError(f"{field}.gateway", f"{gateway} is also one of the endpoint's EIDs")
+        return cls(port, parse_mac(value["mac"], f"{field}.mac"), iid, eids, gateway)
 
 
 class MapCache:
@@ -271,6 +296,9 @@ class Bridge:
     profile: str
     router_mac: str
     endpoints: tuple[Endpoint, ...] = ()
+    # Answer the VMs' ARP requests in flows (scenario 2: VMs share a subnet
+    # across a routed underlay, so ARP cannot reach the other VM).
+    proxy_arp: bool = False
 
     def matches(self, datapath_id: int, bridge_name: str | None) -> bool:
         if self.datapath_id is not None:

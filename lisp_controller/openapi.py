@@ -38,11 +38,12 @@ SCHEMAS = {
                        "bridge": {"type": "string", "description": "label, name or datapath ID"},
                        "port": {"type": "string"}, "mac": {"type": "string"},
                        "iid": {"type": "integer", "minimum": 0, "maximum": 16777215},
-                       "eids": {"type": "array", "items": {"type": "string"}, "minItems": 1}}},
+                       "eids": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                       "gateway": {"type": "string", "description": "the VM's default router (IPv4)"}}},
     "Endpoint": {"type": "object", "required": ["bridge", "port", "mac", "iid", "eids", "source"], "properties": {
         "bridge": {"type": "string"}, "port": {"type": "string"}, "mac": {"type": "string"},
         "iid": {"type": "integer"}, "eids": {"type": "array", "items": {"type": "string"}},
-        "source": {"type": "string", "enum": ["config", "api"]}}},
+        "gateway": {"type": ["string", "null"]}, "source": {"type": "string", "enum": ["config", "api"]}}},
     "BridgeResult": {"type": "object", "required": ["bridge", "status"], "properties": {
         "bridge": {"type": "string"},
         "status": {"type": "string", "enum": ["confirmed", "rejected", "timeout", "not-connected"],

@@ -23,7 +23,7 @@ CREATE TABLE IF NOT EXISTS mappings (
     action TEXT NOT NULL, expires REAL, PRIMARY KEY (iid, eid)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS endpoints (
     bridge TEXT NOT NULL, port TEXT NOT NULL, mac TEXT NOT NULL, iid INTEGER NOT NULL,
-    eids TEXT NOT NULL, PRIMARY KEY (bridge, port)) WITHOUT ROWID;
+    eids TEXT NOT NULL, gateway TEXT, PRIMARY KEY (bridge, port)) WITHOUT ROWID;
 """
 
 
@@ -67,9 +67,10 @@ class Store:
         try:
             mappings = [_mapping(row) for row in self.db.execute(
                 "SELECT iid, eid, rlocs, ttl, action, expires FROM mappings")]
-            endpoints = [(bridge, Endpoint(port, mac, iid, tuple(ipaddress.ip_address(a) for a in json.loads(eids))))
-                         for bridge, port, mac, iid, eids in self.db.execute(
-                             "SELECT bridge, port, mac, iid, eids FROM endpoints")]
+            endpoints = [(bridge, Endpoint(port, mac, iid, tuple(ipaddress.ip_address(a) for a in json.loads(eids)),
+                                           ipaddress.ip_address(gateway) if gateway else None))
+                         for bridge, port, mac, iid, eids, gateway in self.db.execute(
+                             "SELECT bridge, port, mac, iid, eids, gateway FROM endpoints")]
         except (sqlite3.Error, ValueError) as exc:
             raise _wrap(self.path, "read", exc) from None
         return mappings, endpoints
@@ -89,9 +90,9 @@ class Store:
                 cur.executemany("INSERT OR REPLACE INTO mappings VALUES (?,?,?,?,?,?)",
                                 (_row(m) for m in put))
                 cur.executemany("DELETE FROM endpoints WHERE bridge=? AND port=?", delete_endpoints)
-                cur.executemany("INSERT OR REPLACE INTO endpoints VALUES (?,?,?,?,?)",
-                                ((b, e.port, e.mac, e.iid, json.dumps([str(a) for a in e.eids]))
-                                 for b, e in put_endpoints))
+                cur.executemany("INSERT OR REPLACE INTO endpoints VALUES (?,?,?,?,?,?)",
+                                ((b, e.port, e.mac, e.iid, json.dumps([str(a) for a in e.eids]),
+                                  str(e.gateway) if e.gateway else None) for b, e in put_endpoints))
                 cur.execute("COMMIT")
             except BaseException:
                 if self.db.in_transaction:

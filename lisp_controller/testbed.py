@@ -55,6 +55,9 @@ LISP_DATA_PORT = 4341
 # Underlay MTU: 1500 + room for an encapsulation header over IPv4 or IPv6
 # (lisp-gpe adds 36 bytes over IPv4: IP 20 + UDP 8 + header 8; gre-l3 28).
 UNDERLAY_MTU = 1600
+# The namespace this process runs in, for a hypervisor that is a whole
+# (disposable) host: see Testbed.add_host_hypervisor.
+HOST = "@host"
 
 
 class TestbedError(RuntimeError):
@@ -259,7 +262,7 @@ class Hypervisor:
     """
 
     def __init__(self, testbed: "Testbed", *, name: str, index: int, ns: str,
-                 rundir: Path, rloc: str, prefixlen: int, segment: Segment,
+                 rundir: Path, rloc: str, prefixlen: int, segment: Segment | None,
                  datapath_id: str, bridge: str, tunnel_port: str, profile: str,
                  underlay_iface: str, gateway: str | None) -> None:
         self.testbed = testbed
@@ -622,9 +625,13 @@ class Testbed:
 
     __test__ = False
 
-    def __init__(self, prefix: str | None = None, keep_tmp: bool = False) -> None:
+    def __init__(self, prefix: str | None = None, keep_tmp: bool = False,
+                 whole_host: bool = False) -> None:
         if os.geteuid() != 0:
             raise TestbedError("the testbed needs root (network namespaces, veths)")
+        # Only add_host_hypervisor() may touch the namespace this process
+        # runs in (a disposable Vagrant box); tests never set this.
+        self.whole_host = whole_host
         self.prefix = prefix or self._fresh_prefix()
         if len(self.prefix) > 8:
             raise ValueError("prefix too long for 15-character interface names")
@@ -683,8 +690,8 @@ class Testbed:
         """Run ``args`` inside namespace ``ns`` (``ip netns exec``); raise
         CommandError with the command and its stderr if it fails."""
         self._require_ns(ns)
-        return _run(["ip", "netns", "exec", ns, *args], env=env, check=check,
-                    timeout=timeout, input=input)
+        prefix = [] if ns == HOST else ["ip", "netns", "exec", ns]
+        return _run([*prefix, *args], env=env, check=check, timeout=timeout, input=input)
 
     def spawn(self, ns: str, args: Sequence[str], *, env: dict[str, str] | None = None,
               **popen_kw: Any) -> subprocess.Popen[bytes]:
@@ -694,12 +701,14 @@ class Testbed:
         itself; it is stopped by that PID at teardown.
         """
         self._require_ns(ns)
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, *args], env=env,
-                                start_new_session=True, **popen_kw)
+        prefix = [] if ns == HOST else ["ip", "netns", "exec", ns]
+        proc = subprocess.Popen([*prefix, *args], env=env, start_new_session=True, **popen_kw)
         self._children.append(proc)
         return proc
 
     def _require_ns(self, ns: str) -> None:
+        if ns == HOST and self.whole_host:
+            return
         if ns not in self.namespaces:
             raise UnsafeTarget(f"namespace {ns!r} was not created by testbed {self.prefix}")
 
@@ -846,61 +855,122 @@ class Testbed:
         """
         if name in self.hypervisors:
             raise ValueError(f"duplicate hypervisor {name!r}")
-        if profile not in PROFILES:
-            raise ValueError(f"unknown tunnel profile {profile!r}")
-        index = len(self.hypervisors) + 1
         ns = self._add_ns(name)
-        rundir = self.tmpdir / name
-        rundir.mkdir()
-        hv = Hypervisor(self, name=name, index=index, ns=ns, rundir=rundir, rloc=rloc,
-                        prefixlen=prefixlen, segment=segment,
-                        datapath_id=_normalize_dpid(datapath_id), bridge=bridge,
-                        tunnel_port=tunnel_port, profile=profile,
-                        underlay_iface=self.ifname("phy"), gateway=gateway)
-        self.hypervisors[name] = hv
-
-        # Daemons. ovsdb-tool touches only a file, so it may run anywhere.
-        _run(["ovsdb-tool", "create", str(hv.db_path), OVS_SCHEMA])
-        hv._start_ovsdb()
-        hv.vsctl("init", wait=False)
-        hv._start_vswitchd()
-
+        hv = self._new_hypervisor(name, ns, rloc, prefixlen, segment, datapath_id, bridge,
+                                  tunnel_port, profile, self.ifname("phy"), gateway)
         # Underlay: veth into the segment's bridge, enslaved to br-phy.
-        phy = hv.underlay_iface
-        self._veth(ns, phy, segment.ns, self.ifname(f"h{index}s{segment.index}"),
-                   mtu=segment.mtu)
-        self._enslave(segment.ns, self.ifname(f"h{index}s{segment.index}"), segment.bridge)
-        self._quiet_port(ns, phy)
-        self.run(ns, "ethtool", "-K", phy, "tx", "off")
-        self.run(ns, "ip", "link", "set", phy, "up")
-        hv.vsctl("add-br", "br-phy",
-                 "--", "set", "Bridge", "br-phy", "datapath_type=netdev",
-                 "fail_mode=standalone",
-                 # Not the veth's MAC (OVS's default pick): frames for the
-                 # RLOC must not also be taken by the kernel on the veth.
-                 f"other_config:hwaddr={_rloc_mac(rloc)}",
-                 "--", "add-port", "br-phy", phy,
-                 "--", "set", "Interface", "br-phy", f"mtu_request={segment.mtu}")
-        hv._configure_underlay_ip()
-
-        # The VM bridge and its tunnel port.
-        hv.vsctl("add-br", bridge,
-                 "--", "set", "Bridge", bridge, "datapath_type=netdev",
-                 "fail_mode=secure", "protocols=OpenFlow13",
-                 f"other-config:datapath-id={hv.datapath_id}",
-                 "other-config:disable-in-band=true",
-                 "--", "add-port", bridge, tunnel_port,
-                 *PROFILES[profile].vsctl_args(tunnel_port))
-
+        peer = self.ifname(f"h{hv.index}s{segment.index}")
+        self._veth(ns, hv.underlay_iface, segment.ns, peer, mtu=segment.mtu)
+        self._enslave(segment.ns, peer, segment.bridge)
+        self._setup_ovs(hv, segment.mtu)
         if self.controller is not None:
             self._add_mgmt_link(hv)
         if controller is not None:
             if controller is not self.controller:
                 raise UnsafeTarget("controller does not belong to this testbed")
-            hv.vsctl("--", "--id=@c", "create", "Controller",
-                     f"target=\"tcp:{controller.address}:{of_port}\"", "max_backoff=1000",
-                     "--", "set", "Bridge", bridge, "controller=@c")
+            self._set_controller(hv, controller.address, of_port)
         return hv
+
+    def add_host_hypervisor(self, name: str, rloc: str, prefixlen: int, nic: str,
+                            datapath_id: str | int, controller: str, of_port: int = 6653,
+                            bridge: str = "br2", tunnel_port: str = "lisp0",
+                            profile: str = DEFAULT_PROFILE, gateway: str | None = None,
+                            mtu: int = 1500) -> Hypervisor:
+        """The hypervisor is this whole host (a Vagrant box): its OVS runs
+        in this process's namespace and its real NIC ``nic`` moves into
+        br-phy, whose address becomes the RLOC (the NIC's own address is
+        flushed). VMs are still namespaces. ``controller`` is the
+        controller's address on the underlay. Needs Testbed(whole_host=True).
+        """
+        if not self.whole_host:
+            raise UnsafeTarget("add_host_hypervisor needs Testbed(whole_host=True)")
+        if self.run(HOST, "ip", "link", "show", nic, check=False).returncode != 0:
+            raise TestbedError(f"no interface {nic!r} on this host")
+        hv = self._new_hypervisor(name, HOST, rloc, prefixlen, None, datapath_id, bridge,
+                                  tunnel_port, profile, nic, gateway)
+        self.run(HOST, "ip", "addr", "flush", "dev", nic)
+        self._setup_ovs(hv, mtu)
+        self._set_controller(hv, controller, of_port)
+        return hv
+
+    def _new_hypervisor(self, name: str, ns: str, rloc: str, prefixlen: int,
+                        segment: Segment | None, datapath_id: str | int, bridge: str,
+                        tunnel_port: str, profile: str, underlay_iface: str,
+                        gateway: str | None) -> Hypervisor:
+        if name in self.hypervisors:
+            raise ValueError(f"duplicate hypervisor {name!r}")
+        if profile not in PROFILES:
+            raise ValueError(f"unknown tunnel profile {profile!r}")
+        rundir = self.tmpdir / name
+        rundir.mkdir()
+        hv = Hypervisor(self, name=name, index=len(self.hypervisors) + 1, ns=ns, rundir=rundir,
+                        rloc=rloc, prefixlen=prefixlen, segment=segment,  # type: ignore[arg-type]
+                        datapath_id=_normalize_dpid(datapath_id), bridge=bridge,
+                        tunnel_port=tunnel_port, profile=profile,
+                        underlay_iface=underlay_iface, gateway=gateway)
+        self.hypervisors[name] = hv
+        return hv
+
+    def _setup_ovs(self, hv: Hypervisor, mtu: int) -> None:
+        """Daemons, br-phy holding the underlay interface and the RLOC (as in
+        OVS's userspace tunnelling guide), the VM bridge and its tunnel port."""
+        # ovsdb-tool touches only a file, so it may run anywhere.
+        _run(["ovsdb-tool", "create", str(hv.db_path), OVS_SCHEMA])
+        hv._start_ovsdb()
+        hv.vsctl("init", wait=False)
+        hv._start_vswitchd()
+        phy = hv.underlay_iface
+        self._quiet_port(hv.ns, phy)
+        self.run(hv.ns, "ethtool", "-K", phy, "tx", "off")
+        self.run(hv.ns, "ip", "link", "set", phy, "up")
+        hv.vsctl("add-br", "br-phy",
+                 "--", "set", "Bridge", "br-phy", "datapath_type=netdev",
+                 "fail_mode=standalone",
+                 # Not the veth's MAC (OVS's default pick): frames for the
+                 # RLOC must not also be taken by the kernel on the veth.
+                 f"other_config:hwaddr={_rloc_mac(hv.rloc)}",
+                 "--", "add-port", "br-phy", phy,
+                 "--", "set", "Interface", "br-phy", f"mtu_request={mtu}")
+        hv._configure_underlay_ip()
+        hv.vsctl("add-br", hv.bridge,
+                 "--", "set", "Bridge", hv.bridge, "datapath_type=netdev",
+                 "fail_mode=secure", "protocols=OpenFlow13",
+                 f"other-config:datapath-id={hv.datapath_id}",
+                 "other-config:disable-in-band=true",
+                 "--", "add-port", hv.bridge, hv.tunnel_port,
+                 *PROFILES[hv.profile].vsctl_args(hv.tunnel_port))
+
+    @staticmethod
+    def _set_controller(hv: Hypervisor, address: str, of_port: int) -> None:
+        host = f"[{address}]" if ":" in address else address
+        hv.vsctl("--", "--id=@c", "create", "Controller",
+                 f"target=\"tcp:{host}:{of_port}\"", "max_backoff=1000",
+                 "--", "set", "Bridge", hv.bridge, "controller=@c")
+
+    def add_box(self, name: str, segment: Segment, address: str, nic: str = "eth1") -> str:
+        """A namespace standing in for a whole machine (a Vagrant box) with
+        one NIC ``nic`` on ``segment`` holding ``address`` (with prefix), as
+        Vagrant's private network leaves it. Tests run the whole-host mode
+        inside it (``python -m lisp_controller.scenario host``)."""
+        ns = self._add_ns(name)
+        peer = self.ifname(f"b{len(self.namespaces)}s{segment.index}")
+        self._veth(ns, nic, segment.ns, peer, mtu=segment.mtu)
+        self._enslave(segment.ns, peer, segment.bridge)
+        self.run(ns, "ip", "addr", "add", address, "dev", nic)
+        self.run(ns, "ip", "link", "set", nic, "up")
+        return ns
+
+    def add_l2_port(self, hv: Hypervisor, segment: Segment, port: str = "eth0") -> None:
+        """Plug port ``port`` of the hypervisor's VM bridge into an L2
+        segment: the recipe's ``eth0`` on ``br0`` in scenario 1, so ARP
+        (sent NORMAL) reaches the VMs of the other hypervisors."""
+        peer = self.ifname(f"h{hv.index}l{segment.index}")
+        self._veth(hv.ns, port, segment.ns, peer, mtu=segment.mtu)
+        self._enslave(segment.ns, peer, segment.bridge)
+        self._quiet_port(hv.ns, port)
+        self.run(hv.ns, "ethtool", "-K", port, "tx", "off")
+        self.run(hv.ns, "ip", "link", "set", port, "up")
+        hv.vsctl("add-port", hv.bridge, port)
 
     def _add_mgmt_link(self, hv: Hypervisor) -> None:
         assert self.controller is not None

@@ -14,7 +14,7 @@ from lisp_controller.flows import Flow
 
 @dataclass
 class Result:
-    outputs: list = field(default_factory=list)  # port numbers, or "NORMAL"/"CONTROLLER"
+    outputs: list = field(default_factory=list)  # port numbers, or "NORMAL"/"CONTROLLER"/"IN_PORT"
     packet: dict = field(default_factory=dict)  # fields when the packet left
     path: list = field(default_factory=list)  # (table, priority) visited
 
@@ -57,7 +57,18 @@ def trace(flows, packet: dict, table: int = 0) -> Result:
         next_table = None
         for action in flow.actions:
             kind = action[0]
-            if kind == "set_field":
+            if kind == "dec_ttl":
+                # OVS: a packet whose TTL would reach 0 is dropped (and the
+                # rest of the actions are not run).
+                if pkt.get("nw_ttl", 64) <= 1:
+                    next_table = None
+                    break
+                pkt["nw_ttl"] = pkt.get("nw_ttl", 64) - 1
+            elif kind == "move":
+                pkt[action[2]] = pkt.get(action[1])
+            elif kind == "in_port":
+                result.outputs.append("IN_PORT")
+            elif kind == "set_field":
                 pkt[action[1]] = str(action[2]) if not isinstance(action[2], int) else action[2]
             elif kind == "write_metadata":
                 pkt["metadata"] = action[1]

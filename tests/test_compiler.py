@@ -31,9 +31,9 @@ def test_blog_table0_has_the_recipes_rule_shapes():
         "table=0,priority=0 actions=NORMAL",
         "table=0,priority=1,ip,in_port=1,vlan_tci=0x0000/0x1fff actions=write_metadata:0x3e8,goto_table:1",
         "table=0,priority=1,ipv6,in_port=1,vlan_tci=0x0000/0x1fff actions=write_metadata:0x3e8,goto_table:1",
-        "table=0,priority=2,arp,in_port=1 actions=goto_table:4",
-        "table=0,priority=2,icmp6,in_port=1,icmp_type=135 actions=goto_table:4",
-        "table=0,priority=2,icmp6,in_port=1,icmp_type=136 actions=goto_table:4",
+        "table=0,priority=2,arp,in_port=1 actions=write_metadata:0x3e8,goto_table:4",
+        "table=0,priority=2,icmp6,in_port=1,icmp_type=135 actions=write_metadata:0x3e8,goto_table:4",
+        "table=0,priority=2,icmp6,in_port=1,icmp_type=136 actions=write_metadata:0x3e8,goto_table:4",
         "table=0,priority=3,in_port=2,dl_dst=00:00:00:00:00:00 actions=goto_table:3",
     ]
     # The recipe's map-cache rule: the remote EID goes to the remote RLOC,

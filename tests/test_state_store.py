@@ -92,7 +92,8 @@ def test_store_round_trip_and_all_or_nothing(tmp_path):
     store = Store(tmp_path / "s.db")
     m = api(1000, "10.2.0.0/16", {"address": "2001:db8::1", "priority": 3, "weight": 40}, ttl=5)
     m = Mapping(m.iid, m.eid, m.rlocs, m.ttl, m.action, "api", 1234.5)
-    ep = Endpoint("vnet3", "52:54:00:00:00:03", 7, (ipaddress.ip_address("10.1.1.3"), ipaddress.ip_address("2001:db8::3")))
+    ep = Endpoint("vnet3", "52:54:00:00:00:03", 7, (ipaddress.ip_address("10.1.1.3"), ipaddress.ip_address("2001:db8::3")),
+                  ipaddress.ip_address("10.1.1.1"))
     store.write(put=[m, api(1, "0.0.0.0/0", action="drop")], put_endpoints=[("hv1", ep)])
     store.close()
     mappings, endpoints = Store(tmp_path / "s.db").load()
