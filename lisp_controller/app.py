@@ -150,7 +150,7 @@ class BridgeSession:
         plan = reconcile(compiled.flows, self.installed)
         rejected = 0
         if plan:
-            result = self.switch.apply(plan)
+            result = self.switch.apply(plan, known=self.app.state.encoded)
             self.installed = applied(self.installed, plan, set(result.failed))
             st.flow_mods_sent += result.sent
             self.app.metrics.inc("lisp_flow_mods_sent_total", result.sent)

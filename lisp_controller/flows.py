@@ -6,16 +6,17 @@ tuples. Nothing here knows about sockets or os-ken objects: `encode.py`
 turns flows into bytes at the last step.
 
 Cookies are content addresses. The top byte marks the flow as ours; the
-other 56 bits are a hash of the flow's rendered text. So a flow on a switch
+other 56 bits are a hash of the flow's OpenFlow encoding (wire.py). So a flow on a switch
 is correct exactly when its cookie is one we want, a changed flow gets a new
 cookie, and reconciling after a reconnect compares cookie sets instead of
 re-normalizing OVS's rewritten matches (DESIGN.md section 2 warns of those).
 """
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from typing import NamedTuple
+
+from . import wire
 
 COOKIE_TAG = 0x4C  # 'L'
 COOKIE_TAG_SHIFT = 56
@@ -166,9 +167,16 @@ def render(flow: Flow, cookie: bool = True) -> str:
     return f"cookie={flow_cookie(flow):#x},{body}" if cookie else body
 
 
+def encoded(flow: Flow) -> tuple[int, bytes]:
+    """The flow's cookie and its OFPFC_ADD bytes (xid 0). The cookie hashes
+    the encoding, which is the flow's canonical form."""
+    body = wire.flow_mod_add(flow, 0)
+    cookie = (COOKIE_TAG << COOKIE_TAG_SHIFT) | wire.content_hash(body)
+    return cookie, wire.with_cookie(body, cookie)
+
+
 def flow_cookie(flow: Flow) -> int:
-    digest = hashlib.blake2b(render(flow, cookie=False).encode(), digest_size=7).digest()
-    return (COOKIE_TAG << COOKIE_TAG_SHIFT) | int.from_bytes(digest, "big")
+    return encoded(flow)[0]
 
 
 def is_ours(cookie: int) -> bool:

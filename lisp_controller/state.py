@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 from .compiler import mapping_flow, miss_flow
 from .config import Config
-from .flows import Flow, flow_cookie
+from .flows import Flow, encoded
 from .model import Bridge, Endpoint, MapCache, Mapping, endpoint_mappings
 
 Key = tuple  # (iid, IPv4Network | IPv6Network)
@@ -58,6 +58,7 @@ class State:
         self.generation = 0
         self.cache = MapCache()
         self.shared: dict[int, Flow] = {}
+        self.encoded: dict[int, bytes] = {}  # shared flows' flow-mods, made once for every bridge
         self._cookie_of: dict[Key, int] = {}
         self._config_bridges = {b.label: b for b in config.overlay.bridges}
         self.api_endpoints: dict[tuple[str, str], Endpoint] = {}
@@ -189,17 +190,19 @@ class State:
         self.bridges[label] = dataclasses.replace(base, endpoints=base.endpoints + extra)
 
     def _add_flow(self, flow: Flow) -> int:
-        cookie = flow_cookie(flow)
+        cookie, data = encoded(flow)
         other = self.shared.get(cookie)
         if other is not None and other != flow:
             raise RuntimeError(f"cookie collision {cookie:#x}")
         self.shared[cookie] = flow
+        self.encoded[cookie] = data
         return cookie
 
     def _put(self, m: Mapping) -> None:
         old = self._cookie_of.pop(m.key, None)
         if old is not None:
             del self.shared[old]
+            del self.encoded[old]
         self.cache.add(m)
         self._cookie_of[m.key] = self._add_flow(mapping_flow(m))
 
@@ -208,6 +211,7 @@ class State:
         cookie = self._cookie_of.pop(key, None)
         if cookie is not None:
             del self.shared[cookie]
+            del self.encoded[cookie]
 
 
 def stamp(m: Mapping, now: float) -> Mapping:

@@ -175,16 +175,17 @@ class Switch:
         self.request(encode.barrier, "barrier")
 
     # -- changes -----------------------------------------------------------
-    def apply(self, plan: Plan, max_attempts: int = 3) -> ApplyResult:
+    def apply(self, plan: Plan, max_attempts: int = 3, known: dict[int, bytes] | None = None) -> ApplyResult:
         """Send `plan` as one atomic bundle and confirm it with a barrier.
 
         If the switch rejects flows, the bundle is retried without them (the
         rest of the change must not wait for one bad flow); the rejected
-        cookies and the switch's words come back in `failed`."""
+        cookies and the switch's words come back in `failed`. `known` holds
+        flow-mods already encoded (the shared map-cache flows)."""
         failed: dict[int, str] = {}
         for attempt in range(1, max_attempts + 1):
             adds = tuple((c, f) for c, f in plan.add if c not in failed)
-            ok, rejected = self._bundle(plan.delete, adds)
+            ok, rejected = self._bundle(plan.delete, adds, known or {})
             for cookie, (flow, err) in rejected.items():
                 text = describe_error(err)
                 failed[cookie] = text
@@ -197,7 +198,7 @@ class Switch:
                 raise SwitchError(f"bridge {self.label}: bundle commit failed and no flow was named")
         return ApplyResult(False, 0, failed, max_attempts)
 
-    def _bundle(self, deletes: tuple[int, ...], adds: tuple[tuple[int, Flow], ...]):
+    def _bundle(self, deletes: tuple[int, ...], adds: tuple[tuple[int, Flow], ...], known: dict[int, bytes]):
         bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
         self.request(lambda xid: encode.bundle_ctrl(xid, bundle_id, ofp.ONF_BCT_OPEN_REQUEST, BUNDLE_FLAGS),
                      "bundle open")
@@ -211,7 +212,10 @@ class Switch:
                 xid = self._xid()
                 by_xid[xid] = (cookie, flow)
                 self._bundle_errors[xid] = None
-                inner = encode.encode_delete(cookie) if flow is None else encode.encode_add(flow, cookie)
+                if flow is None:
+                    inner = encode.encode_delete(cookie)
+                else:
+                    inner = known.get(cookie) or encode.encode_add(flow, cookie)
                 buf = encode.bundle_add(xid, bundle_id, BUNDLE_FLAGS, inner)
                 chunk.append(buf)
                 size += len(buf)

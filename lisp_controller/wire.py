@@ -1,0 +1,154 @@
+"""Flow values -> OpenFlow 1.3 flow-mod bytes, packed by hand.
+
+os-ken's message objects cost 200-260 us per flow-mod; our flows use a
+dozen fields and five action kinds, which pack in a few microseconds.
+The bytes are identical to os-ken's own encoding (a test compares them
+for every flow shape the compiler makes), and they are the flow's
+canonical form: its cookie is a hash of them.
+
+Pure: no os-ken import, no I/O.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import ipaddress
+import struct
+
+OFP_VERSION = 4
+OFPT_FLOW_MOD = 14
+OFPFC_ADD = 0
+OFP_NO_BUFFER = 0xFFFFFFFF
+OFPP_IN_PORT, OFPP_NORMAL, OFPP_CONTROLLER = 0xFFFFFFF8, 0xFFFFFFFA, 0xFFFFFFFD
+OFPCML_MAX, OFPCML_NO_BUFFER = 0xFFE5, 0xFFFF  # os-ken's default max_len is OFPCML_MAX
+ALL_ONES_64 = 0xFFFFFFFFFFFFFFFF
+
+_BASIC, _NXM1 = 0x8000, 0x0001
+# name -> (OXM class, field, width in bytes)
+FIELDS: dict[str, tuple[int, int, int]] = {
+    "in_port": (_BASIC, 0, 4), "metadata": (_BASIC, 2, 8), "eth_dst": (_BASIC, 3, 6),
+    "eth_src": (_BASIC, 4, 6), "eth_type": (_BASIC, 5, 2), "vlan_vid": (_BASIC, 6, 2),
+    "ip_proto": (_BASIC, 10, 1), "ipv4_dst": (_BASIC, 12, 4), "arp_op": (_BASIC, 21, 2),
+    "arp_spa": (_BASIC, 22, 4), "arp_tpa": (_BASIC, 23, 4), "arp_sha": (_BASIC, 24, 6),
+    "arp_tha": (_BASIC, 25, 6), "ipv6_dst": (_BASIC, 27, 16), "icmpv6_type": (_BASIC, 29, 1),
+    "tunnel_id": (_BASIC, 38, 8), "reg0": (_NXM1, 0, 4), "tun_ipv4_dst": (_NXM1, 32, 4),
+    "tun_ipv6_dst": (_NXM1, 110, 16),
+}
+_SORT = {name: (cls << 7) | fld for name, (cls, fld, _) in FIELDS.items()}  # os-ken's order
+
+_FLOW_MOD_HEAD = struct.Struct("!BBHIQQBBHHHIIIH2x")
+_OUTPUT = struct.Struct("!HHIH6x")
+_NX_REG_MOVE = struct.Struct("!HHIHHHHII")
+_GOTO = struct.Struct("!HHB3x")
+_WRITE_META = struct.Struct("!HH4xQQ")
+_DEC_NW_TTL = struct.pack("!HH4x", 24, 8)
+
+
+def _value_bytes(name: str, value: object) -> tuple[bytes, bytes | None]:
+    """The field's value, and its mask unless the value is exact."""
+    width = FIELDS[name][2]
+    if isinstance(value, int):
+        return value.to_bytes(width, "big"), None
+    if isinstance(value, str):  # a MAC address
+        return bytes.fromhex(value.replace(":", "")), None
+    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        if value.prefixlen == value.max_prefixlen:
+            return value.network_address.packed, None
+        return value.network_address.packed, value.netmask.packed
+    return value.packed, None  # an IPv4Address or IPv6Address
+
+
+@functools.lru_cache(maxsize=8192)  # eth_type, IIDs, RLOCs repeat across flows
+def _oxm(name: str, value: object) -> bytes:
+    cls, fld, _ = FIELDS[name]
+    data, mask = _value_bytes(name, value)
+    if mask is None:
+        return struct.pack("!HBB", cls, fld << 1, len(data)) + data
+    return struct.pack("!HBB", cls, (fld << 1) | 1, 2 * len(data)) + data + mask
+
+
+def _header(name: str) -> int:
+    cls, fld, width = FIELDS[name]
+    return (cls << 16) | (fld << 9) | width
+
+
+def _pad8(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % 8)
+
+
+_ORDER: dict[tuple[str, ...], tuple[int, ...]] = {}
+
+
+def match_bytes(match: tuple) -> bytes:
+    names = tuple(name for name, _ in match)
+    order = _ORDER.get(names)
+    if order is None:  # once per match shape
+        order = _ORDER[names] = tuple(sorted(range(len(names)), key=lambda i: _SORT[names[i]]))
+    body = b"".join([_oxm(*match[i]) for i in order])
+    return _pad8(struct.pack("!HH", 1, 4 + len(body)) + body)
+
+
+def _action(a: tuple) -> bytes:
+    kind = a[0]
+    if kind == "output":
+        return _OUTPUT.pack(0, 16, a[1], OFPCML_MAX)
+    if kind == "normal":
+        return _OUTPUT.pack(0, 16, OFPP_NORMAL, OFPCML_MAX)
+    if kind == "in_port":
+        return _OUTPUT.pack(0, 16, OFPP_IN_PORT, OFPCML_MAX)
+    if kind == "controller":
+        return _OUTPUT.pack(0, 16, OFPP_CONTROLLER, OFPCML_NO_BUFFER)
+    if kind == "set_field":
+        tlv = _oxm(a[1], a[2])
+        return _pad8(struct.pack("!HH", 25, _round8(4 + len(tlv))) + tlv)
+    if kind == "dec_ttl":
+        return _DEC_NW_TTL
+    if kind == "move":
+        bits = FIELDS[a[1]][2] * 8
+        return _NX_REG_MOVE.pack(0xFFFF, 24, 0x00002320, 6, bits, 0, 0, _header(a[1]), _header(a[2]))
+    raise ValueError(f"unknown action {a!r}")
+
+
+def _round8(n: int) -> int:
+    return n + (-n % 8)
+
+
+@functools.lru_cache(maxsize=65536)  # thousands of mappings share one action list
+def instructions_bytes(actions: tuple) -> bytes:
+    """Apply-actions, then write-metadata, then goto: OpenFlow 1.3's order."""
+    apply, tail = [], []
+    goto = None
+    for a in actions:
+        if a[0] == "goto":
+            goto = _GOTO.pack(1, 8, a[1])
+        elif a[0] == "write_metadata":
+            tail.append(_WRITE_META.pack(2, 24, a[1], ALL_ONES_64))  # OFPIT_WRITE_METADATA
+        else:
+            apply.append(_action(a))
+    out = b""
+    if apply:
+        body = b"".join(apply)
+        out = struct.pack("!HH4x", 4, 8 + len(body)) + body
+    return out + b"".join(tail) + (goto or b"")
+
+
+def flow_mod_add(flow, cookie: int) -> bytes:
+    """OFPFC_ADD for `flow` with `cookie`, xid 0 (stamped when sent)."""
+    body = match_bytes(flow.match) + instructions_bytes(flow.actions)
+    head = _FLOW_MOD_HEAD.pack(OFP_VERSION, OFPT_FLOW_MOD, 48 + len(body), 0, cookie, 0, flow.table,
+                               OFPFC_ADD, 0, 0, flow.priority, OFP_NO_BUFFER, 0, 0, 0)
+    return head + body
+
+
+_COOKIE_AT = slice(8, 16)
+
+
+def with_cookie(flow_mod: bytes, cookie: int) -> bytes:
+    return flow_mod[:8] + cookie.to_bytes(8, "big") + flow_mod[16:]
+
+
+def content_hash(flow_mod: bytes) -> int:
+    """56 bits of hash over a flow-mod's bytes without its xid and cookie."""
+    digest = hashlib.blake2b(flow_mod[:4], digest_size=7)
+    digest.update(flow_mod[16:])
+    return int.from_bytes(digest.digest(), "big")
