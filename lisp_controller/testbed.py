@@ -756,7 +756,12 @@ class Testbed:
                  "peer", "name", peer, *m, "netns", peer_ns)
 
     def _linux_bridge(self, ns: str, name: str) -> None:
-        self.run(ns, "ip", "link", "add", name, "type", "bridge", "stp_state", "0",
+        # A fixed MAC: otherwise the bridge takes the lowest MAC of its
+        # ports and changes it as ports are added, and a neighbour that
+        # cached the old one loses the bridge's address until its ARP entry
+        # expires (seen: a hypervisor that could not reach the controller).
+        mac = "02:" + ":".join(f"{b:02x}" for b in os.urandom(5))
+        self.run(ns, "ip", "link", "add", name, "address", mac, "type", "bridge", "stp_state", "0",
                  "forward_delay", "0", "mcast_snooping", "0")
         self._no_ipv6(ns, name)
         self.run(ns, "ip", "link", "set", name, "up")
