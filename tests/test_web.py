@@ -2,6 +2,7 @@
 and real OVS bridges in namespaces."""
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import time
@@ -9,7 +10,6 @@ from pathlib import Path
 
 from selenium.webdriver.common.keys import Keys
 
-from lisp_controller.testbed import wait_until
 from tests.browser import LAPTOP, PHONE, Browser
 from tests.test_api import TOKEN, flows_with, start
 
@@ -41,7 +41,6 @@ def test_page_and_assets_are_served_with_types_and_etags(testbed, tmp_path):
     for name, ctype in [("app.js", "text/javascript"), ("style.css", "text/css"), ("favicon.svg", "image/svg+xml")]:
         status, _ = api("GET", f"/static/{name}")
         assert status == 200, name
-    import http.client
     with testbed.netns(ov.controller_ns.ns):
         conn = http.client.HTTPConnection("127.0.0.1", 8080, timeout=10)
         conn.request("GET", "/static/style.css")
