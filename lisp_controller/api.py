@@ -21,6 +21,7 @@ from .config import TOKEN_ENV
 from .flows import render
 from .model import Endpoint, Mapping, ModelError, parse_iid, parse_prefix
 from .openapi import document
+from .static import SECURITY_HEADERS, load as load_assets
 from .state import Change, Conflict
 from .store import StoreError
 
@@ -30,6 +31,8 @@ PAUSE_EVERY = 1000  # parsed mappings between yields to the hub
 # (method, path template, handler name). The OpenAPI document is checked
 # against this table by the tests.
 ROUTES = [
+    ("GET", "/", "page"),
+    ("GET", "/static/{asset}", "asset"),
     ("GET", "/v1/health", "health"),
     ("GET", "/metrics", "metrics"),
     ("GET", "/v1/openapi.json", "openapi"),
@@ -93,7 +96,8 @@ def endpoint_json(label: str, ep: Endpoint, source: str) -> dict:
 
 class Api:
     """A WSGI application around a controller that offers `state`,
-    `commit(change)`, `metrics`, `datapaths()` and `bridge_flows()`."""
+    `commit(change)`, `metrics`, `datapaths()`, `bridge_flows()` and
+    `mapping_counters()`; it also serves the status page."""
 
     def __init__(self, controller, token: str | None, max_body_bytes: int,
                  pause: Callable[[], None] = lambda: None):
@@ -101,6 +105,7 @@ class Api:
         self.token = token.encode() if token else None
         self.max_body = max_body_bytes
         self.pause = pause
+        self.assets = load_assets()
 
     # -- WSGI --------------------------------------------------------------
     def __call__(self, environ, start_response):
@@ -228,6 +233,28 @@ class Api:
     def openapi(self, req):
         return json_response(document(ROUTES))
 
+    # -- the status page -------------------------------------------------------
+    def page(self, req):
+        return self._asset(req, "index.html")
+
+    def asset(self, req, asset):
+        if asset == "index.html" or asset not in self.assets:
+            raise ApiError(404, "asset", f"no such file: {asset}")
+        return self._asset(req, asset)
+
+    def _asset(self, req: Request, name: str) -> Response:
+        a = self.assets[name]
+        if a.etag in req.if_none_match:
+            resp = Response(status=304)
+        else:
+            resp = Response(body=a.body, content_type=a.content_type,
+                            charset="utf-8" if a.content_type.startswith("text/") else None)
+        resp.etag = a.etag
+        resp.cache_control = "no-cache"  # revalidate: an upgraded controller serves its own page
+        for k, v in SECURITY_HEADERS.items():
+            resp.headers[k] = v
+        return resp
+
     # -- mappings ----------------------------------------------------------
     def list_mappings(self, req):
         mappings = list(self.ctl.state.cache)
@@ -247,8 +274,21 @@ class Api:
         limit = _int_param(req, "limit", 100_000, 1)
         now = self.ctl.state.clock()
         page = mappings[offset:offset + limit]
-        return json_response({"total": len(mappings), "offset": offset,
-                              "mappings": [mapping_json(m, now) for m in page]})
+        body = {"total": len(mappings), "offset": offset, "mappings": [mapping_json(m, now) for m in page]}
+        if _bool_param(req, "counters"):
+            self._add_counters(page, body)
+        return json_response(body)
+
+    def _add_counters(self, page: list[Mapping], body: dict) -> None:
+        """Each mapping's packets and bytes, summed over the connected
+        bridges; null for a mapping no bridge has reported on yet."""
+        snap = self.ctl.mapping_counters()
+        cookie = self.ctl.state.mapping_cookie
+        for m, item in zip(page, body["mappings"]):
+            c = snap.counts.get(cookie(m.key))
+            item["counters"] = None if c is None else {"packets": c[0], "bytes": c[1]}
+        body["counters_at"] = None if snap.read_at is None else \
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(snap.read_at))
 
     def get_mapping(self, req, iid, eid):
         key = self._key(iid, eid)
@@ -403,6 +443,13 @@ def _same_prefix(text: object, prefix) -> bool:
         return parse_prefix(text) == prefix
     except ModelError:
         return False
+
+
+def _bool_param(req: Request, name: str) -> bool:
+    value = req.GET.get(name, "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise ApiError(400, name, f"must be true or false, got {req.GET[name]!r}")
+    return value in ("true", "1")
 
 
 def _int_param(req: Request, name: str, default: int, low: int) -> int:

@@ -17,8 +17,9 @@ from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_c
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from .compiler import Compiled, compile_bridge
+from .compiler import T_MAPCACHE, Compiled, compile_bridge
 from .config import Config
+from .counters import Counts, CounterCache, Snapshot, add_counts
 from .flows import render
 from .metrics import Metrics
 from .model import Bridge
@@ -30,6 +31,7 @@ from .switch import Switch, SwitchError, describe_error
 LOG = logging.getLogger("lisp_controller")
 MAX_ERRORS_KEPT = 50
 EXPIRY_INTERVAL = 1.0  # seconds between TTL checks
+STATS_TIMEOUT = 10.0  # seconds a bridge may take to send its map-cache counters
 
 
 @dataclass
@@ -196,6 +198,7 @@ class LispControllerApp(app_manager.OSKenApp):
         self.sessions: dict[int, BridgeSession] = {}
         self.commit_lock = hub.Semaphore(1)
         self.metrics = _metrics(self)
+        self.counters = CounterCache(self._read_counters, hub.spawn)
         self.threads.append(hub.spawn(self._expire_loop))
 
     # -- changes -----------------------------------------------------------
@@ -262,6 +265,20 @@ class LispControllerApp(app_manager.OSKenApp):
         out = [_datapath_view(b, by_label.get(b.label)) for b in self.state.bridges.values()]
         out += [_datapath_view(None, s) for s in self.sessions.values() if s.status.bridge is None]
         return out
+
+    def mapping_counters(self) -> Snapshot:
+        """Packets and bytes per map-cache cookie, summed over the connected
+        bridges, at most a few seconds old (see counters.py)."""
+        return self.counters.get()
+
+    def _read_counters(self) -> Counts:
+        total: Counts = {}
+        for session in self._programmed():
+            try:
+                add_counts(total, session.switch.flow_counters(T_MAPCACHE, STATS_TIMEOUT))
+            except SwitchError as e:  # gone or slow: its share is missing this time
+                LOG.warning("%s", e)
+        return total
 
     def bridge_flows(self, label: str) -> list:
         """The flows the bridge should hold now (what it holds, once synced)."""

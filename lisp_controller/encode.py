@@ -107,9 +107,9 @@ def port_desc_request(xid: int) -> bytes:
         "!HH4x", ofp.OFPMP_PORT_DESC, 0)
 
 
-def flow_stats_request(xid: int, cookie: int, cookie_mask: int) -> bytes:
-    """Flows of every table whose cookie matches under the mask."""
-    body = struct.pack("!B3xII4xQQ", ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY,
+def flow_stats_request(xid: int, cookie: int, cookie_mask: int, table: int = ofp.OFPTT_ALL) -> bytes:
+    """Flows of `table` (default: every table) whose cookie matches under the mask."""
+    body = struct.pack("!B3xII4xQQ", table, ofp.OFPP_ANY, ofp.OFPG_ANY,
                        cookie, cookie_mask) + struct.pack("!HH4x", ofp.OFPMT_OXM, 4)
     length = 16 + len(body)
     return _header(ofp.OFPT_MULTIPART_REQUEST, length, xid) + struct.pack(

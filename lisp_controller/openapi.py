@@ -32,7 +32,12 @@ SCHEMAS = {
         "rlocs": {"type": "array", "items": {"$ref": "#/components/schemas/Rloc"}},
         "ttl": {"type": ["integer", "null"]}, "action": {"type": "string"},
         "source": {"type": "string", "enum": ["config", "endpoint", "api"]},
-        "expires_in": {"type": ["number", "null"], "description": "seconds until the TTL runs out"}}},
+        "expires_in": {"type": ["number", "null"], "description": "seconds until the TTL runs out"},
+        "counters": {"description": "only with ?counters=true: traffic of the mapping's flow, summed over "
+                                    "the connected bridges; null if no bridge has reported it yet",
+                     "oneOf": [{"type": "null"}, {"type": "object", "required": ["packets", "bytes"],
+                                                  "properties": {"packets": {"type": "integer"},
+                                                                 "bytes": {"type": "integer"}}}]}}},
     "EndpointIn": {"type": "object", "required": ["bridge", "port", "mac", "iid", "eids"],
                    "additionalProperties": False, "properties": {
                        "bridge": {"type": "string", "description": "label, name or datapath ID"},
@@ -81,18 +86,26 @@ _Q = lambda name, schema, desc, required=False: {  # noqa: E731
 
 # handler -> (summary, request body schema or None, {status: (description, schema)}, query params)
 OPERATIONS: dict[str, tuple] = {
+    "page": ("The status page (HTML; it reads this API)", None, {
+        200: ("the page", "html"), 304: ("unchanged since the ETag given in If-None-Match", None)}, []),
+    "asset": ("A file of the status page (style sheet, script, icon)", None, {
+        200: ("the file", "asset"), 304: ("unchanged since the ETag given in If-None-Match", None)}, []),
     "health": ("Liveness and a summary", None, {200: ("ok", _obj(status={"type": "string"}, mappings={
         "type": "integer"}, datapaths_configured={"type": "integer"}, datapaths_connected={"type": "integer"}))}, []),
     "metrics": ("Metrics in the Prometheus text format", None, {200: ("metrics", "text")}, []),
     "openapi": ("This document", None, {200: ("OpenAPI 3 document", {"type": "object"})}, []),
     "list_mappings": ("List mappings (all owners), sorted by IID and prefix", None, {
-        200: ("mappings", _obj(total={"type": "integer"}, offset={"type": "integer"},
-                                mappings={"type": "array", "items": _ref("Mapping")}))},
+        200: ("mappings", {"type": "object", "required": ["total", "offset", "mappings"], "properties": {
+            "total": {"type": "integer"}, "offset": {"type": "integer"},
+            "mappings": {"type": "array", "items": _ref("Mapping")},
+            "counters_at": {"type": ["string", "null"], "description": "with ?counters=true: when the "
+                            "bridges were last read (every few seconds at most); null: not yet"}}})},
         [_Q("iid", {"type": "integer"}, "only this Instance ID"),
          _Q("prefix", {"type": "string"}, "only mappings inside this prefix"),
          _Q("source", {"type": "string", "enum": ["config", "endpoint", "api"]}, "only this owner"),
          _Q("offset", {"type": "integer", "minimum": 0}, "skip this many"),
-         _Q("limit", {"type": "integer", "minimum": 1}, "at most this many (default 100000)")]),
+         _Q("limit", {"type": "integer", "minimum": 1}, "at most this many (default 100000)"),
+         _Q("counters", {"type": "boolean"}, "add each mapping's packet and byte counters")]),
     "create_mapping": ("Create a mapping (409 if it exists)", _ref("MappingIn"), {
         201: ("created and sent to the bridges", _obj(mapping=_ref("Mapping"), bridges=_BRIDGES))}, []),
     "replace_mappings": ("Replace every API mapping with the given set", _obj(mappings=_MAPPING_LIST), {
@@ -138,7 +151,11 @@ _PARAM_DOC = {
     "eid": ("EID prefix; its slash may be sent as is (10.2.0.0/16) or as %2F", {"type": "string"}),
     "bridge": ("bridge label, name or datapath ID", {"type": "string"}),
     "port": ("port name", {"type": "string"}),
+    "asset": ("file name, e.g. app.js", {"type": "string"}),
 }
+# Responses that are not JSON, by the marker OPERATIONS uses instead of a schema.
+_MEDIA = {"text": ("text/plain",), "html": ("text/html",),
+          "asset": ("text/css", "text/javascript", "image/svg+xml")}
 _ERRORS = {400: "bad input (the body names the field)", 401: "token missing or wrong",
            404: "not found", 409: "conflict (exists, or owned by the config or an endpoint)",
            413: "body too large", 415: "not JSON", 503: "the store cannot be written; nothing changed"}
@@ -156,9 +173,11 @@ def document(routes) -> dict:
         if body is not None:
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
         for status, (desc, schema) in responses.items():
-            content = {"text/plain": {"schema": {"type": "string"}}} if schema == "text" else \
-                {"application/json": {"schema": schema}}
-            op["responses"][str(status)] = {"description": desc, "content": content}
+            op["responses"][str(status)] = {"description": desc}
+            if isinstance(schema, str):
+                op["responses"][str(status)]["content"] = {t: {"schema": {"type": "string"}} for t in _MEDIA[schema]}
+            elif schema is not None:
+                op["responses"][str(status)]["content"] = {"application/json": {"schema": schema}}
         errors = [400, 404] if method == "GET" and (params or query) else []
         if method != "GET":
             errors = [400, 401, 404, 409, 413, 415, 503]

@@ -80,6 +80,11 @@ class State:
     def api_mappings(self) -> list[Mapping]:
         return [m for m in self.cache if m.source == "api"]
 
+    def mapping_cookie(self, key: Key) -> int | None:
+        """The cookie of the map-cache flow a mapping compiles to (the same
+        on every bridge), so flow statistics can be read back per mapping."""
+        return self._cookie_of.get(key)
+
     def bridge(self, label: str) -> Bridge | None:
         return self.bridges.get(label)
 

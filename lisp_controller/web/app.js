@@ -1,0 +1,508 @@
+// The status page: polls the REST API and renders bridges, endpoints and
+// the map-cache. Plain JS, no build step, no third-party code.
+//
+// Speed with 10,000+ mappings: rows are plain objects with a precomputed
+// search string; filter and sort run on those, and only one page of rows is
+// turned into HTML (one innerHTML write, skipped when nothing changed).
+// Clicks are handled by one delegated listener per table, never per row.
+"use strict";
+
+(() => {
+  const POLL_MS = 2000;          // between the end of one poll and the next
+  const TIMEOUT_MS = 5000;       // a read taking longer means "not answering"
+  const TOKEN_KEY = "lisp-controller-token";  // sessionStorage: this tab only
+  const ARM_MS = 4000;           // a delete button waits this long for its confirmation
+
+  const $ = (id) => document.getElementById(id);
+  const ESC = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
+  const esc = (v) => String(v ?? "").replace(/[&<>"']/g, (c) => ESC[c]);
+  const num = new Intl.NumberFormat("en-US");
+
+  const state = {
+    datapaths: null, endpoints: [], rows: [], countersAt: null,
+    lastOk: null, failingSince: null, lastError: "",
+    sort: { key: "iid", dir: 1 }, query: "", page: 0, pageSize: 100,
+    armed: null, armTimer: null, seen: null, fresh: new Set(), downSince: new Map(),
+    view: null, html: { bridges: "", rows: "", summary: "" },
+  };
+
+  // -- formatting ----------------------------------------------------------
+  function fmtBytes(n) {
+    if (n < 1024) return `${n} B`;
+    const units = ["KiB", "MiB", "GiB", "TiB"];
+    let v = n / 1024, i = 0;
+    while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+    return `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
+  }
+  const clock = (d) => d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
+  function span(seconds) {
+    seconds = Math.max(0, Math.round(seconds));
+    if (seconds < 60) return `${seconds} s`;
+    const m = Math.floor(seconds / 60);
+    if (m < 60) return `${m} min ${seconds % 60} s`;
+    const h = Math.floor(m / 60);
+    if (h < 48) return `${h} h ${m % 60} min`;
+    return `${Math.floor(h / 24)} days`;
+  }
+  const since = (d) => span((Date.now() - d.getTime()) / 1000);
+  const millis = (ms) => (ms >= 1000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms)} ms`);
+
+  // Sort keys for addresses: fixed-width hex, so text order is numeric order.
+  function ipKey(text) {
+    const [addr, len = ""] = String(text).split("/");
+    if (addr.includes(":")) {
+      const [head, tail = ""] = addr.split("::");
+      const h = head ? head.split(":") : [], t = tail ? tail.split(":") : [];
+      const groups = addr.includes("::") ? [...h, ...Array(8 - h.length - t.length).fill("0"), ...t] : h;
+      return "6" + groups.map((g) => g.padStart(4, "0")).join("") + len.padStart(3, "0");
+    }
+    return "4" + addr.split(".").map((o) => Number(o).toString(16).padStart(2, "0")).join("") + len.padStart(3, "0");
+  }
+
+  // -- the API -------------------------------------------------------------
+  async function call(method, path, body) {
+    const headers = { Accept: "application/json" };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (token && method !== "GET") headers.Authorization = `Bearer ${token}`;
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), method === "GET" ? TIMEOUT_MS : 120000);
+    try {
+      const resp = await fetch(path, {
+        method, headers, cache: "no-store", signal: abort.signal,
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      let data = null;
+      try { data = await resp.json(); } catch { /* not JSON: data stays null */ }
+      return { status: resp.status, ok: resp.ok, data };
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  const why = (e) => (e.name === "AbortError" ? `no answer within ${TIMEOUT_MS / 1000} s` : "connection failed");
+
+  // A change: on 401 the token is asked for (once per tab) and the call retried.
+  async function write(method, path, body) {
+    let r = await call(method, path, body);
+    if (r.status === 401) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      renderToken();
+      const token = await askToken(r.data?.error?.message);
+      if (token) r = await call(method, path, body);
+    }
+    return r;
+  }
+
+  // -- polling -------------------------------------------------------------
+  async function poll() {
+    try {
+      const [dp, ep, mp] = await Promise.all([
+        call("GET", "/v1/datapaths"), call("GET", "/v1/endpoints"), call("GET", "/v1/mappings?counters=true"),
+      ]);
+      const bad = [dp, ep, mp].find((r) => !r.ok);
+      if (bad) throw new Error(`HTTP ${bad.status}${bad.data?.error ? `: ${bad.data.error.message}` : ""}`);
+      state.datapaths = dp.data.datapaths;
+      state.endpoints = ep.data.endpoints;
+      setMappings(mp.data);
+      state.lastOk = new Date();
+      state.failingSince = null;
+      render();
+    } catch (e) {
+      state.failingSince = state.failingSince || new Date();
+      state.lastError = e instanceof TypeError || e.name === "AbortError" ? why(e) : e.message;
+      renderLive();
+    }
+  }
+
+  let pollTimer = null;
+  async function loop() {
+    clearTimeout(pollTimer);
+    await poll();
+    pollTimer = setTimeout(loop, POLL_MS);
+  }
+
+  function setMappings(data) {
+    const fresh = new Set(), seen = new Set();
+    state.rows = data.mappings.map((m, order) => {
+      const key = `${m.iid}|${m.eid}`;
+      seen.add(key);
+      if (state.seen && !state.seen.has(key)) fresh.add(key);
+      const rl = m.rlocs.map((r) => `${r.address} p${r.priority} w${r.weight}`).join(" ");
+      return {
+        m, key, order,
+        hay: `${m.iid} ${m.eid} ${rl} ${m.action} ${m.source}`.toLowerCase(),
+        eidKey: ipKey(m.eid),
+        rlocKey: m.rlocs.length ? ipKey(m.rlocs[0].address) : "~",
+        ttl: m.expires_in ?? Infinity,
+        packets: m.counters ? m.counters.packets : -1,
+        bytes: m.counters ? m.counters.bytes : -1,
+      };
+    });
+    state.seen = seen;
+    state.fresh = fresh;
+    state.countersAt = data.counters_at ? new Date(data.counters_at) : null;
+    state.view = null;
+  }
+
+  // -- rendering: header and banner ---------------------------------------
+  function renderLive() {
+    const live = $("live"), banner = $("offline");
+    const offline = state.failingSince !== null;
+    live.dataset.state = offline ? "offline" : state.lastOk ? "ok" : "loading";
+    document.body.classList.toggle("stale", offline);
+    if (offline) {
+      const last = state.lastOk ? `last data from ${clock(state.lastOk)} (${since(state.lastOk)} ago)` : "no data yet";
+      $("live-text").textContent = `Not answering · ${last}`;
+      banner.hidden = false;
+      banner.innerHTML = `<strong>The controller is not answering</strong> since ${clock(state.failingSince)}
+        (${esc(state.lastError)}). Retrying every ${POLL_MS / 1000} s; what you see is ${esc(last)}.`;
+    } else {
+      banner.hidden = true;
+      $("live-text").innerHTML = state.lastOk
+        ? `Live · updated <time id="last-updated">${clock(state.lastOk)}</time> <span class="ago">(${since(state.lastOk)} ago)</span>`
+        : "Connecting…";
+    }
+  }
+
+  function renderSummary() {
+    const dps = state.datapaths || [];
+    const configured = dps.filter((d) => d.configured);
+    const up = configured.filter((d) => d.connected).length;
+    const troubled = dps.filter((d) => d.connected && (d.degraded || d.missing_ports.length)).length;
+    const pills = [
+      `<span class="pill ${up === configured.length ? "good" : "bad"}">${up}/${configured.length} bridges up</span>`,
+      `<span class="pill">${num.format(state.rows.length)} mappings</span>`,
+      `<span class="pill">${num.format(state.endpoints.length)} endpoints</span>`,
+    ];
+    if (troubled) pills.push(`<span class="pill warn">${troubled} with problems</span>`);
+    const html = pills.join("");
+    if (html !== state.html.summary) $("summary").innerHTML = state.html.summary = html;
+  }
+
+  function renderToken() {
+    const has = Boolean(sessionStorage.getItem(TOKEN_KEY));
+    const b = $("token-button");
+    b.textContent = has ? "Token set ✓" : "API token";
+    b.classList.toggle("has-token", has);
+  }
+
+  // -- rendering: bridges --------------------------------------------------
+  function bridgeState(d) {
+    if (!d.connected) return "down";
+    if (d.degraded) return "degraded";
+    if (d.missing_ports.length || d.flows_desired !== d.flows_installed || !d.configured) return "warning";
+    return "up";
+  }
+  const STATE_TEXT = { up: "up", down: "down", degraded: "errors", warning: "check" };
+
+  function bridgeCard(d, eps) {
+    const st = bridgeState(d);
+    if (st === "down") {
+      if (!state.downSince.has(d.bridge)) state.downSince.set(d.bridge, new Date());
+    } else {
+      state.downSince.delete(d.bridge);
+    }
+    const fact = (label, value, cls = "") => `<div class="${cls}"><dt>${label}</dt><dd>${value}</dd></div>`;
+    const facts = [];
+    if (d.connected) {
+      const t = new Date(d.connected_since);
+      facts.push(fact("Connected", `since ${clock(t)} <span class="muted">(${since(t)})</span>`));
+    } else {
+      facts.push(fact("Connected", `<strong class="bad-text">no</strong> <span class="muted">· seen down at ${clock(state.downSince.get(d.bridge))}</span>`));
+    }
+    facts.push(fact("RLOC", `<span class="mono">${esc(d.rloc ?? "—")}</span>`));
+    facts.push(fact("Tunnel", `${esc(d.tunnel_profile ?? "—")} <span class="muted">on</span> ${esc(d.tunnel_port ?? "—")}`));
+    if (d.connected) {
+      const same = d.flows_desired === d.flows_installed;
+      facts.push(fact("Flows", `<span class="${same ? "" : "warn-text"}">${num.format(d.flows_installed)} installed / ${num.format(d.flows_desired)} desired</span>`));
+      const when = d.last_reconcile ? `${clock(new Date(d.last_reconcile))} <span class="muted">· took ${millis(d.last_reconcile_ms)} · ${num.format(d.flow_mods_sent)} flow-mods sent</span>` : "not yet";
+      facts.push(fact("Reconciled", when));
+      facts.push(fact("From", `<span class="mono">${esc(d.address)}</span>`));
+    }
+    const epPorts = new Set(eps.map((e) => e.port));
+    const ports = Object.entries(d.ports).map(([name, no]) => {
+      const kind = name === d.tunnel_port ? "tunnel" : epPorts.has(name) ? "vm" : "other";
+      return `<span class="port ${kind}" title="${kind === "tunnel" ? "tunnel port" : kind === "vm" ? "VM port" : "port"}">${esc(name)}<b>${no}</b></span>`;
+    });
+    for (const name of d.missing_ports) ports.push(`<span class="port missing" title="configured, not on the bridge">${esc(name)}<b>missing</b></span>`);
+    const epRows = eps.map((e) => `<tr><td class="mono">${esc(e.port)}${d.ports[e.port] !== undefined ? ` <span class="muted">#${d.ports[e.port]}</span>` : ""}</td>
+      <td class="mono">${esc(e.mac)}</td><td>${e.iid}</td><td class="mono">${e.eids.map(esc).join("<br>")}</td>
+      <td><span class="src src-${esc(e.source)}">${esc(e.source)}</span></td></tr>`).join("");
+    const endpoints = eps.length
+      ? `<table class="eps"><thead><tr><th>Port</th><th>MAC</th><th>IID</th><th>EIDs</th><th>Source</th></tr></thead><tbody>${epRows}</tbody></table>`
+      : `<p class="muted small">No local endpoints.</p>`;
+    const errors = d.errors.length
+      ? `<div class="errors"><h4>OpenFlow errors (${d.errors.length})</h4><ul>${d.errors.slice(-3).reverse().map((e) => `<li>${esc(e)}</li>`).join("")}</ul></div>`
+      : "";
+    const title = d.name || d.bridge;
+    const subtitle = [d.datapath_id, d.bridge].filter((x, i, all) => x && x !== title && all.indexOf(x) === i);
+    return `<article class="card bridge state-${st}" data-bridge="${esc(d.bridge)}" data-dpid="${esc(d.datapath_id ?? "")}" data-state="${st}">
+      <header><h3>${esc(title)}</h3><span class="badge">${STATE_TEXT[st]}</span></header>
+      <div class="dpid mono" title="datapath ID">${subtitle.map(esc).join(" · ") || "&nbsp;"}</div>
+      <dl class="facts">${facts.join("")}</dl>
+      ${ports.length ? `<div class="ports">${ports.join("")}</div>` : ""}
+      ${errors}
+      <h4>Local endpoints</h4>${endpoints}
+    </article>`;
+  }
+
+  function renderBridges() {
+    const byBridge = new Map();
+    for (const e of state.endpoints) {
+      if (!byBridge.has(e.bridge)) byBridge.set(e.bridge, []);
+      byBridge.get(e.bridge).push(e);
+    }
+    const dps = state.datapaths;
+    const html = dps.length ? dps.map((d) => bridgeCard(d, byBridge.get(d.bridge) || [])).join("")
+      : `<p class="placeholder">No bridges configured.</p>`;
+    if (html !== state.html.bridges) $("bridges").innerHTML = state.html.bridges = html;
+  }
+
+  // -- rendering: the map-cache -------------------------------------------
+  const cmp = (a, b) => (a < b ? -1 : a > b ? 1 : 0);
+  const ORDER = {
+    iid: (a, b) => a.order - b.order,
+    eid: (a, b) => cmp(a.eidKey, b.eidKey) || a.m.iid - b.m.iid,
+    rlocs: (a, b) => cmp(a.rlocKey, b.rlocKey),
+    ttl: (a, b) => cmp(a.ttl, b.ttl),
+    action: (a, b) => cmp(a.m.action, b.m.action),
+    source: (a, b) => cmp(a.m.source, b.m.source),
+    packets: (a, b) => a.packets - b.packets,
+    bytes: (a, b) => a.bytes - b.bytes,
+  };
+
+  function currentView() {
+    if (state.view) return state.view;
+    const terms = state.query.toLowerCase().split(/\s+/).filter(Boolean);
+    const rows = terms.length ? state.rows.filter((r) => terms.every((t) => r.hay.includes(t))) : state.rows.slice();
+    const order = ORDER[state.sort.key], dir = state.sort.dir;
+    rows.sort((a, b) => order(a, b) * dir || a.order - b.order);
+    return (state.view = rows);
+  }
+
+  function rowHtml(r) {
+    const m = r.m;
+    const usable = m.rlocs.some((x) => x.priority < 255);
+    const rlocs = m.rlocs.length
+      ? m.rlocs.map((x) => `<span class="rloc${x.priority === 255 ? " unused" : ""}" title="priority ${x.priority}, weight ${x.weight}">${esc(x.address)}<small>${x.priority}/${x.weight}</small></span>`).join("")
+      : `<span class="muted">none</span>`;
+    const ttl = m.ttl == null ? `<span class="muted">static</span>`
+      : `${span(m.expires_in ?? 0)} <small class="muted">of ${m.ttl} min</small>`;
+    const counted = m.counters != null;
+    const armed = state.armed === r.key;
+    const del = m.source === "api"
+      ? `<button type="button" class="del${armed ? " armed" : ""}" data-del="${esc(r.key)}" aria-label="Delete ${esc(m.iid)}:${esc(m.eid)}">${armed ? "Confirm" : "Delete"}</button>` : "";
+    return `<tr data-key="${esc(r.key)}"${state.fresh.has(r.key) ? ' class="fresh"' : ""}>
+      <td data-label="IID" class="c-iid">${m.iid}</td>
+      <td data-label="EID prefix" class="c-eid mono">${esc(m.eid)}</td>
+      <td data-label="RLOCs" class="c-rlocs">${rlocs}</td>
+      <td data-label="TTL left" class="c-ttl">${ttl}</td>
+      <td data-label="Action" class="c-action"><span class="act act-${esc(m.action)}${usable ? " quiet" : ""}" title="${usable ? "used only when no RLOC is usable" : "negative entry"}">${esc(m.action)}</span></td>
+      <td data-label="Source" class="c-source"><span class="src src-${esc(m.source)}">${esc(m.source)}</span></td>
+      <td data-label="Packets" class="c-packets num" data-v="${r.packets}">${counted ? (r.packets ? num.format(r.packets) : '<span class="muted">0</span>') : "—"}</td>
+      <td data-label="Bytes" class="c-bytes num" data-v="${r.bytes}"${counted ? ` title="${num.format(r.bytes)} bytes"` : ""}>${counted ? (r.bytes ? fmtBytes(r.bytes) : '<span class="muted">0 B</span>') : "—"}</td>
+      <td class="c-del">${del}</td>
+    </tr>`;
+  }
+
+  function renderTable() {
+    const rows = currentView();
+    const size = state.pageSize;
+    const pages = Math.max(1, Math.ceil(rows.length / size));
+    state.page = Math.min(state.page, pages - 1);
+    const start = state.page * size;
+    const slice = rows.slice(start, start + size);
+    const html = slice.length ? slice.map(rowHtml).join("")
+      : `<tr class="empty"><td colspan="9">${state.rows.length ? `No mapping matches “${esc(state.query)}”.` : "The map-cache is empty."}</td></tr>`;
+    if (html !== state.html.rows) $("rows").innerHTML = state.html.rows = html;
+    const filtered = rows.length !== state.rows.length ? ` (filtered from ${num.format(state.rows.length)})` : "";
+    $("shown").textContent = rows.length
+      ? `${num.format(start + 1)}–${num.format(start + slice.length)} of ${num.format(rows.length)}${filtered}`
+      : `0 of ${num.format(state.rows.length)}`;
+    $("page-info").textContent = `page ${state.page + 1} of ${pages}`;
+    $("prev").disabled = state.page === 0;
+    $("next").disabled = state.page >= pages - 1;
+    for (const th of document.querySelectorAll("#mappings th[data-sort]")) {
+      if (th.dataset.sort === state.sort.key) th.setAttribute("aria-sort", state.sort.dir > 0 ? "ascending" : "descending");
+      else th.removeAttribute("aria-sort");
+    }
+    $("counters-at").textContent = state.countersAt
+      ? `counters read from the switches at ${clock(state.countersAt)}` : "counters: waiting for the switches";
+  }
+
+  function render() {
+    renderLive();
+    renderSummary();
+    renderBridges();
+    renderTable();
+  }
+
+  // -- the form, deleting, the token ---------------------------------------
+  const FIELD_INPUT = { iid: "f-iid", eid: "f-eid", rlocs: "f-rlocs", ttl: "f-ttl", action: "f-action" };
+
+  function showMessage(kind, html, field) {
+    const box = $("form-message");
+    box.hidden = false;
+    box.className = `form-message ${kind}`;
+    box.innerHTML = html;
+    for (const id of Object.values(FIELD_INPUT)) $(id).removeAttribute("aria-invalid");
+    const name = field && field.split(/[.[]/)[1];
+    if (name && FIELD_INPUT[name]) $(FIELD_INPUT[name]).setAttribute("aria-invalid", "true");
+  }
+
+  function showError(r) {
+    const err = r.data?.error || { status: r.status, field: null, message: "unexpected answer from the controller" };
+    showMessage("error", `<strong>Error ${esc(err.status)}</strong>${err.field ? ` <code>${esc(err.field)}</code>` : ""} ${esc(err.message)}`, err.field);
+  }
+
+  function bridgesText(bridges) {
+    const bad = bridges.some((b) => b.status !== "confirmed");
+    const list = bridges.map((b) => `${esc(b.bridge)} <span class="st-${esc(b.status)}">${esc(b.status)}</span>`).join(", ");
+    return { bad, text: bridges.length ? `bridges: ${list}` : "no bridges configured" };
+  }
+
+  // Numbers typed as digits are sent as numbers; anything else is sent as
+  // typed, so the API (the one validator) names the field and the problem.
+  const asNumber = (text) => (/^\d+$/.test(text) ? Number(text) : text);
+  function rlocsFrom(text) {
+    return text.split(/[\s;]+/).filter(Boolean).map((item) => {
+      const [address, priority, weight] = item.split(",");
+      const r = { address };
+      if (priority !== undefined) r.priority = asNumber(priority);
+      if (weight !== undefined) r.weight = asNumber(weight);
+      return r;
+    });
+  }
+
+  async function submitForm(ev) {
+    ev.preventDefault();
+    const body = {};
+    const iid = $("f-iid").value.trim(), eid = $("f-eid").value.trim();
+    const rlocs = $("f-rlocs").value.trim(), ttl = $("f-ttl").value.trim(), action = $("f-action").value;
+    if (iid) body.iid = asNumber(iid);
+    body.eid = eid;
+    if (rlocs) body.rlocs = rlocsFrom(rlocs);
+    if (ttl) body.ttl = asNumber(ttl);
+    if (action) body.action = action;
+    const button = $("f-submit");
+    button.disabled = true;
+    button.textContent = "Adding…";
+    try {
+      const r = await write("POST", "/v1/mappings", body);
+      if (r.ok) {
+        const { bad, text } = bridgesText(r.data.bridges);
+        showMessage(bad ? "warn" : "ok", `Added <code>${esc(r.data.mapping.iid)}:${esc(r.data.mapping.eid)}</code> · ${text}`);
+        $("f-eid").value = "";
+        $("f-rlocs").value = "";
+      } else {
+        showError(r);
+      }
+    } catch (e) {
+      showMessage("error", `<strong>Not sent</strong> the controller is not answering (${esc(why(e))}).`);
+    } finally {
+      button.disabled = false;
+      button.textContent = "Add mapping";
+      loop();
+    }
+  }
+
+  async function deleteMapping(key) {
+    const [iid, eid] = key.split("|");
+    try {
+      const r = await write("DELETE", `/v1/mappings/${iid}/${eid}`);
+      if (r.ok) {
+        const { bad, text } = bridgesText(r.data.bridges);
+        showMessage(bad ? "warn" : "ok", `Deleted <code>${esc(iid)}:${esc(eid)}</code> · ${text}`);
+      } else {
+        showError(r);
+      }
+    } catch (e) {
+      showMessage("error", `<strong>Not deleted</strong> the controller is not answering (${esc(why(e))}).`);
+    }
+    loop();
+  }
+
+  function onRowsClick(ev) {
+    const button = ev.target.closest("button[data-del]");
+    if (!button) return;
+    const key = button.dataset.del;
+    clearTimeout(state.armTimer);
+    if (state.armed === key) {
+      state.armed = null;
+      button.disabled = true;
+      deleteMapping(key);
+    } else {
+      state.armed = key;  // first click arms; a second within ARM_MS deletes
+      state.armTimer = setTimeout(() => { state.armed = null; renderTable(); }, ARM_MS);
+    }
+    renderTable();
+  }
+
+  // The token dialog resolves with the saved token, or null if cancelled.
+  let tokenResolve = null;
+  function askToken(reason) {
+    const dialog = $("token-dialog");
+    $("token-why").textContent = reason
+      ? `The controller says: ${reason}. The token is kept in this browser tab only.`
+      : "Changes need the controller's API token. It is kept in this browser tab only.";
+    $("token-input").value = sessionStorage.getItem(TOKEN_KEY) || "";
+    if (!dialog.open) dialog.showModal();
+    $("token-input").focus();
+    return new Promise((resolve) => { tokenResolve = resolve; });
+  }
+  function closeToken(token) {
+    const dialog = $("token-dialog");
+    if (dialog.open) dialog.close();
+    if (token) sessionStorage.setItem(TOKEN_KEY, token);
+    renderToken();
+    if (tokenResolve) tokenResolve(token);
+    tokenResolve = null;
+  }
+
+  function wire() {
+    $("add-form").addEventListener("submit", submitForm);
+    $("rows").addEventListener("click", onRowsClick);
+    document.querySelector("#mappings thead").addEventListener("click", (ev) => {
+      const th = ev.target.closest("th[data-sort]");
+      if (!th) return;
+      const key = th.dataset.sort;
+      state.sort = { key, dir: state.sort.key === key ? -state.sort.dir : (key === "packets" || key === "bytes" ? -1 : 1) };
+      state.view = null;
+      renderTable();
+    });
+    let debounce = null;
+    $("search").addEventListener("input", () => {
+      clearTimeout(debounce);
+      debounce = setTimeout(() => {
+        state.query = $("search").value;
+        state.page = 0;
+        state.view = null;
+        renderTable();
+      }, 80);
+    });
+    $("prev").addEventListener("click", () => { state.page--; renderTable(); });
+    $("next").addEventListener("click", () => { state.page++; renderTable(); });
+    $("page-size").addEventListener("change", () => {
+      state.pageSize = Number($("page-size").value);
+      state.page = 0;
+      renderTable();
+    });
+    $("token-button").addEventListener("click", () => askToken(null));
+    $("token-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      closeToken($("token-input").value.trim() || null);
+    });
+    $("token-cancel").addEventListener("click", () => closeToken(null));
+    $("token-forget").addEventListener("click", () => {
+      sessionStorage.removeItem(TOKEN_KEY);
+      closeToken(null);
+    });
+    $("token-dialog").addEventListener("cancel", () => closeToken(null));
+    setInterval(renderLive, 1000);  // keeps "n s ago" honest between polls
+  }
+
+  wire();
+  renderToken();
+  loop();
+})();

@@ -1,0 +1,58 @@
+"""The counter cache: how often the switches are asked, whatever the polling."""
+from lisp_controller.counters import CounterCache, add_counts
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_reads_in_the_background_at_most_every_interval_scaled_by_cost():
+    clock, reads, spawned = Clock(), [], []
+
+    def read():
+        reads.append(clock.now)
+        clock.now += 1.0  # a read of a big table takes a second
+        return {7: (len(reads), 10 * len(reads))}
+
+    cache = CounterCache(read, spawned.append, min_interval=2.0, cost_factor=5.0, clock=clock, wall=lambda: 5.0)
+    first = cache.get()
+    assert first.read_at is None and first.counts == {}  # nobody waits for the switches
+    assert cache.get() is first and len(spawned) == 1  # one read in flight, not two
+    spawned.pop()()
+    assert cache.get().counts == {7: (1, 10)} and cache.get().read_at == 5.0
+    clock.now += 4.9  # 5x the read's duration has not passed yet
+    cache.get()
+    assert spawned == []
+    clock.now += 0.2
+    cache.get()
+    assert len(spawned) == 1
+
+
+def test_a_failed_read_keeps_the_old_counters():
+    clock, spawned = Clock(), []
+    results = [{1: (3, 300)}, RuntimeError("switch gone")]
+
+    def read():
+        r = results.pop(0)
+        if isinstance(r, Exception):
+            raise r
+        return r
+
+    cache = CounterCache(read, spawned.append, clock=clock)
+    cache.get()
+    spawned.pop()()
+    clock.now += 10
+    cache.get()
+    spawned.pop()()
+    assert cache.get().counts == {1: (3, 300)}
+
+
+def test_counts_of_bridges_add_up():
+    total = {}
+    add_counts(total, {1: (2, 20)})
+    add_counts(total, {1: (3, 30), 2: (1, 10)})
+    assert total == {1: (5, 50), 2: (1, 10)}
