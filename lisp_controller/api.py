@@ -7,6 +7,8 @@ problem; nothing a client sends can produce a traceback.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import hmac
 import ipaddress
 import json
@@ -198,10 +200,11 @@ class Api:
         if not isinstance(raw, list):
             raise ApiError(400, field, "must be a list of mappings")
         out = []
-        for i, item in enumerate(raw):
-            out.append(_parse_mapping(item, f"{field}[{i}]"))
-            if i % PAUSE_EVERY == PAUSE_EVERY - 1:
-                self.pause()
+        with _gc_paused(len(raw)):
+            for i, item in enumerate(raw):
+                out.append(_parse_mapping(item, f"{field}[{i}]"))
+                if i % PAUSE_EVERY == PAUSE_EVERY - 1:
+                    self.pause()
         return out
 
     def _key(self, iid: str, eid: str) -> tuple:
@@ -214,8 +217,8 @@ class Api:
         except ModelError as e:
             raise ApiError(400, e.field, e.problem) from None
 
-    def _commit(self, change: Change) -> list[dict]:
-        return self.ctl.commit(change)
+    def _commit(self, change: Change, timings: dict | None = None) -> list[dict]:
+        return self.ctl.commit(change, timings=timings)
 
     # -- system ------------------------------------------------------------
     def health(self, req):
@@ -322,7 +325,10 @@ class Api:
         return json_response({"deleted": mapping_json(m, self.ctl.state.clock()), "bridges": bridges})
 
     def bulk_mappings(self, req):
+        started = time.monotonic()
         body = self._object(self._body(req), "", {"mappings", "delete"})
+        timings = {"json_ms": _ms(started)}
+        mark = time.monotonic()
         put = self._mappings(body.get("mappings", []), "mappings")
         raw_delete = body.get("delete", [])
         if not isinstance(raw_delete, list):
@@ -335,17 +341,24 @@ class Api:
                                parse_prefix(item.get("eid"), f"delete[{i}].eid")))
             except ModelError as e:
                 raise ApiError(400, e.field, e.problem) from None
-        bridges = self._commit(Change(put=put, delete=delete))
-        return json_response({"put": len(put), "deleted": len(delete), "bridges": bridges})
+        timings["validate_ms"] = _ms(mark)
+        with _gc_paused(len(put) + len(delete)):
+            bridges = self._commit(Change(put=put, delete=delete), timings)
+        return json_response({"put": len(put), "deleted": len(delete), "bridges": bridges, "timings": timings})
 
     def replace_mappings(self, req):
+        started = time.monotonic()
         body = self._object(self._body(req), "", {"mappings"})
         if "mappings" not in body:
             raise ApiError(400, "mappings", "is required (the complete set of API mappings)")
+        timings = {"json_ms": _ms(started)}
+        mark = time.monotonic()
         put = self._mappings(body["mappings"], "mappings")
+        timings["validate_ms"] = _ms(mark)
         before = len(self.ctl.state.api_mappings())
-        bridges = self._commit(Change(put=put, replace_api=True))
-        return json_response({"mappings": len(put), "before": before, "bridges": bridges})
+        with _gc_paused(len(put)):
+            bridges = self._commit(Change(put=put, replace_api=True), timings)
+        return json_response({"mappings": len(put), "before": before, "bridges": bridges, "timings": timings})
 
     def lookup(self, req):
         if "eid" not in req.GET or "iid" not in req.GET:
@@ -429,6 +442,24 @@ class Api:
             resp.text = "".join(line + "\n" for line in lines)
             return resp
         return json_response({"bridge": d["bridge"], "connected": d["connected"], "flows": lines})
+
+
+@contextlib.contextmanager
+def _gc_paused(items: int):
+    """Building 100,000 mappings triggers the cyclic collector dozens of
+    times over objects that hold no cycles; pause it for big requests."""
+    if items < 1000 or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _ms(mark: float) -> float:
+    return round((time.monotonic() - mark) * 1000, 1)
 
 
 def _parse_mapping(raw: object, field: str) -> Mapping:

@@ -51,6 +51,8 @@ class BridgeStatus:
     last_reconcile_ms: float | None = None
     flow_mods_sent: int = 0
     synced_generation: int = -1  # state generation the bridge last confirmed
+    verified_ms: float | None = None  # from connection to the first full sync
+    last_stages: dict = field(default_factory=dict)  # milliseconds of the last sync's stages
     last_rejected: int = 0  # flows the switch refused in that sync
     errors: list[str] = field(default_factory=list)
 
@@ -105,6 +107,7 @@ class BridgeSession:
 
     def _run(self) -> None:
         st = self.status
+        connected = time.monotonic()
         try:
             ports, st.name = self.switch.port_desc()
             st.ports.clear()
@@ -120,10 +123,13 @@ class BridgeSession:
             LOG.info("bridge %s: connected from %s, %d ports, %d flows of ours installed "
                      "(read in %.0f ms)", self.label, st.address, len(st.ports),
                      sum(self.installed.values()), (time.monotonic() - started) * 1000)
+            self.dirty.clear()
+            self.sync()
+            st.verified_ms = _ms_since(connected)
             while True:
+                self.dirty.wait()
                 self.dirty.clear()
                 self.sync()
-                self.dirty.wait()
         except SwitchError as e:
             if not self.switch.closed:
                 LOG.error("%s", e)
@@ -144,15 +150,20 @@ class BridgeSession:
         with self.app.commit_lock:
             generation = self.app.state.generation
             compiled = self.compile()
+        stages = {"compile_ms": _ms_since(started)}
         if compiled.missing_ports != st.missing_ports and compiled.missing_ports:
             LOG.warning("bridge %s: configured ports not on the bridge: %s (their flows are left out)",
                         self.label, ", ".join(compiled.missing_ports))
         st.missing_ports = compiled.missing_ports
         st.flows_desired = len(compiled.flows)
+        mark = time.monotonic()
         plan = reconcile(compiled.flows, self.installed)
+        stages["diff_ms"] = _ms_since(mark)
         rejected = 0
         if plan:
+            mark = time.monotonic()
             result = self.switch.apply(plan, known=self.app.state.encoded)
+            stages["switch_ms"] = _ms_since(mark)  # encode what is new, bundle, commit, barrier
             self.installed = applied(self.installed, plan, set(result.failed))
             st.flow_mods_sent += result.sent
             self.app.metrics.inc("lisp_flow_mods_sent_total", result.sent)
@@ -172,6 +183,7 @@ class BridgeSession:
         st.last_reconcile_ms = (time.monotonic() - started) * 1000
         st.synced_generation = generation
         st.last_rejected = rejected
+        st.last_stages = stages
         self.app.metrics.inc("lisp_reconcile_seconds_total", st.last_reconcile_ms / 1000)
         self.app.metrics.inc("lisp_reconciles_total")
 
@@ -202,20 +214,31 @@ class LispControllerApp(app_manager.OSKenApp):
         self.threads.append(hub.spawn(self._expire_loop))
 
     # -- changes -----------------------------------------------------------
-    def commit(self, change: Change, wait: float | None = None) -> list[dict]:
+    def commit(self, change: Change, wait: float | None = None, timings: dict | None = None) -> list[dict]:
         """Check, store, apply, then wait (bounded) for every connected
         bridge to confirm by barrier. Raises Conflict or StoreError before
-        anything changed."""
+        anything changed. `timings`, if given, receives milliseconds per
+        stage."""
+        t = {} if timings is None else timings
+        started = time.monotonic()
         with self.commit_lock:
             self.state.check(change)
+            t["check_ms"] = _ms_since(started)
             if self.store is not None:
+                mark = time.monotonic()
                 self.store.write(change.put, change.delete, change.replace_api,
                                  change.put_endpoints, change.delete_endpoints)
+                t["store_ms"] = _ms_since(mark)
+            mark = time.monotonic()
             self.state.apply(change, pause=_pause)
+            t["state_ms"] = _ms_since(mark)  # includes compiling and encoding map-cache flows
             target = self.state.generation
             for session in list(self.sessions.values()):
                 session.mark_dirty()
-        return self.wait_confirmed(target, self.config.api.confirm_timeout if wait is None else wait)
+        mark = time.monotonic()
+        results = self.wait_confirmed(target, self.config.api.confirm_timeout if wait is None else wait)
+        t["bridges_ms"] = _ms_since(mark)
+        return results
 
     def wait_confirmed(self, generation: int, timeout: float) -> list[dict]:
         deadline = time.monotonic() + timeout
@@ -237,6 +260,8 @@ class LispControllerApp(app_manager.OSKenApp):
             else:
                 status = "confirmed"
             entry = {"bridge": bridge.label, "status": status}
+            if s is not None and s.status.last_stages:
+                entry["stages_ms"] = dict(s.status.last_stages)
             if status == "rejected":
                 entry["errors"] = s.status.errors[-s.status.last_rejected:]
             results.append(entry)
@@ -356,6 +381,10 @@ class LispControllerApp(app_manager.OSKenApp):
             session.port_status(ev.msg)
 
 
+def _ms_since(mark: float) -> float:
+    return round((time.monotonic() - mark) * 1000, 1)
+
+
 def _pause() -> None:
     hub.sleep(0)
 
@@ -412,6 +441,7 @@ def _datapath_view(bridge: Bridge | None, session: BridgeSession | None) -> dict
         "flow_mods_sent": st.flow_mods_sent if st else 0,
         "last_reconcile": _iso(st.last_reconcile) if st else None,
         "last_reconcile_ms": round(st.last_reconcile_ms, 1) if st and st.last_reconcile_ms is not None else None,
+        "verified_ms": st.verified_ms if st else None,
         "errors": list(st.errors) if st else [],
         "degraded": bool(st and st.errors),
     }

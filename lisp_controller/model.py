@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Union
 
@@ -40,9 +41,23 @@ def parse_iid(value: object, field: str = "iid") -> int:
     return value
 
 
+def _fast_ipv4(text: str) -> int | None:
+    """A canonical dotted quad as an integer, or None for anything else
+    (which then takes ipaddress's slower, authoritative path). A bulk
+    request validates 100,000 of these; ipaddress alone costs 3 us each."""
+    try:
+        packed = socket.inet_pton(socket.AF_INET, text)
+    except OSError:
+        return None
+    return int.from_bytes(packed, "big") if socket.inet_ntop(socket.AF_INET, packed) == text else None
+
+
 def parse_address(value: object, field: str) -> IPAddress:
     if not isinstance(value, str):
         raise ModelError(field, f"must be an IP address string, got {value!r}")
+    number = _fast_ipv4(value)
+    if number is not None:
+        return ipaddress.IPv4Address(number)
     try:
         return ipaddress.ip_address(value)
     except ValueError:
@@ -56,6 +71,12 @@ def parse_prefix(value: object, field: str = "eid") -> IPNetwork:
     silently widen or move a mapping."""
     if not isinstance(value, str):
         raise ModelError(field, f"must be a prefix string like '10.1.0.0/16', got {value!r}")
+    address, slash, length = value.partition("/")
+    number = _fast_ipv4(address)
+    if number is not None and (not slash or (length.isdigit() and len(length) <= 2)):
+        plen = int(length) if slash else 32
+        if plen <= 32 and not number & ((1 << (32 - plen)) - 1):
+            return ipaddress.IPv4Network((number, plen))
     try:
         return ipaddress.ip_network(value, strict=True)
     except ValueError as exc:

@@ -55,7 +55,12 @@ SCHEMAS = {
                    "description": "confirmed: the bridge holds the change (barrier); rejected: it refused "
                                   "flows (see errors); timeout: still being applied; not-connected: "
                                   "it gets the change when it connects"},
-        "errors": {"type": "array", "items": {"type": "string"}}}},
+        "errors": {"type": "array", "items": {"type": "string"}},
+        "stages_ms": {"type": "object", "additionalProperties": {"type": "number"},
+                      "description": "the bridge's last sync: compile, diff, switch (bundle to barrier)"}}},
+    "Timings": {"type": "object", "additionalProperties": {"type": "number"},
+                "description": "milliseconds: json, validate, check, store, state (compile and encode), "
+                               "bridges (waiting for the barriers)"},
     "Datapath": {"type": "object", "required": ["bridge", "configured", "connected"], "properties": {
         "bridge": {"type": "string"}, "configured": {"type": "boolean"},
         "datapath_id": {"type": ["string", "null"]}, "name": {"type": ["string", "null"]},
@@ -67,6 +72,7 @@ SCHEMAS = {
         "flows_desired": {"type": ["integer", "null"]}, "flows_installed": {"type": ["integer", "null"]},
         "flow_mods_sent": {"type": "integer"}, "last_reconcile": {"type": ["string", "null"]},
         "last_reconcile_ms": {"type": ["number", "null"]},
+        "verified_ms": {"type": ["number", "null"], "description": "from connecting to the first full sync"},
         "errors": {"type": "array", "items": {"type": "string"}}, "degraded": {"type": "boolean"}}},
 }
 
@@ -109,11 +115,13 @@ OPERATIONS: dict[str, tuple] = {
     "create_mapping": ("Create a mapping (409 if it exists)", _ref("MappingIn"), {
         201: ("created and sent to the bridges", _obj(mapping=_ref("Mapping"), bridges=_BRIDGES))}, []),
     "replace_mappings": ("Replace every API mapping with the given set", _obj(mappings=_MAPPING_LIST), {
-        200: ("replaced", _obj(mappings={"type": "integer"}, before={"type": "integer"}, bridges=_BRIDGES))}, []),
+        200: ("replaced", _obj(mappings={"type": "integer"}, before={"type": "integer"}, bridges=_BRIDGES,
+                               timings=_ref("Timings")))}, []),
     "bulk_mappings": ("Create or replace many mappings and delete others, in one transaction",
                       {"type": "object", "properties": {"mappings": _MAPPING_LIST, "delete": {
                           "type": "array", "items": _obj(iid={"type": "integer"}, eid={"type": "string"})}}}, {
-        200: ("applied", _obj(put={"type": "integer"}, deleted={"type": "integer"}, bridges=_BRIDGES))}, []),
+        200: ("applied", _obj(put={"type": "integer"}, deleted={"type": "integer"}, bridges=_BRIDGES,
+                              timings=_ref("Timings")))}, []),
     "get_mapping": ("One mapping", None, {200: ("the mapping", _obj(mapping=_ref("Mapping")))}, []),
     "put_mapping": ("Create or replace one mapping",
                     {"type": "object", "additionalProperties": False,

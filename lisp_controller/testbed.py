@@ -363,6 +363,26 @@ class Hypervisor:
         return self.appctl("tnl/arp/set", self.underlay_bridge, ip, mac)
 
     # -- daemons ----------------------------------------------------------
+    def add_vm_bridge(self, bridge: str, datapath_id: str | int, tunnel_port: str, profile: str,
+                      local_ip: str | None = None) -> None:
+        """A managed VM bridge as DESIGN.md section 2 says: netdev, secure,
+        OpenFlow 1.3 only, fixed datapath ID, no in-band, and the profile's
+        flow-based tunnel port. Several in one ovs-vswitchd need distinct
+        `local_ip`s (identical flow-based tunnel ports collide)."""
+        self.vsctl("add-br", bridge,
+                   "--", "set", "Bridge", bridge, "datapath_type=netdev",
+                   "fail_mode=secure", "protocols=OpenFlow13",
+                   f"other-config:datapath-id={_normalize_dpid(datapath_id)}",
+                   "other-config:disable-in-band=true",
+                   "--", "add-port", bridge, tunnel_port,
+                   *PROFILES[profile].vsctl_args(tunnel_port, local_ip))
+
+    def set_controller(self, bridge: str, address: str, of_port: int = 6653) -> None:
+        host = f"[{address}]" if ":" in address else address
+        self.vsctl("--", "--id=@c", "create", "Controller",
+                   f"target=\"tcp:{host}:{of_port}\"", "max_backoff=1000",
+                   "--", "set", "Bridge", bridge, "controller=@c")
+
     def _start_ovsdb(self) -> None:
         self.testbed._track_pidfile(self.ovsdb_pidfile)
         self.run("ovsdb-server", str(self.db_path),
@@ -937,20 +957,11 @@ class Testbed:
                  "--", "add-port", "br-phy", phy,
                  "--", "set", "Interface", "br-phy", f"mtu_request={mtu}")
         hv._configure_underlay_ip()
-        hv.vsctl("add-br", hv.bridge,
-                 "--", "set", "Bridge", hv.bridge, "datapath_type=netdev",
-                 "fail_mode=secure", "protocols=OpenFlow13",
-                 f"other-config:datapath-id={hv.datapath_id}",
-                 "other-config:disable-in-band=true",
-                 "--", "add-port", hv.bridge, hv.tunnel_port,
-                 *PROFILES[hv.profile].vsctl_args(hv.tunnel_port))
+        hv.add_vm_bridge(hv.bridge, hv.datapath_id, hv.tunnel_port, hv.profile)
 
     @staticmethod
     def _set_controller(hv: Hypervisor, address: str, of_port: int) -> None:
-        host = f"[{address}]" if ":" in address else address
-        hv.vsctl("--", "--id=@c", "create", "Controller",
-                 f"target=\"tcp:{host}:{of_port}\"", "max_backoff=1000",
-                 "--", "set", "Bridge", hv.bridge, "controller=@c")
+        hv.set_controller(hv.bridge, address, of_port)
 
     def add_box(self, name: str, segment: Segment, address: str, nic: str = "eth1") -> str:
         """A namespace standing in for a whole machine (a Vagrant box) with

@@ -98,3 +98,41 @@ def test_parsers_reject_bools_and_accept_host_prefix():
         parse_iid(True)
     assert parse_prefix("10.1.1.20") == ipaddress.ip_network("10.1.1.20/32")
     assert Rloc.parse("2001:db8::1").address.version == 6
+
+
+TRICKY = ["10.1.0.0/16", "10.1.1.1", "0.0.0.0/0", "10.1.1.1/24", "010.1.1.1/32", "10.1.1.0/33", "10.1.1.0/ 24",
+          "1.2.3.4/032", "::/0", "2001:db8::/32", "10.1.1.0/-1", "1.2.3", "256.1.1.1/32", " 10.0.0.0/8",
+          "10.0.0.0/8 ", "1.2.3.4/", "0x1.2.3.4/32", "1.2.3.4/32/1", "", "255.255.255.255/32"]
+
+
+@pytest.mark.parametrize("text", TRICKY + [f"{a}.{b}.{c}.{d}/{p}" for a, b, c, d, p in
+                                           [(10, 0, 0, 0, 8), (192, 168, 0, 0, 15), (172, 16, 7, 128, 25)]])
+def test_fast_prefix_parsing_agrees_with_ipaddress(text):
+    """The IPv4 fast path must accept and refuse exactly what ipaddress does."""
+    try:
+        expected = ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        expected = None
+    if expected is None:
+        with pytest.raises(ModelError):
+            parse_prefix(text)
+    else:
+        assert parse_prefix(text) == expected
+
+
+def test_fast_address_parsing_agrees_with_ipaddress():
+    import random
+    rnd = random.Random(7)
+    samples = [".".join(str(rnd.randrange(0, 300)) for _ in range(4)) for _ in range(2000)]
+    samples += ["01.2.3.4", "1.2.3.04", "1.2.3", "1.2.3.4.5", "::1", "fe80::1", "1.2.3.4 "]
+    from lisp_controller.model import parse_address
+    for text in samples:
+        try:
+            expected = ipaddress.ip_address(text)
+        except ValueError:
+            expected = None
+        if expected is None:
+            with pytest.raises(ModelError):
+                parse_address(text, "x")
+        else:
+            assert parse_address(text, "x") == expected, text

@@ -1,0 +1,26 @@
+"""The benchmark runs end to end on a small N. No timing is asserted; what
+it measures about behaviour is (a reconnect sends no flow-mod)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_benchmark_runs_on_a_small_n(tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--sizes", "300", "--runs", "2",
+                        "--fanout", "1,2", "--changes", "3", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "ofctl bundle s" in r.stdout and "fan-out   2 bridges" in r.stdout
+    data = json.loads(out.read_text())
+    (bulk,) = data["bulk"]
+    assert bulk["n"] == 300 and bulk["runs"] == 2
+    assert len(bulk["raw"]["controller"]) == len(bulk["raw"]["ofctl"]) == 2
+    assert bulk["reconnect_flow_mods"] == 0
+    for key in ("json_ms", "validate_ms", "store_ms", "state_ms", "brb0_switch_ms"):
+        assert key in bulk["stages_ms"], bulk["stages_ms"]
+    assert [f["bridges"] for f in data["fanout"]] == [1, 2]
+    assert data["machine"]["cpus"] >= 1 and "Open vSwitch" in data["machine"]["ovs"]
