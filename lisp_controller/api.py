@@ -7,8 +7,6 @@ problem; nothing a client sends can produce a traceback.
 """
 from __future__ import annotations
 
-import contextlib
-import gc
 import hmac
 import ipaddress
 import json
@@ -20,6 +18,7 @@ from typing import Callable
 from webob import Request, Response
 
 from .config import TOKEN_ENV
+from .gcpause import gc_paused
 from .flows import render
 from .model import Endpoint, Mapping, ModelError, parse_iid, parse_prefix
 from .openapi import document
@@ -200,7 +199,7 @@ class Api:
         if not isinstance(raw, list):
             raise ApiError(400, field, "must be a list of mappings")
         out = []
-        with _gc_paused(len(raw)):
+        with gc_paused(len(raw)):
             for i, item in enumerate(raw):
                 out.append(_parse_mapping(item, f"{field}[{i}]"))
                 if i % PAUSE_EVERY == PAUSE_EVERY - 1:
@@ -342,7 +341,7 @@ class Api:
             except ModelError as e:
                 raise ApiError(400, e.field, e.problem) from None
         timings["validate_ms"] = _ms(mark)
-        with _gc_paused(len(put) + len(delete)):
+        with gc_paused(len(put) + len(delete)):
             bridges = self._commit(Change(put=put, delete=delete), timings)
         return json_response({"put": len(put), "deleted": len(delete), "bridges": bridges, "timings": timings})
 
@@ -356,7 +355,7 @@ class Api:
         put = self._mappings(body["mappings"], "mappings")
         timings["validate_ms"] = _ms(mark)
         before = len(self.ctl.state.api_mappings())
-        with _gc_paused(len(put)):
+        with gc_paused(len(put)):
             bridges = self._commit(Change(put=put, replace_api=True), timings)
         return json_response({"mappings": len(put), "before": before, "bridges": bridges, "timings": timings})
 
@@ -442,20 +441,6 @@ class Api:
             resp.text = "".join(line + "\n" for line in lines)
             return resp
         return json_response({"bridge": d["bridge"], "connected": d["connected"], "flows": lines})
-
-
-@contextlib.contextmanager
-def _gc_paused(items: int):
-    """Building 100,000 mappings triggers the cyclic collector dozens of
-    times over objects that hold no cycles; pause it for big requests."""
-    if items < 1000 or not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _ms(mark: float) -> float:

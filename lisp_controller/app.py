@@ -21,6 +21,7 @@ from .compiler import T_MAPCACHE, Compiled, compile_bridge
 from .config import Config
 from .counters import Counts, CounterCache, Snapshot, add_counts
 from .flows import render
+from .gcpause import BIG, freeze_long_lived
 from .metrics import Metrics
 from .model import Bridge
 from .reconcile import applied, reconcile
@@ -210,6 +211,7 @@ class LispControllerApp(app_manager.OSKenApp):
         self.sessions: dict[int, BridgeSession] = {}
         self.commit_lock = hub.Semaphore(1)
         self.metrics = _metrics(self)
+        freeze_long_lived()  # the state loaded from config and store
         self.counters = CounterCache(self._read_counters, hub.spawn)
         self.threads.append(hub.spawn(self._expire_loop))
 
@@ -232,6 +234,8 @@ class LispControllerApp(app_manager.OSKenApp):
             mark = time.monotonic()
             self.state.apply(change, pause=_pause)
             t["state_ms"] = _ms_since(mark)  # includes compiling and encoding map-cache flows
+            if len(change.put) + len(change.delete) >= BIG:
+                freeze_long_lived()
             target = self.state.generation
             for session in list(self.sessions.values()):
                 session.mark_dirty()
