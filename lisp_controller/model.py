@@ -10,7 +10,7 @@ import ipaddress
 import re
 import socket
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Union
+from typing import Iterable, Iterator, NamedTuple, Union
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -119,8 +119,9 @@ def parse_action(value: object, field: str = "action") -> str:
     return value  # type: ignore[return-value]
 
 
-@dataclass(frozen=True, slots=True)
-class Rloc:
+class Rloc(NamedTuple):
+    # Named tuples, not frozen dataclasses: a bulk request builds 100,000
+    # of these, and a frozen dataclass pays object.__setattr__ per field.
     address: IPAddress
     priority: int = 1
     weight: int = 100
@@ -129,7 +130,13 @@ class Rloc:
     def parse(cls, value: object, field: str = "rloc") -> "Rloc":
         """From an address string or a {address, priority, weight} table."""
         if isinstance(value, str):
-            return cls(parse_address(value, field))
+            known = _RLOC_TEXT.get(value)  # a site's mappings share few RLOCs
+            if known is None:
+                known = cls(parse_address(value, field))
+                if len(_RLOC_TEXT) > 65536:
+                    _RLOC_TEXT.clear()
+                _RLOC_TEXT[value] = known
+            return known
         if not isinstance(value, dict):
             raise ModelError(field, f"must be an address or a table with 'address', got {value!r}")
         unknown = set(value) - {"address", "priority", "weight"}
@@ -144,8 +151,10 @@ class Rloc:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Mapping:
+_RLOC_TEXT: dict[str, Rloc] = {}
+
+
+class Mapping(NamedTuple):
     """(IID, EID prefix) -> RLOC set. No usable RLOC makes it negative, and
     then `action` says what happens to the packets."""
 
@@ -165,6 +174,9 @@ class Mapping:
         """The one RLOC traffic goes to until select groups exist: lowest
         priority value, then highest weight, then lowest address, so every
         bridge and every run picks the same one."""
+        if len(self.rlocs) == 1:
+            only = self.rlocs[0]
+            return only if only.priority != PRIORITY_UNUSED else None
         usable = [r for r in self.rlocs if r.priority != PRIORITY_UNUSED]
         if not usable:
             return None
@@ -174,9 +186,8 @@ class Mapping:
     def parse(cls, value: object, field: str = "mapping", source: str = "config") -> "Mapping":
         if not isinstance(value, dict):
             raise ModelError(field, f"must be a table, got {value!r}")
-        unknown = set(value) - {"iid", "eid", "rlocs", "ttl", "action"}
-        if unknown:
-            raise ModelError(f"{field}.{sorted(unknown)[0]}", "unknown field")
+        if not value.keys() <= _MAPPING_KEYS:
+            raise ModelError(f"{field}.{sorted(set(value) - _MAPPING_KEYS)[0]}", "unknown field")
         for required in ("iid", "eid"):
             if required not in value:
                 raise ModelError(f"{field}.{required}", "is required")
@@ -184,22 +195,22 @@ class Mapping:
         if not isinstance(rlocs_raw, list):
             raise ModelError(f"{field}.rlocs", "must be a list")
         rlocs = tuple(Rloc.parse(r, f"{field}.rlocs[{i}]") for i, r in enumerate(rlocs_raw))
-        seen = set()
-        for i, r in enumerate(rlocs):
-            if r.address in seen:
-                raise ModelError(f"{field}.rlocs[{i}].address", f"{r.address} is listed twice")
-            seen.add(r.address)
+        if len(rlocs) > 1:
+            seen = set()
+            for i, r in enumerate(rlocs):
+                if r.address in seen:
+                    raise ModelError(f"{field}.rlocs[{i}].address", f"{r.address} is listed twice")
+                seen.add(r.address)
         ttl = value.get("ttl")
         if ttl is not None:
             ttl = parse_int(ttl, f"{field}.ttl", 1, 2**32 - 1)
-        return cls(
-            iid=parse_iid(value["iid"], f"{field}.iid"),
-            eid=parse_prefix(value["eid"], f"{field}.eid"),
-            rlocs=rlocs,
-            ttl=ttl,
-            action=parse_action(value.get("action", "no-action"), f"{field}.action"),
-            source=source,
-        )
+        action = value.get("action", "no-action")
+        return cls(parse_iid(value["iid"], f"{field}.iid"), parse_prefix(value["eid"], f"{field}.eid"),
+                   rlocs, ttl, action if action in ACTIONS else parse_action(action, f"{field}.action"),
+                   source)
+
+
+_MAPPING_KEYS = frozenset({"iid", "eid", "rlocs", "ttl", "action"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +257,12 @@ class Endpoint:
         return cls(port, parse_mac(value["mac"], f"{field}.mac"), iid, eids, gateway)
 
 
+def prefix_key(iid: int, eid: IPNetwork) -> tuple[int, int, int, int]:
+    """A dict key for (IID, prefix) made of ints: ipaddress hashes a network
+    in Python code, and a bulk change looks each key up several times."""
+    return (iid, eid.version, int(eid.network_address), eid.prefixlen)
+
+
 class MapCache:
     """Mappings by (IID, prefix) with longest-prefix-match lookup per IID.
 
@@ -254,7 +271,7 @@ class MapCache:
     probes however many mappings there are."""
 
     def __init__(self, mappings: Iterable[Mapping] = ()):
-        self._by_key: dict[tuple[int, IPNetwork], Mapping] = {}
+        self._by_key: dict[tuple[int, int, int, int], Mapping] = {}
         # (iid, version) -> {prefixlen: {network int: Mapping}}
         self._buckets: dict[tuple[int, int], dict[int, dict[int, Mapping]]] = {}
         for m in mappings:
@@ -267,25 +284,35 @@ class MapCache:
         return iter(self._by_key.values())
 
     def __contains__(self, key: tuple[int, IPNetwork]) -> bool:
-        return key in self._by_key
+        return prefix_key(*key) in self._by_key
 
     def get(self, iid: int, eid: IPNetwork) -> Mapping | None:
-        return self._by_key.get((iid, eid))
+        return self._by_key.get(prefix_key(iid, eid))
 
-    def add(self, mapping: Mapping) -> None:
-        """Insert or replace the mapping for its (IID, prefix)."""
-        self._by_key[mapping.key] = mapping
-        lengths = self._buckets.setdefault((mapping.iid, mapping.eid.version), {})
-        lengths.setdefault(mapping.eid.prefixlen, {})[int(mapping.eid.network_address)] = mapping
+    def add(self, mapping: Mapping, key: tuple | None = None) -> None:
+        """Insert or replace the mapping for its (IID, prefix); `key` is its
+        prefix_key if the caller has it already."""
+        key = key or prefix_key(mapping.iid, mapping.eid)
+        self._by_key[key] = mapping
+        iid, version, network, length = key
+        lengths = self._buckets.get((iid, version))
+        if lengths is None:
+            lengths = self._buckets[(iid, version)] = {}
+        bucket = lengths.get(length)
+        if bucket is None:
+            bucket = lengths[length] = {}
+        bucket[network] = mapping
 
-    def remove(self, iid: int, eid: IPNetwork) -> Mapping | None:
-        mapping = self._by_key.pop((iid, eid), None)
+    def remove(self, iid: int, eid: IPNetwork, key: tuple | None = None) -> Mapping | None:
+        key = key or prefix_key(iid, eid)
+        mapping = self._by_key.pop(key, None)
         if mapping is not None:
-            lengths = self._buckets[(iid, eid.version)]
-            bucket = lengths[eid.prefixlen]
-            del bucket[int(eid.network_address)]
+            _, version, network, length = key
+            lengths = self._buckets[(iid, version)]
+            bucket = lengths[length]
+            del bucket[network]
             if not bucket:
-                del lengths[eid.prefixlen]
+                del lengths[length]
         return mapping
 
     def lookup(self, iid: int, address: IPAddress | str) -> Mapping | None:

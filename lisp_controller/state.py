@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 from .compiler import mapping_flow, miss_flow
 from .config import Config
 from .flows import Flow, encoded
-from .model import Bridge, Endpoint, MapCache, Mapping, endpoint_mappings
+from .model import Bridge, Endpoint, MapCache, Mapping, endpoint_mappings, prefix_key
 
 Key = tuple  # (iid, IPv4Network | IPv6Network)
 PAUSE_EVERY = 2000
@@ -59,7 +59,7 @@ class State:
         self.cache = MapCache()
         self.shared: dict[int, Flow] = {}
         self.encoded: dict[int, bytes] = {}  # shared flows' flow-mods, made once for every bridge
-        self._cookie_of: dict[Key, int] = {}
+        self._cookie_of: dict[tuple, int] = {}  # by model.prefix_key
         self._config_bridges = {b.label: b for b in config.overlay.bridges}
         self.api_endpoints: dict[tuple[str, str], Endpoint] = {}
         self.bridges: dict[str, Bridge] = dict(self._config_bridges)
@@ -83,7 +83,7 @@ class State:
     def mapping_cookie(self, key: Key) -> int | None:
         """The cookie of the map-cache flow a mapping compiles to (the same
         on every bridge), so flow statistics can be read back per mapping."""
-        return self._cookie_of.get(key)
+        return self._cookie_of.get(prefix_key(*key))
 
     def bridge(self, label: str) -> Bridge | None:
         return self.bridges.get(label)
@@ -204,16 +204,18 @@ class State:
         return cookie
 
     def _put(self, m: Mapping) -> None:
-        old = self._cookie_of.pop(m.key, None)
+        key = prefix_key(m.iid, m.eid)
+        old = self._cookie_of.pop(key, None)
         if old is not None:
             del self.shared[old]
             del self.encoded[old]
-        self.cache.add(m)
-        self._cookie_of[m.key] = self._add_flow(mapping_flow(m))
+        self.cache.add(m, key)
+        self._cookie_of[key] = self._add_flow(mapping_flow(m))
 
     def _remove(self, key: Key) -> None:
-        self.cache.remove(*key)
-        cookie = self._cookie_of.pop(key, None)
+        ikey = prefix_key(*key)
+        self.cache.remove(key[0], key[1], ikey)
+        cookie = self._cookie_of.pop(ikey, None)
         if cookie is not None:
             del self.shared[cookie]
             del self.encoded[cookie]
@@ -223,7 +225,7 @@ def stamp(m: Mapping, now: float) -> Mapping:
     """Give an API mapping with a TTL its expiry time (TTL is in minutes)."""
     if m.ttl is None or m.source != "api":
         return m
-    return dataclasses.replace(m, expires=now + 60.0 * m.ttl)
+    return m._replace(expires=now + 60.0 * m.ttl)
 
 
 def _hex(text: str) -> int | None:

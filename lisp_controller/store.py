@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import socket
 import sqlite3
 from pathlib import Path
 from typing import Iterable
@@ -106,9 +107,28 @@ class Store:
                    if os.path.exists(p))
 
 
+def _prefix_text(eid) -> str:
+    """str() of an ipaddress network is Python code; IPv4 has a C path."""
+    if eid.version == 4:
+        return f"{socket.inet_ntoa(eid.network_address.packed)}/{eid.prefixlen}"
+    return str(eid)
+
+
+_RLOCS_JSON: dict[tuple, str] = {}  # thousands of mappings share an RLOC set
+
+
+def _rlocs_json(rlocs: tuple) -> str:
+    text = _RLOCS_JSON.get(rlocs)
+    if text is None:
+        text = json.dumps([[str(r.address), r.priority, r.weight] for r in rlocs])
+        if len(_RLOCS_JSON) > 65536:
+            _RLOCS_JSON.clear()
+        _RLOCS_JSON[rlocs] = text
+    return text
+
+
 def _row(m: Mapping) -> tuple:
-    rlocs = json.dumps([[str(r.address), r.priority, r.weight] for r in m.rlocs])
-    return (m.iid, str(m.eid), rlocs, m.ttl, m.action, m.expires)
+    return (m.iid, _prefix_text(m.eid), _rlocs_json(m.rlocs), m.ttl, m.action, m.expires)
 
 
 def _mapping(row) -> Mapping:
