@@ -67,14 +67,27 @@ def _miss_actions(action: str) -> tuple:
 
 def mapping_flow(m: Mapping) -> Flow:
     v = m.eid.version
-    match = (("eth_type", _eth_type(v)), ("metadata", m.iid), (_dst_field(v), m.eid))
+    head = _SHARED.get((v, m.iid))  # (eth_type, metadata) pairs, the same for a whole IID
+    if head is None:
+        head = _SHARED[(v, m.iid)] = (("eth_type", _eth_type(v)), ("metadata", m.iid))
     rloc = m.best_rloc()
-    if rloc is None:
-        actions = _miss_actions(m.action)
-    else:
-        actions = (set_field(_tun_dst_field(rloc.address.version), rloc.address),
-                   set_field("tunnel_id", m.iid), goto(T_EGRESS))
-    return Flow(T_MAPCACHE, PRIO_PREFIX_BASE + m.eid.prefixlen, match, actions)
+    key = (m.iid, rloc.address if rloc is not None else m.action)
+    actions = _SHARED.get(key)  # thousands of mappings share one RLOC and IID
+    if actions is None:
+        if rloc is None:
+            actions = _miss_actions(m.action)
+        else:
+            actions = (set_field(_tun_dst_field(rloc.address.version), rloc.address),
+                       set_field("tunnel_id", m.iid), goto(T_EGRESS))
+        if len(_SHARED) > 65536:
+            _SHARED.clear()
+        _SHARED[key] = actions
+    return Flow(T_MAPCACHE, PRIO_PREFIX_BASE + m.eid.prefixlen, head + ((_dst_field(v), m.eid),), actions)
+
+
+# Equal sub-tuples of map-cache flows, shared so that a million mappings do
+# not hold a million copies (values, so sharing them changes nothing else).
+_SHARED: dict[tuple, tuple] = {}
 
 
 def miss_flow(miss_action: str) -> Flow:

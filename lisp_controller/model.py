@@ -76,11 +76,33 @@ def parse_prefix(value: object, field: str = "eid") -> IPNetwork:
     if number is not None and (not slash or (length.isdigit() and len(length) <= 2)):
         plen = int(length) if slash else 32
         if plen <= 32 and not number & ((1 << (32 - plen)) - 1):
-            return ipaddress.IPv4Network((number, plen))
+            return IPv4Prefix((number, plen))
     try:
-        return ipaddress.ip_network(value, strict=True)
+        return _lean(ipaddress.ip_network(value, strict=True))
     except ValueError as exc:
         raise ModelError(field, f"{value!r} is not a valid prefix ({exc})") from None
+
+
+class IPv4Prefix(ipaddress.IPv4Network):
+    """An IPv4Network without the `hosts` closure that ipaddress stores on
+    every /32 and /31 instance: 200 bytes per host EID, a million of them
+    at a million host mappings. hosts() answers as ipaddress does."""
+
+    def __init__(self, address: object, strict: bool = True):
+        super().__init__(address, strict)
+        self.__dict__.pop("hosts", None)
+
+    def hosts(self):
+        if self.prefixlen >= 31:
+            first, last = int(self.network_address), int(self.broadcast_address)
+            return [ipaddress.IPv4Address(a) for a in range(first, last + 1)]
+        return super().hosts()
+
+
+def _lean(network: IPNetwork) -> IPNetwork:
+    if network.version == 4 and type(network) is not IPv4Prefix:
+        return IPv4Prefix((int(network.network_address), network.prefixlen))
+    return network
 
 
 def parse_mac(value: object, field: str = "mac") -> str:
@@ -152,6 +174,7 @@ class Rloc(NamedTuple):
 
 
 _RLOC_TEXT: dict[str, Rloc] = {}
+_ONE_RLOC: dict[str, tuple[Rloc]] = {}
 
 
 class Mapping(NamedTuple):
@@ -194,7 +217,15 @@ class Mapping(NamedTuple):
         rlocs_raw = value.get("rlocs", [])
         if not isinstance(rlocs_raw, list):
             raise ModelError(f"{field}.rlocs", "must be a list")
-        rlocs = tuple(Rloc.parse(r, f"{field}.rlocs[{i}]") for i, r in enumerate(rlocs_raw))
+        if len(rlocs_raw) == 1 and isinstance(rlocs_raw[0], str):
+            rlocs = _ONE_RLOC.get(rlocs_raw[0])  # the common case, one shared tuple
+            if rlocs is None:
+                rlocs = (Rloc.parse(rlocs_raw[0], f"{field}.rlocs[0]"),)
+                if len(_ONE_RLOC) > 65536:
+                    _ONE_RLOC.clear()
+                _ONE_RLOC[rlocs_raw[0]] = rlocs
+        else:
+            rlocs = tuple(Rloc.parse(r, f"{field}.rlocs[{i}]") for i, r in enumerate(rlocs_raw))
         if len(rlocs) > 1:
             seen = set()
             for i, r in enumerate(rlocs):

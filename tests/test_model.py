@@ -136,3 +136,12 @@ def test_fast_address_parsing_agrees_with_ipaddress():
                 parse_address(text, "x")
         else:
             assert parse_address(text, "x") == expected, text
+
+
+def test_lean_prefixes_behave_like_ipaddress_networks():
+    for text in ("10.1.1.1/32", "10.1.1.0/31", "10.1.1.0/30", "0.0.0.0/0"):
+        ours, theirs = parse_prefix(text), ipaddress.ip_network(text)
+        assert ours == theirs and hash(ours) == hash(theirs) and str(ours) == str(theirs)
+        if theirs.prefixlen >= 30:
+            assert list(ours.hosts()) == list(theirs.hosts())
+        assert "hosts" not in ours.__dict__
