@@ -27,7 +27,7 @@ from .model import Bridge
 from .reconcile import applied, reconcile
 from .state import Change, State
 from .store import Store
-from .switch import Switch, SwitchError, describe_error
+from .switch import Switch, SwitchError, describe_error, port_name
 
 LOG = logging.getLogger("lisp_controller")
 MAX_ERRORS_KEPT = 50
@@ -93,7 +93,7 @@ class BridgeSession:
 
     def port_status(self, msg) -> None:
         port = msg.desc
-        name = port.name.decode(errors="replace") if isinstance(port.name, bytes) else port.name
+        name = port_name(port)
         ports = self.status.ports
         if msg.reason == ofp.OFPPR_DELETE:
             if ports.get(name) == port.port_no:

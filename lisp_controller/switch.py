@@ -171,7 +171,7 @@ class Switch:
         local = None
         for reply in self.request(encode.port_desc_request, "port description"):
             for port in reply.body:
-                name = port.name.decode(errors="replace") if isinstance(port.name, bytes) else port.name
+                name = port_name(port)
                 if port.port_no == ofp.OFPP_LOCAL:
                     local = name
                 elif port.port_no <= ofp.OFPP_MAX:
@@ -276,6 +276,11 @@ class Switch:
             return ok, rejected
         finally:
             self._bundle_errors = None
+
+
+def port_name(port) -> str:
+    """os-ken gives port names as bytes."""
+    return port.name.decode(errors="replace") if isinstance(port.name, bytes) else port.name
 
 
 def describe_error(err: object) -> str:
