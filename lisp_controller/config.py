@@ -77,6 +77,18 @@ def default_router_mac(identity: str) -> str:
     return "02:4c:" + ":".join(f"{b:02x}" for b in digest)
 
 
+def _parse_name(value: object, field: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ModelError(field, f"must be a name, got {value!r}")
+    return value
+
+
+def _parse_profile(value: object, field: str) -> str:
+    if value not in PROFILES:
+        raise ModelError(field, f"must be one of {', '.join(PROFILES)}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
 def _parse_bridge(raw: object, field: str, problems: list[str], where: str) -> Bridge | None:
     def problem(e: ModelError) -> None:
         problems.append(f"{where}: {e}")
@@ -87,67 +99,35 @@ def _parse_bridge(raw: object, field: str, problems: list[str], where: str) -> B
     for key in sorted(set(raw) - _BRIDGE_KEYS):
         problems.append(f"{where}: {field}.{key}: unknown key")
     ok = True
-    dpid = name = None
-    try:
-        if "datapath_id" in raw:
-            dpid = parse_datapath_id(raw["datapath_id"], f"{field}.datapath_id")
-        if "name" in raw:
-            name = raw["name"]
-            if not isinstance(name, str) or not name:
-                raise ModelError(f"{field}.name", f"must be a bridge name, got {name!r}")
-        if dpid is None and name is None:
-            raise ModelError(field, "needs datapath_id or name to identify the bridge")
-    except ModelError as e:
-        problem(e)
+
+    def optional(key: str, parse, default):
+        """raw[key] parsed, or `default` when absent or bad (bad is reported)."""
+        nonlocal ok
+        if key not in raw:
+            return default
+        try:
+            return parse(raw[key], f"{field}.{key}")
+        except ModelError as e:
+            problem(e)
+            ok = False
+            return default
+
+    dpid = optional("datapath_id", parse_datapath_id, None)
+    name = optional("name", _parse_name, None)
+    if dpid is None and name is None and "datapath_id" not in raw and "name" not in raw:
+        problem(ModelError(field, "needs datapath_id or name to identify the bridge"))
         ok = False
-    rloc = None
+    rloc = optional("rloc", parse_address, None)
     if "rloc" not in raw:
         problem(ModelError(f"{field}.rloc", "is required (the bridge's underlay address)"))
         ok = False
-    else:
-        try:
-            rloc = parse_address(raw["rloc"], f"{field}.rloc")
-        except ModelError as e:
-            problem(e)
-            ok = False
-    tunnel_port = raw.get("tunnel_port", "lisp0")
-    if not isinstance(tunnel_port, str) or not tunnel_port:
-        problem(ModelError(f"{field}.tunnel_port", f"must be a port name, got {tunnel_port!r}"))
-        ok = False
-    profile = raw.get("tunnel_profile", DEFAULT_PROFILE)
-    if profile not in PROFILES:
-        problem(ModelError(f"{field}.tunnel_profile",
-                           f"must be one of {', '.join(PROFILES)}, got {profile!r}"))
-        ok = False
-    default_iid = None
-    if "iid" in raw:
-        try:
-            default_iid = parse_iid(raw["iid"], f"{field}.iid")
-        except ModelError as e:
-            problem(e)
-            ok = False
+    tunnel_port = optional("tunnel_port", _parse_name, "lisp0")
+    profile = optional("tunnel_profile", _parse_profile, DEFAULT_PROFILE)
+    default_iid = optional("iid", parse_iid, None)
     label = name if name is not None else f"{dpid:016x}" if dpid is not None else field
-    router_mac = default_router_mac(f"{dpid}/{name}")
-    if "router_mac" in raw:
-        try:
-            router_mac = parse_mac(raw["router_mac"], f"{field}.router_mac")
-        except ModelError as e:
-            problem(e)
-            ok = False
-    proxy_arp = False
-    default_gateway = None
-    try:
-        if "proxy_arp" in raw:
-            proxy_arp = parse_bool(raw["proxy_arp"], f"{field}.proxy_arp")
-    except ModelError as e:
-        problem(e)
-        ok = False
-    try:
-        if "gateway" in raw:
-            default_gateway = parse_gateway(raw["gateway"], f"{field}.gateway")
-    except ModelError as e:
-        problem(e)
-        ok = False
+    router_mac = optional("router_mac", parse_mac, default_router_mac(f"{dpid}/{name}"))
+    proxy_arp = optional("proxy_arp", parse_bool, False)
+    default_gateway = optional("gateway", parse_gateway, None)
     # Endpoint problems are reported but keep the bridge for the
     # cross-bridge checks, so one run shows every problem.
     endpoints: list[Endpoint] = []
