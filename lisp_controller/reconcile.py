@@ -30,6 +30,16 @@ def reconcile(desired: Mapping[int, Flow], installed: Mapping[int, int]) -> Plan
     return Plan(tuple(sorted(delete)), tuple(add))
 
 
+def catch_up(installed: Mapping[int, int], added: set[int], removed: set[int],
+             flows: Mapping[int, Flow]) -> Plan:
+    """The plan for a bridge that was in sync before a change: send what the
+    change added and delete what it removed, without diffing the whole
+    table (a one-mapping change to 50 bridges of 100,000 flows each)."""
+    delete = tuple(sorted(c for c in removed if c in installed))
+    add = tuple((c, flows[c]) for c in added if installed.get(c, 0) != 1 and c in flows)
+    return Plan(delete, add)
+
+
 def applied(installed: Mapping[int, int], plan: Plan, failed: set[int] = frozenset()) -> dict[int, int]:
     """What the bridge holds after `plan` committed, except the adds whose
     cookies are in `failed`."""

@@ -11,6 +11,7 @@ mapping), or to the API. The API may only change its own.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import ipaddress
 import time
@@ -24,6 +25,7 @@ from .model import Bridge, Endpoint, MapCache, Mapping, endpoint_mappings, prefi
 
 Key = tuple  # (iid, IPv4Network | IPv6Network)
 PAUSE_EVERY = 2000
+HISTORY_COOKIES = 2_000_000  # shared-flow changes remembered for bridges' delta syncs
 
 
 class Conflict(Exception):
@@ -58,6 +60,12 @@ class State:
         self.generation = 0
         self.cache = MapCache()
         self.shared: dict[int, Flow] = {}
+        # (generation, cookies added, cookies removed) of the shared flows:
+        # a bridge that confirmed generation g catches up by sending only
+        # what changed since, not by diffing the whole table.
+        self.history: collections.deque[tuple[int, frozenset, frozenset]] = collections.deque()
+        self._added: set[int] | None = None
+        self._removed: set[int] | None = None
         self.encoded: dict[int, bytes] = {}  # shared flows' flow-mods, made once for every bridge
         self._cookie_of: dict[tuple, int] = {}  # by model.prefix_key
         self._config_bridges = {b.label: b for b in config.overlay.bridges}
@@ -96,6 +104,30 @@ class State:
                                              and _hex(ref_l) == b.datapath_id):
                 return b
         return None
+
+    def shared_delta(self, since: int) -> tuple[set[int], set[int]] | None:
+        """Cookies of shared flows added and removed after generation
+        `since`, or None if the history no longer reaches back that far."""
+        if since == self.generation:
+            return set(), set()
+        if not self.history or self.history[0][0] > since + 1:
+            return None
+        added: set[int] = set()
+        removed: set[int] = set()
+        for generation, plus, minus in self.history:
+            if generation <= since:
+                continue
+            for c in minus:
+                if c in added:
+                    added.discard(c)
+                else:
+                    removed.add(c)
+            for c in plus:
+                if c in removed:
+                    removed.discard(c)
+                else:
+                    added.add(c)
+        return added, removed
 
     def expired(self) -> list[Key]:
         now = self.clock()
@@ -155,6 +187,8 @@ class State:
         few thousand mappings so a big change lets the hub breathe."""
         now = self.clock()
         n = 0
+        if bump:
+            self._added, self._removed = set(), set()
 
         def tick() -> None:
             nonlocal n
@@ -188,11 +222,20 @@ class State:
             self._rebuild_bridge(label)
         if bump:
             self.generation += 1
+            self._remember(self.generation, self._added, self._removed)
+            self._added = self._removed = None
 
     def _rebuild_bridge(self, label: str) -> None:
         base = self._config_bridges[label]
         extra = tuple(ep for (lbl, _), ep in sorted(self.api_endpoints.items()) if lbl == label)
         self.bridges[label] = dataclasses.replace(base, endpoints=base.endpoints + extra)
+
+    def _remember(self, generation: int, added: set[int], removed: set[int]) -> None:
+        self.history.append((generation, frozenset(added), frozenset(removed)))
+        total = sum(len(a) + len(r) for _, a, r in self.history)
+        while len(self.history) > 1 and total > HISTORY_COOKIES:
+            _, a, r = self.history.popleft()
+            total -= len(a) + len(r)
 
     def _add_flow(self, flow: Flow) -> int:
         cookie, data = encoded(flow)
@@ -201,14 +244,27 @@ class State:
             raise RuntimeError(f"cookie collision {cookie:#x}")
         self.shared[cookie] = flow
         self.encoded[cookie] = data
+        if self._added is not None:
+            if cookie in self._removed:
+                self._removed.discard(cookie)  # removed and put back: no change
+            else:
+                self._added.add(cookie)
         return cookie
+
+    def _drop_flow(self, cookie: int) -> None:
+        del self.shared[cookie]
+        del self.encoded[cookie]
+        if self._added is not None:
+            if cookie in self._added:
+                self._added.discard(cookie)
+            else:
+                self._removed.add(cookie)
 
     def _put(self, m: Mapping) -> None:
         key = prefix_key(m.iid, m.eid)
         old = self._cookie_of.pop(key, None)
         if old is not None:
-            del self.shared[old]
-            del self.encoded[old]
+            self._drop_flow(old)
         self.cache.add(m, key)
         self._cookie_of[key] = self._add_flow(mapping_flow(m))
 
@@ -217,8 +273,7 @@ class State:
         self.cache.remove(key[0], key[1], ikey)
         cookie = self._cookie_of.pop(ikey, None)
         if cookie is not None:
-            del self.shared[cookie]
-            del self.encoded[cookie]
+            self._drop_flow(cookie)
 
 
 def stamp(m: Mapping, now: float) -> Mapping:

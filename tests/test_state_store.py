@@ -117,3 +117,37 @@ def test_corrupt_store_gives_a_clear_error(tmp_path):
     bad.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StoreError, match="not an SQLite database"):
         Store(bad)
+
+
+def test_shared_delta_nets_changes_across_generations():
+    from lisp_controller.compiler import compile_map_cache
+    from lisp_controller.reconcile import catch_up, reconcile
+    state = State(BLOG)
+    start = state.generation
+    installed = {c: 1 for c in state.shared}
+    state.apply(Change(put=[api(1000, "10.2.0.0/16", "192.0.2.1"), api(1000, "10.3.0.0/16", "192.0.2.1")]))
+    state.apply(Change(put=[api(1000, "10.2.0.0/16", "192.0.2.9")]))  # replaces one flow
+    state.apply(Change(put=[api(1000, "10.3.0.0/16", "192.0.2.1")]))  # the same again: no change
+    state.apply(Change(delete=[(1000, ipaddress.ip_network("10.3.0.0/16"))],
+                       put=[api(1000, "10.4.0.0/16", "192.0.2.1")]))
+    added, removed = state.shared_delta(start)
+    # Catching up from the start gives exactly what a full diff gives.
+    plan = catch_up(installed, added, removed, state.shared)
+    full = reconcile(state.shared, installed)
+    assert set(plan.delete) == set(full.delete) and dict(plan.add) == dict(full.add)
+    assert len(plan.add) == 2 and plan.delete == ()
+    assert state.shared_delta(state.generation) == (set(), set())
+    # From the middle: only what came after.
+    mid_added, mid_removed = state.shared_delta(start + 2)
+    assert len(mid_added) == 1 and len(mid_removed) == 1
+
+
+def test_shared_delta_is_none_when_history_is_gone(monkeypatch):
+    import lisp_controller.state as state_module
+    monkeypatch.setattr(state_module, "HISTORY_COOKIES", 3)
+    state = State(BLOG)
+    start = state.generation
+    for i in range(4):
+        state.apply(Change(put=[api(1000, f"10.{10 + i}.0.0/16", "192.0.2.1")]))
+    assert state.shared_delta(start) is None
+    assert state.shared_delta(state.generation - 1) is not None
