@@ -17,14 +17,14 @@ from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_c
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from .compiler import T_MAPCACHE, Compiled, compile_bridge
+from .compiler import T_MAPCACHE, compile_bridge
 from .config import Config
 from .counters import Counts, CounterCache, Snapshot, add_counts
 from .flows import render
 from .gcpause import BIG, freeze_long_lived
 from .metrics import Metrics
 from .model import Bridge
-from .reconcile import applied, reconcile
+from .reconcile import catch_up, reconcile, record
 from .state import Change, State
 from .store import Store
 from .switch import Switch, SwitchError, describe_error, port_name
@@ -68,6 +68,11 @@ class BridgeSession:
         self.switch = Switch(datapath)
         self.status = BridgeStatus(datapath.id, "%s:%s" % tuple(datapath.address[:2]))
         self.installed: dict[int, int] = {}
+        # What the last sync planned against: if neither the bridge's config
+        # nor its ports changed since, the next one can send just the delta.
+        self._synced_bridge: Bridge | None = None
+        self._synced_ports: dict[str, int] = {}
+        self._local_flows = 0
         self.dirty = hub.Event()
         self.thread = None
 
@@ -138,48 +143,61 @@ class BridgeSession:
         except Exception:  # a bug must not kill os-ken's hub; say where it happened
             LOG.exception("bridge %s: session failed", self.label)
 
-    def compile(self) -> Compiled:
-        bridge = self.app.state.bridge(self.status.bridge.label)
-        return compile_bridge(bridge, self.status.ports, self.app.state.shared)
-
     def sync(self) -> None:
         """Make the bridge hold exactly the desired flows."""
         st = self.status
+        state = self.app.state
         started = time.monotonic()
-        # Compile under the commit lock: a big change applied to the state
+        # Plan under the commit lock: a big change applied to the state
         # yields to the hub midway, and a bridge must never see half of it.
         with self.app.commit_lock:
-            generation = self.app.state.generation
-            compiled = self.compile()
-        stages = {"compile_ms": _ms_since(started)}
-        if compiled.missing_ports != st.missing_ports and compiled.missing_ports:
-            LOG.warning("bridge %s: configured ports not on the bridge: %s (their flows are left out)",
-                        self.label, ", ".join(compiled.missing_ports))
-        st.missing_ports = compiled.missing_ports
-        st.flows_desired = len(compiled.flows)
-        mark = time.monotonic()
-        plan = reconcile(compiled.flows, self.installed)
-        stages["diff_ms"] = _ms_since(mark)
+            generation = state.generation
+            bridge = state.bridge(st.bridge.label)
+            # The ports this plan is for: port events may change st.ports
+            # while the plan is being sent, and the next sync must see that.
+            ports = dict(st.ports)
+            delta = None
+            if bridge is self._synced_bridge and ports == self._synced_ports and not bridge.proxy_arp:
+                # Only shared flows changed since the last sync: send those
+                # (proxy ARP answers depend on every mapping: full path).
+                delta = state.shared_delta(st.synced_generation)
+            if delta is None:
+                compiled = compile_bridge(bridge, ports, state.shared)
+                flows = compiled.flows
+                plan = reconcile(flows, self.installed)
+                self._local_flows = len(flows) - len(state.shared)
+            else:
+                flows = state.shared
+                plan = catch_up(self.installed, delta[0], delta[1], flows)
+        stages = {"plan_ms": _ms_since(started)}
+        if delta is None:
+            if compiled.missing_ports != st.missing_ports and compiled.missing_ports:
+                LOG.warning("bridge %s: configured ports not on the bridge: %s (their flows are left out)",
+                            self.label, ", ".join(compiled.missing_ports))
+            st.missing_ports = compiled.missing_ports
+            st.flows_installed = sum(self.installed.values())
+        st.flows_desired = self._local_flows + len(state.shared)
         rejected = 0
         if plan:
             mark = time.monotonic()
-            result = self.switch.apply(plan, known=self.app.state.encoded)
+            result = self.switch.apply(plan, known=state.encoded)
             stages["switch_ms"] = _ms_since(mark)  # encode what is new, bundle, commit, barrier
-            self.installed = applied(self.installed, plan, set(result.failed))
+            st.flows_installed += record(self.installed, plan, set(result.failed))
             st.flow_mods_sent += result.sent
             self.app.metrics.inc("lisp_flow_mods_sent_total", result.sent)
             rejected = len(result.failed)
             for cookie, text in result.failed.items():
                 self.app.metrics.inc("lisp_openflow_errors_total")
-                self._record_error(f"flow rejected: {render(compiled.flows[cookie])}: {text}")
+                flow = flows.get(cookie) or dict(plan.add).get(cookie)
+                self._record_error(f"flow rejected: {render(flow)}: {text}")
             LOG.info("bridge %s: %d flows removed, %d added%s in %.0f ms, confirmed by barrier",
                      self.label, len(plan.delete), len(plan.add) - len(result.failed),
                      f", {len(result.failed)} rejected" if result.failed else "",
                      (time.monotonic() - started) * 1000)
-        else:
+        elif delta is None:
             LOG.info("bridge %s: all %d flows already correct, nothing sent", self.label,
                      st.flows_desired)
-        st.flows_installed = sum(self.installed.values())
+        self._synced_bridge, self._synced_ports = bridge, ports
         st.last_reconcile = time.time()
         st.last_reconcile_ms = (time.monotonic() - started) * 1000
         st.synced_generation = generation

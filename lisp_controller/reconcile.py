@@ -40,12 +40,15 @@ def catch_up(installed: Mapping[int, int], added: set[int], removed: set[int],
     return Plan(delete, add)
 
 
-def applied(installed: Mapping[int, int], plan: Plan, failed: set[int] = frozenset()) -> dict[int, int]:
-    """What the bridge holds after `plan` committed, except the adds whose
-    cookies are in `failed`."""
-    gone = set(plan.delete)
-    out = {c: n for c, n in installed.items() if c not in gone}
+def record(installed: dict[int, int], plan: Plan, failed: set[int] = frozenset()) -> int:
+    """Update `installed` (in place: it may hold a million cookies) to what
+    the bridge holds after `plan` committed, except the adds in `failed`.
+    Returns the change in the number of flows."""
+    change = 0
+    for c in plan.delete:
+        change -= installed.pop(c, 0)
     for c, _ in plan.add:
         if c not in failed:
-            out[c] = 1
-    return out
+            change += 1 - installed.get(c, 0)
+            installed[c] = 1
+    return change
