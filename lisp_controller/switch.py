@@ -109,9 +109,12 @@ class Switch:
         self.label = label or f"{datapath.id:016x}"
         self.timeout = timeout
         self._pending: dict[int, _Pending] = {}
-        self._xids = itertools.count(random.randint(1 << 30, 1 << 31))
+        self._next_xid = random.randint(1 << 30, 1 << 31)
         self._bundle_ids = itertools.count(1)
-        self._bundle_errors: dict[int, object] | None = None
+        # The open bundle's messages have consecutive xids: (first, count),
+        # and the errors received for them by offset.
+        self._bundle_xids: tuple[int, int] | None = None
+        self._bundle_errors: dict[int, object] = {}
         self.closed = False
 
     # -- called from os-ken's event thread --------------------------------
@@ -126,9 +129,12 @@ class Switch:
         return True
 
     def on_error(self, msg) -> bool:
-        if self._bundle_errors is not None and msg.xid in self._bundle_errors:
-            self._bundle_errors[msg.xid] = msg
-            return True
+        if self._bundle_xids is not None:
+            first, count = self._bundle_xids
+            offset = (msg.xid - first) & 0xFFFFFFFF
+            if offset < count:
+                self._bundle_errors[offset] = msg
+                return True
         pending = self._pending.get(msg.xid)
         if pending is None:
             return False
@@ -144,8 +150,11 @@ class Switch:
             pending.event.set()
 
     # -- requests ----------------------------------------------------------
-    def _xid(self) -> int:
-        return next(self._xids) & 0xFFFFFFFF
+    def _xid(self, count: int = 1) -> int:
+        """The first of `count` consecutive xids."""
+        first = self._next_xid
+        self._next_xid = (first + count) & 0xFFFFFFFF
+        return first
 
     def _send(self, buf: bytes) -> None:
         if self.closed or not self.dp.send(buf):
@@ -235,27 +244,25 @@ class Switch:
         bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
         self.request(lambda xid: encode.bundle_ctrl(xid, bundle_id, ofp.ONF_BCT_OPEN_REQUEST, BUNDLE_FLAGS),
                      "bundle open")
-        by_xid: dict[int, tuple[int, Flow | None]] = {}
-        self._bundle_errors = {}
+        count = len(deletes) + len(adds)
+        first = self._xid(count)
+        self._bundle_xids, self._bundle_errors = (first, count), {}
         try:
             chunk: list[bytes] = []
             size = 0
             messages = itertools.chain(((c, None) for c in deletes), adds)
-            for n, (cookie, flow) in enumerate(messages, 1):
-                xid = self._xid()
-                by_xid[xid] = (cookie, flow)
-                self._bundle_errors[xid] = None
+            for n, (cookie, flow) in enumerate(messages):
                 if flow is None:
                     inner = encode.encode_delete(cookie)
                 else:
                     inner = known.get(cookie) or encode.encode_add(flow, cookie)
-                buf = encode.bundle_add(xid, bundle_id, BUNDLE_FLAGS, inner)
+                buf = encode.bundle_add((first + n) & 0xFFFFFFFF, bundle_id, BUNDLE_FLAGS, inner)
                 chunk.append(buf)
                 size += len(buf)
                 if size >= SEND_CHUNK:
                     self._send(b"".join(chunk))
                     chunk, size = [], 0
-                if n % YIELD_EVERY == 0:
+                if n % YIELD_EVERY == YIELD_EVERY - 1:
                     hub.sleep(0)
             if chunk:
                 self._send(b"".join(chunk))
@@ -271,11 +278,13 @@ class Switch:
             # Errors for bundle messages precede the commit reply; a barrier
             # makes sure none is still in flight before we read them.
             self.barrier()
-            rejected = {by_xid[x][0]: (by_xid[x][1], err)
-                        for x, err in self._bundle_errors.items() if err is not None}
+            rejected = {}
+            for offset, err in self._bundle_errors.items():
+                cookie, flow = (deletes[offset], None) if offset < len(deletes) else adds[offset - len(deletes)]
+                rejected[cookie] = (flow, err)
             return ok, rejected
         finally:
-            self._bundle_errors = None
+            self._bundle_xids, self._bundle_errors = None, {}
 
 
 def port_name(port) -> str:
