@@ -25,6 +25,8 @@ from .gcpause import BIG, freeze_long_lived
 from .metrics import Metrics
 from .model import Bridge
 from .reconcile import applied, reconcile
+from .encode import encode_add
+from . import verify
 from .state import Change, State
 from .store import Store
 from .switch import Switch, SwitchError, describe_error
@@ -55,6 +57,8 @@ class BridgeStatus:
     verified_ms: float | None = None  # from connection to the first full sync
     last_stages: dict = field(default_factory=dict)  # milliseconds of the last sync's stages
     last_rejected: int = 0  # flows the switch refused in that sync
+    last_verify: float | None = None  # the last deep check (whole flows compared)
+    flows_repaired: int = 0  # flows found changed by hand and replaced, since connecting
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -127,10 +131,17 @@ class BridgeSession:
             self.dirty.clear()
             self.sync()
             st.verified_ms = _ms_since(connected)
+            interval = self.app.config.reconcile_interval
+            next_check = time.monotonic() + interval
             while True:
-                self.dirty.wait()
+                # Changes wake the session at once; without any, it wakes
+                # for the periodic deep check.
+                self.dirty.wait(max(0.0, next_check - time.monotonic()) if interval else None)
                 self.dirty.clear()
-                self.sync()
+                deep = bool(interval) and time.monotonic() >= next_check
+                self.sync(deep=deep)
+                if deep:
+                    next_check = time.monotonic() + interval
         except SwitchError as e:
             if not self.switch.closed:
                 LOG.error("%s", e)
@@ -142,8 +153,11 @@ class BridgeSession:
         bridge = self.app.state.bridge(self.status.bridge.label)
         return compile_bridge(bridge, self.status.ports, self.app.state.shared)
 
-    def sync(self) -> None:
-        """Make the bridge hold exactly the desired flows."""
+    def sync(self, deep: bool = False) -> None:
+        """Make the bridge hold exactly the desired flows. `deep` first
+        reads back every flow of ours, whole, instead of trusting what the
+        last sync left: flows added, deleted or edited by others since
+        then are repaired."""
         st = self.status
         started = time.monotonic()
         # Compile under the commit lock: a big change applied to the state
@@ -157,6 +171,10 @@ class BridgeSession:
                         self.label, ", ".join(compiled.missing_ports))
         st.missing_ports = compiled.missing_ports
         st.flows_desired = len(compiled.flows)
+        if deep:
+            mark = time.monotonic()
+            self._deep_check(compiled)
+            stages["verify_ms"] = _ms_since(mark)
         mark = time.monotonic()
         plan = reconcile(compiled.flows, self.installed)
         stages["diff_ms"] = _ms_since(mark)
@@ -187,6 +205,28 @@ class BridgeSession:
         st.last_stages = stages
         self.app.metrics.inc("lisp_reconcile_seconds_total", st.last_reconcile_ms / 1000)
         self.app.metrics.inc("lisp_reconciles_total")
+
+    def _deep_check(self, compiled: Compiled) -> None:
+        """Read every flow of ours and count one whose content differs
+        from its cookie's flow twice, so reconcile replaces it."""
+        known = self.app.state.encoded
+        expected = {c: known.get(c) or encode_add(f, c) for c, f in compiled.flows.items()}
+        entries = self.switch.flow_entries()
+        verdict = verify.installed_counts(_paced(entries), expected)
+        self.installed = verdict.counts
+        self.status.last_verify = time.time()
+        if verdict.changed:
+            self.status.flows_repaired += len(verdict.changed)
+            self.app.metrics.inc("lisp_flows_repaired_total", len(verdict.changed))
+            LOG.warning("bridge %s: %d flows of ours were changed on the switch (by hand?); "
+                        "replacing them with: %s", self.label, len(verdict.changed),
+                        "; ".join(render(compiled.flows[c]) for c in verdict.changed[:5]))
+        unwanted = sum(1 for c in self.installed if c not in compiled.flows)
+        missing = sum(1 for c in compiled.flows if c not in self.installed)
+        if verdict.duplicates or unwanted or missing:
+            LOG.warning("bridge %s: deep check found %d duplicate, %d unwanted and %d missing "
+                        "flows under our cookie; repairing", self.label, verdict.duplicates,
+                        unwanted, missing)
 
     def _record_error(self, text: str) -> None:
         errors = self.status.errors
@@ -385,6 +425,15 @@ class LispControllerApp(app_manager.OSKenApp):
             session.port_status(ev.msg)
 
 
+def _paced(items, every: int = 2048):
+    """Yield `items`, letting the hub run every `every` of them (echo
+    replies must not wait for a long comparison)."""
+    for n, item in enumerate(items, 1):
+        yield item
+        if n % every == 0:
+            hub.sleep(0)
+
+
 def _ms_since(mark: float) -> float:
     return round((time.monotonic() - mark) * 1000, 1)
 
@@ -405,6 +454,7 @@ def _metrics(app: LispControllerApp) -> Metrics:
     m.counter("lisp_openflow_errors_total", "OpenFlow errors received from bridges")
     m.counter("lisp_reconcile_seconds_total", "Time spent making bridges match the state")
     m.counter("lisp_reconciles_total", "Reconciles run")
+    m.counter("lisp_flows_repaired_total", "Flows of ours found changed on a switch and replaced")
     m.counter("lisp_map_cache_misses_total", "Packets that missed the map-cache (send-map-request)")
     m.counter("lisp_api_requests_total", "API requests, by method and status")
     m.counter("lisp_api_request_seconds_total", "Time spent answering API requests, by method")
@@ -446,6 +496,8 @@ def _datapath_view(bridge: Bridge | None, session: BridgeSession | None) -> dict
         "last_reconcile": _iso(st.last_reconcile) if st else None,
         "last_reconcile_ms": round(st.last_reconcile_ms, 1) if st and st.last_reconcile_ms is not None else None,
         "verified_ms": st.verified_ms if st else None,
+        "last_verify": _iso(st.last_verify) if st else None,
+        "flows_repaired": st.flows_repaired if st else 0,
         "errors": list(st.errors) if st else [],
         "degraded": bool(st and st.errors),
     }

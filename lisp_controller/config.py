@@ -32,6 +32,8 @@ class ApiSettings:
 
 TOKEN_ENV = "LISP_CONTROLLER_TOKEN"
 DEFAULT_STORE = "/var/lib/lisp-controller/store.db"
+DEFAULT_RECONCILE_INTERVAL = 60.0
+MAX_RECONCILE_INTERVAL = 86400.0
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,12 @@ class Config:
     overlay: Overlay
     api: ApiSettings = ApiSettings()
     store_path: str = DEFAULT_STORE
+    # Seconds between deep checks of every bridge (0: only on changes and
+    # connects): catches flows deleted, added or edited behind our back.
+    reconcile_interval: float = DEFAULT_RECONCILE_INTERVAL
 
 
-_CONTROLLER_KEYS = {"listen", "port", "miss_action"}
+_CONTROLLER_KEYS = {"listen", "port", "miss_action", "reconcile_interval"}
 _STORE_KEYS = {"path"}
 _BRIDGE_KEYS = {"datapath_id", "name", "rloc", "tunnel_port", "tunnel_profile", "iid",
                 "router_mac", "endpoint", "proxy_arp", "gateway"}
@@ -187,6 +192,7 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
 
     ctl = data.get("controller", {})
     host, port, miss_action = "0.0.0.0", 6653, "drop"
+    reconcile_interval = DEFAULT_RECONCILE_INTERVAL
     if not isinstance(ctl, dict):
         problems.append(f"{where}: controller: must be a table")
         ctl = {}
@@ -201,6 +207,11 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
             miss_action = parse_action(ctl["miss_action"], "controller.miss_action")
     except ModelError as e:
         problems.append(f"{where}: {e}")
+    if "reconcile_interval" in ctl:
+        try:
+            reconcile_interval = parse_interval(ctl["reconcile_interval"], "controller.reconcile_interval")
+        except ModelError as e:
+            problems.append(f"{where}: {e}")
 
     api = _parse_api(_table(data, "api", problems, where), problems, where)
     store_raw = _table(data, "store", problems, where)
@@ -242,7 +253,7 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
     if problems:
         raise ConfigError(problems)
     return Config(source, host, port, Overlay(tuple(bridges), tuple(mappings), miss_action),
-                  api, store_path)
+                  api, store_path, reconcile_interval)
 
 
 def _table(data: dict, key: str, problems: list[str], where: str) -> dict:
@@ -256,6 +267,16 @@ def _table(data: dict, key: str, problems: list[str], where: str) -> dict:
 def _parse_seconds(value: object, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 600:
         raise ModelError(field, f"must be seconds between 0 and 600, got {value!r}")
+    return float(value)
+
+
+def parse_interval(value: object, field: str) -> float:
+    """0 (off), or seconds from 1 to a day: a check every few
+    milliseconds would keep a bridge with many flows busy for nothing."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not (value == 0 or 1 <= value <= MAX_RECONCILE_INTERVAL):
+        raise ModelError(field, f"must be 0 (off) or seconds from 1 to {MAX_RECONCILE_INTERVAL:.0f}, "
+                         f"got {value!r}")
     return float(value)
 
 

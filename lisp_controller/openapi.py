@@ -73,6 +73,10 @@ SCHEMAS = {
         "flow_mods_sent": {"type": "integer"}, "last_reconcile": {"type": ["string", "null"]},
         "last_reconcile_ms": {"type": ["number", "null"]},
         "verified_ms": {"type": ["number", "null"], "description": "from connecting to the first full sync"},
+        "last_verify": {"type": ["string", "null"], "description": "the last deep check (whole flows "
+                        "read back and compared; [controller] reconcile_interval)"},
+        "flows_repaired": {"type": "integer", "description": "flows found changed on the switch and "
+                           "replaced since the bridge connected"},
         "errors": {"type": "array", "items": {"type": "string"}}, "degraded": {"type": "boolean"}}},
 }
 
