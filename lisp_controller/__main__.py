@@ -119,6 +119,10 @@ def cmd_serve(args) -> int:
     contexts = manager.create_contexts()
     services = manager.instantiate_apps(lisp_config=config, lisp_state=state, lisp_store=store, **contexts)
     app = manager.applications["LispControllerApp"]
+    if store.read_only:
+        app.store_error = store.read_only
+        log.error("%s: serving the stored state read-only; changes get 503 until it is writable",
+                  store.read_only)
     api = Api(app, token, config.api.max_body_bytes, pause=lambda: hub.sleep(0))
     services.append(hub.spawn(eventlet.wsgi.server, api_socket, api, log=logging.getLogger("lisp_controller.http"),
                               log_output=False, max_size=1000))
@@ -148,6 +152,7 @@ def _merge_store(state, store, mappings, endpoints, log) -> None:
     """The config wins: a stored API mapping or endpoint that now collides
     with the config is removed from the store, with a warning."""
     from .state import Change, Conflict
+    from .store import StoreError
 
     keep, drop = [], []
     for m in mappings:
@@ -166,7 +171,10 @@ def _merge_store(state, store, mappings, endpoints, log) -> None:
                         "from the store", ep.port, label, e)
             eps_drop.append((label, ep.port))
     if drop or eps_drop:
-        store.write(delete=[m.key for m in drop], delete_endpoints=eps_drop)
+        try:
+            store.write(delete=[m.key for m in drop], delete_endpoints=eps_drop)
+        except StoreError as e:  # they are left out of the state all the same
+            log.error("%s; the entries the config now owns stay in the store for now", e)
     state.apply(Change(put=keep, put_endpoints=eps_keep), bump=False)
 
 

@@ -222,7 +222,7 @@ class Api:
     # -- system ------------------------------------------------------------
     def health(self, req):
         st = self.ctl.state
-        return json_response({"status": "ok", "mappings": len(st.cache),
+        return json_response({"status": "ok", "store_error": self.ctl.store_error, "mappings": len(st.cache),
                               "datapaths_configured": len(st.bridges),
                               "datapaths_connected": sum(1 for d in self.ctl.datapaths() if d["connected"])})
 

@@ -28,7 +28,7 @@ from .reconcile import applied, reconcile
 from .encode import encode_add
 from . import verify
 from .state import Change, State
-from .store import Store
+from .store import Store, StoreError
 from .switch import Switch, SwitchError, describe_error
 
 LOG = logging.getLogger("lisp_controller")
@@ -249,6 +249,7 @@ class LispControllerApp(app_manager.OSKenApp):
         self.state = lisp_state or State(lisp_config)
         self.store = lisp_store
         self.sessions: dict[int, BridgeSession] = {}
+        self.store_error: str | None = None  # the last write's failure, until a write succeeds
         self.commit_lock = hub.Semaphore(1)
         self.metrics = _metrics(self)
         freeze_long_lived()  # the state loaded from config and store
@@ -268,8 +269,14 @@ class LispControllerApp(app_manager.OSKenApp):
             t["check_ms"] = _ms_since(started)
             if self.store is not None:
                 mark = time.monotonic()
-                self.store.write(change.put, change.delete, change.replace_api,
-                                 change.put_endpoints, change.delete_endpoints)
+                try:
+                    self.store.write(change.put, change.delete, change.replace_api,
+                                     change.put_endpoints, change.delete_endpoints)
+                except StoreError as e:  # nothing applied: memory and bridges stay as stored
+                    self.store_error = str(e)
+                    self.metrics.inc("lisp_store_errors_total")
+                    raise
+                self.store_error = None
                 t["store_ms"] = _ms_since(mark)
             mark = time.monotonic()
             self.state.apply(change, pause=_pause)
@@ -323,6 +330,8 @@ class LispControllerApp(app_manager.OSKenApp):
                     LOG.info("%d mappings reached their TTL: %s", len(keys),
                              ", ".join(f"{iid}:{eid}" for iid, eid in keys[:10]))
                     self.commit(Change(delete=keys), wait=0)
+            except StoreError as e:  # retried next time; the mappings stay until then
+                LOG.error("TTL expiry postponed: %s", e)
             except Exception:  # keep expiring later; say what went wrong now
                 LOG.exception("TTL expiry failed")
 
@@ -454,6 +463,7 @@ def _metrics(app: LispControllerApp) -> Metrics:
     m.counter("lisp_openflow_errors_total", "OpenFlow errors received from bridges")
     m.counter("lisp_reconcile_seconds_total", "Time spent making bridges match the state")
     m.counter("lisp_reconciles_total", "Reconciles run")
+    m.counter("lisp_store_errors_total", "Changes refused because the store could not be written")
     m.counter("lisp_flows_repaired_total", "Flows of ours found changed on a switch and replaced")
     m.counter("lisp_map_cache_misses_total", "Packets that missed the map-cache (send-map-request)")
     m.counter("lisp_api_requests_total", "API requests, by method and status")

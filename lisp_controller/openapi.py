@@ -100,7 +100,9 @@ OPERATIONS: dict[str, tuple] = {
         200: ("the page", "html"), 304: ("unchanged since the ETag given in If-None-Match", None)}, []),
     "asset": ("A file of the status page (style sheet, script, icon)", None, {
         200: ("the file", "asset"), 304: ("unchanged since the ETag given in If-None-Match", None)}, []),
-    "health": ("Liveness and a summary", None, {200: ("ok", _obj(status={"type": "string"}, mappings={
+    "health": ("Liveness and a summary", None, {200: ("ok", _obj(status={"type": "string"}, store_error={
+        "type": ["string", "null"], "description": "why the last change could not be stored (503); null once a "
+        "change is stored again"}, mappings={
         "type": "integer"}, datapaths_configured={"type": "integer"}, datapaths_connected={"type": "integer"}))}, []),
     "metrics": ("Metrics in the Prometheus text format", None, {200: ("metrics", "text")}, []),
     "openapi": ("This document", None, {200: ("OpenAPI 3 document", {"type": "object"})}, []),

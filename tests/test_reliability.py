@@ -8,6 +8,9 @@ the API says. docs/reliability.rst has the table of results.
 from __future__ import annotations
 
 import re
+import signal
+import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
@@ -206,3 +209,132 @@ def test_vswitchd_crash_bridge_fully_programmed_within_2s_of_reconnecting(testbe
     vm1.wait_reachable(vm2.ip)
     assert vm1.ping(vm2.ip, count=5, interval=0.05) == (5, 5)
     assert ours(hv2) and "Traceback" not in log
+
+
+# -- store faults -------------------------------------------------------------
+
+NO_DAC = ("setpriv", "--inh-caps=-dac_override,-dac_read_search",
+          "--bounding-set=-dac_override,-dac_read_search", "--")
+
+
+def mapping(eid: str, rloc: str = "192.168.1.252") -> dict:
+    return {"iid": 1000, "eid": eid, "rlocs": [rloc]}
+
+
+def test_corrupt_or_unreadable_store_stops_the_start_and_keeps_file_and_flows(testbed, tmp_path):
+    """A store that cannot be read stops the controller before it listens
+    (exit 3, the file named and what is wrong), every time it is started:
+    the file is never rewritten, and the bridges keep the flows the last
+    good run left. Put back, it starts and sends nothing."""
+    ov, ctl, api = start(testbed, BLOG)
+    assert api("POST", "/v1/mappings", mapping("10.5.0.0/16"))[0] == 201
+    ctl.stop()
+    flows = {hv.name: ours(hv) for hv in ov.hypervisors}
+    store = ctl.store_path
+    db = sqlite3.connect(store)  # fold the WAL in, so the file alone holds everything
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    good = store.read_bytes()
+    assert b"10.5.0.0/16" in good
+
+    def refused(wrapper=(), what=""):
+        bad = ControllerProcess(ov, "refused", wrapper=wrapper).start()
+        try:
+            code = bad.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            bad.stop()
+            raise AssertionError(f"the controller started on a bad store: {bad.log()}") from None
+        assert code == 3, bad.log()
+        log = bad.log()
+        assert f"store {store}: cannot open: {what}" in log, log
+        assert "nothing started" in log and "Traceback" not in log
+        assert {hv.name: ours(hv) for hv in ov.hypervisors} == flows
+
+    # Unreadable: root without CAP_DAC_OVERRIDE is refused like anyone else.
+    store.chmod(0)
+    refused(NO_DAC, f"cannot open the file ({store}: permission denied)")
+    store.chmod(0o600)
+    # Corrupt: the header overwritten; twice, and the file stays as it is.
+    corrupt = b"this is not sqlite" + good[18:]
+    store.write_bytes(corrupt)
+    for _ in range(2):
+        refused(what="file is not an SQLite database")
+        assert store.read_bytes() == corrupt
+    store.write_bytes(good)
+    ctl = ControllerProcess(ov, "after").start()
+    ctl.wait_log("already correct, nothing sent", count=2)
+    status, body = api("GET", "/v1/mappings/1000/10.5.0.0/16")
+    assert status == 200 and body["mapping"]["source"] == "api"
+
+
+def test_read_only_and_full_store_refuse_changes_with_503_and_change_nothing(testbed, tmp_path):
+    """The store lives on a 1 MB tmpfs in a mount namespace of its own.
+    Read-only at start: the controller serves the stored state to the
+    bridges and refuses changes. Full disk while running: changes get 503.
+    Every refusal names the problem, and memory, store and bridges stay as
+    they were; reads and OpenFlow go on; once the disk is fixed, changes
+    are accepted again without a restart, and a kill -9 loses none."""
+    ov = build(testbed, BLOG)
+    disk = testbed.tmpdir / "disk"
+    disk.mkdir()
+    holder = testbed.spawn(ov.controller_ns.ns, [
+        "unshare", "--mount", "--propagation", "private", "sh", "-c",
+        f"mount -t tmpfs -o size=1m tmpfs {disk} && touch {disk}/.mounted && exec sleep 900"])
+    in_ns = ("nsenter", "-t", str(holder.pid), "-m", "--")
+
+    def sh(*args: str, check: bool = True):
+        return testbed.run(ov.controller_ns.ns, *in_ns, *args, check=check)
+    wait_until(lambda: sh("test", "-e", f"{disk}/.mounted", check=False).returncode == 0,
+               timeout=10, what="tmpfs mounted")
+    ctl = ControllerProcess(ov, store_path=disk / "store.db", wrapper=in_ns).start()
+    wait_programmed(ov)
+    api = Client(ov)
+    api.wait_up()
+    assert api("POST", "/v1/mappings", mapping("10.5.0.0/16"))[0] == 201
+    ctl.stop()
+
+    def refused(problem: str):
+        flows = {hv.name: ours(hv) for hv in ov.hypervisors}
+        sent = {k: d["flow_mods_sent"] for k, d in datapaths(api).items()}
+        total = api("GET", "/v1/mappings")[1]["total"]
+        for method, path, body in [
+                ("POST", "/v1/mappings", mapping("10.6.0.0/16")),
+                ("PUT", "/v1/mappings/1000/10.5.0.0/16", mapping("10.5.0.0/16", "192.168.1.249")),
+                ("DELETE", "/v1/mappings/1000/10.5.0.0/16", None),
+                ("POST", "/v1/mappings/bulk", {"mappings": [mapping(f"10.{20 + i // 250}.{i % 250}.0/24") for i in range(3000)]})]:
+            status, answer = api(method, path, body)
+            assert status == 503, (method, path, status, answer)
+            assert problem in answer["error"]["message"] and "nothing was changed" in answer["error"]["message"]
+        assert api("GET", "/v1/mappings")[1]["total"] == total
+        assert api("GET", "/v1/mappings/1000/10.5.0.0/16")[1]["mapping"]["rlocs"][0]["address"] == "192.168.1.252"
+        assert {hv.name: ours(hv) for hv in ov.hypervisors} == flows
+        assert {k: d["flow_mods_sent"] for k, d in datapaths(api).items()} == sent
+        health = api("GET", "/v1/health")[1]
+        assert health["status"] == "ok" and problem in health["store_error"]
+
+    def accepted(eid: str):
+        status, answer = api("POST", "/v1/mappings", mapping(eid))
+        assert status == 201 and {b["status"] for b in answer["bridges"]} == {"confirmed"}, answer
+        assert api("GET", "/v1/health")[1]["store_error"] is None
+
+    sh("mount", "-o", "remount,ro", str(disk))
+    ctl = ControllerProcess(ov, "read-only", store_path=disk / "store.db", wrapper=in_ns).start()
+    ctl.wait_log("already correct, nothing sent", count=2)  # the stored mapping included
+    api.wait_up()
+    refused("read-only")
+    assert "serving the stored state read-only" in ctl.log()
+    sh("mount", "-o", "remount,rw", str(disk))
+    accepted("10.8.0.0/16")
+    sh("sh", "-c", f"cat /dev/zero > {disk}/filler", check=False)
+    refused("the disk is full")
+    sh("rm", f"{disk}/filler")
+    accepted("10.9.0.0/16")
+    log = ctl.log()
+    assert "Traceback" not in log and ctl.proc.poll() is None
+    assert "lisp_store_errors_total 8" in api("GET", "/metrics")[1]
+    ctl.stop(signal.SIGKILL)
+    ctl = ControllerProcess(ov, "after", store_path=disk / "store.db", wrapper=in_ns).start()
+    ctl.wait_log("already correct, nothing sent", count=2)
+    api.wait_up()
+    status, body = api("GET", "/v1/mappings?source=api")
+    assert [m["eid"] for m in body["mappings"]] == ["10.5.0.0/16", "10.8.0.0/16", "10.9.0.0/16"]
