@@ -102,7 +102,8 @@ def cmd_serve(args) -> int:
     from .api import Api
 
     try:
-        api_socket = eventlet.listen((config.api.host, config.api.port))
+        # A deep listen queue: a burst of clients must not have its SYNs dropped.
+        api_socket = eventlet.listen((config.api.host, config.api.port), backlog=API_MAX_CLIENTS)
     except OSError as e:
         print(f"error: cannot listen on {config.api.host}:{config.api.port} for the API: {e.strerror}",
               file=sys.stderr)
@@ -124,8 +125,10 @@ def cmd_serve(args) -> int:
         log.error("%s: serving the stored state read-only; changes get 503 until it is writable",
                   store.read_only)
     api = Api(app, token, config.api.max_body_bytes, pause=lambda: hub.sleep(0))
+    _raise_fd_limit(log)
     services.append(hub.spawn(eventlet.wsgi.server, api_socket, api, log=logging.getLogger("lisp_controller.http"),
-                              log_output=False, max_size=1000))
+                              log_output=False, max_size=API_MAX_CLIENTS,
+                              socket_timeout=config.api.client_timeout))
     services.append(hub.spawn(controller.OpenFlowController()))
     try:
         hub.joinall(services)
@@ -135,6 +138,23 @@ def cmd_serve(args) -> int:
         manager.close()
         store.close()
     return 0
+
+
+API_MAX_CLIENTS = 1000  # API connections served at once; more wait in the listen queue
+
+
+def _raise_fd_limit(log) -> None:
+    """Every API client and every bridge is a socket: allow the API's
+    maximum plus room for bridges and the store, where the system lets us."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = API_MAX_CLIENTS + 4096
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if new > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            log.info("open files limit raised from %d to %d", soft, new)
 
 
 def _clock():

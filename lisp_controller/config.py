@@ -28,6 +28,9 @@ class ApiSettings:
     token: str | None = None  # bearer token for changes; TOKEN_ENV overrides
     max_body_bytes: int = 64 * 1024 * 1024  # 100,000 mappings are about 11 MB
     confirm_timeout: float = 5.0  # how long a write waits for the bridges' barriers
+    # Seconds a client may keep the API waiting on one read or write (a
+    # slow or idle client holds one greenthread and one socket until then).
+    client_timeout: float = 30.0
 
 
 TOKEN_ENV = "LISP_CONTROLLER_TOKEN"
@@ -264,9 +267,9 @@ def _table(data: dict, key: str, problems: list[str], where: str) -> dict:
     return value
 
 
-def _parse_seconds(value: object, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 600:
-        raise ModelError(field, f"must be seconds between 0 and 600, got {value!r}")
+def _parse_seconds(value: object, field: str, low: float = 0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= 600:
+        raise ModelError(field, f"must be seconds between {low:g} and 600, got {value!r}")
     return float(value)
 
 
@@ -292,6 +295,7 @@ _API_PARSERS = {
     "max_body_bytes": ("max_body_bytes", lambda v, f: parse_int(v, f, 1024, 2**40)),
     "confirm_timeout": ("confirm_timeout", _parse_seconds),
     "token": ("token", _parse_token),
+    "client_timeout": ("client_timeout", lambda v, f: _parse_seconds(v, f, low=1)),
 }
 
 
