@@ -102,7 +102,8 @@ def cmd_serve(args) -> int:
     from .api import Api
 
     try:
-        api_socket = eventlet.listen((config.api.host, config.api.port))
+        # A deep listen queue: a burst of clients must not have its SYNs dropped.
+        api_socket = eventlet.listen((config.api.host, config.api.port), backlog=API_MAX_CLIENTS)
     except OSError as e:
         print(f"error: cannot listen on {config.api.host}:{config.api.port} for the API: {e.strerror}",
               file=sys.stderr)
@@ -119,9 +120,15 @@ def cmd_serve(args) -> int:
     contexts = manager.create_contexts()
     services = manager.instantiate_apps(lisp_config=config, lisp_state=state, lisp_store=store, **contexts)
     app = manager.applications["LispControllerApp"]
+    if store.read_only:
+        app.store_error = store.read_only
+        log.error("%s: serving the stored state read-only; changes get 503 until it is writable",
+                  store.read_only)
     api = Api(app, token, config.api.max_body_bytes, pause=lambda: hub.sleep(0))
+    _raise_fd_limit(log)
     services.append(hub.spawn(eventlet.wsgi.server, api_socket, api, log=logging.getLogger("lisp_controller.http"),
-                              log_output=False, max_size=1000))
+                              log_output=False, max_size=API_MAX_CLIENTS,
+                              socket_timeout=config.api.client_timeout))
     services.append(hub.spawn(controller.OpenFlowController()))
     try:
         hub.joinall(services)
@@ -131,6 +138,23 @@ def cmd_serve(args) -> int:
         manager.close()
         store.close()
     return 0
+
+
+API_MAX_CLIENTS = 1000  # API connections served at once; more wait in the listen queue
+
+
+def _raise_fd_limit(log) -> None:
+    """Every API client and every bridge is a socket: allow the API's
+    maximum plus room for bridges and the store, where the system lets us."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = API_MAX_CLIENTS + 4096
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if new > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            log.info("open files limit raised from %d to %d", soft, new)
 
 
 def _clock():
@@ -148,6 +172,7 @@ def _merge_store(state, store, mappings, endpoints, log) -> None:
     """The config wins: a stored API mapping or endpoint that now collides
     with the config is removed from the store, with a warning."""
     from .state import Change, Conflict
+    from .store import StoreError
 
     keep, drop = [], []
     for m in mappings:
@@ -166,7 +191,10 @@ def _merge_store(state, store, mappings, endpoints, log) -> None:
                         "from the store", ep.port, label, e)
             eps_drop.append((label, ep.port))
     if drop or eps_drop:
-        store.write(delete=[m.key for m in drop], delete_endpoints=eps_drop)
+        try:
+            store.write(delete=[m.key for m in drop], delete_endpoints=eps_drop)
+        except StoreError as e:  # they are left out of the state all the same
+            log.error("%s; the entries the config now owns stay in the store for now", e)
     state.apply(Change(put=keep, put_endpoints=eps_keep), bump=False)
 
 

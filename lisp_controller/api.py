@@ -27,7 +27,8 @@ from .state import Change, Conflict
 from .store import StoreError
 
 LOG = logging.getLogger("lisp_controller.api")
-PAUSE_EVERY = 1000  # parsed mappings between yields to the hub
+PAUSE_EVERY = 1000
+SOURCES = ("config", "endpoint", "api")  # parsed mappings between yields to the hub
 
 # (method, path template, handler name). The OpenAPI document is checked
 # against this table by the tests.
@@ -222,7 +223,7 @@ class Api:
     # -- system ------------------------------------------------------------
     def health(self, req):
         st = self.ctl.state
-        return json_response({"status": "ok", "mappings": len(st.cache),
+        return json_response({"status": "ok", "store_error": self.ctl.store_error, "mappings": len(st.cache),
                               "datapaths_configured": len(st.bridges),
                               "datapaths_connected": sum(1 for d in self.ctl.datapaths() if d["connected"])})
 
@@ -270,7 +271,10 @@ class Api:
                 raise ApiError(400, "prefix", e.problem) from None
             mappings = [m for m in mappings if m.eid.version == prefix.version and m.eid.subnet_of(prefix)]
         if "source" in req.GET:
-            mappings = [m for m in mappings if m.source == req.GET["source"]]
+            source = req.GET["source"]
+            if source not in SOURCES:
+                raise ApiError(400, "source", f"must be one of {', '.join(SOURCES)}, got {source!r}")
+            mappings = [m for m in mappings if m.source == source]
         mappings.sort(key=lambda m: (m.iid, m.eid.version, int(m.eid.network_address), m.eid.prefixlen))
         offset = _int_param(req, "offset", 0, 0)
         limit = _int_param(req, "limit", 100_000, 1)
@@ -434,9 +438,12 @@ class Api:
 
     def datapath_flows(self, req, bridge):
         d = self._datapath(bridge)
+        form = req.GET.get("format", "json")
+        if form not in ("json", "text"):
+            raise ApiError(400, "format", f"must be json or text, got {form!r}")
         flows = self.ctl.bridge_flows(d["bridge"]) if d["configured"] else []
         lines = [render(f) for f in sorted(flows)]
-        if req.GET.get("format") == "text":
+        if form == "text":
             resp = Response(content_type="text/plain", charset="utf-8")
             resp.text = "".join(line + "\n" for line in lines)
             return resp

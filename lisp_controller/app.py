@@ -17,16 +17,18 @@ from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_c
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from .compiler import T_MAPCACHE, compile_bridge
+from .compiler import T_MAPCACHE, Compiled, compile_bridge
 from .config import Config
 from .counters import Counts, CounterCache, Snapshot, add_counts
 from .flows import render
 from .gcpause import BIG, freeze_long_lived
 from .metrics import Metrics
 from .model import Bridge
+from . import verify
+from .encode import encode_add
 from .reconcile import catch_up, reconcile, record
 from .state import Change, State
-from .store import Store
+from .store import Store, StoreError
 from .switch import Switch, SwitchError, describe_error, port_name
 
 LOG = logging.getLogger("lisp_controller")
@@ -55,6 +57,8 @@ class BridgeStatus:
     verified_ms: float | None = None  # from connection to the first full sync
     last_stages: dict = field(default_factory=dict)  # milliseconds of the last sync's stages
     last_rejected: int = 0  # flows the switch refused in that sync
+    last_verify: float | None = None  # the last deep check (whole flows compared)
+    flows_repaired: int = 0  # flows found changed by hand and replaced, since connecting
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -132,10 +136,17 @@ class BridgeSession:
             self.dirty.clear()
             self.sync()
             st.verified_ms = _ms_since(connected)
+            interval = self.app.config.reconcile_interval
+            next_check = time.monotonic() + interval
             while True:
-                self.dirty.wait()
+                # Changes wake the session at once; without any, it wakes
+                # for the periodic deep check.
+                self.dirty.wait(max(0.0, next_check - time.monotonic()) if interval else None)
                 self.dirty.clear()
-                self.sync()
+                deep = bool(interval) and time.monotonic() >= next_check
+                self.sync(deep=deep)
+                if deep:
+                    next_check = time.monotonic() + interval
         except SwitchError as e:
             if not self.switch.closed:
                 LOG.error("%s", e)
@@ -143,8 +154,11 @@ class BridgeSession:
         except Exception:  # a bug must not kill os-ken's hub; say where it happened
             LOG.exception("bridge %s: session failed", self.label)
 
-    def sync(self) -> None:
-        """Make the bridge hold exactly the desired flows."""
+    def sync(self, deep: bool = False) -> None:
+        """Make the bridge hold exactly the desired flows. `deep` first
+        reads back every flow of ours, whole, instead of trusting what the
+        last sync left: flows added, deleted or edited by others since
+        then are repaired."""
         st = self.status
         state = self.app.state
         started = time.monotonic()
@@ -157,14 +171,15 @@ class BridgeSession:
             # while the plan is being sent, and the next sync must see that.
             ports = dict(st.ports)
             delta = None
-            if bridge is self._synced_bridge and ports == self._synced_ports and not bridge.proxy_arp:
+            if not deep and bridge is self._synced_bridge and ports == self._synced_ports \
+                    and not bridge.proxy_arp:
                 # Only shared flows changed since the last sync: send those
                 # (proxy ARP answers depend on every mapping: full path).
                 delta = state.shared_delta(st.synced_generation)
             if delta is None:
                 compiled = compile_bridge(bridge, ports, state.shared)
                 flows = compiled.flows
-                plan = reconcile(flows, self.installed)
+                plan = None if deep else reconcile(flows, self.installed)
                 self._local_flows = len(flows) - len(state.shared)
             else:
                 flows = state.shared
@@ -175,6 +190,11 @@ class BridgeSession:
                 LOG.warning("bridge %s: configured ports not on the bridge: %s (their flows are left out)",
                             self.label, ", ".join(compiled.missing_ports))
             st.missing_ports = compiled.missing_ports
+            if deep:  # compare whole flows first; the diff then repairs what differs
+                mark = time.monotonic()
+                self._deep_check(compiled)
+                stages["verify_ms"] = _ms_since(mark)
+                plan = reconcile(flows, self.installed)
             st.flows_installed = sum(self.installed.values())
         st.flows_desired = self._local_flows + len(state.shared)
         rejected = 0
@@ -206,6 +226,28 @@ class BridgeSession:
         self.app.metrics.inc("lisp_reconcile_seconds_total", st.last_reconcile_ms / 1000)
         self.app.metrics.inc("lisp_reconciles_total")
 
+    def _deep_check(self, compiled: Compiled) -> None:
+        """Read every flow of ours and count one whose content differs
+        from its cookie's flow twice, so reconcile replaces it."""
+        known = self.app.state.encoded
+        expected = {c: known.get(c) or encode_add(f, c) for c, f in compiled.flows.items()}
+        entries = self.switch.flow_entries()
+        verdict = verify.installed_counts(_paced(entries), expected)
+        self.installed = verdict.counts
+        self.status.last_verify = time.time()
+        if verdict.changed:
+            self.status.flows_repaired += len(verdict.changed)
+            self.app.metrics.inc("lisp_flows_repaired_total", len(verdict.changed))
+            LOG.warning("bridge %s: %d flows of ours were changed on the switch (by hand?); "
+                        "replacing them with: %s", self.label, len(verdict.changed),
+                        "; ".join(render(compiled.flows[c]) for c in verdict.changed[:5]))
+        unwanted = sum(1 for c in self.installed if c not in compiled.flows)
+        missing = sum(1 for c in compiled.flows if c not in self.installed)
+        if verdict.duplicates or unwanted or missing:
+            LOG.warning("bridge %s: deep check found %d duplicate, %d unwanted and %d missing "
+                        "flows under our cookie; repairing", self.label, verdict.duplicates,
+                        unwanted, missing)
+
     def _record_error(self, text: str) -> None:
         errors = self.status.errors
         errors.append(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {text}")
@@ -227,6 +269,7 @@ class LispControllerApp(app_manager.OSKenApp):
         self.state = lisp_state or State(lisp_config)
         self.store = lisp_store
         self.sessions: dict[int, BridgeSession] = {}
+        self.store_error: str | None = None  # the last write's failure, until a write succeeds
         self.commit_lock = hub.Semaphore(1)
         self.metrics = _metrics(self)
         freeze_long_lived()  # the state loaded from config and store
@@ -246,8 +289,14 @@ class LispControllerApp(app_manager.OSKenApp):
             t["check_ms"] = _ms_since(started)
             if self.store is not None:
                 mark = time.monotonic()
-                self.store.write(change.put, change.delete, change.replace_api,
-                                 change.put_endpoints, change.delete_endpoints)
+                try:
+                    self.store.write(change.put, change.delete, change.replace_api,
+                                     change.put_endpoints, change.delete_endpoints)
+                except StoreError as e:  # nothing applied: memory and bridges stay as stored
+                    self.store_error = str(e)
+                    self.metrics.inc("lisp_store_errors_total")
+                    raise
+                self.store_error = None
                 t["store_ms"] = _ms_since(mark)
             mark = time.monotonic()
             self.state.apply(change, pause=_pause)
@@ -301,6 +350,8 @@ class LispControllerApp(app_manager.OSKenApp):
                     LOG.info("%d mappings reached their TTL: %s", len(keys),
                              ", ".join(f"{iid}:{eid}" for iid, eid in keys[:10]))
                     self.commit(Change(delete=keys), wait=0)
+            except StoreError as e:  # retried next time; the mappings stay until then
+                LOG.error("TTL expiry postponed: %s", e)
             except Exception:  # keep expiring later; say what went wrong now
                 LOG.exception("TTL expiry failed")
 
@@ -403,6 +454,15 @@ class LispControllerApp(app_manager.OSKenApp):
             session.port_status(ev.msg)
 
 
+def _paced(items, every: int = 2048):
+    """Yield `items`, letting the hub run every `every` of them (echo
+    replies must not wait for a long comparison)."""
+    for n, item in enumerate(items, 1):
+        yield item
+        if n % every == 0:
+            hub.sleep(0)
+
+
 def _ms_since(mark: float) -> float:
     return round((time.monotonic() - mark) * 1000, 1)
 
@@ -423,6 +483,8 @@ def _metrics(app: LispControllerApp) -> Metrics:
     m.counter("lisp_openflow_errors_total", "OpenFlow errors received from bridges")
     m.counter("lisp_reconcile_seconds_total", "Time spent making bridges match the state")
     m.counter("lisp_reconciles_total", "Reconciles run")
+    m.counter("lisp_store_errors_total", "Changes refused because the store could not be written")
+    m.counter("lisp_flows_repaired_total", "Flows of ours found changed on a switch and replaced")
     m.counter("lisp_map_cache_misses_total", "Packets that missed the map-cache (send-map-request)")
     m.counter("lisp_api_requests_total", "API requests, by method and status")
     m.counter("lisp_api_request_seconds_total", "Time spent answering API requests, by method")
@@ -464,6 +526,8 @@ def _datapath_view(bridge: Bridge | None, session: BridgeSession | None) -> dict
         "last_reconcile": _iso(st.last_reconcile) if st else None,
         "last_reconcile_ms": round(st.last_reconcile_ms, 1) if st and st.last_reconcile_ms is not None else None,
         "verified_ms": st.verified_ms if st else None,
+        "last_verify": _iso(st.last_verify) if st else None,
+        "flows_repaired": st.flows_repaired if st else 0,
         "errors": list(st.errors) if st else [],
         "degraded": bool(st and st.errors),
     }

@@ -28,10 +28,15 @@ class ApiSettings:
     token: str | None = None  # bearer token for changes; TOKEN_ENV overrides
     max_body_bytes: int = 64 * 1024 * 1024  # 100,000 mappings are about 11 MB
     confirm_timeout: float = 5.0  # how long a write waits for the bridges' barriers
+    # Seconds a client may keep the API waiting on one read or write (a
+    # slow or idle client holds one greenthread and one socket until then).
+    client_timeout: float = 30.0
 
 
 TOKEN_ENV = "LISP_CONTROLLER_TOKEN"
 DEFAULT_STORE = "/var/lib/lisp-controller/store.db"
+DEFAULT_RECONCILE_INTERVAL = 60.0
+MAX_RECONCILE_INTERVAL = 86400.0
 
 
 @dataclass(frozen=True)
@@ -42,9 +47,12 @@ class Config:
     overlay: Overlay
     api: ApiSettings = ApiSettings()
     store_path: str = DEFAULT_STORE
+    # Seconds between deep checks of every bridge (0: only on changes and
+    # connects): catches flows deleted, added or edited behind our back.
+    reconcile_interval: float = DEFAULT_RECONCILE_INTERVAL
 
 
-_CONTROLLER_KEYS = {"listen", "port", "miss_action"}
+_CONTROLLER_KEYS = {"listen", "port", "miss_action", "reconcile_interval"}
 _STORE_KEYS = {"path"}
 _BRIDGE_KEYS = {"datapath_id", "name", "rloc", "tunnel_port", "tunnel_profile", "iid",
                 "router_mac", "endpoint", "proxy_arp", "gateway"}
@@ -167,6 +175,7 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
 
     ctl = data.get("controller", {})
     host, port, miss_action = "0.0.0.0", 6653, "drop"
+    reconcile_interval = DEFAULT_RECONCILE_INTERVAL
     if not isinstance(ctl, dict):
         problems.append(f"{where}: controller: must be a table")
         ctl = {}
@@ -181,6 +190,11 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
             miss_action = parse_action(ctl["miss_action"], "controller.miss_action")
     except ModelError as e:
         problems.append(f"{where}: {e}")
+    if "reconcile_interval" in ctl:
+        try:
+            reconcile_interval = parse_interval(ctl["reconcile_interval"], "controller.reconcile_interval")
+        except ModelError as e:
+            problems.append(f"{where}: {e}")
 
     api = _parse_api(_table(data, "api", problems, where), problems, where)
     store_raw = _table(data, "store", problems, where)
@@ -222,7 +236,7 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
     if problems:
         raise ConfigError(problems)
     return Config(source, host, port, Overlay(tuple(bridges), tuple(mappings), miss_action),
-                  api, store_path)
+                  api, store_path, reconcile_interval)
 
 
 def _table(data: dict, key: str, problems: list[str], where: str) -> dict:
@@ -233,9 +247,19 @@ def _table(data: dict, key: str, problems: list[str], where: str) -> dict:
     return value
 
 
-def _parse_seconds(value: object, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 600:
-        raise ModelError(field, f"must be seconds between 0 and 600, got {value!r}")
+def _parse_seconds(value: object, field: str, low: float = 0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= 600:
+        raise ModelError(field, f"must be seconds between {low:g} and 600, got {value!r}")
+    return float(value)
+
+
+def parse_interval(value: object, field: str) -> float:
+    """0 (off), or seconds from 1 to a day: a check every few
+    milliseconds would keep a bridge with many flows busy for nothing."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not (value == 0 or 1 <= value <= MAX_RECONCILE_INTERVAL):
+        raise ModelError(field, f"must be 0 (off) or seconds from 1 to {MAX_RECONCILE_INTERVAL:.0f}, "
+                         f"got {value!r}")
     return float(value)
 
 
@@ -251,6 +275,7 @@ _API_PARSERS = {
     "max_body_bytes": ("max_body_bytes", lambda v, f: parse_int(v, f, 1024, 2**40)),
     "confirm_timeout": ("confirm_timeout", _parse_seconds),
     "token": ("token", _parse_token),
+    "client_timeout": ("client_timeout", lambda v, f: _parse_seconds(v, f, low=1)),
 }
 
 

@@ -47,7 +47,7 @@ def _fast_ipv4(text: str) -> int | None:
     request validates 100,000 of these; ipaddress alone costs 3 us each."""
     try:
         packed = socket.inet_pton(socket.AF_INET, text)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: NUL or lone surrogates in the text
         return None
     return int.from_bytes(packed, "big") if socket.inet_ntop(socket.AF_INET, packed) == text else None
 

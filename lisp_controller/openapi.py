@@ -9,6 +9,15 @@ from __future__ import annotations
 import re
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+# The syntax of what the API accepts. Some rules are not syntax and are
+# answered 400 naming the field: host bits set in a prefix, an RLOC listed
+# twice, one key twice in one request.
+_ADDRESS = {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
+            "description": "IPv4 or IPv6 address"}
+_PREFIX = {"type": "string", "pattern": r"^[0-9A-Fa-f.:]+(/[0-9]{1,3})?$",
+           "description": "EID prefix, e.g. 10.2.0.0/16 or 2001:db8::/48 (host bits zero); "
+                          "a bare address is a host prefix"}
+_MAC = {"type": "string", "pattern": "^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$"}
 
 SCHEMAS = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {
@@ -16,15 +25,17 @@ SCHEMAS = {
             "status": {"type": "integer"}, "field": {"type": ["string", "null"]},
             "message": {"type": "string"}}}}},
     "Rloc": {"type": "object", "required": ["address"], "additionalProperties": False, "properties": {
-        "address": {"type": "string", "description": "IPv4 or IPv6 address"},
+        "address": _ADDRESS,
         "priority": {"type": "integer", "minimum": 0, "maximum": 255, "default": 1,
                      "description": "lowest wins; 255 = never used"},
         "weight": {"type": "integer", "minimum": 0, "maximum": 100, "default": 100}}},
     "MappingIn": {"type": "object", "required": ["iid", "eid"], "additionalProperties": False, "properties": {
         "iid": {"type": "integer", "minimum": 0, "maximum": 16777215},
-        "eid": {"type": "string", "description": "EID prefix, e.g. 10.2.0.0/16 or 2001:db8::/48"},
-        "rlocs": {"type": "array", "items": {"oneOf": [{"$ref": "#/components/schemas/Rloc"}, {"type": "string"}]}},
-        "ttl": {"type": ["integer", "null"], "minimum": 1, "description": "minutes; absent = static"},
+        "eid": _PREFIX,
+        "rlocs": {"type": "array", "items": {"oneOf": [{"$ref": "#/components/schemas/Rloc"}, _ADDRESS]},
+                  "description": "addresses must differ"},
+        "ttl": {"type": ["integer", "null"], "minimum": 1, "maximum": 2**32 - 1,
+                "description": "minutes; absent = static"},
         "action": {"type": "string", "enum": ["no-action", "native-forward", "send-map-request", "drop"],
                    "description": "for negative entries (no usable RLOC)"}}},
     "Mapping": {"type": "object", "required": ["iid", "eid", "rlocs", "action", "source"], "properties": {
@@ -41,10 +52,11 @@ SCHEMAS = {
     "EndpointIn": {"type": "object", "required": ["bridge", "port", "mac", "iid", "eids"],
                    "additionalProperties": False, "properties": {
                        "bridge": {"type": "string", "description": "label, name or datapath ID"},
-                       "port": {"type": "string"}, "mac": {"type": "string"},
+                       "port": {"type": "string", "minLength": 1}, "mac": _MAC,
                        "iid": {"type": "integer", "minimum": 0, "maximum": 16777215},
-                       "eids": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-                       "gateway": {"type": "string", "description": "the VM's default router (IPv4)"}}},
+                       "eids": {"type": "array", "items": _ADDRESS, "minItems": 1},
+                       "gateway": {"type": "string", "format": "ipv4",
+                                   "description": "the VM's default router (IPv4)"}}},
     "Endpoint": {"type": "object", "required": ["bridge", "port", "mac", "iid", "eids", "source"], "properties": {
         "bridge": {"type": "string"}, "port": {"type": "string"}, "mac": {"type": "string"},
         "iid": {"type": "integer"}, "eids": {"type": "array", "items": {"type": "string"}},
@@ -73,6 +85,10 @@ SCHEMAS = {
         "flow_mods_sent": {"type": "integer"}, "last_reconcile": {"type": ["string", "null"]},
         "last_reconcile_ms": {"type": ["number", "null"]},
         "verified_ms": {"type": ["number", "null"], "description": "from connecting to the first full sync"},
+        "last_verify": {"type": ["string", "null"], "description": "the last deep check (whole flows "
+                        "read back and compared; [controller] reconcile_interval)"},
+        "flows_repaired": {"type": "integer", "description": "flows found changed on the switch and "
+                           "replaced since the bridge connected"},
         "errors": {"type": "array", "items": {"type": "string"}}, "degraded": {"type": "boolean"}}},
 }
 
@@ -96,7 +112,9 @@ OPERATIONS: dict[str, tuple] = {
         200: ("the page", "html"), 304: ("unchanged since the ETag given in If-None-Match", None)}, []),
     "asset": ("A file of the status page (style sheet, script, icon)", None, {
         200: ("the file", "asset"), 304: ("unchanged since the ETag given in If-None-Match", None)}, []),
-    "health": ("Liveness and a summary", None, {200: ("ok", _obj(status={"type": "string"}, mappings={
+    "health": ("Liveness and a summary", None, {200: ("ok", _obj(status={"type": "string"}, store_error={
+        "type": ["string", "null"], "description": "why the last change could not be stored (503); null once a "
+        "change is stored again"}, mappings={
         "type": "integer"}, datapaths_configured={"type": "integer"}, datapaths_connected={"type": "integer"}))}, []),
     "metrics": ("Metrics in the Prometheus text format", None, {200: ("metrics", "text")}, []),
     "openapi": ("This document", None, {200: ("OpenAPI 3 document", {"type": "object"})}, []),
@@ -106,8 +124,8 @@ OPERATIONS: dict[str, tuple] = {
             "mappings": {"type": "array", "items": _ref("Mapping")},
             "counters_at": {"type": ["string", "null"], "description": "with ?counters=true: when the "
                             "bridges were last read (every few seconds at most); null: not yet"}}})},
-        [_Q("iid", {"type": "integer"}, "only this Instance ID"),
-         _Q("prefix", {"type": "string"}, "only mappings inside this prefix"),
+        [_Q("iid", {"type": "integer", "minimum": 0, "maximum": 16777215}, "only this Instance ID"),
+         _Q("prefix", _PREFIX, "only mappings inside this prefix"),
          _Q("source", {"type": "string", "enum": ["config", "endpoint", "api"]}, "only this owner"),
          _Q("offset", {"type": "integer", "minimum": 0}, "skip this many"),
          _Q("limit", {"type": "integer", "minimum": 1}, "at most this many (default 100000)"),
@@ -136,7 +154,8 @@ OPERATIONS: dict[str, tuple] = {
                   "iid": {"type": "integer"}, "eid": {"type": "string"},
                   "mapping": {"oneOf": [_ref("Mapping"), {"type": "null"}]},
                   "miss_action": {"type": "string"}}})},
-        [_Q("iid", {"type": "integer"}, "Instance ID", True), _Q("eid", {"type": "string"}, "EID address", True)]),
+        [_Q("iid", {"type": "integer", "minimum": 0, "maximum": 16777215}, "Instance ID", True),
+         _Q("eid", _ADDRESS, "EID address", True)]),
     "list_endpoints": ("Local endpoints of every bridge (config and API)", None, {
         200: ("endpoints", _obj(endpoints={"type": "array", "items": _ref("Endpoint")}))},
         [_Q("bridge", {"type": "string"}, "only this bridge")]),
@@ -149,14 +168,15 @@ OPERATIONS: dict[str, tuple] = {
         200: ("datapaths", _obj(datapaths={"type": "array", "items": _ref("Datapath")}))}, []),
     "get_datapath": ("One bridge", None, {200: ("the bridge", _obj(datapath=_ref("Datapath")))}, []),
     "datapath_flows": ("The bridge's flows in ovs-ofctl syntax", None, {
-        200: ("flows", _obj(bridge={"type": "string"}, connected={"type": "boolean"},
-                            flows={"type": "array", "items": {"type": "string"}}))},
+        200: ("flows (?format=text: one per line, as text/plain)",
+              (_obj(bridge={"type": "string"}, connected={"type": "boolean"},
+                    flows={"type": "array", "items": {"type": "string"}}), "text"))},
         [_Q("format", {"type": "string", "enum": ["json", "text"]}, "text: one flow per line")]),
 }
 
 _PARAM_DOC = {
     "iid": ("Instance ID", {"type": "integer", "minimum": 0, "maximum": 16777215}),
-    "eid": ("EID prefix; its slash may be sent as is (10.2.0.0/16) or as %2F", {"type": "string"}),
+    "eid": ("EID prefix; its slash may be sent as is (10.2.0.0/16) or as %2F", _PREFIX),
     "bridge": ("bridge label, name or datapath ID", {"type": "string"}),
     "port": ("port name", {"type": "string"}),
     "asset": ("file name, e.g. app.js", {"type": "string"}),
@@ -182,7 +202,12 @@ def document(routes) -> dict:
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
         for status, (desc, schema) in responses.items():
             op["responses"][str(status)] = {"description": desc}
-            if isinstance(schema, str):
+            if isinstance(schema, tuple):  # JSON, or another media type by request
+                json_schema, marker = schema
+                op["responses"][str(status)]["content"] = {
+                    "application/json": {"schema": json_schema},
+                    **{t: {"schema": {"type": "string"}} for t in _MEDIA[marker]}}
+            elif isinstance(schema, str):
                 op["responses"][str(status)]["content"] = {t: {"schema": {"type": "string"}} for t in _MEDIA[schema]}
             elif schema is not None:
                 op["responses"][str(status)]["content"] = {"application/json": {"schema": schema}}

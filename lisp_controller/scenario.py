@@ -130,12 +130,16 @@ def build(tb: Testbed, config_path: str | Path, vm_prefixlen: int = 24,
 class ControllerProcess:
     """`lisp-controller serve` running in the controller namespace."""
 
-    def __init__(self, ov: Overlay, log_name: str = "controller", env: dict | None = None):
+    def __init__(self, ov: Overlay, log_name: str = "controller", env: dict | None = None,
+                 store_path: Path | None = None, wrapper: tuple[str, ...] = ()):
+        """`wrapper` is a command that execs the controller (e.g. nsenter
+        into a mount namespace whose disk a test fills)."""
         self.ov = ov
         self.log_path = ov.testbed.tmpfile(log_name, ".log")
         # One store per overlay, kept across restarts of the controller.
-        self.store_path = ov.testbed.tmpdir / "store.db"
+        self.store_path = store_path or ov.testbed.tmpdir / "store.db"
         self.env = env or {}
+        self.wrapper = tuple(wrapper)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "ControllerProcess":
@@ -143,7 +147,7 @@ class ControllerProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = self.ov.testbed.spawn(
             self.ov.controller_ns.ns,
-            [sys.executable, "-m", "lisp_controller", "serve", "-c", str(self.ov.config_path),
+            [*self.wrapper, sys.executable, "-m", "lisp_controller", "serve", "-c", str(self.ov.config_path),
              "--store", str(self.store_path)],
             env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()

@@ -12,6 +12,7 @@ import os
 import socket
 import sqlite3
 from pathlib import Path
+from urllib.parse import quote
 from typing import Iterable
 
 from .model import Endpoint, Mapping, Rloc
@@ -40,26 +41,97 @@ def _wrap(path: Path, doing: str, exc: Exception) -> StoreError:
         text = "the file or its directory is read-only"
     elif "disk is full" in text or "database or disk is full" in text:
         text = "the disk is full"
+    elif "unable to open" in text:
+        text = f"cannot open the file ({_os_reason(path)})"
     return StoreError(f"store {path}: cannot {doing}: {text}")
+
+
+def _read_only_fs(directory: Path) -> bool:
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _os_reason(path: Path) -> str:
+    """SQLite says only "unable to open database file"; the system says why."""
+    for target, flags in ((path, os.O_RDWR | os.O_CREAT), (path.parent, os.O_RDONLY)):
+        try:
+            os.close(os.open(target, flags, 0o600))
+        except OSError as e:
+            return f"{target}: {e.strerror.lower()}"
+    return "reason unknown"
 
 
 class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        # Why changes cannot be stored, when the store had to be opened
+        # read-only; None when it is writable.
+        self.read_only: str | None = None
+        self.db = self._open_any()
+
+    def _open_any(self) -> sqlite3.Connection:
+        try:
+            db = self._open()
+        except StoreError:
+            # A store on a read-only filesystem still holds the truth: the
+            # bridges get it, and changes get 503 until it is writable.
+            if not (self.path.is_file() and _read_only_fs(self.path.parent)):
+                raise
+            db = self._open_frozen()
+        # SQLite may also have opened it read-only without a word.
+        self.read_only = f"store {self.path}: cannot write: the file or its directory is read-only" \
+            if _read_only_fs(self.path.parent) else None
+        return db
+
+    def _open(self) -> sqlite3.Connection:
+        db = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(_SCHEMA)
-            row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+            row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is None:
-                self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise StoreError(f"store {self.path}: schema version {row[0]}, expected {SCHEMA_VERSION}")
-            self.db.execute("PRAGMA quick_check").fetchone()
-        except (sqlite3.Error, OSError) as exc:
+                db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            else:
+                self._check_schema(row)
+            db.execute("PRAGMA quick_check").fetchone()
+            return db
+        except (sqlite3.Error, OSError, StoreError) as exc:
+            if db is not None:
+                db.close()
+            raise exc if isinstance(exc, StoreError) else _wrap(self.path, "open", exc) from None
+
+    def _open_frozen(self) -> sqlite3.Connection:
+        """Read-only and without locks (SQLite's immutable mode): right only
+        because a read-only filesystem guarantees nobody changes the file."""
+        try:
+            db = sqlite3.connect(f"file:{quote(str(self.path))}?mode=ro&immutable=1", uri=True,
+                                 isolation_level=None, check_same_thread=False)
+            self._check_schema(db.execute("SELECT value FROM meta WHERE key='schema'").fetchone())
+            db.execute("PRAGMA quick_check").fetchone()
+            return db
+        except sqlite3.Error as exc:
             raise _wrap(self.path, "open", exc) from None
+
+    def _check_schema(self, row) -> None:
+        if row is None or int(row[0]) != SCHEMA_VERSION:
+            raise StoreError(f"store {self.path}: schema version {row and row[0]}, expected {SCHEMA_VERSION}")
+
+    def _writable(self) -> bool:
+        """Reopen a read-only store for writing if its filesystem allows it now."""
+        if self.read_only is None:
+            return True
+        if _read_only_fs(self.path.parent):
+            return False
+        # Closed first: a second connection would share the first one's
+        # read-only view of the WAL index.
+        self.db.close()
+        self.db = self._open_any()
+        return self.read_only is None
 
     def close(self) -> None:
         self.db.close()
@@ -80,6 +152,8 @@ class Store:
               put_endpoints: Iterable[tuple[str, Endpoint]] = (),
               delete_endpoints: Iterable[tuple[str, str]] = ()) -> None:
         """One transaction: everything or nothing."""
+        if not self._writable():
+            raise StoreError(self.read_only)
         try:
             cur = self.db.cursor()
             cur.execute("BEGIN IMMEDIATE")

@@ -19,7 +19,7 @@ from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as ofp_parser
 
-from . import encode
+from . import encode, verify
 from .gcpause import BIG, gc_paused
 from .flows import COOKIE_TAG, COOKIE_TAG_MASK, COOKIE_TAG_SHIFT, Flow, render
 from .reconcile import Plan
@@ -198,6 +198,17 @@ class Switch:
             for stat in reply.body:
                 counts[stat.cookie] = counts.get(stat.cookie, 0) + 1
         return counts
+
+    def flow_entries(self) -> list[verify.Entry]:
+        """Every flow under our cookie prefix, whole (match and
+        instructions): the deep check compares them with what their cookies
+        name. The fast parser above keeps each reply's bytes; they are
+        split here, without os-ken's object tree."""
+        with gc_paused(BIG):
+            replies = self.request(
+                lambda xid: encode.flow_stats_request(xid, COOKIE_TAG << COOKIE_TAG_SHIFT, COOKIE_TAG_MASK),
+                "flow dump (deep check)")
+            return [e for reply in replies for e in verify.split_flow_stats(reply.buf, reply.msg_len)]
 
     def flow_counters(self, table: int, timeout: float | None = None) -> dict[int, tuple[int, int]]:
         """Packets and bytes per cookie of our flows in one table: the
