@@ -117,6 +117,12 @@ OPERATIONS: dict[str, tuple] = {
         "change is stored again"}, mappings={
         "type": "integer"}, datapaths_configured={"type": "integer"}, datapaths_connected={"type": "integer"}))}, []),
     "metrics": ("Metrics in the Prometheus text format", None, {200: ("metrics", "text")}, []),
+    "resources": ("What the controller process holds, for leak checks (walks every object: "
+                  "a full garbage collection, slow with a big map-cache)", None, {
+        200: ("resources", _obj(resident_bytes={"type": "integer"}, open_fds={"type": "integer"},
+                                greenthreads={"type": "integer"}, objects={"type": "integer"},
+                                hub_timers={"type": "integer"},
+                                sessions={"type": "integer"}))}, []),
     "openapi": ("This document", None, {200: ("OpenAPI 3 document", {"type": "object"})}, []),
     "list_mappings": ("List mappings (all owners), sorted by IID and prefix", None, {
         200: ("mappings", {"type": "object", "required": ["total", "offset", "mappings"], "properties": {
