@@ -656,3 +656,43 @@ def test_openflow_over_tls_and_https_api(testbed, tmp_path):
     assert {d["bridge"]: d["connected"] for d in body["datapaths"]} == {HV1: True, "00001e2e0e0cf040": False}
     assert ours(hv2) == flows  # a secure bridge keeps its flows while refused
     assert "Traceback" not in ctl.log(), ctl.log()[-4000:]
+
+
+# -- OpenFlow errors -------------------------------------------------------------------
+
+def test_rejected_flows_are_shown_in_the_api_and_on_the_page_and_stop_nothing_else(testbed, tmp_path):
+    """hv1's map-cache table refuses to grow (an operator's flow_limit):
+    the flows it rejects are named with the bridge in GET /v1/datapaths and
+    on the status page, the write says `rejected` for hv1 only, and every
+    other flow of hv1 and all of hv2 are applied."""
+    from .browser import Browser
+
+    ov = build(testbed, BLOG)
+    hv1, hv2 = ov.hypervisors
+    hv1.vsctl("--", "--id=@t", "create", "Flow_Table", "flow_limit=4", "overflow_policy=refuse",
+              "--", "set", "Bridge", hv1.bridge, "flow_tables:1=@t")
+    ctl = ControllerProcess(ov).start()
+    wait_programmed(ov)
+    api = Client(ov)
+    api.wait_up()
+    status, body = api("POST", "/v1/mappings/bulk", {"mappings": [mapping(f"10.9.{k}.0/24") for k in range(3)]})
+    assert status == 200
+    result = {b["bridge"]: b for b in body["bridges"]}
+    assert result[HV1]["status"] == "rejected" and result["00001e2e0e0cf040"]["status"] == "confirmed"
+    assert len(result[HV1]["errors"]) == 3 and all("TABLE_FULL" in e for e in result[HV1]["errors"])
+    d = datapaths(api)
+    errors = d[HV1]["errors"]
+    assert d[HV1]["degraded"] and not d["00001e2e0e0cf040"]["degraded"]
+    assert any(re.search(r"flow rejected: cookie=0x4c[0-9a-f]+,table=1,priority=124,ip,metadata=0x3e8,"
+                         r"nw_dst=10\.9\.\d\.0/24 actions=.*OFPFMFC_TABLE_FULL", e) for e in errors), errors
+    assert len(hv1.dump_flows(table=1)) == 4 and len(hv2.dump_flows(table=1)) == 4 + 3
+    assert len([f for f in hv1.dump_flows() if "table=1," not in f]) == \
+        len([f for f in hv2.dump_flows() if "table=1," not in f])
+    with Browser(testbed, ov.controller_ns.ns) as b:
+        b.open()
+        card = f'#bridges [data-dpid="{HV1}"]'
+        b.wait(lambda d: b.attr(card, "data-state") == "degraded", what="hv1 shown with errors")
+        text = b.text(card)
+        assert "openflow errors (3)" in text.lower() and "OFPFMFC_TABLE_FULL" in text and "nw_dst=10.9." in text, text
+        assert b.attr('#bridges [data-dpid="00001e2e0e0cf040"]', "data-state") == "up"
+    assert "Traceback" not in ctl.log()
