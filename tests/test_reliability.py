@@ -366,7 +366,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(testbed, tmp
         # syntax (host bits in a prefix, an RLOC listed twice, a key twice
         # in one request), so a schema-valid request may get a documented
         # 400 naming the field.
-        "--checks", "all", "--exclude-checks", "positive_data_acceptance", "--max-examples", "100", "--seed", "7", "--workers", "2",
+        "--checks", "all", "--exclude-checks", "positive_data_acceptance", "--max-examples", "100", "--seed", "7", "--workers", "1",
         "--generation-database", "none", "--request-timeout", "30", "--report", "junit",
         "--report-dir", str(reports), "--no-color", check=False, timeout=900)
     out = result.stdout + result.stderr
