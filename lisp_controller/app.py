@@ -59,6 +59,7 @@ class BridgeStatus:
     last_stages: dict = field(default_factory=dict)  # milliseconds of the last sync's stages
     last_rejected: int = 0  # flows the switch refused in that sync
     last_verify: float | None = None  # the last deep check (whole flows compared)
+    last_verify_ms: float | None = None  # its duration: the dump and the comparison
     flows_repaired: int = 0  # flows found changed by hand and replaced, since connecting
     errors: list[str] = field(default_factory=list)
 
@@ -210,12 +211,14 @@ class BridgeSession:
     def _deep_check(self, compiled: Compiled) -> None:
         """Read every flow of ours and count one whose content differs
         from its cookie's flow twice, so reconcile replaces it."""
+        started = time.monotonic()
         known = self.app.state.encoded
         expected = {c: known.get(c) or encode_add(f, c) for c, f in compiled.flows.items()}
         entries = self.switch.flow_entries()
         verdict = verify.installed_counts(_paced(entries), expected)
         self.installed = verdict.counts
         self.status.last_verify = time.time()
+        self.status.last_verify_ms = _ms_since(started)
         if verdict.changed:
             self.status.flows_repaired += len(verdict.changed)
             self.app.metrics.inc("lisp_flows_repaired_total", len(verdict.changed))
@@ -519,6 +522,7 @@ def _datapath_view(bridge: Bridge | None, session: BridgeSession | None) -> dict
         "last_reconcile_ms": round(st.last_reconcile_ms, 1) if st and st.last_reconcile_ms is not None else None,
         "verified_ms": st.verified_ms if st else None,
         "last_verify": _iso(st.last_verify) if st else None,
+        "last_verify_ms": st.last_verify_ms if st else None,
         "flows_repaired": st.flows_repaired if st else 0,
         "errors": list(st.errors) if st else [],
         "degraded": bool(st and st.errors),

@@ -87,6 +87,7 @@ SCHEMAS = {
         "verified_ms": {"type": ["number", "null"], "description": "from connecting to the first full sync"},
         "last_verify": {"type": ["string", "null"], "description": "the last deep check (whole flows "
                         "read back and compared; [controller] reconcile_interval)"},
+        "last_verify_ms": {"type": ["number", "null"], "description": "how long it took"},
         "flows_repaired": {"type": "integer", "description": "flows found changed on the switch and "
                            "replaced since the bridge connected"},
         "errors": {"type": "array", "items": {"type": "string"}}, "degraded": {"type": "boolean"}}},
