@@ -7,6 +7,7 @@ nothing else (tests, tools importing the package) is ever patched.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -96,11 +97,18 @@ def cmd_serve(args) -> int:
     eventlet.monkey_patch()
     from os_ken import cfg
     from os_ken.base.app_manager import AppManager
-    from os_ken.controller import controller
+    from os_ken.controller import controller, ofp_handler
     from os_ken.lib import hub
 
     from .api import Api
+    from . import tls
 
+    try:  # unusable keys or certificates stop the start, before anything listens
+        of_tls = config.tls and tls.server_context(config.tls.cert, config.tls.key, config.tls.ca)
+        api_tls = config.api.tls_cert and tls.server_context(config.api.tls_cert, config.api.tls_key)
+    except tls.TlsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     try:
         # A deep listen queue: a burst of clients must not have its SYNs dropped.
         api_socket = eventlet.listen((config.api.host, config.api.port), backlog=API_MAX_CLIENTS)
@@ -108,13 +116,22 @@ def cmd_serve(args) -> int:
         print(f"error: cannot listen on {config.api.host}:{config.api.port} for the API: {e.strerror}",
               file=sys.stderr)
         return 3
+    if api_tls:  # each client's handshake runs in its own greenthread, on first read
+        api_socket = api_tls.wrap_socket(api_socket, server_side=True, do_handshake_on_connect=False)
     cfg.CONF([], project="os_ken")
     cfg.CONF.set_override("ofp_listen_host", config.openflow_host)
     cfg.CONF.set_override("ofp_tcp_listen_port", config.openflow_port)
-    log.info("config %s: %d bridges, %d mappings (%d from the store %s); OpenFlow on %s:%d; "
-             "API on http://%s:%d%s", config.source, len(config.overlay.bridges), len(state.cache),
+    log.info("config %s: %d bridges, %d mappings (%d from the store %s); OpenFlow on %s:%d%s; "
+             "API on %s://%s:%d%s", config.source, len(config.overlay.bridges), len(state.cache),
              len(state.api_mappings()), store_path, config.openflow_host, config.openflow_port,
+             " (TLS)" if of_tls else "", "https" if api_tls else "http",
              config.api.host, config.api.port, " (token required for changes)" if token else "")
+    if of_tls:
+        # os-ken's OFPHandler starts the OpenFlow server (OpenFlowController);
+        # with TLS it gets ours, which logs a refused handshake in one line.
+        ofp_handler.OpenFlowController = lambda: functools.partial(
+            tls.serve_openflow, config.openflow_host, config.openflow_port, of_tls,
+            controller.datapath_connection_factory)
     manager = AppManager.get_instance()
     manager.load_apps(["os_ken.controller.ofp_handler", "lisp_controller.app"])
     contexts = manager.create_contexts()
@@ -128,8 +145,9 @@ def cmd_serve(args) -> int:
     _raise_fd_limit(log)
     services.append(hub.spawn(eventlet.wsgi.server, api_socket, api, log=logging.getLogger("lisp_controller.http"),
                               log_output=False, max_size=API_MAX_CLIENTS,
-                              socket_timeout=config.api.client_timeout))
-    services.append(hub.spawn(controller.OpenFlowController()))
+                              socket_timeout=config.api.client_timeout,
+                              **({"protocol": tls.api_protocol()} if api_tls else {})))
+
     try:
         hub.joinall(services)
     except KeyboardInterrupt:

@@ -37,6 +37,7 @@ ROUTES = [
     ("GET", "/static/{asset}", "asset"),
     ("GET", "/v1/health", "health"),
     ("GET", "/metrics", "metrics"),
+    ("GET", "/v1/debug/resources", "resources"),
     ("GET", "/v1/openapi.json", "openapi"),
     ("GET", "/v1/mappings", "list_mappings"),
     ("POST", "/v1/mappings", "create_mapping"),
@@ -232,6 +233,9 @@ class Api:
         resp.text = self.ctl.metrics.render()
         resp.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
         return resp
+
+    def resources(self, req):
+        return json_response(self.ctl.resources())
 
     def openapi(self, req):
         return json_response(document(ROUTES))

@@ -23,6 +23,7 @@ from .counters import Counts, CounterCache, Snapshot, add_counts
 from .flows import render
 from .gcpause import BIG, freeze_long_lived
 from .metrics import Metrics
+from . import procinfo
 from .model import Bridge
 from . import verify
 from .encode import encode_add
@@ -58,6 +59,7 @@ class BridgeStatus:
     last_stages: dict = field(default_factory=dict)  # milliseconds of the last sync's stages
     last_rejected: int = 0  # flows the switch refused in that sync
     last_verify: float | None = None  # the last deep check (whole flows compared)
+    last_verify_ms: float | None = None  # its duration: the dump and the comparison
     flows_repaired: int = 0  # flows found changed by hand and replaced, since connecting
     errors: list[str] = field(default_factory=list)
 
@@ -229,12 +231,14 @@ class BridgeSession:
     def _deep_check(self, compiled: Compiled) -> None:
         """Read every flow of ours and count one whose content differs
         from its cookie's flow twice, so reconcile replaces it."""
+        started = time.monotonic()
         known = self.app.state.encoded
         expected = {c: known.get(c) or encode_add(f, c) for c, f in compiled.flows.items()}
         entries = self.switch.flow_entries()
         verdict = verify.installed_counts(_paced(entries), expected)
         self.installed = verdict.counts
         self.status.last_verify = time.time()
+        self.status.last_verify_ms = _ms_since(started)
         if verdict.changed:
             self.status.flows_repaired += len(verdict.changed)
             self.app.metrics.inc("lisp_flows_repaired_total", len(verdict.changed))
@@ -356,6 +360,13 @@ class LispControllerApp(app_manager.OSKenApp):
                 LOG.exception("TTL expiry failed")
 
     # -- views for the API ---------------------------------------------------
+    def resources(self) -> dict:
+        """What the process holds, for leak checks. Walks every object."""
+        greenthreads, objects = procinfo.objects()
+        return {"resident_bytes": procinfo.resident_bytes(), "open_fds": procinfo.open_fds(),
+                "greenthreads": greenthreads, "objects": objects, "hub_timers": procinfo.hub_timers(),
+                "sessions": len(self.sessions)}
+
     def datapaths(self) -> list[dict]:
         """Every configured bridge, connected or not, then any connected
         datapath the config does not know."""
@@ -483,6 +494,10 @@ def _metrics(app: LispControllerApp) -> Metrics:
     m.counter("lisp_openflow_errors_total", "OpenFlow errors received from bridges")
     m.counter("lisp_reconcile_seconds_total", "Time spent making bridges match the state")
     m.counter("lisp_reconciles_total", "Reconciles run")
+    m.gauge("lisp_process_resident_bytes", "Resident memory of the controller",
+            lambda: {(): float(procinfo.resident_bytes())})
+    m.gauge("lisp_process_open_fds", "Open file descriptors (bridges, API clients, store)",
+            lambda: {(): float(procinfo.open_fds())})
     m.counter("lisp_store_errors_total", "Changes refused because the store could not be written")
     m.counter("lisp_flows_repaired_total", "Flows of ours found changed on a switch and replaced")
     m.counter("lisp_map_cache_misses_total", "Packets that missed the map-cache (send-map-request)")
@@ -527,6 +542,7 @@ def _datapath_view(bridge: Bridge | None, session: BridgeSession | None) -> dict
         "last_reconcile_ms": round(st.last_reconcile_ms, 1) if st and st.last_reconcile_ms is not None else None,
         "verified_ms": st.verified_ms if st else None,
         "last_verify": _iso(st.last_verify) if st else None,
+        "last_verify_ms": st.last_verify_ms if st else None,
         "flows_repaired": st.flows_repaired if st else 0,
         "errors": list(st.errors) if st else [],
         "degraded": bool(st and st.errors),

@@ -31,6 +31,18 @@ class ApiSettings:
     # Seconds a client may keep the API waiting on one read or write (a
     # slow or idle client holds one greenthread and one socket until then).
     client_timeout: float = 30.0
+    tls_cert: str | None = None  # with tls_key: the API speaks HTTPS only
+    tls_key: str | None = None
+
+
+@dataclass(frozen=True)
+class OpenFlowTls:
+    """Key and certificate of the controller, and the CA that signed the
+    switches' certificates: with these, OpenFlow is TLS only."""
+
+    key: str
+    cert: str
+    ca: str
 
 
 TOKEN_ENV = "LISP_CONTROLLER_TOKEN"
@@ -50,9 +62,11 @@ class Config:
     # Seconds between deep checks of every bridge (0: only on changes and
     # connects): catches flows deleted, added or edited behind our back.
     reconcile_interval: float = DEFAULT_RECONCILE_INTERVAL
+    tls: OpenFlowTls | None = None
 
 
-_CONTROLLER_KEYS = {"listen", "port", "miss_action", "reconcile_interval"}
+_TLS_KEYS = ("tls_key", "tls_cert", "tls_ca")
+_CONTROLLER_KEYS = {"listen", "port", "miss_action", "reconcile_interval", *_TLS_KEYS}
 _STORE_KEYS = {"path"}
 _BRIDGE_KEYS = {"datapath_id", "name", "rloc", "tunnel_port", "tunnel_profile", "iid",
                 "router_mac", "endpoint", "proxy_arp", "gateway"}
@@ -196,7 +210,15 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
         except ModelError as e:
             problems.append(f"{where}: {e}")
 
-    api = _parse_api(_table(data, "api", problems, where), problems, where)
+    base = Path(source).parent if source != "<config>" else Path(".")
+    tls = None
+    given = {k: _file(ctl[k], f"controller.{k}", base, problems, where) for k in _TLS_KEYS if k in ctl}
+    if given and len(given) < len(_TLS_KEYS):
+        problems.append(f"{where}: controller: TLS needs all of {', '.join(_TLS_KEYS)} "
+                        f"(missing {', '.join(k for k in _TLS_KEYS if k not in given)})")
+    elif given and all(given.values()):
+        tls = OpenFlowTls(given["tls_key"], given["tls_cert"], given["tls_ca"])
+    api = _parse_api(_table(data, "api", problems, where), problems, where, base)
     store_raw = _table(data, "store", problems, where)
     for key in sorted(set(store_raw) - _STORE_KEYS):
         problems.append(f"{where}: store.{key}: unknown key")
@@ -236,7 +258,7 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
     if problems:
         raise ConfigError(problems)
     return Config(source, host, port, Overlay(tuple(bridges), tuple(mappings), miss_action),
-                  api, store_path, reconcile_interval)
+                  api, store_path, reconcile_interval, tls)
 
 
 def _table(data: dict, key: str, problems: list[str], where: str) -> dict:
@@ -279,9 +301,28 @@ _API_PARSERS = {
 }
 
 
-def _parse_api(raw: dict, problems: list[str], where: str) -> ApiSettings:
+def _file(value: object, field: str, base: Path, problems: list[str], where: str) -> str | None:
+    """A file that must exist; relative paths are taken from the config's directory."""
+    if not isinstance(value, str) or not value:
+        problems.append(f"{where}: {field}: must be a file path, got {value!r}")
+        return None
+    path = base / value
+    if not path.is_file():
+        problems.append(f"{where}: {field}: {path}: no such file")
+        return None
+    return str(path)
+
+
+def _parse_api(raw: dict, problems: list[str], where: str, base: Path = Path(".")) -> ApiSettings:
     values = {}
+    files = {k: _file(raw[k], f"api.{k}", base, problems, where) for k in ("tls_cert", "tls_key") if k in raw}
+    if len(files) == 1:
+        problems.append(f"{where}: api: HTTPS needs both tls_cert and tls_key")
+    elif files and all(files.values()):
+        values.update(files)
     for key in sorted(raw):
+        if key in ("tls_cert", "tls_key"):
+            continue
         if key not in _API_PARSERS:
             problems.append(f"{where}: api.{key}: unknown key")
             continue

@@ -87,6 +87,7 @@ SCHEMAS = {
         "verified_ms": {"type": ["number", "null"], "description": "from connecting to the first full sync"},
         "last_verify": {"type": ["string", "null"], "description": "the last deep check (whole flows "
                         "read back and compared; [controller] reconcile_interval)"},
+        "last_verify_ms": {"type": ["number", "null"], "description": "how long it took"},
         "flows_repaired": {"type": "integer", "description": "flows found changed on the switch and "
                            "replaced since the bridge connected"},
         "errors": {"type": "array", "items": {"type": "string"}}, "degraded": {"type": "boolean"}}},
@@ -117,6 +118,12 @@ OPERATIONS: dict[str, tuple] = {
         "change is stored again"}, mappings={
         "type": "integer"}, datapaths_configured={"type": "integer"}, datapaths_connected={"type": "integer"}))}, []),
     "metrics": ("Metrics in the Prometheus text format", None, {200: ("metrics", "text")}, []),
+    "resources": ("What the controller process holds, for leak checks (walks every object: "
+                  "a full garbage collection, slow with a big map-cache)", None, {
+        200: ("resources", _obj(resident_bytes={"type": "integer"}, open_fds={"type": "integer"},
+                                greenthreads={"type": "integer"}, objects={"type": "integer"},
+                                hub_timers={"type": "integer"},
+                                sessions={"type": "integer"}))}, []),
     "openapi": ("This document", None, {200: ("OpenAPI 3 document", {"type": "object"})}, []),
     "list_mappings": ("List mappings (all owners), sorted by IID and prefix", None, {
         200: ("mappings", {"type": "object", "required": ["total", "offset", "mappings"], "properties": {
