@@ -477,11 +477,12 @@ def test_oversized_deep_slow_and_many_clients_leave_the_api_and_openflow_working
     print(open_fds(pid))
     # A client that stalls is let go by the server after [api] client_timeout.
     with testbed.netns(ov.controller_ns.ns):
+        before = open_fds(pid)  # not the test's baseline: fds may have closed since
         stalled = [socket.create_connection(("127.0.0.1", 8080), timeout=15) for _ in range(20)]
         try:
             for s in stalled:
                 s.sendall(b"GET /v1/health HTTP/1.1\r\n")
-            wait_until(lambda: open_fds(pid) >= baseline + 20, timeout=5, what="stalled clients accepted")
+            wait_until(lambda: open_fds(pid) >= before + 20, timeout=5, what="stalled clients accepted")
             mark = time.monotonic()
             assert all(s.recv(100) == b"" for s in stalled)  # closed by the server
             assert 4 < time.monotonic() - mark < 10
