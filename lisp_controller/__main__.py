@@ -45,7 +45,7 @@ def cmd_flows(args) -> int:
     config = _load(args.config)
     if config is None:
         return 2
-    matches = [b for b in config.overlay.bridges if args.bridge in (b.label, b.name, f"{b.datapath_id or 0:016x}")]
+    matches = [b for b in config.overlay.bridges if b.answers_to(args.bridge)]
     if len(matches) != 1:
         print(f"error: bridge {args.bridge!r} " + ("is ambiguous" if matches else "is not in the config"),
               file=sys.stderr)

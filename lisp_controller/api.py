@@ -20,7 +20,7 @@ from webob import Request, Response
 from .config import TOKEN_ENV
 from .gcpause import gc_paused
 from .flows import render
-from .model import Endpoint, Mapping, ModelError, parse_iid, parse_prefix
+from .model import Endpoint, Mapping, ModelError, datapath_id_of, parse_iid, parse_prefix, prefix_key
 from .openapi import document
 from .static import SECURITY_HEADERS, load as load_assets
 from .state import Change, Conflict
@@ -208,13 +208,19 @@ class Api:
                     self.pause()
         return out
 
-    def _key(self, iid: str, eid: str) -> tuple:
+    def _iid(self, text: str) -> int:
+        """An IID from a URL or query string."""
         try:
-            number = int(iid)
+            return parse_iid(int(text), "iid")
         except ValueError:
-            raise ApiError(400, "iid", f"must be an integer, got {iid!r}") from None
+            raise ApiError(400, "iid", f"must be an integer, got {text!r}") from None
+        except ModelError as e:
+            raise ApiError(400, e.field, e.problem) from None
+
+    def _key(self, iid: str, eid: str) -> tuple:
+        number = self._iid(iid)
         try:
-            return (parse_iid(number, "iid"), parse_prefix(eid, "eid"))
+            return (number, parse_prefix(eid, "eid"))
         except ModelError as e:
             raise ApiError(400, e.field, e.problem) from None
 
@@ -266,7 +272,7 @@ class Api:
     def list_mappings(self, req):
         mappings = list(self.ctl.state.cache)
         if "iid" in req.GET:
-            iid = self._key(req.GET["iid"], "0.0.0.0/0")[0]
+            iid = self._iid(req.GET["iid"])
             mappings = [m for m in mappings if m.iid == iid]
         if "prefix" in req.GET:
             try:
@@ -279,7 +285,7 @@ class Api:
             if source not in SOURCES:
                 raise ApiError(400, "source", f"must be one of {', '.join(SOURCES)}, got {source!r}")
             mappings = [m for m in mappings if m.source == source]
-        mappings.sort(key=lambda m: (m.iid, m.eid.version, int(m.eid.network_address), m.eid.prefixlen))
+        mappings.sort(key=lambda m: prefix_key(m.iid, m.eid))
         offset = _int_param(req, "offset", 0, 0)
         limit = _int_param(req, "limit", 100_000, 1)
         now = self.ctl.state.clock()
@@ -370,7 +376,7 @@ class Api:
     def lookup(self, req):
         if "eid" not in req.GET or "iid" not in req.GET:
             raise ApiError(400, "eid" if "eid" not in req.GET else "iid", "query parameters iid and eid are required")
-        iid = self._key(req.GET["iid"], "0.0.0.0/0")[0]
+        iid = self._iid(req.GET["iid"])
         try:
             address = ipaddress.ip_address(req.GET["eid"])
         except ValueError:
@@ -432,8 +438,8 @@ class Api:
 
     def _datapath(self, ref: str) -> dict:
         for d in self.ctl.datapaths():
-            if ref in (d["bridge"], d["name"], d["datapath_id"]) or \
-                    (d["datapath_id"] and ref.lower().removeprefix("0x").zfill(16) == d["datapath_id"]):
+            if ref in (d["bridge"], d["name"]) or \
+                    (d["datapath_id"] and datapath_id_of(ref) == int(d["datapath_id"], 16)):
                 return d
         raise ApiError(404, "bridge", f"no datapath {ref!r} (configured or connected)")
 

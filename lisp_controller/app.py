@@ -124,7 +124,6 @@ class BridgeSession:
             ports, st.name = self.switch.port_desc()
             st.ports.clear()
             st.ports.update(ports)
-            self.switch.label = self.label
             bridge = self.app.bridge_for(st.datapath_id, st.name)
             if bridge is None:
                 return
@@ -208,10 +207,13 @@ class BridgeSession:
             st.flow_mods_sent += result.sent
             self.app.metrics.inc("lisp_flow_mods_sent_total", result.sent)
             rejected = len(result.failed)
-            for cookie, text in result.failed.items():
-                self.app.metrics.inc("lisp_openflow_errors_total")
-                flow = flows.get(cookie) or dict(plan.add).get(cookie)
-                self._record_error(f"flow rejected: {render(flow)}: {text}")
+            if result.failed:
+                planned = dict(plan.add)  # once: a full table may reject thousands
+                for cookie, text in result.failed.items():
+                    self.app.metrics.inc("lisp_openflow_errors_total")
+                    flow = planned.get(cookie)  # None: a delete was refused
+                    what = render(flow) if flow is not None else f"delete cookie={cookie:#x}"
+                    self._record_error(f"flow rejected: {what}: {text}")
             LOG.info("bridge %s: %d flows removed, %d added%s in %.0f ms, confirmed by barrier",
                      self.label, len(plan.delete), len(plan.add) - len(result.failed),
                      f", {len(result.failed)} rejected" if result.failed else "",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .model import (Bridge, Endpoint, Mapping, ModelError, Overlay, parse_action,
-                    parse_address, parse_bool, parse_gateway, parse_iid, parse_int, parse_mac)
+                    parse_address, parse_bool, parse_gateway, parse_iid, parse_int, parse_mac, datapath_id_of)
 from .profiles import DEFAULT_PROFILE, PROFILES
 
 
@@ -79,12 +79,9 @@ def parse_datapath_id(value: object, field: str = "datapath_id") -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         dpid = value
     elif isinstance(value, str):
-        text = value.lower().replace(":", "")
-        text = text[2:] if text.startswith("0x") else text
-        try:
-            dpid = int(text, 16)
-        except ValueError:
-            raise ModelError(field, f"{value!r} is not a hexadecimal datapath ID") from None
+        dpid = datapath_id_of(value)
+        if dpid is None:
+            raise ModelError(field, f"{value!r} is not a hexadecimal datapath ID")
     else:
         raise ModelError(field, f"must be a hex string like '00008ad828ce7949', got {value!r}")
     if not 0 < dpid < 2**64:

@@ -384,6 +384,23 @@ class Bridge:
             return self.datapath_id == datapath_id
         return self.name is not None and self.name == bridge_name
 
+    def answers_to(self, ref: str) -> bool:
+        """What users call a bridge: its label, its name or its datapath ID."""
+        return ref in (self.label, self.name) or (
+            self.datapath_id is not None and datapath_id_of(ref) == self.datapath_id)
+
+
+def datapath_id_of(text: str) -> int | None:
+    """A datapath ID as ovs-ofctl shows it (hex; 0x and colons allowed), or
+    None if `text` is not one."""
+    digits = text.lower().replace(":", "").removeprefix("0x")
+    if not digits:
+        return None
+    try:
+        return int(digits, 16)
+    except ValueError:
+        return None
+
 
 @dataclass(frozen=True)
 class Overlay:

@@ -97,13 +97,8 @@ class State:
         return self.bridges.get(label)
 
     def find_bridge(self, ref: str) -> Bridge | None:
-        """A bridge by label, name or datapath ID (hex, as ovs-ofctl shows it)."""
-        ref_l = ref.lower().removeprefix("0x")
-        for b in self.bridges.values():
-            if ref in (b.label, b.name) or (b.datapath_id is not None and ref_l.isalnum()
-                                             and _hex(ref_l) == b.datapath_id):
-                return b
-        return None
+        """A bridge by label, name or datapath ID."""
+        return next((b for b in self.bridges.values() if b.answers_to(ref)), None)
 
     def shared_delta(self, since: int) -> tuple[set[int], set[int]] | None:
         """Cookies of shared flows added and removed after generation
@@ -281,10 +276,3 @@ def stamp(m: Mapping, now: float) -> Mapping:
     if m.ttl is None or m.source != "api":
         return m
     return m._replace(expires=now + 60.0 * m.ttl)
-
-
-def _hex(text: str) -> int | None:
-    try:
-        return int(text, 16)
-    except ValueError:
-        return None

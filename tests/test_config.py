@@ -137,3 +137,15 @@ def test_cli_check_config_and_flows_on_the_blog_config():
     r = _cli("flows", "-c", cfg, "--bridge", "00008ad828ce7949", "--port", "vnet0=1", "--port", "lisp0=2")
     assert r.returncode == 0, r.stderr
     assert "set_field:192.168.1.252->tun_dst,set_field:0x3e8->tun_id,goto_table:2" in r.stdout
+
+
+def test_a_bridge_answers_to_its_label_name_and_datapath_id_in_any_usual_form():
+    config = load_config(ROOT / "configs" / "blog-two-hypervisors.toml")
+    hv1 = config.overlay.bridges[0]
+    for ref in ("00008ad828ce7949", "0x8ad828ce7949", "8AD828CE7949", "00:00:8a:d8:28:ce:79:49"):
+        assert hv1.answers_to(ref), ref
+    assert not hv1.answers_to("00001e2e0e0cf040")
+    assert not hv1.answers_to("br9") and not hv1.answers_to("")
+    r = _cli("flows", "-c", str(ROOT / "configs" / "blog-two-hypervisors.toml"), "--bridge", "0x8ad828ce7949",
+             "--port", "vnet0=1", "--port", "lisp0=2")
+    assert r.returncode == 0 and "set_field:192.168.1.252->tun_dst" in r.stdout, r.stderr
