@@ -203,9 +203,15 @@ class BridgeSession:
             mark = time.monotonic()
             result = self.switch.apply(plan, known=state.encoded)
             stages["switch_ms"] = _ms_since(mark)  # encode what is new, bundle, commit, barrier
-            st.flows_installed += record(self.installed, plan, set(result.failed))
+            if not result.committed:  # the switch holds what it held; the periodic check retries
+                text = f"change not applied: the bundle was refused {result.attempts} times"
+                LOG.error("bridge %s: %s", self.label, text)
+                self._record_error(text)
+                self._synced_bridge = None  # the next sync is a full one
+                return
             st.flow_mods_sent += result.sent
             self.app.metrics.inc("lisp_flow_mods_sent_total", result.sent)
+            st.flows_installed += record(self.installed, plan, set(result.failed))
             rejected = len(result.failed)
             if result.failed:
                 planned = dict(plan.add)  # once: a full table may reject thousands

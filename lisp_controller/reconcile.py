@@ -42,11 +42,13 @@ def catch_up(installed: Mapping[int, int], added: set[int], removed: set[int],
 
 def record(installed: dict[int, int], plan: Plan, failed: set[int] = frozenset()) -> int:
     """Update `installed` (in place: it may hold a million cookies) to what
-    the bridge holds after `plan` committed, except the adds in `failed`.
-    Returns the change in the number of flows."""
+    the bridge holds after `plan` committed, except the changes to the
+    cookies in `failed`, which the switch refused. Returns the change in
+    the number of flows."""
     change = 0
     for c in plan.delete:
-        change -= installed.pop(c, 0)
+        if c not in failed:
+            change -= installed.pop(c, 0)
     for c, _ in plan.add:
         if c not in failed:
             change += 1 - installed.get(c, 0)

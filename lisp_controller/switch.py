@@ -237,8 +237,9 @@ class Switch:
         flow-mods already encoded (the shared map-cache flows)."""
         failed: dict[int, str] = {}
         for attempt in range(1, max_attempts + 1):
+            deletes = tuple(c for c in plan.delete if c not in failed)
             adds = tuple((c, f) for c, f in plan.add if c not in failed)
-            ok, rejected = self._bundle(plan.delete, adds, known or {})
+            ok, rejected = self._bundle(deletes, adds, known or {})
             for cookie, (flow, err) in rejected.items():
                 text = describe_error(err)
                 failed[cookie] = text
@@ -246,7 +247,7 @@ class Switch:
                           render(flow) if flow is not None else f"delete cookie={cookie:#x}", text)
             if ok:
                 self.barrier()
-                return ApplyResult(True, len(plan.delete) + len(adds), failed, attempt)
+                return ApplyResult(True, len(deletes) + len(adds), failed, attempt)
             if not rejected:
                 raise SwitchError(f"bridge {self.label}: bundle commit failed and no flow was named")
         return ApplyResult(False, 0, failed, max_attempts)

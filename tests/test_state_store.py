@@ -151,3 +151,14 @@ def test_shared_delta_is_none_when_history_is_gone(monkeypatch):
         state.apply(Change(put=[api(1000, f"10.{10 + i}.0.0/16", "192.0.2.1")]))
     assert state.shared_delta(start) is None
     assert state.shared_delta(state.generation - 1) is not None
+
+
+def test_record_leaves_refused_changes_as_the_switch_has_them():
+    from lisp_controller.flows import Flow
+    from lisp_controller.reconcile import Plan, record
+    flow = Flow(1, 0, (), ())
+    installed = {1: 1, 2: 1, 3: 2}
+    plan = Plan(delete=(1, 2, 3), add=((3, flow), (4, flow), (5, flow)))
+    # The switch refused deleting 2 and adding 5.
+    assert record(installed, plan, {2, 5}) == -1 - 2 + 1 + 1
+    assert installed == {2: 1, 3: 1, 4: 1}
