@@ -228,12 +228,14 @@ class Switch:
         self.request(encode.barrier, "barrier")
 
     # -- changes -----------------------------------------------------------
-    def apply(self, plan: Plan, max_attempts: int = 3, known: dict[int, bytes] | None = None) -> ApplyResult:
+    def apply(self, plan: Plan, max_attempts: int = 64, known: dict[int, bytes] | None = None) -> ApplyResult:
         """Send `plan` as one atomic bundle and confirm it with a barrier.
 
         If the switch rejects flows, the bundle is retried without them (the
         rest of the change must not wait for one bad flow); the rejected
-        cookies and the switch's words come back in `failed`. `known` holds
+        cookies and the switch's words come back in `failed`. OVS names one
+        flow per failed commit, so each attempt leaves out at least one
+        more; `max_attempts` bounds the work when very many are refused. `known` holds
         flow-mods already encoded (the shared map-cache flows)."""
         failed: dict[int, str] = {}
         for attempt in range(1, max_attempts + 1):
