@@ -7,8 +7,10 @@ thread only routes replies and marks sessions dirty; it never blocks.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from typing import Callable
 from dataclasses import dataclass, field
 
 from os_ken.base import app_manager
@@ -17,16 +19,16 @@ from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_c
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from .compiler import T_MAPCACHE, Compiled, compile_bridge
+from .compiler import T_MAPCACHE, Compiled, compile_bridge, compile_local
 from .config import Config
 from .counters import Counts, CounterCache, Snapshot, add_counts
-from .flows import render
+from .encode import encode_delete
+from .flows import Flow, flow_mods, render
 from .gcpause import BIG, freeze_long_lived
 from .metrics import Metrics
 from . import procinfo
 from .model import Bridge
 from . import verify
-from .encode import encode_add
 from .reconcile import catch_up, reconcile, record
 from .state import Change, State
 from .store import Store, StoreError
@@ -80,6 +82,9 @@ class BridgeSession:
         self._synced_ports: dict[str, int] = {}
         self._local_flows = 0
         self.dirty = hub.Event()
+        self.idle = False  # waiting for work, with nothing half sent
+        # A big change being made right now, batch by batch (see `stream`).
+        self.feed: hub.Queue | None = None
         self.thread = None
 
     @property
@@ -142,8 +147,14 @@ class BridgeSession:
             while True:
                 # Changes wake the session at once; without any, it wakes
                 # for the periodic deep check.
+                self.idle = True
                 self.dirty.wait(max(0.0, next_check - time.monotonic()) if interval else None)
+                self.idle = False
                 self.dirty.clear()
+                feed, self.feed = self.feed, None
+                if feed is not None:
+                    self._take_stream(feed)
+                    continue
                 deep = bool(interval) and time.monotonic() >= next_check
                 self.sync(deep=deep)
                 if deep:
@@ -178,13 +189,15 @@ class BridgeSession:
                 # (proxy ARP answers depend on every mapping: full path).
                 delta = state.shared_delta(st.synced_generation)
             if delta is None:
-                compiled = compile_bridge(bridge, ports, state.shared)
-                flows = compiled.flows
-                plan = None if deep else reconcile(flows, self.installed)
-                self._local_flows = len(flows) - len(state.shared)
+                compiled = compile_local(bridge, ports, state.shared)
+                local = flow_mods(compiled.flows)
+                # A deep check compares against a copy: it reads the switch
+                # outside the lock, and the state may move meanwhile.
+                expected = {**state.encoded, **local} if deep else None
+                plan = None if deep else reconcile(self.installed, state.encoded, local)
+                self._local_flows = len(local)
             else:
-                flows = state.shared
-                plan = catch_up(self.installed, delta[0], delta[1], flows)
+                plan = catch_up(self.installed, delta[0], delta[1], state.encoded)
         stages = {"plan_ms": _ms_since(started)}
         if delta is None:
             if compiled.missing_ports != st.missing_ports and compiled.missing_ports:
@@ -193,15 +206,16 @@ class BridgeSession:
             st.missing_ports = compiled.missing_ports
             if deep:  # compare whole flows first; the diff then repairs what differs
                 mark = time.monotonic()
-                self._deep_check(compiled)
+                self._deep_check(compiled, expected)
+                plan = reconcile(self.installed, expected)
                 stages["verify_ms"] = _ms_since(mark)
-                plan = reconcile(flows, self.installed)
             st.flows_installed = sum(self.installed.values())
         st.flows_desired = self._local_flows + len(state.shared)
         rejected = 0
         if plan:
             mark = time.monotonic()
-            result = self.switch.apply(plan, known=state.encoded)
+            flow_of = self._flow_namer(compiled.flows if delta is None else {})
+            result = self.switch.apply(plan, name_of=flow_of)
             stages["switch_ms"] = _ms_since(mark)  # encode what is new, bundle, commit, barrier
             if not result.committed:  # the switch holds what it held; the periodic check retries
                 text = f"change not applied: the bundle was refused {result.attempts} times"
@@ -214,11 +228,10 @@ class BridgeSession:
             st.flows_installed += record(self.installed, plan, set(result.failed))
             rejected = len(result.failed)
             if result.failed:
-                planned = dict(plan.add)  # once: a full table may reject thousands
+                adds = {c for c, _ in plan.add}  # once: a full table may reject thousands
                 for cookie, text in result.failed.items():
                     self.app.metrics.inc("lisp_openflow_errors_total")
-                    flow = planned.get(cookie)  # None: a delete was refused
-                    what = render(flow) if flow is not None else f"delete cookie={cookie:#x}"
+                    what = flow_of(cookie) if cookie in adds else f"delete cookie={cookie:#x}"
                     self._record_error(f"flow rejected: {what}: {text}")
             LOG.info("bridge %s: %d flows removed, %d added%s in %.0f ms, confirmed by barrier",
                      self.label, len(plan.delete), len(plan.add) - len(result.failed),
@@ -236,12 +249,99 @@ class BridgeSession:
         self.app.metrics.inc("lisp_reconcile_seconds_total", st.last_reconcile_ms / 1000)
         self.app.metrics.inc("lisp_reconciles_total")
 
-    def _deep_check(self, compiled: Compiled) -> None:
+    def streamable(self) -> bool:
+        """True if this bridge can take the change about to be made as a
+        stream: it is idle and holds exactly the current state, so the
+        change's own flow edits are all it needs (called under the commit
+        lock, before the change)."""
+        st, state = self.status, self.app.state
+        bridge = state.bridge(st.bridge.label) if st.bridge is not None else None
+        return (self.idle and not self.dirty.is_set() and self.feed is None and not self.switch.closed
+                and bridge is not None and bridge is self._synced_bridge and not bridge.proxy_arp
+                and st.ports == self._synced_ports and st.synced_generation == state.generation)
+
+    def stream(self) -> "hub.Queue":
+        """Open a feed for the change about to be made: the state puts its
+        flow edits in batches as it makes them, then END (or ABORT)."""
+        self.feed = hub.Queue()
+        self.mark_dirty()
+        return self.feed
+
+    def _take_stream(self, feed: "hub.Queue") -> None:
+        """Send a big change into an open bundle while the state is still
+        making it: the switch parses one batch while the controller makes
+        the next (two cores), and commits once all of it is in."""
+        st = self.status
+        started = time.monotonic()
+        installed = self.installed
+        now: dict[int, int] = {}  # flows per cookie after what was sent so far
+        bundle = self.switch.open_bundle()
+        try:
+            while True:
+                batch = feed.get()
+                if batch is ABORT:
+                    bundle.discard()
+                    self._synced_bridge = None  # the next sync is a full one
+                    self.mark_dirty()
+                    return
+                if isinstance(batch, tuple):  # END
+                    generation = batch[1]
+                    break
+                for cookie, data in batch:
+                    count = now.get(cookie)
+                    if count is None:
+                        count = installed.get(cookie, 0)
+                    if data is None:
+                        if count:
+                            bundle.add(cookie, encode_delete(cookie))
+                        now[cookie] = 0
+                    else:
+                        if count != 1:
+                            bundle.add(cookie, data)
+                        now[cookie] = 1
+            mark = time.monotonic()
+            ok, rejected = bundle.commit()
+        finally:
+            bundle.close()
+        if not ok:  # refused flows: the full path retries without them and reports them
+            LOG.warning("bridge %s: the streamed change was refused (%d flows named); "
+                        "sending it again as a whole", self.label, len(rejected))
+            self._synced_bridge = None
+            self.sync()
+            return
+        sent = len(bundle.cookies)
+        for cookie, count in now.items():
+            if count:
+                installed[cookie] = 1
+            else:
+                installed.pop(cookie, None)
+        st.flows_installed = sum(installed.values())
+        st.flows_desired = self._local_flows + len(self.app.state.shared)
+        st.flow_mods_sent += sent
+        self.app.metrics.inc("lisp_flow_mods_sent_total", sent)
+        st.last_stages = {"stream_ms": _ms_since(started), "commit_ms": _ms_since(mark)}
+        st.last_reconcile = time.time()
+        st.last_reconcile_ms = _ms_since(started)
+        st.last_rejected = 0
+        st.synced_generation = generation
+        LOG.info("bridge %s: %d flow-mods streamed while the change was made, committed in %.0f ms, "
+                 "confirmed by barrier", self.label, sent, st.last_stages["commit_ms"])
+        self.app.metrics.inc("lisp_reconcile_seconds_total", st.last_reconcile_ms / 1000)
+        self.app.metrics.inc("lisp_reconciles_total")
+
+    def _flow_namer(self, local: dict[int, Flow]) -> Callable[[int], str]:
+        """A cookie's flow in ovs-ofctl syntax, for logs and errors."""
+        shared = self.app.state.shared
+
+        def name(cookie: int) -> str:
+            flow = local.get(cookie) or shared.get(cookie)
+            return render(flow) if flow is not None else f"cookie={cookie:#x}"
+        return name
+
+    def _deep_check(self, compiled: Compiled, expected: dict[int, bytes]) -> None:
         """Read every flow of ours and count one whose content differs
         from its cookie's flow twice, so reconcile replaces it."""
         started = time.monotonic()
-        known = self.app.state.encoded
-        expected = {c: known.get(c) or encode_add(f, c) for c, f in compiled.flows.items()}
         entries = self.switch.flow_entries()
         verdict = verify.installed_counts(_paced(entries), expected)
         self.installed = verdict.counts
@@ -250,11 +350,12 @@ class BridgeSession:
         if verdict.changed:
             self.status.flows_repaired += len(verdict.changed)
             self.app.metrics.inc("lisp_flows_repaired_total", len(verdict.changed))
+            name = self._flow_namer(compiled.flows)
             LOG.warning("bridge %s: %d flows of ours were changed on the switch (by hand?); "
                         "replacing them with: %s", self.label, len(verdict.changed),
-                        "; ".join(render(compiled.flows[c]) for c in verdict.changed[:5]))
-        unwanted = sum(1 for c in self.installed if c not in compiled.flows)
-        missing = sum(1 for c in compiled.flows if c not in self.installed)
+                        "; ".join(name(c) for c in verdict.changed[:5]))
+        unwanted = sum(1 for c in self.installed if c not in expected)
+        missing = sum(1 for c in expected if c not in self.installed)
         if verdict.duplicates or unwanted or missing:
             LOG.warning("bridge %s: deep check found %d duplicate, %d unwanted and %d missing "
                         "flows under our cookie; repairing", self.label, verdict.duplicates,
@@ -311,13 +412,27 @@ class LispControllerApp(app_manager.OSKenApp):
                 self.store_error = None
                 t["store_ms"] = _ms_since(mark)
             mark = time.monotonic()
-            self.state.apply(change, pause=_pause)
-            t["state_ms"] = _ms_since(mark)  # includes compiling and encoding map-cache flows
-            if len(change.put) + len(change.delete) >= BIG:
-                freeze_long_lived()
+            big = len(change.put) + len(change.delete) >= BIG or change.replace_api
+            # Bridges that hold the current state take a big change while
+            # it is being made; the others catch up after. A stream carries
+            # map-cache flows only, so endpoint changes take the usual path.
+            streams = big and not change.put_endpoints and not change.delete_endpoints
+            fed = [s for s in self._programmed() if s.streamable()] if streams else []
+            feeds = [s.stream() for s in fed]
+            try:
+                self.state.apply(change, pause=_pause,
+                                 stream=functools.partial(_put_all, feeds) if feeds else None)
+            except BaseException:
+                _put_all(feeds, ABORT)
+                raise
             target = self.state.generation
+            _put_all(feeds, ("end", target))
+            t["state_ms"] = _ms_since(mark)  # compile and encode map-cache flows (and stream them)
+            if big:
+                freeze_long_lived()
             for session in list(self.sessions.values()):
-                session.mark_dirty()
+                if session not in fed:
+                    session.mark_dirty()
         mark = time.monotonic()
         results = self.wait_confirmed(target, self.config.api.confirm_timeout if wait is None else wait)
         t["bridges_ms"] = _ms_since(mark)
@@ -471,6 +586,14 @@ class LispControllerApp(app_manager.OSKenApp):
         session = self._session(ev.msg)
         if session is not None:
             session.port_status(ev.msg)
+
+
+ABORT = object()  # a streamed change failed midway: discard the bundle
+
+
+def _put_all(feeds: list, item: object) -> None:
+    for feed in feeds:
+        feed.put(item)
 
 
 def _paced(items, every: int = 2048):

@@ -10,9 +10,10 @@ from __future__ import annotations
 import ipaddress
 from typing import Mapping as TMapping, NamedTuple
 
+from . import wire
 from .flows import (DEC_TTL, ETH_ARP, ETH_IP, ETH_IPV6, IN_PORT, IPPROTO_ICMPV6, NORMAL,
-                    ND_ADVERT, ND_SOLICIT, TO_CONTROLLER, Flow, goto, keyed, move, output,
-                    set_field, write_metadata)
+                    ND_ADVERT, ND_SOLICIT, TO_CONTROLLER, Flow, addressed, goto, keyed, move,
+                    output, set_field, write_metadata)
 from .model import Bridge, Endpoint, MapCache, Mapping, Overlay
 from .profiles import PROFILES
 
@@ -88,6 +89,26 @@ def mapping_flow(m: Mapping) -> Flow:
 # Equal sub-tuples of map-cache flows, shared so that a million mappings do
 # not hold a million copies (values, so sharing them changes nothing else).
 _SHARED: dict[tuple, tuple] = {}
+
+
+def mapping_flow_mod(m: Mapping, key: tuple[int, int, int, int]) -> tuple[int, bytes]:
+    """`flows.encoded(mapping_flow(m))`, made from a template: mappings of
+    one IID, RLOC and prefix length differ only in the prefix's address
+    bytes. `key` is the mapping's `model.prefix_key`. This is the hot path
+    of a bulk change (a test holds it equal to the general one)."""
+    _, version, network, length = key
+    rloc = m.best_rloc()
+    shape = (m.iid, rloc.address if rloc is not None else m.action, version, length)
+    slot = _TEMPLATES.get(shape)
+    if slot is None:
+        if len(_TEMPLATES) > 65536:
+            _TEMPLATES.clear()
+        slot = _TEMPLATES[shape] = wire.value_slot(mapping_flow(m), _dst_field(version))
+    before, after = slot
+    return addressed(before + network.to_bytes(4 if version == 4 else 16, "big") + after)
+
+
+_TEMPLATES: dict[tuple, tuple[bytes, bytes]] = {}
 
 
 def miss_flow(miss_action: str) -> Flow:
@@ -176,10 +197,17 @@ def _routed(ep: Endpoint) -> tuple:
 
 
 def compile_bridge(bridge: Bridge, ports: TMapping[str, int], shared: TMapping[int, Flow]) -> Compiled:
-    """All flows for one bridge: the shared map-cache flows plus its own.
-    `ports` maps port names to OpenFlow port numbers as the bridge reports
-    them; a configured port the bridge lacks is reported in `missing_ports`
-    and its flows are left out."""
+    """All flows for one bridge: the shared map-cache flows plus its own."""
+    own = compile_local(bridge, ports, shared)
+    return Compiled({**shared, **own.flows}, own.missing_ports)
+
+
+def compile_local(bridge: Bridge, ports: TMapping[str, int], shared: TMapping[int, Flow]) -> Compiled:
+    """The bridge's own flows, without the shared ones (the controller
+    sends those from bytes made once for every bridge). `ports` maps port
+    names to OpenFlow port numbers as the bridge reports them; a configured
+    port the bridge lacks is reported in `missing_ports` and its flows are
+    left out. `shared` is read only for proxy ARP."""
     flows: list[Flow] = []
     missing: list[str] = []
     profile = PROFILES[bridge.profile]
@@ -230,4 +258,4 @@ def compile_bridge(bridge: Bridge, ports: TMapping[str, int], shared: TMapping[i
     flows.append(Flow(T_EGRESS, 0, (), (output(tunnel),) if tunnel is not None else ()))
     flows.append(Flow(T_DECAP, 0, (), ()))
     flows += _arp_flows(bridge, ports, shared)
-    return Compiled({**shared, **keyed(flows)}, tuple(missing))
+    return Compiled(keyed(flows), tuple(missing))

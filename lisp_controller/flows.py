@@ -14,7 +14,7 @@ re-normalizing OVS's rewritten matches (DESIGN.md section 2 warns of those).
 from __future__ import annotations
 
 import ipaddress
-from typing import NamedTuple
+from typing import Mapping, NamedTuple
 
 from . import wire
 
@@ -170,9 +170,18 @@ def render(flow: Flow, cookie: bool = True) -> str:
 def encoded(flow: Flow) -> tuple[int, bytes]:
     """The flow's cookie and its OFPFC_ADD bytes (xid 0). The cookie hashes
     the encoding, which is the flow's canonical form."""
-    body = wire.flow_mod_add(flow, 0)
-    cookie = (COOKIE_TAG << COOKIE_TAG_SHIFT) | wire.content_hash(body)
-    return cookie, wire.with_cookie(body, cookie)
+    return addressed(wire.flow_mod_add(flow, 0))
+
+
+def addressed(flow_mod: bytes) -> tuple[int, bytes]:
+    """A flow-mod (cookie 0) given its content address as cookie."""
+    cookie = (COOKIE_TAG << COOKIE_TAG_SHIFT) | wire.content_hash(flow_mod)
+    return cookie, wire.with_cookie(flow_mod, cookie)
+
+
+def flow_mods(flows: Mapping[int, Flow]) -> dict[int, bytes]:
+    """OFPFC_ADD bytes by cookie, for flows keyed by their cookies."""
+    return {c: wire.flow_mod_add(f, c) for c, f in flows.items()}
 
 
 def flow_cookie(flow: Flow) -> int:

@@ -5,17 +5,19 @@ a set difference. `installed` counts flows per cookie: more than one flow
 under one of our cookies means somebody installed a stray copy; we delete
 the cookie and add the right flow back, in that order, in one ordered
 bundle, so traffic never sees the gap.
+
+A plan carries the flow-mod bytes it will send, taken when it is made: the
+state may change while a plan of 100,000 flows is on its way, and a plan is
+a value.
 """
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple
-
-from .flows import Flow
+from typing import Container, Mapping, NamedTuple
 
 
 class Plan(NamedTuple):
     delete: tuple[int, ...]  # cookies, sent first
-    add: tuple[tuple[int, Flow], ...]
+    add: tuple[tuple[int, bytes], ...]  # (cookie, OFPFC_ADD flow-mod)
 
     def __bool__(self) -> bool:
         return bool(self.delete or self.add)
@@ -24,23 +26,27 @@ class Plan(NamedTuple):
         return len(self.delete) + len(self.add)
 
 
-def reconcile(desired: Mapping[int, Flow], installed: Mapping[int, int]) -> Plan:
-    delete = [c for c, n in installed.items() if c not in desired or n > 1]
-    add = [(c, f) for c, f in desired.items() if installed.get(c, 0) != 1]
+def reconcile(installed: Mapping[int, int], *desired: Mapping[int, bytes]) -> Plan:
+    """`desired` is flow-mods by cookie, in parts (the shared map-cache
+    flows and a bridge's own), so the parts need not be merged into one
+    dict of a million entries."""
+    delete = [c for c, n in installed.items() if n > 1 or not any(c in part for part in desired)]
+    add = [(c, data) for i, part in enumerate(desired) for c, data in part.items()
+           if installed.get(c, 0) != 1 and not any(c in earlier for earlier in desired[:i])]
     return Plan(tuple(sorted(delete)), tuple(add))
 
 
 def catch_up(installed: Mapping[int, int], added: set[int], removed: set[int],
-             flows: Mapping[int, Flow]) -> Plan:
+             desired: Mapping[int, bytes]) -> Plan:
     """The plan for a bridge that was in sync before a change: send what the
     change added and delete what it removed, without diffing the whole
     table (a one-mapping change to 50 bridges of 100,000 flows each)."""
     delete = tuple(sorted(c for c in removed if c in installed))
-    add = tuple((c, flows[c]) for c in added if installed.get(c, 0) != 1 and c in flows)
+    add = tuple((c, desired[c]) for c in added if installed.get(c, 0) != 1 and c in desired)
     return Plan(delete, add)
 
 
-def record(installed: dict[int, int], plan: Plan, failed: set[int] = frozenset()) -> int:
+def record(installed: dict[int, int], plan: Plan, failed: Container[int] = frozenset()) -> int:
     """Update `installed` (in place: it may hold a million cookies) to what
     the bridge holds after `plan` committed, except the changes to the
     cookies in `failed`, which the switch refused. Returns the change in

@@ -12,13 +12,14 @@ mapping), or to the API. The API may only change its own.
 from __future__ import annotations
 
 import collections
+import collections.abc
 import dataclasses
 import ipaddress
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from .compiler import mapping_flow, miss_flow
+from .compiler import mapping_flow, mapping_flow_mod, miss_flow
 from .config import Config
 from .flows import Flow, encoded
 from .model import Bridge, Endpoint, MapCache, Mapping, endpoint_mappings, prefix_key
@@ -59,19 +60,26 @@ class State:
         self.clock = clock
         self.generation = 0
         self.cache = MapCache()
-        self.shared: dict[int, Flow] = {}
+        # What each shared flow is made from: a Mapping (its Flow is made
+        # again when asked for, which is rare: errors, the flows API, proxy
+        # ARP) or a Flow. Holding a million Flow values would cost 200
+        # bytes per mapping; the bridges only ever need `encoded`.
+        self._source: dict[int, Mapping | Flow] = {}
+        self.shared = SharedFlows(self._source)
         # (generation, cookies added, cookies removed) of the shared flows:
         # a bridge that confirmed generation g catches up by sending only
         # what changed since, not by diffing the whole table.
         self.history: collections.deque[tuple[int, frozenset, frozenset]] = collections.deque()
         self._added: set[int] | None = None
         self._removed: set[int] | None = None
+        self._journal: list[tuple[int, bytes | None]] | None = None  # see apply(stream=)
         self.encoded: dict[int, bytes] = {}  # shared flows' flow-mods, made once for every bridge
         self._cookie_of: dict[tuple, int] = {}  # by model.prefix_key
         self._config_bridges = {b.label: b for b in config.overlay.bridges}
         self.api_endpoints: dict[tuple[str, str], Endpoint] = {}
         self.bridges: dict[str, Bridge] = dict(self._config_bridges)
-        self._add_flow(miss_flow(config.overlay.miss_action))
+        miss = miss_flow(config.overlay.miss_action)
+        self._add_flow(miss, *encoded(miss))
         for bridge in config.overlay.bridges:
             for ep in bridge.endpoints:
                 for m in endpoint_mappings(bridge, ep):
@@ -177,19 +185,33 @@ class State:
             if owner is not None:
                 raise Conflict(f"{where}.eids", f"{key_text(key)} is already mapped (by the {owner})")
 
-    def apply(self, change: Change, bump: bool = True, pause: Callable[[], None] | None = None) -> None:
+    def apply(self, change: Change, bump: bool = True, pause: Callable[[], None] | None = None,
+              stream: Callable[[list[tuple[int, bytes | None]]], None] | None = None) -> None:
         """Apply a checked (and committed) change. `pause` is called every
-        few thousand mappings so a big change lets the hub breathe."""
+        few thousand mappings so a big change lets the hub breathe.
+        `stream`, if given, receives the shared flows' changes as they are
+        made, in order, before each pause and at the end: (cookie,
+        flow-mod) for an added flow, (cookie, None) for a removed one; the
+        bridges can then take a big change while it is still being made."""
         now = self.clock()
         n = 0
         if bump:
             self._added, self._removed = set(), set()
+        self._journal = [] if stream is not None else None
+
+        def flush() -> None:
+            if self._journal:
+                stream(self._journal)
+                self._journal = []
 
         def tick() -> None:
             nonlocal n
             n += 1
-            if pause is not None and n % PAUSE_EVERY == 0:
-                pause()
+            if n % PAUSE_EVERY == 0:
+                if stream is not None:
+                    flush()
+                if pause is not None:
+                    pause()
 
         if change.replace_api:
             keep = {m.key for m in change.put}
@@ -215,6 +237,9 @@ class State:
             for m in endpoint_mappings(self.bridges[label], ep):
                 self._put(m)
             self._rebuild_bridge(label)
+        if stream is not None:
+            flush()
+            self._journal = None
         if bump:
             self.generation += 1
             self._remember(self.generation, self._added, self._removed)
@@ -232,13 +257,14 @@ class State:
             _, a, r = self.history.popleft()
             total -= len(a) + len(r)
 
-    def _add_flow(self, flow: Flow) -> int:
-        cookie, data = encoded(flow)
-        other = self.shared.get(cookie)
-        if other is not None and other != flow:
+    def _add_flow(self, source: Mapping | Flow, cookie: int, data: bytes) -> int:
+        other = self.encoded.get(cookie)
+        if other is not None and other != data:
             raise RuntimeError(f"cookie collision {cookie:#x}")
-        self.shared[cookie] = flow
+        self._source[cookie] = source
         self.encoded[cookie] = data
+        if self._journal is not None:
+            self._journal.append((cookie, data))
         if self._added is not None:
             if cookie in self._removed:
                 self._removed.discard(cookie)  # removed and put back: no change
@@ -247,8 +273,10 @@ class State:
         return cookie
 
     def _drop_flow(self, cookie: int) -> None:
-        del self.shared[cookie]
+        del self._source[cookie]
         del self.encoded[cookie]
+        if self._journal is not None:
+            self._journal.append((cookie, None))
         if self._added is not None:
             if cookie in self._added:
                 self._added.discard(cookie)
@@ -257,11 +285,15 @@ class State:
 
     def _put(self, m: Mapping) -> None:
         key = prefix_key(m.iid, m.eid)
-        old = self._cookie_of.pop(key, None)
+        cookie, data = mapping_flow_mod(m, key)
+        old = self._cookie_of.get(key)
+        self.cache.add(m, key)
+        if old == cookie:  # the same flow (a new TTL, say): nothing for the bridges
+            self._source[cookie] = m
+            return
         if old is not None:
             self._drop_flow(old)
-        self.cache.add(m, key)
-        self._cookie_of[key] = self._add_flow(mapping_flow(m))
+        self._cookie_of[key] = self._add_flow(m, cookie, data)
 
     def _remove(self, key: Key) -> None:
         ikey = prefix_key(*key)
@@ -269,6 +301,27 @@ class State:
         cookie = self._cookie_of.pop(ikey, None)
         if cookie is not None:
             self._drop_flow(cookie)
+
+
+class SharedFlows(collections.abc.Mapping):
+    """The shared map-cache flows by cookie, made on demand from what
+    they are compiled from (a read-only view of the state)."""
+
+    def __init__(self, source: dict[int, Mapping | Flow]):
+        self._source = source
+
+    def __getitem__(self, cookie: int) -> Flow:
+        source = self._source[cookie]
+        return mapping_flow(source) if isinstance(source, Mapping) else source
+
+    def __contains__(self, cookie: object) -> bool:
+        return cookie in self._source
+
+    def __iter__(self):
+        return iter(self._source)
+
+    def __len__(self) -> int:
+        return len(self._source)
 
 
 def stamp(m: Mapping, now: float) -> Mapping:

@@ -21,7 +21,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as ofp_parser
 
 from . import encode, verify
 from .gcpause import BIG, gc_paused
-from .flows import COOKIE_TAG, COOKIE_TAG_MASK, COOKIE_TAG_SHIFT, Flow, render
+from .flows import COOKIE_TAG, COOKIE_TAG_MASK, COOKIE_TAG_SHIFT
 from .reconcile import Plan
 
 LOG = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ LOG = logging.getLogger(__name__)
 BUNDLE_FLAGS = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
 SEND_CHUNK = 64 * 1024  # bytes per socket write: few greenthread switches
 YIELD_EVERY = 256  # messages encoded between yields to the hub (echo replies)
+STREAM_CAPACITY = 1 << 24  # messages a bundle of unknown size may hold (xids reserved)
 
 
 class FlowStat(NamedTuple):
@@ -228,25 +229,26 @@ class Switch:
         self.request(encode.barrier, "barrier")
 
     # -- changes -----------------------------------------------------------
-    def apply(self, plan: Plan, max_attempts: int = 64, known: dict[int, bytes] | None = None) -> ApplyResult:
+    def apply(self, plan: Plan, max_attempts: int = 64,
+              name_of: Callable[[int], str] | None = None) -> ApplyResult:
         """Send `plan` as one atomic bundle and confirm it with a barrier.
 
         If the switch rejects flows, the bundle is retried without them (the
         rest of the change must not wait for one bad flow); the rejected
         cookies and the switch's words come back in `failed`. OVS names one
         flow per failed commit, so each attempt leaves out at least one
-        more; `max_attempts` bounds the work when very many are refused. `known` holds
-        flow-mods already encoded (the shared map-cache flows)."""
+        more; `max_attempts` bounds the work when very many are refused.
+        `name_of` renders a cookie's flow for the log."""
         failed: dict[int, str] = {}
         for attempt in range(1, max_attempts + 1):
             deletes = tuple(c for c in plan.delete if c not in failed)
-            adds = tuple((c, f) for c, f in plan.add if c not in failed)
-            ok, rejected = self._bundle(deletes, adds, known or {})
-            for cookie, (flow, err) in rejected.items():
+            adds = tuple((c, data) for c, data in plan.add if c not in failed)
+            ok, rejected = self._bundle(deletes, adds)
+            for cookie, err in rejected.items():
                 text = describe_error(err)
                 failed[cookie] = text
                 LOG.error("bridge %s: switch rejected flow %s: %s", self.label,
-                          render(flow) if flow is not None else f"delete cookie={cookie:#x}", text)
+                          name_of(cookie) if name_of is not None else f"cookie={cookie:#x}", text)
             if ok:
                 self.barrier()
                 return ApplyResult(True, len(deletes) + len(adds), failed, attempt)
@@ -254,51 +256,90 @@ class Switch:
                 raise SwitchError(f"bridge {self.label}: bundle commit failed and no flow was named")
         return ApplyResult(False, 0, failed, max_attempts)
 
-    def _bundle(self, deletes: tuple[int, ...], adds: tuple[tuple[int, Flow], ...], known: dict[int, bytes]):
-        bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
-        self.request(lambda xid: encode.bundle_ctrl(xid, bundle_id, ofp.ONF_BCT_OPEN_REQUEST, BUNDLE_FLAGS),
-                     "bundle open")
-        count = len(deletes) + len(adds)
-        first = self._xid(count)
-        self._bundle_xids, self._bundle_errors = (first, count), {}
+    def _bundle(self, deletes: tuple[int, ...], adds: tuple[tuple[int, bytes], ...]):
+        bundle = self.open_bundle(len(deletes) + len(adds))
         try:
-            chunk: list[bytes] = []
-            size = 0
-            messages = itertools.chain(((c, None) for c in deletes), adds)
-            for n, (cookie, flow) in enumerate(messages):
-                if flow is None:
-                    inner = encode.encode_delete(cookie)
-                else:
-                    inner = known.get(cookie) or encode.encode_add(flow, cookie)
-                buf = encode.bundle_add((first + n) & 0xFFFFFFFF, bundle_id, BUNDLE_FLAGS, inner)
-                chunk.append(buf)
-                size += len(buf)
-                if size >= SEND_CHUNK:
-                    self._send(b"".join(chunk))
-                    chunk, size = [], 0
-                if n % YIELD_EVERY == YIELD_EVERY - 1:
-                    hub.sleep(0)
-            if chunk:
-                self._send(b"".join(chunk))
-            try:
-                self.request(lambda xid: encode.bundle_ctrl(xid, bundle_id, ofp.ONF_BCT_COMMIT_REQUEST,
-                                                            BUNDLE_FLAGS),
-                             "bundle commit", timeout=max(self.timeout, 60.0))
-                ok = True
-            except SwitchError:
-                if self.closed:
-                    raise
-                ok = False
-            # Errors for bundle messages precede the commit reply; a barrier
-            # makes sure none is still in flight before we read them.
-            self.barrier()
-            rejected = {}
-            for offset, err in self._bundle_errors.items():
-                cookie, flow = (deletes[offset], None) if offset < len(deletes) else adds[offset - len(deletes)]
-                rejected[cookie] = (flow, err)
-            return ok, rejected
+            for cookie in deletes:
+                bundle.add(cookie, encode.encode_delete(cookie))
+            for cookie, data in adds:
+                bundle.add(cookie, data)
+            return bundle.commit()
         finally:
-            self._bundle_xids, self._bundle_errors = None, {}
+            bundle.close()
+
+    def open_bundle(self, capacity: int = STREAM_CAPACITY) -> "Bundle":
+        """An open ONF bundle for up to `capacity` messages; they may be
+        added while the change is still being made (see Bundle)."""
+        return Bundle(self, capacity)
+
+
+class Bundle:
+    """One open atomic, ordered ONF bundle. Messages go out as they are
+    added, in 64 KB writes, so the switch parses them while the caller
+    makes the rest; nothing takes effect before `commit`. Its messages get
+    consecutive xids from a block reserved at open, so an error names its
+    message by offset, whatever other requests go out meanwhile."""
+
+    def __init__(self, switch: Switch, capacity: int):
+        self.switch = switch
+        self.id = next(switch._bundle_ids) & 0xFFFFFFFF
+        switch.request(lambda xid: encode.bundle_ctrl(xid, self.id, ofp.ONF_BCT_OPEN_REQUEST, BUNDLE_FLAGS),
+                       "bundle open")
+        self.first = switch._xid(capacity)
+        self.capacity = capacity
+        self.cookies: list[int] = []  # of each message, by offset
+        self._chunk: list[bytes] = []
+        self._size = 0
+        switch._bundle_xids, switch._bundle_errors = (self.first, capacity), {}
+
+    def add(self, cookie: int, inner: bytes) -> None:
+        n = len(self.cookies)
+        if n >= self.capacity:
+            raise SwitchError(f"bridge {self.switch.label}: more than {self.capacity} messages in one bundle")
+        self.cookies.append(cookie)
+        buf = encode.bundle_add((self.first + n) & 0xFFFFFFFF, self.id, BUNDLE_FLAGS, inner)
+        self._chunk.append(buf)
+        self._size += len(buf)
+        if self._size >= SEND_CHUNK:
+            self._flush()
+        if n % YIELD_EVERY == YIELD_EVERY - 1:
+            hub.sleep(0)
+
+    def _flush(self) -> None:
+        if self._chunk:
+            data = b"".join(self._chunk)
+            self._chunk, self._size = [], 0
+            self.switch._send(data)
+
+    def commit(self) -> tuple[bool, dict[int, object]]:
+        """(committed?, the switch's error by cookie for refused messages).
+        A refused bundle changes nothing on the switch."""
+        sw = self.switch
+        self._flush()
+        try:
+            sw.request(lambda xid: encode.bundle_ctrl(xid, self.id, ofp.ONF_BCT_COMMIT_REQUEST, BUNDLE_FLAGS),
+                       "bundle commit", timeout=max(sw.timeout, 60.0))
+            ok = True
+        except SwitchError:
+            if sw.closed:
+                raise
+            ok = False
+        # Errors for bundle messages precede the commit reply; a barrier
+        # makes sure none is still in flight before we read them.
+        sw.barrier()
+        return ok, {self.cookies[offset]: err for offset, err in sw._bundle_errors.items()
+                    if offset < len(self.cookies)}
+
+    def discard(self) -> None:
+        """Drop the bundle on the switch: nothing of it is applied."""
+        self._chunk, self._size = [], 0
+        sw = self.switch
+        sw.request(lambda xid: encode.bundle_ctrl(xid, self.id, ofp.ONF_BCT_DISCARD_REQUEST, BUNDLE_FLAGS),
+                   "bundle discard")
+
+    def close(self) -> None:
+        """Stop matching errors to this bundle's messages."""
+        self.switch._bundle_xids, self.switch._bundle_errors = None, {}
 
 
 def port_name(port) -> str:

@@ -140,6 +140,23 @@ def flow_mod_add(flow, cookie: int) -> bytes:
     return head + body
 
 
+def value_slot(flow, name: str) -> tuple[bytes, bytes]:
+    """The flow-mod of `flow` (cookie 0) cut around the value of its match
+    field `name`: flows that differ only in that value (a map-cache of
+    100,000 prefixes with one length, IID and RLOC) are then made by
+    concatenation, `before + value + after`, a fraction of packing each."""
+    data = flow_mod_add(flow, 0)
+    names = tuple(n for n, _ in flow.match)
+    match_bytes(flow.match)  # fills _ORDER for this shape
+    offset = _FLOW_MOD_HEAD.size + 4  # the match's type and length
+    for i in _ORDER[names]:
+        if names[i] == name:
+            start = offset + 4  # the OXM header
+            return data[:start], data[start + FIELDS[name][2]:]
+        offset += len(_oxm(*flow.match[i]))
+    raise ValueError(f"{name} is not in the match")
+
+
 _COOKIE_AT = slice(8, 16)
 
 

@@ -347,6 +347,73 @@ def test_ttl_expiry_removes_flows_and_listing(testbed, tmp_path):
     assert "reached their TTL" in ctl.log()
 
 
+def _cookies(lines: list[str], table: int = 1) -> set[str]:
+    """Cookies of one table's flows, from ovs-ofctl's or our own rendering."""
+    return {m.group(1) for line in lines
+            if (m := re.match(r"cookie=(0x[0-9a-f]+),\s*table=(\d+)", line)) and int(m.group(2)) == table}
+
+
+def test_a_big_change_is_streamed_into_one_bundle_and_lands_exactly(testbed, tmp_path):
+    """A bulk change reaches an in-sync bridge while it is being made (the
+    bridge reports a stream, not a sync), and what lands is exactly the
+    controller's map-cache: replaced, deleted, new and unchanged mappings,
+    with one flow-mod per flow that changed and none for the rest."""
+    ov, ctl, api = start(testbed, tmp_path)
+
+    def eid(i: int) -> str:
+        return f"10.{64 + i // 65536}.{i // 256 % 256}.{i % 256}/32"
+
+    def mapping(i: int, rloc: str = "192.168.1.252") -> dict:
+        return {"iid": 1000, "eid": eid(i), "rlocs": [rloc]}
+
+    def sent() -> dict:
+        return {d["datapath_id"]: d["flow_mods_sent"] for d in api("GET", "/v1/datapaths")[1]["datapaths"]}
+
+    status, body = api("POST", "/v1/mappings/bulk", {"mappings": [mapping(i) for i in range(3000)]})
+    assert status == 200, body
+    assert [b["status"] for b in body["bridges"]] == ["confirmed", "confirmed"]
+    assert all("stream_ms" in b["stages_ms"] for b in body["bridges"]), body["bridges"]
+    before = sent()
+    change = {"mappings": [mapping(i, "192.168.1.77") for i in range(1000)]      # moved
+              + [mapping(i) for i in range(1000, 1500)]                          # as they are
+              + [mapping(i) for i in range(3000, 4000)],                         # new
+              "delete": [{"iid": 1000, "eid": eid(i)} for i in range(2000, 3000)]}
+    status, body = api("POST", "/v1/mappings/bulk", change)
+    assert status == 200, body
+    assert all(b["status"] == "confirmed" and "stream_ms" in b["stages_ms"] for b in body["bridges"])
+    after = sent()
+    assert {dp: after[dp] - before[dp] for dp in after} == {dp: 1000 + 1000 + 1000 + 1000 for dp in after}
+    for hv in ov.hypervisors:
+        want = api("GET", f"/v1/datapaths/{hv.datapath_id}/flows")[1]["flows"]
+        assert _cookies(hv.dump_flows(table=1)) == _cookies(want)
+        assert len(_cookies(want)) == 4 + 3000
+        assert len(flows_with(hv, "192.168.1.77->tun_dst")) == 1000
+        assert not flows_with(hv, f"nw_dst={eid(2500)[:-3]} ")
+    assert api("GET", "/v1/mappings?source=api&limit=1")[1]["total"] == 3000
+    assert "Traceback" not in ctl.log()
+
+
+def test_a_streamed_change_with_a_refused_flow_is_sent_again_without_it(testbed, tmp_path):
+    """The switch refuses one flow of a streamed bundle (a full table), so
+    nothing of it lands; the change is then sent as a whole without that
+    flow, and the response and the log name it."""
+    ov, ctl, api = start(testbed, tmp_path)
+    hv1, hv2 = ov.hypervisors
+    hv1.vsctl("--", "--id=@t", "create", "Flow_Table", "flow_limit=1004", "overflow_policy=refuse",
+              "--", "set", "Bridge", hv1.bridge, "flow_tables:1=@t")
+    bulk = [{"iid": 1000, "eid": f"10.64.{i // 256}.{i % 256}/32", "rlocs": ["192.168.1.252"]} for i in range(1001)]
+    status, body = api("POST", "/v1/mappings/bulk", {"mappings": bulk})
+    assert status == 200, body
+    by_status = sorted(b["status"] for b in body["bridges"])
+    assert by_status == ["confirmed", "rejected"], body["bridges"]
+    rejected = next(b for b in body["bridges"] if b["status"] == "rejected")
+    assert len(rejected["errors"]) == 1 and "TABLE_FULL" in rejected["errors"][0], rejected
+    assert re.search(r"cookie=0x4c[0-9a-f]+,table=1,priority=132,.*nw_dst=10\.64\.", rejected["errors"][0])
+    assert len(hv1.dump_flows(table=1)) == 1004
+    assert len(hv2.dump_flows(table=1)) == 4 + 1001
+    assert "sending it again as a whole" in ctl.log()
+
+
 @pytest.mark.parametrize("kill_after", [0.4, 1.5, 3.0])
 def test_kill_9_during_a_bulk_request_keeps_all_or_nothing(testbed, tmp_path, kill_after):
     ov, ctl, api = start(testbed, tmp_path)

@@ -5,7 +5,7 @@ import pytest
 
 from lisp_controller.compiler import compile_bridge, compile_overlay
 from lisp_controller.config import load_config, parse_config
-from lisp_controller.flows import render
+from lisp_controller.flows import encoded, flow_mods, render
 from lisp_controller.reconcile import reconcile, record
 
 from .fakeof import trace
@@ -153,9 +153,10 @@ def test_port_renumbering_changes_only_the_affected_flows():
     ov = config.overlay
     before = compile_bridge(ov.bridges[0], {"vm1": 1, "vm2": 2, "lisp0": 3}, compile_overlay(ov)).flows
     after = compile_bridge(ov.bridges[0], {"vm1": 1, "vm2": 7, "lisp0": 3}, compile_overlay(ov)).flows
-    plan = reconcile(after, {c: 1 for c in before})
+    plan = reconcile({c: 1 for c in before}, flow_mods(after))
     removed = [render(before[c], cookie=False) for c in plan.delete]
-    added = [render(f, cookie=False) for _, f in plan.add]
+    added = [render(after[c], cookie=False) for c, _ in plan.add]
+    assert all(data == encoded(after[c])[1] for c, data in plan.add)  # the bytes to send
     assert removed and len(removed) == len(added)
     assert all(re.search(r"in_port=2[, ]|output:2$", t) for t in removed), removed
     assert all(re.search(r"in_port=7[, ]|output:7$", t) for t in added), added
@@ -196,10 +197,14 @@ def test_reconcile_deletes_strays_and_duplicates_then_adds():
     config = load_config(BLOG)
     desired = compile_bridge(config.overlay.bridges[0], {"vnet0": 1, "lisp0": 2}, compile_overlay(config.overlay)).flows
     cookies = list(desired)
+    cookies_and_flows = list(desired.items())
     installed = {c: 1 for c in cookies[2:]}
     installed[cookies[2]] = 2  # a stray copy under one of our cookies
     installed[0x4C00000000000001] = 1  # a flow of ours nobody wants any more
-    plan = reconcile(desired, installed)
+    plan = reconcile(installed, flow_mods(desired))
     assert set(plan.delete) == {cookies[2], 0x4C00000000000001}
     assert {c for c, _ in plan.add} == {cookies[0], cookies[1], cookies[2]}
-    assert not reconcile(desired, {c: 1 for c in desired})
+    assert not reconcile({c: 1 for c in desired}, flow_mods(desired))
+    # Desired flows in parts (shared and local) plan like one dict.
+    parts = flow_mods(dict(cookies_and_flows[:4])), flow_mods(dict(cookies_and_flows[3:]))
+    assert reconcile(installed, *parts) == plan

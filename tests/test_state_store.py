@@ -132,8 +132,8 @@ def test_shared_delta_nets_changes_across_generations():
                        put=[api(1000, "10.4.0.0/16", "192.0.2.1")]))
     added, removed = state.shared_delta(start)
     # Catching up from the start gives exactly what a full diff gives.
-    plan = catch_up(installed, added, removed, state.shared)
-    full = reconcile(state.shared, installed)
+    plan = catch_up(installed, added, removed, state.encoded)
+    full = reconcile(installed, state.encoded)
     assert set(plan.delete) == set(full.delete) and dict(plan.add) == dict(full.add)
     assert len(plan.add) == 2 and plan.delete == ()
     assert state.shared_delta(state.generation) == (set(), set())
@@ -154,9 +154,8 @@ def test_shared_delta_is_none_when_history_is_gone(monkeypatch):
 
 
 def test_record_leaves_refused_changes_as_the_switch_has_them():
-    from lisp_controller.flows import Flow
     from lisp_controller.reconcile import Plan, record
-    flow = Flow(1, 0, (), ())
+    flow = b"flow-mod"
     installed = {1: 1, 2: 1, 3: 2}
     plan = Plan(delete=(1, 2, 3), add=((3, flow), (4, flow), (5, flow)))
     # The switch refused deleting 2 and adding 5.

@@ -65,3 +65,35 @@ def test_cookie_is_a_hash_of_the_encoding():
     flow = FLOWS[0][1]
     assert encoded(flow._replace(priority=flow.priority + 1))[0] != cookie
     assert len({c for c, _ in FLOWS}) == len({f for _, f in FLOWS})
+
+
+def test_mapping_template_path_equals_the_general_path():
+    """State builds map-cache flow-mods from templates; every shape a
+    mapping can take must give the bytes and cookie the general path
+    gives, including a second mapping that reuses the first's template."""
+    from lisp_controller.compiler import mapping_flow, mapping_flow_mod
+    from lisp_controller.model import Mapping, prefix_key
+    raw = [
+        {"iid": 3, "eid": "10.8.0.0/13", "rlocs": ["2001:db8:ff::2"]},
+        {"iid": 3, "eid": "10.16.0.0/13", "rlocs": ["2001:db8:ff::2"]},
+        {"iid": 3, "eid": "10.8.0.7", "rlocs": ["192.0.2.1"]},
+        {"iid": 3, "eid": "10.8.0.9/32", "rlocs": ["192.0.2.1"]},
+        {"iid": 4, "eid": "10.8.0.9/32", "rlocs": ["192.0.2.1"]},
+        {"iid": 3, "eid": "2001:db8:8::/48", "rlocs": [{"address": "192.0.2.7", "priority": 3},
+                                                        {"address": "192.0.2.8", "priority": 1}]},
+        {"iid": 3, "eid": "2001:db8:9::/48", "rlocs": ["192.0.2.8"]},
+        {"iid": 3, "eid": "2001:db8::1", "rlocs": ["2001:db8:ff::2"]},
+        {"iid": 3, "eid": "10.8.1.0/24", "action": "drop"},
+        {"iid": 3, "eid": "10.8.2.0/24", "action": "native-forward"},
+        {"iid": 3, "eid": "10.8.3.0/24", "rlocs": [{"address": "192.0.2.1", "priority": 255}],
+         "action": "send-map-request"},
+        {"iid": 16777215, "eid": "0.0.0.0/0", "action": "send-map-request"},
+        {"iid": 0, "eid": "::/0", "rlocs": ["192.0.2.1"]},
+    ]
+    seen = set()
+    for item in raw:
+        m = Mapping.parse(item, source="api")
+        cookie, data = mapping_flow_mod(m, prefix_key(m.iid, m.eid))
+        assert (cookie, data) == encoded(mapping_flow(m)), item
+        seen.add(cookie)
+    assert len(seen) == len(raw)
