@@ -275,7 +275,7 @@ class BridgeSession:
         started = time.monotonic()
         installed = self.installed
         now: dict[int, int] = {}  # flows per cookie after what was sent so far
-        bundle = self.switch.open_bundle()
+        bundle = self.switch.open_bundle()  # anonymous: the cheapest messages
         try:
             while True:
                 batch = feed.get()
@@ -287,27 +287,31 @@ class BridgeSession:
                 if isinstance(batch, tuple):  # END
                     generation = batch[1]
                     break
+                messages = []
                 for cookie, data in batch:
                     count = now.get(cookie)
                     if count is None:
                         count = installed.get(cookie, 0)
                     if data is None:
                         if count:
-                            bundle.add(cookie, encode_delete(cookie))
+                            messages.append((cookie, encode_delete(cookie)))
                         now[cookie] = 0
                     else:
                         if count != 1:
-                            bundle.add(cookie, data)
+                            messages.append((cookie, data))
                         now[cookie] = 1
+                bundle.add_many(messages)
             mark = time.monotonic()
-            ok, rejected = bundle.commit()
+            ok, errors = bundle.commit()
         finally:
             bundle.close()
-        if not ok:  # refused flows: the full path retries without them and reports them
-            LOG.warning("bridge %s: the streamed change was refused (%d flows named); "
-                        "sending it again as a whole", self.label, len(rejected))
-            self._synced_bridge = None
-            self.sync()
+        if not ok or errors:
+            # Something was refused (the anonymous bundle cannot say what):
+            # read the bridge back and send what differs, named, so the
+            # refused flows are found, reported and left out.
+            LOG.warning("bridge %s: the switch refused part of the streamed change; "
+                        "checking the bridge and sending it again as a whole", self.label)
+            self.sync(deep=True)
             return
         sent = len(bundle.cookies)
         for cookie, count in now.items():
@@ -319,7 +323,8 @@ class BridgeSession:
         st.flows_desired = self._local_flows + len(self.app.state.shared)
         st.flow_mods_sent += sent
         self.app.metrics.inc("lisp_flow_mods_sent_total", sent)
-        st.last_stages = {"stream_ms": _ms_since(started), "commit_ms": _ms_since(mark)}
+        st.last_stages = {"stream_ms": _ms_since(started), "commit_ms": _ms_since(mark),
+                          "send_wait_ms": round(bundle.waited * 1000, 1)}
         st.last_reconcile = time.time()
         st.last_reconcile_ms = _ms_since(started)
         st.last_rejected = 0

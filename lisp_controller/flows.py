@@ -170,13 +170,9 @@ def render(flow: Flow, cookie: bool = True) -> str:
 def encoded(flow: Flow) -> tuple[int, bytes]:
     """The flow's cookie and its OFPFC_ADD bytes (xid 0). The cookie hashes
     the encoding, which is the flow's canonical form."""
-    return addressed(wire.flow_mod_add(flow, 0))
-
-
-def addressed(flow_mod: bytes) -> tuple[int, bytes]:
-    """A flow-mod (cookie 0) given its content address as cookie."""
-    cookie = (COOKIE_TAG << COOKIE_TAG_SHIFT) | wire.content_hash(flow_mod)
-    return cookie, wire.with_cookie(flow_mod, cookie)
+    body = wire.flow_mod_add(flow, 0)
+    cookie = (COOKIE_TAG << COOKIE_TAG_SHIFT) | wire.content_hash(body)
+    return cookie, wire.with_cookie(body, cookie)
 
 
 def flow_mods(flows: Mapping[int, Flow]) -> dict[int, bytes]:

@@ -12,6 +12,7 @@ import itertools
 import logging
 import random
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
@@ -29,7 +30,6 @@ LOG = logging.getLogger(__name__)
 BUNDLE_FLAGS = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
 SEND_CHUNK = 64 * 1024  # bytes per socket write: few greenthread switches
 YIELD_EVERY = 256  # messages encoded between yields to the hub (echo replies)
-STREAM_CAPACITY = 1 << 24  # messages a bundle of unknown size may hold (xids reserved)
 
 
 class FlowStat(NamedTuple):
@@ -94,6 +94,7 @@ class _Pending:
     event: object = field(default_factory=hub.Event)
     replies: list = field(default_factory=list)
     error: object = None
+    consume: Callable[[object], None] | None = None
 
 
 @dataclass
@@ -124,7 +125,10 @@ class Switch:
         pending = self._pending.get(msg.xid)
         if pending is None:
             return False
-        pending.replies.append(msg)
+        if pending.consume is not None:
+            pending.consume(msg)
+        else:
+            pending.replies.append(msg)
         if not getattr(msg, "flags", 0) & ofp.OFPMPF_REPLY_MORE:
             pending.event.set()
         return True
@@ -152,18 +156,25 @@ class Switch:
 
     # -- requests ----------------------------------------------------------
     def _xid(self, count: int = 1) -> int:
-        """The first of `count` consecutive xids."""
+        """The first of `count` consecutive xids; never 0, which anonymous
+        bundle messages use (see Bundle)."""
         first = self._next_xid
-        self._next_xid = (first + count) & 0xFFFFFFFF
+        if first == 0 or first + count > 0xFFFFFFFF:
+            first = 1
+        self._next_xid = first + count
         return first
 
     def _send(self, buf: bytes) -> None:
         if self.closed or not self.dp.send(buf):
             raise SwitchError(f"bridge {self.label}: connection closed")
 
-    def request(self, build: Callable[[int], bytes], what: str, timeout: float | None = None) -> list:
+    def request(self, build: Callable[[int], bytes], what: str, timeout: float | None = None,
+                consume: Callable[[object], None] | None = None) -> list:
+        """Send a request and wait for its reply: the list of its parts,
+        or, with `consume`, each part is handed to it as it arrives and
+        none is kept (a dump of a million flows is 130 MB of replies)."""
         xid = self._xid()
-        pending = self._pending[xid] = _Pending()
+        pending = self._pending[xid] = _Pending(consume=consume)
         try:
             self._send(build(xid))
             if not pending.event.wait(timeout or self.timeout):
@@ -191,13 +202,14 @@ class Switch:
     def installed_cookies(self) -> dict[int, int]:
         """How many flows the bridge holds under each of our cookies."""
         counts: dict[int, int] = {}
-        with gc_paused(BIG):  # a dump of 100,000 flows is 100,000 new objects
-            replies = self.request(
-                lambda xid: encode.flow_stats_request(xid, COOKIE_TAG << COOKIE_TAG_SHIFT, COOKIE_TAG_MASK),
-                "flow dump")
-        for reply in replies:
+
+        def count(reply) -> None:
             for stat in reply.body:
                 counts[stat.cookie] = counts.get(stat.cookie, 0) + 1
+
+        with gc_paused(BIG):  # a dump of 100,000 flows is 100,000 new objects
+            self.request(lambda xid: encode.flow_stats_request(xid, COOKIE_TAG << COOKIE_TAG_SHIFT, COOKIE_TAG_MASK),
+                         "flow dump", consume=count)
         return counts
 
     def flow_entries(self) -> list[verify.Entry]:
@@ -216,13 +228,15 @@ class Switch:
         status page shows how much traffic each mapping carries. Only one
         table is asked for, so a bridge with many local flows costs no more."""
         counters: dict[int, tuple[int, int]] = {}
-        replies = self.request(
-            lambda xid: encode.flow_stats_request(xid, COOKIE_TAG << COOKIE_TAG_SHIFT, COOKIE_TAG_MASK, table),
-            f"flow statistics of table {table}", timeout)
-        for reply in replies:
+
+        def add(reply) -> None:
             for stat in reply.body:
                 packets, nbytes = counters.get(stat.cookie, (0, 0))
                 counters[stat.cookie] = (packets + stat.packet_count, nbytes + stat.byte_count)
+
+        self.request(lambda xid: encode.flow_stats_request(xid, COOKIE_TAG << COOKIE_TAG_SHIFT, COOKIE_TAG_MASK,
+                                                           table),
+                     f"flow statistics of table {table}", timeout, consume=add)
         return counters
 
     def barrier(self) -> None:
@@ -257,63 +271,89 @@ class Switch:
         return ApplyResult(False, 0, failed, max_attempts)
 
     def _bundle(self, deletes: tuple[int, ...], adds: tuple[tuple[int, bytes], ...]):
-        bundle = self.open_bundle(len(deletes) + len(adds))
+        bundle = self.open_bundle(max(1, len(deletes) + len(adds)))
         try:
-            for cookie in deletes:
-                bundle.add(cookie, encode.encode_delete(cookie))
-            for cookie, data in adds:
-                bundle.add(cookie, data)
+            bundle.add_many((c, encode.encode_delete(c)) for c in deletes)
+            bundle.add_many(adds)
             return bundle.commit()
         finally:
             bundle.close()
 
-    def open_bundle(self, capacity: int = STREAM_CAPACITY) -> "Bundle":
-        """An open ONF bundle for up to `capacity` messages; they may be
-        added while the change is still being made (see Bundle)."""
+    def open_bundle(self, capacity: int = 0) -> "Bundle":
+        """An open ONF bundle: named, for up to `capacity` messages, or
+        anonymous if `capacity` is 0 (see Bundle)."""
         return Bundle(self, capacity)
 
 
 class Bundle:
     """One open atomic, ordered ONF bundle. Messages go out as they are
     added, in 64 KB writes, so the switch parses them while the caller
-    makes the rest; nothing takes effect before `commit`. Its messages get
-    consecutive xids from a block reserved at open, so an error names its
-    message by offset, whatever other requests go out meanwhile."""
+    makes the rest; nothing takes effect before `commit`.
 
-    def __init__(self, switch: Switch, capacity: int):
+    Named, each message gets its own xid from a block reserved at open, so
+    an error names its message by offset, whatever other requests go out
+    meanwhile. Anonymous, every message has xid 0, the xid our stored
+    flow-mods already carry, so a message is a cached 24-byte head plus the
+    flow-mod as it is: the cheapest way to send a big change; an error then
+    says only that something was refused, and the caller sends the change
+    again named."""
+
+    def __init__(self, switch: Switch, capacity: int = 0):
         self.switch = switch
         self.id = next(switch._bundle_ids) & 0xFFFFFFFF
         switch.request(lambda xid: encode.bundle_ctrl(xid, self.id, ofp.ONF_BCT_OPEN_REQUEST, BUNDLE_FLAGS),
                        "bundle open")
-        self.first = switch._xid(capacity)
+        self.named = capacity > 0
+        self.first = switch._xid(capacity) if self.named else 0
         self.capacity = capacity
         self.cookies: list[int] = []  # of each message, by offset
+        self._heads: dict[int, bytes] = {}  # anonymous: message head by flow-mod length
         self._chunk: list[bytes] = []
         self._size = 0
-        switch._bundle_xids, switch._bundle_errors = (self.first, capacity), {}
+        self.waited = 0.0  # seconds spent waiting for the switch to take our writes
+        switch._bundle_xids, switch._bundle_errors = (self.first, max(capacity, 1)), {}
 
     def add(self, cookie: int, inner: bytes) -> None:
-        n = len(self.cookies)
-        if n >= self.capacity:
-            raise SwitchError(f"bridge {self.switch.label}: more than {self.capacity} messages in one bundle")
-        self.cookies.append(cookie)
-        buf = encode.bundle_add((self.first + n) & 0xFFFFFFFF, self.id, BUNDLE_FLAGS, inner)
-        self._chunk.append(buf)
-        self._size += len(buf)
-        if self._size >= SEND_CHUNK:
-            self._flush()
-        if n % YIELD_EVERY == YIELD_EVERY - 1:
-            hub.sleep(0)
+        self.add_many(((cookie, inner),))
+
+    def add_many(self, messages) -> None:
+        """Add (cookie, flow-mod with xid 0) pairs, in order."""
+        cookies, chunk, heads = self.cookies, self._chunk, self._heads
+        for cookie, inner in messages:
+            n = len(cookies)
+            cookies.append(cookie)
+            if self.named:
+                if n >= self.capacity:
+                    raise SwitchError(f"bridge {self.switch.label}: more than {self.capacity} "
+                                      "messages in one bundle")
+                buf = encode.bundle_add((self.first + n) & 0xFFFFFFFF, self.id, BUNDLE_FLAGS, inner)
+                chunk.append(buf)
+                self._size += len(buf)
+            else:
+                head = heads.get(len(inner))
+                if head is None:
+                    head = heads[len(inner)] = encode.bundle_add(0, self.id, BUNDLE_FLAGS, inner)[:-len(inner)]
+                chunk.append(head)
+                chunk.append(inner)
+                self._size += len(head) + len(inner)
+            if self._size >= SEND_CHUNK:
+                self._flush()
+            if n % YIELD_EVERY == YIELD_EVERY - 1:
+                hub.sleep(0)
 
     def _flush(self) -> None:
         if self._chunk:
             data = b"".join(self._chunk)
-            self._chunk, self._size = [], 0
+            self._chunk.clear()  # in place: add_many holds it
+            self._size = 0
+            mark = time.monotonic()
             self.switch._send(data)
+            self.waited += time.monotonic() - mark
 
     def commit(self) -> tuple[bool, dict[int, object]]:
-        """(committed?, the switch's error by cookie for refused messages).
-        A refused bundle changes nothing on the switch."""
+        """(committed?, the switch's errors by cookie): errors for messages
+        refused, at commit or as they arrived. A refused commit changes
+        nothing on the switch. Anonymous, the cookie of every error is 0."""
         sw = self.switch
         self._flush()
         try:
@@ -327,15 +367,17 @@ class Bundle:
         # Errors for bundle messages precede the commit reply; a barrier
         # makes sure none is still in flight before we read them.
         sw.barrier()
+        if not self.named:
+            return ok, {0: err for err in sw._bundle_errors.values()}
         return ok, {self.cookies[offset]: err for offset, err in sw._bundle_errors.items()
                     if offset < len(self.cookies)}
 
     def discard(self) -> None:
         """Drop the bundle on the switch: nothing of it is applied."""
-        self._chunk, self._size = [], 0
-        sw = self.switch
-        sw.request(lambda xid: encode.bundle_ctrl(xid, self.id, ofp.ONF_BCT_DISCARD_REQUEST, BUNDLE_FLAGS),
-                   "bundle discard")
+        self._chunk.clear()
+        self._size = 0
+        self.switch.request(lambda xid: encode.bundle_ctrl(xid, self.id, ofp.ONF_BCT_DISCARD_REQUEST,
+                                                           BUNDLE_FLAGS), "bundle discard")
 
     def close(self) -> None:
         """Stop matching errors to this bundle's messages."""

@@ -166,6 +166,12 @@ def with_cookie(flow_mod: bytes, cookie: int) -> bytes:
 
 def content_hash(flow_mod: bytes) -> int:
     """56 bits of hash over a flow-mod's bytes without its xid and cookie."""
-    digest = hashlib.blake2b(flow_mod[:4], digest_size=7)
-    digest.update(flow_mod[16:])
-    return int.from_bytes(digest.digest(), "big")
+    return int.from_bytes(content_hasher(flow_mod).digest(), "big")
+
+
+def content_hasher(head: bytes):
+    """The content hash fed with `head`, the start of a flow-mod (at least
+    its 16-byte header and cookie); feed it the rest to finish."""
+    digest = hashlib.blake2b(head[:4], digest_size=7)
+    digest.update(head[16:])
+    return digest
