@@ -38,7 +38,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import raw  # noqa: E402
 from lisp_controller.compiler import mapping_flow  # noqa: E402
+from lisp_controller.flows import encoded  # noqa: E402
 from lisp_controller.config import load_config  # noqa: E402
 from lisp_controller.flows import render  # noqa: E402
 from lisp_controller.model import Mapping  # noqa: E402
@@ -64,6 +66,12 @@ def baseline_flows(n: int) -> str:
         m = Mapping.parse({"iid": IID, "eid": eid(i), "rlocs": [RLOC]}, source="api")
         lines.append(render(mapping_flow(m)))
     return "\n".join(lines) + "\n"
+
+
+def baseline_flow_mods(n: int) -> list[bytes]:
+    """The same flows as OFPFC_ADD bytes, for the bare client (raw.py)."""
+    return [encoded(mapping_flow(Mapping.parse({"iid": IID, "eid": eid(i), "rlocs": [RLOC]}, source="api")))[1]
+            for i in range(n)]
 
 
 def config_text(ctl_address: str, bridges: int) -> str:
@@ -165,6 +173,9 @@ class Bench:
     def ofctl_bulk(self, flows_file: Path) -> float:
         return self.ofctl("--bundle", "add-flows", "brb0", str(flows_file))
 
+    def raw_bulk(self, payload: bytes) -> float:
+        return raw.send_bundle(self.hv.rundir / "brb0.mgmt", payload)
+
     def clear_ofctl(self) -> None:
         self.ofctl("del-flows", "brb0", f"table=1,metadata={IID}")
 
@@ -203,11 +214,17 @@ def run_size(b: Bench, n: int, runs: int) -> dict:
     flows_file = b.tb.tmpdir / f"flows-{n}.txt"
     flows_file.write_text(baseline_flows(n))
     body = bulk_body(n)
+    payload = raw.bundle_bytes(baseline_flow_mods(n))
     base = b.flows_in_mapcache()
-    ctl_runs, ofctl_runs, reconnects, dumps = [], [], [], []
+    ctl_runs, ofctl_runs, raw_runs, reconnects, dumps = [], [], [], [], []
     for r in range(runs):
-        for who in (("ctl", "ofctl") if r % 2 == 0 else ("ofctl", "ctl")):
-            if who == "ofctl":
+        for who in (("ctl", "ofctl", "raw") if r % 2 == 0 else ("raw", "ofctl", "ctl")):
+            if who == "raw":
+                raw_runs.append(b.raw_bulk(payload))
+                got = b.flows_in_mapcache()
+                assert got == base + n, f"the bare client's flows: {got - base} of {n}"
+                b.clear_ofctl()
+            elif who == "ofctl":
                 ofctl_runs.append(b.ofctl_bulk(flows_file))
                 assert b.flows_in_mapcache() == base + n
                 dumps.append(b.ofctl("dump-flows", "brb0"))
@@ -218,7 +235,7 @@ def run_size(b: Bench, n: int, runs: int) -> dict:
                 reconnects.append(b.reconnect())
                 b.clear_controller()
         print(f"  n={n} run {r + 1}/{runs}: controller {ctl_runs[-1]['seconds']:.2f} s, "
-              f"ovs-ofctl {ofctl_runs[-1]:.2f} s, reconnect {reconnects[-1]['seconds']:.2f} s "
+              f"ovs-ofctl {ofctl_runs[-1]:.2f} s, switch alone {raw_runs[-1]:.2f} s, reconnect {reconnects[-1]['seconds']:.2f} s "
               f"({reconnects[-1]['flow_mods']:.0f} flow-mods)", flush=True)
     # Memory: a fresh controller that loaded N mappings from the store,
     # against a fresh one holding none (a process that already served big
@@ -243,6 +260,8 @@ def run_size(b: Bench, n: int, runs: int) -> dict:
         "ofctl_bundle_s": median(ofctl_runs),
         "ratio_end_to_end": median(ctl_s) / median(ofctl_runs),
         "ratio_switch_facing": median(switch_facing) / median(ofctl_runs),
+        "switch_alone_s": median(raw_runs),
+        "ratio_switch_alone": median(raw_runs) / median(ofctl_runs),
         "stages_ms": stages,
         "reconnect_s": median([x["seconds"] for x in reconnects]),
         "reconnect_flow_mods": max(x["flow_mods"] for x in reconnects),
@@ -252,7 +271,7 @@ def run_size(b: Bench, n: int, runs: int) -> dict:
         "rss_bytes_per_mapping": (rss_full - rss_empty) * 1024 / n,
         "rss_total_bytes_per_mapping": rss_full * 1024 / n,
         "store_bytes": store_bytes,
-        "raw": {"controller": ctl_runs, "ofctl": ofctl_runs, "reconnect": reconnects, "dump": dumps},
+        "raw": {"controller": ctl_runs, "ofctl": ofctl_runs, "switch_alone": raw_runs, "reconnect": reconnects, "dump": dumps},
     }
     return result
 
@@ -298,11 +317,12 @@ def table(results: dict) -> str:
     lines = [f"machine: {results['machine']['cpus']} x {results['machine']['cpu']}, "
              f"{results['machine']['ovs']}, Python {results['machine']['python']}, {results['machine']['date']}", ""]
     lines.append(f"{'N':>9} | {'ctl e2e s':>9} | {'ctl switch s':>12} | {'ofctl bundle s':>14} | "
-                 f"{'e2e x':>6} | {'switch x':>8} | {'reconnect s':>11} | {'mods':>4} | {'dump s':>6} | "
+                 f"{'e2e x':>6} | {'switch x':>8} | {'alone x':>7} | {'reconnect s':>11} | {'mods':>4} | {'dump s':>6} | "
                  f"{'recon x':>7} | {'RSS B/map':>9} | {'store MB':>8}")
     for r in results["bulk"]:
         lines.append(f"{r['n']:>9} | {r['controller_end_to_end_s']:>9.2f} | {r['controller_switch_facing_s']:>12.2f} | "
                      f"{r['ofctl_bundle_s']:>14.2f} | {r['ratio_end_to_end']:>6.2f} | {r['ratio_switch_facing']:>8.2f} | "
+                     f"{r['ratio_switch_alone']:>7.2f} | "
                      f"{r['reconnect_s']:>11.2f} | {r['reconnect_flow_mods']:>4.0f} | {r['ofctl_dump_flows_s']:>6.2f} | "
                      f"{r['ratio_reconnect']:>7.2f} | {r['rss_bytes_per_mapping']:>9.0f} | {r['store_bytes'] / 1e6:>8.1f}")
     lines.append("")
