@@ -18,7 +18,8 @@ def test_benchmark_runs_on_a_small_n(tmp_path):
     data = json.loads(out.read_text())
     (bulk,) = data["bulk"]
     assert bulk["n"] == 300 and bulk["runs"] == 2
-    assert len(bulk["raw"]["controller"]) == len(bulk["raw"]["ofctl"]) == 2
+    assert len(bulk["raw"]["controller"]) == len(bulk["raw"]["ofctl"]) == len(bulk["raw"]["switch_alone"]) == 2
+    assert bulk["switch_alone_s"] > 0 and "alone x" in r.stdout
     assert bulk["reconnect_flow_mods"] == 0
     for key in ("json_ms", "validate_ms", "store_ms", "state_ms", "brb0_switch_ms"):
         assert key in bulk["stages_ms"], bulk["stages_ms"]
