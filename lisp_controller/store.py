@@ -9,13 +9,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import socket
 import sqlite3
 from pathlib import Path
 from urllib.parse import quote
 from typing import Iterable
 
-from .model import Endpoint, Mapping, Rloc
+from .model import Endpoint, Mapping, Rloc, parse_prefix
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -181,13 +180,6 @@ class Store:
                    if os.path.exists(p))
 
 
-def _prefix_text(eid) -> str:
-    """str() of an ipaddress network is Python code; IPv4 has a C path."""
-    if eid.version == 4:
-        return f"{socket.inet_ntoa(eid.network_address.packed)}/{eid.prefixlen}"
-    return str(eid)
-
-
 _RLOCS_JSON: dict[tuple, str] = {}  # thousands of mappings share an RLOC set
 
 
@@ -202,11 +194,11 @@ def _rlocs_json(rlocs: tuple) -> str:
 
 
 def _row(m: Mapping) -> tuple:
-    return (m.iid, _prefix_text(m.eid), _rlocs_json(m.rlocs), m.ttl, m.action, m.expires)
+    return (m.iid, str(m.eid), _rlocs_json(m.rlocs), m.ttl, m.action, m.expires)
 
 
 def _mapping(row) -> Mapping:
     iid, eid, rlocs, ttl, action, expires = row
-    return Mapping(iid, ipaddress.ip_network(eid),
+    return Mapping(iid, parse_prefix(eid),
                    tuple(Rloc(ipaddress.ip_address(a), p, w) for a, p, w in json.loads(rlocs)),
                    ttl, action, "api", expires)
