@@ -272,3 +272,19 @@ def test_every_creator_makes_the_same_prefix(tmp_path):
         assert type(pickle.loads(pickle.dumps(eid))) is Prefix
     assert prefix_key(7, ipaddress.ip_network("10.2.0.0/16")) == (7, 4, 0x0A020000, 16)
     assert {(7, parsed[2].eid): 1}.get((7, parse_prefix("10.2.0.0/16"))) == 1
+
+
+def test_parse_builds_every_field_of_a_mapping():
+    """Mapping.parse makes its tuple without the named tuple's __new__: a
+    new field must be added there too."""
+    raw = {"iid": 7, "eid": "10.2.0.0/16", "rlocs": ["192.0.2.1"], "ttl": 5, "action": "drop"}
+    m = Mapping.parse(raw, source="api")
+    assert type(m) is Mapping and len(m) == len(Mapping._fields)
+    assert m == Mapping(7, parse_prefix("10.2.0.0/16"), (Rloc(ipaddress.ip_address("192.0.2.1")),), 5, "drop", "api")
+    assert Mapping.parse({"iid": 7, "eid": "10.2.0.0/16"}) == Mapping(7, parse_prefix("10.2.0.0/16"))
+    for bad, field in [({"iid": True, "eid": "10.0.0.0/8"}, "mapping.iid"), ({"iid": 1, "eid": 5}, "mapping.eid"),
+                       ({"iid": 1, "eid": "10.0.0.0/8", "action": ["drop"]}, "mapping.action"),
+                       ({"eid": "10.0.0.0/8"}, "mapping.iid"), ({"iid": 1, "eid": "10.0.0.0/8", "rlocs": "x"}, "mapping.rlocs")]:
+        with pytest.raises(ModelError) as err:
+            Mapping.parse(bad)
+        assert err.value.field == field
