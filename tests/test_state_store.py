@@ -5,7 +5,7 @@ import pytest
 
 from lisp_controller.compiler import compile_overlay
 from lisp_controller.config import load_config
-from lisp_controller.model import Endpoint, Mapping, parse_prefix
+from lisp_controller.model import Endpoint, Mapping, parse_prefix, prefix_key
 from lisp_controller.state import Change, Conflict, State
 from lisp_controller.store import Store, StoreError
 
@@ -110,6 +110,26 @@ def test_store_round_trip_and_all_or_nothing(tmp_path):
     with pytest.raises(RuntimeError):
         store.write(put=exploding(), delete=[(1, parse_prefix("0.0.0.0/0"))])
     assert len(store.load()[0]) == 2
+
+
+def test_store_load_shares_what_mappings_have_in_common(tmp_path):
+    """A million loaded mappings must not hold a million copies of one
+    RLOC set; each keeps its own values all the same."""
+    store = Store(tmp_path / "s.db")
+    two = [{"address": "192.0.2.1", "priority": 1}, {"address": "2001:db8::1", "priority": 2, "weight": 5}]
+    written = ([api(70000, f"10.9.{i}.0/24", "192.0.2.1") for i in range(50)]
+               + [api(70000, f"fd00:{i:x}::/32", *two, ttl=3) for i in range(50)]
+               + [api(70000, f"10.8.{i}.0/24", action="drop") for i in range(5)])
+    store.write(put=written)
+    loaded = sorted(store.load()[0], key=lambda m: prefix_key(m.iid, m.eid))
+    assert loaded == sorted(written, key=lambda m: prefix_key(m.iid, m.eid))
+    assert len({id(m.rlocs) for m in loaded}) == 3  # one-RLOC, two-RLOC and empty sets
+    assert len({id(m.iid) for m in loaded}) == 1 and len({id(m.action) for m in loaded}) == 2
+    store.write(put=[api(70000, "10.9.0.0/24", "192.0.2.2")], delete=[(70000, parse_prefix("fd00:1::/32"))])
+    after = {str(m.eid): m for m in store.load()[0]}
+    assert len(after) == 104 and "fd00:1::/32" not in after
+    assert [str(r.address) for r in after["10.9.0.0/24"].rlocs] == ["192.0.2.2"]
+    assert [str(r.address) for r in after["10.9.1.0/24"].rlocs] == ["192.0.2.1"]
 
 
 def test_corrupt_store_gives_a_clear_error(tmp_path):
