@@ -16,6 +16,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from . import wire
 from .flows import FIELD_BITS, Flow
+from .model import Prefix
 
 _PROTO = ofproto_protocol.ProtocolDesc(ofp.OFP_VERSION)
 ALL_ONES_64 = 0xFFFFFFFFFFFFFFFF
@@ -23,7 +24,7 @@ _HEADER = struct.Struct("!BBHI")
 
 
 def _match_value(value: object) -> object:
-    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+    if isinstance(value, (Prefix, ipaddress.IPv4Network, ipaddress.IPv6Network)):
         if value.prefixlen == value.max_prefixlen:
             return str(value.network_address)
         return (str(value.network_address), str(value.netmask))

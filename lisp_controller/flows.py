@@ -17,6 +17,7 @@ import ipaddress
 from typing import Mapping, NamedTuple
 
 from . import wire
+from .model import Prefix
 
 COOKIE_TAG = 0x4C  # 'L'
 COOKIE_TAG_SHIFT = 56
@@ -109,7 +110,7 @@ def _protocol(match: dict) -> str | None:
 
 
 def _value_text(name: str, value: object) -> str:
-    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+    if isinstance(value, (Prefix, ipaddress.IPv4Network, ipaddress.IPv6Network)):
         return str(value.network_address) if value.prefixlen == value.max_prefixlen else str(value)
     if name in _HEX_FIELDS:
         return hex(value)  # type: ignore[arg-type]

@@ -53,6 +53,10 @@ def key_text(key: Key) -> str:
     return f"{key[0]}:{key[1]}"
 
 
+def _where(i: int, many: bool) -> str:
+    return f"mappings[{i}]" if many else "mapping"
+
+
 class State:
     def __init__(self, config: Config, mappings: Iterable[Mapping] = (),
                  endpoints: Iterable[tuple[str, Endpoint]] = (), clock: Callable[[], float] = time.time):
@@ -140,17 +144,18 @@ class State:
     def check(self, change: Change) -> None:
         """Raise Conflict if `change` may not be applied; change nothing."""
         seen: set[Key] = set()
+        many = len(change.put) > 1 or change.replace_api
         for i, m in enumerate(change.put):
-            where = f"mappings[{i}]" if len(change.put) > 1 or change.replace_api else "mapping"
-            if m.key in seen:
-                raise Conflict(f"{where}.eid", f"{key_text(m.key)} appears twice in this request", 400)
-            seen.add(m.key)
-            owner = self.owner(m.key)
+            key = m.key
+            if key in seen:
+                raise Conflict(f"{_where(i, many)}.eid", f"{key_text(key)} appears twice in this request", 400)
+            seen.add(key)
+            owner = self.owner(key)
             if owner in ("config", "endpoint"):
-                raise Conflict(f"{where}.eid", f"{key_text(m.key)} is owned by the {owner} "
+                raise Conflict(f"{_where(i, many)}.eid", f"{key_text(key)} is owned by the {owner} "
                                "and cannot be changed through the API")
             if owner == "api" and change.create_only:
-                raise Conflict(f"{where}.eid", f"{key_text(m.key)} already exists "
+                raise Conflict(f"{_where(i, many)}.eid", f"{key_text(key)} already exists "
                                "(PUT replaces a mapping)")
         for key in change.delete:
             owner = self.owner(key)

@@ -9,13 +9,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import socket
 import sqlite3
 from pathlib import Path
 from urllib.parse import quote
-from typing import Iterable
+from typing import Iterable, Iterator
 
-from .model import Endpoint, Mapping, Rloc
+from .model import ACTIONS, Endpoint, Mapping, Rloc, parse_prefix
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -138,8 +137,7 @@ class Store:
 
     def load(self) -> tuple[list[Mapping], list[tuple[str, Endpoint]]]:
         try:
-            mappings = [_mapping(row) for row in self.db.execute(
-                "SELECT iid, eid, rlocs, ttl, action, expires FROM mappings")]
+            mappings = _mappings(self.db.execute("SELECT iid, eid, rlocs, ttl, action, expires FROM mappings"))
             endpoints = [(bridge, Endpoint(port, mac, iid, tuple(ipaddress.ip_address(a) for a in json.loads(eids)),
                                            ipaddress.ip_address(gateway) if gateway else None))
                          for bridge, port, mac, iid, eids, gateway in self.db.execute(
@@ -162,8 +160,7 @@ class Store:
                     cur.execute("DELETE FROM mappings")
                 cur.executemany("DELETE FROM mappings WHERE iid=? AND eid=?",
                                 ((iid, str(eid)) for iid, eid in delete))
-                cur.executemany("INSERT OR REPLACE INTO mappings VALUES (?,?,?,?,?,?)",
-                                (_row(m) for m in put))
+                cur.executemany("INSERT OR REPLACE INTO mappings VALUES (?,?,?,?,?,?)", _rows(put))
                 cur.executemany("DELETE FROM endpoints WHERE bridge=? AND port=?", delete_endpoints)
                 cur.executemany("INSERT OR REPLACE INTO endpoints VALUES (?,?,?,?,?,?)",
                                 ((b, e.port, e.mac, e.iid, json.dumps([str(a) for a in e.eids]),
@@ -181,13 +178,6 @@ class Store:
                    if os.path.exists(p))
 
 
-def _prefix_text(eid) -> str:
-    """str() of an ipaddress network is Python code; IPv4 has a C path."""
-    if eid.version == 4:
-        return f"{socket.inet_ntoa(eid.network_address.packed)}/{eid.prefixlen}"
-    return str(eid)
-
-
 _RLOCS_JSON: dict[tuple, str] = {}  # thousands of mappings share an RLOC set
 
 
@@ -201,12 +191,27 @@ def _rlocs_json(rlocs: tuple) -> str:
     return text
 
 
-def _row(m: Mapping) -> tuple:
-    return (m.iid, _prefix_text(m.eid), _rlocs_json(m.rlocs), m.ttl, m.action, m.expires)
+def _rows(mappings: Iterable[Mapping]) -> Iterator[tuple]:
+    last = text = None
+    for iid, eid, rlocs, ttl, action, _, expires in mappings:
+        if rlocs is not last:  # mappings parsed from one request share one RLOC set
+            last, text = rlocs, _rlocs_json(rlocs)
+        yield (iid, str(eid), text, ttl, action, expires)
 
 
-def _mapping(row) -> Mapping:
-    iid, eid, rlocs, ttl, action, expires = row
-    return Mapping(iid, ipaddress.ip_network(eid),
-                   tuple(Rloc(ipaddress.ip_address(a), p, w) for a, p, w in json.loads(rlocs)),
-                   ttl, action, "api", expires)
+def _mappings(rows: Iterable[tuple]) -> list[Mapping]:
+    """Mappings from their rows. Thousands share an RLOC set, an IID and
+    an action: each is made once, and the mappings share it, which saves
+    memory (a million mappings are loaded at start-up) and time."""
+    rloc_sets: dict[str, tuple[Rloc, ...]] = {}
+    iids: dict[int, int] = {}
+    actions = {a: a for a in ACTIONS}
+    out = []
+    for iid, eid, rlocs, ttl, action, expires in rows:
+        rloc_set = rloc_sets.get(rlocs)
+        if rloc_set is None:
+            rloc_set = rloc_sets[rlocs] = tuple(Rloc(ipaddress.ip_address(a), p, w)
+                                                for a, p, w in json.loads(rlocs))
+        out.append(Mapping(iids.setdefault(iid, iid), parse_prefix(eid), rloc_set, ttl,
+                           actions.get(action, action), "api", expires))
+    return out

@@ -15,6 +15,8 @@ import hashlib
 import ipaddress
 import struct
 
+from .model import Prefix, as_prefix
+
 OFP_VERSION = 4
 OFPT_FLOW_MOD = 14
 OFPFC_ADD = 0
@@ -52,9 +54,14 @@ def _value_bytes(name: str, value: object) -> tuple[bytes, bytes | None]:
     if isinstance(value, str):  # a MAC address
         return bytes.fromhex(value.replace(":", "")), None
     if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-        if value.prefixlen == value.max_prefixlen:
-            return value.network_address.packed, None
-        return value.network_address.packed, value.netmask.packed
+        value = as_prefix(value)
+    if type(value) is Prefix:
+        version, number, length = value
+        bits = 32 if version == 4 else 128
+        data = number.to_bytes(bits // 8, "big")
+        if length == bits:
+            return data, None
+        return data, (((1 << length) - 1) << (bits - length)).to_bytes(bits // 8, "big")
     return value.packed, None  # an IPv4Address or IPv6Address
 
 

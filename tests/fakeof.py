@@ -10,6 +10,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from lisp_controller.flows import Flow
+from lisp_controller.model import Prefix
 
 
 @dataclass
@@ -28,7 +29,7 @@ def _matches(flow: Flow, pkt: dict) -> bool:
         have = pkt.get(name)
         if have is None:
             return False
-        if isinstance(want, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        if isinstance(want, (Prefix, ipaddress.IPv4Network, ipaddress.IPv6Network)):
             addr = ipaddress.ip_address(have)
             if addr.version != want.version or addr not in want:
                 return False

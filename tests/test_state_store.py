@@ -5,7 +5,7 @@ import pytest
 
 from lisp_controller.compiler import compile_overlay
 from lisp_controller.config import load_config
-from lisp_controller.model import Endpoint, Mapping
+from lisp_controller.model import Endpoint, Mapping, parse_prefix, prefix_key
 from lisp_controller.state import Change, Conflict, State
 from lisp_controller.store import Store, StoreError
 
@@ -29,7 +29,7 @@ def test_shared_flows_stay_equal_to_a_full_compile():
     state = State(BLOG)
     assert state.shared == compile_overlay(BLOG.overlay)
     state.apply(Change(put=[api(1000, "10.2.0.0/16", "192.0.2.1"), api(1000, "10.3.0.0/16", "192.0.2.2")]))
-    state.apply(Change(put=[api(1000, "10.2.0.0/16", "192.0.2.9")], delete=[(1000, ipaddress.ip_network("10.3.0.0/16"))]))
+    state.apply(Change(put=[api(1000, "10.2.0.0/16", "192.0.2.9")], delete=[(1000, parse_prefix("10.3.0.0/16"))]))
     from lisp_controller.compiler import compile_map_cache
     assert state.shared == compile_map_cache(state.cache, BLOG.overlay.miss_action)
     assert len(state.shared) == 4  # two endpoint host mappings, 10.2/16, the miss rule
@@ -45,7 +45,7 @@ def test_ownership_rules():
         state.check(Change(put=[api(1000, "10.2.0.0/16", "192.0.2.1")], create_only=True))
     state.check(Change(put=[api(1000, "10.2.0.0/16", "192.0.2.7")]))  # replace is fine
     with pytest.raises(Conflict, match="no mapping") as err:
-        state.check(Change(delete=[(1000, ipaddress.ip_network("10.9.0.0/16"))]))
+        state.check(Change(delete=[(1000, parse_prefix("10.9.0.0/16"))]))
     assert err.value.status == 404
     with pytest.raises(Conflict, match="appears twice") as err:
         state.check(Change(put=[api(1, "10.0.0.0/8"), api(1, "10.0.0.0/8")]))
@@ -81,11 +81,11 @@ def test_ttl_expiry_uses_the_injected_clock():
     clock = Clock()
     state = State(BLOG, clock=clock)
     state.apply(Change(put=[api(1000, "10.2.0.0/16", "192.0.2.1", ttl=2), api(1000, "10.3.0.0/16", "192.0.2.1")]))
-    assert state.cache.get(1000, ipaddress.ip_network("10.2.0.0/16")).expires == 1000.0 + 120
+    assert state.cache.get(1000, parse_prefix("10.2.0.0/16")).expires == 1000.0 + 120
     clock.now += 119
     assert state.expired() == []
     clock.now += 2
-    assert state.expired() == [(1000, ipaddress.ip_network("10.2.0.0/16"))]
+    assert state.expired() == [(1000, parse_prefix("10.2.0.0/16"))]
 
 
 def test_store_round_trip_and_all_or_nothing(tmp_path):
@@ -108,8 +108,28 @@ def test_store_round_trip_and_all_or_nothing(tmp_path):
         raise RuntimeError("crash in the middle")
 
     with pytest.raises(RuntimeError):
-        store.write(put=exploding(), delete=[(1, ipaddress.ip_network("0.0.0.0/0"))])
+        store.write(put=exploding(), delete=[(1, parse_prefix("0.0.0.0/0"))])
     assert len(store.load()[0]) == 2
+
+
+def test_store_load_shares_what_mappings_have_in_common(tmp_path):
+    """A million loaded mappings must not hold a million copies of one
+    RLOC set; each keeps its own values all the same."""
+    store = Store(tmp_path / "s.db")
+    two = [{"address": "192.0.2.1", "priority": 1}, {"address": "2001:db8::1", "priority": 2, "weight": 5}]
+    written = ([api(70000, f"10.9.{i}.0/24", "192.0.2.1") for i in range(50)]
+               + [api(70000, f"fd00:{i:x}::/32", *two, ttl=3) for i in range(50)]
+               + [api(70000, f"10.8.{i}.0/24", action="drop") for i in range(5)])
+    store.write(put=written)
+    loaded = sorted(store.load()[0], key=lambda m: prefix_key(m.iid, m.eid))
+    assert loaded == sorted(written, key=lambda m: prefix_key(m.iid, m.eid))
+    assert len({id(m.rlocs) for m in loaded}) == 3  # one-RLOC, two-RLOC and empty sets
+    assert len({id(m.iid) for m in loaded}) == 1 and len({id(m.action) for m in loaded}) == 2
+    store.write(put=[api(70000, "10.9.0.0/24", "192.0.2.2")], delete=[(70000, parse_prefix("fd00:1::/32"))])
+    after = {str(m.eid): m for m in store.load()[0]}
+    assert len(after) == 104 and "fd00:1::/32" not in after
+    assert [str(r.address) for r in after["10.9.0.0/24"].rlocs] == ["192.0.2.2"]
+    assert [str(r.address) for r in after["10.9.1.0/24"].rlocs] == ["192.0.2.1"]
 
 
 def test_corrupt_store_gives_a_clear_error(tmp_path):
@@ -128,7 +148,7 @@ def test_shared_delta_nets_changes_across_generations():
     state.apply(Change(put=[api(1000, "10.2.0.0/16", "192.0.2.1"), api(1000, "10.3.0.0/16", "192.0.2.1")]))
     state.apply(Change(put=[api(1000, "10.2.0.0/16", "192.0.2.9")]))  # replaces one flow
     state.apply(Change(put=[api(1000, "10.3.0.0/16", "192.0.2.1")]))  # the same again: no change
-    state.apply(Change(delete=[(1000, ipaddress.ip_network("10.3.0.0/16"))],
+    state.apply(Change(delete=[(1000, parse_prefix("10.3.0.0/16"))],
                        put=[api(1000, "10.4.0.0/16", "192.0.2.1")]))
     added, removed = state.shared_delta(start)
     # Catching up from the start gives exactly what a full diff gives.
