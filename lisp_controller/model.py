@@ -415,49 +415,57 @@ class MapCache:
 
     Prefixes are bucketed by (IID, version, length); a lookup tries the
     lengths present, longest first, so it costs at most 33 (or 129) dict
-    probes however many mappings there are."""
+    probes however many mappings there are. The buckets are the only
+    index: a second dict by whole key would cost 150 bytes per mapping.
+    Iteration goes bucket by bucket (sort where order matters)."""
 
     def __init__(self, mappings: Iterable[Mapping] = ()):
-        self._by_key: dict[tuple[int, int, int, int], Mapping] = {}
         # (iid, version) -> {prefixlen: {network int: Mapping}}
         self._buckets: dict[tuple[int, int], dict[int, dict[int, Mapping]]] = {}
+        self._count = 0
         for m in mappings:
             self.add(m)
 
     def __len__(self) -> int:
-        return len(self._by_key)
+        return self._count
 
     def __iter__(self) -> Iterator[Mapping]:
-        return iter(self._by_key.values())
+        for lengths in list(self._buckets.values()):
+            for bucket in list(lengths.values()):
+                yield from list(bucket.values())
 
     def __contains__(self, key: tuple[int, Prefix]) -> bool:
-        return prefix_key(*key) in self._by_key
+        return self.get(*key) is not None
 
     def get(self, iid: int, eid: Prefix) -> Mapping | None:
-        return self._by_key.get((iid,) + eid if type(eid) is Prefix else prefix_key(iid, eid))
+        _, version, network, length = prefix_key(iid, eid)
+        lengths = self._buckets.get((iid, version))
+        bucket = lengths.get(length) if lengths is not None else None
+        return bucket.get(network) if bucket is not None else None
 
-    def add(self, mapping: Mapping, key: tuple | None = None) -> None:
+    def add(self, mapping: Mapping, key: tuple | None = None) -> Mapping | None:
         """Insert or replace the mapping for its (IID, prefix); `key` is its
-        prefix_key if the caller has it already."""
-        key = key or prefix_key(mapping.iid, mapping.eid)
-        self._by_key[key] = mapping
-        iid, version, network, length = key
+        prefix_key if the caller has it already. Returns the one replaced."""
+        iid, version, network, length = key or prefix_key(mapping.iid, mapping.eid)
         lengths = self._buckets.get((iid, version))
         if lengths is None:
             lengths = self._buckets[(iid, version)] = {}
         bucket = lengths.get(length)
         if bucket is None:
             bucket = lengths[length] = {}
+        old = bucket.get(network)
         bucket[network] = mapping
+        if old is None:
+            self._count += 1
+        return old
 
     def remove(self, iid: int, eid: Prefix, key: tuple | None = None) -> Mapping | None:
-        key = key or prefix_key(iid, eid)
-        mapping = self._by_key.pop(key, None)
+        _, version, network, length = key or prefix_key(iid, eid)
+        lengths = self._buckets.get((iid, version))
+        bucket = lengths.get(length) if lengths is not None else None
+        mapping = bucket.pop(network, None) if bucket is not None else None
         if mapping is not None:
-            _, version, network, length = key
-            lengths = self._buckets[(iid, version)]
-            bucket = lengths[length]
-            del bucket[network]
+            self._count -= 1
             if not bucket:
                 del lengths[length]
         return mapping

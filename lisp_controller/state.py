@@ -78,7 +78,6 @@ class State:
         self._removed: set[int] | None = None
         self._journal: list[tuple[int, bytes | None]] | None = None  # see apply(stream=)
         self.encoded: dict[int, bytes] = {}  # shared flows' flow-mods, made once for every bridge
-        self._cookie_of: dict[tuple, int] = {}  # by model.prefix_key
         self._config_bridges = {b.label: b for b in config.overlay.bridges}
         self.api_endpoints: dict[tuple[str, str], Endpoint] = {}
         self.bridges: dict[str, Bridge] = dict(self._config_bridges)
@@ -103,7 +102,8 @@ class State:
     def mapping_cookie(self, key: Key) -> int | None:
         """The cookie of the map-cache flow a mapping compiles to (the same
         on every bridge), so flow statistics can be read back per mapping."""
-        return self._cookie_of.get(prefix_key(*key))
+        m = self.cache.get(*key)
+        return mapping_flow_mod(m, prefix_key(*key))[0] if m is not None else None
 
     def bridge(self, label: str) -> Bridge | None:
         return self.bridges.get(label)
@@ -291,21 +291,22 @@ class State:
     def _put(self, m: Mapping) -> None:
         key = prefix_key(m.iid, m.eid)
         cookie, data = mapping_flow_mod(m, key)
-        old = self._cookie_of.get(key)
-        self.cache.add(m, key)
-        if old == cookie:  # the same flow (a new TTL, say): nothing for the bridges
-            self._source[cookie] = m
-            return
+        old = self.cache.add(m, key)
         if old is not None:
-            self._drop_flow(old)
-        self._cookie_of[key] = self._add_flow(m, cookie, data)
+            # The replaced mapping's cookie is made again rather than kept:
+            # a dict of a million cookies costs more than this rare step.
+            old_cookie = mapping_flow_mod(old, key)[0]
+            if old_cookie == cookie:  # the same flow (a new TTL, say): nothing for the bridges
+                self._source[cookie] = m
+                return
+            self._drop_flow(old_cookie)
+        self._add_flow(m, cookie, data)
 
     def _remove(self, key: Key) -> None:
         ikey = prefix_key(*key)
-        self.cache.remove(key[0], key[1], ikey)
-        cookie = self._cookie_of.pop(ikey, None)
-        if cookie is not None:
-            self._drop_flow(cookie)
+        m = self.cache.remove(key[0], key[1], ikey)
+        if m is not None:
+            self._drop_flow(mapping_flow_mod(m, ikey)[0])
 
 
 class SharedFlows(collections.abc.Mapping):
