@@ -82,13 +82,22 @@ def encode_add_reference(flow: Flow, cookie: int) -> bytes:
         instructions=_instructions(flow.actions)))
 
 
-def encode_delete(cookie: int) -> bytes:
+def encode_delete_reference(cookie: int) -> bytes:
     """Delete by exact cookie in every table: flows are content-addressed,
-    so the cookie alone names the flow."""
+    so the cookie alone names the flow. os-ken's encoding (9 us); the bytes
+    differ only in the cookie, so `encode_delete` splices it into these."""
     return _serialize(parser.OFPFlowMod(
         _PROTO, cookie=cookie, cookie_mask=ALL_ONES_64, table_id=ofp.OFPTT_ALL,
         command=ofp.OFPFC_DELETE, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
         match=parser.OFPMatch()))
+
+
+_DELETE = encode_delete_reference(0)
+
+
+def encode_delete(cookie: int) -> bytes:
+    """`encode_delete_reference(cookie)`, for a bulk delete of 100,000 flows."""
+    return wire.with_cookie(_DELETE, cookie)
 
 
 def with_xid(msg: bytes, xid: int) -> bytes:

@@ -97,3 +97,11 @@ def test_mapping_template_path_equals_the_general_path():
         assert (cookie, data) == encoded(mapping_flow(m)), item
         seen.add(cookie)
     assert len(seen) == len(raw)
+
+
+@pytest.mark.parametrize("cookie", [0x4C00000000000001, 0x4CFFFFFFFFFFFFFF, 0x4C123456789ABCDE])
+def test_delete_by_cookie_is_os_kens_message(cookie):
+    assert encode.encode_delete(cookie) == encode.encode_delete_reference(cookie)
+    msg = ofproto_parser.msg(_PROTO, *ofproto_parser.header(encode.encode_delete(cookie)),
+                             encode.encode_delete(cookie))
+    assert (msg.cookie, msg.cookie_mask, msg.command, msg.table_id) == (cookie, 2**64 - 1, 3, 0xFF)
