@@ -29,7 +29,7 @@ from .metrics import Metrics
 from . import procinfo
 from .model import Bridge
 from . import verify
-from .reconcile import catch_up, reconcile, record
+from .reconcile import Stream, catch_up, reconcile, record
 from .state import Change, State
 from .store import Store, StoreError
 from .switch import Switch, SwitchError, describe_error, port_name
@@ -273,8 +273,7 @@ class BridgeSession:
         the next (two cores), and commits once all of it is in."""
         st = self.status
         started = time.monotonic()
-        installed = self.installed
-        now: dict[int, int] = {}  # flows per cookie after what was sent so far
+        stream = Stream(self.installed)
         bundle = self.switch.open_bundle()  # anonymous: the cheapest messages
         try:
             while True:
@@ -287,20 +286,8 @@ class BridgeSession:
                 if isinstance(batch, tuple):  # END
                     generation = batch[1]
                     break
-                messages = []
-                for cookie, data in batch:
-                    count = now.get(cookie)
-                    if count is None:
-                        count = installed.get(cookie, 0)
-                    if data is None:
-                        if count:
-                            messages.append((cookie, encode_delete(cookie)))
-                        now[cookie] = 0
-                    else:
-                        if count != 1:
-                            messages.append((cookie, data))
-                        now[cookie] = 1
-                bundle.add_many(messages)
+                bundle.add_many((c, data if data is not None else encode_delete(c))
+                                for c, data in stream.step(batch))
             mark = time.monotonic()
             ok, errors = bundle.commit()
         finally:
@@ -314,12 +301,8 @@ class BridgeSession:
             self.sync(deep=True)
             return
         sent = len(bundle.cookies)
-        for cookie, count in now.items():
-            if count:
-                installed[cookie] = 1
-            else:
-                installed.pop(cookie, None)
-        st.flows_installed = sum(installed.values())
+        stream.record()
+        st.flows_installed = sum(self.installed.values())
         st.flows_desired = self._local_flows + len(self.app.state.shared)
         st.flow_mods_sent += sent
         self.app.metrics.inc("lisp_flow_mods_sent_total", sent)

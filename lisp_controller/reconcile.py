@@ -60,3 +60,40 @@ def record(installed: dict[int, int], plan: Plan, failed: Container[int] = froze
             change += 1 - installed.get(c, 0)
             installed[c] = 1
     return change
+
+
+class Stream:
+    """`catch_up` for a change that arrives in batches while it is being
+    made: each batch of flow edits, in order ((cookie, flow-mod) added,
+    (cookie, None) removed), gives what to send now; once the bundle
+    committed, `record` brings `installed` up to date. A flow added and
+    removed within the change is sent as such, in order."""
+
+    def __init__(self, installed: dict[int, int]):
+        self.installed = installed
+        self._now: dict[int, int] = {}  # flows per cookie after what was sent so far
+
+    def step(self, batch: list[tuple[int, bytes | None]]) -> list[tuple[int, bytes | None]]:
+        """The messages for `batch`: (cookie, flow-mod) to add, (cookie,
+        None) to delete; nothing for an edit the bridge already has."""
+        now, installed, out = self._now, self.installed, []
+        for cookie, data in batch:
+            count = now.get(cookie)
+            if count is None:
+                count = installed.get(cookie, 0)
+            if data is None:
+                if count:
+                    out.append((cookie, None))
+                now[cookie] = 0
+            else:
+                if count != 1:
+                    out.append((cookie, data))
+                now[cookie] = 1
+        return out
+
+    def record(self) -> None:
+        for cookie, count in self._now.items():
+            if count:
+                self.installed[cookie] = 1
+            else:
+                self.installed.pop(cookie, None)

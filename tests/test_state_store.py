@@ -140,7 +140,6 @@ def test_corrupt_store_gives_a_clear_error(tmp_path):
 
 
 def test_shared_delta_nets_changes_across_generations():
-    from lisp_controller.compiler import compile_map_cache
     from lisp_controller.reconcile import catch_up, reconcile
     state = State(BLOG)
     start = state.generation
@@ -181,3 +180,38 @@ def test_record_leaves_refused_changes_as_the_switch_has_them():
     # The switch refused deleting 2 and adding 5.
     assert record(installed, plan, {2, 5}) == -1 - 2 + 1 + 1
     assert installed == {2: 1, 3: 1, 4: 1}
+
+
+def test_a_streamed_change_lands_as_the_state_says():
+    """The flow edits State.apply streams, sent as Stream.step says, leave
+    the bridge holding exactly the state's flows, with nothing sent for
+    what it had, and a flow added then removed within one change sent in
+    that order."""
+    from lisp_controller.reconcile import Stream
+    state = State(BLOG)
+    batches: list = []
+    keep = api(1000, "10.2.0.0/16", "192.0.2.1")
+    state.apply(Change(put=[keep, api(1000, "10.3.0.0/16", "192.0.2.1"), api(1000, "10.5.0.0/16", "192.0.2.1")]))
+    installed = {c: 1 for c in state.encoded}
+    sent: list = []
+    stream = Stream(installed)
+    change = Change(put=[keep,                                      # as it is: nothing to send
+                         api(1000, "10.3.0.0/16", "192.0.2.9"),     # moved: delete, then add
+                         api(1000, "10.4.0.0/16", "192.0.2.1")],    # new
+                    delete=[(1000, parse_prefix("10.5.0.0/16"))])
+    state.apply(change, stream=lambda batch: (batches.append(list(batch)), sent.extend(stream.step(batch))))
+    assert batches, "nothing was streamed"
+    stream.record()
+    assert installed == {c: 1 for c in state.encoded}
+    deletes = [c for c, data in sent if data is None]
+    adds = [c for c, data in sent if data is not None]
+    assert len(deletes) == 2 and len(adds) == 2  # 10.5 and old 10.3 out; new 10.3 and 10.4 in
+    assert all(state.encoded[c] == data for c, data in sent if data is not None)
+    # What the bridge has is not sent again; what it lacks is not deleted.
+    assert Stream({5: 1}).step([(5, b"x"), (6, None)]) == []
+    assert Stream({5: 2}).step([(5, b"x")]) == [(5, b"x")]  # not exactly one copy: sent, as catch_up does
+    # Added then removed within one change: both go out, in order.
+    flip = Stream({})
+    assert flip.step([(7, b"x"), (7, None)]) == [(7, b"x"), (7, None)]
+    flip.record()
+    assert flip.installed == {}
