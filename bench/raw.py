@@ -3,7 +3,7 @@ written to the bridge's management socket by a bare OpenFlow client.
 
 No controller can be faster than this on the same switch; the benchmark
 reports it next to ours and ovs-ofctl's as the floor. Standard library
-plus our own encoders; one connection per measurement.
+sockets and our own encoders; one connection per measurement.
 """
 from __future__ import annotations
 
@@ -12,20 +12,20 @@ import struct
 import time
 from pathlib import Path
 
-from lisp_controller import encode
+from os_ken.ofproto import ofproto_v1_3 as ofp
 
-OFPT_HELLO, OFPT_ERROR, OFPT_ECHO_REQUEST, OFPT_BARRIER_REPLY = 0, 1, 2, 21
+from lisp_controller import encode
+from lisp_controller.switch import BUNDLE_FLAGS as FLAGS
+
 _HEADER = struct.Struct("!BBHI")
 BUNDLE_ID = 0xB0
-FLAGS = 3  # atomic, ordered
-ONF_BCT_OPEN_REQUEST, ONF_BCT_COMMIT_REQUEST = 0, 4
 
 
 def bundle_bytes(flow_mods: list[bytes]) -> bytes:
     """One bundle of the flow-mods, xids 10, 11, ..., committed with xid 2
     and confirmed by a barrier with xid 3 (the open request is sent apart)."""
     parts = [encode.bundle_add(10 + i, BUNDLE_ID, FLAGS, m) for i, m in enumerate(flow_mods)]
-    parts.append(encode.bundle_ctrl(2, BUNDLE_ID, ONF_BCT_COMMIT_REQUEST, FLAGS))
+    parts.append(encode.bundle_ctrl(2, BUNDLE_ID, ofp.ONF_BCT_COMMIT_REQUEST, FLAGS))
     parts.append(encode.barrier(3))
     return b"".join(parts)
 
@@ -50,18 +50,18 @@ def send_bundle(mgmt_socket: Path, payload: bytes, timeout: float = 600) -> floa
         sock.settimeout(timeout)
         sock.connect(str(mgmt_socket))
         buf = bytearray()
-        sock.sendall(_HEADER.pack(4, OFPT_HELLO, 8, 1))
+        sock.sendall(_HEADER.pack(ofp.OFP_VERSION, ofp.OFPT_HELLO, 8, 1))
         kind, _, _ = _read(sock, buf)
-        if kind != OFPT_HELLO:
+        if kind != ofp.OFPT_HELLO:
             raise ConnectionError(f"expected HELLO, got type {kind}")
         started = time.perf_counter()
-        sock.sendall(encode.bundle_ctrl(1, BUNDLE_ID, ONF_BCT_OPEN_REQUEST, FLAGS))
+        sock.sendall(encode.bundle_ctrl(1, BUNDLE_ID, ofp.ONF_BCT_OPEN_REQUEST, FLAGS))
         sock.sendall(payload)
         while True:
             kind, xid, msg = _read(sock, buf)
-            if kind == OFPT_ERROR:
+            if kind == ofp.OFPT_ERROR:
                 raise RuntimeError(f"switch error for xid {xid}: {msg[8:12].hex()}")
-            if kind == OFPT_ECHO_REQUEST:
-                sock.sendall(_HEADER.pack(4, 3, len(msg), xid) + msg[8:])
-            if kind == OFPT_BARRIER_REPLY and xid == 3:
+            if kind == ofp.OFPT_ECHO_REQUEST:
+                sock.sendall(_HEADER.pack(ofp.OFP_VERSION, ofp.OFPT_ECHO_REPLY, len(msg), xid) + msg[8:])
+            if kind == ofp.OFPT_BARRIER_REPLY and xid == 3:
                 return time.perf_counter() - started

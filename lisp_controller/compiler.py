@@ -12,7 +12,7 @@ from typing import Mapping as TMapping, NamedTuple
 
 from . import wire
 from .flows import (DEC_TTL, ETH_ARP, ETH_IP, ETH_IPV6, IN_PORT, IPPROTO_ICMPV6, NORMAL,
-                    ND_ADVERT, ND_SOLICIT, TO_CONTROLLER, COOKIE_TAG, COOKIE_TAG_SHIFT, Flow, goto, keyed, move,
+                    ND_ADVERT, ND_SOLICIT, TO_CONTROLLER, COOKIE_BASE, Flow, goto, keyed, move,
                     output, set_field, write_metadata)
 from .model import Bridge, Endpoint, MapCache, Mapping, Overlay
 from .profiles import PROFILES
@@ -118,7 +118,6 @@ def mapping_flow_mod(m: Mapping, key: tuple[int, int, int, int]) -> tuple[int, b
 
 
 _TEMPLATES: dict[tuple, tuple] = {}
-COOKIE_BASE = COOKIE_TAG << COOKIE_TAG_SHIFT
 
 
 def miss_flow(miss_action: str) -> Flow:

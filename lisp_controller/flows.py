@@ -22,6 +22,7 @@ from .model import Prefix
 COOKIE_TAG = 0x4C  # 'L'
 COOKIE_TAG_SHIFT = 56
 COOKIE_TAG_MASK = 0xFF << COOKIE_TAG_SHIFT
+COOKIE_BASE = COOKIE_TAG << COOKIE_TAG_SHIFT  # every cookie of ours is this | a hash
 COOKIE_HASH_MASK = (1 << COOKIE_TAG_SHIFT) - 1
 
 ETH_IP, ETH_ARP, ETH_IPV6 = 0x0800, 0x0806, 0x86DD
@@ -172,7 +173,7 @@ def encoded(flow: Flow) -> tuple[int, bytes]:
     """The flow's cookie and its OFPFC_ADD bytes (xid 0). The cookie hashes
     the encoding, which is the flow's canonical form."""
     body = wire.flow_mod_add(flow, 0)
-    cookie = (COOKIE_TAG << COOKIE_TAG_SHIFT) | wire.content_hash(body)
+    cookie = COOKIE_BASE | wire.content_hash(body)
     return cookie, wire.with_cookie(body, cookie)
 
 

@@ -430,9 +430,9 @@ class MapCache:
         return self._count
 
     def __iter__(self) -> Iterator[Mapping]:
-        for lengths in list(self._buckets.values()):
-            for bucket in list(lengths.values()):
-                yield from list(bucket.values())
+        for lengths in self._buckets.values():
+            for bucket in lengths.values():
+                yield from bucket.values()
 
     def __contains__(self, key: tuple[int, Prefix]) -> bool:
         return self.get(*key) is not None

@@ -205,7 +205,7 @@ class State:
         self._journal = [] if stream is not None else None
 
         def flush() -> None:
-            if self._journal:
+            if self._journal:  # None without a stream
                 stream(self._journal)
                 self._journal = []
 
@@ -213,8 +213,7 @@ class State:
             nonlocal n
             n += 1
             if n % PAUSE_EVERY == 0:
-                if stream is not None:
-                    flush()
+                flush()
                 if pause is not None:
                     pause()
 
@@ -242,9 +241,8 @@ class State:
             for m in endpoint_mappings(self.bridges[label], ep):
                 self._put(m)
             self._rebuild_bridge(label)
-        if stream is not None:
-            flush()
-            self._journal = None
+        flush()
+        self._journal = None
         if bump:
             self.generation += 1
             self._remember(self.generation, self._added, self._removed)
@@ -262,7 +260,7 @@ class State:
             _, a, r = self.history.popleft()
             total -= len(a) + len(r)
 
-    def _add_flow(self, source: Mapping | Flow, cookie: int, data: bytes) -> int:
+    def _add_flow(self, source: Mapping | Flow, cookie: int, data: bytes) -> None:
         other = self.encoded.get(cookie)
         if other is not None and other != data:
             raise RuntimeError(f"cookie collision {cookie:#x}")
@@ -275,7 +273,6 @@ class State:
                 self._removed.discard(cookie)  # removed and put back: no change
             else:
                 self._added.add(cookie)
-        return cookie
 
     def _drop_flow(self, cookie: int) -> None:
         del self._source[cookie]

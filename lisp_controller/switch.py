@@ -22,7 +22,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as ofp_parser
 
 from . import encode, verify
 from .gcpause import BIG, gc_paused
-from .flows import COOKIE_TAG, COOKIE_TAG_MASK, COOKIE_TAG_SHIFT
+from .flows import COOKIE_BASE, COOKIE_TAG_MASK
 from .reconcile import Plan
 
 LOG = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ class Switch:
                 counts[stat.cookie] = counts.get(stat.cookie, 0) + 1
 
         with gc_paused(BIG):  # a dump of 100,000 flows is 100,000 new objects
-            self.request(lambda xid: encode.flow_stats_request(xid, COOKIE_TAG << COOKIE_TAG_SHIFT, COOKIE_TAG_MASK),
+            self.request(lambda xid: encode.flow_stats_request(xid, COOKIE_BASE, COOKIE_TAG_MASK),
                          "flow dump", consume=count)
         return counts
 
@@ -219,7 +219,7 @@ class Switch:
         split here, without os-ken's object tree."""
         with gc_paused(BIG):
             replies = self.request(
-                lambda xid: encode.flow_stats_request(xid, COOKIE_TAG << COOKIE_TAG_SHIFT, COOKIE_TAG_MASK),
+                lambda xid: encode.flow_stats_request(xid, COOKIE_BASE, COOKIE_TAG_MASK),
                 "flow dump (deep check)")
             return [e for reply in replies for e in verify.split_flow_stats(reply.buf, reply.msg_len)]
 
@@ -234,7 +234,7 @@ class Switch:
                 packets, nbytes = counters.get(stat.cookie, (0, 0))
                 counters[stat.cookie] = (packets + stat.packet_count, nbytes + stat.byte_count)
 
-        self.request(lambda xid: encode.flow_stats_request(xid, COOKIE_TAG << COOKIE_TAG_SHIFT, COOKIE_TAG_MASK,
+        self.request(lambda xid: encode.flow_stats_request(xid, COOKIE_BASE, COOKIE_TAG_MASK,
                                                            table),
                      f"flow statistics of table {table}", timeout, consume=add)
         return counters
@@ -312,9 +312,6 @@ class Bundle:
         self._size = 0
         self.waited = 0.0  # seconds spent waiting for the switch to take our writes
         switch._bundle_xids, switch._bundle_errors = (self.first, max(capacity, 1)), {}
-
-    def add(self, cookie: int, inner: bytes) -> None:
-        self.add_many(((cookie, inner),))
 
     def add_many(self, messages) -> None:
         """Add (cookie, flow-mod with xid 0) pairs, in order."""
