@@ -286,8 +286,8 @@ class BridgeSession:
                 if isinstance(batch, tuple):  # END
                     generation = batch[1]
                     break
-                bundle.add_many((c, data if data is not None else encode_delete(c))
-                                for c, data in stream.step(batch))
+                bundle.add_many(((c, data if data is not None else encode_delete(c))
+                                 for c, data in stream.step(batch)), batch=True)
             mark = time.monotonic()
             ok, errors = bundle.commit()
         finally:

@@ -313,9 +313,14 @@ class Bundle:
         self.waited = 0.0  # seconds spent waiting for the switch to take our writes
         switch._bundle_xids, switch._bundle_errors = (self.first, max(capacity, 1)), {}
 
-    def add_many(self, messages) -> None:
-        """Add (cookie, flow-mod with xid 0) pairs, in order."""
+    def add_many(self, messages, batch: bool = False) -> None:
+        """Add (cookie, flow-mod with xid 0) pairs, in order. A long run
+        yields to the hub every few hundred messages (echo replies); a
+        `batch` is one bounded part of a stream, written out whole and at
+        once: its caller yields between batches, and a yield midway would
+        let the producer run ahead while the switch sits idle."""
         cookies, chunk, heads = self.cookies, self._chunk, self._heads
+        every = 0 if batch else YIELD_EVERY
         for cookie, inner in messages:
             n = len(cookies)
             cookies.append(cookie)
@@ -335,8 +340,10 @@ class Bundle:
                 self._size += len(head) + len(inner)
             if self._size >= SEND_CHUNK:
                 self._flush()
-            if n % YIELD_EVERY == YIELD_EVERY - 1:
+            if every and n % every == every - 1:
                 hub.sleep(0)
+        if batch:
+            self._flush()
 
     def _flush(self) -> None:
         if self._chunk:
