@@ -300,7 +300,7 @@ class BridgeSession:
                         "checking the bridge and sending it again as a whole", self.label)
             self.sync(deep=True)
             return
-        sent = len(bundle.cookies)
+        sent = bundle.count
         stream.record()
         st.flows_installed = sum(self.installed.values())
         st.flows_desired = self._local_flows + len(self.app.state.shared)

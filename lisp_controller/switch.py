@@ -306,7 +306,8 @@ class Bundle:
         self.named = capacity > 0
         self.first = switch._xid(capacity) if self.named else 0
         self.capacity = capacity
-        self.cookies: list[int] = []  # of each message, by offset
+        self.count = 0  # messages added
+        self.cookies: list[int] = []  # named: of each message, by offset (errors name them)
         self._heads: dict[int, bytes] = {}  # anonymous: message head by flow-mod length
         self._chunk: list[bytes] = []
         self._size = 0
@@ -322,12 +323,13 @@ class Bundle:
         cookies, chunk, heads = self.cookies, self._chunk, self._heads
         every = 0 if batch else YIELD_EVERY
         for cookie, inner in messages:
-            n = len(cookies)
-            cookies.append(cookie)
+            n = self.count
+            self.count += 1
             if self.named:
                 if n >= self.capacity:
                     raise SwitchError(f"bridge {self.switch.label}: more than {self.capacity} "
                                       "messages in one bundle")
+                cookies.append(cookie)
                 buf = encode.bundle_add((self.first + n) & 0xFFFFFFFF, self.id, BUNDLE_FLAGS, inner)
                 chunk.append(buf)
                 self._size += len(buf)

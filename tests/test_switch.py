@@ -16,8 +16,6 @@ _HEADER = struct.Struct("!BBHI")
 class AnsweringDatapath:
     """Takes writes; answers each request of ours (non-zero xid) as done."""
 
-    id = 0xA1
-
     def __init__(self):
         self.switch: Switch | None = None
         self.writes: list[bytes] = []
@@ -60,7 +58,7 @@ def test_a_streamed_batch_is_written_whole_without_yielding(monkeypatch):
     bundle.add_many(mods, batch=True)
     assert sleeps == []
     written = b"".join(dp.writes)
-    assert len(bundle.cookies) == len(mods)
+    assert bundle.count == len(mods)
     assert written.count(mods[-1][1]) == 1  # the tail went out too, not held for the next batch
     assert sum(len(data) + 24 for _, data in mods) == len(written)
 
