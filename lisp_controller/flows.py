@@ -186,10 +186,6 @@ def flow_cookie(flow: Flow) -> int:
     return encoded(flow)[0]
 
 
-def is_ours(cookie: int) -> bool:
-    return cookie >> COOKIE_TAG_SHIFT == COOKIE_TAG
-
-
 def keyed(flows: list[Flow]) -> dict[int, Flow]:
     """Flows by cookie. Two different flows with one cookie would make a
     delete-by-cookie take both: that is a 1-in-10^5 event at a million

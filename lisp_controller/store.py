@@ -173,10 +173,6 @@ class Store:
         except sqlite3.Error as exc:
             raise _wrap(self.path, "write", exc) from None
 
-    def size_bytes(self) -> int:
-        return sum(os.path.getsize(p) for p in (self.path, Path(f"{self.path}-wal"))
-                   if os.path.exists(p))
-
 
 _RLOCS_JSON: dict[tuple, str] = {}  # thousands of mappings share an RLOC set
 

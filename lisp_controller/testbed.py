@@ -341,9 +341,6 @@ class Hypervisor:
         path.write_text("".join(line.rstrip("\n") + "\n" for line in lines))
         self.ofctl("--bundle", "add-flows", bridge or self.bridge, str(path))
 
-    def del_flows(self, bridge: str | None = None) -> None:
-        self.ofctl("del-flows", bridge or self.bridge)
-
     def port_numbers(self, bridge: str | None = None) -> dict[str, int]:
         """OpenFlow port numbers by port name, read from the switch itself
         (``dump-ports-desc``); the LOCAL port maps to OFPP_LOCAL."""
@@ -352,15 +349,6 @@ class Hypervisor:
         for m in re.finditer(r"^\s*(\d+|LOCAL)\(([^)]+)\):", out, re.M):
             ports[m.group(2)] = OFPP_LOCAL if m.group(1) == "LOCAL" else int(m.group(1))
         return ports
-
-    def ofport(self, name: str, bridge: str | None = None) -> int:
-        """One port's number, waiting (with a deadline) until OVS assigns it."""
-        return wait_until(lambda: self.port_numbers(bridge).get(name), timeout=10,
-                          what=f"OpenFlow port number of {name} on {self.name}")
-
-    def tunnel_arp_set(self, ip: str, mac: str) -> str:
-        """Pre-resolve a remote RLOC so the first tunnelled packets survive."""
-        return self.appctl("tnl/arp/set", self.underlay_bridge, ip, mac)
 
     # -- daemons ----------------------------------------------------------
     def add_vm_bridge(self, bridge: str, datapath_id: str | int, tunnel_port: str, profile: str,

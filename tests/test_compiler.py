@@ -1,7 +1,6 @@
 import re
 from pathlib import Path
 
-import pytest
 
 from lisp_controller.compiler import compile_bridge, compile_overlay
 from lisp_controller.config import load_config, parse_config
