@@ -39,13 +39,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import raw  # noqa: E402
-from lisp_controller.compiler import mapping_flow  # noqa: E402
-from lisp_controller.flows import encoded  # noqa: E402
+from lisp_controller.pipeline.compiler import mapping_flow  # noqa: E402
+from lisp_controller.pipeline.flows import encoded  # noqa: E402
 from lisp_controller.config import load_config  # noqa: E402
-from lisp_controller.flows import render  # noqa: E402
+from lisp_controller.pipeline.flows import render  # noqa: E402
 from lisp_controller.model import Mapping  # noqa: E402
-from lisp_controller.scenario import ControllerProcess, Overlay  # noqa: E402
-from lisp_controller.testbed import Testbed, wait_until  # noqa: E402
+from lab.scenario import ControllerProcess, Overlay  # noqa: E402
+from lab.testbed import Testbed, wait_until  # noqa: E402
 
 IID = 4242
 RLOC = "192.168.7.7"

@@ -13,7 +13,7 @@ import os
 import sys
 import warnings
 
-from .config import TOKEN_ENV, ConfigError, load_config
+from lisp_controller.config import TOKEN_ENV, ConfigError, load_config
 
 
 def _load(path: str):
@@ -39,8 +39,8 @@ def cmd_check_config(args) -> int:
 
 def cmd_flows(args) -> int:
     """Print the flows a bridge would get, for reading and for diffing."""
-    from .compiler import compile_bridge, compile_overlay
-    from .flows import render
+    from lisp_controller.pipeline.compiler import compile_bridge, compile_overlay
+    from lisp_controller.pipeline.flows import render
 
     config = _load(args.config)
     if config is None:
@@ -73,8 +73,8 @@ def cmd_serve(args) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("lisp_controller")
-    from .state import State
-    from .store import Store, StoreError
+    from lisp_controller.controller.state import State
+    from lisp_controller.store.sqlite import Store, StoreError
 
     store_path = args.store or config.store_path
     try:
@@ -100,8 +100,8 @@ def cmd_serve(args) -> int:
     from os_ken.controller import controller, ofp_handler
     from os_ken.lib import hub
 
-    from .api import Api
-    from . import tls
+    from lisp_controller.api.rest import Api
+    from lisp_controller.openflow import tls
 
     try:  # unusable keys or certificates stop the start, before anything listens
         of_tls = config.tls and tls.server_context(config.tls.cert, config.tls.key, config.tls.ca)
@@ -133,7 +133,7 @@ def cmd_serve(args) -> int:
             tls.serve_openflow, config.openflow_host, config.openflow_port, of_tls,
             controller.datapath_connection_factory)
     manager = AppManager.get_instance()
-    manager.load_apps(["os_ken.controller.ofp_handler", "lisp_controller.app"])
+    manager.load_apps(["os_ken.controller.ofp_handler", "lisp_controller.controller.app"])
     contexts = manager.create_contexts()
     services = manager.instantiate_apps(lisp_config=config, lisp_state=state, lisp_store=store, **contexts)
     app = manager.applications["LispControllerApp"]
@@ -189,8 +189,8 @@ def _clock():
 def _merge_store(state, store, mappings, endpoints, log) -> None:
     """The config wins: a stored API mapping or endpoint that now collides
     with the config is removed from the store, with a warning."""
-    from .state import Change, Conflict
-    from .store import StoreError
+    from lisp_controller.controller.state import Change, Conflict
+    from lisp_controller.store.sqlite import StoreError
 
     keep, drop = [], []
     for m in mappings:
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", action="append", default=[], metavar="NAME=NUMBER",
                    help="OpenFlow port number of a port (repeat)")
     p.set_defaults(func=cmd_flows)
-    from .client import add_parsers
+    from lisp_controller.cli.client import add_parsers
 
     add_parsers(sub)
     args = parser.parse_args(argv)

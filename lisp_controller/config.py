@@ -10,9 +10,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .model import (Bridge, Endpoint, Mapping, ModelError, Overlay, parse_action,
+from lisp_controller.model import (Bridge, Endpoint, Mapping, ModelError, Overlay, parse_action,
                     parse_address, parse_bool, parse_gateway, parse_iid, parse_int, parse_mac, datapath_id_of)
-from .profiles import DEFAULT_PROFILE, PROFILES
+from lisp_controller.pipeline.profiles import DEFAULT_PROFILE, PROFILES
 
 
 class ConfigError(Exception):

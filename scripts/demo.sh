@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-exec .venv/bin/python -m lisp_controller.demo "$@"
+exec .venv/bin/python -m lab.demo "$@"

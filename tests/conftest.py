@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lisp_controller.testbed import Testbed
+from lab.testbed import Testbed
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from lisp_controller.flows import Flow
+from lisp_controller.pipeline.flows import Flow
 from lisp_controller.model import Prefix
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from lisp_controller.api import _COMPILED, ROUTES
-from lisp_controller.openapi import document
-from lisp_controller.scenario import ControllerProcess, build, wait_programmed
-from lisp_controller.testbed import wait_until
+from lisp_controller.api.rest import _COMPILED, ROUTES
+from lisp_controller.api.openapi import document
+from lab.scenario import ControllerProcess, build, wait_programmed
+from lab.testbed import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOG = ROOT / "configs" / "blog-two-hypervisors.toml"

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from lisp_controller.compiler import compile_bridge, compile_overlay
+from lisp_controller.pipeline.compiler import compile_bridge, compile_overlay
 from lisp_controller.config import ConfigError, load_config, parse_config
-from lisp_controller.encode import encode_add
-from lisp_controller.flows import flow_cookie, render
+from lisp_controller.openflow.encode import encode_add
+from lisp_controller.pipeline.flows import flow_cookie, render
 
 from .fakeof import trace
 

@@ -2,10 +2,10 @@ import re
 from pathlib import Path
 
 
-from lisp_controller.compiler import compile_bridge, compile_overlay
+from lisp_controller.pipeline.compiler import compile_bridge, compile_overlay
 from lisp_controller.config import load_config, parse_config
-from lisp_controller.flows import encoded, flow_mods, render
-from lisp_controller.reconcile import reconcile, record
+from lisp_controller.pipeline.flows import encoded, flow_mods, render
+from lisp_controller.controller.reconcile import reconcile, record
 
 from .fakeof import trace
 
@@ -24,7 +24,7 @@ def test_blog_table0_has_the_recipes_rule_shapes():
     flows = compile_bridge(hv1, {"vnet0": VNET0, "lisp0": LISP0}, compile_overlay(config.overlay)).flows
     # The recipe: priority 3 decap by dl_dst, 2 ARP from the VM port,
     # 1 IP from the VM port without VLAN, 0 NORMAL. The L3 tunnel profiles
-    # deliver dl_dst=00:00:00:00:00:00 (DESIGN.md section 2), and IPv6
+    # deliver dl_dst=00:00:00:00:00:00 (docs/datapath.rst), and IPv6
     # neighbour discovery is treated like ARP.
     assert table0(flows) == [
         "table=0,priority=0 actions=NORMAL",

@@ -1,5 +1,5 @@
 """The counter cache: how often the switches are asked, whatever the polling."""
-from lisp_controller.counters import CounterCache, add_counts
+from lisp_controller.controller.counters import CounterCache, add_counts
 
 
 class Clock:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lisp_controller.scenario import ControllerProcess, build, wait_programmed
-from lisp_controller.testbed import wait_until
+from lab.scenario import ControllerProcess, build, wait_programmed
+from lab.testbed import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOG = ROOT / "configs" / "blog-two-hypervisors.toml"
@@ -57,7 +57,7 @@ def test_blog_vms_ping_through_the_controllers_flows(testbed, tmp_path, profile)
 
 
 def test_lisp_profile_flows_checked_by_ofproto_trace(testbed, tmp_path):
-    """type=lisp cannot encapsulate in the userspace datapath (DESIGN.md
+    """type=lisp cannot encapsulate in the userspace datapath (docs/datapath.rst
     section 2), so the lisp profile is checked by where OVS would send the
     packet, not by packets."""
     ov = build(testbed, blog_config(tmp_path, "lisp"))

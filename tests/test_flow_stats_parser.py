@@ -6,7 +6,7 @@ from os_ken.ofproto import ofproto_parser, ofproto_protocol
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from lisp_controller.switch import FlowStat, _FlowStatsReply
+from lisp_controller.openflow.switch import FlowStat, _FlowStatsReply
 
 _PROTO = ofproto_protocol.ProtocolDesc(ofp.OFP_VERSION)
 

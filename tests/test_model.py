@@ -250,7 +250,7 @@ def test_every_creator_makes_the_same_prefix(tmp_path):
     import copy
     import pickle
     from lisp_controller.model import Bridge, Prefix, as_prefix, endpoint_mappings, prefix_key
-    from lisp_controller.store import Store
+    from lisp_controller.store.sqlite import Store
     texts = ["10.1.1.20/32", "2001:db8::20/128", "10.2.0.0/16", "fd00:1::/48", "0.0.0.0/0", "::/0"]
     parsed = [Mapping.parse({"iid": 7, "eid": t, "rlocs": ["192.0.2.1"]}, source="api") for t in texts]
     store = Store(tmp_path / "s.db")

@@ -1,4 +1,4 @@
-"""Issue 7: what the controller survives, each with real OVS.
+"""What the controller survives, each with real OVS.
 
 Every test starts the real `lisp-controller serve` process, breaks
 something (flows edited by hand, ovs-vswitchd killed, the store's disk
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from lisp_controller.scenario import ControllerProcess, build, wait_programmed
-from lisp_controller.testbed import wait_until
+from lab.scenario import ControllerProcess, build, wait_programmed
+from lab.testbed import wait_until
 
 from .test_api import Client, _cli
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lisp_controller.scenario import ControllerProcess, build, wait_programmed
+from lab.scenario import ControllerProcess, build, wait_programmed
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"

@@ -3,11 +3,11 @@ from pathlib import Path
 
 import pytest
 
-from lisp_controller.compiler import compile_overlay
+from lisp_controller.pipeline.compiler import compile_overlay
 from lisp_controller.config import load_config
 from lisp_controller.model import Endpoint, Mapping, parse_prefix, prefix_key
-from lisp_controller.state import Change, Conflict, State
-from lisp_controller.store import Store, StoreError
+from lisp_controller.controller.state import Change, Conflict, State
+from lisp_controller.store.sqlite import Store, StoreError
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOG = load_config(ROOT / "configs" / "blog-two-hypervisors.toml")
@@ -30,7 +30,7 @@ def test_shared_flows_stay_equal_to_a_full_compile():
     assert state.shared == compile_overlay(BLOG.overlay)
     state.apply(Change(put=[api(1000, "10.2.0.0/16", "192.0.2.1"), api(1000, "10.3.0.0/16", "192.0.2.2")]))
     state.apply(Change(put=[api(1000, "10.2.0.0/16", "192.0.2.9")], delete=[(1000, parse_prefix("10.3.0.0/16"))]))
-    from lisp_controller.compiler import compile_map_cache
+    from lisp_controller.pipeline.compiler import compile_map_cache
     assert state.shared == compile_map_cache(state.cache, BLOG.overlay.miss_action)
     assert len(state.shared) == 4  # two endpoint host mappings, 10.2/16, the miss rule
 
@@ -140,7 +140,7 @@ def test_corrupt_store_gives_a_clear_error(tmp_path):
 
 
 def test_shared_delta_nets_changes_across_generations():
-    from lisp_controller.reconcile import catch_up, reconcile
+    from lisp_controller.controller.reconcile import catch_up, reconcile
     state = State(BLOG)
     start = state.generation
     installed = {c: 1 for c in state.shared}
@@ -162,7 +162,7 @@ def test_shared_delta_nets_changes_across_generations():
 
 
 def test_shared_delta_is_none_when_history_is_gone(monkeypatch):
-    import lisp_controller.state as state_module
+    import lisp_controller.controller.state as state_module
     monkeypatch.setattr(state_module, "HISTORY_COOKIES", 3)
     state = State(BLOG)
     start = state.generation
@@ -173,7 +173,7 @@ def test_shared_delta_is_none_when_history_is_gone(monkeypatch):
 
 
 def test_record_leaves_refused_changes_as_the_switch_has_them():
-    from lisp_controller.reconcile import Plan, record
+    from lisp_controller.controller.reconcile import Plan, record
     flow = b"flow-mod"
     installed = {1: 1, 2: 1, 3: 2}
     plan = Plan(delete=(1, 2, 3), add=((3, flow), (4, flow), (5, flow)))
@@ -187,7 +187,7 @@ def test_a_streamed_change_lands_as_the_state_says():
     the bridge holding exactly the state's flows, with nothing sent for
     what it had, and a flow added then removed within one change sent in
     that order."""
-    from lisp_controller.reconcile import Stream
+    from lisp_controller.controller.reconcile import Stream
     state = State(BLOG)
     batches: list = []
     keep = api(1000, "10.2.0.0/16", "192.0.2.1")

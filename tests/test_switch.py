@@ -5,10 +5,10 @@ from __future__ import annotations
 import struct
 from types import SimpleNamespace
 
-from lisp_controller import switch as switch_module
-from lisp_controller.compiler import mapping_flow_mod
+from lisp_controller.openflow import switch as switch_module
+from lisp_controller.pipeline.compiler import mapping_flow_mod
 from lisp_controller.model import Mapping, prefix_key
-from lisp_controller.switch import SEND_CHUNK, YIELD_EVERY, Switch
+from lisp_controller.openflow.switch import SEND_CHUNK, YIELD_EVERY, Switch
 
 _HEADER = struct.Struct("!BBHI")
 

@@ -1,9 +1,9 @@
 """The namespace testbed, and proof that the datapath carries LISP-shaped
 traffic with hand-written flows, before any controller exists.
 
-The flows (lisp_controller.testbed.static_flows) are the recipe's table 0
+The flows (lab.testbed.static_flows) are the recipe's table 0
 with destination-keyed map-cache rules: what the controller will compile
-(DESIGN.md section 4) collapsed into one table.
+(docs/datapath.rst, "The pipeline") collapsed into one table.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lisp_controller.testbed import (
+from lab.testbed import (
     SEED_IID, CommandError, SeedTopology, Testbed, UnsafeTarget, build_seed_topology,
     current_netns, install_static_seed, static_flows, wait_until)
 
@@ -185,7 +185,7 @@ def _wait_for_line(proc: subprocess.Popen, marker: str, timeout: float = 60) -> 
 def test_atexit_tears_down_a_testbed_nobody_closed():
     if os.geteuid() != 0:
         pytest.skip("the namespace testbed needs root")
-    code = ("from lisp_controller.testbed import Testbed\n"
+    code = ("from lab.testbed import Testbed\n"
             "tb = Testbed()\n"
             "seg = tb.add_segment('u', '192.168.1.0/24')\n"
             "hv = tb.add_hypervisor('hv1', '192.168.1.249', 24, seg, 1)\n"
@@ -203,7 +203,7 @@ def test_cli_demo_topology_builds_and_tears_down_on_sigterm():
     if os.geteuid() != 0:
         pytest.skip("the namespace testbed needs root")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lisp_controller.testbed", "demo-topology", "--static-flows"],
+        [sys.executable, "-m", "lab.testbed", "demo-topology", "--static-flows"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
@@ -250,6 +250,6 @@ def test_wait_until_returns_value_or_times_out():
 
 
 def test_cli_help():
-    out = subprocess.run([sys.executable, "-m", "lisp_controller.testbed", "--help"],
+    out = subprocess.run([sys.executable, "-m", "lab.testbed", "--help"],
                          capture_output=True, text=True, check=True).stdout
     assert "demo-topology" in out

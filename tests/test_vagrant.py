@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from lisp_controller.config import load_config
-from lisp_controller.testbed import wait_until
+from lab.testbed import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 VAGRANTFILE = ROOT / "Vagrantfile"
@@ -57,7 +57,7 @@ def test_vagrantfile_matches_its_config():
 
 def _start_box(testbed, ns: str, prefix: str, bridge: str, serve: bool, tmp_path: Path):
     out = tmp_path / f"{prefix}.out"
-    cmd = [sys.executable, "-m", "lisp_controller.scenario", "host", "-c", str(CONFIG),
+    cmd = [sys.executable, "-m", "lab.scenario", "host", "-c", str(CONFIG),
            "--bridge", bridge, "--nic", "eth1", "--prefix", prefix,
            "--log", str(tmp_path / f"{prefix}-controller.log")] + (["--serve"] if serve else [])
     with open(out, "wb") as f:

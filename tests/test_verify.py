@@ -7,9 +7,11 @@ import struct
 
 import pytest
 
-from lisp_controller import verify, wire
+from lisp_controller.openflow import verify
+
+from lisp_controller.openflow import wire
 from lisp_controller.config import ConfigError, parse_config
-from lisp_controller.flows import Flow, encoded, goto, move, set_field
+from lisp_controller.pipeline.flows import Flow, encoded, goto, move, set_field
 
 FLOW = Flow(1, 116, (("eth_type", 0x0800), ("metadata", 1000), ("ipv4_dst", ipaddress.ip_network("10.9.0.0/16"))),
             (set_field("tun_ipv4_dst", ipaddress.ip_address("192.168.50.2")), set_field("tunnel_id", 1000),

@@ -4,10 +4,12 @@ from pathlib import Path
 import pytest
 from os_ken.ofproto import ofproto_parser, ofproto_protocol
 
-from lisp_controller import encode, wire
-from lisp_controller.compiler import compile_bridge, compile_overlay
+from lisp_controller.openflow import encode
+
+from lisp_controller.openflow import wire
+from lisp_controller.pipeline.compiler import compile_bridge, compile_overlay
 from lisp_controller.config import load_config, parse_config
-from lisp_controller.flows import COOKIE_TAG, encoded, render
+from lisp_controller.pipeline.flows import COOKIE_TAG, encoded, render
 
 ROOT = Path(__file__).resolve().parent.parent
 _PROTO = ofproto_protocol.ProtocolDesc(4)
@@ -71,7 +73,7 @@ def test_mapping_template_path_equals_the_general_path():
     """State builds map-cache flow-mods from templates; every shape a
     mapping can take must give the bytes and cookie the general path
     gives, including a second mapping that reuses the first's template."""
-    from lisp_controller.compiler import mapping_flow, mapping_flow_mod
+    from lisp_controller.pipeline.compiler import mapping_flow, mapping_flow_mod
     from lisp_controller.model import Mapping, prefix_key
     raw = [
         {"iid": 3, "eid": "10.8.0.0/13", "rlocs": ["2001:db8:ff::2"]},

@@ -14,9 +14,9 @@ from os_ken.ofproto import ofproto_common, ofproto_protocol
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from . import wire
-from .flows import FIELD_BITS, Flow
-from .model import Prefix
+from lisp_controller.openflow import wire
+from lisp_controller.pipeline.flows import FIELD_BITS, Flow
+from lisp_controller.model import Prefix
 
 _PROTO = ofproto_protocol.ProtocolDesc(ofp.OFP_VERSION)
 ALL_ONES_64 = 0xFFFFFFFFFFFFFFFF

@@ -3,7 +3,7 @@
 The controller never creates OVS ports; it only needs to know what a
 decapsulated packet looks like in table 0. The testbed and the docs use the
 same options so that what we test is what we tell users to type.
-See DESIGN.md section 2 for why `lisp` is compile-only here.
+docs/datapath.rst says why `lisp` is compile-only here.
 """
 from __future__ import annotations
 

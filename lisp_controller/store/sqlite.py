@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import quote
 from typing import Iterable, Iterator
 
-from .model import ACTIONS, Endpoint, Mapping, Rloc, parse_prefix
+from lisp_controller.model import ACTIONS, Endpoint, Mapping, Rloc, parse_prefix
 
 SCHEMA_VERSION = 1
 _SCHEMA = """

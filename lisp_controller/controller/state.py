@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from .compiler import mapping_flow, mapping_flow_mod, miss_flow
-from .config import Config
-from .flows import Flow, encoded
-from .model import Bridge, Endpoint, MapCache, Mapping, endpoint_mappings, prefix_key
+from lisp_controller.pipeline.compiler import mapping_flow, mapping_flow_mod, miss_flow
+from lisp_controller.config import Config
+from lisp_controller.pipeline.flows import Flow, encoded
+from lisp_controller.model import Bridge, Endpoint, MapCache, Mapping, endpoint_mappings, prefix_key
 
 Key = tuple  # (iid, IPv4Network | IPv6Network)
 PAUSE_EVERY = 2000

@@ -2,7 +2,7 @@
 
 Table 0 keeps the OVS LISP recipe's priorities 3/2/1/0; longest-prefix
 match and per-endpoint delivery live in later tables so they never compete
-for one priority (DESIGN.md section 4). The map-cache table holds no port
+for one priority (docs/datapath.rst, "The pipeline"). The map-cache table holds no port
 numbers, so `compile_map_cache` runs once and every bridge shares its flows.
 """
 from __future__ import annotations
@@ -10,12 +10,12 @@ from __future__ import annotations
 import ipaddress
 from typing import Mapping as TMapping, NamedTuple
 
-from . import wire
-from .flows import (DEC_TTL, ETH_ARP, ETH_IP, ETH_IPV6, IN_PORT, IPPROTO_ICMPV6, NORMAL,
+from lisp_controller.openflow import wire
+from lisp_controller.pipeline.flows import (DEC_TTL, ETH_ARP, ETH_IP, ETH_IPV6, IN_PORT, IPPROTO_ICMPV6, NORMAL,
                     ND_ADVERT, ND_SOLICIT, TO_CONTROLLER, COOKIE_BASE, Flow, goto, keyed, move,
                     output, set_field, write_metadata)
-from .model import Bridge, Endpoint, MapCache, Mapping, Overlay
-from .profiles import PROFILES
+from lisp_controller.model import Bridge, Endpoint, MapCache, Mapping, Overlay
+from lisp_controller.pipeline.profiles import PROFILES
 
 T_CLASSIFY, T_MAPCACHE, T_EGRESS, T_DECAP, T_ARP = 0, 1, 2, 3, 4
 TABLE_NAMES = {T_CLASSIFY: "classify", T_MAPCACHE: "map-cache", T_EGRESS: "egress",

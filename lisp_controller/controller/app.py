@@ -19,20 +19,20 @@ from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_c
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from .compiler import T_MAPCACHE, Compiled, compile_bridge, compile_local
-from .config import Config
-from .counters import Counts, CounterCache, Snapshot, add_counts
-from .encode import encode_delete
-from .flows import Flow, flow_mods, render
-from .gcpause import BIG, freeze_long_lived
-from .metrics import Metrics
-from . import procinfo
-from .model import Bridge
-from . import verify
-from .reconcile import Stream, catch_up, reconcile, record
-from .state import Change, State
-from .store import Store, StoreError
-from .switch import Switch, SwitchError, describe_error, port_name
+from lisp_controller.pipeline.compiler import T_MAPCACHE, Compiled, compile_bridge, compile_local
+from lisp_controller.config import Config
+from lisp_controller.controller.counters import Counts, CounterCache, Snapshot, add_counts
+from lisp_controller.openflow.encode import encode_delete
+from lisp_controller.pipeline.flows import Flow, flow_mods, render
+from lisp_controller.controller.gcpause import BIG, freeze_long_lived
+from lisp_controller.api.metrics import Metrics
+from lisp_controller.controller import procinfo
+from lisp_controller.model import Bridge
+from lisp_controller.openflow import verify
+from lisp_controller.controller.reconcile import Stream, catch_up, reconcile, record
+from lisp_controller.controller.state import Change, State
+from lisp_controller.store.sqlite import Store, StoreError
+from lisp_controller.openflow.switch import Switch, SwitchError, describe_error, port_name
 
 LOG = logging.getLogger("lisp_controller")
 MAX_ERRORS_KEPT = 50

@@ -7,7 +7,7 @@ is a network namespace running its own ``ovsdb-server`` + ``ovs-vswitchd``
 every VM is a namespace attached by a veth pair, and underlay segments,
 routers and the controller's management LAN are namespaces holding Linux
 bridges. Nothing is created in the root namespace and the system OVS service
-is never used (DESIGN.md section 6).
+is never used (docs/datapath.rst, "The lab").
 
 Safety rules enforced here:
 
@@ -19,8 +19,8 @@ Safety rules enforced here:
   process is inside one of this run's namespaces, so the seed addresses
   (10.x, 192.168.x) never reach a real network.
 
-Stdlib only (no os-ken import) so the lead's demo and CI can use it alone.
-Run ``python -m lisp_controller.testbed --help`` for the small CLI.
+Stdlib only (no os-ken import), so the demo and CI can use it alone.
+Run ``python -m lab.testbed --help`` for the small CLI.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
-from lisp_controller.profiles import DEFAULT_PROFILE, PROFILES
+from lisp_controller.pipeline.profiles import DEFAULT_PROFILE, PROFILES
 
 T = TypeVar("T")
 
@@ -353,7 +353,7 @@ class Hypervisor:
     # -- daemons ----------------------------------------------------------
     def add_vm_bridge(self, bridge: str, datapath_id: str | int, tunnel_port: str, profile: str,
                       local_ip: str | None = None) -> None:
-        """A managed VM bridge as DESIGN.md section 2 says: netdev, secure,
+        """A managed VM bridge as docs/datapath.rst says: netdev, secure,
         OpenFlow 1.3 only, fixed datapath ID, no in-band, and the profile's
         flow-based tunnel port. Several in one ovs-vswitchd need distinct
         `local_ip`s (identical flow-based tunnel ports collide)."""
@@ -955,7 +955,7 @@ class Testbed:
         """A namespace standing in for a whole machine (a Vagrant box) with
         one NIC ``nic`` on ``segment`` holding ``address`` (with prefix), as
         Vagrant's private network leaves it. Tests run the whole-host mode
-        inside it (``python -m lisp_controller.scenario host``)."""
+        inside it (``python -m lab.scenario host``)."""
         ns = self._add_ns(name)
         peer = self.ifname(f"b{len(self.namespaces)}s{segment.index}")
         self._veth(ns, nic, segment.ns, peer, mtu=segment.mtu)
@@ -1147,7 +1147,7 @@ def build_seed_topology(tb: Testbed, profile: str = DEFAULT_PROFILE,
 def static_flows(hv: Hypervisor, local: VM, remote: VM, remote_rloc: str,
                  iid: int = SEED_IID, decap_mac: str | None = None) -> list[str]:
     """Hand-written table-0 flows equivalent to what the controller installs
-    for one local and one remote VM (the recipe's shape, DESIGN.md section 4
+    for one local and one remote VM (the recipe's shape, docs/datapath.rst
     collapsed into table 0), for testing the datapath without a controller."""
     ports = hv.port_numbers()
     tun, vnet = ports[hv.tunnel_port], ports[local.port_name]
@@ -1200,7 +1200,7 @@ def _cmd_demo_topology(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m lisp_controller.testbed",
+        prog="python -m lab.testbed",
         description="Namespace testbed: hypervisors (own ovs-vswitchd each) and VMs.")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo-topology",

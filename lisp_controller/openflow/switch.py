@@ -20,10 +20,12 @@ from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as ofp_parser
 
-from . import encode, verify
-from .gcpause import BIG, gc_paused
-from .flows import COOKIE_BASE, COOKIE_TAG_MASK
-from .reconcile import Plan
+from lisp_controller.openflow import encode
+
+from lisp_controller.openflow import verify
+from lisp_controller.controller.gcpause import BIG, gc_paused
+from lisp_controller.pipeline.flows import COOKIE_BASE, COOKIE_TAG_MASK
+from lisp_controller.controller.reconcile import Plan
 
 LOG = logging.getLogger(__name__)
 

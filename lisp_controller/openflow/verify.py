@@ -18,7 +18,7 @@ from __future__ import annotations
 import struct
 from typing import Iterable, Iterator, Mapping, NamedTuple
 
-from . import wire
+from lisp_controller.openflow import wire
 
 # ofp_flow_stats head: length, table, pad, duration (8), priority,
 # idle_timeout, hard_timeout, flags, pad (4), cookie, packets and bytes (16).

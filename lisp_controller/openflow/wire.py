@@ -15,7 +15,7 @@ import hashlib
 import ipaddress
 import struct
 
-from .model import Prefix, as_prefix
+from lisp_controller.model import Prefix, as_prefix
 
 OFP_VERSION = 4
 OFPT_FLOW_MOD = 14

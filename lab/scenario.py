@@ -21,9 +21,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Config, load_config
-from .model import Endpoint
-from .testbed import (HOST, VM, Controller, Hypervisor, Router, Segment, Testbed,
+from lisp_controller.config import Config, load_config
+from lisp_controller.model import Endpoint
+from lab.testbed import (HOST, VM, Controller, Hypervisor, Router, Segment, Testbed,
                       _sigterm_as_interrupt, wait_until)
 
 
@@ -224,7 +224,7 @@ def _cmd_host(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m lisp_controller.scenario")
+    parser = argparse.ArgumentParser(prog="python -m lab.scenario")
     sub = parser.add_subparsers(dest="command", required=True)
     host = sub.add_parser("host", help="make THIS machine (a disposable box) one hypervisor of a "
                           "config; runs until SIGTERM, then removes everything it made")

@@ -17,16 +17,16 @@ from typing import Callable
 
 from webob import Request, Response
 
-from .config import TOKEN_ENV
-from .gcpause import gc_paused
-from .flows import render
-from .model import Endpoint, Mapping, ModelError, datapath_id_of, parse_iid, parse_prefix, prefix_key
-from .openapi import document
-from .static import SECURITY_HEADERS, load as load_assets
-from .state import Change, Conflict
-from .store import StoreError
+from lisp_controller.config import TOKEN_ENV
+from lisp_controller.controller.gcpause import gc_paused
+from lisp_controller.pipeline.flows import render
+from lisp_controller.model import Endpoint, Mapping, ModelError, datapath_id_of, parse_iid, parse_prefix, prefix_key
+from lisp_controller.api.openapi import document
+from lisp_controller.api.static import SECURITY_HEADERS, load as load_assets
+from lisp_controller.controller.state import Change, Conflict
+from lisp_controller.store.sqlite import StoreError
 
-LOG = logging.getLogger("lisp_controller.api")
+LOG = logging.getLogger("lisp_controller.api.rest")
 PAUSE_EVERY = 1000
 SOURCES = ("config", "endpoint", "api")  # parsed mappings between yields to the hub
 

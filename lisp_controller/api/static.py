@@ -1,4 +1,4 @@
-"""The status page's files (lisp_controller/web/), served by the API.
+"""The status page's files (lisp_controller/api/web/), served by the API.
 
 Read once from the installed package, so only files that ship can be served
 (no path from a request ever reaches the file system), each with its type
@@ -28,7 +28,7 @@ class Asset:
     etag: str
 
 
-def load(package: str = "lisp_controller", folder: str = "web") -> dict[str, Asset]:
+def load(package: str = "lisp_controller.api", folder: str = "web") -> dict[str, Asset]:
     """Every servable file of the page by name (no subfolders)."""
     assets = {}
     root = resources.files(package) / folder

@@ -15,7 +15,7 @@ import logging
 import ssl
 from typing import Callable
 
-LOG = logging.getLogger("lisp_controller.tls")
+LOG = logging.getLogger("lisp_controller.openflow.tls")
 HANDSHAKE_TIMEOUT = 10.0  # seconds a peer may take to finish the TLS handshake
 
 

@@ -13,7 +13,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from .config import TOKEN_ENV
+from lisp_controller.config import TOKEN_ENV
 
 URL_ENV = "LISP_CONTROLLER_URL"
 DEFAULT_URL = "http://127.0.0.1:8080"

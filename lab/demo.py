@@ -10,14 +10,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from .scenario import ControllerProcess, build, wait_programmed
-from .testbed import Testbed
+from lab.scenario import ControllerProcess, build, wait_programmed
+from lab.testbed import Testbed
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "blog-two-hypervisors.toml"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lisp_controller.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m lab.demo", description=__doc__)
     parser.add_argument("-c", "--config", default=str(DEFAULT_CONFIG))
     parser.add_argument("--count", type=int, default=5, help="pings each way")
     parser.add_argument("--hold", action="store_true",

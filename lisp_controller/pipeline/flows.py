@@ -9,15 +9,15 @@ Cookies are content addresses. The top byte marks the flow as ours; the
 other 56 bits are a hash of the flow's OpenFlow encoding (wire.py). So a flow on a switch
 is correct exactly when its cookie is one we want, a changed flow gets a new
 cookie, and reconciling after a reconnect compares cookie sets instead of
-re-normalizing OVS's rewritten matches (DESIGN.md section 2 warns of those).
+re-normalizing OVS's rewritten matches (docs/datapath.rst explains why).
 """
 from __future__ import annotations
 
 import ipaddress
 from typing import Mapping, NamedTuple
 
-from . import wire
-from .model import Prefix
+from lisp_controller.openflow import wire
+from lisp_controller.model import Prefix
 
 COOKIE_TAG = 0x4C  # 'L'
 COOKIE_TAG_SHIFT = 56

@@ -1,0 +1,2 @@
+"""The REST API, its OpenAPI document, the metrics and the status page
+(docs/architecture.rst)."""

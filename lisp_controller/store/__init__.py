@@ -1,0 +1,1 @@
+"""Durable storage of what the API was told (docs/architecture.rst)."""
