@@ -1190,8 +1190,9 @@ def _cmd_demo_topology(args: argparse.Namespace) -> int:
                   f"on {vm.hv.name}:{vm.port_name}")
         print(f"example: OVS_RUNDIR={seed.hv1.rundir} ip netns exec {seed.hv1.ns} "
               f"ovs-ofctl -O OpenFlow13 dump-flows br2")
-        print("Ctrl-C tears everything down.", flush=True)
         try:
+            # Inside the try: a SIGTERM may arrive as soon as this line is read.
+            print("Ctrl-C tears everything down.", flush=True)
             signal.pause()
         except KeyboardInterrupt:
             pass

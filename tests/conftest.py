@@ -1,4 +1,11 @@
-"""Shared fixtures. Only the namespace testbed lives here."""
+"""Shared fixtures and the test markers.
+
+Every test is either `unit` (no root, no daemons: `pytest -m unit` gives a
+contributor without root a green run) or `ovs` (real Open vSwitch daemons,
+network namespaces, the controller as a process, a browser: needs root).
+A test is `ovs` when it uses the `testbed` fixture or says so with
+`@pytest.mark.ovs`; every other test is `unit`.
+"""
 from __future__ import annotations
 
 import os
@@ -10,16 +17,29 @@ import pytest
 from lab.testbed import Testbed
 
 
-@pytest.fixture
-def testbed() -> Iterator[Testbed]:
-    """A fresh namespace testbed, torn down even when the test fails."""
-    # Fail, never skip: a suite that quietly skips its real-OVS tests would
-    # pass without proving anything.
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "testbed" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("ovs"):
+            item.add_marker(pytest.mark.ovs)
+        if not item.get_closest_marker("ovs"):
+            item.add_marker(pytest.mark.unit)
+
+
+def require_lab() -> None:
+    """Fail, never skip: a suite that quietly skips its real-OVS tests would
+    pass without proving anything."""
     if os.geteuid() != 0:
-        pytest.fail("the namespace testbed needs root (it creates network namespaces)")
+        pytest.fail("the namespace testbed needs root (it creates network namespaces); "
+                    "without root run `pytest -m unit`")
     for tool in ("ovs-vswitchd", "ovsdb-server", "ip", "dumpcap", "tshark", "ethtool"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is not installed: run scripts/install.sh")
+
+
+@pytest.fixture
+def testbed() -> Iterator[Testbed]:
+    """A fresh namespace testbed, torn down even when the test fails."""
+    require_lab()
     tb = Testbed()
     try:
         yield tb

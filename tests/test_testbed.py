@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import require_lab
 from lab.testbed import (
     SEED_IID, CommandError, SeedTopology, Testbed, UnsafeTarget, build_seed_topology,
     current_netns, install_static_seed, static_flows, wait_until)
@@ -138,9 +139,9 @@ def test_restart_vswitchd_keeps_ports_and_loses_flows(testbed):
     assert seed.vm1.ping(seed.vm2.ip, count=PING_COUNT) == (PING_COUNT, PING_COUNT)
 
 
+@pytest.mark.ovs
 def test_teardown_removes_namespaces_and_daemons_even_on_error():
-    if os.geteuid() != 0:
-        pytest.skip("the namespace testbed needs root")
+    require_lab()
     seen: dict[str, object] = {}
     with pytest.raises(RuntimeError, match="boom"):
         with Testbed() as tb:
@@ -182,9 +183,9 @@ def _wait_for_line(proc: subprocess.Popen, marker: str, timeout: float = 60) -> 
     raise AssertionError(f"no {marker!r} within {timeout}s: {lines}")
 
 
+@pytest.mark.ovs
 def test_atexit_tears_down_a_testbed_nobody_closed():
-    if os.geteuid() != 0:
-        pytest.skip("the namespace testbed needs root")
+    require_lab()
     code = ("from lab.testbed import Testbed\n"
             "tb = Testbed()\n"
             "seg = tb.add_segment('u', '192.168.1.0/24')\n"
@@ -199,9 +200,9 @@ def test_atexit_tears_down_a_testbed_nobody_closed():
     assert not Path(tmpdir).exists()
 
 
+@pytest.mark.ovs
 def test_cli_demo_topology_builds_and_tears_down_on_sigterm():
-    if os.geteuid() != 0:
-        pytest.skip("the namespace testbed needs root")
+    require_lab()
     proc = subprocess.Popen(
         [sys.executable, "-m", "lab.testbed", "demo-topology", "--static-flows"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
