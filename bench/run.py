@@ -44,7 +44,7 @@ from lisp_controller.pipeline.flows import encoded  # noqa: E402
 from lisp_controller.config import load_config  # noqa: E402
 from lisp_controller.pipeline.flows import render  # noqa: E402
 from lisp_controller.model import Mapping  # noqa: E402
-from lab.scenario import ControllerProcess, Overlay  # noqa: E402
+from lab.scenario import ControllerProcess, Topology  # noqa: E402
 from lab.testbed import Testbed, wait_until  # noqa: E402
 
 IID = 4242
@@ -95,7 +95,7 @@ class Bench:
             self.hv.add_vm_bridge(f"brb{i}", 0xBE00 + i, f"lisp{i}", "lisp-gpe", local_ip=f"192.168.2.{i}")
         path = tb.tmpdir / "bench.toml"
         path.write_text(config_text(self.ctl_ns.address, bridges))
-        self.ov = Overlay(tb, path, load_config(path), self.ctl_ns, segment)
+        self.ov = Topology(tb, path, load_config(path), self.ctl_ns, segment)
         self.ctl = ControllerProcess(self.ov).start()
         self.connected = 0
         wait_until(lambda: self._up(), timeout=30, what="API")

@@ -28,7 +28,11 @@ from lab.testbed import (HOST, VM, Controller, Hypervisor, Router, Segment, Test
 
 
 @dataclass
-class Overlay:
+class Topology:
+    """The namespaces built for one controller config: its hypervisors, VMs,
+    underlay segments and the controller's namespace. (The controller's own
+    `model.Overlay` is the config's content; this is the lab that runs it.)"""
+
     testbed: Testbed
     config_path: Path
     config: Config
@@ -67,7 +71,7 @@ def add_endpoint_vm(tb: Testbed, hv: Hypervisor, ep: Endpoint, name: str,
 def build(tb: Testbed, config_path: str | Path, vm_prefixlen: int = 24,
           underlay: str = "192.168.0.0/16", static_neighbours: bool = True, *,
           routed_underlay: bool = False, rloc_prefixlen: int | None = None,
-          vm_lan: bool = False) -> Overlay:
+          vm_lan: bool = False) -> Topology:
     """Hypervisors and VMs as the config describes them; VM i of the config
     is named vm<i+1> and gets a default route via its endpoint's gateway.
 
@@ -100,7 +104,7 @@ def build(tb: Testbed, config_path: str | Path, vm_prefixlen: int = 24,
         router = None
         placement = [(tb.add_segment("wan", str(net)), net, None)] * len(bridges)
     segments = list(tb.segments.values())
-    ov = Overlay(tb, Path(config_path), config, ctl, segments[0], segments=segments, router=router)
+    ov = Topology(tb, Path(config_path), config, ctl, segments[0], segments=segments, router=router)
     if vm_lan:
         ov.vm_lan = tb.add_segment("vmlan", "0.0.0.0/32", mtu=1500)
     for i, (bridge, (segment, net, gateway)) in enumerate(zip(bridges, placement), 1):
@@ -130,7 +134,7 @@ def build(tb: Testbed, config_path: str | Path, vm_prefixlen: int = 24,
 class ControllerProcess:
     """`lisp-controller serve` running in the controller namespace."""
 
-    def __init__(self, ov: Overlay, log_name: str = "controller", env: dict | None = None,
+    def __init__(self, ov: Topology, log_name: str = "controller", env: dict | None = None,
                  store_path: Path | None = None, wrapper: tuple[str, ...] = ()):
         """`wrapper` is a command that execs the controller (e.g. nsenter
         into a mount namespace whose disk a test fills)."""
@@ -167,7 +171,7 @@ class ControllerProcess:
                    what=f"{count}x {text!r} in {self.log_path}")
 
 
-def wait_programmed(ov: Overlay, timeout: float = 20.0) -> None:
+def wait_programmed(ov: Topology, timeout: float = 20.0) -> None:
     """Until every hypervisor's VM bridge holds our flows. A sync is one
     atomic bundle, so the first flow seen means all of them are there."""
     for hv in ov.hypervisors:

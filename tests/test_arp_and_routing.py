@@ -8,8 +8,8 @@ import pytest
 
 from lisp_controller.pipeline.compiler import compile_bridge, compile_overlay
 from lisp_controller.config import ConfigError, load_config, parse_config
-from lisp_controller.openflow.encode import encode_add
-from lisp_controller.pipeline.flows import flow_cookie, render
+from lisp_controller.openflow.encode import encode_add_reference
+from lisp_controller.pipeline.flows import encoded, render
 
 from .fakeof import trace
 
@@ -138,15 +138,15 @@ def test_same_subnet_endpoints_are_not_routed():
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.toml")))
 def test_every_example_config_compiles_and_encodes(name):
-    """Each flow of each example config encodes to an OpenFlow 1.3 flow-mod
-    (the new reg_move, IN_PORT and dec_ttl actions included)."""
+    """Each flow of each example config encodes to the OpenFlow 1.3 flow-mod
+    os-ken builds for it (reg_move, IN_PORT and dec_ttl actions included),
+    and its cookie is the hash of those bytes."""
     config = load_config(CONFIGS / name)
     for bridge in config.overlay.bridges:
         ports = {ep.port: i for i, ep in enumerate(bridge.endpoints, 1)}
         ports[bridge.tunnel_port] = len(ports) + 1
         for cookie, flow in compile_bridge(bridge, ports, compile_overlay(config.overlay)).flows.items():
-            msg = encode_add(flow, cookie)
-            assert msg[0] == 4 and cookie == flow_cookie(flow), render(flow)
+            assert encoded(flow) == (cookie, encode_add_reference(flow, cookie)), render(flow)
 
 
 def test_gateway_and_proxy_arp_are_validated():

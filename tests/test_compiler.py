@@ -2,7 +2,7 @@ import re
 from pathlib import Path
 
 
-from lisp_controller.pipeline.compiler import compile_bridge, compile_overlay
+from lisp_controller.pipeline.compiler import T_CLASSIFY, T_DECAP, T_EGRESS, T_MAPCACHE, compile_bridge, compile_overlay
 from lisp_controller.config import load_config, parse_config
 from lisp_controller.pipeline.flows import encoded, flow_mods, render
 from lisp_controller.controller.reconcile import reconcile, record
@@ -141,7 +141,10 @@ def test_own_rloc_is_never_a_tunnel_target():
         "mapping": [{"iid": 9, "eid": "10.0.0.0/24", "rlocs": ["192.0.2.1"]}]})
     flows = compile_bridge(config.overlay.bridges[0], {"vm1": 1, "lisp0": 3}, compile_overlay(config.overlay)).flows
     r = trace(flows, {"in_port": 1, "eth_type": 0x0800, "vlan_vid": 0, "ipv4_dst": "10.0.0.77"})
-    assert 3 not in r.outputs  # the egress table sends it to decap, where it has no endpoint
+    # The egress table sends it to decap (not to the tunnel port), where no
+    # endpoint has that address: decap's miss rule drops it.
+    assert r.path == [(T_CLASSIFY, 1), (T_MAPCACHE, r.path[1][1]), (T_EGRESS, 10), (T_DECAP, 0)], r.path
+    assert r.dropped and r.packet["tun_ipv4_dst"] == "192.0.2.1"
 
 
 def test_port_renumbering_changes_only_the_affected_flows():

@@ -69,10 +69,6 @@ def _serialize(msg) -> bytes:
     return bytes(msg.buf)
 
 
-def encode_add(flow: Flow, cookie: int) -> bytes:
-    return wire.flow_mod_add(flow, cookie)
-
-
 def encode_add_reference(flow: Flow, cookie: int) -> bytes:
     """os-ken's encoding of the same flow-mod: the yardstick for wire.py."""
     match = parser.OFPMatch(**{k: _match_value(v) for k, v in flow.match})

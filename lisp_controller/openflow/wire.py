@@ -164,9 +164,6 @@ def value_slot(flow, name: str) -> tuple[bytes, bytes]:
     raise ValueError(f"{name} is not in the match")
 
 
-_COOKIE_AT = slice(8, 16)
-
-
 def with_cookie(flow_mod: bytes, cookie: int) -> bytes:
     return flow_mod[:8] + cookie.to_bytes(8, "big") + flow_mod[16:]
 

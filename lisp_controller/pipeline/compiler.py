@@ -18,8 +18,6 @@ from lisp_controller.model import Bridge, Endpoint, MapCache, Mapping, Overlay
 from lisp_controller.pipeline.profiles import PROFILES
 
 T_CLASSIFY, T_MAPCACHE, T_EGRESS, T_DECAP, T_ARP = 0, 1, 2, 3, 4
-TABLE_NAMES = {T_CLASSIFY: "classify", T_MAPCACHE: "map-cache", T_EGRESS: "egress",
-               T_DECAP: "decap", T_ARP: "arp"}
 
 # map-cache priorities: base + prefix length, so longer prefixes win; a
 # bridge's own EIDs sit above every prefix.
