@@ -83,9 +83,73 @@ def test_ttl_expiry_uses_the_injected_clock():
     state.apply(Change(put=[api(1000, "10.2.0.0/16", "192.0.2.1", ttl=2), api(1000, "10.3.0.0/16", "192.0.2.1")]))
     assert state.cache.get(1000, parse_prefix("10.2.0.0/16")).expires == 1000.0 + 120
     clock.now += 119
-    assert state.expired() == []
+    assert state.expired() == Change()
     clock.now += 2
-    assert state.expired() == [(1000, parse_prefix("10.2.0.0/16"))]
+    assert state.expired() == Change(delete=[(1000, parse_prefix("10.2.0.0/16"))])
+    assert state.expired() == Change()  # popped once
+
+
+def test_expiry_skips_a_mapping_whose_ttl_was_renewed():
+    clock = Clock()
+    state = State(BLOG, clock=clock)
+    state.apply(Change(put=[api(1000, "10.2.0.0/16", "192.0.2.1", ttl=2)]))
+    clock.now += 60
+    state.apply(Change(put=[api(1000, "10.2.0.0/16", "192.0.2.1", ttl=2)]))  # renewed: expires at 180
+    clock.now += 61
+    assert state.expired() == Change()
+    clock.now += 60
+    assert state.expired().delete == [(1000, parse_prefix("10.2.0.0/16"))]
+
+
+def learned(iid, eid, *rlocs, source="registered:branch", **kw):
+    return Mapping.parse({"iid": iid, "eid": eid, "rlocs": list(rlocs), **kw}, source=source)
+
+
+def test_learned_mappings_sit_below_config_endpoint_and_api_ones():
+    clock = Clock()
+    state = State(BLOG, clock=clock)
+    key = (1000, parse_prefix("10.9.0.0/16"))
+    state.apply(Change(learn=[learned(1000, "10.9.0.0/16", "192.0.2.9", ttl=3)]))
+    assert state.owner(key) == "registered:branch"
+    assert state.cache.get(*key).expires == 1000.0 + 180
+    # The API may put over it (and wins) but may not delete it.
+    with pytest.raises(Conflict, match="owned by the registered:branch"):
+        state.check(Change(delete=[key]))
+    state.check(Change(put=[api(1000, "10.9.0.0/16", "192.0.2.1")], create_only=True))
+    state.apply(Change(put=[api(1000, "10.9.0.0/16", "192.0.2.1")]))
+    assert state.owner(key) == "api"
+    # Refreshed while hidden; back in the map-cache when the API one goes.
+    state.apply(Change(learn=[learned(1000, "10.9.0.0/16", "192.0.2.10", ttl=3)]))
+    assert state.owner(key) == "api"
+    state.apply(Change(delete=[key]))
+    m = state.cache.get(*key)
+    assert (m.source, str(m.rlocs[0].address)) == ("registered:branch", "192.0.2.10")
+    from lisp_controller.pipeline.compiler import compile_map_cache
+    assert state.shared == compile_map_cache(state.cache, BLOG.overlay.miss_action)  # flows follow
+    # A Map-Reply does not replace a site's registration.
+    state.apply(Change(learn=[learned(1000, "10.9.0.0/16", "192.0.2.77", source="map-resolver", ttl=1)]))
+    assert state.owner(key) == "registered:branch"
+    # Expiry forgets it, and its flow leaves with it.
+    cookie = state.mapping_cookie(key)
+    clock.now += 181
+    change = state.expired()
+    assert change == Change(forget=[key])
+    state.apply(change)
+    assert state.owner(key) is None and cookie not in state.encoded and not state.learned
+
+
+def test_a_config_host_mapping_hides_a_learned_one():
+    state = State(BLOG)
+    host = next(m for m in state.cache if m.source == "endpoint")
+    state.apply(Change(learn=[learned(host.iid, str(host.eid), "192.0.2.9")]))
+    assert state.owner(host.key) == "endpoint"
+    state.apply(Change(forget=[host.key]))
+    assert state.owner(host.key) == "endpoint" and not state.learned
+
+
+def test_a_change_of_learned_mappings_only_is_not_stored():
+    assert not Change(learn=[learned(1, "10.0.0.0/8", "192.0.2.1")], forget=[(1, parse_prefix("10.1.0.0/16"))]).stored
+    assert Change(delete=[(1, parse_prefix("10.1.0.0/16"))]).stored
 
 
 def test_store_round_trip_and_all_or_nothing(tmp_path):

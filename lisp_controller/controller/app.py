@@ -388,7 +388,7 @@ class LispControllerApp(app_manager.OSKenApp):
         with self.commit_lock:
             self.state.check(change)
             t["check_ms"] = _ms_since(started)
-            if self.store is not None:
+            if self.store is not None and change.stored:
                 mark = time.monotonic()
                 try:
                     self.store.write(change.put, change.delete, change.replace_api,
@@ -400,7 +400,7 @@ class LispControllerApp(app_manager.OSKenApp):
                 self.store_error = None
                 t["store_ms"] = _ms_since(mark)
             mark = time.monotonic()
-            big = len(change.put) + len(change.delete) >= BIG or change.replace_api
+            big = len(change.put) + len(change.delete) + len(change.learn) >= BIG or change.replace_api
             # Bridges that hold the current state take a big change while
             # it is being made; the others catch up after. A stream carries
             # map-cache flows only, so endpoint changes take the usual path.
@@ -460,11 +460,12 @@ class LispControllerApp(app_manager.OSKenApp):
         while True:
             hub.sleep(EXPIRY_INTERVAL)
             try:
-                keys = self.state.expired()
+                change = self.state.expired()
+                keys = change.delete + change.forget
                 if keys:
                     LOG.info("%d mappings reached their TTL: %s", len(keys),
                              ", ".join(f"{iid}:{eid}" for iid, eid in keys[:10]))
-                    self.commit(Change(delete=keys), wait=0)
+                    self.commit(change, wait=0)
             except StoreError as e:  # retried next time; the mappings stay until then
                 LOG.error("TTL expiry postponed: %s", e)
             except Exception:  # keep expiring later; say what went wrong now

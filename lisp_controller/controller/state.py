@@ -7,13 +7,21 @@ map-cache flows are kept up to date per mapping: a change to one mapping
 re-renders one flow, not the whole table.
 
 Ownership: a (IID, prefix) belongs to the config, to an endpoint (its host
-mapping), or to the API. The API may only change its own.
+mapping), or to the API. The API may only change its own. Below those sits
+what the LISP control plane learned (a site's registration, `registered:
+<site>`, or a Map-Reply, `map-resolver`): soft state, never stored, that a
+config, endpoint or API mapping for the same key hides, and that comes back
+when the hiding mapping goes (docs/control-plane.rst).
+
+TTLs run out through a heap of expiry times, so finding what expired costs
+nothing while nothing does, however big the map-cache.
 """
 from __future__ import annotations
 
 import collections
 import collections.abc
 import dataclasses
+import heapq
 import ipaddress
 import time
 from dataclasses import dataclass, field
@@ -22,7 +30,7 @@ from typing import Callable, Iterable
 from lisp_controller.pipeline.compiler import mapping_flow, mapping_flow_mod, miss_flow
 from lisp_controller.config import Config
 from lisp_controller.pipeline.flows import Flow, encoded
-from lisp_controller.model import Bridge, Endpoint, MapCache, Mapping, endpoint_mappings, prefix_key
+from lisp_controller.model import Bridge, Endpoint, MapCache, Mapping, Prefix, endpoint_mappings, prefix_key
 
 Key = tuple  # (iid, IPv4Network | IPv6Network)
 PAUSE_EVERY = 2000
@@ -47,6 +55,20 @@ class Change:
     create_only: bool = False  # `put` must not replace an existing mapping
     put_endpoints: list[tuple[str, Endpoint]] = field(default_factory=list)  # (bridge label, ep)
     delete_endpoints: list[tuple[str, str]] = field(default_factory=list)  # (bridge label, port)
+    # Soft state from the LISP control plane: never stored, always allowed.
+    learn: list[Mapping] = field(default_factory=list)
+    forget: list[Key] = field(default_factory=list)
+
+    @property
+    def stored(self) -> bool:
+        """Whether the store has anything to write for this change."""
+        return bool(self.put or self.delete or self.replace_api or self.put_endpoints
+                    or self.delete_endpoints)
+
+
+def is_learned(source: str) -> bool:
+    """Whether a mapping is soft state from the LISP control plane."""
+    return source == "map-resolver" or source.startswith("registered:")
 
 
 def key_text(key: Key) -> str:
@@ -80,6 +102,10 @@ class State:
         self.encoded: dict[int, bytes] = {}  # shared flows' flow-mods, made once for every bridge
         self._config_bridges = {b.label: b for b in config.overlay.bridges}
         self.api_endpoints: dict[tuple[str, str], Endpoint] = {}
+        # Everything the control plane learned, by prefix_key, whether it is
+        # in the map-cache or hidden there by a config, endpoint or API mapping.
+        self.learned: dict[tuple, Mapping] = {}
+        self._expiry: list[tuple[float, int, Prefix]] = []  # heap of (expires, iid, eid)
         self.bridges: dict[str, Bridge] = dict(self._config_bridges)
         miss = miss_flow(config.overlay.miss_action)
         self._add_flow(miss, *encoded(miss))
@@ -95,6 +121,11 @@ class State:
     def owner(self, key: Key) -> str | None:
         m = self.cache.get(*key)
         return m.source if m is not None else None
+
+    def _owned(self, key: Key) -> str | None:
+        """The owner the API must respect: learned mappings do not count."""
+        owner = self.owner(key)
+        return None if owner is None or is_learned(owner) else owner
 
     def api_mappings(self) -> list[Mapping]:
         return [m for m in self.cache if m.source == "api"]
@@ -136,9 +167,28 @@ class State:
                     added.add(c)
         return added, removed
 
-    def expired(self) -> list[Key]:
+    def expired(self) -> Change:
+        """What has reached its TTL: API mappings to delete (and from the
+        store), learned ones to forget. Pops the expiry heap; an entry whose
+        mapping changed or left since it was pushed is stale and skipped."""
         now = self.clock()
-        return [m.key for m in self.cache if m.expires is not None and m.expires <= now]
+        change = Change()
+        heap = self._expiry
+        seen = set()
+        while heap and heap[0][0] <= now:
+            expires, iid, eid = heapq.heappop(heap)
+            key = (iid, eid)
+            if key in seen:  # pushed twice with the same expiry
+                continue
+            learned = self.learned.get(prefix_key(iid, eid))
+            if learned is not None and learned.expires == expires:
+                change.forget.append(key)
+                seen.add(key)
+            m = self.cache.get(iid, eid)
+            if m is not None and m.expires == expires and m.source == "api":
+                change.delete.append(key)
+                seen.add(key)
+        return change
 
     # -- changing ----------------------------------------------------------
     def check(self, change: Change) -> None:
@@ -150,7 +200,7 @@ class State:
             if key in seen:
                 raise Conflict(f"{_where(i, many)}.eid", f"{key_text(key)} appears twice in this request", 400)
             seen.add(key)
-            owner = self.owner(key)
+            owner = self._owned(key)
             if owner in ("config", "endpoint"):
                 raise Conflict(f"{_where(i, many)}.eid", f"{key_text(key)} is owned by the {owner} "
                                "and cannot be changed through the API")
@@ -186,7 +236,7 @@ class State:
             raise Conflict(f"{where}.port", f"port {ep.port} of bridge {label} already has an endpoint")
         for addr in ep.eids:
             key = (ep.iid, ipaddress.ip_network(addr))
-            owner = self.owner(key)
+            owner = self._owned(key)
             if owner is not None:
                 raise Conflict(f"{where}.eids", f"{key_text(key)} is already mapped (by the {owner})")
 
@@ -241,6 +291,12 @@ class State:
             for m in endpoint_mappings(self.bridges[label], ep):
                 self._put(m)
             self._rebuild_bridge(label)
+        for key in change.forget:
+            self._forget(key)
+            tick()
+        for m in change.learn:
+            self._learn(stamp(m, now) if m.expires is None else m)
+            tick()
         flush()
         self._journal = None
         if bump:
@@ -285,8 +341,35 @@ class State:
             else:
                 self._removed.add(cookie)
 
+    def _learn(self, m: Mapping) -> None:
+        """Remember a learned mapping; it reaches the map-cache unless a
+        config, endpoint or API mapping holds the key. A site's registration
+        outranks a Map-Reply's answer for the same prefix."""
+        ikey = prefix_key(m.iid, m.eid)
+        old = self.learned.get(ikey)
+        if old is not None and m.source == "map-resolver" and old.source != "map-resolver":
+            return
+        self.learned[ikey] = m
+        self._schedule(m)
+        if self._owned(m.key) is None:
+            self._put(m)
+
+    def _forget(self, key: Key) -> None:
+        ikey = prefix_key(*key)
+        if self.learned.pop(ikey, None) is None:
+            return
+        current = self.cache.get(*key)
+        if current is not None and is_learned(current.source):
+            self._remove(key)
+
+    def _schedule(self, m: Mapping) -> None:
+        if m.expires is not None:
+            heapq.heappush(self._expiry, (m.expires, m.iid, m.eid))
+
     def _put(self, m: Mapping) -> None:
         key = prefix_key(m.iid, m.eid)
+        if m.source == "api":
+            self._schedule(m)
         cookie, data = mapping_flow_mod(m, key)
         old = self.cache.add(m, key)
         if old is not None:
@@ -300,10 +383,15 @@ class State:
         self._add_flow(m, cookie, data)
 
     def _remove(self, key: Key) -> None:
+        """Take a mapping out of the map-cache; what the control plane
+        learned for the same key, hidden until now, takes its place."""
         ikey = prefix_key(*key)
         m = self.cache.remove(key[0], key[1], ikey)
         if m is not None:
             self._drop_flow(mapping_flow_mod(m, ikey)[0])
+            hidden = self.learned.get(ikey)
+            if hidden is not None and hidden is not m:
+                self._put(hidden)
 
 
 class SharedFlows(collections.abc.Mapping):
@@ -328,7 +416,8 @@ class SharedFlows(collections.abc.Mapping):
 
 
 def stamp(m: Mapping, now: float) -> Mapping:
-    """Give an API mapping with a TTL its expiry time (TTL is in minutes)."""
-    if m.ttl is None or m.source != "api":
+    """Give an API or learned mapping with a TTL its expiry time (TTL is in
+    minutes). Config mappings never expire: the config is always true."""
+    if m.ttl is None or not (m.source == "api" or is_learned(m.source)):
         return m
     return m._replace(expires=now + 60.0 * m.ttl)
