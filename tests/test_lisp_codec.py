@@ -1,0 +1,268 @@
+"""The LISP control-message codec against real lispers.net captures, random
+round trips, a bounded fuzz for totality, and tshark as an independent decoder.
+
+The fixtures and the values asserted here are described in
+tests/fixtures/lisp-control/README.md.
+"""
+from __future__ import annotations
+
+import ipaddress
+import random
+import shutil
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from lisp_controller.lisp import (
+    ALG_HMAC_SHA_1, ALG_HMAC_SHA_256, ENCAP_LISP, ENCAP_VXLAN_GPE, NO_ADDRESS, Action, AfiListAddress, AuthKey,
+    EidRecord, EncapsulatedControlMessage, EncapsulationFormatAddress, InstanceIdAddress, LispDecodeError,
+    LocatorRecord, MapNotify, MapNotifyAck, MapRegister, MapReply, MapRequest, MapRequestRecord,
+    UnknownLcafAddress, decode, encode, key_and_alg, sign, unwrap_ecm, verify, wrap_in_ecm)
+from lisp_controller.lisp.headers import udp_checksum
+from tests.pcap import ethernet_ipv4_udp, udp_frames, write_pcap
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "lisp-control"
+PCAPS = sorted(p.name for p in FIXTURES.glob("*.pcap"))
+KEYS = {1: "fixture-A-key1", 3: "fixture-A-key3"}
+IID = 1000
+V4, V6 = ipaddress.IPv4Address, ipaddress.IPv6Address
+
+
+def eid(address: str) -> InstanceIdAddress:
+    return InstanceIdAddress(IID, ipaddress.ip_address(address))
+
+
+def frames(name: str):
+    return udp_frames(FIXTURES / name)
+
+
+def messages(name: str) -> list:
+    return [decode(f.payload) for f in frames(name)]
+
+
+def loc(address: str, priority: int, weight: int, local: bool, probed: bool = False) -> LocatorRecord:
+    return LocatorRecord(V4(address), priority, weight, 255, 0, local=local, probed=probed, reachable=True)
+
+
+# ---------------------------------------------------------------- fixtures
+
+@pytest.mark.parametrize("name", PCAPS)
+def test_every_fixture_frame_decodes_and_reencodes_byte_identical(name):
+    found = frames(name)
+    assert found, name
+    for frame in found:
+        assert encode(decode(frame.payload)) == frame.payload, (name, frame.number)
+
+
+def test_all_control_holds_all_38_frames_and_every_subset_comes_from_it():
+    everything = [f.payload for f in frames("all-control.pcap")]
+    assert len(everything) == 38
+    for name in PCAPS:
+        assert {f.payload for f in frames(name)} <= set(everything), name
+
+
+def test_map_register_and_notify_with_one_rloc():
+    register_frame, notify_frame = frames("map-register-notify-1rloc.pcap")
+    assert (str(register_frame.source), register_frame.source_port, str(register_frame.destination),
+            register_frame.destination_port) == ("192.168.77.2", 44286, "192.168.77.1", 4342)
+    register, notify = decode(register_frame.payload), decode(notify_frame.payload)
+    record = EidRecord(eid("10.1.1.0"), 24, (loc("192.168.77.2", 1, 100, local=True),), ttl=3,
+                       action=Action.NO_ACTION, authoritative=True, map_version=0)
+    assert isinstance(register, MapRegister)
+    assert register.nonce == bytes.fromhex("01dfdfdfddccbbaa")
+    assert (register.key_id, register.alg_id, len(register.auth_data)) == (1, ALG_HMAC_SHA_256, 32)
+    assert (register.proxy_reply, register.security, register.rtr) == (False, False, False)
+    assert register.want_map_notify and register.use_ttl_for_timeout and register.reserved == 0
+    assert register.records == (record,)
+    assert register.xtr_id == bytes.fromhex("00000000000000002e25c11ad9822db6") and register.site_id == 0
+    assert register.trailer == b""
+    # lispers.net's Map-Notify: I clear, xTR-ID and site-ID appended anyway
+    assert isinstance(notify, MapNotify)
+    assert (notify.nonce, notify.key_id, notify.alg_id) == (register.nonce, 1, ALG_HMAC_SHA_256)
+    assert notify.xtr_id is None and not notify.rtr and notify.records == (record,)
+    assert notify.trailer == register.xtr_id + bytes(8)
+    assert notify_frame.destination_port == 44286
+
+
+def test_map_register_with_two_rlocs_ipv4_and_ipv6_eids_proxy_reply():
+    register, notify = messages("map-register-notify-2rloc-v4v6-proxy-keyid1.pcap")
+    locators = (loc("192.168.77.3", 1, 70, local=True), loc("192.168.77.4", 2, 30, local=False))
+    records = (EidRecord(eid("10.1.2.0"), 24, locators, ttl=3, authoritative=True),
+               EidRecord(eid("2001:db8:1::"), 48, locators, ttl=3, authoritative=True))
+    assert register.proxy_reply and register.want_map_notify and register.xtr_id is not None
+    assert register.nonce == bytes.fromhex("01dfdfdfddccbbaa")
+    assert (register.key_id, register.alg_id) == (1, 2)
+    assert register.records == records
+    assert isinstance(notify, MapNotify) and notify.records == records and len(notify.trailer) == 24
+    assert (notify.key_id, notify.nonce) == (1, register.nonce)
+    # the IPv6 EID: IID-LCAF type 2, length 22, AFI 2
+    assert bytes.fromhex("400300000200" "0016" "000003e8" "0002" "20010db80001") in encode(register)
+
+
+def test_map_register_with_key_id_3_to_the_second_map_server_address():
+    register_frame, notify_frame = frames("map-register-notify-keyid3.pcap")
+    register, notify = decode(register_frame.payload), decode(notify_frame.payload)
+    assert str(register_frame.destination) == "192.168.77.11" and str(notify_frame.source) == "192.168.77.1"
+    assert register.nonce == notify.nonce == bytes.fromhex("02dfdfdfddccbbaa")
+    assert (register.key_id, register.alg_id) == (notify.key_id, notify.alg_id) == (3, 2)
+    assert key_and_alg(register_frame.payload) == (3, 2)
+
+
+def _map_request(nonce: str, target: str, source_eid=NO_ADDRESS, itr: str = "192.168.77.6") -> MapRequest:
+    return MapRequest(bytes.fromhex(nonce), (MapRequestRecord(eid(target), 32),), (V4(itr),), source_eid)
+
+
+def test_lig_ecm_map_request_forwarded_by_the_map_server_and_the_etr_reply():
+    (ecm_frame, forwarded_frame, reply_frame) = frames("lig-ecm-map-request-ms-forward-etr-reply.pcap")
+    ecm, forwarded, reply = (decode(f.payload) for f in (ecm_frame, forwarded_frame, reply_frame))
+    request = _map_request("475ac1101d0edfdf", "10.1.1.20")
+    assert isinstance(ecm, EncapsulatedControlMessage)
+    assert (ecm.security, ecm.ddt_originated, ecm.to_etr, ecm.to_map_server) == (False,) * 4
+    assert (ecm.inner_source, ecm.inner_destination) == (V4("192.168.77.6"), V4("10.1.1.20"))
+    assert (ecm.inner_source_port, ecm.inner_destination_port, ecm.inner_hop_limit) == (4342, 4342, 128)
+    assert ecm.inner_udp_checksum == 0
+    assert ecm.message == request
+    assert not any((request.authoritative, request.probe, request.smr, request.pitr, request.smr_invoked))
+    assert request.map_reply is None
+    # the Map-Server rewrites the inner source to the target EID
+    assert forwarded_frame.source_port == 58438
+    assert (forwarded.inner_source, forwarded.inner_destination) == (V4("10.1.1.20"), V4("10.1.1.20"))
+    assert forwarded.message == request
+    assert isinstance(reply, MapReply) and (reply.probe, reply.echo_nonce_capable, reply.security) == (False,) * 3
+    assert reply.nonce == request.nonce
+    assert reply.records == (EidRecord(eid("10.1.1.0"), 24, (loc("192.168.77.2", 1, 100, local=True),),
+                                       ttl=1440, authoritative=True),)
+
+
+PROXY_LOCATORS = (loc("192.168.77.3", 1, 70, local=False), loc("192.168.77.4", 2, 30, local=False))
+
+
+def test_map_server_proxy_reply_with_two_rlocs():
+    ecm, reply = messages("lig-ecm-map-request-proxy-reply-2rloc.pcap")
+    assert ecm.message == _map_request("68b5c1101d0edfdf", "10.1.2.20")
+    assert reply.records == (EidRecord(eid("10.1.2.0"), 24, PROXY_LOCATORS, ttl=1440, authoritative=False),)
+
+
+def test_ipv6_eid_ecm_and_proxy_reply():
+    ecm, reply = messages("lig-ecm-map-request-proxy-reply-ipv6.pcap")
+    assert (ecm.inner_source, ecm.inner_destination) == (V6("2001:db8:1::1"), V6("2001:db8:1::1"))
+    assert (ecm.inner_hop_limit, ecm.inner_udp_checksum) == (128, 0)
+    assert ecm.message.records == (MapRequestRecord(eid("2001:db8:1::1"), 128),)
+    assert ecm.message.source_eid == NO_ADDRESS and ecm.message.itr_rlocs == (V4("192.168.77.6"),)
+    assert reply.records == (EidRecord(eid("2001:db8:1::"), 48, PROXY_LOCATORS, ttl=1440),)
+
+
+def test_negative_map_replies():
+    found = frames("negative-map-reply.pcap")
+    m = [decode(f.payload) for f in found]
+    assert m[0].message.records == (MapRequestRecord(eid("10.1.200.1"), 32),)
+    assert m[1].records == (EidRecord(eid("10.1.200.1"), 32, (), ttl=1, action=Action.NATIVELY_FORWARD),)
+    assert m[2].message.records == (MapRequestRecord(eid("10.9.9.9"), 32),)
+    assert m[3].records == (EidRecord(eid("10.9.9.9"), 32, (), ttl=15, action=Action.NATIVELY_FORWARD),)
+    assert (str(found[4].source), found[4].source_port) == ("192.168.77.5", 34563)
+    assert (m[4].inner_source, m[4].inner_source_port) == (V4("10.1.3.20"), 36485)
+    assert (m[4].inner_destination, m[4].inner_destination_port) == (V4("10.1.200.1"), 4342)
+    assert m[4].message.source_eid == eid("10.1.3.20")
+    assert found[5].destination_port == 36485 and m[5].records[0].ttl == 1
+    assert m[5].records[0].action == Action.NATIVELY_FORWARD and m[5].records[0].mask_len == 32
+
+
+def test_itr_map_cache_miss_requests():
+    found = frames("itr-map-cache-miss.pcap")
+    m = [decode(f.payload) for f in found]
+    request = _map_request("584b529943930311", "10.1.1.20", source_eid=eid("10.1.3.20"), itr="192.168.77.5")
+    assert m[0].message == request
+    assert (m[0].inner_source, m[0].inner_source_port, m[0].inner_destination) == (
+        V4("10.1.3.20"), 36485, V4("10.1.1.20"))
+    assert m[1].inner_source == V4("10.1.3.20") and m[1].message == request   # kept when forwarded
+    assert m[2].records == (EidRecord(eid("10.1.1.0"), 24, (loc("192.168.77.2", 1, 100, local=True),),
+                                      ttl=1440, authoritative=True),)
+    assert m[3].message.records == (MapRequestRecord(eid("10.1.2.20"), 32),)
+    assert m[4].records == (EidRecord(eid("10.1.2.0"), 24, PROXY_LOCATORS, ttl=1440),)
+    negative = frames("negative-map-reply.pcap")
+    assert [f.payload for f in found[5:]] == [f.payload for f in negative[4:]]
+
+
+def test_rloc_probes_and_probe_replies():
+    m = messages("rloc-probe.pcap")
+    assert len(m) == 14 and not any(isinstance(x, EncapsulatedControlMessage) for x in m)
+    for index, prefix in ((0, "10.1.1.0"), (1, "10.1.2.0")):   # triggered: AFI 0, mask-len 0
+        assert m[index].probe and m[index].source_eid == eid(prefix)
+        assert m[index].records == (MapRequestRecord(NO_ADDRESS, 0),)
+    for index, prefix in ((2, "10.1.1.0"), (3, "10.1.2.0")):   # periodic
+        assert m[index].probe and m[index].source_eid == NO_ADDRESS
+        assert m[index].records == (MapRequestRecord(eid(prefix), 24),)
+    assert m[4].probe and m[4].nonce == m[3].nonce
+    assert m[4].records == (EidRecord(eid("10.1.2.0"), 24, (loc("192.168.77.3", 1, 70, True, True),
+                                                            loc("192.168.77.4", 2, 30, True, True)),
+                                      ttl=1440, authoritative=True),)
+    assert m[5].probe and m[5].nonce == m[2].nonce
+    assert m[5].records[0].locators == (loc("192.168.77.2", 1, 100, True, True),)
+    assert m[4].reserved == m[5].reserved == 0x3F00   # lispers.net sets these "reserved" bits in probe replies
+    for first in (6, 10):
+        assert [type(x) for x in m[first:first + 4]] == [MapRequest, MapRequest, MapReply, MapReply]
+        assert m[first + 2].nonce == m[first + 1].nonce and m[first + 3].nonce == m[first].nonce
+
+
+# ---------------------------------------------------------------- authentication
+
+def _authenticated_frames():
+    for name in PCAPS:
+        for frame in frames(name):
+            if frame.payload[0] >> 4 in (3, 4):
+                yield name, frame
+
+
+def test_every_register_and_notify_verifies_with_its_key_only():
+    checked = 0
+    for name, frame in _authenticated_frames():
+        key_id, alg_id = key_and_alg(frame.payload)
+        assert alg_id == ALG_HMAC_SHA_256
+        assert verify(frame.payload, KEYS[key_id]), (name, frame.number)
+        assert verify(frame.payload, AuthKey(key_id, KEYS[key_id].encode()))
+        assert not verify(frame.payload, KEYS[4 - key_id])           # the other key
+        assert not verify(frame.payload, AuthKey(4 - key_id, KEYS[key_id]))  # right secret, wrong key-id
+        assert not verify(frame.payload, KEYS[key_id] + "x")
+        checked += 1
+    assert checked == 12   # 6 in all-control.pcap, 6 in the three register files
+
+
+def test_a_flipped_bit_anywhere_fails_verification():
+    for name, frame in _authenticated_frames():
+        key = KEYS[frame.payload[12]]
+        for position in range(len(frame.payload)):
+            tampered = bytearray(frame.payload)
+            tampered[position] ^= 0x01
+            assert not verify(bytes(tampered), key), (name, frame.number, position)
+        assert not verify(frame.payload[:-1], key)
+
+
+def test_sign_reproduces_the_captured_hmac():
+    for name, frame in _authenticated_frames():
+        message = decode(frame.payload)
+        key = KEYS[message.key_id]
+        assert sign(replace(message, auth_data=b""), key, message.key_id) == frame.payload, name
+        assert sign(frame.payload, AuthKey(message.key_id, key)) == frame.payload
+
+
+def test_sign_with_sha1_and_sha256():
+    register = MapRegister(bytes(8), (EidRecord(eid("10.0.0.0"), 8),), want_map_notify=True)
+    for alg_id, length in ((ALG_HMAC_SHA_1, 20), (ALG_HMAC_SHA_256, 32)):
+        wire = sign(register, AuthKey(7, b"secret", alg_id))
+        signed = decode(wire)
+        assert (signed.key_id, signed.alg_id, len(signed.auth_data)) == (7, alg_id, length)
+        assert verify(wire, b"secret") and verify(wire, "secret") and not verify(wire, b"Secret")
+    assert not verify(encode(register), b"secret")            # alg-id 0: no authentication
+    assert not verify(encode(MapReply(bytes(8), ())), b"secret")
+    with pytest.raises(LispDecodeError):
+        sign(encode(MapReply(bytes(8), ())), b"secret", 1)
+
+
+def test_auth_key_repr_hides_the_secret():
+    key = AuthKey(3, b"fixture-A-key3")
+    assert "fixture" not in repr(key) and "fixture" not in str(key) and "3" in repr(key)
+    assert AuthKey(3, "fixture-A-key3") == key
