@@ -22,7 +22,7 @@ from lisp_controller.lisp import (
     EidRecord, EncapsulatedControlMessage, EncapsulationFormatAddress, InstanceIdAddress, LispDecodeError,
     LocatorRecord, MapNotify, MapNotifyAck, MapRegister, MapReply, MapRequest, MapRequestRecord,
     UnknownLcafAddress, decode, encode, key_and_alg, sign, unwrap_ecm, verify, wrap_in_ecm)
-from lisp_controller.lisp.headers import udp_checksum
+from lisp_controller.lisp.headers import build_ip_udp, udp_checksum
 from tests.pcap import ethernet_ipv4_udp, udp_frames, write_pcap
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "lisp-control"
@@ -266,3 +266,215 @@ def test_auth_key_repr_hides_the_secret():
     key = AuthKey(3, b"fixture-A-key3")
     assert "fixture" not in repr(key) and "fixture" not in str(key) and "3" in repr(key)
     assert AuthKey(3, "fixture-A-key3") == key
+
+
+# ---------------------------------------------------------------- random round trips
+
+def random_ip(rng: random.Random, version: int | None = None):
+    version = version or rng.choice((4, 6))
+    return V4(rng.getrandbits(32)) if version == 4 else V6(rng.getrandbits(128))
+
+
+def random_address(rng: random.Random, depth: int = 0):
+    kinds = ["none", "ip", "ip"] + (["iid", "iid", "list", "encap", "unknown"] if depth < 4 else [])
+    kind = rng.choice(kinds)
+    if kind == "none":
+        return NO_ADDRESS
+    if kind == "ip":
+        return random_ip(rng)
+    if kind == "iid":
+        return InstanceIdAddress(rng.getrandbits(32), random_address(rng, depth + 1), rng.choice((0, 0, 24, 32)))
+    if kind == "list":
+        return AfiListAddress(tuple(random_address(rng, depth + 1) for _ in range(rng.randrange(4))))
+    if kind == "encap":
+        return EncapsulationFormatAddress(rng.choice((ENCAP_LISP, ENCAP_VXLAN_GPE, rng.getrandbits(32))),
+                                          random_address(rng, depth + 1))
+    return UnknownLcafAddress(rng.choice([t for t in range(256) if t not in (1, 2, 16)]),
+                              rng.randbytes(rng.randrange(20)), rng.getrandbits(8), rng.getrandbits(8),
+                              rng.getrandbits(8))
+
+
+def random_locator(rng: random.Random) -> LocatorRecord:
+    return LocatorRecord(random_address(rng), *(rng.getrandbits(8) for _ in range(4)),
+                         local=rng.random() < 0.5, probed=rng.random() < 0.5, reachable=rng.random() < 0.5)
+
+
+def random_eid_record(rng: random.Random) -> EidRecord:
+    return EidRecord(random_address(rng), rng.getrandbits(8),
+                     tuple(random_locator(rng) for _ in range(rng.randrange(4))),
+                     rng.getrandbits(32), rng.randrange(8), rng.random() < 0.5, rng.getrandbits(12))
+
+
+def random_reserved(rng: random.Random, mask: int) -> int:
+    return rng.getrandbits(32) & mask if rng.random() < 0.3 else 0
+
+
+def random_message(rng: random.Random, allow_ecm: bool = True):
+    kind = rng.choice(["request", "reply", "register", "notify", "ack"] + (["ecm"] if allow_ecm else []))
+    nonce, flag = rng.randbytes(8), (lambda: rng.random() < 0.5)
+    trailer = rng.randbytes(rng.choice((0, 0, 0, 24, rng.randrange(40))))
+    if kind == "request":
+        return MapRequest(nonce, tuple(MapRequestRecord(random_address(rng), rng.getrandbits(8))
+                                       for _ in range(rng.randrange(3))),
+                          tuple(random_address(rng) for _ in range(rng.randrange(1, 4))), random_address(rng),
+                          flag(), flag(), flag(), flag(), flag(),
+                          random_eid_record(rng) if flag() else None,
+                          random_reserved(rng, MapRequest.RESERVED_MASK), trailer)
+    if kind == "reply":
+        return MapReply(nonce, tuple(random_eid_record(rng) for _ in range(rng.randrange(4))), flag(), flag(),
+                        flag(), random_reserved(rng, MapReply.RESERVED_MASK), trailer)
+    if kind in ("register", "notify", "ack"):
+        cls = {"register": MapRegister, "notify": MapNotify, "ack": MapNotifyAck}[kind]
+        xtr_id = rng.randbytes(16) if flag() else None
+        return cls(nonce, tuple(random_eid_record(rng) for _ in range(rng.randrange(4))), rng.getrandbits(8),
+                   rng.getrandbits(8), rng.randbytes(rng.choice((0, 20, 32))), flag(), flag(), flag(), flag(),
+                   flag(), xtr_id, rng.getrandbits(64) if xtr_id else 0,
+                   random_reserved(rng, MapRegister.RESERVED_MASK), trailer)
+    version = rng.choice((4, 6))
+    return EncapsulatedControlMessage(random_message(rng, allow_ecm=False), random_ip(rng, version),
+                                      random_ip(rng, version), rng.getrandbits(16), rng.getrandbits(16),
+                                      rng.getrandbits(8), rng.choice((None, 0)), flag(), flag(), flag(), flag(),
+                                      random_reserved(rng, EncapsulatedControlMessage.RESERVED_MASK), trailer)
+
+
+def test_random_messages_round_trip():
+    rng = random.Random(20261202)
+    seen = set()
+    for _ in range(4000):
+        message = random_message(rng)
+        wire = encode(message)
+        assert decode(wire) == message, message
+        assert encode(decode(wire)) == wire
+        seen.add(type(message) if not isinstance(message, EncapsulatedControlMessage)
+                 else (type(message), type(message.message)))
+    assert len(seen) == 5 + 5   # every message type, and each inside an ECM
+
+
+def test_random_records_and_addresses_round_trip_inside_a_map_reply():
+    rng = random.Random(7)
+    for _ in range(3000):
+        record = random_eid_record(rng)
+        assert decode(encode(MapReply(bytes(8), (record,)))).records == (record,)
+
+
+def test_unknown_lcaf_types_decode_as_opaque_values():
+    geo = UnknownLcafAddress(5, bytes(range(12)))
+    record = EidRecord(eid("10.0.0.0"), 8, (LocatorRecord(geo),))
+    wire = encode(MapReply(bytes(8), (record,)))
+    assert bytes.fromhex("40030000050000 0c".replace(" ", "")) in wire
+    assert decode(wire).records[0].locators[0].address == geo
+
+
+def test_ecm_wrap_and_unwrap_compute_a_real_inner_udp_checksum():
+    request = _map_request("0102030405060708", "10.1.1.20", itr="192.0.2.1")
+    for source, destination in (("10.1.3.20", "10.1.1.20"), ("2001:db8:1::1", "2001:db8:2::2")):
+        ecm = wrap_in_ecm(request, ipaddress.ip_address(source), ipaddress.ip_address(destination), 36485)
+        wire = encode(ecm)
+        inner_udp = wire[4 + (20 if ecm.inner_source.version == 4 else 40):]
+        segment = inner_udp[:6] + b"\x00\x00" + inner_udp[8:]
+        assert int.from_bytes(inner_udp[6:8], "big") == udp_checksum(ecm.inner_source, ecm.inner_destination,
+                                                                      segment) != 0
+        unwrapped = unwrap_ecm(wire)
+        assert unwrapped == ecm and unwrapped.inner_udp_checksum is None
+        assert (unwrapped.inner_source_port, unwrapped.inner_destination_port) == (36485, 4342)
+        assert unwrapped.message == request
+    with pytest.raises(LispDecodeError):
+        unwrap_ecm(encode(request))
+    nested = b"\x80\x00\x00\x00" + build_ip_udp(V4("10.0.0.1"), V4("10.0.0.2"), 4342, 4342, encode(ecm))
+    with pytest.raises(LispDecodeError, match="ECM inside an ECM"):
+        decode(nested)
+    bad = bytearray(encode(wrap_in_ecm(request, V4("10.0.0.1"), V4("10.0.0.2"))))
+    bad[-1] ^= 0xFF   # a wrong (non-zero) inner UDP checksum is kept, so re-encoding stays exact
+    assert decode(bytes(bad)).inner_udp_checksum is not None and encode(decode(bytes(bad))) == bytes(bad)
+
+
+def test_invalid_values_are_refused_at_construction():
+    record = EidRecord(eid("10.0.0.0"), 8)
+    for build in (lambda: MapReply(b"short", ()),
+                  lambda: MapRequest(bytes(8), (), ()),                       # no ITR-RLOC
+                  lambda: MapRequest(bytes(8), (), (V4("10.0.0.1"),) * 33),
+                  lambda: MapReply(bytes(8), (record,), reserved=0x10000000),
+                  lambda: MapRegister(bytes(8), (), key_id=256),
+                  lambda: MapRegister(bytes(8), (), xtr_id=bytes(15)),
+                  lambda: MapRegister(bytes(8), (), site_id=1),
+                  lambda: EidRecord(eid("10.0.0.0"), 256),
+                  lambda: EidRecord(eid("10.0.0.0"), 8, map_version=4096),
+                  lambda: LocatorRecord(V4("10.0.0.1"), priority=256),
+                  lambda: InstanceIdAddress(1 << 32, V4("10.0.0.1")),
+                  lambda: UnknownLcafAddress(2, b""),
+                  lambda: wrap_in_ecm(MapReply(bytes(8), ()), V4("10.0.0.1"), V6("::1"))):
+        with pytest.raises((ValueError, TypeError)):
+            build()
+
+
+# ---------------------------------------------------------------- totality
+
+def _decodes_or_refuses(data: bytes) -> float:
+    """Only LispDecodeError may escape decode, each call is quick, and what
+    does decode re-encodes to a fixed point (reserved bits inside records are
+    normalised to zero, so the first encoding may differ from the input)."""
+    start = time.perf_counter()
+    try:
+        message = decode(data)
+    except LispDecodeError:
+        message = None
+    elapsed = time.perf_counter() - start
+    if message is not None:
+        wire = encode(message)
+        assert encode(decode(wire)) == wire
+    assert verify(data, b"key") in (True, False)
+    return elapsed
+
+
+def _mutations(rng: random.Random, seed: bytes, count: int):
+    for _ in range(count):
+        data = bytearray(seed)
+        choice = rng.randrange(5)
+        if choice == 0 and data:                     # truncate
+            del data[rng.randrange(len(data)):]
+        elif choice == 1 and data:                   # flip some bytes
+            for _ in range(rng.randrange(1, 4)):
+                data[rng.randrange(len(data))] = rng.getrandbits(8)
+        elif choice == 2:                            # insert or append junk
+            position = rng.randrange(len(data) + 1)
+            data[position:position] = rng.randbytes(rng.randrange(1, 9))
+        elif choice == 3 and len(data) > 4:          # maximise a count or length byte
+            data[rng.randrange(len(data))] = 0xFF
+        else:                                        # drop a slice
+            if data:
+                start = rng.randrange(len(data))
+                del data[start:start + rng.randrange(1, 9)]
+        yield bytes(data)
+
+
+def test_fuzz_random_bytes_only_raise_the_codec_error():
+    rng = random.Random(1)
+    slowest = 0.0
+    for _ in range(20000):
+        data = rng.randbytes(rng.randrange(64))
+        if data and rng.random() < 0.7:   # mostly start with a real message type
+            data = bytes((rng.choice((0x10, 0x20, 0x30, 0x40, 0x50, 0x80)) | (data[0] & 0x0F),)) + data[1:]
+        slowest = max(slowest, _decodes_or_refuses(data))
+    assert slowest < 0.05
+
+
+def test_fuzz_mutated_fixtures_and_random_messages_only_raise_the_codec_error():
+    rng = random.Random(2)
+    seeds = [f.payload for f in frames("all-control.pcap")]
+    seeds += [encode(random_message(rng)) for _ in range(100)]
+    slowest = 0.0
+    for seed in seeds:
+        for data in _mutations(rng, seed, 20000 // len(seeds) + 1):
+            slowest = max(slowest, _decodes_or_refuses(data))
+    assert slowest < 0.05
+    # counts far beyond the packet are refused before any loop runs
+    for header in ("200000ff", "300000ff", "100000ff", "10001fff"):
+        with pytest.raises(LispDecodeError):
+            decode(bytes.fromhex(header) + bytes(8 + 12))
+    address = b"\x00\x01" + bytes(4)
+    for _ in range(20):   # Instance-ID LCAFs nested 20 deep: refused, not a RecursionError
+        body = (1).to_bytes(4, "big") + address
+        address = bytes.fromhex("400300000200") + len(body).to_bytes(2, "big") + body
+    record = (1).to_bytes(4, "big") + bytes((0, 32, 0, 0, 0, 0)) + address
+    with pytest.raises(LispDecodeError, match="nested deeper"):
+        decode(bytes.fromhex("20000001") + bytes(8) + record)

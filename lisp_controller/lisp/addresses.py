@@ -178,21 +178,25 @@ def _check_address(address: object) -> None:
         raise TypeError(f"{address!r} is not a LISP address value")
 
 
-def encode_address(address: Address) -> bytes:
-    """AFI (2 bytes) followed by the address, as every LISP message writes it."""
+def encode_address(address: Address, depth: int = 0) -> bytes:
+    """AFI (2 bytes) followed by the address, as every LISP message writes it.
+    Raises ``ValueError`` for LCAFs nested deeper than decoding accepts."""
     if isinstance(address, NoAddress):
         return b"\x00\x00"
     if isinstance(address, ipaddress.IPv4Address):
         return b"\x00\x01" + address.packed
     if isinstance(address, ipaddress.IPv6Address):
         return b"\x00\x02" + address.packed
+    if depth >= MAX_LCAF_DEPTH:
+        raise ValueError(f"LCAF nested deeper than {MAX_LCAF_DEPTH}")
     if isinstance(address, InstanceIdAddress):
-        return _lcaf(LCAF_INSTANCE_ID, address.instance_id.to_bytes(4, "big") + encode_address(address.address),
-                     reserved2=address.iid_mask_len)
+        return _lcaf(LCAF_INSTANCE_ID, address.instance_id.to_bytes(4, "big")
+                     + encode_address(address.address, depth + 1), reserved2=address.iid_mask_len)
     if isinstance(address, AfiListAddress):
-        return _lcaf(LCAF_AFI_LIST, b"".join(encode_address(a) for a in address.addresses))
+        return _lcaf(LCAF_AFI_LIST, b"".join(encode_address(a, depth + 1) for a in address.addresses))
     if isinstance(address, EncapsulationFormatAddress):
-        return _lcaf(LCAF_ENCAPSULATION_FORMAT, address.flags.to_bytes(4, "big") + encode_address(address.address))
+        return _lcaf(LCAF_ENCAPSULATION_FORMAT,
+                     address.flags.to_bytes(4, "big") + encode_address(address.address, depth + 1))
     if isinstance(address, UnknownLcafAddress):
         return _lcaf(address.lcaf_type, address.body, address.flags, address.reserved1, address.reserved2)
     raise TypeError(f"{address!r} is not a LISP address value")
