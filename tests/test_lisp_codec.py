@@ -478,3 +478,132 @@ def test_fuzz_mutated_fixtures_and_random_messages_only_raise_the_codec_error():
     record = (1).to_bytes(4, "big") + bytes((0, 32, 0, 0, 0, 0)) + address
     with pytest.raises(LispDecodeError, match="nested deeper"):
         decode(bytes.fromhex("20000001") + bytes(8) + record)
+
+
+# ---------------------------------------------------------------- tshark as an independent decoder
+
+ERROR_SEVERITY = 0x00800000   # wireshark's PI_ERROR
+UNDISSECTED_LCAF = "Not dissected yet (report to wireshark.org)"   # tshark 4.0 on LCAF type 16
+GEO = UnknownLcafAddress(5, bytes(12) + b"\x00\x01" + V4("192.0.2.99").packed)  # geo LCAF with its RLOC
+
+
+def _tshark_set():
+    """One message of each kind, as the controller will send them."""
+    request = MapRequest(bytes.fromhex("0011223344556677"),
+                         (MapRequestRecord(eid("10.1.1.20"), 32), MapRequestRecord(eid("2001:db8:1::1"), 128)),
+                         (V4("192.0.2.5"), V6("2001:db8:ff::5")), eid("10.1.3.20"),
+                         authoritative=True, smr=True, pitr=True,
+                         map_reply=EidRecord(eid("10.1.3.0"), 24, (loc("192.0.2.5", 1, 100, local=True),)))
+    two_rlocs = (LocatorRecord(V4("192.0.2.3"), 1, 70, 255, 0, local=True, probed=True),
+                 LocatorRecord(V4("192.0.2.4"), 2, 30, 254, 1, local=False, probed=False, reachable=False))
+    reply = MapReply(bytes.fromhex("8899aabbccddeeff"), (
+        EidRecord(eid("10.1.2.0"), 24, two_rlocs, ttl=1440, authoritative=True, map_version=5),
+        EidRecord(eid("2001:db8:1::"), 48, (LocatorRecord(EncapsulationFormatAddress(
+            ENCAP_LISP | ENCAP_VXLAN_GPE, V4("192.0.2.3"))), LocatorRecord(GEO, 3, 0)), ttl=60),
+        EidRecord(eid("10.9.9.9"), 32, (), ttl=15, action=Action.NATIVELY_FORWARD),
+        EidRecord(eid("10.8.0.0"), 16, (), ttl=1, action=Action.DROP_POLICY_DENIED)), probe=True)
+    register = MapRegister(bytes.fromhex("01dfdfdfddccbbaa"), reply.records[:2], proxy_reply=True,
+                           use_ttl_for_timeout=True, want_map_notify=True,
+                           xtr_id=bytes(range(16)), site_id=7)
+    notify = MapNotify(register.nonce, register.records)
+    return [("request", encode(request), request), ("reply", encode(reply), reply),
+            ("register", sign(register, AuthKey(1, b"k1")), register),
+            ("notify", sign(notify, AuthKey(3, b"k3", ALG_HMAC_SHA_1)), notify),
+            ("ecm4", encode(wrap_in_ecm(request, V4("10.1.3.20"), V4("10.1.1.20"), 36485)), request),
+            ("ecm6", encode(wrap_in_ecm(request, V6("2001:db8:3::20"), V6("2001:db8:1::1"))), request)]
+
+
+def _dissect(payloads: list[bytes], tmp_path: Path) -> list[list[tuple[str, str]]]:
+    """tshark's fields for each packet, in order, as (name, shown value)."""
+    pcap = tmp_path / "encoded.pcap"
+    write_pcap(pcap, [ethernet_ipv4_udp("192.0.2.5", "192.0.2.1", 4342, 4342, p) for p in payloads])
+    try:
+        pdml = subprocess.run(["tshark", "-r", str(pcap), "-d", "udp.port==4342,lisp", "-o", "ip.check_checksum:TRUE",
+                               "-o", "udp.check_checksum:TRUE", "-T", "pdml"],
+                              capture_output=True, check=True, timeout=120).stdout
+    finally:
+        pcap.unlink()
+    return [[(f.get("name"), f.get("show")) for f in packet.iter("field")]
+            for packet in ET.fromstring(pdml).iter("packet")]
+
+
+def _values(fields, name: str) -> list[str]:
+    return [show for field, show in fields if field == name]
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed (scripts/install.sh)")
+def test_tshark_dissects_our_messages_as_we_encoded_them(tmp_path):
+    cases = _tshark_set()
+    packets = dict(zip([name for name, _, _ in cases], _dissect([wire for _, wire, _ in cases], tmp_path)))
+    for name, fields in packets.items():
+        assert not [f for f, _ in fields if f and f.startswith("_ws.malformed")], name
+        assert not [s for f, s in fields if f == "_ws.expert.severity" and int(s) >= ERROR_SEVERITY], name
+        assert "0" not in _values(fields, "ip.checksum.status") + _values(fields, "udp.checksum.status"), name
+        expected = {UNDISSECTED_LCAF} if name in ("reply", "register", "notify") else set()
+        assert set(_values(fields, "_ws.expert.message")) == expected, name
+
+    request = packets["request"]
+    assert _values(request, "lisp.type") == ["1"]
+    assert [_values(request, "lisp.mreq.flags." + f) for f in ("auth", "mrp", "probe", "smr", "pitr", "smri")] \
+        == [["1"], ["1"], ["0"], ["1"], ["1"], ["0"]]
+    assert _values(request, "lisp.irc") == ["1"] and _values(request, "lisp.records") == ["2"]
+    assert _values(request, "lisp.nonce") == ["0x0011223344556677"]
+    assert _values(request, "lisp.mreq.itr_rloc_ipv4") == ["192.0.2.5"]
+    assert _values(request, "lisp.mreq.itr_rloc_ipv6") == ["2001:db8:ff::5"]
+    assert _values(request, "lisp.lcaf.iid") == ["1000"] * 4   # source EID, 2 records, Map-Reply record
+    assert _values(request, "lisp.lcaf.iid.ipv4") == ["10.1.3.20", "10.1.1.20", "10.1.3.0"]
+    assert _values(request, "lisp.lcaf.iid.ipv6") == ["2001:db8:1::1"]
+    assert _values(request, "lisp.mreq.record.prefix.length") == ["32", "128"]
+    assert _values(request, "lisp.loc.locator") == ["192.0.2.5"]
+
+    reply = packets["reply"]
+    assert _values(reply, "lisp.mrep.flags.probe") == ["1"] and _values(reply, "lisp.records") == ["4"]
+    assert _values(reply, "lisp.nonce") == ["0x8899aabbccddeeff"]
+    assert _values(reply, "lisp.mapping.ttl") == ["1440", "60", "15", "1"]
+    assert _values(reply, "lisp.mapping.eid.masklen") == ["24", "48", "32", "16"]
+    assert _values(reply, "lisp.mapping.act") == ["0", "0", "1", "4"]
+    assert _values(reply, "lisp.mapping.auth") == ["1", "0", "0", "0"]
+    assert _values(reply, "lisp.mapping.ver") == ["5", "0", "0", "0"]
+    assert _values(reply, "lisp.mapping.loccnt") == ["2", "2", "0", "0"]
+    assert _values(reply, "lisp.lcaf.iid.ipv4") == ["10.1.2.0", "10.9.9.9", "10.8.0.0"]
+    assert _values(reply, "lisp.lcaf.iid.ipv6") == ["2001:db8:1::"]
+    assert _values(reply, "lisp.loc.priority") == ["1", "2", "1", "3"]
+    assert _values(reply, "lisp.loc.weight") == ["70", "30", "100", "0"]
+    assert _values(reply, "lisp.loc.multicast_priority") == ["255", "254", "255", "255"]
+    assert _values(reply, "lisp.loc.multicast_weight") == ["0", "1", "0", "0"]
+    assert [_values(reply, "lisp.loc.flags." + f)[:2] for f in ("local", "probe", "reach")] \
+        == [["1", "0"], ["1", "0"], ["1", "0"]]
+    assert _values(reply, "lisp.loc.locator") == ["192.0.2.3", "192.0.2.4"]
+    # tshark 4.0 frames the type-16 LCAF by its length but does not dissect it (a warning, not an error);
+    # the geo LCAF, opaque to us, it dissects fully
+    assert _values(reply, "lisp.lcaf.type") == ["2", "2", "16", "5", "2", "2"]
+    assert _values(reply, "lisp.lcaf.header")[2] == "00:00:10:00:00:0a"   # type 16, length 10
+    assert _values(reply, "lisp.lcaf.geo.ipv4") == ["192.0.2.99"]
+
+    register = packets["register"]
+    assert [_values(register, "lisp.mreg.flags." + f) for f in ("pmr", "sec", "xtrid", "rtr", "wmn")] \
+        == [["1"], ["0"], ["1"], ["0"], ["1"]]
+    assert _values(register, "lisp.keyid") == ["0x0102"] and _values(register, "lisp.authlen") == ["32"]
+    assert _values(register, "lisp.auth")[0].replace(":", "") == decode(cases[2][1]).auth_data.hex()
+    assert _values(register, "lisp.xtrid")[0].replace(":", "") == bytes(range(16)).hex()
+    assert _values(register, "lisp.siteid")[0].replace(":", "") == "0000000000000007"
+    assert _values(register, "lisp.mapping.ttl") == ["1440", "60"]
+    assert verify(cases[2][1], b"k1") and not verify(cases[2][1], b"k3")
+
+    notify = packets["notify"]
+    assert _values(notify, "lisp.type") == ["4"] and _values(notify, "lisp.mnot.flags.xtrid") == ["0"]
+    assert _values(notify, "lisp.keyid") == ["0x0301"] and _values(notify, "lisp.authlen") == ["20"]
+    assert _values(notify, "lisp.nonce") == ["0x01dfdfdfddccbbaa"]
+    assert verify(cases[3][1], "k3")
+
+    for name, inner_source, inner_destination, source_port in (
+            ("ecm4", "10.1.3.20", "10.1.1.20", "36485"), ("ecm6", "2001:db8:3::20", "2001:db8:1::1", "4342")):
+        ecm = packets[name]
+        assert _values(ecm, "lisp.type") == ["8", "1"], name
+        assert _values(ecm, "lisp.ecm.flags.sec") == ["0"] and _values(ecm, "lisp.ecm.flags.ddt") == ["0"]
+        field = "ip" if name == "ecm4" else "ipv6"
+        assert _values(ecm, field + ".src")[-1] == inner_source and _values(ecm, field + ".dst")[-1] == inner_destination
+        assert _values(ecm, "udp.srcport") == ["4342", source_port] and _values(ecm, "udp.dstport") == ["4342"] * 2
+        assert _values(ecm, "udp.checksum.status") == ["1", "1"], name   # outer and inner checksums are good
+        assert _values(ecm, "lisp.nonce") == ["0x0011223344556677"]
+        assert _values(ecm, "lisp.lcaf.iid.ipv4") == ["10.1.3.20", "10.1.1.20", "10.1.3.0"]
