@@ -388,6 +388,14 @@ def test_ecm_wrap_and_unwrap_compute_a_real_inner_udp_checksum():
     assert decode(bytes(bad)).inner_udp_checksum is not None and encode(decode(bytes(bad))) == bytes(bad)
 
 
+def test_values_are_hashable_and_lists_become_tuples():
+    record = EidRecord(eid("10.0.0.0"), 8, [LocatorRecord(V4("192.0.2.1"))])
+    reply = MapReply(bytes(8), [record])
+    assert reply.records == (record,) and record.locators == (LocatorRecord(V4("192.0.2.1")),)
+    assert decode(encode(reply)) == reply and len({reply, decode(encode(reply))}) == 1
+    assert AfiListAddress([V4("192.0.2.1")]).addresses == (V4("192.0.2.1"),)
+
+
 def test_invalid_values_are_refused_at_construction():
     record = EidRecord(eid("10.0.0.0"), 8)
     for build in (lambda: MapReply(b"short", ()),

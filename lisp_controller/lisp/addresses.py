@@ -120,6 +120,7 @@ class AfiListAddress:
     addresses: tuple[Address, ...]
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "addresses", tuple(self.addresses))   # a list would be unhashable
         for address in self.addresses:
             _check_address(address)
 

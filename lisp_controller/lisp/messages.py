@@ -44,7 +44,11 @@ def _check_common(message: object, reserved_mask: int) -> None:
         raise TypeError("trailer must be bytes")
 
 
-def _check_records(records: tuple, cls: type) -> None:
+def _check_records(message: object, cls: type) -> None:
+    """Freeze ``message.records`` into a tuple (a list would make the value
+    unhashable and unequal to its decoded copy) and check what it holds."""
+    records = tuple(message.records)
+    object.__setattr__(message, "records", records)
     if len(records) > 255:
         raise ValueError("at most 255 records")
     for record in records:
@@ -84,7 +88,8 @@ class MapRequest:
 
     def __post_init__(self) -> None:
         _check_common(self, self.RESERVED_MASK)
-        _check_records(self.records, MapRequestRecord)
+        _check_records(self, MapRequestRecord)
+        object.__setattr__(self, "itr_rlocs", tuple(self.itr_rlocs))
         if not 1 <= len(self.itr_rlocs) <= 32:
             raise ValueError("a Map-Request carries 1 to 32 ITR-RLOCs")
         for address in (self.source_eid, *self.itr_rlocs):
@@ -115,7 +120,7 @@ class MapReply:
 
     def __post_init__(self) -> None:
         _check_common(self, self.RESERVED_MASK)
-        _check_records(self.records, EidRecord)
+        _check_records(self, EidRecord)
 
 
 @dataclass(frozen=True)
@@ -126,11 +131,12 @@ class _Registration:
     ``key_id`` and ``alg_id`` are the high and low byte of the 16-bit Key ID
     field; ``auth_data`` is the HMAC (see ``auth.sign``). Flags:
     ``proxy_reply`` (P, the Map-Server answers Map-Requests for us),
-    ``security`` (S), ``rtr`` (R as tshark decodes it, set by a NAT-traversal
-    RTR; RFC 9301 leaves this bit reserved), ``use_ttl_for_timeout`` (bit
-    0x0800 of word 0, T: time registrations out by the record TTL; lispers.net
-    always sets it), ``want_map_notify`` (M). The I bit is set exactly when
-    ``xtr_id`` (16 bytes) is present; ``site_id`` (64 bits) follows it.
+    ``security`` (S), ``rtr`` (R, bit 0x01000000 of word 0, where tshark 4.0
+    decodes the "built by an RTR" bit of LISP NAT traversal),
+    ``use_ttl_for_timeout`` (bit 0x0800 of word 0, which lispers.net always
+    sets and names so: time registrations out by the record TTL),
+    ``want_map_notify`` (M). The I bit is set exactly when ``xtr_id``
+    (16 bytes) is present; ``site_id`` (64 bits) follows it.
     """
 
     nonce: bytes
@@ -155,7 +161,7 @@ class _Registration:
 
     def __post_init__(self) -> None:
         _check_common(self, self.RESERVED_MASK)
-        _check_records(self.records, EidRecord)
+        _check_records(self, EidRecord)
         _check_range("key_id", self.key_id, 8)
         _check_range("alg_id", self.alg_id, 8)
         _check_range("site_id", self.site_id, 64)
@@ -275,12 +281,16 @@ def encode(message: Message) -> bytes:
     raise TypeError(f"{message!r} is not a LISP control message")
 
 
-def decode(data: bytes, _inside_ecm: bool = False) -> Message:
+def decode(data: bytes) -> Message:
     """Parse one LISP control message (a UDP payload). Raises
     ``LispDecodeError`` and nothing else for bytes we cannot accept."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise LispDecodeError(f"expected bytes, got {type(data).__name__}")
-    reader = Reader(bytes(data))
+    return _decode(bytes(data), inside_ecm=False)
+
+
+def _decode(data: bytes, inside_ecm: bool) -> Message:
+    reader = Reader(data)
     word = reader.uint(4)
     kind, count = word >> 28, word & _COUNT
     if kind == MAP_REQUEST:
@@ -293,11 +303,11 @@ def decode(data: bytes, _inside_ecm: bool = False) -> Message:
     if kind in _REGISTRATIONS:
         return _decode_registration(_REGISTRATIONS[kind], reader, word, count)
     if kind == ECM:
-        if _inside_ecm:
+        if inside_ecm:   # refused: nesting would let a packet recurse without bound
             raise LispDecodeError("an ECM inside an ECM")
         inner = parse_ip_udp(reader)
         return EncapsulatedControlMessage(
-            decode(inner.payload, _inside_ecm=True), inner.source, inner.destination, inner.source_port,
+            _decode(inner.payload, inside_ecm=True), inner.source, inner.destination, inner.source_port,
             inner.destination_port, inner.hop_limit, inner.udp_checksum,
             reserved=word & EncapsulatedControlMessage.RESERVED_MASK, trailer=_rest(reader),
             **_bits(word, **EncapsulatedControlMessage._FLAGS))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from .addresses import (Address, LispDecodeError, Reader, _check_address, _check_range,
+from .addresses import (Address, Reader, _check_address, _check_range,
                         decode_address, encode_address)
 
 
@@ -81,6 +81,7 @@ class EidRecord:
         _check_range("ttl", self.ttl, 32)
         _check_range("action", self.action, 3)
         _check_range("map_version", self.map_version, 12)
+        object.__setattr__(self, "locators", tuple(self.locators))   # a list would be unhashable
         if len(self.locators) > 255:
             raise ValueError("an EID record holds at most 255 locators")
         for locator in self.locators:
