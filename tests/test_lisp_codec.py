@@ -384,7 +384,7 @@ def test_ecm_wrap_and_unwrap_compute_a_real_inner_udp_checksum():
     with pytest.raises(LispDecodeError, match="ECM inside an ECM"):
         decode(nested)
     bad = bytearray(encode(wrap_in_ecm(request, V4("10.0.0.1"), V4("10.0.0.2"))))
-    bad[-1] ^= 0xFF   # a wrong (non-zero) inner UDP checksum is kept, so re-encoding stays exact
+    bad[-1] ^= 0xFF   # payload changed after checksumming: the now-wrong checksum is kept, re-encoding stays exact
     assert decode(bytes(bad)).inner_udp_checksum is not None and encode(decode(bytes(bad))) == bytes(bad)
 
 
