@@ -1,7 +1,8 @@
 """A fake OpenFlow 1.3 pipeline for unit tests: where does a packet go?
 
 It walks our compiled flows the way OVS would (highest priority match per
-table, apply actions, follow goto_table) for the fields our compiler uses.
+table, apply actions, follow goto_table) for the fields our compiler uses;
+what each action does is its kind's `trace` (pipeline/actions.py).
 It complements, never replaces, the tests against a real ovs-vswitchd.
 """
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from lisp_controller.pipeline import actions
 from lisp_controller.pipeline.flows import Flow
 from lisp_controller.model import Prefix
 
@@ -55,32 +57,11 @@ def trace(flows, packet: dict, table: int = 0) -> Result:
         assert len(top) == 1, f"ambiguous flows at table {table} priority {best}: {top}"
         flow = top[0]
         result.path.append((table, flow.priority))
-        next_table = None
+        next_table = actions.next_table(flow.actions)
         for action in flow.actions:
-            kind = action[0]
-            if kind == "dec_ttl":
-                # OVS: a packet whose TTL would reach 0 is dropped (and the
-                # rest of the actions are not run).
-                if pkt.get("nw_ttl", 64) <= 1:
-                    next_table = None
-                    break
-                pkt["nw_ttl"] = pkt.get("nw_ttl", 64) - 1
-            elif kind == "move":
-                pkt[action[2]] = pkt.get(action[1])
-            elif kind == "in_port":
-                result.outputs.append("IN_PORT")
-            elif kind == "set_field":
-                pkt[action[1]] = str(action[2]) if not isinstance(action[2], int) else action[2]
-            elif kind == "write_metadata":
-                pkt["metadata"] = action[1]
-            elif kind == "output":
-                result.outputs.append(action[1])
-            elif kind == "normal":
-                result.outputs.append("NORMAL")
-            elif kind == "controller":
-                result.outputs.append("CONTROLLER")
-            elif kind == "goto":
-                next_table = action[1]
+            if not actions.kind(action).trace(action, pkt, result.outputs):
+                next_table = None  # the datapath dropped it here
+                break
         if next_table is None:
             break
         table = next_table

@@ -11,7 +11,8 @@ from lisp_controller.openflow import verify
 
 from lisp_controller.openflow import wire
 from lisp_controller.config import ConfigError, parse_config
-from lisp_controller.pipeline.flows import Flow, encoded, goto, move, set_field
+from lisp_controller.pipeline.actions import goto, instructions_bytes, move, set_field
+from lisp_controller.pipeline.flows import Flow, encoded, flow_mod_add
 
 FLOW = Flow(1, 116, (("eth_type", 0x0800), ("metadata", 1000), ("ipv4_dst", ipaddress.ip_network("10.9.0.0/16"))),
             (set_field("tun_ipv4_dst", ipaddress.ip_address("192.168.50.2")), set_field("tunnel_id", 1000),
@@ -44,7 +45,7 @@ def test_entries_split_and_the_same_flow_in_other_field_order_is_equal():
     # OVS's order and an explicit all-ones mask on the metadata.
     m = match(oxm(0x8000, 2, (1000).to_bytes(8, "big"), b"\xff" * 8), oxm(0x8000, 5, b"\x08\x00"),
               oxm(0x8000, 12, bytes([10, 9, 0, 0]), bytes([255, 255, 0, 0])))
-    entry = verify.Entry(cookie, 1, 116, 0, 0, 0, m + wire.instructions_bytes(FLOW.actions))
+    entry = verify.Entry(cookie, 1, 116, 0, 0, 0, m + instructions_bytes(FLOW.actions))
     (parsed,) = verify.split_flow_stats(stats_reply(entry))
     assert parsed == entry
     assert parsed.body != verify.flow_mod_entry(flow_mod).body
@@ -58,7 +59,7 @@ def test_changed_actions_priority_or_duplicates_are_found():
     right = verify.flow_mod_entry(flow_mod)
     other_rloc = FLOW._replace(actions=(set_field("tun_ipv4_dst", ipaddress.ip_address("192.168.66.6")),
                                         *FLOW.actions[1:]))
-    wrong = right._replace(body=wire.flow_mod_add(other_rloc, 0)[48:])
+    wrong = right._replace(body=flow_mod_add(other_rloc, 0)[48:])
     assert not verify.same_flow(wrong, flow_mod)
     assert not verify.same_flow(right._replace(priority=117), flow_mod)
     assert not verify.same_flow(right._replace(idle_timeout=5), flow_mod)
@@ -74,7 +75,7 @@ def test_register_move_with_nxm_headers_is_the_same_move():
     cookie, flow_mod = encoded(flow)
     entry = verify.flow_mod_entry(flow_mod)
     nxm_src, nxm_dst = (0x0000 << 16) | (2 << 9) | 6, (0x0000 << 16) | (1 << 9) | 6
-    oxm_src, oxm_dst = wire._header("eth_src"), wire._header("eth_dst")
+    oxm_src, oxm_dst = wire.oxm_header("eth_src"), wire.oxm_header("eth_dst")
     body = entry.body.replace(struct.pack("!II", oxm_src, oxm_dst), struct.pack("!II", nxm_src, nxm_dst))
     assert body != entry.body
     assert verify.same_flow(entry._replace(body=body), flow_mod)
@@ -113,5 +114,5 @@ def test_fields_in_ovs_order_take_the_quick_path_and_changes_are_still_seen():
     assert verify.same_flow(reordered, flow_mod)
     other = FLOW._replace(actions=(set_field("tun_ipv4_dst", ipaddress.ip_address("192.168.66.6")),
                                    *FLOW.actions[1:]))
-    changed = entry._replace(body=ovs_order(wire.flow_mod_add(other, 0)[48:]))
+    changed = entry._replace(body=ovs_order(flow_mod_add(other, 0)[48:]))
     assert not verify.same_flow(changed, flow_mod)

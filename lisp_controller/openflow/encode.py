@@ -7,7 +7,6 @@ same message with os-ken's classes, and a test holds the two identical.
 """
 from __future__ import annotations
 
-import ipaddress
 import struct
 
 from os_ken.ofproto import ofproto_common, ofproto_protocol
@@ -15,52 +14,11 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from lisp_controller.openflow import wire
-from lisp_controller.pipeline.flows import FIELD_BITS, Flow
-from lisp_controller.model import Prefix
+from lisp_controller.pipeline.actions import reference_instructions, reference_value
+from lisp_controller.pipeline.flows import Flow
 
 _PROTO = ofproto_protocol.ProtocolDesc(ofp.OFP_VERSION)
-ALL_ONES_64 = 0xFFFFFFFFFFFFFFFF
 _HEADER = struct.Struct("!BBHI")
-
-
-def _match_value(value: object) -> object:
-    if isinstance(value, (Prefix, ipaddress.IPv4Network, ipaddress.IPv6Network)):
-        if value.prefixlen == value.max_prefixlen:
-            return str(value.network_address)
-        return (str(value.network_address), str(value.netmask))
-    if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
-        return str(value)
-    return value
-
-
-def _instructions(actions: tuple) -> list:
-    """OpenFlow 1.3 wants apply-actions, then write-metadata, then goto."""
-    apply, tail_meta, tail_goto = [], [], []
-    for a in actions:
-        kind = a[0]
-        if kind == "output":
-            apply.append(parser.OFPActionOutput(a[1]))
-        elif kind == "normal":
-            apply.append(parser.OFPActionOutput(ofp.OFPP_NORMAL))
-        elif kind == "controller":
-            apply.append(parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER))
-        elif kind == "set_field":
-            apply.append(parser.OFPActionSetField(**{a[1]: _match_value(a[2])}))
-        elif kind == "in_port":
-            apply.append(parser.OFPActionOutput(ofp.OFPP_IN_PORT))
-        elif kind == "dec_ttl":
-            apply.append(parser.OFPActionDecNwTtl())
-        elif kind == "move":
-            apply.append(parser.NXActionRegMove(src_field=a[1], dst_field=a[2],
-                                                n_bits=FIELD_BITS[a[1]]))
-        elif kind == "write_metadata":
-            tail_meta.append(parser.OFPInstructionWriteMetadata(a[1], ALL_ONES_64))
-        elif kind == "goto":
-            tail_goto.append(parser.OFPInstructionGotoTable(a[1]))
-        else:
-            raise ValueError(f"unknown action {a!r}")
-    head = [parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, apply)] if apply else []
-    return head + tail_meta + tail_goto
 
 
 def _serialize(msg) -> bytes:
@@ -71,11 +29,11 @@ def _serialize(msg) -> bytes:
 
 def encode_add_reference(flow: Flow, cookie: int) -> bytes:
     """os-ken's encoding of the same flow-mod: the yardstick for wire.py."""
-    match = parser.OFPMatch(**{k: _match_value(v) for k, v in flow.match})
+    match = parser.OFPMatch(**{k: reference_value(v) for k, v in flow.match})
     return _serialize(parser.OFPFlowMod(
         _PROTO, cookie=cookie, table_id=flow.table, command=ofp.OFPFC_ADD,
         priority=flow.priority, buffer_id=ofp.OFP_NO_BUFFER, match=match,
-        instructions=_instructions(flow.actions)))
+        instructions=reference_instructions(flow.actions)))
 
 
 def encode_delete_reference(cookie: int) -> bytes:
@@ -83,7 +41,7 @@ def encode_delete_reference(cookie: int) -> bytes:
     so the cookie alone names the flow. os-ken's encoding (9 us); the bytes
     differ only in the cookie, so `encode_delete` splices it into these."""
     return _serialize(parser.OFPFlowMod(
-        _PROTO, cookie=cookie, cookie_mask=ALL_ONES_64, table_id=ofp.OFPTT_ALL,
+        _PROTO, cookie=cookie, cookie_mask=wire.ALL_ONES_64, table_id=ofp.OFPTT_ALL,
         command=ofp.OFPFC_DELETE, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
         match=parser.OFPMatch()))
 

@@ -1,10 +1,11 @@
-"""Flow values -> OpenFlow 1.3 flow-mod bytes, packed by hand.
+"""The one home of the flow-mod byte layout: OXM fields, matches, the
+OFPFC_ADD head, and the cuts and hashes made on its bytes.
 
 os-ken's message objects cost 200-260 us per flow-mod; our flows use a
-dozen fields and five action kinds, which pack in a few microseconds.
-The bytes are identical to os-ken's own encoding (a test compares them
-for every flow shape the compiler makes), and they are the flow's
-canonical form: its cookie is a hash of them.
+dozen fields, which pack in a few microseconds (each action kind packs
+itself: pipeline/actions.py). The bytes are identical to os-ken's own
+encoding (a test compares them for every flow shape the compiler makes),
+and they are the flow's canonical form: its cookie is a hash of them.
 
 Pure: no os-ken import, no I/O.
 """
@@ -39,11 +40,6 @@ FIELDS: dict[str, tuple[int, int, int]] = {
 _SORT = {name: (cls << 7) | fld for name, (cls, fld, _) in FIELDS.items()}  # os-ken's order
 
 _FLOW_MOD_HEAD = struct.Struct("!BBHIQQBBHHHIIIH2x")
-_OUTPUT = struct.Struct("!HHIH6x")
-_NX_REG_MOVE = struct.Struct("!HHIHHHHII")
-_GOTO = struct.Struct("!HHB3x")
-_WRITE_META = struct.Struct("!HH4xQQ")
-_DEC_NW_TTL = struct.pack("!HH4x", 24, 8)
 
 
 def _value_bytes(name: str, value: object) -> tuple[bytes, bytes | None]:
@@ -66,7 +62,7 @@ def _value_bytes(name: str, value: object) -> tuple[bytes, bytes | None]:
 
 
 @functools.lru_cache(maxsize=8192)  # eth_type, IIDs, RLOCs repeat across flows
-def _oxm(name: str, value: object) -> bytes:
+def oxm(name: str, value: object) -> bytes:
     cls, fld, _ = FIELDS[name]
     data, mask = _value_bytes(name, value)
     if mask is None:
@@ -74,12 +70,13 @@ def _oxm(name: str, value: object) -> bytes:
     return struct.pack("!HBB", cls, (fld << 1) | 1, 2 * len(data)) + data + mask
 
 
-def _header(name: str) -> int:
+def oxm_header(name: str) -> int:
+    """The 32-bit OXM header of a field (as a register move names it)."""
     cls, fld, width = FIELDS[name]
     return (cls << 16) | (fld << 9) | width
 
 
-def _pad8(data: bytes) -> bytes:
+def pad8(data: bytes) -> bytes:
     return data + b"\0" * (-len(data) % 8)
 
 
@@ -91,76 +88,36 @@ def match_bytes(match: tuple) -> bytes:
     order = _ORDER.get(names)
     if order is None:  # once per match shape
         order = _ORDER[names] = tuple(sorted(range(len(names)), key=lambda i: _SORT[names[i]]))
-    body = b"".join([_oxm(*match[i]) for i in order])
-    return _pad8(struct.pack("!HH", 1, 4 + len(body)) + body)
+    body = b"".join([oxm(*match[i]) for i in order])
+    return pad8(struct.pack("!HH", 1, 4 + len(body)) + body)
 
 
-def _action(a: tuple) -> bytes:
-    kind = a[0]
-    if kind == "output":
-        return _OUTPUT.pack(0, 16, a[1], OFPCML_MAX)
-    if kind == "normal":
-        return _OUTPUT.pack(0, 16, OFPP_NORMAL, OFPCML_MAX)
-    if kind == "in_port":
-        return _OUTPUT.pack(0, 16, OFPP_IN_PORT, OFPCML_MAX)
-    if kind == "controller":
-        return _OUTPUT.pack(0, 16, OFPP_CONTROLLER, OFPCML_NO_BUFFER)
-    if kind == "set_field":
-        tlv = _oxm(a[1], a[2])
-        return _pad8(struct.pack("!HH", 25, _round8(4 + len(tlv))) + tlv)
-    if kind == "dec_ttl":
-        return _DEC_NW_TTL
-    if kind == "move":
-        bits = FIELDS[a[1]][2] * 8
-        return _NX_REG_MOVE.pack(0xFFFF, 24, 0x00002320, 6, bits, 0, 0, _header(a[1]), _header(a[2]))
-    raise ValueError(f"unknown action {a!r}")
-
-
-def _round8(n: int) -> int:
+def round8(n: int) -> int:
     return n + (-n % 8)
 
 
-@functools.lru_cache(maxsize=65536)  # thousands of mappings share one action list
-def instructions_bytes(actions: tuple) -> bytes:
-    """Apply-actions, then write-metadata, then goto: OpenFlow 1.3's order."""
-    apply, tail = [], []
-    goto = None
-    for a in actions:
-        if a[0] == "goto":
-            goto = _GOTO.pack(1, 8, a[1])
-        elif a[0] == "write_metadata":
-            tail.append(_WRITE_META.pack(2, 24, a[1], ALL_ONES_64))  # OFPIT_WRITE_METADATA
-        else:
-            apply.append(_action(a))
-    out = b""
-    if apply:
-        body = b"".join(apply)
-        out = struct.pack("!HH4x", 4, 8 + len(body)) + body
-    return out + b"".join(tail) + (goto or b"")
-
-
-def flow_mod_add(flow, cookie: int) -> bytes:
-    """OFPFC_ADD for `flow` with `cookie`, xid 0 (stamped when sent)."""
-    body = match_bytes(flow.match) + instructions_bytes(flow.actions)
-    head = _FLOW_MOD_HEAD.pack(OFP_VERSION, OFPT_FLOW_MOD, 48 + len(body), 0, cookie, 0, flow.table,
-                               OFPFC_ADD, 0, 0, flow.priority, OFP_NO_BUFFER, 0, 0, 0)
+def flow_mod_add(table: int, priority: int, match: tuple, instructions: bytes, cookie: int) -> bytes:
+    """OFPFC_ADD with `cookie` and xid 0 (stamped when sent); `instructions`
+    are already packed (pipeline/actions.py)."""
+    body = match_bytes(match) + instructions
+    head = _FLOW_MOD_HEAD.pack(OFP_VERSION, OFPT_FLOW_MOD, 48 + len(body), 0, cookie, 0, table,
+                               OFPFC_ADD, 0, 0, priority, OFP_NO_BUFFER, 0, 0, 0)
     return head + body
 
 
-def value_slot(flow, name: str) -> tuple[bytes, bytes]:
-    """The flow-mod of `flow` (cookie 0) cut around the value of its match
-    field `name`: flows that differ only in that value (a map-cache of
+def value_slot(data: bytes, match: tuple, name: str) -> tuple[bytes, bytes]:
+    """A flow-mod (`data`, made with `match`) cut around the value of its
+    match field `name`: flows that differ only in that value (a map-cache of
     100,000 prefixes with one length, IID and RLOC) are then made by
     concatenation, `before + value + after`, a fraction of packing each."""
-    data = flow_mod_add(flow, 0)
-    names = tuple(n for n, _ in flow.match)
-    match_bytes(flow.match)  # fills _ORDER for this shape
+    names = tuple(n for n, _ in match)
+    match_bytes(match)  # fills _ORDER for this shape
     offset = _FLOW_MOD_HEAD.size + 4  # the match's type and length
     for i in _ORDER[names]:
         if names[i] == name:
             start = offset + 4  # the OXM header
             return data[:start], data[start + FIELDS[name][2]:]
-        offset += len(_oxm(*flow.match[i]))
+        offset += len(oxm(*match[i]))
     raise ValueError(f"{name} is not in the match")
 
 

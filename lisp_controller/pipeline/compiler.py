@@ -11,9 +11,10 @@ import ipaddress
 from typing import Mapping as TMapping, NamedTuple
 
 from lisp_controller.openflow import wire
-from lisp_controller.pipeline.flows import (DEC_TTL, ETH_ARP, ETH_IP, ETH_IPV6, IN_PORT, IPPROTO_ICMPV6, NORMAL,
-                    ND_ADVERT, ND_SOLICIT, TO_CONTROLLER, COOKIE_BASE, Flow, goto, keyed, move,
-                    output, set_field, write_metadata)
+from lisp_controller.pipeline.actions import (DEC_TTL, IN_PORT, NORMAL, TO_CONTROLLER, goto, move, output,
+                                              set_field, write_metadata)
+from lisp_controller.pipeline.flows import (COOKIE_BASE, ETH_ARP, ETH_IP, ETH_IPV6, IPPROTO_ICMPV6, ND_ADVERT,
+                                            ND_SOLICIT, Flow, flow_mod_add, keyed)
 from lisp_controller.model import Bridge, Endpoint, MapCache, Mapping, Overlay
 from lisp_controller.pipeline.profiles import PROFILES
 
@@ -103,7 +104,8 @@ def mapping_flow_mod(m: Mapping, key: tuple[int, int, int, int]) -> tuple[int, b
     if template is None:
         if len(_TEMPLATES) > 65536:
             _TEMPLATES.clear()
-        before, after = wire.value_slot(mapping_flow(m), _dst_field(version))
+        flow = mapping_flow(m)
+        before, after = wire.value_slot(flow_mod_add(flow, 0), flow.match, _dst_field(version))
         template = _TEMPLATES[shape] = (before[:8], before[16:], after, wire.content_hasher(before),
                                         4 if version == 4 else 16)
     head, middle, after, hasher, width = template
