@@ -109,11 +109,7 @@ class State:
         self.bridges: dict[str, Bridge] = dict(self._config_bridges)
         miss = miss_flow(config.overlay.miss_action)
         self._add_flow(miss, *encoded(miss))
-        for bridge in config.overlay.bridges:
-            for ep in bridge.endpoints:
-                for m in endpoint_mappings(bridge, ep):
-                    self._put(m)
-        for m in config.overlay.mappings:
+        for m in config.overlay.map_cache():  # the one definition of what the config maps
             self._put(m)
         self.apply(Change(put=list(mappings), put_endpoints=list(endpoints)), bump=False)
 
