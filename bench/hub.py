@@ -1,0 +1,203 @@
+"""Benchmark: is the controller's hub free while it works hard?
+
+    python bench/hub.py                 # 100,000 mappings
+    python bench/hub.py --size 1000000  # the figure docs/performance.rst quotes
+
+The controller runs every OpenFlow session, the REST API and its timers on
+one eventlet hub: anything that holds the hub makes OpenFlow echo replies
+and every API request wait. This measures, in the same run:
+
+- idle: OpenFlow echo round trip (a bare OpenFlow client that completed the
+  handshake as a bridge nobody configured, sending ECHO_REQUEST every 10 ms)
+  and `GET /v1/health` latency (every 10 ms), with nothing else going on;
+- busy: the same two while one bulk request of N mappings is programmed
+  into a real bridge and a status page polls every 2 s as the page does
+  (its three requests, mappings with counters).
+
+Prints p50, p99 and max of each, and the busy/idle ratio. Needs root
+(network namespaces); sends traffic nowhere.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import socket
+import statistics
+import struct
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.run import Bench, bulk_body  # noqa: E402
+from lab.testbed import Testbed  # noqa: E402
+
+OFPT_HELLO, OFPT_ECHO_REQUEST, OFPT_ECHO_REPLY = 0, 2, 3
+OFPT_FEATURES_REQUEST, OFPT_FEATURES_REPLY = 5, 6
+STRANGER_DPID = 0xD0D0D0D0  # not in the benchmark's config: left alone by the controller
+PAGE_REQUESTS = ("/v1/datapaths", "/v1/endpoints", "/v1/mappings?counters=true")
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("controller closed the OpenFlow connection")
+        data += chunk
+    return data
+
+
+def _recv_message(sock: socket.socket) -> tuple[int, int, bytes]:
+    version, mtype, length, xid = struct.unpack("!BBHI", _recv_exact(sock, 8))
+    return mtype, xid, _recv_exact(sock, length - 8)
+
+
+class Probe(threading.Thread):
+    """Samples one latency every `interval` seconds until stopped."""
+
+    def __init__(self, tb: Testbed, ns: str, interval: float = 0.01):
+        super().__init__(daemon=True)
+        self.tb, self.ns, self.interval = tb, ns, interval
+        self.samples: list[float] = []
+        self.marks: list[float] = []  # monotonic time of each sample
+        self.halt = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with self.tb.netns(self.ns):
+                self.setup()
+                while not self.halt.is_set():
+                    started = time.perf_counter()
+                    self.once()
+                    self.samples.append(time.perf_counter() - started)
+                    self.marks.append(time.monotonic())
+                    self.halt.wait(self.interval)
+        except BaseException as e:  # reported by the main thread
+            self.error = e
+
+    def setup(self) -> None:
+        pass
+
+    def once(self) -> None:
+        raise NotImplementedError
+
+    def between(self, start: float, end: float) -> list[float]:
+        return [s for s, t in zip(self.samples, self.marks) if start <= t <= end]
+
+
+class EchoProbe(Probe):
+    """A bare OpenFlow 1.3 client: HELLO, FEATURES_REPLY, then echoes."""
+
+    def __init__(self, tb: Testbed, ns: str, address: str, port: int = 6653):
+        super().__init__(tb, ns)
+        self.address, self.port = address, port
+        self.xid = 1000
+
+    def setup(self) -> None:
+        self.sock = socket.create_connection((self.address, self.port), timeout=60)
+        self.sock.sendall(struct.pack("!BBHI", 4, OFPT_HELLO, 8, 1))
+        while True:
+            mtype, xid, _ = _recv_message(self.sock)
+            if mtype == OFPT_FEATURES_REQUEST:
+                body = struct.pack("!QIBB2xII", STRANGER_DPID, 256, 254, 0, 0, 0)
+                self.sock.sendall(struct.pack("!BBHI", 4, OFPT_FEATURES_REPLY, 8 + len(body), xid) + body)
+                return
+
+    def once(self) -> None:
+        self.xid += 1
+        self.sock.sendall(struct.pack("!BBHI", 4, OFPT_ECHO_REQUEST, 8, self.xid))
+        while True:
+            mtype, xid, _ = _recv_message(self.sock)
+            if mtype == OFPT_ECHO_REPLY and xid == self.xid:
+                return
+            if mtype == OFPT_ECHO_REQUEST:  # the controller's own keepalive
+                self.sock.sendall(struct.pack("!BBHI", 4, OFPT_ECHO_REPLY, 8, xid))
+
+
+class HttpProbe(Probe):
+    """One GET per sample, each on a new connection (as a monitor does)."""
+
+    def __init__(self, tb: Testbed, ns: str, paths: tuple[str, ...], interval: float):
+        super().__init__(tb, ns, interval)
+        self.paths = paths
+
+    def once(self) -> None:
+        for path in self.paths:
+            conn = http.client.HTTPConnection("127.0.0.1", 8080, timeout=120)
+            try:
+                conn.request("GET", path)
+                resp = conn.getresponse()
+                resp.read()
+            finally:
+                conn.close()
+
+
+def summary(samples: list[float]) -> dict:
+    if not samples:
+        return {"n": 0}
+    ordered = sorted(samples)
+    return {"n": len(ordered), "p50_ms": 1000 * statistics.median(ordered),
+            "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+            "max_ms": 1000 * ordered[-1]}
+
+
+def line(name: str, idle: dict, busy: dict) -> str:
+    ratio = busy["p99_ms"] / idle["p99_ms"] if idle.get("n") and busy.get("n") else float("nan")
+    return (f"{name:<14} idle p50 {idle['p50_ms']:8.2f} p99 {idle['p99_ms']:8.2f} max {idle['max_ms']:8.2f} ms"
+            f" | busy p50 {busy['p50_ms']:8.2f} p99 {busy['p99_ms']:8.2f} max {busy['max_ms']:8.2f} ms"
+            f" | p99 busy/idle {ratio:6.1f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=100_000, help="mappings in the bulk request")
+    parser.add_argument("--idle", type=float, default=3.0, help="seconds of idle sampling first")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+
+    with Testbed() as tb:
+        bench = Bench(tb, bridges=1)
+        bench.connect(1)
+        ns = bench.ctl_ns.ns
+        echo = EchoProbe(tb, ns, bench.ctl_ns.address)
+        health = HttpProbe(tb, ns, ("/v1/health",), 0.01)
+        page = HttpProbe(tb, ns, PAGE_REQUESTS, 2.0)
+        body = bulk_body(args.size)
+        echo.start()
+        health.start()
+        time.sleep(args.idle)
+        idle_end = time.monotonic()
+        page.start()
+        started = time.monotonic()
+        result = bench.controller_bulk(body, args.size)
+        ended = time.monotonic()
+        for probe in (echo, health, page):
+            probe.halt.set()
+            probe.join(timeout=300)
+            if probe.error is not None:
+                raise RuntimeError(f"{type(probe).__name__} failed") from probe.error
+        bench.ctl.stop()
+    figures = {
+        "size": args.size, "bulk_s": result["seconds"],
+        "echo": {"idle": summary(echo.between(0, idle_end)), "busy": summary(echo.between(started, ended))},
+        "health": {"idle": summary(health.between(0, idle_end)),
+                   "busy": summary(health.between(started, ended))},
+        "status_page_polls": summary(page.between(started, ended)),
+    }
+    print(f"bulk of {args.size:,} mappings: {result['seconds']:.2f} s, with the status page polling "
+          f"({figures['status_page_polls']['n']} polls, p50 {figures['status_page_polls'].get('p50_ms', 0):.0f} ms)")
+    print(line("OpenFlow echo", figures["echo"]["idle"], figures["echo"]["busy"]))
+    print(line("GET /v1/health", figures["health"]["idle"], figures["health"]["busy"]))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
