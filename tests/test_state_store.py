@@ -226,8 +226,8 @@ def test_shared_delta_nets_changes_across_generations():
 
 
 def test_shared_delta_is_none_when_history_is_gone(monkeypatch):
-    import lisp_controller.controller.state as state_module
-    monkeypatch.setattr(state_module, "HISTORY_COOKIES", 3)
+    import lisp_controller.controller.shared as shared_module
+    monkeypatch.setattr(shared_module, "HISTORY_COOKIES", 3)
     state = State(BLOG)
     start = state.generation
     for i in range(4):

@@ -1,10 +1,11 @@
-"""The desired state: config and store merged into what the compiler needs.
+"""The desired state: config, store and control plane merged into the model.
 
 Pure and in memory. A change is checked first (`check`, which raises and
 mutates nothing), written to the store by the caller, and only then applied
-here (`apply`), so memory never runs ahead of what is committed. The shared
-map-cache flows are kept up to date per mapping: a change to one mapping
-re-renders one flow, not the whole table.
+here (`apply`), so memory never runs ahead of what is committed. Each
+mapping put or removed is compiled at once into its shared map-cache flow
+(controller/shared.py keeps those flows, their bytes and their history): a
+change to one mapping re-renders one flow, not the whole table.
 
 Ownership: a (IID, prefix) belongs to the config, to an endpoint (its host
 mapping), or to the API. The API may only change its own. Below those sits
@@ -18,8 +19,6 @@ nothing while nothing does, however big the map-cache.
 """
 from __future__ import annotations
 
-import collections
-import collections.abc
 import dataclasses
 import heapq
 import ipaddress
@@ -27,14 +26,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from lisp_controller.pipeline.compiler import mapping_flow, mapping_flow_mod, miss_flow
+from lisp_controller.pipeline.compiler import mapping_flow_mod, miss_flow
 from lisp_controller.config import Config
-from lisp_controller.pipeline.flows import Flow, encoded
+from lisp_controller.controller.shared import SharedFlows
+from lisp_controller.pipeline.flows import encoded
 from lisp_controller.model import Bridge, Endpoint, MapCache, Mapping, Prefix, endpoint_mappings, prefix_key
 
 Key = tuple  # (iid, IPv4Network | IPv6Network)
 PAUSE_EVERY = 2000
-HISTORY_COOKIES = 2_000_000  # shared-flow changes remembered for bridges' delta syncs
 
 
 class Conflict(Exception):
@@ -86,20 +85,8 @@ class State:
         self.clock = clock
         self.generation = 0
         self.cache = MapCache()
-        # What each shared flow is made from: a Mapping (its Flow is made
-        # again when asked for, which is rare: errors, the flows API, proxy
-        # ARP) or a Flow. Holding a million Flow values would cost 200
-        # bytes per mapping; the bridges only ever need `encoded`.
-        self._source: dict[int, Mapping | Flow] = {}
-        self.shared = SharedFlows(self._source)
-        # (generation, cookies added, cookies removed) of the shared flows:
-        # a bridge that confirmed generation g catches up by sending only
-        # what changed since, not by diffing the whole table.
-        self.history: collections.deque[tuple[int, frozenset, frozenset]] = collections.deque()
-        self._added: set[int] | None = None
-        self._removed: set[int] | None = None
-        self._journal: list[tuple[int, bytes | None]] | None = None  # see apply(stream=)
-        self.encoded: dict[int, bytes] = {}  # shared flows' flow-mods, made once for every bridge
+        self.shared = SharedFlows()  # the map-cache's flows, compiled once for every bridge
+        self.encoded = self.shared.encoded  # their flow-mods by cookie
         self._config_bridges = {b.label: b for b in config.overlay.bridges}
         self.api_endpoints: dict[tuple[str, str], Endpoint] = {}
         # Everything the control plane learned, by prefix_key, whether it is
@@ -108,7 +95,7 @@ class State:
         self._expiry: list[tuple[float, int, Prefix]] = []  # heap of (expires, iid, eid)
         self.bridges: dict[str, Bridge] = dict(self._config_bridges)
         miss = miss_flow(config.overlay.miss_action)
-        self._add_flow(miss, *encoded(miss))
+        self.shared.add(miss, *encoded(miss))
         for m in config.overlay.map_cache():  # the one definition of what the config maps
             self._put(m)
         self.apply(Change(put=list(mappings), put_endpoints=list(endpoints)), bump=False)
@@ -142,26 +129,7 @@ class State:
     def shared_delta(self, since: int) -> tuple[set[int], set[int]] | None:
         """Cookies of shared flows added and removed after generation
         `since`, or None if the history no longer reaches back that far."""
-        if since == self.generation:
-            return set(), set()
-        if not self.history or self.history[0][0] > since + 1:
-            return None
-        added: set[int] = set()
-        removed: set[int] = set()
-        for generation, plus, minus in self.history:
-            if generation <= since:
-                continue
-            for c in minus:
-                if c in added:
-                    added.discard(c)
-                else:
-                    removed.add(c)
-            for c in plus:
-                if c in removed:
-                    removed.discard(c)
-                else:
-                    added.add(c)
-        return added, removed
+        return self.shared.delta(since, self.generation)
 
     def expired(self) -> Change:
         """What has reached its TTL: API mappings to delete (and from the
@@ -246,14 +214,9 @@ class State:
         bridges can then take a big change while it is still being made."""
         now = self.clock()
         n = 0
-        if bump:
-            self._added, self._removed = set(), set()
-        self._journal = [] if stream is not None else None
-
-        def flush() -> None:
-            if self._journal:  # None without a stream
-                stream(self._journal)
-                self._journal = []
+        shared = self.shared
+        shared.begin(track=bump, stream=stream)
+        flush = shared.flush
 
         def tick() -> None:
             nonlocal n
@@ -294,48 +257,14 @@ class State:
             self._learn(stamp(m, now) if m.expires is None else m)
             tick()
         flush()
-        self._journal = None
         if bump:
             self.generation += 1
-            self._remember(self.generation, self._added, self._removed)
-            self._added = self._removed = None
+        shared.end(self.generation if bump else None)
 
     def _rebuild_bridge(self, label: str) -> None:
         base = self._config_bridges[label]
         extra = tuple(ep for (lbl, _), ep in sorted(self.api_endpoints.items()) if lbl == label)
         self.bridges[label] = dataclasses.replace(base, endpoints=base.endpoints + extra)
-
-    def _remember(self, generation: int, added: set[int], removed: set[int]) -> None:
-        self.history.append((generation, frozenset(added), frozenset(removed)))
-        total = sum(len(a) + len(r) for _, a, r in self.history)
-        while len(self.history) > 1 and total > HISTORY_COOKIES:
-            _, a, r = self.history.popleft()
-            total -= len(a) + len(r)
-
-    def _add_flow(self, source: Mapping | Flow, cookie: int, data: bytes) -> None:
-        other = self.encoded.get(cookie)
-        if other is not None and other != data:
-            raise RuntimeError(f"cookie collision {cookie:#x}")
-        self._source[cookie] = source
-        self.encoded[cookie] = data
-        if self._journal is not None:
-            self._journal.append((cookie, data))
-        if self._added is not None:
-            if cookie in self._removed:
-                self._removed.discard(cookie)  # removed and put back: no change
-            else:
-                self._added.add(cookie)
-
-    def _drop_flow(self, cookie: int) -> None:
-        del self._source[cookie]
-        del self.encoded[cookie]
-        if self._journal is not None:
-            self._journal.append((cookie, None))
-        if self._added is not None:
-            if cookie in self._added:
-                self._added.discard(cookie)
-            else:
-                self._removed.add(cookie)
 
     def _learn(self, m: Mapping) -> None:
         """Remember a learned mapping; it reaches the map-cache unless a
@@ -373,10 +302,10 @@ class State:
             # a dict of a million cookies costs more than this rare step.
             old_cookie = mapping_flow_mod(old, key)[0]
             if old_cookie == cookie:  # the same flow (a new TTL, say): nothing for the bridges
-                self._source[cookie] = m
+                self.shared.renew(cookie, m)
                 return
-            self._drop_flow(old_cookie)
-        self._add_flow(m, cookie, data)
+            self.shared.drop(old_cookie)
+        self.shared.add(m, cookie, data)
 
     def _remove(self, key: Key) -> None:
         """Take a mapping out of the map-cache; what the control plane
@@ -384,31 +313,10 @@ class State:
         ikey = prefix_key(*key)
         m = self.cache.remove(key[0], key[1], ikey)
         if m is not None:
-            self._drop_flow(mapping_flow_mod(m, ikey)[0])
+            self.shared.drop(mapping_flow_mod(m, ikey)[0])
             hidden = self.learned.get(ikey)
             if hidden is not None and hidden is not m:
                 self._put(hidden)
-
-
-class SharedFlows(collections.abc.Mapping):
-    """The shared map-cache flows by cookie, made on demand from what
-    they are compiled from (a read-only view of the state)."""
-
-    def __init__(self, source: dict[int, Mapping | Flow]):
-        self._source = source
-
-    def __getitem__(self, cookie: int) -> Flow:
-        source = self._source[cookie]
-        return mapping_flow(source) if isinstance(source, Mapping) else source
-
-    def __contains__(self, cookie: object) -> bool:
-        return cookie in self._source
-
-    def __iter__(self):
-        return iter(self._source)
-
-    def __len__(self) -> int:
-        return len(self._source)
 
 
 def stamp(m: Mapping, now: float) -> Mapping:

@@ -1,0 +1,138 @@
+"""The shared map-cache flows: compiled once, the same bytes for every bridge.
+
+The map-cache table holds no port numbers (docs/datapath.rst, "The
+pipeline"), so each mapping compiles to one flow that every bridge holds.
+This keeps, by cookie, what each flow is made from and its flow-mod bytes,
+and remembers what changed in each generation of the state so a bridge
+that confirmed generation g catches up by sending only what changed since,
+not by diffing the whole table. During a big change it can also hand the
+flows over as they are made (a journal), so bridges take the change while
+it is still being made (docs/performance.rst).
+"""
+from __future__ import annotations
+
+import collections
+import collections.abc
+from typing import Callable, Iterator
+
+from lisp_controller.model import Mapping
+from lisp_controller.pipeline.compiler import mapping_flow
+from lisp_controller.pipeline.flows import Flow
+
+HISTORY_COOKIES = 2_000_000  # shared-flow changes remembered for bridges' delta syncs
+Journal = list[tuple[int, bytes | None]]  # (cookie, flow-mod) added, (cookie, None) removed
+
+
+class SharedFlows(collections.abc.Mapping):
+    """Shared flows by cookie (a `Mapping` of cookie -> `Flow`), with their
+    bytes in `encoded`. A flow is held as what it is made from: a `Mapping`
+    (its `Flow` is made again when asked for, which is rare: errors, the
+    flows API, proxy ARP) or a `Flow`. Holding a million `Flow` values would
+    cost 200 bytes per mapping; the bridges only ever need `encoded`."""
+
+    def __init__(self) -> None:
+        self._source: dict[int, Mapping | Flow] = {}
+        self.encoded: dict[int, bytes] = {}
+        # (generation, cookies added, cookies removed), oldest first.
+        self.history: collections.deque[tuple[int, frozenset, frozenset]] = collections.deque()
+        self._added: set[int] | None = None
+        self._removed: set[int] | None = None
+        self._journal: Journal | None = None
+        self._stream: Callable[[Journal], None] | None = None
+
+    # -- the Mapping view ----------------------------------------------------
+    def __getitem__(self, cookie: int) -> Flow:
+        source = self._source[cookie]
+        return mapping_flow(source) if isinstance(source, Mapping) else source
+
+    def __contains__(self, cookie: object) -> bool:
+        return cookie in self._source
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._source)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    # -- one change ------------------------------------------------------------
+    def begin(self, track: bool, stream: Callable[[Journal], None] | None = None) -> None:
+        """Start a change: `track` records it as a new generation; `stream`
+        receives the flows' changes in order at each `flush`."""
+        if track:
+            self._added, self._removed = set(), set()
+        self._stream = stream
+        self._journal = [] if stream is not None else None
+
+    def flush(self) -> None:
+        """Hand what changed since the last flush to the stream, if any."""
+        if self._journal:  # None without a stream
+            self._stream(self._journal)
+            self._journal = []
+
+    def end(self, generation: int | None) -> None:
+        """Close the change, remembered under `generation` if it was tracked."""
+        self._journal = self._stream = None
+        if generation is not None and self._added is not None:
+            self._remember(generation, self._added, self._removed)
+        self._added = self._removed = None
+
+    def add(self, source: Mapping | Flow, cookie: int, data: bytes) -> None:
+        other = self.encoded.get(cookie)
+        if other is not None and other != data:
+            raise RuntimeError(f"cookie collision {cookie:#x}")
+        self._source[cookie] = source
+        self.encoded[cookie] = data
+        if self._journal is not None:
+            self._journal.append((cookie, data))
+        if self._added is not None:
+            if cookie in self._removed:
+                self._removed.discard(cookie)  # removed and put back: no change
+            else:
+                self._added.add(cookie)
+
+    def renew(self, cookie: int, source: Mapping) -> None:
+        """The same flow made from a newer mapping (a new TTL, say)."""
+        self._source[cookie] = source
+
+    def drop(self, cookie: int) -> None:
+        del self._source[cookie]
+        del self.encoded[cookie]
+        if self._journal is not None:
+            self._journal.append((cookie, None))
+        if self._added is not None:
+            if cookie in self._added:
+                self._added.discard(cookie)
+            else:
+                self._removed.add(cookie)
+
+    # -- catching up -------------------------------------------------------------
+    def delta(self, since: int, current: int) -> tuple[set[int], set[int]] | None:
+        """Cookies added and removed after generation `since` up to
+        `current`, or None if the history no longer reaches back that far."""
+        if since == current:
+            return set(), set()
+        if not self.history or self.history[0][0] > since + 1:
+            return None
+        added: set[int] = set()
+        removed: set[int] = set()
+        for generation, plus, minus in self.history:
+            if generation <= since:
+                continue
+            for c in minus:
+                if c in added:
+                    added.discard(c)
+                else:
+                    removed.add(c)
+            for c in plus:
+                if c in removed:
+                    removed.discard(c)
+                else:
+                    added.add(c)
+        return added, removed
+
+    def _remember(self, generation: int, added: set[int], removed: set[int]) -> None:
+        self.history.append((generation, frozenset(added), frozenset(removed)))
+        total = sum(len(a) + len(r) for _, a, r in self.history)
+        while len(self.history) > 1 and total > HISTORY_COOKIES:
+            _, a, r = self.history.popleft()
+            total -= len(a) + len(r)
