@@ -135,10 +135,13 @@ class ControllerProcess:
     """`lisp-controller serve` running in the controller namespace."""
 
     def __init__(self, ov: Topology, log_name: str = "controller", env: dict | None = None,
-                 store_path: Path | None = None, wrapper: tuple[str, ...] = ()):
+                 store_path: Path | None = None, wrapper: tuple[str, ...] = (),
+                 config_path: Path | None = None):
         """`wrapper` is a command that execs the controller (e.g. nsenter
-        into a mount namespace whose disk a test fills)."""
+        into a mount namespace whose disk a test fills). `config_path`
+        (default: the overlay's) with its own store: no --store given."""
         self.ov = ov
+        self.config_path = config_path
         self.log_path = ov.testbed.tmpfile(log_name, ".log")
         # One store per overlay, kept across restarts of the controller.
         self.store_path = store_path or ov.testbed.tmpdir / "store.db"
@@ -151,8 +154,9 @@ class ControllerProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = self.ov.testbed.spawn(
             self.ov.controller_ns.ns,
-            [*self.wrapper, sys.executable, "-m", "lisp_controller", "serve", "-c", str(self.ov.config_path),
-             "--store", str(self.store_path)],
+            [*self.wrapper, sys.executable, "-m", "lisp_controller", "serve", "-c",
+             str(self.config_path or self.ov.config_path),
+             *(("--store", str(self.store_path)) if self.config_path is None else ())],
             env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         return self

@@ -13,7 +13,7 @@ import os
 import sys
 import warnings
 
-from lisp_controller.config import TOKEN_ENV, ConfigError, load_config
+from lisp_controller.config import ETCD_PASSWORD_ENV, TOKEN_ENV, ConfigError, load_config
 
 
 def _load(path: str):
@@ -73,20 +73,9 @@ def cmd_serve(args) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("lisp_controller")
-    from lisp_controller.controller.state import State
-    from lisp_controller.store.sqlite import Store, StoreError
-
-    store_path = args.store or config.store_path
-    try:
-        store = Store(store_path)
-        mappings, endpoints = store.load()
-        state = State(config, clock=_clock())
-        _merge_store(state, store, mappings, endpoints, log)
-    except StoreError as e:
-        print(f"error: {e}", file=sys.stderr)
-        print("nothing started: fix or move the store file (the config is fine)", file=sys.stderr)
-        return 3
-    token = os.environ.get(TOKEN_ENV) or config.api.token
+    if args.store and config.etcd is not None:
+        print(f"error: --store names an SQLite file, but {args.config} keeps the store in etcd", file=sys.stderr)
+        return 2
 
     os.environ["OSKEN_HUB_TYPE"] = "eventlet"
     # eventlet announces its own deprecation on import; os-ken 4.2 needs it.
@@ -94,7 +83,23 @@ def cmd_serve(args) -> int:
     import eventlet
     import eventlet.wsgi
 
+    # Before the store opens: the etcd store's connections and watch are green.
     eventlet.monkey_patch()
+    from lisp_controller.controller.state import State
+    from lisp_controller.store import StoreError, open_store
+
+    try:
+        store = open_store(config, args.store, os.environ.get(ETCD_PASSWORD_ENV))
+        mappings, endpoints = store.load()
+        state = State(config, clock=_clock())
+        _merge_store(state, store, mappings, endpoints, log)
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        print("nothing started: " + ("the etcd cluster must answer" if config.etcd else
+                                     "fix or move the store file") + " (the config is fine)", file=sys.stderr)
+        return 3
+    token = os.environ.get(TOKEN_ENV) or config.api.token
+
     from os_ken import cfg
     from os_ken.base.app_manager import AppManager
     from os_ken.controller import controller, ofp_handler
@@ -123,7 +128,7 @@ def cmd_serve(args) -> int:
     cfg.CONF.set_override("ofp_tcp_listen_port", config.openflow_port)
     log.info("config %s: %d bridges, %d mappings (%d from the store %s); OpenFlow on %s:%d%s; "
              "API on %s://%s:%d%s", config.source, len(config.overlay.bridges), len(state.cache),
-             len(state.api_mappings()), store_path, config.openflow_host, config.openflow_port,
+             len(state.api_mappings()), store.name, config.openflow_host, config.openflow_port,
              " (TLS)" if of_tls else "", "https" if api_tls else "http",
              config.api.host, config.api.port, " (token required for changes)" if token else "")
     if of_tls:
@@ -137,6 +142,7 @@ def cmd_serve(args) -> int:
     contexts = manager.create_contexts()
     services = manager.instantiate_apps(lisp_config=config, lisp_state=state, lisp_store=store, **contexts)
     app = manager.applications["LispControllerApp"]
+    store.follow(app.apply_stored, app.commit_lock)  # other controllers' changes (docs/etcd.rst)
     if store.read_only:
         app.store_error = store.read_only
         log.error("%s: serving the stored state read-only; changes get 503 until it is writable",
@@ -189,31 +195,18 @@ def _clock():
 def _merge_store(state, store, mappings, endpoints, log) -> None:
     """The config wins: a stored API mapping or endpoint that now collides
     with the config is removed from the store, with a warning."""
-    from lisp_controller.controller.state import Change, Conflict
-    from lisp_controller.store.sqlite import StoreError
+    from lisp_controller.controller.admit import admit, describe_dropped
+    from lisp_controller.store import Delta, StoreError
 
-    keep, drop = [], []
-    for m in mappings:
-        owner = state.owner(m.key)
-        (drop if owner in ("config", "endpoint") else keep).append(m)
-    for m in drop:
-        log.warning("stored mapping %s:%s is now owned by the config; the config wins and it "
-                    "is removed from the store", m.iid, m.eid)
-    eps_keep, eps_drop = [], []
-    for label, ep in endpoints:
-        try:
-            state.check(Change(put_endpoints=[(label, ep)]))
-            eps_keep.append((label, ep))
-        except Conflict as e:
-            log.warning("stored endpoint %s on bridge %s conflicts with the config (%s); removed "
-                        "from the store", ep.port, label, e)
-            eps_drop.append((label, ep.port))
+    change, drop, eps_drop = admit(state, Delta(put=mappings, put_endpoints=endpoints))
+    for line in describe_dropped(drop, eps_drop, state):
+        log.warning("stored %s; the config wins and it is removed from the store", line)
     if drop or eps_drop:
         try:
-            store.write(delete=[m.key for m in drop], delete_endpoints=eps_drop)
+            store.write(delete=[m.key for m in drop], delete_endpoints=[(label, ep.port) for label, ep, _ in eps_drop])
         except StoreError as e:  # they are left out of the state all the same
             log.error("%s; the entries the config now owns stay in the store for now", e)
-    state.apply(Change(put=keep, put_endpoints=eps_keep), bump=False)
+    state.apply(change, bump=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("serve", help="run the controller")
     p.add_argument("-c", "--config", required=True, help="TOML config file")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--store", help="SQLite store path (overrides store.path in the config)")
+    p.add_argument("--store", help="SQLite store path (overrides store.path in the config; not with etcd)")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("check-config", help="validate a config file and exit")
     p.add_argument("config")

@@ -45,7 +45,23 @@ class OpenFlowTls:
     ca: str
 
 
+@dataclass(frozen=True)
+class EtcdSettings:
+    """`[store] backend = "etcd"`: the cluster several controllers share
+    (docs/etcd.rst)."""
+
+    endpoints: tuple[str, ...]  # client URLs, http:// or https://
+    prefix: str = "/lisp-controller/"  # every key of this overlay starts with it
+    timeout: float = 5.0  # seconds one request to etcd may take
+    ca: str | None = None  # https: the CA that signed the members' certificates
+    cert: str | None = None  # client certificate and key, if the cluster asks for one
+    key: str | None = None
+    user: str | None = None  # etcd authentication; ETCD_PASSWORD_ENV overrides password
+    password: str | None = None
+
+
 TOKEN_ENV = "LISP_CONTROLLER_TOKEN"
+ETCD_PASSWORD_ENV = "LISP_CONTROLLER_ETCD_PASSWORD"
 DEFAULT_STORE = "/var/lib/lisp-controller/store.db"
 DEFAULT_RECONCILE_INTERVAL = 60.0
 MAX_RECONCILE_INTERVAL = 86400.0
@@ -63,11 +79,13 @@ class Config:
     # connects): catches flows deleted, added or edited behind our back.
     reconcile_interval: float = DEFAULT_RECONCILE_INTERVAL
     tls: OpenFlowTls | None = None
+    etcd: EtcdSettings | None = None  # None: the SQLite store at store_path
 
 
 _TLS_KEYS = ("tls_key", "tls_cert", "tls_ca")
 _CONTROLLER_KEYS = {"listen", "port", "miss_action", "reconcile_interval", *_TLS_KEYS}
-_STORE_KEYS = {"path"}
+_STORE_KEYS = {"backend", "path", "endpoints", "prefix", "timeout", "ca", "cert", "key", "user", "password"}
+_ETCD_KEYS = _STORE_KEYS - {"backend", "path"}
 _BRIDGE_KEYS = {"datapath_id", "name", "rloc", "tunnel_port", "tunnel_profile", "iid",
                 "router_mac", "endpoint", "proxy_arp", "gateway"}
 _TOP_KEYS = {"controller", "api", "store", "bridge", "mapping"}
@@ -216,12 +234,7 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
     elif given and all(given.values()):
         tls = OpenFlowTls(given["tls_key"], given["tls_cert"], given["tls_ca"])
     api = _parse_api(_table(data, "api", problems, where), problems, where, base)
-    store_raw = _table(data, "store", problems, where)
-    for key in sorted(set(store_raw) - _STORE_KEYS):
-        problems.append(f"{where}: store.{key}: unknown key")
-    store_path = store_raw.get("path", DEFAULT_STORE)
-    if not isinstance(store_path, str) or not store_path:
-        problems.append(f"{where}: store.path: must be a file path, got {store_path!r}")
+    store_path, etcd = _parse_store(_table(data, "store", problems, where), problems, where, base)
 
     bridges: list[Bridge] = []
     raw_bridges = data.get("bridge", [])
@@ -255,7 +268,7 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
     if problems:
         raise ConfigError(problems)
     return Config(source, host, port, Overlay(tuple(bridges), tuple(mappings), miss_action),
-                  api, store_path, reconcile_interval, tls)
+                  api, store_path, reconcile_interval, tls, etcd)
 
 
 def _table(data: dict, key: str, problems: list[str], where: str) -> dict:
@@ -329,6 +342,82 @@ def _parse_api(raw: dict, problems: list[str], where: str, base: Path = Path("."
         except ModelError as e:
             problems.append(f"{where}: {e}")
     return ApiSettings(**values)
+
+
+def _parse_store(raw: dict, problems: list[str], where: str, base: Path) -> tuple[str, EtcdSettings | None]:
+    """`[store]`: SQLite at `path` (the default), or an etcd cluster."""
+    for key in sorted(set(raw) - _STORE_KEYS):
+        problems.append(f"{where}: store.{key}: unknown key")
+    backend = raw.get("backend", "sqlite")
+    if backend not in ("sqlite", "etcd"):
+        problems.append(f"{where}: store.backend: must be sqlite or etcd, got {backend!r}")
+        return DEFAULT_STORE, None
+    if backend == "sqlite":
+        for key in sorted(_ETCD_KEYS & set(raw)):
+            problems.append(f"{where}: store.{key}: only for backend = \"etcd\"")
+        path = raw.get("path", DEFAULT_STORE)
+        if not isinstance(path, str) or not path:
+            problems.append(f"{where}: store.path: must be a file path, got {path!r}")
+        return path, None
+    if "path" in raw:
+        problems.append(f"{where}: store.path: only for backend = \"sqlite\" (etcd keeps no local file)")
+    endpoints = raw.get("endpoints")
+    if not isinstance(endpoints, list) or not endpoints:
+        problems.append(f"{where}: store.endpoints: must be a non-empty list of URLs like "
+                        f"\"http://127.0.0.1:2379\", got {endpoints!r}")
+        endpoints = []
+    schemes = set()
+    for i, url in enumerate(endpoints):
+        problem = _etcd_url_problem(url)
+        if problem:
+            problems.append(f"{where}: store.endpoints[{i}]: {problem}")
+        else:
+            schemes.add(url.split(":", 1)[0])
+    if len(schemes) > 1:
+        problems.append(f"{where}: store.endpoints: all http:// or all https://, not both")
+    values: dict = {"endpoints": tuple(endpoints)}
+    prefix = raw.get("prefix", EtcdSettings.prefix)
+    if not isinstance(prefix, str) or not prefix.startswith("/") or not prefix.endswith("/") or \
+            not prefix.isprintable():
+        problems.append(f"{where}: store.prefix: must be a key prefix that starts and ends with \"/\", "
+                        f"got {prefix!r}")
+    values["prefix"] = prefix
+    if "timeout" in raw:
+        try:
+            values["timeout"] = _parse_seconds(raw["timeout"], "store.timeout", low=0.1)
+        except ModelError as e:
+            problems.append(f"{where}: {e}")
+    files = {k: _file(raw[k], f"store.{k}", base, problems, where) for k in ("ca", "cert", "key") if k in raw}
+    values.update(files)
+    if ("cert" in files) != ("key" in files):
+        problems.append(f"{where}: store: a client certificate needs both cert and key")
+    if files and schemes == {"http"}:
+        problems.append(f"{where}: store: ca, cert and key are for https:// endpoints")
+    for key in ("user", "password"):
+        if key in raw:
+            if not isinstance(raw[key], str) or not raw[key]:
+                problems.append(f"{where}: store.{key}: must be a non-empty string")
+            values[key] = raw[key]
+    if "password" in raw and "user" not in raw:
+        problems.append(f"{where}: store.password: needs store.user")
+    return DEFAULT_STORE, EtcdSettings(**values)
+
+
+def _etcd_url_problem(url: object) -> str | None:
+    from urllib.parse import urlsplit
+
+    if not isinstance(url, str):
+        return f"must be a URL string, got {url!r}"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        return f"{url!r}: {e}"
+    if parts.scheme not in ("http", "https") or not parts.hostname or port is None:
+        return f"must be http://HOST:PORT or https://HOST:PORT, got {url!r}"
+    if parts.path not in ("", "/") or parts.query or parts.username:
+        return f"must be just a scheme, host and port, got {url!r}"
+    return None
 
 
 def _check_bridges_unique(bridges: list[Bridge], problems: list[str], where: str) -> None:

@@ -7,7 +7,7 @@ export DEBIAN_FRONTEND=noninteractive
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 
-need=(openvswitch-switch iproute2 iputils-ping ethtool tshark procps vagrant chromium chromium-driver openssl util-linux)
+need=(openvswitch-switch iproute2 iputils-ping ethtool tshark procps vagrant chromium chromium-driver openssl util-linux etcd-server etcd-client)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

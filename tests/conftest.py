@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from lab.etcd import EtcdCluster
 from lab.testbed import Testbed
 
 
@@ -45,3 +46,16 @@ def testbed() -> Iterator[Testbed]:
         yield tb
     finally:
         tb.close()
+
+
+@pytest.fixture
+def etcd_cluster() -> Iterator[EtcdCluster]:
+    """Three real etcd members on 127.0.0.1 (lab/etcd.py), stopped by PID
+    and removed even when the test fails."""
+    if shutil.which("etcd") is None:
+        pytest.fail("etcd is not installed: run scripts/install.sh (Debian package etcd-server)")
+    cluster = EtcdCluster(3)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.close()

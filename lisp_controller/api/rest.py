@@ -24,7 +24,7 @@ from lisp_controller.model import Endpoint, Mapping, ModelError, datapath_id_of,
 from lisp_controller.api.openapi import document
 from lisp_controller.api.static import SECURITY_HEADERS, load as load_assets
 from lisp_controller.controller.state import Change, Conflict
-from lisp_controller.store.sqlite import StoreError
+from lisp_controller.store import StoreError
 
 LOG = logging.getLogger("lisp_controller.api.rest")
 PAUSE_EVERY = 1000

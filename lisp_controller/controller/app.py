@@ -31,12 +31,14 @@ from lisp_controller.model import Bridge
 from lisp_controller.openflow import verify
 from lisp_controller.controller.reconcile import Stream, catch_up, reconcile, record
 from lisp_controller.controller.state import Change, State
-from lisp_controller.store.sqlite import Store, StoreError
+from lisp_controller.controller.admit import admit, describe_dropped
+from lisp_controller.store import Delta, Store, StoreError, StoreStale
 from lisp_controller.openflow.switch import Switch, SwitchError, describe_error, port_name
 
 LOG = logging.getLogger("lisp_controller")
 MAX_ERRORS_KEPT = 50
 EXPIRY_INTERVAL = 1.0  # seconds between TTL checks
+STALE_RETRIES = 3  # a shared store: times a change is checked again after another controller's
 STATS_TIMEOUT = 10.0  # seconds a bridge may take to send its map-cache counters
 
 
@@ -382,7 +384,32 @@ class LispControllerApp(app_manager.OSKenApp):
         """Check, store, apply, then wait (bounded) for every connected
         bridge to confirm by barrier. Raises Conflict or StoreError before
         anything changed. `timings`, if given, receives milliseconds per
-        stage."""
+        stage. On a shared store another controller may commit first: this
+        one catches up and checks the change again (docs/etcd.rst)."""
+        for attempt in range(STALE_RETRIES):
+            try:
+                return self._commit_once(change, wait, timings)
+            except StoreStale as e:
+                if attempt == STALE_RETRIES - 1 or not self.store.catch_up(self.config.api.confirm_timeout):
+                    raise
+                LOG.info("%s; checking the change again", e)
+        raise AssertionError("unreachable")
+
+    def apply_stored(self, delta: Delta) -> None:
+        """A change another controller committed to the shared store, handed
+        over by the store's watch holding commit_lock: applied like a
+        commit without the check (its writer checked it against the same
+        changes) and without writing it back. The config still wins."""
+        change, dropped, dropped_endpoints = admit(self.state, delta)
+        for line in describe_dropped(dropped, dropped_endpoints, self.state):
+            LOG.warning("change from the store: %s; left out here (the config wins)", line)
+        self.state.apply(change, pause=_pause)
+        if len(change.put) + len(change.delete) >= BIG or change.replace_api:
+            freeze_long_lived()
+        for session in list(self.sessions.values()):
+            session.mark_dirty()
+
+    def _commit_once(self, change: Change, wait: float | None, timings: dict | None) -> list[dict]:
         t = {} if timings is None else timings
         started = time.monotonic()
         with self.commit_lock:
@@ -393,6 +420,8 @@ class LispControllerApp(app_manager.OSKenApp):
                 try:
                     self.store.write(change.put, change.delete, change.replace_api,
                                      change.put_endpoints, change.delete_endpoints)
+                except StoreStale:  # not a failure of the store: commit() catches up
+                    raise
                 except StoreError as e:  # nothing applied: memory and bridges stay as stored
                     self.store_error = str(e)
                     self.metrics.inc("lisp_store_errors_total")

@@ -6,15 +6,17 @@ also survives a power cut. Config-owned entries are never stored.
 """
 from __future__ import annotations
 
-import ipaddress
-import json
 import os
 import sqlite3
 from pathlib import Path
 from urllib.parse import quote
-from typing import Iterable, Iterator
+from typing import ContextManager, Iterable
 
-from lisp_controller.model import ACTIONS, Endpoint, Mapping, Rloc, parse_prefix
+from lisp_controller.model import Endpoint, Mapping
+from lisp_controller.store.base import Listener, StoreError
+from lisp_controller.store.rows import endpoint_from_row, endpoint_row, mapping_rows, mappings_from_rows
+
+__all__ = ["Store", "StoreError"]
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -26,10 +28,6 @@ CREATE TABLE IF NOT EXISTS endpoints (
     bridge TEXT NOT NULL, port TEXT NOT NULL, mac TEXT NOT NULL, iid INTEGER NOT NULL,
     eids TEXT NOT NULL, gateway TEXT, PRIMARY KEY (bridge, port)) WITHOUT ROWID;
 """
-
-
-class StoreError(Exception):
-    """The store cannot be opened, read or written; the message says why."""
 
 
 def _wrap(path: Path, doing: str, exc: Exception) -> StoreError:
@@ -63,8 +61,11 @@ def _os_reason(path: Path) -> str:
 
 
 class Store:
+    """The store of one controller, in one SQLite file (store/base.py)."""
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.name = str(self.path)
         # Why changes cannot be stored, when the store had to be opened
         # read-only; None when it is writable.
         self.read_only: str | None = None
@@ -135,13 +136,18 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
+    def follow(self, on_change: Listener, lock: ContextManager) -> None:
+        """Nothing to follow: this controller is the only writer."""
+
+    def catch_up(self, timeout: float) -> bool:
+        return True
+
     def load(self) -> tuple[list[Mapping], list[tuple[str, Endpoint]]]:
         try:
-            mappings = _mappings(self.db.execute("SELECT iid, eid, rlocs, ttl, action, expires FROM mappings"))
-            endpoints = [(bridge, Endpoint(port, mac, iid, tuple(ipaddress.ip_address(a) for a in json.loads(eids)),
-                                           ipaddress.ip_address(gateway) if gateway else None))
-                         for bridge, port, mac, iid, eids, gateway in self.db.execute(
-                             "SELECT bridge, port, mac, iid, eids, gateway FROM endpoints")]
+            mappings = mappings_from_rows(self.db.execute(
+                "SELECT iid, eid, rlocs, ttl, action, expires FROM mappings"))
+            endpoints = [endpoint_from_row(row) for row in self.db.execute(
+                "SELECT bridge, port, mac, iid, eids, gateway FROM endpoints")]
         except (sqlite3.Error, ValueError) as exc:
             raise _wrap(self.path, "read", exc) from None
         return mappings, endpoints
@@ -160,11 +166,10 @@ class Store:
                     cur.execute("DELETE FROM mappings")
                 cur.executemany("DELETE FROM mappings WHERE iid=? AND eid=?",
                                 ((iid, str(eid)) for iid, eid in delete))
-                cur.executemany("INSERT OR REPLACE INTO mappings VALUES (?,?,?,?,?,?)", _rows(put))
+                cur.executemany("INSERT OR REPLACE INTO mappings VALUES (?,?,?,?,?,?)", mapping_rows(put))
                 cur.executemany("DELETE FROM endpoints WHERE bridge=? AND port=?", delete_endpoints)
                 cur.executemany("INSERT OR REPLACE INTO endpoints VALUES (?,?,?,?,?,?)",
-                                ((b, e.port, e.mac, e.iid, json.dumps([str(a) for a in e.eids]),
-                                  str(e.gateway) if e.gateway else None) for b, e in put_endpoints))
+                                (endpoint_row(b, e) for b, e in put_endpoints))
                 cur.execute("COMMIT")
             except BaseException:
                 if self.db.in_transaction:
@@ -173,41 +178,3 @@ class Store:
         except sqlite3.Error as exc:
             raise _wrap(self.path, "write", exc) from None
 
-
-_RLOCS_JSON: dict[tuple, str] = {}  # thousands of mappings share an RLOC set
-
-
-def _rlocs_json(rlocs: tuple) -> str:
-    text = _RLOCS_JSON.get(rlocs)
-    if text is None:
-        text = json.dumps([[str(r.address), r.priority, r.weight] for r in rlocs])
-        if len(_RLOCS_JSON) > 65536:
-            _RLOCS_JSON.clear()
-        _RLOCS_JSON[rlocs] = text
-    return text
-
-
-def _rows(mappings: Iterable[Mapping]) -> Iterator[tuple]:
-    last = text = None
-    for iid, eid, rlocs, ttl, action, _, expires in mappings:
-        if rlocs is not last:  # mappings parsed from one request share one RLOC set
-            last, text = rlocs, _rlocs_json(rlocs)
-        yield (iid, str(eid), text, ttl, action, expires)
-
-
-def _mappings(rows: Iterable[tuple]) -> list[Mapping]:
-    """Mappings from their rows. Thousands share an RLOC set, an IID and
-    an action: each is made once, and the mappings share it, which saves
-    memory (a million mappings are loaded at start-up) and time."""
-    rloc_sets: dict[str, tuple[Rloc, ...]] = {}
-    iids: dict[int, int] = {}
-    actions = {a: a for a in ACTIONS}
-    out = []
-    for iid, eid, rlocs, ttl, action, expires in rows:
-        rloc_set = rloc_sets.get(rlocs)
-        if rloc_set is None:
-            rloc_set = rloc_sets[rlocs] = tuple(Rloc(ipaddress.ip_address(a), p, w)
-                                                for a, p, w in json.loads(rlocs))
-        out.append(Mapping(iids.setdefault(iid, iid), parse_prefix(eid), rloc_set, ttl,
-                           actions.get(action, action), "api", expires))
-    return out

@@ -1,0 +1,71 @@
+"""What the controller asks of a store, whichever holds the data: SQLite on
+this host (the default) or an etcd cluster shared by several controllers
+(docs/etcd.rst).
+
+Both give the same guarantees: a write returns only once it is durable and
+is all or nothing, even for 100,000 mappings; a write that cannot be made
+raises StoreError and changes nothing the controller can see. A shared store
+also tells each controller what the others committed (`follow`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ContextManager, Iterable, Protocol
+
+from lisp_controller.model import Endpoint, Mapping
+
+
+class StoreError(Exception):
+    """The store cannot be opened, read or written; the message says why."""
+
+
+class StoreStale(StoreError):
+    """Another controller committed a change this one has not applied yet,
+    so this write was checked against an old state: nothing was written.
+    `catch_up`, check the change again, and write again."""
+
+
+@dataclass
+class Delta:
+    """One committed change, as the store hands it to a controller: the
+    arguments of `Store.write`, in its order (replace_all, delete, put;
+    endpoints deleted, then put)."""
+
+    put: list[Mapping] = field(default_factory=list)
+    delete: list[tuple] = field(default_factory=list)  # (iid, prefix)
+    replace_all: bool = False  # API mappings not in `put` are deleted
+    put_endpoints: list[tuple[str, Endpoint]] = field(default_factory=list)  # (bridge label, ep)
+    delete_endpoints: list[tuple[str, str]] = field(default_factory=list)  # (bridge label, port)
+
+
+Listener = Callable[[Delta], None]
+
+
+class Store(Protocol):
+    """The interface `__main__`, the controller and the API use."""
+
+    name: str  # what logs call it: the file, or the etcd endpoints and prefix
+    # Why changes cannot be stored now, when the store was opened
+    # read-only; None when it is writable.
+    read_only: str | None
+
+    def load(self) -> tuple[list[Mapping], list[tuple[str, Endpoint]]]:
+        """Every stored API mapping and API endpoint."""
+
+    def write(self, put: Iterable[Mapping] = (), delete: Iterable[tuple] = (), replace_all: bool = False,
+              put_endpoints: Iterable[tuple[str, Endpoint]] = (),
+              delete_endpoints: Iterable[tuple[str, str]] = ()) -> None:
+        """One change, all or nothing, durable when this returns. Raises
+        StoreError (StoreStale: see there) having changed nothing. With
+        `follow`, call it holding the lock given there."""
+
+    def follow(self, on_change: Listener, lock: ContextManager) -> None:
+        """From now on, call `on_change` (holding `lock`) with every change
+        other controllers commit, in commit order, once each."""
+
+    def catch_up(self, timeout: float) -> bool:
+        """Wait until every change known to be committed has been handed to
+        `on_change`; False if that took longer than `timeout` seconds."""
+
+    def close(self) -> None:
+        ...

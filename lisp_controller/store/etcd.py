@@ -1,0 +1,701 @@
+"""The store on an etcd cluster that several controllers share (docs/etcd.rst).
+
+Layout under the prefix P (store/segments.py has the values):
+
+- ``P head``: the manifest: which segments make up the store, in order,
+  and ``seq``, the number of changes so far. Every change and every merge
+  rewrites it, in one transaction that compares its revision: that single
+  key is what makes a change atomic and orders the changes of all
+  controllers.
+- ``P seg/<id>/<n>``: chunk n of segment <id>, one delta. Immutable once
+  the head names it.
+- ``P staging/<id>``: while a big segment is written chunk by chunk, this
+  key, tied to a lease the writer keeps alive, says the chunks are wanted.
+
+A change that fits one request is written with the head in one
+transaction. A bigger one (100,000 mappings are about 9 MB; etcd takes
+128 operations and 1.5 MiB per request) is first written as chunks nobody
+reads, then committed by the same small transaction on the head: until
+then no controller sees any of it, and if the writer dies its chunks are
+collected once its lease is gone.
+
+Each controller watches the head. A new head with ``seq`` one more than
+its own brings the segment named ``last``, read at that revision and
+handed to `on_change`; a head with the same ``seq`` is a merge (nothing
+changed); anything else, or a watch that etcd compacted away, makes it read
+everything again. A write compares the head this controller holds, so it
+was checked against every change before it, or it fails with StoreStale.
+
+The client is etcd3gw (etcd's v3 JSON gateway, green under eventlet). Its
+watcher ignores the notice of a watch cancelled by compaction, so the watch
+stream is read here.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from typing import Callable, ContextManager, Iterable, Iterator
+from urllib.parse import urlsplit
+
+import etcd3gw
+import requests
+from etcd3gw import exceptions as etcd_errors
+
+from lisp_controller.config import EtcdSettings
+from lisp_controller.model import Endpoint, Mapping
+from lisp_controller.store.base import Listener, StoreError, StoreStale
+from lisp_controller.store.segments import Manifest, RowDelta, Segment, compose, decode, encode, plan_merge
+
+LOG = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1_000_000  # a chunk and its request stay under etcd's 1.5 MiB
+LEASE_TTL = 10  # seconds staged chunks outlive a writer that died
+SYNC_INTERVAL = 2.0  # seconds between checks that the watch keeps up
+GC_INTERVAL = 60.0  # seconds between looks for chunks of dead writers
+PAGE = 8  # chunks per read
+# Seconds a request keeps trying when no member can take it: a leader
+# election (etcd's default election timeout is 1 s) is waited out, a lost
+# quorum is reported soon after.
+PATIENCE = 1.5
+MERGE_MAX = 100  # segments merged at once (one op each in the commit)
+
+
+class _Failure(Exception):
+    """A request failed. `certain`: it was not carried out."""
+
+    certain = True
+
+
+class _Unsent(_Failure):
+    """The member could not take the request (down, no leader): another may."""
+
+
+class _NotCommitted(_Unsent):
+    """A commit whose answer was lost, now known not to have happened."""
+
+
+class _Uncertain(_Failure):
+    """The request may or may not have been carried out (timeout, lost connection)."""
+
+    certain = False
+
+
+class _Refused(_Failure):
+    """The cluster refused the request itself (too big, no space, not allowed)."""
+
+
+class _Compacted(_Failure):
+    """The revision asked for is older than etcd keeps."""
+
+
+def _b64(data: str | bytes) -> str:
+    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+def _range_end(prefix: str) -> str:
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def _classify(exc: etcd_errors.Etcd3Exception, timeout: float) -> _Failure:
+    """What an etcd3gw error means for the request: sent or not, and why."""
+    cause = exc.__context__
+    if isinstance(cause, requests.exceptions.ConnectTimeout):
+        return _Unsent("connection timed out")
+    if isinstance(cause, requests.exceptions.Timeout):
+        return _Uncertain(f"no answer within {timeout:g} s")
+    if isinstance(cause, requests.exceptions.ConnectionError):
+        text = str(cause)
+        if "refused" in text or "NewConnectionError" in text or "Name or service" in text:
+            return _Unsent("connection refused")
+        return _Uncertain(f"connection lost ({text[:120]})")
+    try:
+        message = json.loads(exc.detail_text)["message"]
+    except (TypeError, ValueError, KeyError):
+        message = exc.detail_text or type(exc).__name__
+    if "no leader" in message or "invalid auth token" in message or "not capable" in message:
+        return _Unsent(message)
+    if "compacted" in message:
+        return _Compacted(message)
+    if "space exceeded" in message:
+        return _Refused(f"{message} (etcd's space quota is full: compact and defragment it)")
+    if isinstance(exc, (etcd_errors.InternalServerError, etcd_errors.ConnectionFailedError,
+                        etcd_errors.ConnectionTimeoutError)):
+        return _Uncertain(message)  # timed out, leader changed, stopping...
+    return _Refused(message)
+
+
+class _Cluster:
+    """The members, through etcd3gw: a request goes to the member that
+    answered last and moves on only when the failure proves it was not
+    carried out (or when it is a read)."""
+
+    def __init__(self, settings: EtcdSettings, password: str | None):
+        self.urls = list(settings.endpoints)
+        self.timeout = settings.timeout
+        self.session = requests.Session()
+        # A member without a leader refuses at once instead of waiting for
+        # one (etcd's "require leader" metadata, through the gateway).
+        self.session.headers["Grpc-Metadata-hasleader"] = "true"
+        if settings.ca:
+            self.session.verify = settings.ca
+        if settings.cert:
+            self.session.cert = (settings.cert, settings.key)
+        self.clients = []
+        for url in self.urls:
+            parts = urlsplit(url)
+            self.clients.append(etcd3gw.Etcd3Client(host=parts.hostname, port=parts.port, protocol=parts.scheme,
+                                                    timeout=settings.timeout, api_path="/v3/",
+                                                    session=self.session))
+        self.user, self.password = settings.user, password
+        self.current = 0
+
+    def authenticate(self) -> None:
+        if not self.user:
+            return
+        self.session.headers.pop("Authorization", None)
+        answer = self.call("auth/authenticate", {"name": self.user, "password": self.password or ""},
+                           idempotent=True, auth=False)
+        self.session.headers["Authorization"] = answer["token"]
+
+    def call(self, path: str, body: dict, idempotent: bool, auth: bool = True) -> dict:
+        """POST to /v3/`path`. Raises a _Failure saying what happened."""
+        deadline = time.monotonic() + PATIENCE
+        while True:
+            try:
+                return self._call_once(path, body, idempotent, auth)
+            except _Unsent:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
+
+    def _call_once(self, path: str, body: dict, idempotent: bool, auth: bool) -> dict:
+        reasons = []
+        for k in range(len(self.clients)):
+            i = (self.current + k) % len(self.clients)
+            client = self.clients[i]
+            try:
+                try:
+                    answer = client.post(client.get_url(path), json=body)
+                except etcd_errors.Etcd3Exception as e:
+                    failure = _classify(e, self.timeout)
+                    if auth and self.user and "invalid auth token" in str(failure):
+                        self.authenticate()  # tokens expire; one more try with a new one
+                        answer = client.post(client.get_url(path), json=body)
+                    else:
+                        raise failure from None
+            except etcd_errors.Etcd3Exception as e:
+                failure = _classify(e, self.timeout)
+            except _Failure as e:
+                failure = e
+            else:
+                self.current = i
+                return answer
+            reasons.append(f"{self.urls[i]}: {failure}")
+            if isinstance(failure, (_Refused, _Compacted)) or (not failure.certain and not idempotent):
+                raise type(failure)("; ".join(reasons))
+        raise _Unsent("; ".join(reasons))
+
+    def watch(self, key: str, start_revision: int, on_stream: Callable) -> Iterator[dict]:
+        """Events on `key` from `start_revision`, as long as the stream lasts."""
+        reasons = []
+        for k in range(len(self.clients)):
+            i = (self.current + k) % len(self.clients)
+            client = self.clients[i]
+            try:
+                resp = self.session.post(client.get_url("watch"), stream=True, timeout=(self.timeout, None),
+                                         json={"create_request": {"key": _b64(key),
+                                                                  "start_revision": start_revision}})
+            except requests.RequestException as e:
+                reasons.append(f"{self.urls[i]}: {e}")
+                continue
+            if resp.status_code != 200:
+                reasons.append(f"{self.urls[i]}: HTTP {resp.status_code} {resp.text[:200]}")
+                resp.close()
+                continue
+            self.current = i
+            on_stream(resp, self.urls[i])
+            break
+        else:
+            raise _Unsent("; ".join(reasons))
+        with contextlib.closing(resp):
+            for line in resp.iter_lines(chunk_size=None):
+                if not line.strip():
+                    continue
+                message = json.loads(line)
+                if "error" in message:
+                    raise _Unsent(f"{self.urls[i]}: watch ended: {message['error'].get('message')}")
+                result = message.get("result", {})
+                if result.get("canceled"):
+                    if int(result.get("compact_revision", 0)):
+                        raise _Compacted(f"revision {start_revision} was compacted")
+                    raise _Unsent(f"{self.urls[i]}: watch cancelled: {result.get('cancel_reason', '')}")
+                yield from result.get("events", ())
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class EtcdStore:
+    """The store of several controllers on one etcd cluster (store/base.py)."""
+
+    def __init__(self, settings: EtcdSettings, password: str | None = None, *, chunk_bytes: int = CHUNK_BYTES,
+                 lease_ttl: int = LEASE_TTL, sync_interval: float = SYNC_INTERVAL):
+        self.name = f"etcd {','.join(settings.endpoints)} {settings.prefix}"
+        self.read_only: str | None = None
+        self.chunk_bytes, self.lease_ttl, self.sync_interval = chunk_bytes, lease_ttl, sync_interval
+        self._p = settings.prefix
+        self._head_key = self._p + "head"
+        self._writer = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._cluster = _Cluster(settings, password or settings.password)
+        self._manifest = Manifest()
+        self._head_mod = 0  # revision of the head `_manifest` came from (0: none yet)
+        self.revision = 0  # this controller holds every change up to this etcd revision
+        self._known = 0  # the newest head revision seen anywhere
+        self._endpoint_keys: set[tuple] = set()  # endpoints held, for a full reload
+        self._listener: Listener | None = None
+        self._lock: ContextManager = threading.RLock()  # the caller's lock once following
+        self._closed = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._stream = None
+        self.watching: str | None = None  # the member the watch reads from
+        self._merging = False
+        try:
+            self._cluster.authenticate()
+            self._read_head()
+        except _Failure as e:
+            raise StoreError(f"store {self.name}: cannot open: {e}") from None
+
+    # -- reading -------------------------------------------------------------------
+    def _read_head(self, keys_only: bool = False) -> tuple[Manifest, int, int]:
+        """(manifest, its revision, the store's revision), by a quorum read."""
+        body = {"key": _b64(self._head_key), "keys_only": keys_only}
+        answer = self._cluster.call("kv/range", body, idempotent=True)
+        revision = int(answer["header"]["revision"])
+        kvs = answer.get("kvs") or []
+        if not kvs:
+            return Manifest(), 0, revision
+        if keys_only:
+            return self._manifest, int(kvs[0]["mod_revision"]), revision
+        try:
+            manifest = Manifest.decode(_unb64(kvs[0].get("value", "")))
+        except (ValueError, KeyError, TypeError) as e:
+            raise _Refused(f"{self._head_key} is not a manifest of this program: {e}") from None
+        return manifest, int(kvs[0]["mod_revision"]), revision
+
+    def _range(self, prefix: str, revision: int | None = None, keys_only: bool = False,
+               limit: int = PAGE) -> Iterator[tuple[str, bytes]]:
+        start, end = prefix, _range_end(prefix)
+        while True:
+            body = {"key": _b64(start), "range_end": _b64(end), "limit": limit, "keys_only": keys_only}
+            if revision:
+                body["revision"] = revision
+            answer = self._cluster.call("kv/range", body, idempotent=True)
+            kvs = answer.get("kvs") or []
+            for kv in kvs:
+                yield _unb64(kv["key"]).decode(), _unb64(kv.get("value", ""))
+            if not answer.get("more") or not kvs:
+                return
+            start = _unb64(kvs[-1]["key"]).decode() + "\0"
+
+    def _read_segment(self, segment: Segment, revision: int | None, pause: bool = False) -> RowDelta:
+        chunks = []
+        for _, value in self._range(f"{self._p}seg/{segment.id}/", revision):
+            chunks.append(value)
+            if pause:
+                time.sleep(0)  # a merge reads megabytes: let the hub breathe
+        if len(chunks) != segment.chunks:
+            raise _Refused(f"segment {segment.id} has {len(chunks)} of its {segment.chunks} chunks")
+        try:
+            return decode(chunks)
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise _Refused(f"segment {segment.id} is not readable: {e}") from None
+
+    def _read_all(self) -> tuple[Manifest, int, int, RowDelta]:
+        manifest, head_mod, revision = self._read_head()
+        rows = compose(self._read_segment(s, revision) for s in manifest.segments).as_base()
+        return manifest, head_mod, revision, rows
+
+    def load(self) -> tuple[list[Mapping], list[tuple[str, Endpoint]]]:
+        try:
+            manifest, head_mod, revision, rows = self._read_all()
+        except _Failure as e:
+            raise StoreError(f"store {self.name}: cannot read: {e}") from None
+        self._adopt(manifest, head_mod, revision)
+        self._endpoint_keys = set(rows.endpoint_puts)
+        delta = rows.delta()
+        return delta.put, delta.put_endpoints
+
+    def _adopt(self, manifest: Manifest, head_mod: int, revision: int) -> None:
+        """This controller now holds `manifest` (head revision `head_mod`)
+        and every change up to `revision`. Called holding the lock."""
+        self._manifest, self._head_mod = manifest, head_mod
+        self.revision = max(self.revision, revision)
+        self._known = max(self._known, head_mod)
+
+    # -- writing -------------------------------------------------------------------
+    def write(self, put: Iterable[Mapping] = (), delete: Iterable[tuple] = (), replace_all: bool = False,
+              put_endpoints: Iterable[tuple[str, Endpoint]] = (),
+              delete_endpoints: Iterable[tuple[str, str]] = ()) -> None:
+        delta = RowDelta.of_change(put, delete, replace_all, put_endpoints, delete_endpoints)
+        if delta.empty():
+            return
+        chunks = encode(delta, self.chunk_bytes)
+        segment = Segment(secrets.token_hex(8), len(chunks), sum(map(len, chunks)))
+        try:
+            if len(chunks) == 1:
+                self._commit_change(segment, chunks[0], None)
+            else:
+                with self._staged(segment, chunks) as marker:
+                    self._commit_change(segment, None, marker)
+        except _Failure as e:
+            raise StoreError(f"store {self.name}: cannot write: {e}") from None
+        self._endpoint_keys -= delta.endpoint_deletes
+        self._endpoint_keys |= delta.endpoint_puts.keys()
+        self._maybe_merge()
+
+    @contextlib.contextmanager
+    def _staged(self, segment: Segment, chunks: list[bytes]) -> Iterator[str]:
+        """Write `chunks` where nobody reads them, under a live marker; on
+        failure remove them (or leave them to the collector)."""
+        # (a grant repeated after a lost answer leaves a lease that just expires)
+        lease = self._cluster.call("lease/grant", {"TTL": self.lease_ttl, "ID": 0}, idempotent=True)["ID"]
+        marker = f"{self._p}staging/{segment.id}"
+        done = False
+        try:
+            self._cluster.call("kv/put", {"key": _b64(marker), "value": _b64(self._writer), "lease": lease},
+                               idempotent=True)
+            renewed = time.monotonic()
+            for n, chunk in enumerate(chunks):
+                self._put_chunk(f"{self._p}seg/{segment.id}/{n:06d}", chunk)
+                if time.monotonic() - renewed > self.lease_ttl / 3:
+                    answer = self._cluster.call("lease/keepalive", {"ID": lease}, idempotent=True)
+                    if int(answer.get("result", {}).get("TTL", 0)) <= 0:
+                        raise _Refused(f"the lease of the staged chunks ran out after chunk {n + 1}")
+                    renewed = time.monotonic()
+            LOG.debug("store %s: staged %d chunks of segment %s", self.name, len(chunks), segment.id)
+            yield marker
+            done = True
+        finally:
+            with contextlib.suppress(_Failure):
+                if not done:
+                    self._cluster.call("kv/deleterange", {"key": _b64(f"{self._p}seg/{segment.id}/"),
+                                       "range_end": _b64(_range_end(f"{self._p}seg/{segment.id}/"))},
+                                       idempotent=True)
+                self._cluster.call("kv/lease/revoke", {"ID": lease}, idempotent=True)
+
+    def _put_chunk(self, key: str, chunk: bytes) -> None:
+        self._cluster.call("kv/put", {"key": _b64(key), "value": _b64(chunk)}, idempotent=True)
+
+    def _txn(self, compare: list, success: list, failure: list) -> dict:
+        return self._cluster.call("kv/txn", {"compare": compare, "success": success, "failure": failure},
+                                  idempotent=False)
+
+    def _head_compare(self, head_mod: int) -> dict:
+        return {"key": _b64(self._head_key), "target": "MOD", "result": "EQUAL", "mod_revision": head_mod}
+
+    def _commit_change(self, segment: Segment, inline: bytes | None, marker: str | None) -> None:
+        """The one small transaction that makes a change visible."""
+        fenced = False
+        for _ in range(10):
+            base, base_mod = self._manifest, self._head_mod
+            new = base.changed(segment, self._writer)
+            compare = [self._head_compare(base_mod)]
+            success = [{"request_put": {"key": _b64(self._head_key), "value": _b64(new.encode())}}]
+            failure = [{"request_range": {"key": _b64(self._head_key)}}]
+            if inline is not None:
+                success.append({"request_put": {"key": _b64(f"{self._p}seg/{segment.id}/000000"),
+                                                "value": _b64(inline)}})
+            if marker is not None:
+                compare.append({"key": _b64(marker), "target": "CREATE", "result": "GREATER", "create_revision": 0})
+                success.append({"request_delete_range": {"key": _b64(marker)}})
+                failure.append({"request_range": {"key": _b64(marker)}})
+            try:
+                answer = self._txn(compare, success, failure)
+            except _Uncertain as e:
+                try:
+                    answer = self._settle(segment, base, base_mod, e)
+                except _NotCommitted:
+                    if fenced:
+                        raise
+                    fenced = True  # a leader went away mid-commit: once more, now that it was fenced
+                    continue
+            if answer.get("succeeded"):
+                revision = int(answer["header"]["revision"])
+                self._adopt(new, revision, revision)
+                return
+            head = _ranged(answer, 0)
+            if marker is not None and _ranged(answer, 1) is None:
+                raise _Refused(f"the staged chunks' lease ({self.lease_ttl} s) ran out before the commit")
+            now = Manifest.decode(_unb64(head["value"])) if head else Manifest()
+            now_mod = int(head["mod_revision"]) if head else 0
+            if now.seq != base.seq or head is None:
+                self._known = max(self._known, now_mod)
+                raise StoreStale(f"store {self.name}: another controller committed change {now.seq} "
+                                 f"before this one (this controller holds {base.seq})")
+            self._adopt(now, now_mod, now_mod)  # a merge only: same changes, other segments
+        raise _Refused("the head kept changing (merges); try again")
+
+    def _settle(self, segment: Segment, base: Manifest, base_mod: int, error: _Failure) -> dict:
+        """A commit whose answer was lost: make sure it can no longer
+        happen (a fence on the head), or learn that it did."""
+        fence = base  # the same value written again: only its revision changes
+        try:
+            answer = self._txn([self._head_compare(base_mod)],
+                               [{"request_put": {"key": _b64(self._head_key), "value": _b64(fence.encode())}}],
+                               [{"request_range": {"key": _b64(self._head_key)}}])
+        except _Failure as e:
+            raise _Uncertain(f"{error}; then {e}: whether the change was committed is not known; if it was, "
+                             "every controller applies it when etcd answers again") from None
+        if answer.get("succeeded"):
+            revision = int(answer["header"]["revision"])
+            self._adopt(fence, revision, revision)
+            raise _NotCommitted(f"{error} (the change was not committed)")
+        head = _ranged(answer, 0)
+        now = Manifest.decode(_unb64(head["value"])) if head else Manifest()
+        if now.seq == base.seq + 1 and now.last == segment.id:
+            return {"succeeded": True, "header": {"revision": head["mod_revision"]}}
+        self._known = max(self._known, int(head["mod_revision"]) if head else 0)
+        raise StoreStale(f"store {self.name}: {error}; other changes were committed meanwhile")
+
+    # -- merging -------------------------------------------------------------------
+    def _maybe_merge(self) -> None:
+        if self._merging or self._closed.is_set() or \
+                plan_merge([s.size for s in self._manifest.segments]) is None:
+            return
+        self._merging = True
+        self._spawn(self._merge, "etcd-merge")
+
+    def _merge(self) -> None:
+        try:
+            self._merge_once()
+        except (_Failure, StoreError) as e:
+            LOG.warning("store %s: merging segments postponed: %s", self.name, e)
+        except Exception:
+            LOG.exception("store %s: merging segments failed", self.name)
+        finally:
+            self._merging = False
+
+    def _merge_once(self) -> None:
+        with self._lock:
+            base, base_mod = self._manifest, self._head_mod
+        start = plan_merge([s.size for s in base.segments])
+        if start is None:
+            return
+        old = base.segments[start:start + MERGE_MAX]
+        rows = compose(self._read_segment(s, None, pause=True) for s in old)
+        if start == 0:
+            rows = rows.as_base()
+        chunks = encode(rows, self.chunk_bytes)
+        segment = Segment(secrets.token_hex(8), len(chunks), sum(map(len, chunks)))
+        with self._staged(segment, chunks) as marker:
+            for _ in range(20):
+                with self._lock:
+                    cur, cur_mod = self._manifest, self._head_mod
+                if cur.segments[start:start + len(old)] != old:
+                    return  # merged by someone else meanwhile
+                new = cur.merged(start, len(old), segment)
+                success = [{"request_put": {"key": _b64(self._head_key), "value": _b64(new.encode())}},
+                           {"request_delete_range": {"key": _b64(marker)}}]
+                for s in old:
+                    prefix = f"{self._p}seg/{s.id}/"
+                    success.append({"request_delete_range": {"key": _b64(prefix), "range_end": _b64(_range_end(prefix))}})
+                answer = self._txn([self._head_compare(cur_mod),
+                                    {"key": _b64(marker), "target": "CREATE", "result": "GREATER",
+                                     "create_revision": 0}], success, [])
+                if answer.get("succeeded"):
+                    revision = int(answer["header"]["revision"])
+                    with self._lock:
+                        if self._head_mod == cur_mod:
+                            self._adopt(new, revision, revision)
+                    LOG.info("store %s: merged %d segments (%d bytes) into one of %d bytes", self.name,
+                             len(old), sum(s.size for s in old), segment.size)
+                    return
+                if self._closed.wait(0.05):
+                    return
+            raise _Refused("the head kept changing")
+
+    # -- following other controllers ------------------------------------------------
+    def follow(self, on_change: Listener, lock: ContextManager) -> None:
+        self._listener, self._lock = on_change, lock
+        self._spawn(self._watch_loop, "etcd-watch")
+        self._spawn(self._check_loop, "etcd-check")
+
+    def catch_up(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.revision < self._known:
+            if time.monotonic() >= deadline or self._closed.is_set():
+                return False
+            time.sleep(0.005)
+        return True
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def _watch_loop(self) -> None:
+        delay, complained = 0.1, False
+        while not self._closed.is_set():
+            try:
+                for event in self._cluster.watch(self._head_key, self.revision + 1, self._on_stream):
+                    self._on_event(event)
+                    delay, complained = 0.1, False
+            except _Compacted as e:
+                self._reload(f"the watch fell behind what etcd keeps ({e})")
+                continue
+            except (_Failure, requests.RequestException, ValueError, KeyError) as e:
+                if not self._closed.is_set() and not complained:
+                    LOG.warning("store %s: watch interrupted (%s); resuming after revision %d", self.name,
+                                e, self.revision)
+                    complained = True
+            except Exception:
+                if not self._closed.is_set():  # closing cuts the stream under the reader
+                    LOG.exception("store %s: watch failed; resuming after revision %d", self.name,
+                                  self.revision)
+            finally:
+                self._stream = self.watching = None
+            if self._closed.wait(delay):
+                return
+            delay = min(2 * delay, 2.0)
+
+    def _on_stream(self, resp, url: str) -> None:
+        self._stream, self.watching = resp, url
+        LOG.info("store %s: watching from revision %d on %s", self.name, self.revision + 1, url)
+
+    def _on_event(self, event: dict) -> None:
+        kv = event["kv"]
+        revision = int(kv["mod_revision"])
+        if revision <= self.revision:
+            return  # this controller's own write, or a merge it made
+        if event.get("type") == "DELETE":
+            self._reload(f"{self._head_key} was deleted")
+            return
+        manifest = Manifest.decode(_unb64(kv["value"]))
+        rows = None
+        segment = next((s for s in manifest.segments if s.id == manifest.last), None)
+        if manifest.seq == self._manifest.seq + 1 and segment is not None:
+            rows = self._read_segment(segment, revision)
+        with self._lock:
+            if revision <= self.revision:
+                return
+            if manifest.seq == self._manifest.seq:
+                self._adopt(manifest, revision, revision)  # a merge: nothing changed
+                return
+            if rows is not None and manifest.seq == self._manifest.seq + 1:
+                self._deliver(rows, manifest.seq)
+                self._adopt(manifest, revision, revision)
+                return
+        self._reload(f"the head went from change {self._manifest.seq} to {manifest.seq}")
+
+    def _deliver(self, rows: RowDelta, seq: int) -> None:
+        self._endpoint_keys -= rows.endpoint_deletes
+        self._endpoint_keys |= rows.endpoint_puts.keys()
+        LOG.info("store %s: change %d from another controller: %d mappings put, %d deleted%s, "
+                 "%d endpoints put, %d deleted", self.name, seq, len(rows.puts), len(rows.deletes),
+                 " (replacing all)" if rows.replace_all else "", len(rows.endpoint_puts),
+                 len(rows.endpoint_deletes))
+        if self._listener is not None:
+            try:
+                self._listener(rows.delta())
+            except Exception:
+                LOG.exception("store %s: applying change %d failed", self.name, seq)
+
+    def _reload(self, why: str) -> None:
+        """Read everything and hand it over as one replacing change."""
+        LOG.warning("store %s: %s; reading everything again", self.name, why)
+        manifest, head_mod, revision, rows = self._read_all()
+        with self._lock:
+            if revision <= self.revision:
+                return
+            rows.replace_all = True
+            rows.endpoint_deletes = self._endpoint_keys - rows.endpoint_puts.keys()
+            self._deliver(rows, manifest.seq)
+            self._adopt(manifest, head_mod, revision)
+
+    def _check_loop(self) -> None:
+        """Every change reaches this controller within a bounded time: a
+        watch that falls behind the head (a member that froze, a lost
+        connection nobody closed) is restarted; dead writers' chunks go."""
+        behind_since = None
+        last_gc = time.monotonic()
+        while not self._closed.wait(self.sync_interval):
+            try:
+                _, head_mod, _ = self._read_head(keys_only=True)
+                self._known = max(self._known, head_mod)
+                if head_mod <= self.revision:
+                    behind_since = None
+                elif behind_since is None:
+                    behind_since = time.monotonic()
+                elif time.monotonic() - behind_since >= self.sync_interval:
+                    LOG.warning("store %s: the watch on %s is behind the head (revision %d < %d); restarting it",
+                                self.name, self.watching, self.revision, head_mod)
+                    self._restart_watch()
+                    behind_since = None
+                if time.monotonic() - last_gc >= GC_INTERVAL:
+                    last_gc = time.monotonic()
+                    self.collect_garbage()
+            except _Failure as e:
+                LOG.debug("store %s: check postponed: %s", self.name, e)
+            except Exception:
+                LOG.exception("store %s: check failed", self.name)
+
+    def _restart_watch(self) -> None:
+        resp = self._stream
+        if resp is None:
+            return
+        with contextlib.suppress(Exception):
+            resp.raw._connection.sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(Exception):
+            resp.close()
+
+    def collect_garbage(self) -> list[str]:
+        """Delete the chunks of segments that no head names and no live
+        writer stages (a writer killed midway); returns their ids."""
+        manifest, head_mod, _ = self._read_head()
+        named = {s.id for s in manifest.segments}
+        staging = {key.rsplit("/", 1)[1] for key, _ in self._range(f"{self._p}staging/", keys_only=True, limit=1000)}
+        seen = {key[len(self._p) + 4:].split("/", 1)[0]
+                for key, _ in self._range(f"{self._p}seg/", keys_only=True, limit=1000)}
+        gone = []
+        for sid in sorted(seen - named - staging):
+            prefix = f"{self._p}seg/{sid}/"
+            answer = self._txn([self._head_compare(head_mod),
+                                {"key": _b64(f"{self._p}staging/{sid}"), "target": "CREATE", "result": "EQUAL",
+                                 "create_revision": 0}],
+                               [{"request_delete_range": {"key": _b64(prefix), "range_end": _b64(_range_end(prefix))}}],
+                               [])
+            if not answer.get("succeeded"):
+                break  # the head moved: judge again next time
+            gone.append(sid)
+        if gone:
+            LOG.info("store %s: removed the chunks of %d segments no commit named: %s", self.name, len(gone),
+                     ", ".join(gone))
+        return gone
+
+    def close(self) -> None:
+        self._closed.set()
+        self._restart_watch()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=5)
+        self._cluster.close()
+
+
+def _ranged(answer: dict, index: int) -> dict | None:
+    """The key-value of the `index`-th range in a transaction's answer, or None."""
+    responses = answer.get("responses") or []
+    if index >= len(responses):
+        return None
+    kvs = responses[index].get("response_range", {}).get("kvs") or []
+    return kvs[0] if kvs else None
