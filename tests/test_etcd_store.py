@@ -366,3 +366,103 @@ def test_an_unreachable_cluster_stops_the_open_with_a_reason():
     with pytest.raises(StoreError, match="cannot open: .*connection refused"):
         EtcdStore(EtcdSettings(tuple(urls), "/x/", timeout=1.0))
     assert time.monotonic() - started < 3
+
+
+# -- two controllers, real OVS -------------------------------------------------------------------
+def _api(ov, port: int, method: str, path: str, body: object = None) -> tuple[int, dict]:
+    import http.client
+    import json
+
+    with ov.testbed.netns(ov.controller_ns.ns):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            conn.request(method, path, body=None if body is None else json.dumps(body).encode(),
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read())
+        finally:
+            conn.close()
+
+
+def _api_up(ov, port: int) -> None:
+    def up():
+        try:
+            return _api(ov, port, "GET", "/v1/health")[0] == 200
+        except OSError:
+            return False
+    wait_until(up, timeout=30, what=f"API on port {port}")
+
+
+def test_two_controllers_share_the_map_cache_and_the_bridges_follow(testbed, tmp_path):
+    """Controller A programs both bridges; controller B has none. What is
+    written through B reaches A's state and A's bridges. With etcd's
+    quorum gone, writes get 503 with the reason, reads and flows stay;
+    with quorum back, writes resume and reach everyone."""
+    from lab.scenario import ControllerProcess, build, wait_programmed
+
+    blog = (ROOT / "configs" / "blog-two-hypervisors.toml").read_text()
+    ov = build(testbed, ROOT / "configs" / "blog-two-hypervisors.toml")
+    with EtcdCluster(3, ns=ov.controller_ns.ns) as cluster:
+        config_a, config_b = tmp_path / "a.toml", tmp_path / "b.toml"
+        config_a.write_text(blog + "\n[api]\nport = 8080\n\n" + cluster.store_section())
+        config_b.write_text(blog.replace("port = 6653", "port = 6654") + "\n[api]\nport = 8081\n\n"
+                            + cluster.store_section())
+        a = ControllerProcess(ov, "ctl-a", config_path=config_a).start()
+        b = ControllerProcess(ov, "ctl-b", config_path=config_b).start()
+        wait_programmed(ov)
+        _api_up(ov, 8080), _api_up(ov, 8081)
+        hv1, hv2 = ov.hypervisors
+
+        def flows_for(hv, text):
+            return [f for f in hv.dump_flows() if text in f]
+
+        started = time.monotonic()
+        status, body = _api(ov, 8081, "POST", "/v1/mappings",
+                            {"iid": 1000, "eid": "10.2.0.0/16", "rlocs": ["192.168.1.252"]})
+        assert status == 201 and body["bridges"][0]["status"] == "not-connected", body
+        wait_until(lambda: flows_for(hv1, "nw_dst=10.2.0.0/16") and flows_for(hv2, "nw_dst=10.2.0.0/16"),
+                   timeout=10, interval=0.05, what="B's mapping on A's bridges")
+        print(f"\nB's write on A's bridges {time.monotonic() - started:.2f} s after B's answer")
+        assert "192.168.1.252->tun_dst" in flows_for(hv1, "nw_dst=10.2.0.0/16")[0]
+        status, body = _api(ov, 8081, "POST", "/v1/mappings/bulk", {"mappings": [
+            {"iid": 1000, "eid": f"10.{30 + i // 250}.{i % 250}.0/24", "rlocs": ["192.168.1.249"]}
+            for i in range(5000)]})
+        assert status == 200, body
+        wait_until(lambda: _api(ov, 8080, "GET", "/v1/mappings?source=api&limit=1")[1]["total"] == 5001,
+                   timeout=30, what="A has B's bulk")
+        wait_until(lambda: flows_for(hv2, "nw_dst=10.49.249.0/24"), timeout=30, what="the bulk's last on hv2")
+        # A write through A reaches B.
+        assert _api(ov, 8080, "DELETE", "/v1/mappings/1000/10.2.0.0/16")[0] == 200
+        wait_until(lambda: _api(ov, 8081, "GET", "/v1/mappings/1000/10.2.0.0/16")[0] == 404, timeout=10,
+                   what="B forgets 10.2.0.0/16")
+        wait_until(lambda: not flows_for(hv1, "nw_dst=10.2.0.0/16"), timeout=10, what="flow gone")
+
+        # Quorum lost: 503 with the reason, nothing changes anywhere, reads go on.
+        cluster.kill(1)
+        cluster.kill(2)
+        wait_until(lambda: not cluster.sees_leader(0), timeout=10, what="the last member sees no leader")
+        before = {hv.name: sorted(hv.dump_flows()) for hv in ov.hypervisors}
+        for port in (8080, 8081):
+            status, body = _api(ov, port, "POST", "/v1/mappings",
+                                {"iid": 1000, "eid": "10.3.0.0/16", "rlocs": ["192.168.1.252"]})
+            assert status == 503, body
+            assert "no leader" in body["error"]["message"] and "nothing was changed" in body["error"]["message"]
+            status, body = _api(ov, port, "GET", "/v1/mappings?source=api&limit=1")
+            assert status == 200 and body["total"] == 5000
+            assert "no leader" in _api(ov, port, "GET", "/v1/health")[1]["store_error"]
+        assert {hv.name: sorted(hv.dump_flows()) for hv in ov.hypervisors} == before
+
+        # Quorum back: writes resume, and reach every controller and bridge.
+        cluster.restart(1)
+        cluster.restart(2)
+        cluster.wait_healthy()
+        status, body = _api(ov, 8081, "POST", "/v1/mappings",
+                            {"iid": 1000, "eid": "10.3.0.0/16", "rlocs": ["192.168.1.252"]})
+        assert status == 201, body
+        wait_until(lambda: flows_for(hv1, "nw_dst=10.3.0.0/16"), timeout=10, what="the write after quorum")
+        assert _api(ov, 8080, "GET", "/v1/mappings?source=api&limit=1")[1]["total"] == 5001
+        assert _api(ov, 8081, "GET", "/v1/health")[1]["store_error"] is None
+        a.stop(), b.stop()
+        for ctl in (a, b):
+            assert "Traceback" not in ctl.log(), ctl.log()[-3000:]
+        assert "change 1 from another controller" in a.log()
