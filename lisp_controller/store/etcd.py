@@ -41,12 +41,16 @@ import secrets
 import socket
 import threading
 import time
+import warnings
 from typing import Callable, ContextManager, Iterable, Iterator
 from urllib.parse import urlsplit
 
-import etcd3gw
 import requests
-from etcd3gw import exceptions as etcd_errors
+
+with warnings.catch_warnings():  # etcd3gw imports eventlet (through futurist), which
+    warnings.filterwarnings("ignore", message="\nEventlet is deprecated")  # announces its end
+    import etcd3gw
+    from etcd3gw import exceptions as etcd_errors
 
 from lisp_controller.config import EtcdSettings
 from lisp_controller.model import Endpoint, Mapping
@@ -480,9 +484,11 @@ class EtcdStore:
         try:
             self._merge_once()
         except (_Failure, StoreError) as e:
-            LOG.warning("store %s: merging segments postponed: %s", self.name, e)
+            if not self._closed.is_set():
+                LOG.warning("store %s: merging segments postponed: %s", self.name, e)
         except Exception:
-            LOG.exception("store %s: merging segments failed", self.name)
+            if not self._closed.is_set():  # closing cuts the connections under it
+                LOG.exception("store %s: merging segments failed", self.name)
         finally:
             self._merging = False
 
