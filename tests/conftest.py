@@ -3,8 +3,8 @@
 Every test is either `unit` (no root, no daemons: `pytest -m unit` gives a
 contributor without root a green run) or `ovs` (real Open vSwitch daemons,
 network namespaces, the controller as a process, a browser: needs root).
-A test is `ovs` when it uses the `testbed` fixture or says so with
-`@pytest.mark.ovs`; every other test is `unit`.
+A test is `ovs` when it uses the `testbed` or `etcd_cluster` fixture or says
+so with `@pytest.mark.ovs`; every other test is `unit`.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from lab.testbed import Testbed
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "testbed" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("ovs"):
+        if {"testbed", "etcd_cluster"} & set(getattr(item, "fixturenames", ())) and \
+                not item.get_closest_marker("ovs"):
             item.add_marker(pytest.mark.ovs)
         if not item.get_closest_marker("ovs"):
             item.add_marker(pytest.mark.unit)

@@ -359,6 +359,7 @@ def test_a_frozen_member_does_not_stop_changes_reaching_a_follower(etcd_cluster)
         s.close()
 
 
+@pytest.mark.ovs  # starts (and stops) an etcd member
 def test_an_unreachable_cluster_stops_the_open_with_a_reason():
     with EtcdCluster(1) as cluster:
         urls = cluster.endpoints
