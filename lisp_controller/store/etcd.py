@@ -494,7 +494,7 @@ class EtcdStore:
 
     def _merge_once(self) -> None:
         with self._lock:
-            base, base_mod = self._manifest, self._head_mod
+            base = self._manifest
         start = plan_merge([s.size for s in base.segments])
         if start is None:
             return
