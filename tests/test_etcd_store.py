@@ -408,8 +408,9 @@ def test_two_controllers_share_the_map_cache_and_the_bridges_follow(testbed, tmp
         config_a.write_text(blog + "\n[api]\nport = 8080\n\n" + cluster.store_section())
         config_b.write_text(blog.replace("port = 6653", "port = 6654") + "\n[api]\nport = 8081\n\n"
                             + cluster.store_section())
-        a = ControllerProcess(ov, "ctl-a", config_path=config_a).start()
-        b = ControllerProcess(ov, "ctl-b", config_path=config_b).start()
+        fast = {"LISP_CONTROLLER_TIME_SCALE": "60"}  # a TTL minute is a second
+        a = ControllerProcess(ov, "ctl-a", env=fast, config_path=config_a).start()
+        b = ControllerProcess(ov, "ctl-b", env=fast, config_path=config_b).start()
         wait_programmed(ov)
         _api_up(ov, 8080), _api_up(ov, 8081)
         hv1, hv2 = ov.hypervisors
@@ -463,9 +464,16 @@ def test_two_controllers_share_the_map_cache_and_the_bridges_follow(testbed, tmp
         wait_until(lambda: flows_for(hv1, "nw_dst=10.3.0.0/16"), timeout=10, what="the write after quorum")
         assert _api(ov, 8080, "GET", "/v1/mappings?source=api&limit=1")[1]["total"] == 5001
         assert _api(ov, 8081, "GET", "/v1/health")[1]["store_error"] is None
+        # A TTL runs out on both controllers at once: one deletes it, both forget it, no error.
+        for i in range(5):
+            assert _api(ov, 8081, "POST", "/v1/mappings", {"iid": 1000, "eid": f"10.4.{i}.0/24", "ttl": 2,
+                                                           "rlocs": ["192.168.1.252"]})[0] == 201
+        wait_until(lambda: all(_api(ov, port, "GET", "/v1/mappings?source=api&limit=1")[1]["total"] == 5001
+                               for port in (8080, 8081)), timeout=20, what="both expired the TTLs")
+        wait_until(lambda: not flows_for(hv1, "nw_dst=10.4."), timeout=10, what="expired flows gone")
         a.stop(), b.stop()
         for ctl in (a, b):
-            assert "Traceback" not in ctl.log(), ctl.log()[-3000:]
+            assert "Traceback" not in ctl.log() and "expiry failed" not in ctl.log(), ctl.log()[-3000:]
         assert "change 1 from another controller" in a.log()
 
 

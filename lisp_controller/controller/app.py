@@ -30,7 +30,7 @@ from lisp_controller.controller import procinfo
 from lisp_controller.model import Bridge
 from lisp_controller.openflow import verify
 from lisp_controller.controller.reconcile import Stream, catch_up, reconcile, record
-from lisp_controller.controller.state import Change, State
+from lisp_controller.controller.state import Change, Conflict, State
 from lisp_controller.controller.admit import admit, describe_dropped
 from lisp_controller.store import Delta, Store, StoreError, StoreStale
 from lisp_controller.openflow.switch import Switch, SwitchError, describe_error, port_name
@@ -497,6 +497,8 @@ class LispControllerApp(app_manager.OSKenApp):
                     self.commit(change, wait=0)
             except StoreError as e:  # retried next time; the mappings stay until then
                 LOG.error("TTL expiry postponed: %s", e)
+            except Conflict as e:  # a shared store: another controller expired them first
+                LOG.info("TTL expiry: %s (already done by another controller)", e)
             except Exception:  # keep expiring later; say what went wrong now
                 LOG.exception("TTL expiry failed")
 
