@@ -76,12 +76,18 @@ def cmd_serve(args) -> int:
     if args.store and config.etcd is not None:
         print(f"error: --store names an SQLite file, but {args.config} keeps the store in etcd", file=sys.stderr)
         return 2
+    from lisp_controller.api.guard import exposure_problem
+
+    token = os.environ.get(TOKEN_ENV) or config.api.token
+    problem = exposure_problem(config.api.host, token)
+    if problem:
+        print(f"error: {config.source}: {problem}; nothing started", file=sys.stderr)
+        return 2
 
     os.environ["OSKEN_HUB_TYPE"] = "eventlet"
     # eventlet announces its own deprecation on import; os-ken 4.2 needs it.
     warnings.filterwarnings("ignore", message="\nEventlet is deprecated")
     import eventlet
-    import eventlet.wsgi
 
     # Before the store opens: the etcd store's connections and watch are green.
     eventlet.monkey_patch()
@@ -98,13 +104,13 @@ def cmd_serve(args) -> int:
         print("nothing started: " + ("the etcd cluster must answer" if config.etcd else
                                      "fix or move the store file") + " (the config is fine)", file=sys.stderr)
         return 3
-    token = os.environ.get(TOKEN_ENV) or config.api.token
 
     from os_ken import cfg
     from os_ken.base.app_manager import AppManager
     from os_ken.controller import controller, ofp_handler
     from os_ken.lib import hub
 
+    from lisp_controller.api import server as http
     from lisp_controller.api.rest import Api
     from lisp_controller.openflow import tls
 
@@ -115,8 +121,7 @@ def cmd_serve(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 3
     try:
-        # A deep listen queue: a burst of clients must not have its SYNs dropped.
-        api_socket = eventlet.listen((config.api.host, config.api.port), backlog=API_MAX_CLIENTS)
+        api_socket = eventlet.listen((config.api.host, config.api.port), backlog=http.BACKLOG)
     except OSError as e:
         print(f"error: cannot listen on {config.api.host}:{config.api.port} for the API: {e.strerror}",
               file=sys.stderr)
@@ -147,12 +152,8 @@ def cmd_serve(args) -> int:
         app.store_error = store.read_only
         log.error("%s: serving the stored state read-only; changes get 503 until it is writable",
                   store.read_only)
-    api = Api(app, token, config.api.max_body_bytes, pause=lambda: hub.sleep(0))
-    _raise_fd_limit(log)
-    services.append(hub.spawn(eventlet.wsgi.server, api_socket, api, log=logging.getLogger("lisp_controller.http"),
-                              log_output=False, max_size=API_MAX_CLIENTS,
-                              socket_timeout=config.api.client_timeout,
-                              **({"protocol": tls.api_protocol()} if api_tls else {})))
+    api = Api(app, token, config.api, pause=lambda: hub.sleep(0))
+    services.append(hub.spawn(http.serve, api_socket, api, config.api.client_timeout))
 
     try:
         hub.joinall(services)
@@ -162,23 +163,6 @@ def cmd_serve(args) -> int:
         manager.close()
         store.close()
     return 0
-
-
-API_MAX_CLIENTS = 1000  # API connections served at once; more wait in the listen queue
-
-
-def _raise_fd_limit(log) -> None:
-    """Every API client and every bridge is a socket: allow the API's
-    maximum plus room for bridges and the store, where the system lets us."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = API_MAX_CLIENTS + 4096
-    if soft != resource.RLIM_INFINITY and soft < want:
-        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
-        if new > soft:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-            log.info("open files limit raised from %d to %d", soft, new)
 
 
 def _clock():

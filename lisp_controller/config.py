@@ -10,12 +10,15 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from lisp_controller.errors import LispControllerError
 from lisp_controller.model import (Bridge, Endpoint, Mapping, ModelError, Overlay, parse_action,
                     parse_address, parse_bool, parse_gateway, parse_iid, parse_int, parse_mac, datapath_id_of)
 from lisp_controller.pipeline.profiles import DEFAULT_PROFILE, PROFILES
 
 
-class ConfigError(Exception):
+class ConfigError(LispControllerError):
+    """The config file has problems: every one of them, one line each."""
+
     def __init__(self, problems: list[str]):
         super().__init__("\n".join(problems))
         self.problems = problems
@@ -31,6 +34,9 @@ class ApiSettings:
     # Seconds a client may keep the API waiting on one read or write (a
     # slow or idle client holds one greenthread and one socket until then).
     client_timeout: float = 30.0
+    # Seconds after start during which /v1/health is still ok with no
+    # configured bridge connected yet (they connect within a few seconds).
+    health_grace: float = 30.0
     tls_cert: str | None = None  # with tls_key: the API speaks HTTPS only
     tls_key: str | None = None
 
@@ -308,6 +314,7 @@ _API_PARSERS = {
     "confirm_timeout": ("confirm_timeout", _parse_seconds),
     "token": ("token", _parse_token),
     "client_timeout": ("client_timeout", lambda v, f: _parse_seconds(v, f, low=1)),
+    "health_grace": ("health_grace", _parse_seconds),
 }
 
 

@@ -34,6 +34,7 @@ class Client:
 
     def __init__(self, ov, token: str | None = None):
         self.ov, self.token = ov, token
+        self.last_headers: dict[str, str] = {}  # of the last answer
 
     def __call__(self, method: str, path: str, body: object = None, raw: bytes | None = None,
                  headers: dict | None = None, token: str | None = None) -> tuple[int, object]:
@@ -51,13 +52,15 @@ class Client:
                 payload = resp.read()
             finally:
                 conn.close()
+        self.last_headers = dict(resp.getheaders())
         ctype = resp.getheader("Content-Type", "")
         return resp.status, json.loads(payload) if "json" in ctype else payload.decode()
 
     def wait_up(self) -> None:
+        """Until the API answers (its health may be failing: 503)."""
         def up():
             try:
-                return self("GET", "/v1/health")[0] == 200
+                return self("GET", "/v1/health")[0] in (200, 503)
             except OSError:
                 return False
         wait_until(up, timeout=20, what="API up")
@@ -225,7 +228,7 @@ def test_oversized_body_is_refused_before_it_is_read(running):
     with ov.testbed.netns(ov.controller_ns.ns):
         s = socket.create_connection(("127.0.0.1", 8080), timeout=10)
         try:
-            s.sendall(b"POST /v1/mappings/bulk HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            s.sendall(b"POST /v1/mappings/bulk HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                       b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Length: 11000000\r\n\r\n")
             started = time.monotonic()
             reply = s.recv(4096).decode()
@@ -273,6 +276,111 @@ def test_openapi_document_is_served_and_true(running):
         check(method, path, status, got)
 
 
+def test_changes_need_json_from_the_apis_own_origin_and_debug_needs_the_token(running, tmp_path):
+    """What a web page in a browser could send: forms (no preflight),
+    requests from other origins, and a name of its own made to resolve to
+    127.0.0.1 (DNS rebinding). None of it changes or reads anything; the
+    API's own page still works. Beyond loopback, a token is required."""
+    ov, ctl, api = running
+    good = {"iid": 1000, "eid": "10.2.0.0/16", "rlocs": ["192.168.1.252"]}
+    for ctype in ("application/x-www-form-urlencoded", "text/plain", "multipart/form-data; boundary=x"):
+        status, answer = api("POST", "/v1/mappings", raw=json.dumps(good).encode(), headers={"Content-Type": ctype})
+        assert status == 415 and answer["error"]["field"] == "Content-Type", (ctype, answer)
+    for headers, field in [({"Origin": "http://evil.example"}, "Origin"), ({"Origin": "null"}, "Origin"),
+                           ({"Origin": "http://127.0.0.1:9999"}, "Origin"),
+                           ({"Sec-Fetch-Site": "cross-site"}, "Sec-Fetch-Site"),
+                           ({"Sec-Fetch-Site": "same-site"}, "Sec-Fetch-Site")]:
+        for method, path, body in [("POST", "/v1/mappings", good), ("DELETE", "/v1/mappings/1000/10.9.0.0/16", None)]:
+            status, answer = api(method, path, body, headers=headers)
+            assert status == 403 and answer["error"]["field"] == field, (headers, method, answer)
+    status, answer = api("GET", "/v1/mappings", headers={"Host": "evil.example:8080"})
+    assert status == 403 and answer["error"]["field"] == "Host", answer
+    assert api("GET", "/v1/mappings?source=api")[1]["total"] == 0
+    status, answer = api("POST", "/v1/mappings", good, headers={"Origin": "http://127.0.0.1:8080",
+                                                                  "Sec-Fetch-Site": "same-origin"})
+    assert status == 201, answer  # the API's own page
+    assert api("GET", "/v1/debug/resources", token="")[0] == 401
+    assert api("GET", "/v1/debug/resources")[0] == 200
+    exposed = config_with(tmp_path, '[api]\nlisten = "0.0.0.0"\nport = 8081\n')
+    r = _cli(ov, "serve", "-c", str(exposed), "--store", str(tmp_path / "other.db"),
+             env={"LISP_CONTROLLER_TOKEN": ""}, check=False)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "the API listens on 0.0.0.0, beyond loopback, and has no token" in r.stderr
+    assert "Traceback" not in ctl.log()
+
+
+def sent(api: Client) -> dict[str, int]:
+    return {d["bridge"]: d["flow_mods_sent"] for d in api("GET", "/v1/datapaths")[1]["datapaths"]}
+
+
+def test_a_write_with_an_idempotency_key_is_applied_once_and_can_be_asked_about(running):
+    ov, ctl, api = running
+    key = {"Idempotency-Key": "5f0c3a52-0d1e-4c9b-9a57-1b0e3f1b2c3d"}
+    good = {"iid": 1000, "eid": "10.2.0.0/16", "rlocs": ["192.168.1.252"]}
+    status, first = api("POST", "/v1/mappings", good, headers=key)
+    assert status == 201 and "Idempotent-Replayed" not in api.last_headers, first
+    location = api.last_headers["Location"]
+    before = sent(api)
+    status, again = api("POST", "/v1/mappings", good, headers=key)
+    assert (status, again) == (201, first)
+    assert api.last_headers["Idempotent-Replayed"] == "true"
+    assert api.last_headers["Location"] == location
+    assert sent(api) == before  # not applied twice
+    assert api("POST", "/v1/mappings", good)[0] == 409  # without the key it is a second create
+    status, answer = api("POST", "/v1/mappings", {**good, "eid": "10.3.0.0/16"}, headers=key)
+    assert status == 422 and answer["error"]["field"] == "Idempotency-Key", answer
+    status, record = api("GET", f"/v1/requests/{key['Idempotency-Key']}")
+    assert status == 200 and (record["state"], record["status"], record["answered"]) == ("committed", 201, True)
+    assert (record["method"], record["path"], record["response"]) == ("POST", "/v1/mappings", first)
+    status, answer = api("GET", "/v1/requests/never-sent-0001")
+    assert status == 404 and "sending it again is safe" in answer["error"]["message"]
+    assert api("POST", "/v1/mappings", good, headers={"Idempotency-Key": "two words"})[1]["error"]["field"] \
+        == "Idempotency-Key"
+    # A refused write is not recorded: the client may fix it and send it with the same key.
+    retry = {"Idempotency-Key": "bulk-0002"}
+    assert api("POST", "/v1/mappings/bulk", {"mappings": [{"iid": 1000, "eid": "bad"}]}, headers=retry)[0] == 400
+    assert api("GET", "/v1/requests/bulk-0002")[0] == 404
+    status, answer = api("POST", "/v1/mappings/bulk", {"mappings": [{**good, "eid": "10.4.0.0/16"}]}, headers=retry)
+    assert status == 200 and answer["put"] == 1
+    # The record is in the store: it outlives the process.
+    ctl.stop(signal.SIGKILL)
+    ctl = ControllerProcess(ov, "controller-2").start()
+    api.wait_up()
+    status, again = api("POST", "/v1/mappings", good, headers=key)
+    assert (status, again) == (201, first) and api.last_headers["Idempotent-Replayed"] == "true"
+    assert api("GET", "/v1/mappings?source=api")[1]["total"] == 2
+    assert "Traceback" not in ctl.log()
+
+
+def test_metrics_are_prometheus_text_with_histograms_and_a_series_per_bridge(running):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    ov, ctl, api = running
+    bulk = [{"iid": 1000, "eid": f"10.3.{i}.0/24", "rlocs": ["192.168.1.249"]} for i in range(3)]
+    assert api("POST", "/v1/mappings/bulk", {"mappings": bulk})[0] == 200
+    status, text = api("GET", "/metrics")
+    assert status == 200 and api.last_headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+
+    def series(name: str) -> dict:
+        return {s.labels.get("bridge"): s.value for f in families.values() for s in f.samples if s.name == name}
+    views = {d["bridge"]: d for d in api("GET", "/v1/datapaths")[1]["datapaths"]}
+    assert series("lisp_datapath_connected") == {label: 1 for label in views}
+    assert series("lisp_datapath_flows_desired") == {k: d["flows_desired"] for k, d in views.items()}
+    assert series("lisp_datapath_flows_installed") == series("lisp_datapath_flows_desired")
+    assert series("lisp_datapath_flows_rejected") == {label: 0 for label in views}
+    assert series("lisp_datapath_flows_repaired_total") == {label: 0 for label in views}
+    syncs = series("lisp_sync_duration_seconds_count")
+    assert set(syncs) == set(views) and all(n >= 2 for n in syncs.values())  # the first sync and the write
+    assert families["lisp_barrier_wait_seconds"].type == "histogram"
+    assert series("lisp_barrier_wait_seconds_count") == {None: 1}
+    assert any(s.labels == {"method": "POST"} and s.value == 1 for s in families["lisp_api_request_duration_seconds"]
+               .samples if s.name.endswith("_count"))
+    assert {s.labels["source"]: s.value for s in families["lisp_mappings"].samples}["api"] == 3
+    assert families["lisp_flow_mods_sent"].samples[0].value == sum(d["flow_mods_sent"] for d in views.values())
+    assert re.search(r"^lisp_flow_mods_sent_total \d+$", text, re.M)  # an integer, never 1e+06
+
+
 def _cli(ov, *args, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     import os
     return ov.testbed.run(ov.controller_ns.ns, sys.executable, "-m", "lisp_controller", *args,
@@ -300,6 +408,10 @@ def test_cli_as_a_user_runs_it(running, tmp_path):
     bulk.write_text(json.dumps([{"iid": 1000, "eid": f"10.4.{i}.0/24", "rlocs": ["192.168.1.249"]} for i in range(20)]))
     r = _cli(ov, "mapping", "bulk", str(bulk), env=auth)
     assert r.stdout.startswith("20 mappings set, 0 deleted")
+    for _ in range(2):  # a bulk request sent again with its key is applied once
+        r = _cli(ov, "mapping", "bulk", str(bulk), "--key", "cli-bulk-0001", env=auth)
+        assert r.stdout.startswith("20 mappings set, 0 deleted")
+    assert api("GET", "/v1/requests/cli-bulk-0001")[1]["state"] == "committed"
     r = _cli(ov, "mapping", "delete", "10.2.0.0/16", "--iid", "1000", env=auth)
     assert r.stdout.startswith("deleted 1000:10.2.0.0/16")
     r = _cli(ov, "datapath", "list")
@@ -414,17 +526,21 @@ def test_a_streamed_change_with_a_refused_flow_is_sent_again_without_it(testbed,
     assert "sending it again as a whole" in ctl.log()
 
 
-@pytest.mark.parametrize("kill_after", [0.4, 1.5, 3.0])
+@pytest.mark.parametrize("kill_after", [0.05, 0.4, 3.0])
 def test_kill_9_during_a_bulk_request_keeps_all_or_nothing(testbed, tmp_path, kill_after):
+    """The client of a bulk request cut by a crash gets no answer; its
+    Idempotency-Key tells it afterwards whether the change happened, and
+    sending it again applies it exactly once."""
     ov, ctl, api = start(testbed, tmp_path)
+    key = f"bulk-killed-after-{kill_after}"
     n = 20000
     bulk = {"mappings": [{"iid": 1000, "eid": f"10.{64 + i // 65536}.{(i // 256) % 256}.{i % 256}/32",
                           "rlocs": ["192.168.1.252"]} for i in range(n)]}
     body = json.dumps(bulk).encode()
     with ov.testbed.netns(ov.controller_ns.ns):
         s = socket.create_connection(("127.0.0.1", 8080), timeout=60)
-    s.sendall(b"POST /v1/mappings/bulk HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-              + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    s.sendall(b"POST /v1/mappings/bulk HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+              + f"Idempotency-Key: {key}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
     time.sleep(kill_after)  # the point in the request where the crash happens
     ctl.stop(signal.SIGKILL)
     s.close()
@@ -435,3 +551,19 @@ def test_kill_9_during_a_bulk_request_keeps_all_or_nothing(testbed, tmp_path, ki
     for hv in ov.hypervisors:
         wait_until(lambda: len(hv.dump_flows(table=1)) == 4 + total, timeout=120,
                    what=f"{hv.name} matches the store ({total} API mappings)")
+    wait_until(lambda: all(d["connected"] and d["verified_ms"] is not None
+                           for d in api("GET", "/v1/datapaths")[1]["datapaths"]), timeout=20, what="bridges back")
+    status, record = api("GET", f"/v1/requests/{key}")
+    if total:
+        assert status == 200 and record["state"] == "committed" and record["response"]["put"] == n, record
+    else:
+        assert status == 404, record
+    before = sent(api)
+    status, answer = api("POST", "/v1/mappings/bulk", bulk, headers={"Idempotency-Key": key})
+    assert status == 200 and answer["put"] == n and {b["status"] for b in answer["bridges"]} == {"confirmed"}, answer
+    assert api.last_headers.get("Idempotent-Replayed") == ("true" if total else None)
+    assert (sent(api) == before) == bool(total)  # a replay sends nothing
+    assert api("GET", "/v1/mappings?source=api&limit=1")[1]["total"] == n
+    print(f"\nkilled after {kill_after} s: {'committed' if total else 'not committed'} "
+          f"({'answered' if total and record['answered'] else 'no answer recorded'}); the retry "
+          f"{'was answered from the record' if total else 'applied it'}")

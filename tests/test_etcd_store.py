@@ -23,7 +23,7 @@ from lab.etcd import EtcdCluster
 from lab.testbed import wait_until
 from lisp_controller.config import ConfigError, EtcdSettings, parse_config
 from lisp_controller.model import Endpoint, Mapping, Rloc, parse_prefix
-from lisp_controller.store import Delta, StoreError, StoreStale
+from lisp_controller.store import Delta, Request, StoreError, StoreStale
 from lisp_controller.store.etcd import EtcdStore
 from lisp_controller.store.segments import RowDelta, compose, decode, encode, plan_merge
 from lisp_controller.store.sqlite import Store as SqliteStore
@@ -290,6 +290,27 @@ def test_a_write_checked_against_an_old_state_is_refused_until_caught_up(etcd_cl
     assert len(EtcdStore(settings(etcd_cluster)).load()[0]) == 2
     for s in (a, b):
         s.close()
+
+
+def test_a_request_is_recorded_in_the_transaction_of_its_change(etcd_cluster, tmp_path):
+    """Both stores keep an Idempotency-Key's record with its change: there
+    after the write, completed by record_answer, and absent when the write
+    was refused (etcd: checked against an old state)."""
+    record = Request("key-0001", "POST", "/v1/mappings/bulk", "f" * 64, 200, "{}", '{"put":1}', time.time())
+    etcd, stale = EtcdStore(settings(etcd_cluster, "/req/")), EtcdStore(settings(etcd_cluster, "/req/"))
+    stale.load()  # before etcd's write below: its next write is refused
+    for store in (SqliteStore(tmp_path / "s.db"), etcd):
+        store.load()
+        assert store.request("key-0001") is None
+        store.write(put=[mapping("10.1.0.0/16", "192.168.50.1")], request=record)
+        assert store.request("key-0001") == record
+        store.record_answer("key-0001", '{"put":1,"bridges":[]}')
+        assert store.request("key-0001") == record._replace(body='{"put":1,"bridges":[]}', answered=True)
+    with pytest.raises(StoreStale):
+        stale.write(put=[mapping("10.2.0.0/16", "192.168.50.2")], request=record._replace(key="key-0002"))
+    assert etcd.request("key-0002") is None and stale.request("key-0002") is None
+    for store in (etcd, stale):
+        store.close()
 
 
 def test_members_and_quorum_lost_and_back(etcd_cluster):

@@ -1,49 +1,178 @@
-"""Counters and gauges, rendered in the Prometheus text format.
+"""The controller's metrics, kept with prometheus-client, served at /metrics.
 
-Small on purpose: no client library, no registry magic. Gauges that are
-facts about the state (mappings, connected bridges) are computed when
+Each controller has a registry of its own (never the library's global
+one), so two controllers in one process (the tests) never share a series.
+Counters and histograms are recorded as things happen, through the few
+methods below; gauges that are facts about the state (mappings, bridges,
+each bridge's flows, the process) are computed by a collector when
 scraped, so they can never drift from the truth.
+
+The text is rendered here rather than by the library's exposition, which
+writes numbers the way Go does: a million flow-mods as ``1e+06``. Integers
+are written as integers (exact at any size for the gauges, which are
+Python integers; the library keeps counters as floats, exact to 2^53).
+The library's ``_created`` series are left out: nothing here reads them.
 """
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Iterable, Iterator, Protocol
 
-Labels = tuple[tuple[str, str], ...]
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from lisp_controller.controller import procinfo
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Seconds, from a cached API read (well under a millisecond) to a bulk
+# request of 100,000 mappings or a big bridge's first sync (seconds).
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+SOURCES = ("config", "endpoint", "api")
+METHODS = ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")
+
+
+class Views(Protocol):
+    """What the collector reads at scrape time (the controller app)."""
+
+    state: object  # has .cache (mappings with .source) and .bridges
+
+    def datapaths(self) -> list[dict]: ...
+
+
+# name -> (help, label names): the counters, by the names the README lists.
+COUNTERS = {
+    "lisp_flow_mods_sent_total": ("Flow-mods sent to bridges (inside bundles)", ()),
+    "lisp_openflow_errors_total": ("OpenFlow errors received from bridges", ()),
+    "lisp_reconcile_seconds_total": ("Time spent making bridges match the state", ()),
+    "lisp_reconciles_total": ("Reconciles (syncs) run", ()),
+    "lisp_store_errors_total": ("Changes refused because the store could not be written", ()),
+    "lisp_flows_repaired_total": ("Flows of ours found changed on a switch and replaced", ()),
+    "lisp_map_cache_misses_total": ("Packets that missed the map-cache (send-map-request)", ()),
+    "lisp_api_requests_total": ("API requests, by method and status", ("method", "status")),
+    "lisp_api_request_seconds_total": ("Time spent answering API requests, by method", ("method",)),
+}
 
 
 class Metrics:
-    def __init__(self) -> None:
-        self._help: dict[str, tuple[str, str]] = {}  # name -> (type, help)
-        self._values: dict[str, dict[Labels, float]] = {}
-        self._gauges: dict[str, Callable[[], dict[Labels, float]]] = {}
+    def __init__(self, views: Views):
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._counters = {name: Counter(name, help_text, labels, registry=self.registry)
+                          for name, (help_text, labels) in COUNTERS.items()}
+        self._api = Histogram("lisp_api_request_duration_seconds", "API requests by duration, by method",
+                              ("method",), buckets=BUCKETS, registry=self.registry)
+        self._sync = Histogram("lisp_sync_duration_seconds", "Syncs of a bridge (plan, bundle, barrier) "
+                               "by duration, by bridge", ("bridge",), buckets=BUCKETS, registry=self.registry)
+        self._barrier = Histogram("lisp_barrier_wait_seconds", "Time a write waited for the connected "
+                                  "bridges to confirm it by barrier", buckets=BUCKETS, registry=self.registry)
+        self.registry.register(_StateCollector(views))
 
-    def counter(self, name: str, help_text: str) -> None:
-        self._help[name] = ("counter", help_text)
-        self._values.setdefault(name, {})
+    # -- recording (called by the controller and the API) ------------------
+    def inc(self, name: str, amount: float = 1, **labels: str) -> None:
+        """Add to one of COUNTERS."""
+        counter = self._counters[name]
+        (counter.labels(**labels) if labels else counter).inc(amount)
 
-    def gauge(self, name: str, help_text: str, read: Callable[[], dict[Labels, float]]) -> None:
-        self._help[name] = ("gauge", help_text)
-        self._gauges[name] = read
+    def observe_api(self, method: str, status: int, seconds: float) -> None:
+        method = method if method in METHODS else "other"  # clients choose it: bound the series
+        self.inc("lisp_api_requests_total", method=method, status=str(status))
+        self.inc("lisp_api_request_seconds_total", seconds, method=method)
+        self._api.labels(method=method).observe(seconds)
 
-    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
-        values = self._values[name]
-        key = tuple(sorted(labels.items()))
-        values[key] = values.get(key, 0.0) + amount
+    def observe_sync(self, bridge: str, seconds: float) -> None:
+        """One sync of a bridge (its label), however it was sent."""
+        self.inc("lisp_reconciles_total")
+        self.inc("lisp_reconcile_seconds_total", seconds)
+        self._sync.labels(bridge=bridge).observe(seconds)
 
-    def value(self, name: str, **labels: str) -> float:
-        return self._values[name].get(tuple(sorted(labels.items())), 0.0)
+    def observe_barrier_wait(self, seconds: float) -> None:
+        self._barrier.observe(seconds)
 
+    # -- scraping -------------------------------------------------------------
     def render(self) -> str:
-        lines = []
-        for name, (kind, help_text) in self._help.items():
-            lines.append(f"# HELP {name} {help_text}")
-            lines.append(f"# TYPE {name} {kind}")
-            values = self._gauges[name]() if name in self._gauges else self._values[name]
-            for labels, value in sorted(values.items()):
-                text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-                lines.append(f"{name}{{{text}}} {value:g}" if text else f"{name} {value:g}")
-        return "\n".join(lines) + "\n"
+        return render(self.registry.collect())
+
+
+class _StateCollector:
+    """Gauges computed from the state at scrape time."""
+
+    def __init__(self, views: Views):
+        self.views = views
+
+    def describe(self) -> list:
+        return []  # names are only known by collecting; nothing to check ahead
+
+    def collect(self) -> Iterator[Metric]:
+        state = self.views.state
+        counts = dict.fromkeys(SOURCES, 0)
+        for mapping in state.cache:
+            counts[mapping.source] = counts.get(mapping.source, 0) + 1
+        g = GaugeMetricFamily("lisp_mappings", "Mappings in the map-cache, by owner", labels=["source"])
+        for source, n in counts.items():
+            g.add_metric([source], n)
+        yield g
+        views = [d for d in self.views.datapaths() if d["configured"]]
+        yield GaugeMetricFamily("lisp_datapaths_connected", "Configured bridges connected now",
+                                value=sum(1 for d in views if d["connected"]))
+        yield GaugeMetricFamily("lisp_datapaths_configured", "Bridges in the config", value=len(state.bridges))
+        per_bridge = {
+            "connected": GaugeMetricFamily("lisp_datapath_connected", "1 if the bridge is connected now",
+                                           labels=["bridge"]),
+            "flows_desired": GaugeMetricFamily("lisp_datapath_flows_desired", "Flows the bridge should hold "
+                                               "(connected bridges)", labels=["bridge"]),
+            "flows_installed": GaugeMetricFamily("lisp_datapath_flows_installed", "Flows of ours the bridge "
+                                                 "holds (connected bridges)", labels=["bridge"]),
+            "flows_rejected": GaugeMetricFamily("lisp_datapath_flows_rejected", "Flows the bridge refused in "
+                                                "its last sync (missing from it now)", labels=["bridge"]),
+            "flows_repaired": CounterMetricFamily("lisp_datapath_flows_repaired", "Flows found changed on the "
+                                                  "bridge and replaced, since it connected", labels=["bridge"]),
+        }
+        for d in views:
+            per_bridge["connected"].add_metric([d["bridge"]], int(d["connected"]))
+            if not d["connected"]:
+                continue
+            for key in ("flows_desired", "flows_installed", "flows_rejected", "flows_repaired"):
+                if d.get(key) is not None:
+                    per_bridge[key].add_metric([d["bridge"]], d[key])
+        yield from per_bridge.values()
+        yield GaugeMetricFamily("lisp_process_resident_bytes", "Resident memory of the controller",
+                                value=procinfo.resident_bytes())
+        yield GaugeMetricFamily("lisp_process_open_fds", "Open file descriptors (bridges, API clients, store)",
+                                value=procinfo.open_fds())
+
+
+def render(metrics: Iterable[Metric]) -> str:
+    """The Prometheus text format (0.0.4), integers as integers."""
+    lines = []
+    for metric in metrics:
+        name = metric.name + "_total" if metric.type == "counter" else metric.name
+        lines.append(f"# HELP {name} {_escape_help(metric.documentation)}")
+        lines.append(f"# TYPE {name} {metric.type}")
+        for sample in metric.samples:
+            if sample.name.endswith("_created"):
+                continue
+            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sample.labels.items())
+            lines.append(f"{sample.name}{{{labels}}} {number(sample.value)}" if labels
+                         else f"{sample.name} {number(sample.value)}")
+    return "\n".join(lines) + "\n"
+
+
+def number(value: float | int) -> str:
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value.is_integer() and abs(value) < 2**63:
+        return str(int(value))
+    return repr(value)
 
 
 def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _escape_help(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n")

@@ -18,6 +18,12 @@ _PREFIX = {"type": "string", "pattern": r"^[0-9A-Fa-f.:]+(/[0-9]{1,3})?$",
            "description": "EID prefix, e.g. 10.2.0.0/16 or 2001:db8::/48 (host bits zero); "
                           "a bare address is a host prefix"}
 _MAC = {"type": "string", "pattern": "^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$"}
+_KEY = {"type": "string", "pattern": "^[A-Za-z0-9._:~+=-]{1,200}$"}
+_IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False, "schema": _KEY,
+                "description": "a key of the client's (a UUID): the write is recorded with it, in the same "
+                               "transaction; sent again with the same key and body, it is answered from the "
+                               "record (header Idempotent-Replayed) instead of being applied twice. "
+                               "GET /v1/requests/{key} says what became of it. Kept 24 hours."}
 
 SCHEMAS = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {
@@ -90,6 +96,7 @@ SCHEMAS = {
         "last_verify_ms": {"type": ["number", "null"], "description": "how long it took"},
         "flows_repaired": {"type": "integer", "description": "flows found changed on the switch and "
                            "replaced since the bridge connected"},
+        "flows_rejected": {"type": "integer", "description": "flows the bridge refused in its last sync"},
         "errors": {"type": "array", "items": {"type": "string"}}, "degraded": {"type": "boolean"}}},
 }
 
@@ -103,6 +110,12 @@ def _obj(**props) -> dict:
 
 
 _BRIDGES = {"type": "array", "items": _ref("BridgeResult")}
+_HEALTH = _obj(status={"type": "string", "enum": ["ok", "failing"]},
+               problems={"type": "array", "items": {"type": "string"}, "description": "why it is failing"},
+               store_error={"type": ["string", "null"], "description": "why the last change could not be "
+                            "stored (503); null once a change is stored again"},
+               mappings={"type": "integer"}, datapaths_configured={"type": "integer"},
+               datapaths_connected={"type": "integer"})
 _MAPPING_LIST = {"type": "array", "items": _ref("MappingIn")}
 _Q = lambda name, schema, desc, required=False: {  # noqa: E731
     "name": name, "in": "query", "required": required, "schema": schema, "description": desc}
@@ -113,10 +126,10 @@ OPERATIONS: dict[str, tuple] = {
         200: ("the page", "html"), 304: ("unchanged since the ETag given in If-None-Match", None)}, []),
     "asset": ("A file of the status page (style sheet, script, icon)", None, {
         200: ("the file", "asset"), 304: ("unchanged since the ETag given in If-None-Match", None)}, []),
-    "health": ("Liveness and a summary", None, {200: ("ok", _obj(status={"type": "string"}, store_error={
-        "type": ["string", "null"], "description": "why the last change could not be stored (503); null once a "
-        "change is stored again"}, mappings={
-        "type": "integer"}, datapaths_configured={"type": "integer"}, datapaths_connected={"type": "integer"}))}, []),
+    "health": ("Whether the controller does its job, and a summary", None, {
+        200: ("ok", _HEALTH), 503: ("failing: the store cannot be written, or no configured bridge is "
+                                    "connected after [api] health_grace seconds (problems says which)", _HEALTH)},
+        []),
     "metrics": ("Metrics in the Prometheus text format", None, {200: ("metrics", "text")}, []),
     "resources": ("What the controller process holds, for leak checks (walks every object: "
                   "a full garbage collection, slow with a big map-cache)", None, {
@@ -179,6 +192,16 @@ OPERATIONS: dict[str, tuple] = {
               (_obj(bridge={"type": "string"}, connected={"type": "boolean"},
                     flows={"type": "array", "items": {"type": "string"}}), "text"))},
         [_Q("format", {"type": "string", "enum": ["json", "text"]}, "text: one flow per line")]),
+    "get_request": ("What became of a write sent with an Idempotency-Key", None, {
+        200: ("committed (with its answer), or still in progress", {
+            "type": "object", "required": ["key", "state"], "properties": {
+                "key": {"type": "string"}, "state": {"type": "string", "enum": ["committed", "in-progress"]},
+                "method": {"type": "string"}, "path": {"type": "string"}, "status": {"type": "integer"},
+                "answered": {"type": "boolean", "description": "false: the controller stopped after the "
+                             "commit, before it answered; the change is in the store all the same"},
+                "committed_at": {"type": "string"},
+                "response": {"type": "object", "description": "the body it was answered (without the "
+                             "bridges' part if not answered)"}}})}, []),
 }
 
 _PARAM_DOC = {
@@ -187,13 +210,18 @@ _PARAM_DOC = {
     "bridge": ("bridge label, name or datapath ID", {"type": "string"}),
     "port": ("port name", {"type": "string"}),
     "asset": ("file name, e.g. app.js", {"type": "string"}),
+    "key": ("the Idempotency-Key the write was sent with", _KEY),
 }
 # Responses that are not JSON, by the marker OPERATIONS uses instead of a schema.
 _MEDIA = {"text": ("text/plain",), "html": ("text/html",),
           "asset": ("text/css", "text/javascript", "image/svg+xml")}
 _ERRORS = {400: "bad input (the body names the field)", 401: "token missing or wrong",
-           404: "not found", 409: "conflict (exists, or owned by the config or an endpoint)",
-           413: "body too large", 415: "not JSON", 503: "the store cannot be written; nothing changed"}
+           403: "refused: a cross-site request (Origin, Sec-Fetch-Site), or a Host that is not this API's",
+           404: "not found", 409: "conflict (exists, or owned by the config or an endpoint; or the "
+           "Idempotency-Key's first request is still being answered)",
+           413: "body too large", 415: "not JSON (a change needs Content-Type: application/json)",
+           422: "the Idempotency-Key was used for another request",
+           503: "the store cannot be written; nothing changed"}
 
 
 def document(routes) -> dict:
@@ -203,6 +231,8 @@ def document(routes) -> dict:
         op: dict = {"operationId": name, "summary": summary, "responses": {}}
         params = [{"name": p, "in": "path", "required": True, "description": _PARAM_DOC[p][0],
                    "schema": _PARAM_DOC[p][1]} for p in _path_params(path)]
+        if method != "GET":
+            query = [*query, _IDEMPOTENCY]
         if params or query:
             op["parameters"] = params + list(query)
         if body is not None:
@@ -219,12 +249,14 @@ def document(routes) -> dict:
             elif schema is not None:
                 op["responses"][str(status)]["content"] = {"application/json": {"schema": schema}}
         errors = [400, 404] if method == "GET" and (params or query) else []
+        if name == "resources":
+            errors = [401]
         if method != "GET":
-            errors = [400, 401, 404, 409, 413, 415, 503]
+            errors = [400, 401, 403, 404, 409, 413, 415, 422, 503]
         for status in errors:
             op["responses"][str(status)] = {"description": _ERRORS[status],
                                             "content": {"application/json": {"schema": _ERROR}}}
-        if method != "GET":
+        if method != "GET" or name == "resources":
             op["security"] = [{"bearer": []}, {}]
         paths.setdefault(path, {})[method.lower()] = op
     return {
@@ -232,7 +264,10 @@ def document(routes) -> dict:
         "info": {"title": "lisp-controller", "version": "1",
                  "description": "Map-cache, local endpoints and bridges of a LISP controller for Open vSwitch. "
                                 "Writes answer once committed to the store and, within a bounded wait, "
-                                "confirmed by barrier on each connected bridge (see `bridges`)."},
+                                "confirmed by barrier on each connected bridge (see `bridges`). A change "
+                                "needs Content-Type: application/json, is refused from other web sites "
+                                "(Origin, Sec-Fetch-Site), needs the bearer token when one is configured, "
+                                "and may carry an Idempotency-Key."},
         "paths": paths,
         "components": {"schemas": SCHEMAS,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},

@@ -3,11 +3,13 @@
 HTTP in, `Change` out: this module turns requests into checked model
 values and hands them to the controller's `commit`, which stores them and
 waits for the bridges. Every error is a JSON body naming the field and the
-problem; nothing a client sends can produce a traceback.
+problem; nothing a client sends can produce a traceback. The layers below
+raise the controller's own errors (`lisp_controller/errors.py`); what each
+means in HTTP is decided here, in `ERROR_STATUS`, and nowhere else.
 """
 from __future__ import annotations
 
-import hmac
+import hashlib
 import ipaddress
 import json
 import logging
@@ -17,18 +19,23 @@ from typing import Callable
 
 from webob import Request, Response
 
-from lisp_controller.config import TOKEN_ENV
+from lisp_controller.config import ApiSettings
 from lisp_controller.controller.gcpause import gc_paused
 from lisp_controller.pipeline.flows import render
 from lisp_controller.model import Endpoint, Mapping, ModelError, datapath_id_of, parse_iid, parse_prefix, prefix_key
+from lisp_controller.api.guard import Forbidden, Guard, Refused, Unauthorized
+from lisp_controller.api.metrics import CONTENT_TYPE as METRICS_TYPE
 from lisp_controller.api.openapi import document
 from lisp_controller.api.static import SECURITY_HEADERS, load as load_assets
-from lisp_controller.controller.state import Change, Conflict
-from lisp_controller.store import StoreError
+from lisp_controller.controller.state import Change
+from lisp_controller.errors import Conflict, LispControllerError, NotFound
+from lisp_controller.store import Request as Recorded, StoreError
 
 LOG = logging.getLogger("lisp_controller.api.rest")
-PAUSE_EVERY = 1000
-SOURCES = ("config", "endpoint", "api")  # parsed mappings between yields to the hub
+PAUSE_EVERY = 1000  # parsed mappings between yields to the hub
+SOURCES = ("config", "endpoint", "api")
+KEY_HEADER = "Idempotency-Key"
+_KEY = re.compile(r"^[A-Za-z0-9._:~+=-]{1,200}$")  # a UUID, a ULID, a name of the client's
 
 # (method, path template, handler name). The OpenAPI document is checked
 # against this table by the tests.
@@ -53,7 +60,9 @@ ROUTES = [
     ("GET", "/v1/datapaths", "list_datapaths"),
     ("GET", "/v1/datapaths/{bridge}", "get_datapath"),
     ("GET", "/v1/datapaths/{bridge}/flows", "datapath_flows"),
+    ("GET", "/v1/requests/{key}", "get_request"),
 ]
+NEEDS_TOKEN = {"resources"}  # reads that need the token too: they show how the process is doing inside
 
 
 def _compile_route(template: str) -> re.Pattern:
@@ -66,10 +75,54 @@ def _compile_route(template: str) -> re.Pattern:
 _COMPILED = [(method, _compile_route(path), name) for method, path, name in ROUTES]
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, field: str | None, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.field, self.message, self.headers = status, field, message, headers or {}
+# -- errors of the HTTP layer, and the one table of statuses ---------------------
+
+class MethodNotAllowed(Refused):
+    pass
+
+
+class PayloadTooLarge(Refused):
+    pass
+
+
+class UnsupportedMediaType(Refused):
+    pass
+
+
+class BadFraming(Refused):
+    """The body cannot be read as HTTP frames it (a malformed chunk): the
+    connection is closed after the answer, as nothing after it can be trusted."""
+
+    def __init__(self, message: str):
+        super().__init__(None, message, {"Connection": "close"})
+
+
+class KeyReused(Refused):
+    """An Idempotency-Key sent again with another request."""
+
+
+class KeyInProgress(Conflict):
+    """An Idempotency-Key whose first request is still being answered."""
+
+
+# Status by kind of error, most specific first; anything else is a bug: 500.
+ERROR_STATUS: list[tuple[type, int]] = [
+    (BadFraming, 400),
+    (ModelError, 400),
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (NotFound, 404),
+    (MethodNotAllowed, 405),
+    (Conflict, 409),
+    (PayloadTooLarge, 413),
+    (UnsupportedMediaType, 415),
+    (KeyReused, 422),
+    (StoreError, 503),
+]
+
+
+def status_of(error: Exception) -> int:
+    return next((status for kind, status in ERROR_STATUS if isinstance(error, kind)), 500)
 
 
 def json_response(body: object, status: int = 200, headers: dict | None = None) -> Response:
@@ -99,16 +152,20 @@ def endpoint_json(label: str, ep: Endpoint, source: str) -> dict:
 
 class Api:
     """A WSGI application around a controller that offers `state`,
-    `commit(change)`, `metrics`, `datapaths()`, `bridge_flows()` and
-    `mapping_counters()`; it also serves the status page."""
+    `commit(change)`, `wait_confirmed()`, `store`, `store_error`,
+    `metrics`, `datapaths()`, `bridge_flows()` and `mapping_counters()`;
+    it also serves the status page."""
 
-    def __init__(self, controller, token: str | None, max_body_bytes: int,
+    def __init__(self, controller, token: str | None, settings: ApiSettings,
                  pause: Callable[[], None] = lambda: None):
         self.ctl = controller
-        self.token = token.encode() if token else None
-        self.max_body = max_body_bytes
+        self.guard = Guard(token, settings.host)
+        self.settings = settings
+        self.max_body = settings.max_body_bytes
         self.pause = pause
         self.assets = load_assets()
+        self.started = time.monotonic()
+        self.in_flight: set[str] = set()  # Idempotency-Keys being answered now
 
     # -- WSGI --------------------------------------------------------------
     def __call__(self, environ, start_response):
@@ -116,21 +173,24 @@ class Api:
         started = time.monotonic()
         try:
             resp = self._dispatch(req)
-        except ApiError as e:
-            resp = error_response(e.status, e.field, e.message, e.headers)
-        except Conflict as e:
-            resp = error_response(e.status, e.field, e.message)
-        except StoreError as e:
-            LOG.error("%s %s: %s", req.method, req.path, e)
-            resp = error_response(503, None, f"{e}; nothing was changed")
+        except LispControllerError as e:
+            status = status_of(e)
+            message = e.message
+            if isinstance(e, StoreError):
+                LOG.error("%s %s: %s", req.method, req.path, e)
+                message += "; nothing was changed"
+            elif status == 500:
+                LOG.error("%s %s failed: %s", req.method, req.path, e)
+                message = "internal error; the controller log has the details"
+            resp = error_response(status, e.field, message, getattr(e, "headers", None))
         except Exception:  # never a traceback to the client; all of it in the log
             LOG.exception("%s %s failed", req.method, req.path)
             resp = error_response(500, None, "internal error; the controller log has the details")
-        self.ctl.metrics.inc("lisp_api_requests_total", method=req.method, status=str(resp.status_int))
-        self.ctl.metrics.inc("lisp_api_request_seconds_total", time.monotonic() - started, method=req.method)
+        self.ctl.metrics.observe_api(req.method, resp.status_int, time.monotonic() - started)
         return resp(environ, start_response)
 
     def _dispatch(self, req: Request) -> Response:
+        self.guard.check_host(req)
         path = req.path_info
         allowed = []
         for method, pattern, name in _COMPILED:
@@ -140,70 +200,86 @@ class Api:
             if method != req.method:
                 allowed.append(method)
                 continue
-            if method != "GET":
-                self._authorize(req)
-            return getattr(self, name)(req, **m.groupdict())
+            handler = getattr(self, name)
+            if method == "GET":
+                if name in NEEDS_TOKEN:
+                    self.guard.authorize(req, "this view")
+                return handler(req, **m.groupdict())
+            self.guard.check_same_origin(req)
+            self.guard.authorize(req)
+            if _has_body(req) and req.content_type != "application/json":
+                raise UnsupportedMediaType("Content-Type", f"expected application/json, got {req.content_type}")
+            key = req.headers.get(KEY_HEADER)
+            if key is not None:
+                return self._once(req, key, lambda: handler(req, **m.groupdict()))
+            return handler(req, **m.groupdict())
         if allowed:
-            raise ApiError(405, None, f"method {req.method} not allowed here; use {', '.join(allowed)}",
-                           {"Allow": ", ".join(allowed)})
-        raise ApiError(404, None, f"no such resource: {path}")
+            raise MethodNotAllowed(None, f"method {req.method} not allowed here; use {', '.join(allowed)}",
+                                   {"Allow": ", ".join(allowed)})
+        raise NotFound(None, f"no such resource: {path}")
 
-    def _authorize(self, req: Request) -> None:
-        if self.token is None:
-            return
-        header = req.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token):
-            raise ApiError(401, "Authorization", "a valid bearer token is required for changes "
-                           f"(set {TOKEN_ENV} for the CLI)", {"WWW-Authenticate": 'Bearer realm="lisp-controller"'})
-
-    def _body(self, req: Request) -> object:
-        """The JSON body, refused with 413 before it is read if too big."""
-        ctype = req.content_type
-        # curl -d sends form-urlencoded unless told otherwise: take it as JSON.
-        if ctype and ctype not in ("application/json", "application/x-www-form-urlencoded"):
-            raise ApiError(415, "Content-Type", f"expected application/json, got {ctype}")
+    # -- reading the body --------------------------------------------------
+    def _raw_body(self, req: Request) -> bytes:
+        """The body's bytes, refused with 413 before they are read if the
+        declared length is too big, or as soon as a chunked one passes the
+        limit. Read once; kept in the environ for the handler."""
+        cached = req.environ.get("lisp.body")
+        if cached is not None:
+            return cached
         length = req.content_length
         if length is not None and length > self.max_body:
-            raise ApiError(413, None, f"body of {length} bytes exceeds the limit of {self.max_body} bytes")
+            raise PayloadTooLarge(None, f"body of {length} bytes exceeds the limit of {self.max_body} bytes")
         stream = req.environ["wsgi.input"]
-        if length is not None:
-            data = stream.read(length)
-        else:  # chunked: read no more than the limit
-            parts, total = [], 0
-            while True:
-                chunk = stream.read(min(65536, self.max_body + 1 - total))
-                if not chunk:
-                    break
-                parts.append(chunk)
-                total += len(chunk)
-                if total > self.max_body:
-                    raise ApiError(413, None, f"body exceeds the limit of {self.max_body} bytes")
-            data = b"".join(parts)
+        try:
+            if length is not None:
+                data = stream.read(length)
+            else:  # chunked: read no more than the limit
+                parts, total = [], 0
+                while True:
+                    chunk = stream.read(min(65536, self.max_body + 1 - total))
+                    if not chunk:
+                        break
+                    parts.append(chunk)
+                    total += len(chunk)
+                    if total > self.max_body:
+                        raise PayloadTooLarge(None, f"body exceeds the limit of {self.max_body} bytes")
+                data = b"".join(parts)
+        except ValueError as e:  # eventlet's ChunkReadError: a chunk size that is not hexadecimal...
+            raise BadFraming(f"malformed chunked body: {e}") from None
+        except OSError as e:  # the client stalled or went away midway
+            raise BadFraming(f"the body stopped before its end: {e}") from None
+        if length is not None and len(data) < length:
+            raise BadFraming(f"the body ended after {len(data)} of {length} bytes")
+        req.environ["lisp.body"] = data
+        return data
+
+    def _body(self, req: Request) -> object:
+        """The JSON body."""
+        data = self._raw_body(req)
         if not data:
-            raise ApiError(400, None, "a JSON body is required")
+            raise ModelError(None, "a JSON body is required")
         try:
             return json.loads(data)
         except RecursionError:
-            raise ApiError(400, None, "JSON nested too deeply") from None
+            raise ModelError(None, "JSON nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as e:
-            raise ApiError(400, None, f"body is not valid JSON: {e}") from None
+            raise ModelError(None, f"body is not valid JSON: {e}") from None
 
     def _object(self, value: object, field: str, allowed: set[str]) -> dict:
         if not isinstance(value, dict):
-            raise ApiError(400, field or None, "must be a JSON object")
+            raise ModelError(field or None, "must be a JSON object")
         unknown = sorted(set(value) - allowed)
         if unknown:
-            raise ApiError(400, f"{field}.{unknown[0]}" if field else unknown[0], "unknown field")
+            raise ModelError(f"{field}.{unknown[0]}" if field else unknown[0], "unknown field")
         return value
 
     def _mappings(self, raw: object, field: str) -> list[Mapping]:
         if not isinstance(raw, list):
-            raise ApiError(400, field, "must be a list of mappings")
+            raise ModelError(field, "must be a list of mappings")
         out = []
         with gc_paused(len(raw)):
             for i, item in enumerate(raw):
-                out.append(_parse_mapping(item, f"{field}[{i}]"))
+                out.append(Mapping.parse(item, f"{field}[{i}]", source="api"))
                 if i % PAUSE_EVERY == PAUSE_EVERY - 1:
                     self.pause()
         return out
@@ -211,33 +287,102 @@ class Api:
     def _iid(self, text: str) -> int:
         """An IID from a URL or query string."""
         try:
-            return parse_iid(int(text), "iid")
+            number = int(text)
         except ValueError:
-            raise ApiError(400, "iid", f"must be an integer, got {text!r}") from None
-        except ModelError as e:
-            raise ApiError(400, e.field, e.problem) from None
+            raise ModelError("iid", f"must be an integer, got {text!r}") from None
+        return parse_iid(number, "iid")
 
     def _key(self, iid: str, eid: str) -> tuple:
-        number = self._iid(iid)
-        try:
-            return (number, parse_prefix(eid, "eid"))
-        except ModelError as e:
-            raise ApiError(400, e.field, e.problem) from None
+        return (self._iid(iid), parse_prefix(eid, "eid"))
 
-    def _commit(self, change: Change, timings: dict | None = None) -> list[dict]:
-        return self.ctl.commit(change, timings=timings)
+    # -- changes, once -----------------------------------------------------
+    def _commit(self, req: Request, change: Change, body: dict, status: int = 200,
+                headers: dict | None = None, timings: dict | None = None) -> Response:
+        """Commit `change` and answer `body` with the bridges' results. A
+        request with an Idempotency-Key is recorded with the change, in its
+        transaction, and its complete answer once the bridges confirmed."""
+        key = req.environ.get("lisp.key")
+        if key is not None:
+            change.request = Recorded(key, req.method, req.path_qs, req.environ["lisp.fingerprint"], status,
+                                      json.dumps(headers or {}), json.dumps(body), time.time())
+        body["bridges"] = self.ctl.commit(change, timings=timings)
+        if key is not None:
+            try:
+                self.ctl.store.record_answer(key, json.dumps(body))
+            except StoreError as e:  # the change is committed; a replay reports the bridges anew
+                LOG.error("request %s: its answer is not recorded: %s", key, e)
+        return json_response(body, status, headers)
+
+    def _once(self, req: Request, key: str, handle: Callable[[], Response]) -> Response:
+        """Answer a write sent with an Idempotency-Key: the first time by
+        `handle`, afterwards from the record of what it did."""
+        if not _KEY.match(key):
+            raise ModelError(KEY_HEADER, "must be 1 to 200 letters, digits or ._:~+=- (a UUID will do)")
+        fingerprint = hashlib.sha256(b"%s %s\n" % (req.method.encode(), req.path_qs.encode())
+                                     + self._raw_body(req)).hexdigest()
+        if key in self.in_flight:
+            raise KeyInProgress(KEY_HEADER, f"the request with key {key} is still being answered; "
+                                f"GET /v1/requests/{key} says when it is done")
+        recorded = self._recorded(key)
+        if recorded is not None:
+            if recorded.fingerprint != fingerprint:
+                raise KeyReused(KEY_HEADER, f"key {key} was used for another request ({recorded.method} "
+                                f"{recorded.path}, or another body); a new request needs a new key")
+            LOG.info("request %s: %s %s sent again; answered from its record", key, req.method, req.path)
+            return self._replay(recorded)
+        req.environ["lisp.key"], req.environ["lisp.fingerprint"] = key, fingerprint
+        self.in_flight.add(key)
+        try:
+            return handle()
+        finally:
+            self.in_flight.discard(key)
+
+    def _recorded(self, key: str) -> Recorded | None:
+        return self.ctl.store.request(key) if self.ctl.store is not None else None
+
+    def _replay(self, recorded: Recorded) -> Response:
+        body = json.loads(recorded.body)
+        if not recorded.answered:  # committed, but the controller stopped before it answered
+            body["bridges"] = self.ctl.wait_confirmed(self.ctl.state.generation, self.settings.confirm_timeout)
+        return json_response(body, recorded.status, {**json.loads(recorded.headers), "Idempotent-Replayed": "true"})
+
+    def get_request(self, req, key):
+        if key in self.in_flight:
+            return json_response({"key": key, "state": "in-progress"})
+        recorded = self._recorded(key)
+        if recorded is None:
+            raise NotFound("key", f"no request with key {key} was committed (in the last 24 hours): it "
+                           "changed nothing, and sending it again is safe")
+        return json_response({
+            "key": key, "state": "committed", "method": recorded.method, "path": recorded.path,
+            "status": recorded.status, "answered": recorded.answered,
+            "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(recorded.created)),
+            "response": json.loads(recorded.body)})
+
 
     # -- system ------------------------------------------------------------
     def health(self, req):
+        """200 when the controller does its job; 503 with the reasons when
+        its store cannot be written, or when none of the configured bridges
+        is connected once `health_grace` seconds have passed since start."""
         st = self.ctl.state
-        return json_response({"status": "ok", "store_error": self.ctl.store_error, "mappings": len(st.cache),
-                              "datapaths_configured": len(st.bridges),
-                              "datapaths_connected": sum(1 for d in self.ctl.datapaths() if d["connected"])})
+        connected = sum(1 for d in self.ctl.datapaths() if d["configured"] and d["connected"])
+        problems = []
+        if self.ctl.store_error:
+            problems.append(self.ctl.store_error)
+        grace = self.settings.health_grace
+        if st.bridges and not connected and time.monotonic() - self.started >= grace:
+            problems.append(f"none of the {len(st.bridges)} configured bridges is connected "
+                            f"({grace:g} s after start)")
+        return json_response({"status": "failing" if problems else "ok", "problems": problems,
+                              "store_error": self.ctl.store_error, "mappings": len(st.cache),
+                              "datapaths_configured": len(st.bridges), "datapaths_connected": connected},
+                             503 if problems else 200)
 
     def metrics(self, req):
         resp = Response(content_type="text/plain", charset="utf-8")
         resp.text = self.ctl.metrics.render()
-        resp.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+        resp.headers["Content-Type"] = METRICS_TYPE
         return resp
 
     def resources(self, req):
@@ -252,7 +397,7 @@ class Api:
 
     def asset(self, req, asset):
         if asset == "index.html" or asset not in self.assets:
-            raise ApiError(404, "asset", f"no such file: {asset}")
+            raise NotFound("asset", f"no such file: {asset}")
         return self._asset(req, asset)
 
     def _asset(self, req: Request, name: str) -> Response:
@@ -275,15 +420,12 @@ class Api:
             iid = self._iid(req.GET["iid"])
             mappings = [m for m in mappings if m.iid == iid]
         if "prefix" in req.GET:
-            try:
-                prefix = parse_prefix(req.GET["prefix"], "prefix")
-            except ModelError as e:
-                raise ApiError(400, "prefix", e.problem) from None
+            prefix = parse_prefix(req.GET["prefix"], "prefix")
             mappings = [m for m in mappings if m.eid.version == prefix.version and m.eid.subnet_of(prefix)]
         if "source" in req.GET:
             source = req.GET["source"]
             if source not in SOURCES:
-                raise ApiError(400, "source", f"must be one of {', '.join(SOURCES)}, got {source!r}")
+                raise ModelError("source", f"must be one of {', '.join(SOURCES)}, got {source!r}")
             mappings = [m for m in mappings if m.source == source]
         mappings.sort(key=lambda m: prefix_key(m.iid, m.eid))
         offset = _int_param(req, "offset", 0, 0)
@@ -310,32 +452,30 @@ class Api:
         key = self._key(iid, eid)
         m = self.ctl.state.cache.get(*key)
         if m is None:
-            raise ApiError(404, "eid", f"no mapping for {key[0]}:{key[1]}")
+            raise NotFound("eid", f"no mapping for {key[0]}:{key[1]}")
         return json_response({"mapping": mapping_json(m, self.ctl.state.clock())})
 
     def create_mapping(self, req):
-        m = _parse_mapping(self._body(req), "mapping")
-        bridges = self._commit(Change(put=[m], create_only=True))
-        return json_response({"mapping": self._current(m), "bridges": bridges}, 201,
-                             {"Location": f"/v1/mappings/{m.iid}/{m.eid}"})
+        m = Mapping.parse(self._body(req), "mapping", source="api")
+        return self._commit(req, Change(put=[m], create_only=True), {"mapping": self._current(m)}, 201,
+                            {"Location": f"/v1/mappings/{m.iid}/{m.eid}"})
 
     def put_mapping(self, req, iid, eid):
         key = self._key(iid, eid)
         raw = self._object(self._body(req), "mapping", {"iid", "eid", "rlocs", "ttl", "action"})
         if "iid" in raw and raw["iid"] != key[0]:
-            raise ApiError(400, "mapping.iid", f"{raw['iid']!r} does not match the URL ({key[0]})")
+            raise ModelError("mapping.iid", f"{raw['iid']!r} does not match the URL ({key[0]})")
         if "eid" in raw and not _same_prefix(raw["eid"], key[1]):
-            raise ApiError(400, "mapping.eid", f"{raw['eid']!r} does not match the URL ({key[1]})")
-        m = _parse_mapping({**raw, "iid": key[0], "eid": str(key[1])}, "mapping")
+            raise ModelError("mapping.eid", f"{raw['eid']!r} does not match the URL ({key[1]})")
+        m = Mapping.parse({**raw, "iid": key[0], "eid": str(key[1])}, "mapping", source="api")
         existed = self.ctl.state.owner(key) is not None
-        bridges = self._commit(Change(put=[m]))
-        return json_response({"mapping": self._current(m), "bridges": bridges}, 200 if existed else 201)
+        return self._commit(req, Change(put=[m]), {"mapping": self._current(m)}, 200 if existed else 201)
 
     def delete_mapping(self, req, iid, eid):
         key = self._key(iid, eid)
         m = self.ctl.state.cache.get(*key)
-        bridges = self._commit(Change(delete=[key]))
-        return json_response({"deleted": mapping_json(m, self.ctl.state.clock()), "bridges": bridges})
+        deleted = mapping_json(m, self.ctl.state.clock()) if m is not None else None
+        return self._commit(req, Change(delete=[key]), {"deleted": deleted})
 
     def bulk_mappings(self, req):
         started = time.monotonic()
@@ -345,42 +485,39 @@ class Api:
         put = self._mappings(body.get("mappings", []), "mappings")
         raw_delete = body.get("delete", [])
         if not isinstance(raw_delete, list):
-            raise ApiError(400, "delete", "must be a list of {iid, eid}")
+            raise ModelError("delete", "must be a list of {iid, eid}")
         delete = []
         for i, item in enumerate(raw_delete):
             item = self._object(item, f"delete[{i}]", {"iid", "eid"})
-            try:
-                delete.append((parse_iid(item.get("iid"), f"delete[{i}].iid"),
-                               parse_prefix(item.get("eid"), f"delete[{i}].eid")))
-            except ModelError as e:
-                raise ApiError(400, e.field, e.problem) from None
+            delete.append((parse_iid(item.get("iid"), f"delete[{i}].iid"),
+                           parse_prefix(item.get("eid"), f"delete[{i}].eid")))
         timings["validate_ms"] = _ms(mark)
         with gc_paused(len(put) + len(delete)):
-            bridges = self._commit(Change(put=put, delete=delete), timings)
-        return json_response({"put": len(put), "deleted": len(delete), "bridges": bridges, "timings": timings})
+            return self._commit(req, Change(put=put, delete=delete),
+                                {"put": len(put), "deleted": len(delete), "timings": timings}, timings=timings)
 
     def replace_mappings(self, req):
         started = time.monotonic()
         body = self._object(self._body(req), "", {"mappings"})
         if "mappings" not in body:
-            raise ApiError(400, "mappings", "is required (the complete set of API mappings)")
+            raise ModelError("mappings", "is required (the complete set of API mappings)")
         timings = {"json_ms": _ms(started)}
         mark = time.monotonic()
         put = self._mappings(body["mappings"], "mappings")
         timings["validate_ms"] = _ms(mark)
         before = len(self.ctl.state.api_mappings())
         with gc_paused(len(put)):
-            bridges = self._commit(Change(put=put, replace_api=True), timings)
-        return json_response({"mappings": len(put), "before": before, "bridges": bridges, "timings": timings})
+            return self._commit(req, Change(put=put, replace_api=True),
+                                {"mappings": len(put), "before": before, "timings": timings}, timings=timings)
 
     def lookup(self, req):
         if "eid" not in req.GET or "iid" not in req.GET:
-            raise ApiError(400, "eid" if "eid" not in req.GET else "iid", "query parameters iid and eid are required")
+            raise ModelError("eid" if "eid" not in req.GET else "iid", "query parameters iid and eid are required")
         iid = self._iid(req.GET["iid"])
         try:
             address = ipaddress.ip_address(req.GET["eid"])
         except ValueError:
-            raise ApiError(400, "eid", f"{req.GET['eid']!r} is not an IPv4 or IPv6 address") from None
+            raise ModelError("eid", f"{req.GET['eid']!r} is not an IPv4 or IPv6 address") from None
         m = self.ctl.state.cache.lookup(iid, address)
         body = {"iid": iid, "eid": str(address),
                 "mapping": None if m is None else mapping_json(m, self.ctl.state.clock())}
@@ -399,7 +536,7 @@ class Api:
         if want is not None:
             bridge = st.find_bridge(want)
             if bridge is None:
-                raise ApiError(404, "bridge", f"no bridge {want!r} in the config")
+                raise NotFound("bridge", f"no bridge {want!r} in the config")
             label = bridge.label
         out = []
         for bridge in st.bridges.values():
@@ -414,23 +551,20 @@ class Api:
         raw = self._object(self._body(req), "endpoint", {"bridge", "port", "mac", "iid", "eids", "gateway"})
         ref = raw.get("bridge")
         if not isinstance(ref, str):
-            raise ApiError(400, "endpoint.bridge", "is required (bridge label, name or datapath ID)")
+            raise ModelError("endpoint.bridge", "is required (bridge label, name or datapath ID)")
         bridge = self.ctl.state.find_bridge(ref)
         if bridge is None:
-            raise ApiError(404, "endpoint.bridge", f"no bridge {ref!r} in the config")
-        try:
-            ep = Endpoint.parse({k: v for k, v in raw.items() if k != "bridge"}, "endpoint", None)
-        except ModelError as e:
-            raise ApiError(400, e.field, e.problem) from None
-        bridges = self._commit(Change(put_endpoints=[(bridge.label, ep)]))
-        return json_response({"endpoint": endpoint_json(bridge.label, ep, "api"), "bridges": bridges}, 201)
+            raise NotFound("endpoint.bridge", f"no bridge {ref!r} in the config")
+        ep = Endpoint.parse({k: v for k, v in raw.items() if k != "bridge"}, "endpoint", None)
+        return self._commit(req, Change(put_endpoints=[(bridge.label, ep)]),
+                            {"endpoint": endpoint_json(bridge.label, ep, "api")}, 201)
 
     def delete_endpoint(self, req, bridge, port):
         b = self.ctl.state.find_bridge(bridge)
         if b is None:
-            raise ApiError(404, "bridge", f"no bridge {bridge!r} in the config")
-        bridges = self._commit(Change(delete_endpoints=[(b.label, port)]))
-        return json_response({"deleted": {"bridge": b.label, "port": port}, "bridges": bridges})
+            raise NotFound("bridge", f"no bridge {bridge!r} in the config")
+        return self._commit(req, Change(delete_endpoints=[(b.label, port)]),
+                            {"deleted": {"bridge": b.label, "port": port}})
 
     # -- datapaths -------------------------------------------------------------
     def list_datapaths(self, req):
@@ -441,7 +575,7 @@ class Api:
             if ref in (d["bridge"], d["name"]) or \
                     (d["datapath_id"] and datapath_id_of(ref) == int(d["datapath_id"], 16)):
                 return d
-        raise ApiError(404, "bridge", f"no datapath {ref!r} (configured or connected)")
+        raise NotFound("bridge", f"no datapath {ref!r} (configured or connected)")
 
     def get_datapath(self, req, bridge):
         return json_response({"datapath": self._datapath(bridge)})
@@ -450,7 +584,7 @@ class Api:
         d = self._datapath(bridge)
         form = req.GET.get("format", "json")
         if form not in ("json", "text"):
-            raise ApiError(400, "format", f"must be json or text, got {form!r}")
+            raise ModelError("format", f"must be json or text, got {form!r}")
         flows = self.ctl.bridge_flows(d["bridge"]) if d["configured"] else []
         lines = [render(f) for f in sorted(flows)]
         if form == "text":
@@ -464,11 +598,8 @@ def _ms(mark: float) -> float:
     return round((time.monotonic() - mark) * 1000, 1)
 
 
-def _parse_mapping(raw: object, field: str) -> Mapping:
-    try:
-        return Mapping.parse(raw, field, source="api")
-    except ModelError as e:
-        raise ApiError(400, e.field, e.problem) from None
+def _has_body(req: Request) -> bool:
+    return bool(req.content_length) or "HTTP_TRANSFER_ENCODING" in req.environ
 
 
 def _same_prefix(text: object, prefix) -> bool:
@@ -481,7 +612,7 @@ def _same_prefix(text: object, prefix) -> bool:
 def _bool_param(req: Request, name: str) -> bool:
     value = req.GET.get(name, "false").lower()
     if value not in ("true", "false", "1", "0"):
-        raise ApiError(400, name, f"must be true or false, got {req.GET[name]!r}")
+        raise ModelError(name, f"must be true or false, got {req.GET[name]!r}")
     return value in ("true", "1")
 
 
@@ -491,7 +622,7 @@ def _int_param(req: Request, name: str, default: int, low: int) -> int:
     try:
         value = int(req.GET[name])
     except ValueError:
-        raise ApiError(400, name, f"must be an integer, got {req.GET[name]!r}") from None
+        raise ModelError(name, f"must be an integer, got {req.GET[name]!r}") from None
     if value < low:
-        raise ApiError(400, name, f"must be at least {low}")
+        raise ModelError(name, f"must be at least {low}")
     return value

@@ -12,6 +12,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 
 from lisp_controller.config import TOKEN_ENV
 
@@ -26,7 +27,9 @@ class ClientError(Exception):
 
 
 def request(url: str, method: str, path: str, body: object = None, query: dict | None = None,
-            timeout: float = 300.0) -> object:
+            timeout: float = 300.0, key: str | None = None, answers: tuple[int, ...] = ()) -> object:
+    """The decoded answer. `key`: the write's Idempotency-Key. `answers`:
+    error statuses whose body is an answer too (a failing health)."""
     full = url.rstrip("/") + path
     if query:
         full += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
@@ -37,12 +40,16 @@ def request(url: str, method: str, path: str, body: object = None, query: dict |
     token = os.environ.get(TOKEN_ENV)
     if token:
         req.add_header("Authorization", f"Bearer {token}")
+    if key:
+        req.add_header("Idempotency-Key", key)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             raw = resp.read()
             ctype = resp.headers.get("Content-Type", "")
     except urllib.error.HTTPError as e:
         raw = e.read()
+        if e.code in answers:
+            return json.loads(raw)
         try:
             err = json.loads(raw)["error"]
             where = f"{err['field']}: " if err.get("field") else ""
@@ -52,6 +59,10 @@ def request(url: str, method: str, path: str, body: object = None, query: dict |
         raise ClientError(message, 1) from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
+        if key:  # it may or may not have been applied: the same key finds out, and applies it once
+            raise ClientError(f"no answer from the controller at {url}: {reason}; whether the change was "
+                              f"applied is unknown: run the same command with --key {key} (it is applied "
+                              "once, whatever happened)", 3) from None
         raise ClientError(f"cannot reach the controller at {url}: {reason} (is `lisp-controller serve` "
                           f"running? set --url or {URL_ENV})", 3) from None
     return json.loads(raw) if "json" in ctype else raw.decode()
@@ -115,9 +126,12 @@ def run(args) -> int:
     url = args.url
     out = None
     if args.area == "health":
-        out = request(url, "GET", "/v1/health")
+        out = request(url, "GET", "/v1/health", answers=(503,))
         text = f"{out['status']}: {out['mappings']} mappings, {out['datapaths_connected']} of " \
-               f"{out['datapaths_configured']} bridges connected"
+               f"{out['datapaths_configured']} bridges connected" + "".join(f"\n  {p}" for p in out["problems"])
+        if out["problems"]:
+            print(json.dumps(out, indent=2) if args.json else text)
+            return 1
     elif args.area == "metrics":
         print(request(url, "GET", "/metrics"), end="")
         return 0
@@ -167,10 +181,11 @@ def _mapping(args, url):
     data = _read_json_file(args.file)
     if isinstance(data, list):
         data = {"mappings": data}
+    key = args.key or str(uuid.uuid4())
     if op == "bulk":
-        out = request(url, "POST", "/v1/mappings/bulk", data)
+        out = request(url, "POST", "/v1/mappings/bulk", data, key=key)
         return f"{out['put']} mappings set, {out['deleted']} deleted; {_bridges(out)}", out
-    out = request(url, "PUT", "/v1/mappings", data)  # replace
+    out = request(url, "PUT", "/v1/mappings", data, key=key)  # replace
     return f"API mappings replaced: {out['before']} before, {out['mappings']} now; {_bridges(out)}", out
 
 
@@ -252,6 +267,8 @@ def add_parsers(sub) -> None:
                           ("replace", "replace every API mapping: JSON {mappings: [...]}")):
         p = m.add_parser(op, parents=[common], help=help_text)
         p.add_argument("file", help="JSON file, or - for standard input")
+        p.add_argument("--key", help="Idempotency-Key (default: a new one): to send a request again whose "
+                                     "answer was lost")
 
     e = area("endpoint", "local endpoints of the bridges").add_subparsers(dest="op", required=True)
     p = e.add_parser("list", parents=[common])

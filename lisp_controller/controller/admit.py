@@ -7,7 +7,8 @@ from this one's. Either way the entry is left out here, with a reason.
 """
 from __future__ import annotations
 
-from lisp_controller.controller.state import Change, Conflict, State, key_text
+from lisp_controller.controller.state import Change, State, key_text
+from lisp_controller.errors import Conflict, NotFound
 from lisp_controller.model import Endpoint, Mapping
 from lisp_controller.store import Delta
 
@@ -32,7 +33,7 @@ def admit(state: State, delta: Delta) -> tuple[Change, list[Mapping], list[tuple
         else:
             try:
                 state.check(Change(put_endpoints=[(label, ep)]))
-            except Conflict as e:
+            except (Conflict, NotFound) as e:  # owned by the config, or its bridge is not configured here
                 dropped_endpoints.append((label, ep, str(e)))
                 continue
         put_endpoints.append((label, ep))

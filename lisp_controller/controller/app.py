@@ -248,8 +248,7 @@ class BridgeSession:
         st.synced_generation = generation
         st.last_rejected = rejected
         st.last_stages = stages
-        self.app.metrics.inc("lisp_reconcile_seconds_total", st.last_reconcile_ms / 1000)
-        self.app.metrics.inc("lisp_reconciles_total")
+        self.app.metrics.observe_sync(st.bridge.label, st.last_reconcile_ms / 1000)
 
     def streamable(self) -> bool:
         """True if this bridge can take the change about to be made as a
@@ -316,8 +315,7 @@ class BridgeSession:
         st.synced_generation = generation
         LOG.info("bridge %s: %d flow-mods streamed while the change was made, committed in %.0f ms, "
                  "confirmed by barrier", self.label, sent, st.last_stages["commit_ms"])
-        self.app.metrics.inc("lisp_reconcile_seconds_total", st.last_reconcile_ms / 1000)
-        self.app.metrics.inc("lisp_reconciles_total")
+        self.app.metrics.observe_sync(st.bridge.label, st.last_reconcile_ms / 1000)
 
     def _flow_namer(self, local: dict[int, Flow]) -> Callable[[int], str]:
         """A cookie's flow in ovs-ofctl syntax, for logs and errors."""
@@ -374,7 +372,7 @@ class LispControllerApp(app_manager.OSKenApp):
         self.sessions: dict[int, BridgeSession] = {}
         self.store_error: str | None = None  # the last write's failure, until a write succeeds
         self.commit_lock = hub.Semaphore(1)
-        self.metrics = _metrics(self)
+        self.metrics = Metrics(self)
         freeze_long_lived()  # the state loaded from config and store
         self.counters = CounterCache(self._read_counters, hub.spawn)
         self.threads.append(hub.spawn(self._expire_loop))
@@ -419,7 +417,7 @@ class LispControllerApp(app_manager.OSKenApp):
                 mark = time.monotonic()
                 try:
                     self.store.write(change.put, change.delete, change.replace_api,
-                                     change.put_endpoints, change.delete_endpoints)
+                                     change.put_endpoints, change.delete_endpoints, change.request)
                 except StoreStale:  # not a failure of the store: commit() catches up
                     raise
                 except StoreError as e:  # nothing applied: memory and bridges stay as stored
@@ -453,6 +451,7 @@ class LispControllerApp(app_manager.OSKenApp):
         mark = time.monotonic()
         results = self.wait_confirmed(target, self.config.api.confirm_timeout if wait is None else wait)
         t["bridges_ms"] = _ms_since(mark)
+        self.metrics.observe_barrier_wait(time.monotonic() - mark)
         return results
 
     def wait_confirmed(self, generation: int, timeout: float) -> list[dict]:
@@ -633,38 +632,6 @@ def _pause() -> None:
     hub.sleep(0)
 
 
-def _metrics(app: LispControllerApp) -> Metrics:
-    m = Metrics()
-    m.gauge("lisp_mappings", "Mappings in the map-cache, by owner",
-            lambda: _count_by_source(app.state))
-    m.gauge("lisp_datapaths_connected", "Configured bridges connected now",
-            lambda: {(): float(len(app._programmed()))})
-    m.gauge("lisp_datapaths_configured", "Bridges in the config",
-            lambda: {(): float(len(app.state.bridges))})
-    m.counter("lisp_flow_mods_sent_total", "Flow-mods sent to bridges (inside bundles)")
-    m.counter("lisp_openflow_errors_total", "OpenFlow errors received from bridges")
-    m.counter("lisp_reconcile_seconds_total", "Time spent making bridges match the state")
-    m.counter("lisp_reconciles_total", "Reconciles run")
-    m.gauge("lisp_process_resident_bytes", "Resident memory of the controller",
-            lambda: {(): float(procinfo.resident_bytes())})
-    m.gauge("lisp_process_open_fds", "Open file descriptors (bridges, API clients, store)",
-            lambda: {(): float(procinfo.open_fds())})
-    m.counter("lisp_store_errors_total", "Changes refused because the store could not be written")
-    m.counter("lisp_flows_repaired_total", "Flows of ours found changed on a switch and replaced")
-    m.counter("lisp_map_cache_misses_total", "Packets that missed the map-cache (send-map-request)")
-    m.counter("lisp_api_requests_total", "API requests, by method and status")
-    m.counter("lisp_api_request_seconds_total", "Time spent answering API requests, by method")
-    return m
-
-
-def _count_by_source(state: State) -> dict:
-    counts: dict = {}
-    for mapping in state.cache:
-        key = (("source", mapping.source),)
-        counts[key] = counts.get(key, 0.0) + 1
-    return counts
-
-
 def _iso(t: float | None) -> str | None:
     return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
@@ -695,6 +662,7 @@ def _datapath_view(bridge: Bridge | None, session: BridgeSession | None) -> dict
         "last_verify": _iso(st.last_verify) if st else None,
         "last_verify_ms": st.last_verify_ms if st else None,
         "flows_repaired": st.flows_repaired if st else 0,
+        "flows_rejected": st.last_rejected if st else 0,
         "errors": list(st.errors) if st else [],
         "degraded": bool(st and st.errors),
     }

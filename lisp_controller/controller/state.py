@@ -29,19 +29,12 @@ from typing import Callable, Iterable
 from lisp_controller.pipeline.compiler import mapping_flow_mod, miss_flow
 from lisp_controller.config import Config
 from lisp_controller.controller.shared import SharedFlows
+from lisp_controller.errors import Conflict, NotFound
 from lisp_controller.pipeline.flows import encoded
-from lisp_controller.model import Bridge, Endpoint, MapCache, Mapping, Prefix, endpoint_mappings, prefix_key
+from lisp_controller.model import Bridge, Endpoint, MapCache, Mapping, ModelError, Prefix, endpoint_mappings, prefix_key
 
 Key = tuple  # (iid, IPv4Network | IPv6Network)
 PAUSE_EVERY = 2000
-
-
-class Conflict(Exception):
-    """A change the current state does not allow (HTTP 409 or 404)."""
-
-    def __init__(self, field: str, message: str, status: int = 409):
-        super().__init__(f"{field}: {message}")
-        self.field, self.message, self.status = field, message, status
 
 
 @dataclass
@@ -57,6 +50,9 @@ class Change:
     # Soft state from the LISP control plane: never stored, always allowed.
     learn: list[Mapping] = field(default_factory=list)
     forget: list[Key] = field(default_factory=list)
+    # The request to record with the change, in the same transaction (a
+    # store.sqlite.Request: an API write sent with an Idempotency-Key).
+    request: object | None = None
 
     @property
     def stored(self) -> bool:
@@ -156,13 +152,14 @@ class State:
 
     # -- changing ----------------------------------------------------------
     def check(self, change: Change) -> None:
-        """Raise Conflict if `change` may not be applied; change nothing."""
+        """Raise Conflict, NotFound or ModelError if `change` may not be
+        applied; change nothing."""
         seen: set[Key] = set()
         many = len(change.put) > 1 or change.replace_api
         for i, m in enumerate(change.put):
             key = m.key
             if key in seen:
-                raise Conflict(f"{_where(i, many)}.eid", f"{key_text(key)} appears twice in this request", 400)
+                raise ModelError(f"{_where(i, many)}.eid", f"{key_text(key)} appears twice in this request")
             seen.add(key)
             owner = self._owned(key)
             if owner in ("config", "endpoint"):
@@ -174,7 +171,7 @@ class State:
         for key in change.delete:
             owner = self.owner(key)
             if owner is None:
-                raise Conflict("eid", f"no mapping for {key_text(key)}", 404)
+                raise NotFound("eid", f"no mapping for {key_text(key)}")
             if owner != "api":
                 raise Conflict("eid", f"{key_text(key)} is owned by the {owner} "
                                "and cannot be changed through the API")
@@ -184,7 +181,7 @@ class State:
             if (label, port) not in self.api_endpoints:
                 if self._config_owns_port(label, port):
                     raise Conflict("port", f"endpoint {port} on bridge {label} is owned by the config")
-                raise Conflict("port", f"no endpoint on port {port} of bridge {label}", 404)
+                raise NotFound("port", f"no endpoint on port {port} of bridge {label}")
 
     def _config_owns_port(self, label: str, port: str) -> bool:
         bridge = self._config_bridges.get(label)
@@ -193,7 +190,7 @@ class State:
     def _check_endpoint(self, label: str, ep: Endpoint, where: str) -> None:
         bridge = self.bridges.get(label)
         if bridge is None:
-            raise Conflict(f"{where}.bridge", f"no bridge {label!r} in the config", 404)
+            raise NotFound(f"{where}.bridge", f"no bridge {label!r} in the config")
         if ep.port == bridge.tunnel_port:
             raise Conflict(f"{where}.port", f"{ep.port!r} is the bridge's tunnel port")
         if any(e.port == ep.port for e in bridge.endpoints):

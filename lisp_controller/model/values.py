@@ -11,6 +11,9 @@ import operator
 import re
 import socket
 from typing import Union
+
+from lisp_controller.errors import LispControllerError
+
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 IID_MAX = 2**24 - 1
@@ -22,12 +25,13 @@ ACTIONS = ("no-action", "native-forward", "send-map-request", "drop")
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
-class ModelError(ValueError):
-    """A value failed validation; `field` says which one."""
+class ModelError(LispControllerError, ValueError):
+    """A value failed validation; `field` says which one (None: the input
+    as a whole, e.g. a body that is not JSON). Also a ValueError, as any
+    bad value is."""
 
-    def __init__(self, field: str, problem: str):
-        super().__init__(f"{field}: {problem}")
-        self.field = field
+    def __init__(self, field: str | None, problem: str):
+        super().__init__(problem, field)
         self.problem = problem
 
 

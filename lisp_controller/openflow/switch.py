@@ -20,6 +20,7 @@ from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as ofp_parser
 
+from lisp_controller.errors import LispControllerError
 from lisp_controller.openflow import encode
 
 from lisp_controller.openflow import verify
@@ -87,7 +88,7 @@ def _multipart_reply(datapath, version, msg_type, msg_len, xid, buf):
 ofp_parser._MSG_PARSERS[ofp.OFPT_MULTIPART_REPLY] = _multipart_reply
 
 
-class SwitchError(Exception):
+class SwitchError(LispControllerError):
     """The switch failed a request, timed out, or went away."""
 
 

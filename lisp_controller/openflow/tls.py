@@ -15,11 +15,13 @@ import logging
 import ssl
 from typing import Callable
 
+from lisp_controller.errors import LispControllerError
+
 LOG = logging.getLogger("lisp_controller.openflow.tls")
 HANDSHAKE_TIMEOUT = 10.0  # seconds a peer may take to finish the TLS handshake
 
 
-class TlsError(Exception):
+class TlsError(LispControllerError):
     """A key, certificate or CA file cannot be used; the message says which."""
 
 
@@ -30,17 +32,18 @@ def server_context(cert: str, key: str, ca: str | None = None) -> ssl.SSLContext
     try:
         ctx.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as e:
-        raise TlsError(f"certificate {cert} with key {key}: {_reason(e)}") from None
+        raise TlsError(f"certificate {cert} with key {key}: {reason(e)}") from None
     if ca is not None:
         try:
             ctx.load_verify_locations(ca)
         except (OSError, ssl.SSLError) as e:
-            raise TlsError(f"CA certificates {ca}: {_reason(e)}") from None
+            raise TlsError(f"CA certificates {ca}: {reason(e)}") from None
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
 
-def _reason(e: Exception) -> str:
+def reason(e: Exception) -> str:
+    """What went wrong in a TLS or socket error, in a few words."""
     return getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e)
 
 
@@ -62,7 +65,7 @@ def _handshake(ctx: ssl.SSLContext, sock, addr: tuple, handle) -> None:
     try:
         tls = ctx.wrap_socket(sock, server_side=True)
     except (OSError, ssl.SSLError) as e:  # a stranger, a wrong CA, a port scan
-        LOG.warning("OpenFlow TLS handshake from %s:%s refused: %s", addr[0], addr[1], _reason(e))
+        LOG.warning("OpenFlow TLS handshake from %s:%s refused: %s", addr[0], addr[1], reason(e))
         sock.close()
         return
     peer = tls.getpeercert() or {}
@@ -70,20 +73,3 @@ def _handshake(ctx: ssl.SSLContext, sock, addr: tuple, handle) -> None:
     LOG.info("OpenFlow TLS connection from %s:%s, certificate %r", addr[0], addr[1],
              subject.get("commonName", "?"))
     handle(tls, addr)
-
-
-def api_protocol():
-    """eventlet's HTTP protocol, except that a client failing the TLS
-    handshake (plain HTTP to the HTTPS port, a CA it does not trust) is one
-    log line instead of a traceback from the hub."""
-    import eventlet.wsgi
-
-    class Protocol(eventlet.wsgi.HttpProtocol):
-        def handle(self):
-            try:
-                super().handle()
-            except ssl.SSLError as e:
-                LOG.info("API TLS connection from %s refused: %s", self.client_address[0], _reason(e))
-                self.close_connection = True
-
-    return Protocol

@@ -3,9 +3,9 @@ interface (`base.py`), SQLite on this host (`sqlite.py`, the default) and an
 etcd cluster shared by several controllers (`etcd.py`, docs/etcd.rst)."""
 from __future__ import annotations
 
-from lisp_controller.store.base import Delta, Listener, Store, StoreError, StoreStale
+from lisp_controller.store.base import Delta, Listener, Request, Store, StoreError, StoreStale
 
-__all__ = ["Delta", "Listener", "Store", "StoreError", "StoreStale", "open_store"]
+__all__ = ["Delta", "Listener", "Request", "Store", "StoreError", "StoreStale", "open_store"]
 
 
 def open_store(config, sqlite_path: str | None = None, etcd_password: str | None = None) -> Store:

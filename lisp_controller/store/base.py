@@ -6,16 +6,24 @@ Both give the same guarantees: a write returns only once it is durable and
 is all or nothing, even for 100,000 mappings; a write that cannot be made
 raises StoreError and changes nothing the controller can see. A shared store
 also tells each controller what the others committed (`follow`).
+
+A write sent to the API with an Idempotency-Key is recorded in the same
+transaction as its change (`Request`), so after a crash the record exists
+exactly when the change does, and a retry is answered from it instead of
+being applied twice (README.rst, "Idempotent writes").
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Iterable, Protocol
+from typing import Callable, ContextManager, Iterable, NamedTuple, Protocol
 
+from lisp_controller.errors import LispControllerError
 from lisp_controller.model import Endpoint, Mapping
 
+REQUEST_KEEP = 86400.0  # seconds an Idempotency-Key is remembered
 
-class StoreError(Exception):
+
+class StoreError(LispControllerError):
     """The store cannot be opened, read or written; the message says why."""
 
 
@@ -41,6 +49,22 @@ class Delta:
 Listener = Callable[[Delta], None]
 
 
+class Request(NamedTuple):
+    """A write sent with an Idempotency-Key, and what it was answered.
+    `body` is JSON text; until the bridges have confirmed (`answered`
+    false) it lacks their part."""
+
+    key: str
+    method: str
+    path: str
+    fingerprint: str  # of the method, path and body: a retry must match it
+    status: int
+    headers: str  # JSON object
+    body: str
+    created: float  # time.time()
+    answered: bool = False
+
+
 class Store(Protocol):
     """The interface `__main__`, the controller and the API use."""
 
@@ -54,10 +78,18 @@ class Store(Protocol):
 
     def write(self, put: Iterable[Mapping] = (), delete: Iterable[tuple] = (), replace_all: bool = False,
               put_endpoints: Iterable[tuple[str, Endpoint]] = (),
-              delete_endpoints: Iterable[tuple[str, str]] = ()) -> None:
-        """One change, all or nothing, durable when this returns. Raises
-        StoreError (StoreStale: see there) having changed nothing. With
-        `follow`, call it holding the lock given there."""
+              delete_endpoints: Iterable[tuple[str, str]] = (), request: Request | None = None) -> None:
+        """One change, all or nothing, durable when this returns, and
+        `request` recorded with it. Raises StoreError (StoreStale: see
+        there) having changed nothing. With `follow`, call it holding the
+        lock given there."""
+
+    def request(self, key: str) -> Request | None:
+        """The request recorded with this key in the last REQUEST_KEEP
+        seconds, or None."""
+
+    def record_answer(self, key: str, body: str) -> None:
+        """The complete answer of a recorded request, once it is known."""
 
     def follow(self, on_change: Listener, lock: ContextManager) -> None:
         """From now on, call `on_change` (holding `lock`) with every change

@@ -11,6 +11,9 @@ Layout under the prefix P (store/segments.py has the values):
   the head names it.
 - ``P staging/<id>``: while a big segment is written chunk by chunk, this
   key, tied to a lease the writer keeps alive, says the chunks are wanted.
+- ``P requests/<key>``: a write the API was sent with an Idempotency-Key
+  (store/base.py, `Request`, as JSON), put by the transaction that commits
+  its change, on a lease that ends it after REQUEST_KEEP.
 
 A change that fits one request is written with the head in one
 transaction. A bigger one (100,000 mappings are about 9 MB; etcd takes
@@ -54,7 +57,7 @@ with warnings.catch_warnings():  # etcd3gw imports eventlet (through futurist), 
 
 from lisp_controller.config import EtcdSettings
 from lisp_controller.model import Endpoint, Mapping
-from lisp_controller.store.base import Listener, StoreError, StoreStale
+from lisp_controller.store.base import REQUEST_KEEP, Listener, Request, StoreError, StoreStale
 from lisp_controller.store.segments import Manifest, RowDelta, Segment, compose, decode, encode, plan_merge
 
 LOG = logging.getLogger(__name__)
@@ -350,18 +353,19 @@ class EtcdStore:
     # -- writing -------------------------------------------------------------------
     def write(self, put: Iterable[Mapping] = (), delete: Iterable[tuple] = (), replace_all: bool = False,
               put_endpoints: Iterable[tuple[str, Endpoint]] = (),
-              delete_endpoints: Iterable[tuple[str, str]] = ()) -> None:
+              delete_endpoints: Iterable[tuple[str, str]] = (), request: Request | None = None) -> None:
         delta = RowDelta.of_change(put, delete, replace_all, put_endpoints, delete_endpoints)
         if delta.empty():
             return
         chunks = encode(delta, self.chunk_bytes)
         segment = Segment(secrets.token_hex(8), len(chunks), sum(map(len, chunks)))
         try:
+            extra = [] if request is None else [self._request_put(request)]
             if len(chunks) == 1:
-                self._commit_change(segment, chunks[0], None)
+                self._commit_change(segment, chunks[0], None, extra)
             else:
                 with self._staged(segment, chunks) as marker:
-                    self._commit_change(segment, None, marker)
+                    self._commit_change(segment, None, marker, extra)
         except _Failure as e:
             raise StoreError(f"store {self.name}: cannot write: {e}") from None
         self._endpoint_keys -= delta.endpoint_deletes
@@ -408,8 +412,10 @@ class EtcdStore:
     def _head_compare(self, head_mod: int) -> dict:
         return {"key": _b64(self._head_key), "target": "MOD", "result": "EQUAL", "mod_revision": head_mod}
 
-    def _commit_change(self, segment: Segment, inline: bytes | None, marker: str | None) -> None:
-        """The one small transaction that makes a change visible."""
+    def _commit_change(self, segment: Segment, inline: bytes | None, marker: str | None,
+                       extra: list | None = None) -> None:
+        """The one small transaction that makes a change visible (with
+        `extra` operations: a request's record)."""
         fenced = False
         for _ in range(10):
             base, base_mod = self._manifest, self._head_mod
@@ -417,6 +423,7 @@ class EtcdStore:
             compare = [self._head_compare(base_mod)]
             success = [{"request_put": {"key": _b64(self._head_key), "value": _b64(new.encode())}}]
             failure = [{"request_range": {"key": _b64(self._head_key)}}]
+            success += extra or []
             if inline is not None:
                 success.append({"request_put": {"key": _b64(f"{self._p}seg/{segment.id}/000000"),
                                                 "value": _b64(inline)}})
@@ -471,6 +478,37 @@ class EtcdStore:
             return {"succeeded": True, "header": {"revision": head["mod_revision"]}}
         self._known = max(self._known, int(head["mod_revision"]) if head else 0)
         raise StoreStale(f"store {self.name}: {error}; other changes were committed meanwhile")
+
+    # -- requests with an Idempotency-Key ---------------------------------------------
+    def _request_put(self, request: Request) -> dict:
+        """The operation that records `request`, for the commit's transaction."""
+        lease = self._cluster.call("lease/grant", {"TTL": int(REQUEST_KEEP), "ID": 0}, idempotent=True)["ID"]
+        return {"request_put": {"key": _b64(f"{self._p}requests/{request.key}"),
+                                "value": _b64(json.dumps(request._asdict())), "lease": lease}}
+
+    def request(self, key: str) -> Request | None:
+        try:
+            answer = self._cluster.call("kv/range", {"key": _b64(f"{self._p}requests/{key}")}, idempotent=True)
+        except _Failure as e:
+            raise StoreError(f"store {self.name}: cannot read: {e}") from None
+        kvs = answer.get("kvs") or []
+        if not kvs:
+            return None
+        try:
+            return Request(**json.loads(_unb64(kvs[0].get("value", ""))))
+        except (ValueError, TypeError) as e:
+            raise StoreError(f"store {self.name}: request {key} is not readable: {e}") from None
+
+    def record_answer(self, key: str, body: str) -> None:
+        recorded = self.request(key)
+        if recorded is None:
+            return
+        value = json.dumps(recorded._replace(body=body, answered=True)._asdict())
+        try:
+            self._cluster.call("kv/put", {"key": _b64(f"{self._p}requests/{key}"), "value": _b64(value),
+                                          "ignore_lease": True}, idempotent=True)
+        except _Failure as e:
+            raise StoreError(f"store {self.name}: cannot write: {e}") from None
 
     # -- merging -------------------------------------------------------------------
     def _maybe_merge(self) -> None:

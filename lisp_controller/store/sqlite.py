@@ -3,17 +3,21 @@
 One transaction per request: a crash at any point leaves either all of a
 request or none of it. WAL with synchronous=FULL, so a committed request
 also survives a power cut. Config-owned entries are never stored.
+
+A request sent with an Idempotency-Key is recorded in the same
+transaction as its change (store/base.py, `Request`).
 """
 from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from pathlib import Path
 from urllib.parse import quote
 from typing import ContextManager, Iterable
 
 from lisp_controller.model import Endpoint, Mapping
-from lisp_controller.store.base import Listener, StoreError
+from lisp_controller.store.base import REQUEST_KEEP, Listener, Request, StoreError
 from lisp_controller.store.rows import endpoint_from_row, endpoint_row, mapping_rows, mappings_from_rows
 
 __all__ = ["Store", "StoreError"]
@@ -27,6 +31,10 @@ CREATE TABLE IF NOT EXISTS mappings (
 CREATE TABLE IF NOT EXISTS endpoints (
     bridge TEXT NOT NULL, port TEXT NOT NULL, mac TEXT NOT NULL, iid INTEGER NOT NULL,
     eids TEXT NOT NULL, gateway TEXT, PRIMARY KEY (bridge, port)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS requests (
+    key TEXT PRIMARY KEY, method TEXT NOT NULL, path TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    status INTEGER NOT NULL, headers TEXT NOT NULL, body TEXT NOT NULL, created REAL NOT NULL,
+    answered INTEGER NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -154,8 +162,9 @@ class Store:
 
     def write(self, put: Iterable[Mapping] = (), delete: Iterable[tuple] = (), replace_all: bool = False,
               put_endpoints: Iterable[tuple[str, Endpoint]] = (),
-              delete_endpoints: Iterable[tuple[str, str]] = ()) -> None:
-        """One transaction: everything or nothing."""
+              delete_endpoints: Iterable[tuple[str, str]] = (), request: Request | None = None) -> None:
+        """One transaction: everything or nothing, the request's record
+        included."""
         if not self._writable():
             raise StoreError(self.read_only)
         try:
@@ -170,6 +179,10 @@ class Store:
                 cur.executemany("DELETE FROM endpoints WHERE bridge=? AND port=?", delete_endpoints)
                 cur.executemany("INSERT OR REPLACE INTO endpoints VALUES (?,?,?,?,?,?)",
                                 (endpoint_row(b, e) for b, e in put_endpoints))
+                if request is not None:
+                    cur.execute("DELETE FROM requests WHERE created < ?", (request.created - REQUEST_KEEP,))
+                    cur.execute("INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?)",
+                                (*request[:-1], int(request.answered)))
                 cur.execute("COMMIT")
             except BaseException:
                 if self.db.in_transaction:
@@ -178,3 +191,23 @@ class Store:
         except sqlite3.Error as exc:
             raise _wrap(self.path, "write", exc) from None
 
+    def record_answer(self, key: str, body: str) -> None:
+        """The complete answer of a recorded request, once it is known."""
+        try:
+            self.db.execute("UPDATE requests SET body=?, answered=1 WHERE key=?", (body, key))
+        except sqlite3.Error as exc:
+            raise _wrap(self.path, "write", exc) from None
+
+    def request(self, key: str) -> Request | None:
+        """The recorded request with this key, if one was committed in the
+        last REQUEST_KEEP seconds."""
+        try:
+            row = self.db.execute("SELECT * FROM requests WHERE key=? AND created >= ?",
+                                  (key, time.time() - REQUEST_KEEP)).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):  # a store from before requests were recorded, read-only
+                return None
+            raise _wrap(self.path, "read", exc) from None
+        except sqlite3.Error as exc:
+            raise _wrap(self.path, "read", exc) from None
+        return None if row is None else Request(*row[:-1], answered=bool(row[-1]))
