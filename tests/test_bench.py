@@ -28,3 +28,12 @@ def test_benchmark_runs_on_a_small_n(tmp_path):
         assert key in bulk["stages_ms"], bulk["stages_ms"]
     assert [f["bridges"] for f in data["fanout"]] == [1, 2]
     assert data["machine"]["cpus"] >= 1 and "Open vSwitch" in data["machine"]["ovs"]
+
+
+def test_idle_clients_benchmark_runs_on_a_small_n():
+    """bench/idle_clients.py compares eventlet's server with ours in one
+    run; here with few connections, so it is quick. No timing asserted."""
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "idle_clients.py"), "--idle", "30", "--workers", "10",
+                        "--timeout", "0.5"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "eventlet.wsgi.server   one request:" in r.stdout and "x faster" in r.stdout, r.stdout

@@ -151,19 +151,22 @@ class Server:
         self.ready: queue.LightQueue = queue.LightQueue()
         self.hub = hubs.get_hub()
         self.shed = 0  # idle connections closed to make room, for the log
+        self.threads: list = []
 
     def serve_forever(self) -> None:
-        eventlet.spawn(self._dispatch)
-        eventlet.spawn(self._sweep)
+        self.threads += [eventlet.spawn(self._dispatch), eventlet.spawn(self._sweep)]
         while True:
             try:
                 sock, addr = self.sock.accept()
             except OSError as e:
-                if e.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    raise
-                LOG.warning("API: cannot accept a connection (%s); closing the longest idle one", e.strerror)
-                self._shed_oldest()
-                eventlet.sleep(0.1)
+                if e.errno in (errno.EBADF, errno.EINVAL):  # the listening socket was closed: stop
+                    return
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    LOG.warning("API: cannot accept a connection (%s); closing the longest idle one",
+                                e.strerror)
+                    self._shed_oldest()
+                    eventlet.sleep(0.1)
+                # else a client that left before it was accepted (ECONNABORTED...): the next one
                 continue
             sock.settimeout(self.client_timeout)
             self._wait(_Client(sock, addr))
@@ -236,6 +239,16 @@ class Server:
             self._wait(client)
         else:
             self._close(client)
+
+    def close(self) -> None:
+        """Stop: no more accepts, idle connections closed (requests being
+        answered finish on their own)."""
+        for thread in self.threads:
+            thread.kill()
+        for client in list(self.idle):
+            self._close(client)
+        self.idle.clear()
+        self.sock.close()
 
     def _close(self, client: _Client) -> None:
         self._unlisten(client)
