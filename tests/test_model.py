@@ -1,4 +1,5 @@
 import ipaddress
+import re
 
 import pytest
 
@@ -121,12 +122,17 @@ TRICKY = ["10.1.0.0/16", "10.1.1.1", "0.0.0.0/0", "10.1.1.1/24", "010.1.1.1/32",
 @pytest.mark.parametrize("text", TRICKY + [f"{a}.{b}.{c}.{d}/{p}" for a, b, c, d, p in
                                            [(10, 0, 0, 0, 8), (192, 168, 0, 0, 15), (172, 16, 7, 128, 25)]])
 def test_fast_prefix_parsing_agrees_with_ipaddress(text):
-    """The IPv4 fast path must accept and refuse exactly what ipaddress does."""
+    """The IPv4 fast path must accept and refuse exactly what ipaddress does,
+    except for two things ipaddress takes and we refuse: a scope ID and a
+    zero-padded prefix length."""
     try:
         expected = ipaddress.ip_network(text, strict=True)
     except ValueError:
         expected = None
-    if expected is not None and expected.version == 6 and expected.network_address.scope_id:
+    if expected is not None and re.search(r"/0\d", text):
+        with pytest.raises(ModelError, match="is not a valid prefix .the prefix length has a leading zero"):
+            parse_prefix(text)
+    elif expected is not None and expected.version == 6 and expected.network_address.scope_id:
         # ipaddress keeps a scope ID (fe80::1%eth0); flows cannot match on one.
         with pytest.raises(ModelError, match="is not a valid prefix .an EID prefix has no scope ID"):
             parse_prefix(text)
@@ -288,3 +294,117 @@ def test_parse_builds_every_field_of_a_mapping():
         with pytest.raises(ModelError) as err:
             Mapping.parse(bad)
         assert err.value.field == field
+
+
+# -- values a router would refuse (README.rst, "What is refused and why") ------------------
+
+NOT_AN_RLOC = {
+    "0.0.0.0": "the unspecified address", "0.1.2.3": "0.0.0.0/8", "127.0.0.1": "loopback",
+    "127.255.0.9": "loopback", "224.0.0.1": "multicast", "239.255.255.255": "multicast",
+    "255.255.255.255": "the broadcast address", "::": "the unspecified address", "::1": "the loopback address",
+    "ff02::1": "multicast", "ff0e::1": "multicast", "fe80::1": "link-local", "febf::1": "link-local",
+    "fe80::1%eth0": "scoped", "2001:db8::1%2": "scoped", "::ffff:192.0.2.1": "write 192.0.2.1",
+    "::ffff:c000:201": "write 192.0.2.1",
+}
+RLOCS_OK = ["192.0.2.1", "1.0.0.0", "126.255.255.255", "128.0.0.1", "223.255.255.255", "240.0.0.1",
+            "255.255.255.254", "2001:db8::1", "fd00::1", "fec0::1", "::2", "64:ff9b::c000:201"]
+
+
+@pytest.mark.parametrize("text", sorted(NOT_AN_RLOC))
+def test_an_rloc_must_be_a_unicast_destination(text):
+    """In every form an RLOC is written: a string, a table, the fast path's
+    dotted quad and ipaddress's spellings; the field and the reason named."""
+    for rloc, field in ((text, "mapping.rlocs[0]"), ({"address": text, "priority": 1}, "mapping.rlocs[0].address")):
+        for rlocs in ([rloc], [rloc, "192.0.2.99"]):
+            with pytest.raises(ModelError) as err:
+                Mapping.parse({"iid": 1, "eid": "10.0.0.0/8", "rlocs": rlocs})
+            assert err.value.field == field
+            assert NOT_AN_RLOC[text] in err.value.problem and "an RLOC must be a unicast address" in err.value.problem
+
+
+def test_unicast_rlocs_are_taken_as_written():
+    for text in RLOCS_OK:
+        assert str(Mapping.parse({"iid": 1, "eid": "10.0.0.0/8", "rlocs": [text]}).rlocs[0].address) == text
+        assert Rloc.parse({"address": text}).address == ipaddress.ip_address(text)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("0.0.0.0", "the unspecified address"), ("255.255.255.255", "the broadcast address"),
+    ("224.0.0.5", "multicast"), ("127.0.0.1", "loopback"), ("::", "unspecified"), ("::1", "loopback"),
+    ("ff02::1", "multicast"), ("fe80::1%eth0", "scoped")])
+def test_an_endpoint_eid_must_be_a_host_address(text, words):
+    with pytest.raises(ModelError) as err:
+        Endpoint.parse({"port": "p", "mac": "52:54:00:00:00:01", "eids": ["10.0.0.1", text]}, "endpoint", 1)
+    assert err.value.field == "endpoint.eids[1]" and words in err.value.problem and "not a host's address" in str(err.value)
+
+
+def test_host_eids_that_are_fine():
+    ep = Endpoint.parse({"port": "p", "mac": "52:54:00:00:00:01",
+                         "eids": ["10.0.0.1", "fe80::1", "2001:db8::1", "192.168.1.255"]}, "endpoint", 1)
+    assert len(ep.eids) == 4
+
+
+@pytest.mark.parametrize("mac, words", [
+    ("ff:ff:ff:ff:ff:ff", "the broadcast address"), ("FF:FF:FF:FF:FF:FF", "the broadcast address"),
+    ("01:00:5e:00:00:01", "a multicast address"), ("33:33:00:00:00:01", "a multicast address"),
+    ("03:00:00:00:00:00", "a multicast address"), ("00:00:00:00:00:00", "all zeros"),
+    ("52:54:00:b8:27:75\n", "must be a MAC address")])
+def test_an_endpoint_mac_must_be_a_station_address(mac, words):
+    with pytest.raises(ModelError) as err:
+        Endpoint.parse({"port": "p", "mac": mac, "eids": ["10.0.0.1"]}, "endpoint", 1)
+    assert err.value.field == "endpoint.mac" and words in err.value.problem
+
+
+@pytest.mark.parametrize("port, words", [
+    ("a/b", "contains '/'"), ("../x", "contains '/'"), ("/", "contains '/'"), (".", "is not an interface name"),
+    ("..", "is not an interface name"), ("x" * 16, "is 16 bytes; an interface name has at most 15"),
+    ("x" * 300, "'xxxxxxxxxxxxxxxxxxxx'... (300 characters) is 300 bytes"), ("a b", "whitespace"),
+    ("tab\t", "whitespace"), ("vnet0\n", "whitespace"), ("v\u00e9th0", "not printable ASCII"),
+    ("\u00e9" * 8, "is 16 bytes"), ("nul\0", "not printable ASCII"), ("", "must be an interface name"),
+    (5, "must be an interface name")])
+def test_a_port_name_follows_the_rules_for_interface_names(port, words):
+    with pytest.raises(ModelError) as err:
+        Endpoint.parse({"port": port, "mac": "52:54:00:00:00:01", "eids": ["10.0.0.1"]}, "endpoint", 1)
+    assert err.value.field == "endpoint.port" and words in err.value.problem, err.value
+
+
+@pytest.mark.parametrize("port", ["vnet0", "x" * 15, "a.b", "...", ".x", "p%?#;&=+~!", "tap-0_a:b@c"])
+def test_port_names_ovs_takes(port):
+    assert Endpoint.parse({"port": port, "mac": "52:54:00:00:00:01", "eids": ["10.0.0.1"]}, "e", 1).port == port
+
+
+@pytest.mark.parametrize("text", ["10.0.0.0/08", "10.1.0.0/016", "2001:db8::/032", "0.0.0.0/00", "10.1.1.1/032"])
+def test_a_prefix_length_with_a_leading_zero_is_refused(text):
+    with pytest.raises(ModelError, match="the prefix length has a leading zero"):
+        Mapping.parse({"iid": 1, "eid": text})
+
+
+def test_decimal_text_takes_ascii_digits_only():
+    from lisp_controller.model import parse_decimal
+    assert parse_decimal("1000", "iid", 0, IID_MAX) == 1000 and parse_decimal("007", "iid", 0, 9) == 7
+    for text in ["\u0661\u0662", "1 000", " 5", "5 ", "1_000", "+5", "-1", "", "0x10", "5.0", "\u00b2", "9" * 5000]:
+        with pytest.raises(ModelError) as err:
+            parse_decimal(text, "iid", 0, IID_MAX)
+        assert err.value.field == "iid"
+    with pytest.raises(ModelError, match="between 0 and 16777215"):
+        parse_decimal("16777216", "iid", 0, IID_MAX)
+
+
+def test_a_json_key_given_twice_is_refused_not_overwritten():
+    import json
+    from lisp_controller.model import unique_keys
+    assert json.loads('{"a": {"b": 1}, "c": [{"d": 2}]}', object_pairs_hook=unique_keys) == {"a": {"b": 1}, "c": [{"d": 2}]}
+    for text, key in [('{"eid": "10.0.0.0/8", "eid": "10.9.0.0/16"}', "eid"),
+                      ('{"mappings": [{"iid": 1, "rlocs": [{"address": "192.0.2.1", "address": "x"}]}]}', "address")]:
+        with pytest.raises(ModelError) as err:
+            json.loads(text, object_pairs_hook=unique_keys)
+        assert err.value.field == key and "given twice" in err.value.problem
+
+
+def test_an_endpoint_made_from_stored_values_can_be_checked():
+    """A store written by an earlier version may hold what parse now refuses."""
+    good = Endpoint.parse({"port": "p", "mac": "52:54:00:00:00:01", "eids": ["10.0.0.1"], "gateway": "10.0.0.254"}, "e", 1)
+    good.check()
+    legacy = Endpoint("a/b", "52:54:00:00:00:01", 1, (ipaddress.ip_address("10.0.0.1"),))
+    with pytest.raises(ModelError, match="endpoint.port: 'a/b' contains '/'"):
+        legacy.check()

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, NamedTuple
 
 from lisp_controller.model.values import (ACTIONS, IID_MAX, PRIORITY_UNUSED, IPAddress, ModelError, Prefix,
-                                          _new_tuple, as_prefix, parse_action, parse_address, parse_gateway,
-                                          parse_iid, parse_int, parse_mac, parse_prefix)
-
+                                          _new_tuple, as_prefix, parse_action, parse_gateway, parse_host_address,
+                                          parse_iid, parse_int, parse_interface_name, parse_mac, parse_prefix,
+                                          parse_rloc_address)
 
 
 class Rloc(NamedTuple):
@@ -30,7 +30,7 @@ class Rloc(NamedTuple):
         if isinstance(value, str):
             known = _RLOC_TEXT.get(value)  # a site's mappings share few RLOCs
             if known is None:
-                known = cls(parse_address(value, field))
+                known = cls(parse_rloc_address(value, field))
                 if len(_RLOC_TEXT) > 65536:
                     _RLOC_TEXT.clear()
                 _RLOC_TEXT[value] = known
@@ -43,7 +43,7 @@ class Rloc(NamedTuple):
         if "address" not in value:
             raise ModelError(f"{field}.address", "is required")
         return cls(
-            parse_address(value["address"], f"{field}.address"),
+            parse_rloc_address(value["address"], f"{field}.address"),
             parse_int(value.get("priority", 1), f"{field}.priority", 0, 255),
             parse_int(value.get("weight", 100), f"{field}.weight", 0, 100),
         )
@@ -152,9 +152,7 @@ class Endpoint:
         for required in ("port", "mac", "eids"):
             if required not in value:
                 raise ModelError(f"{field}.{required}", "is required")
-        port = value["port"]
-        if not isinstance(port, str) or not port:
-            raise ModelError(f"{field}.port", f"must be a port name, got {port!r}")
+        port = parse_interface_name(value["port"], f"{field}.port")
         if "iid" in value:
             iid = parse_iid(value["iid"], f"{field}.iid")
         elif default_iid is not None:
@@ -164,13 +162,21 @@ class Endpoint:
         eids_raw = value["eids"]
         if not isinstance(eids_raw, list) or not eids_raw:
             raise ModelError(f"{field}.eids", "must be a non-empty list of addresses")
-        eids = tuple(parse_address(a, f"{field}.eids[{i}]") for i, a in enumerate(eids_raw))
+        eids = tuple(parse_host_address(a, f"{field}.eids[{i}]") for i, a in enumerate(eids_raw))
         gateway = default_gateway
         if "gateway" in value:
             gateway = parse_gateway(value["gateway"], f"{field}.gateway")
         if gateway is not None and gateway in eids:
             raise ModelError(f"{field}.gateway", f"{gateway} is also one of the endpoint's EIDs")
         return cls(port, parse_mac(value["mac"], f"{field}.mac"), iid, eids, gateway)
+
+    def check(self, field: str = "endpoint") -> None:
+        """ModelError if this endpoint breaks a rule `parse` has: for values
+        made elsewhere, such as a store written by an earlier version that
+        accepted more."""
+        Endpoint.parse({"port": self.port, "mac": self.mac, "iid": self.iid,
+                        "eids": [str(a) for a in self.eids],
+                        **({} if self.gateway is None else {"gateway": str(self.gateway)})}, field, None)
 
 
 def prefix_key(iid: int, eid: Prefix) -> tuple[int, int, int, int]:
@@ -279,8 +285,15 @@ class Bridge:
 
     def answers_to(self, ref: str) -> bool:
         """What users call a bridge: its label, its name or its datapath ID."""
-        return ref in (self.label, self.name) or (
-            self.datapath_id is not None and datapath_id_of(ref) == self.datapath_id)
+        return refers_to(ref, self.label, self.name, self.datapath_id)
+
+
+def refers_to(ref: str, label: str, name: str | None, datapath_id: int | None) -> bool:
+    """Whether `ref`, as a user wrote it, names the bridge with this label,
+    name and datapath ID. Names are not unique (the hypervisors of the blog
+    all call theirs br2): whoever looks a bridge up must check that only one
+    answers, and otherwise ask for the datapath ID."""
+    return ref in (label, name) or (datapath_id is not None and datapath_id_of(ref) == datapath_id)
 
 
 def datapath_id_of(text: str) -> int | None:

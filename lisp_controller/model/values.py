@@ -1,8 +1,11 @@
 """Validated scalar values of the LISP model: addresses, EID prefixes,
-IIDs, MACs and actions.
+IIDs, MACs, interface names and actions.
 
 Everything here is pure. Parsers raise `ModelError` naming the field, so the
 config loader and the REST API report the same problems in the same words.
+Values a router would refuse (an RLOC that is not a unicast destination, a
+multicast MAC for a VM, ...) are refused here, at the edge, with the reason:
+README.rst's configuration reference lists them.
 """
 from __future__ import annotations
 
@@ -22,7 +25,9 @@ PRIORITY_UNUSED = 255  # RFC 9300: an RLOC with priority 255 is never used
 # Actions for negative map-cache entries and for a map-cache miss (RFC 9301).
 ACTIONS = ("no-action", "native-forward", "send-map-request", "drop")
 
-_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")  # fullmatch: $ would let a newline in
+IFNAMSIZ = 16  # Linux's interface name buffer, NUL included; OVS keeps to it
+_IFNAME_RE = re.compile(r"[!-~]+")  # printable ASCII, no space (fullmatch)
 
 
 class ModelError(LispControllerError, ValueError):
@@ -41,6 +46,17 @@ def parse_iid(value: object, field: str = "iid") -> int:
     if not 0 <= value <= IID_MAX:
         raise ModelError(field, f"must be between 0 and {IID_MAX}, got {value}")
     return value
+
+
+def parse_decimal(text: str, field: str, low: int, high: int) -> int:
+    """An integer written in a URL or a query string: ASCII digits only.
+    int() alone would also take ' 5', '1_000' and other scripts' digits
+    ('\u0665'), so one value would have many spellings."""
+    if not (text.isascii() and text.isdigit()):
+        raise ModelError(field, f"must be an integer in ASCII digits, got {text!r}")
+    if len(text) > 30:  # int() refuses thousands of digits; say why here
+        raise ModelError(field, f"must be between {low} and {high}, got {text[:20]}...")
+    return parse_int(int(text), field, low, high)
 
 
 def _fast_ipv4(text: str) -> int | None:
@@ -79,6 +95,67 @@ def parse_address(value: object, field: str) -> IPAddress:
         return ipaddress.ip_address(value)
     except ValueError:
         raise ModelError(field, f"{value!r} is not an IPv4 or IPv6 address") from None
+
+
+# What a router refuses as a destination, as integer tests on the parsed
+# address (a bulk request checks 100,000 RLOCs). RFC 6890 has the registry.
+def _v4_problem(n: int, rloc: bool) -> str | None:
+    if n == 0:
+        return "the unspecified address"
+    if n >> 24 == 0 and rloc:
+        return "in 0.0.0.0/8 ('this network', RFC 1122: a source, never a destination)"
+    if n >> 24 == 127:
+        return "a loopback address"
+    if n >> 28 == 14:
+        return "a multicast address"
+    if n == 0xFFFFFFFF:
+        return "the broadcast address"
+    return None
+
+
+def _v6_problem(address: ipaddress.IPv6Address, rloc: bool) -> str | None:
+    n = int(address)
+    if address.scope_id:
+        return "scoped (%zone): a flow cannot carry the zone, so it would be dropped"
+    if n == 0:
+        return "the unspecified address"
+    if n == 1:
+        return "the loopback address"
+    if n >> 120 == 0xFF:
+        return "a multicast address"
+    if rloc and n >> 118 == 0x3FA:
+        return "link-local (fe80::/10): it means nothing without its interface, which a tunnel cannot name"
+    if rloc and n >> 32 == 0xFFFF:
+        return f"IPv4-mapped: write {ipaddress.IPv4Address(n & 0xFFFFFFFF)}, or OVS would send it as tun_ipv6_dst"
+    return None
+
+
+def parse_rloc_address(value: object, field: str = "rloc") -> IPAddress:
+    """An RLOC: an address tunnelled packets are sent to, so unicast and
+    routable (not unspecified, loopback, multicast, broadcast, 0.0.0.0/8,
+    IPv6 link-local or IPv4-mapped, and without a scope)."""
+    if isinstance(value, str):
+        number = _fast_ipv4(value)
+        if number is not None:
+            problem = _v4_problem(number, True)
+            if problem is None:
+                return ipaddress.IPv4Address(number)
+            raise ModelError(field, f"{value!r} is {problem}; an RLOC must be a unicast address")
+    address = parse_address(value, field)
+    problem = _v4_problem(int(address), True) if address.version == 4 else _v6_problem(address, True)
+    if problem is not None:
+        raise ModelError(field, f"{value!r} is {problem}; an RLOC must be a unicast address")
+    return address
+
+
+def parse_host_address(value: object, field: str) -> IPAddress:
+    """A host's own address (an endpoint's EID, a gateway): not
+    unspecified, loopback, multicast, broadcast, and without a scope."""
+    address = parse_address(value, field)
+    problem = _v4_problem(int(address), False) if address.version == 4 else _v6_problem(address, False)
+    if problem is not None:
+        raise ModelError(field, f"{value!r} is {problem}, not a host's address")
+    return address
 
 
 # Host bits of each (version, prefix length), and each version's width.
@@ -198,6 +275,10 @@ def parse_prefix(value: object, field: str = "eid") -> Prefix:
         network = ipaddress.ip_network(value, strict=True)
     except ValueError as exc:
         raise ModelError(field, f"{value!r} is not a valid prefix ({exc})") from None
+    written = value[len(address) + 1:]  # the length as written, if there is a slash
+    if slash and len(written) > 1 and written[0] == "0" and written.isdigit():
+        # ipaddress reads /08 as /8: one prefix, many spellings, and a typo hides
+        raise ModelError(field, f"{value!r} is not a valid prefix (the prefix length has a leading zero)")
     if getattr(network.network_address, "scope_id", None):  # fe80::1%eth0: no scope on the wire
         raise ModelError(field, f"{value!r} is not a valid prefix (an EID prefix has no scope ID)")
     return as_prefix(network)
@@ -215,9 +296,40 @@ def as_prefix(value: object) -> Prefix:
 
 
 def parse_mac(value: object, field: str = "mac") -> str:
-    if not isinstance(value, str) or not _MAC_RE.match(value.lower()):
+    """A station's MAC (a VM's, a bridge's router MAC): unicast and not all
+    zeros, since a frame from a group or zero address is dropped by every
+    switch and host."""
+    if not isinstance(value, str) or not _MAC_RE.fullmatch(value.lower()):
         raise ModelError(field, f"must be a MAC address like '52:54:00:b8:27:75', got {value!r}")
-    return value.lower()
+    mac = value.lower()
+    if int(mac[:2], 16) & 1:  # the group bit of the first octet
+        kind = "the broadcast address" if mac == "ff:ff:ff:ff:ff:ff" else "a multicast address"
+        raise ModelError(field, f"{value!r} is {kind}; a station's MAC must be unicast")
+    if mac == "00:00:00:00:00:00":
+        raise ModelError(field, f"{value!r} is all zeros, not a station's MAC")
+    return mac
+
+
+def parse_interface_name(value: object, field: str) -> str:
+    """A port or bridge name as OVS and Linux accept an interface name: 1
+    to 15 bytes (IFNAMSIZ - 1) of printable ASCII without whitespace or
+    '/', and not '.' or '..'. Such a name is also one path segment of the
+    API's URLs, so every endpoint the API creates can be addressed and
+    deleted by it."""
+    if not isinstance(value, str) or not value:
+        raise ModelError(field, f"must be an interface name, got {value!r}")
+    shown = repr(value) if len(value) <= 40 else f"{value[:20]!r}... ({len(value)} characters)"
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size >= IFNAMSIZ:
+        raise ModelError(field, f"{shown} is {size} bytes; an interface name has at most {IFNAMSIZ - 1}")
+    if "/" in value:
+        raise ModelError(field, f"{shown} contains '/', which an interface name cannot")
+    if not _IFNAME_RE.fullmatch(value):
+        what = "whitespace" if any(c.isspace() for c in value) else "a character that is not printable ASCII"
+        raise ModelError(field, f"{shown} contains {what}, which an interface name cannot")
+    if value in (".", ".."):
+        raise ModelError(field, f"{shown} is not an interface name")
+    return value
 
 
 def parse_int(value: object, field: str, low: int, high: int) -> int:
@@ -231,11 +343,25 @@ def parse_int(value: object, field: str, low: int, high: int) -> int:
 def parse_gateway(value: object, field: str = "gateway") -> ipaddress.IPv4Address:
     """A VM's default router address. IPv4 only: the bridge answers ARP for
     it in flows; answering IPv6 neighbour solicitations is not done yet."""
-    address = parse_address(value, field)
+    address = parse_host_address(value, field)
     if address.version != 4:
         raise ModelError(field, f"{address} is IPv6; only IPv4 gateways are answered "
                          "(ARP), IPv6 neighbour discovery is not")
     return address  # type: ignore[return-value]
+
+
+def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """`object_pairs_hook` for json: a key given twice in one object is an
+    error. json keeps the last one silently, so {"eid": A, "eid": B} would
+    act on B without a word."""
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ModelError(key, "is given twice in one JSON object")
+            seen.add(key)
+    return obj
 
 
 def parse_bool(value: object, field: str) -> bool:
