@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lisp_controller.errors import LispControllerError
-from lisp_controller.model import (Bridge, Endpoint, Mapping, ModelError, Overlay, parse_action,
-                    parse_address, parse_bool, parse_gateway, parse_iid, parse_int, parse_mac, datapath_id_of)
+from lisp_controller.model import (Bridge, Endpoint, Mapping, ModelError, Overlay, datapath_id_of, parse_action,
+                                   parse_address, parse_bool, parse_gateway, parse_iid, parse_int,
+                                   parse_interface_name, parse_mac, parse_rloc_address)
 from lisp_controller.pipeline.profiles import DEFAULT_PROFILE, PROFILES
 
 
@@ -120,12 +121,6 @@ def default_router_mac(identity: str) -> str:
     return "02:4c:" + ":".join(f"{b:02x}" for b in digest)
 
 
-def _parse_name(value: object, field: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ModelError(field, f"must be a name, got {value!r}")
-    return value
-
-
 def _parse_profile(value: object, field: str) -> str:
     if value not in PROFILES:
         raise ModelError(field, f"must be one of {', '.join(PROFILES)}, got {value!r}")
@@ -156,15 +151,15 @@ def _parse_bridge(raw: object, field: str, problems: list[str], where: str) -> B
             return default
 
     dpid = optional("datapath_id", parse_datapath_id, None)
-    name = optional("name", _parse_name, None)
+    name = optional("name", parse_interface_name, None)  # the bridge's LOCAL port
     if dpid is None and name is None and "datapath_id" not in raw and "name" not in raw:
         problem(ModelError(field, "needs datapath_id or name to identify the bridge"))
         ok = False
-    rloc = optional("rloc", parse_address, None)
+    rloc = optional("rloc", parse_rloc_address, None)
     if "rloc" not in raw:
         problem(ModelError(f"{field}.rloc", "is required (the bridge's underlay address)"))
         ok = False
-    tunnel_port = optional("tunnel_port", _parse_name, "lisp0")
+    tunnel_port = optional("tunnel_port", parse_interface_name, "lisp0")
     profile = optional("tunnel_profile", _parse_profile, DEFAULT_PROFILE)
     default_iid = optional("iid", parse_iid, None)
     label = name if name is not None else f"{dpid:016x}" if dpid is not None else field
@@ -252,6 +247,9 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
         if bridge is not None:
             bridges.append(bridge)
     _check_bridges_unique(bridges, problems, where)
+    if not raw_bridges and _needs_a_bridge(data):
+        problems.append(f"{where}: bridge: no [[bridge]] given; the controller needs at least one "
+                        "bridge to manage")
 
     mappings: list[Mapping] = []
     raw_maps = data.get("mapping", [])
@@ -275,6 +273,14 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
         raise ConfigError(problems)
     return Config(source, host, port, Overlay(tuple(bridges), tuple(mappings), miss_action),
                   api, store_path, reconcile_interval, tls, etcd)
+
+
+def _needs_a_bridge(data: dict) -> bool:
+    """Whether this config must name a bridge. Today every config must: a
+    controller with no bridge would only listen, on every interface, with
+    the default store, which is never what an empty or truncated file
+    meant. A config that runs only a Map-Server will answer False here."""
+    return True
 
 
 def _table(data: dict, key: str, problems: list[str], where: str) -> dict:

@@ -148,3 +148,90 @@ def test_a_bridge_answers_to_its_label_name_and_datapath_id_in_any_usual_form():
     r = _cli("flows", "-c", str(ROOT / "configs" / "blog-two-hypervisors.toml"), "--bridge", "0x8ad828ce7949",
              "--port", "vnet0=1", "--port", "lisp0=2")
     assert r.returncode == 0 and "set_field:192.168.1.252->tun_dst" in r.stdout, r.stderr
+
+
+def test_a_config_without_a_bridge_is_refused(tmp_path):
+    """An empty (or truncated) file would otherwise serve nothing, on every
+    interface, with the default store."""
+    for text in ("", "[controller]\nlisten = \"127.0.0.1\"\n", "[[mapping]]\niid = 1\neid = \"10.0.0.0/8\"\n"):
+        path = tmp_path / "empty.toml"
+        path.write_text(text)
+        with pytest.raises(ConfigError) as err:
+            load_config(path)
+        assert err.value.problems == [f"{path}: bridge: no [[bridge]] given; the controller needs at least one "
+                                      "bridge to manage"]
+        for cmd in (["check-config", str(path)], ["serve", "-c", str(path), "--store", str(tmp_path / "s.db")]):
+            r = _cli(*cmd)
+            assert r.returncode == 2, r
+            assert [l for l in r.stderr.splitlines() if l.startswith("error: ")] == [
+                f"error: {err.value.problems[0]}"], r.stderr
+    assert not (tmp_path / "s.db").exists()
+
+
+REFUSED = """
+[[bridge]]
+name = "br/2"
+rloc = "0.0.0.0"
+tunnel_port = "lisp-tunnel-port0"
+iid = 5
+router_mac = "01:00:5e:00:00:01"
+  [[bridge.endpoint]]
+  port = "a/b"
+  mac = "52:54:00:00:00:01"
+  eids = ["10.1.1.1"]
+  [[bridge.endpoint]]
+  port = "vnet1"
+  mac = "ff:ff:ff:ff:ff:ff"
+  eids = ["10.1.1.2"]
+  [[bridge.endpoint]]
+  port = "vnet2"
+  mac = "52:54:00:00:00:02"
+  eids = ["0.0.0.0"]
+  [[bridge.endpoint]]
+  port = "vnet3"
+  mac = "52:54:00:00:00:03"
+  eids = ["10.1.1.3"]
+  gateway = "255.255.255.255"
+
+[[bridge]]
+datapath_id = "0000000000000002"
+rloc = "fe80::1%eth0"
+
+[[bridge]]
+datapath_id = "0000000000000003"
+rloc = "::ffff:192.0.2.3"
+
+[[mapping]]
+iid = 5
+eid = "10.0.0.0/08"
+
+[[mapping]]
+iid = 5
+eid = "10.3.0.0/16"
+rlocs = ["224.0.0.1", {address = "127.0.0.1"}]
+"""
+
+
+def test_values_a_router_would_refuse_are_refused_one_line_each(tmp_path):
+    path = tmp_path / "refused.toml"
+    path.write_text(REFUSED)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    problems = [p.removeprefix(f"{path}: ") for p in err.value.problems]
+    expected = [
+        ("bridge[0].name:", "contains '/'"),
+        ("bridge[0].rloc:", "the unspecified address; an RLOC must be a unicast address"),
+        ("bridge[0].tunnel_port:", "is 17 bytes; an interface name has at most 15"),
+        ("bridge[0].router_mac:", "a multicast address"),
+        ("bridge[0].endpoint[0].port:", "contains '/'"),
+        ("bridge[0].endpoint[1].mac:", "the broadcast address"),
+        ("bridge[0].endpoint[2].eids[0]:", "the unspecified address, not a host's address"),
+        ("bridge[0].endpoint[3].gateway:", "the broadcast address, not a host's address"),
+        ("bridge[1].rloc:", "scoped"),
+        ("bridge[2].rloc:", "IPv4-mapped: write 192.0.2.3"),
+        ("mapping[0].eid:", "the prefix length has a leading zero"),
+        ("mapping[1].rlocs[0]:", "a multicast address"),  # the first problem of a mapping
+    ]
+    assert len(problems) == len(expected), "\n".join(problems)
+    for (field, words), line in zip(expected, problems):
+        assert line.startswith(field) and words in line, (field, words, line)

@@ -81,10 +81,13 @@ def test_register_move_with_nxm_headers_is_the_same_move():
     assert verify.same_flow(entry._replace(body=body), flow_mod)
 
 
+ONE_BRIDGE = {"bridge": [{"name": "br0", "rloc": "192.0.2.1"}]}  # a config needs one
+
+
 @pytest.mark.parametrize("value, ok", [(0, True), (1, True), (2.5, True), (86400, True), (0.5, False),
                                        (-1, False), (86401, False), ("60", False), (True, False)])
 def test_reconcile_interval_is_validated(value, ok):
-    data = {"controller": {"reconcile_interval": value}}
+    data = {"controller": {"reconcile_interval": value}, **ONE_BRIDGE}
     if ok:
         assert parse_config(data).reconcile_interval == value
     else:
@@ -93,7 +96,7 @@ def test_reconcile_interval_is_validated(value, ok):
 
 
 def test_reconcile_interval_default():
-    assert parse_config({}).reconcile_interval == 60.0
+    assert parse_config(ONE_BRIDGE).reconcile_interval == 60.0
 
 
 def test_fields_in_ovs_order_take_the_quick_path_and_changes_are_still_seen():
