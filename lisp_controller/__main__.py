@@ -47,8 +47,8 @@ def cmd_flows(args) -> int:
         return 2
     matches = [b for b in config.overlay.bridges if b.answers_to(args.bridge)]
     if len(matches) != 1:
-        print(f"error: bridge {args.bridge!r} " + ("is ambiguous" if matches else "is not in the config"),
-              file=sys.stderr)
+        print(f"error: bridge {args.bridge!r} " + ("is ambiguous: use the datapath ID" if matches
+                                                   else "is not in the config"), file=sys.stderr)
         return 2
     ports = {}
     for item in args.port:
@@ -182,6 +182,7 @@ def _merge_store(state, store, mappings, endpoints, log) -> None:
     from lisp_controller.controller.admit import admit, describe_dropped
     from lisp_controller.store import Delta, StoreError
 
+    _warn_refused(mappings, endpoints, log)
     change, drop, eps_drop = admit(state, Delta(put=mappings, put_endpoints=endpoints))
     for line in describe_dropped(drop, eps_drop, state):
         log.warning("stored %s; the config wins and it is removed from the store", line)
@@ -191,6 +192,30 @@ def _merge_store(state, store, mappings, endpoints, log) -> None:
         except StoreError as e:  # they are left out of the state all the same
             log.error("%s; the entries the config now owns stay in the store for now", e)
     state.apply(change, bump=False)
+
+
+def _warn_refused(mappings, endpoints, log) -> None:
+    """Say which stored values this version refuses (README.rst lists
+    them): an earlier one accepted them. They are kept, so an upgrade never
+    cuts a VM off; the API can fix or delete each of them."""
+    from lisp_controller.model import ModelError, parse_rloc_address
+
+    for label, ep in endpoints:
+        try:
+            ep.check()
+        except ModelError as e:
+            log.warning("stored endpoint %r on bridge %s: %s; kept, but this version refuses it: "
+                        "replace or delete it through the API", ep.port, label, e)
+    first: dict = {}
+    for m in mappings:
+        for r in m.rlocs:
+            first.setdefault(r.address, m)
+    for address, m in first.items():
+        try:
+            parse_rloc_address(str(address))
+        except ModelError as e:
+            log.warning("stored mapping %s:%s (and any other with this RLOC): %s; kept, but this "
+                        "version refuses it: replace or delete it through the API", m.iid, m.eid, e)
 
 
 def main(argv: list[str] | None = None) -> int:

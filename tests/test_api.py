@@ -567,3 +567,157 @@ def test_kill_9_during_a_bulk_request_keeps_all_or_nothing(testbed, tmp_path, ki
     print(f"\nkilled after {kill_after} s: {'committed' if total else 'not committed'} "
           f"({'answered' if total and record['answered'] else 'no answer recorded'}); the retry "
           f"{'was answered from the record' if total else 'applied it'}")
+
+
+HV1, HV2 = "00008ad828ce7949", "00001e2e0e0cf040"
+
+
+def test_port_names_follow_the_interface_rules_and_every_endpoint_can_be_deleted(testbed, tmp_path):
+    """A port name OVS would refuse is refused (400 naming the field), so no
+    endpoint the API creates has a name its URL cannot carry; one stored by
+    an earlier version that took 'a/b' is kept, logged, and deletable."""
+    import ipaddress
+    from lisp_controller.model import Endpoint
+    from lisp_controller.store.sqlite import Store
+    store = Store(testbed.tmpdir / "store.db")  # where ControllerProcess keeps it
+    store.write(put_endpoints=[(HV1, Endpoint("a/b", "52:54:00:00:00:ab", 1000, (ipaddress.ip_address("10.1.1.77"),)))])
+    store.close()
+    ov, ctl, api = start(testbed, tmp_path)
+    ep = {"bridge": HV1, "mac": "52:54:00:00:00:09", "iid": 1000, "eids": ["10.1.1.9"]}
+    for port, words in [("a/b", "contains '/'"), ("../x", "contains '/'"), (".", "is not an interface name"),
+                        ("..", "is not an interface name"), ("x" * 16, "16 bytes"), ("x" * 300, "300 bytes"),
+                        ("vnet 1", "whitespace"), ("v\u00e9th0", "not printable ASCII"), ("", "interface name")]:
+        status, body = api("POST", "/v1/endpoints", {**ep, "port": port})
+        assert (status, body["error"]["field"]) == (400, "endpoint.port"), (port, body)
+        assert words in body["error"]["message"], (port, body)
+    # Every name the API takes can be addressed, whatever URL syntax it holds.
+    odd = "p%?#;&=+~x"
+    status, body = api("POST", "/v1/endpoints", {**ep, "port": odd})
+    assert status == 201, body
+    quoted = "".join(c if c.isalnum() else f"%{ord(c):02X}" for c in odd)
+    status, body = api("DELETE", f"/v1/endpoints/{HV1}/{quoted}")
+    assert status == 200 and body["deleted"] == {"bridge": HV1, "port": odd}, body
+    # The legacy one: listed, warned about, deleted (by the CLI, which quotes the slash).
+    ports = [e["port"] for e in api("GET", "/v1/endpoints")[1]["endpoints"]]
+    assert sorted(ports) == ["a/b", "vnet0", "vnet0"], ports
+    assert "stored endpoint 'a/b' on bridge 00008ad828ce7949: endpoint.port: 'a/b' contains '/'" in ctl.log()
+    r = _cli(ov, "endpoint", "add", "--bridge", HV1, "--port", "../x", "--mac", "52:54:00:00:00:0a",
+             "--iid", "1000", "--eid", "10.1.1.10", check=False)
+    assert r.returncode == 1 and r.stderr == "error: 400 endpoint.port: '../x' contains '/', which an interface name cannot\n"
+    r = _cli(ov, "endpoint", "delete", "--bridge", HV1, "--port", "a/b", check=False)
+    assert r.returncode == 0 and r.stdout.startswith("deleted a/b on 00008ad828ce7949"), r
+    assert sorted(e["port"] for e in api("GET", "/v1/endpoints")[1]["endpoints"]) == ["vnet0", "vnet0"]
+    assert api("GET", "/v1/lookup?iid=1000&eid=10.1.1.77")[1]["mapping"] is None
+    assert "Traceback" not in ctl.log()
+
+
+def test_a_bridge_name_two_bridges_share_is_ambiguous_everywhere(running):
+    """Both hypervisors call their bridge br2: every place a bridge is named
+    answers 409 and asks for the datapath ID, never the first one found."""
+    ov, ctl, api = running
+    assert {d["name"] for d in api("GET", "/v1/datapaths")[1]["datapaths"]} == {"br2"}
+    ep = {"bridge": "br2", "port": "vnet5", "mac": "52:54:00:00:00:05", "iid": 1000, "eids": ["10.1.1.5"]}
+    for method, path, body, field in [("GET", "/v1/datapaths/br2", None, "bridge"),
+                                      ("GET", "/v1/datapaths/br2/flows", None, "bridge"),
+                                      ("GET", "/v1/endpoints?bridge=br2", None, "bridge"),
+                                      ("POST", "/v1/endpoints", ep, "endpoint.bridge"),
+                                      ("DELETE", "/v1/endpoints/br2/vnet0", None, "bridge")]:
+        status, got = api(method, path, body)
+        assert (status, got["error"]["field"]) == (409, field), (path, got)
+        assert got["error"]["message"] == f"ambiguous: 'br2' names 2 bridges ({HV1}, {HV2}); use the datapath ID"
+    for args in (["datapath", "show", "br2"], ["datapath", "flows", "br2"], ["endpoint", "list", "--bridge", "br2"],
+                 ["endpoint", "add", "--bridge", "br2", "--port", "vnet5", "--mac", "52:54:00:00:00:05",
+                  "--iid", "1000", "--eid", "10.1.1.5"]):
+        r = _cli(ov, *args, env={"LISP_CONTROLLER_TOKEN": TOKEN}, check=False)
+        assert r.returncode == 1 and "409" in r.stderr and "ambiguous: 'br2' names 2 bridges" in r.stderr, (args, r)
+    # The datapath ID names one; nothing above changed anything.
+    assert api("GET", f"/v1/datapaths/{HV2}")[1]["datapath"]["datapath_id"] == HV2
+    assert [e["port"] for e in api("GET", f"/v1/endpoints?bridge={HV2}")[1]["endpoints"]] == ["vnet0"]
+    assert len(api("GET", "/v1/endpoints")[1]["endpoints"]) == 2
+
+
+def test_values_a_router_would_refuse_get_400_naming_the_field(running):
+    ov, ctl, api = running
+    good = {"iid": 1000, "eid": "10.2.0.0/16", "rlocs": ["192.168.1.252"]}
+    assert api("POST", "/v1/mappings", good)[0] == 201
+    flows_before = sorted(ov.hypervisors[0].dump_flows())
+    ep = {"bridge": HV1, "port": "vnet5", "mac": "52:54:00:00:00:05", "iid": 1000, "eids": ["10.1.1.5"]}
+    cases = [(("POST", "/v1/mappings"), {"body": {**good, "eid": "10.9.0.0/16", "rlocs": [rloc]}},
+              error(400, field, words))
+             for rloc, field, words in [
+                 ("0.0.0.0", "mapping.rlocs[0]", "the unspecified address"),
+                 ("255.255.255.255", "mapping.rlocs[0]", "the broadcast address"),
+                 ("224.0.0.1", "mapping.rlocs[0]", "a multicast address"),
+                 ("127.0.0.1", "mapping.rlocs[0]", "a loopback address"),
+                 ("::", "mapping.rlocs[0]", "the unspecified address"), ("::1", "mapping.rlocs[0]", "loopback"),
+                 ("ff02::1", "mapping.rlocs[0]", "a multicast address"),
+                 ("fe80::1%eth0", "mapping.rlocs[0]", "scoped"), ("fe80::1", "mapping.rlocs[0]", "link-local"),
+                 ("::ffff:192.168.1.252", "mapping.rlocs[0]", "IPv4-mapped: write 192.168.1.252"),
+                 ({"address": "0.0.0.0", "priority": 1}, "mapping.rlocs[0].address", "the unspecified address")]]
+    cases += [
+        (("POST", "/v1/mappings"), {"body": {**good, "eid": "10.0.0.0/08"}},
+         error(400, "mapping.eid", "the prefix length has a leading zero")),
+        (("PUT", "/v1/mappings/1000/10.0.0.0/08"), {"body": {"rlocs": ["192.168.1.252"]}},
+         error(400, "eid", "the prefix length has a leading zero")),
+        (("GET", "/v1/mappings?prefix=10.0.0.0/08"), {}, error(400, "prefix", "leading zero")),
+        (("POST", "/v1/endpoints"), {"body": {**ep, "mac": "ff:ff:ff:ff:ff:ff"}},
+         error(400, "endpoint.mac", "the broadcast address")),
+        (("POST", "/v1/endpoints"), {"body": {**ep, "mac": "01:00:5e:00:00:05"}},
+         error(400, "endpoint.mac", "a multicast address")),
+        (("POST", "/v1/endpoints"), {"body": {**ep, "eids": ["0.0.0.0"]}},
+         error(400, "endpoint.eids[0]", "the unspecified address, not a host's address")),
+        (("POST", "/v1/endpoints"), {"body": {**ep, "eids": ["10.1.1.5", "224.0.0.5"]}},
+         error(400, "endpoint.eids[1]", "a multicast address")),
+        (("POST", "/v1/endpoints"), {"body": {**ep, "eids": ["255.255.255.255"]}},
+         error(400, "endpoint.eids[0]", "the broadcast address")),
+        (("POST", "/v1/endpoints"), {"body": {**ep, "eids": ["127.0.0.1"]}},
+         error(400, "endpoint.eids[0]", "a loopback address")),
+        # IIDs in URLs and query strings: ASCII digits only.
+        (("GET", "/v1/mappings/%D9%A1%D9%A0%D9%A0%D9%A0/10.2.0.0/16"), {}, error(400, "iid", "must be an integer in ASCII digits")),
+        (("GET", "/v1/mappings/1_000/10.2.0.0/16"), {}, error(400, "iid", "must be an integer in ASCII digits")),
+        (("DELETE", "/v1/mappings/%201000/10.2.0.0/16"), {}, error(400, "iid", "must be an integer in ASCII digits")),
+        (("GET", "/v1/mappings?iid=1_000"), {}, error(400, "iid", "must be an integer in ASCII digits")),
+        (("GET", "/v1/mappings?iid=+1000"), {}, error(400, "iid", "must be an integer in ASCII digits")),
+        (("GET", "/v1/lookup?iid=%D9%A1%D9%A0%D9%A0%D9%A0&eid=10.2.0.1"), {}, error(400, "iid", "must be an integer in ASCII digits")),
+        (("GET", "/v1/mappings?offset=1_0"), {}, error(400, "offset", "must be an integer in ASCII digits")),
+        (("GET", "/v1/mappings?limit=" + "9" * 5000), {}, error(400, "limit", "must be between 1 and")),
+        # A key twice in one object: refused, not the last one taken.
+        (("POST", "/v1/mappings"), {"raw": b'{"iid": 1000, "eid": "10.2.0.0/16", "eid": "10.9.0.0/16", "rlocs": []}'},
+         error(400, "eid", "is given twice in one JSON object")),
+        (("POST", "/v1/mappings/bulk"), {"raw": b'{"mappings": [{"iid": 1000, "eid": "10.9.0.0/16", '
+                                                b'"rlocs": [{"address": "192.168.1.252", "weight": 1, "weight": 9}]}]}'},
+         error(400, "weight", "is given twice")),
+        (("POST", "/v1/mappings/bulk"), {"raw": b'{"mappings": [], "delete": [], "mappings": []}'},
+         error(400, "mappings", "is given twice")),
+    ]
+    for (method, path), kw, (status, field, words) in cases:
+        got, body = api(method, path, **kw)
+        assert got == status, (method, path, kw, body)
+        assert body["error"]["field"] == field and words in body["error"]["message"], (path, kw, body)
+    assert [m["eid"] for m in api("GET", "/v1/mappings?source=api")[1]["mappings"]] == ["10.2.0.0/16"]
+    assert len(api("GET", "/v1/endpoints")[1]["endpoints"]) == 2
+    assert sorted(ov.hypervisors[0].dump_flows()) == flows_before
+    assert "Traceback" not in ctl.log()
+
+
+def test_cli_gives_up_on_a_controller_that_does_not_answer(running):
+    """The controller is stopped (SIGSTOP): its socket still accepts, and
+    nothing answers. The CLI gives up after its timeout with one line."""
+    ov, ctl, api = running
+    auth = {"LISP_CONTROLLER_TOKEN": TOKEN}
+    ctl.proc.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        r = _cli(ov, "health", check=False)
+        took = time.monotonic() - started
+        assert r.returncode == 3 and took < 30, (took, r)
+        assert r.stderr == "error: no answer from the controller at http://127.0.0.1:8080 within 10 s (--timeout)\n"
+        r = _cli(ov, "mapping", "add", "10.2.0.0/16", "--rloc", "192.168.1.252", "--iid", "1000", "--timeout", "2",
+                 env=auth, check=False)
+        assert r.returncode == 3 and "within 2 s (--timeout); the change may have been applied all the same" in r.stderr
+    finally:
+        ctl.proc.send_signal(signal.SIGCONT)
+    # It was: the request waited in the socket. The message told the truth.
+    wait_until(lambda: api("GET", "/v1/mappings/1000/10.2.0.0/16")[0] == 200, timeout=20, what="the late write")
+    r = _cli(ov, "health")
+    assert r.returncode == 0 and r.stdout.startswith("ok: ")

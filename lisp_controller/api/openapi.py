@@ -11,13 +11,19 @@ import re
 _ERROR = {"$ref": "#/components/schemas/Error"}
 # The syntax of what the API accepts. Some rules are not syntax and are
 # answered 400 naming the field: host bits set in a prefix, an RLOC listed
-# twice, one key twice in one request.
+# twice, one key twice in one request, an address a router would refuse
+# (README.rst's configuration reference lists them).
 _ADDRESS = {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
             "description": "IPv4 or IPv6 address"}
 _PREFIX = {"type": "string", "pattern": r"^[0-9A-Fa-f.:]+(/[0-9]{1,3})?$",
            "description": "EID prefix, e.g. 10.2.0.0/16 or 2001:db8::/48 (host bits zero); "
                           "a bare address is a host prefix"}
-_MAC = {"type": "string", "pattern": "^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$"}
+# No lookahead in these patterns (test generators do not all have it): all
+# zeros, '.' and '..' are refused beyond the pattern.
+_MAC = {"type": "string", "pattern": "^[0-9A-Fa-f][02468AaCcEe](:[0-9A-Fa-f]{2}){5}$",
+        "description": "unicast, not all zeros"}
+_IFNAME = {"type": "string", "pattern": r"^[!-.0-~]{1,15}$",
+           "description": "interface name: 1 to 15 printable ASCII characters, no space or '/', not . or .."}
 _KEY = {"type": "string", "pattern": "^[A-Za-z0-9._:~+=-]{1,200}$"}
 _IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False, "schema": _KEY,
                 "description": "a key of the client's (a UUID): the write is recorded with it, in the same "
@@ -58,7 +64,7 @@ SCHEMAS = {
     "EndpointIn": {"type": "object", "required": ["bridge", "port", "mac", "iid", "eids"],
                    "additionalProperties": False, "properties": {
                        "bridge": {"type": "string", "description": "label, name or datapath ID"},
-                       "port": {"type": "string", "minLength": 1}, "mac": _MAC,
+                       "port": _IFNAME, "mac": _MAC,
                        "iid": {"type": "integer", "minimum": 0, "maximum": 16777215},
                        "eids": {"type": "array", "items": _ADDRESS, "minItems": 1},
                        "gateway": {"type": "string", "format": "ipv4",
@@ -208,7 +214,7 @@ _PARAM_DOC = {
     "iid": ("Instance ID", {"type": "integer", "minimum": 0, "maximum": 16777215}),
     "eid": ("EID prefix; its slash may be sent as is (10.2.0.0/16) or as %2F", _PREFIX),
     "bridge": ("bridge label, name or datapath ID", {"type": "string"}),
-    "port": ("port name", {"type": "string"}),
+    "port": ("port name", {"type": "string"}),  # any text: one that cannot exist is 404
     "asset": ("file name, e.g. app.js", {"type": "string"}),
     "key": ("the Idempotency-Key the write was sent with", _KEY),
 }
@@ -218,7 +224,8 @@ _MEDIA = {"text": ("text/plain",), "html": ("text/html",),
 _ERRORS = {400: "bad input (the body names the field)", 401: "token missing or wrong",
            403: "refused: a cross-site request (Origin, Sec-Fetch-Site), or a Host that is not this API's",
            404: "not found", 409: "conflict (exists, or owned by the config or an endpoint; or the "
-           "Idempotency-Key's first request is still being answered)",
+           "Idempotency-Key's first request is still being answered; or a bridge name that several "
+           "bridges share: use the datapath ID)",
            413: "body too large", 415: "not JSON (a change needs Content-Type: application/json)",
            422: "the Idempotency-Key was used for another request",
            503: "the store cannot be written; nothing changed"}
@@ -249,6 +256,8 @@ def document(routes) -> dict:
             elif schema is not None:
                 op["responses"][str(status)]["content"] = {"application/json": {"schema": schema}}
         errors = [400, 404] if method == "GET" and (params or query) else []
+        if method == "GET" and any(p["name"] == "bridge" for p in params + list(query)):
+            errors.append(409)  # a name that several bridges share
         if name == "resources":
             errors = [401]
         if method != "GET":

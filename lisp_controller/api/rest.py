@@ -22,7 +22,8 @@ from webob import Request, Response
 from lisp_controller.config import ApiSettings
 from lisp_controller.controller.gcpause import gc_paused
 from lisp_controller.pipeline.flows import render
-from lisp_controller.model import Endpoint, Mapping, ModelError, datapath_id_of, parse_iid, parse_prefix, prefix_key
+from lisp_controller.model import (IID_MAX, Endpoint, Mapping, ModelError, parse_decimal, parse_iid, parse_prefix,
+                                   prefix_key, refers_to, unique_keys)
 from lisp_controller.api.guard import Forbidden, Guard, Refused, Unauthorized
 from lisp_controller.api.metrics import CONTENT_TYPE as METRICS_TYPE
 from lisp_controller.api.openapi import document
@@ -66,8 +67,10 @@ NEEDS_TOKEN = {"resources"}  # reads that need the token too: they show how the 
 
 
 def _compile_route(template: str) -> re.Pattern:
-    # {eid} is a prefix and keeps its slash (10.2.0.0/16); other parts don't.
-    pattern = re.sub(r"\{(\w+)\}", lambda m: f"(?P<{m.group(1)}>.+)" if m.group(1) == "eid"
+    # {eid} is a prefix and keeps its slash (10.2.0.0/16); so does a {port},
+    # the last part of its URL: names with '/' are refused today, but a store
+    # written by an earlier version may hold one, and it must stay deletable.
+    pattern = re.sub(r"\{(\w+)\}", lambda m: f"(?P<{m.group(1)}>.+)" if m.group(1) in ("eid", "port")
                      else f"(?P<{m.group(1)}>[^/]+)", template)
     return re.compile(f"^{pattern}$")
 
@@ -259,9 +262,11 @@ class Api:
         if not data:
             raise ModelError(None, "a JSON body is required")
         try:
-            return json.loads(data)
+            return json.loads(data, object_pairs_hook=unique_keys)
         except RecursionError:
             raise ModelError(None, "JSON nested too deeply") from None
+        except ModelError:  # a key given twice in one object: 400 naming the key
+            raise
         except (ValueError, UnicodeDecodeError) as e:
             raise ModelError(None, f"body is not valid JSON: {e}") from None
 
@@ -286,11 +291,7 @@ class Api:
 
     def _iid(self, text: str) -> int:
         """An IID from a URL or query string."""
-        try:
-            number = int(text)
-        except ValueError:
-            raise ModelError("iid", f"must be an integer, got {text!r}") from None
-        return parse_iid(number, "iid")
+        return parse_decimal(text, "iid", 0, IID_MAX)
 
     def _key(self, iid: str, eid: str) -> tuple:
         return (self._iid(iid), parse_prefix(eid, "eid"))
@@ -532,12 +533,7 @@ class Api:
     def list_endpoints(self, req):
         st = self.ctl.state
         want = req.GET.get("bridge")
-        label = None
-        if want is not None:
-            bridge = st.find_bridge(want)
-            if bridge is None:
-                raise NotFound("bridge", f"no bridge {want!r} in the config")
-            label = bridge.label
+        label = None if want is None else self._configured_bridge(want, "bridge").label
         out = []
         for bridge in st.bridges.values():
             if label is not None and bridge.label != label:
@@ -552,17 +548,13 @@ class Api:
         ref = raw.get("bridge")
         if not isinstance(ref, str):
             raise ModelError("endpoint.bridge", "is required (bridge label, name or datapath ID)")
-        bridge = self.ctl.state.find_bridge(ref)
-        if bridge is None:
-            raise NotFound("endpoint.bridge", f"no bridge {ref!r} in the config")
+        bridge = self._configured_bridge(ref, "endpoint.bridge")
         ep = Endpoint.parse({k: v for k, v in raw.items() if k != "bridge"}, "endpoint", None)
         return self._commit(req, Change(put_endpoints=[(bridge.label, ep)]),
                             {"endpoint": endpoint_json(bridge.label, ep, "api")}, 201)
 
     def delete_endpoint(self, req, bridge, port):
-        b = self.ctl.state.find_bridge(bridge)
-        if b is None:
-            raise NotFound("bridge", f"no bridge {bridge!r} in the config")
+        b = self._configured_bridge(bridge, "bridge")
         return self._commit(req, Change(delete_endpoints=[(b.label, port)]),
                             {"deleted": {"bridge": b.label, "port": port}})
 
@@ -570,12 +562,22 @@ class Api:
     def list_datapaths(self, req):
         return json_response({"datapaths": self.ctl.datapaths()})
 
-    def _datapath(self, ref: str) -> dict:
-        for d in self.ctl.datapaths():
-            if ref in (d["bridge"], d["name"]) or \
-                    (d["datapath_id"] and datapath_id_of(ref) == int(d["datapath_id"], 16)):
-                return d
-        raise NotFound("bridge", f"no datapath {ref!r} (configured or connected)")
+    def _datapath(self, ref: str, field: str = "bridge", configured: bool = False) -> dict:
+        """The one bridge, configured or connected, that `ref` names: its
+        label, its name (from the config or the switch) or its datapath ID.
+        A name two bridges share is refused (409), never guessed."""
+        found = [d for d in self.ctl.datapaths() if refers_to(
+            ref, d["bridge"], d["name"], None if d["datapath_id"] is None else int(d["datapath_id"], 16))]
+        if len(found) > 1:
+            raise Conflict(field, f"ambiguous: {ref!r} names {len(found)} bridges "
+                           f"({', '.join(d['bridge'] for d in found)}); use the datapath ID")
+        if not found or (configured and not found[0]["configured"]):
+            raise NotFound(field, f"no bridge {ref!r} in the config" if configured
+                           else f"no datapath {ref!r} (configured or connected)")
+        return found[0]
+
+    def _configured_bridge(self, ref: str, field: str):
+        return self.ctl.state.bridge(self._datapath(ref, field, configured=True)["bridge"])
 
     def get_datapath(self, req, bridge):
         return json_response({"datapath": self._datapath(bridge)})
@@ -619,10 +621,4 @@ def _bool_param(req: Request, name: str) -> bool:
 def _int_param(req: Request, name: str, default: int, low: int) -> int:
     if name not in req.GET:
         return default
-    try:
-        value = int(req.GET[name])
-    except ValueError:
-        raise ModelError(name, f"must be an integer, got {req.GET[name]!r}") from None
-    if value < low:
-        raise ModelError(name, f"must be at least {low}")
-    return value
+    return parse_decimal(req.GET[name], name, low, 2**63 - 1)
