@@ -6,7 +6,9 @@ Talks HTTP with the standard library only, so it runs anywhere Python does.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
+import math
 import os
 import sys
 import urllib.error
@@ -15,21 +17,66 @@ import urllib.request
 import uuid
 
 from lisp_controller.config import TOKEN_ENV
+from lisp_controller.model import IID_MAX, ModelError, parse_decimal, unique_keys
 
 URL_ENV = "LISP_CONTROLLER_URL"
 DEFAULT_URL = "http://127.0.0.1:8080"
+# Seconds to wait for the controller, unless --timeout says otherwise. A
+# write waits for the bridges' barriers ([api] confirm_timeout, 5 s by
+# default); a bulk write of a million mappings takes about a minute.
+READ_TIMEOUT = 10.0
+WRITE_TIMEOUT = 60.0
+BULK_TIMEOUT = 600.0
 
 
 class ClientError(Exception):
+    """One line for the user, and the exit status: 1 the controller said
+    no, 2 the command line is wrong, 3 the controller could not be asked."""
+
     def __init__(self, message: str, code: int = 1):
         super().__init__(message)
         self.code = code
 
 
+def controller_url(given: str | None) -> str:
+    """The API's base URL from --url, else LISP_CONTROLLER_URL, else the
+    default; anything but scheme://host[:port][/path] is refused here, in one
+    line, before a request is made."""
+    source = "--url"
+    if given is None:
+        given, source = os.environ.get(URL_ENV), URL_ENV
+        if given is None:
+            return DEFAULT_URL
+    problem = None
+    try:
+        parts = urllib.parse.urlsplit(given)
+        parts.port  # noqa: B018 -- a port that is not a number or out of range raises here
+    except ValueError as e:
+        problem = str(e)
+    else:
+        if parts.scheme not in ("http", "https"):
+            problem = "expected http:// or https:// and the controller's address"
+        elif not parts.hostname:
+            problem = "no host"
+        elif parts.query or parts.fragment or given.endswith(("?", "#")):
+            problem = "a query string or fragment has no place in it"
+        elif parts.username is not None:
+            problem = f"credentials in the URL are not sent (the CLI sends {TOKEN_ENV})"
+        elif any(c.isspace() or not c.isprintable() for c in given):
+            problem = "it contains whitespace or control characters"
+    if problem is not None:
+        raise ClientError(f"{source} {given!r} is not a controller URL like {DEFAULT_URL}: {problem}", 2)
+    return given
+
+
 def request(url: str, method: str, path: str, body: object = None, query: dict | None = None,
-            timeout: float = 300.0, key: str | None = None, answers: tuple[int, ...] = ()) -> object:
-    """The decoded answer. `key`: the write's Idempotency-Key. `answers`:
-    error statuses whose body is an answer too (a failing health)."""
+            timeout: float | None = None, key: str | None = None, answers: tuple[int, ...] = ()) -> object:
+    """The decoded answer. `timeout` bounds every wait (connect, each
+    read); None takes the default for reads or writes. `key`: the write's
+    Idempotency-Key. `answers`: error statuses whose body is an answer too
+    (a failing health)."""
+    if timeout is None:
+        timeout = READ_TIMEOUT if method == "GET" else WRITE_TIMEOUT
     full = url.rstrip("/") + path
     if query:
         full += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
@@ -42,30 +89,44 @@ def request(url: str, method: str, path: str, body: object = None, query: dict |
         req.add_header("Authorization", f"Bearer {token}")
     if key:
         req.add_header("Idempotency-Key", key)
+    if key:  # it may or may not have been applied: the same key finds out, and applies it once
+        unsure = (f"; whether the change was applied is unknown: run the same command with --key {key} "
+                  "(it is applied once, whatever happened)")
+    else:
+        unsure = "" if method == "GET" else "; the change may have been applied all the same: look before retrying"
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             raw = resp.read()
             ctype = resp.headers.get("Content-Type", "")
+        return json.loads(raw) if "json" in ctype else raw.decode()
     except urllib.error.HTTPError as e:
-        raw = e.read()
-        if e.code in answers:
-            return json.loads(raw)
         try:
+            raw = e.read()
+        except (OSError, http.client.HTTPException):  # the error's body broke off
+            raw = b""
+        try:
+            if e.code in answers:
+                return json.loads(raw)
             err = json.loads(raw)["error"]
             where = f"{err['field']}: " if err.get("field") else ""
             message = f"{e.code} {where}{err['message']}"
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OSError, http.client.HTTPException):
             message = f"{e.code} {e.reason}"
         raise ClientError(message, 1) from None
-    except (urllib.error.URLError, OSError) as e:
+    except (TimeoutError, urllib.error.URLError) as e:
         reason = getattr(e, "reason", e)
-        if key:  # it may or may not have been applied: the same key finds out, and applies it once
-            raise ClientError(f"no answer from the controller at {url}: {reason}; whether the change was "
-                              f"applied is unknown: run the same command with --key {key} (it is applied "
-                              "once, whatever happened)", 3) from None
+        if isinstance(reason, TimeoutError):
+            raise ClientError(f"no answer from the controller at {url} within {timeout:g} s "
+                              f"(--timeout){unsure}", 3) from None
+        refused = isinstance(reason, ConnectionRefusedError)  # then nothing was sent
         raise ClientError(f"cannot reach the controller at {url}: {reason} (is `lisp-controller serve` "
-                          f"running? set --url or {URL_ENV})", 3) from None
-    return json.loads(raw) if "json" in ctype else raw.decode()
+                          f"running? set --url or {URL_ENV}){'' if refused or not key else unsure}", 3) from None
+    except (OSError, http.client.HTTPException) as e:  # reset, closed early, not HTTP
+        said = " ".join(str(e).split())[:80] or "no answer"
+        raise ClientError(f"the controller at {url} broke off the exchange ({type(e).__name__}: "
+                          f"{said}){unsure}", 3) from None
+    except ValueError as e:  # the URL (its host, say) or the answer's JSON
+        raise ClientError(f"{method} {full}: {e}", 2 if isinstance(e, http.client.InvalidURL) else 3) from None
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
@@ -109,38 +170,48 @@ def _parse_rloc(text: str) -> dict:
 
 
 def _read_json_file(path: str) -> object:
+    """The file's JSON; a key twice in one object is refused here, since
+    the file's reader would keep only the last and the API never see it."""
     try:
         with (sys.stdin if path == "-" else open(path)) as f:
-            return json.load(f)
+            return json.load(f, object_pairs_hook=unique_keys)
     except OSError as e:
         raise ClientError(f"{path}: {e.strerror}", 2) from None
+    except ModelError as e:
+        raise ClientError(f"{path}: key {e.field!r} {e.problem}", 2) from None
     except ValueError as e:
         raise ClientError(f"{path}: not JSON: {e}", 2) from None
 
 
 def _key_path(iid: int, eid: str) -> str:
-    return f"/v1/mappings/{iid}/{eid}"
+    return f"/v1/mappings/{iid}/{urllib.parse.quote(eid, safe='/:')}"
 
 
 def run(args) -> int:
-    url = args.url
+    url = controller_url(args.url)
+
+    def call(method: str, path: str, body: object = None, query: dict | None = None, bulk: bool = False,
+             key: str | None = None, answers: tuple[int, ...] = ()):
+        return request(url, method, path, body, query, args.timeout or (BULK_TIMEOUT if bulk else None),
+                       key, answers)
+
     out = None
     if args.area == "health":
-        out = request(url, "GET", "/v1/health", answers=(503,))
+        out = call("GET", "/v1/health", answers=(503,))
         text = f"{out['status']}: {out['mappings']} mappings, {out['datapaths_connected']} of " \
                f"{out['datapaths_configured']} bridges connected" + "".join(f"\n  {p}" for p in out["problems"])
         if out["problems"]:
             print(json.dumps(out, indent=2) if args.json else text)
             return 1
     elif args.area == "metrics":
-        print(request(url, "GET", "/metrics"), end="")
+        print(call("GET", "/metrics"), end="")
         return 0
     elif args.area == "mapping":
-        text, out = _mapping(args, url)
+        text, out = _mapping(args, call)
     elif args.area == "endpoint":
-        text, out = _endpoint(args, url)
+        text, out = _endpoint(args, call)
     else:
-        text, out = _datapath(args, url)
+        text, out = _datapath(args, call)
     if args.json:
         print(json.dumps(out, indent=2))
     else:
@@ -148,17 +219,17 @@ def run(args) -> int:
     return 0
 
 
-def _mapping(args, url):
+def _mapping(args, call):
     op = args.op
     if op == "list":
-        out = request(url, "GET", "/v1/mappings", query={"iid": args.iid, "prefix": args.prefix,
+        out = call("GET", "/v1/mappings", query={"iid": args.iid, "prefix": args.prefix,
                                                           "source": args.source})
         return _mapping_rows(out["mappings"]) + f"\n{out['total']} mappings", out
     if op == "get":
-        out = request(url, "GET", _key_path(args.iid, args.eid))
+        out = call("GET", _key_path(args.iid, args.eid))
         return _mapping_rows([out["mapping"]]), out
     if op == "lookup":
-        out = request(url, "GET", "/v1/lookup", query={"iid": args.iid, "eid": args.address})
+        out = call("GET", "/v1/lookup", query={"iid": args.iid, "eid": args.address})
         if out["mapping"] is None:
             return f"{args.address} in IID {args.iid}: no mapping (miss: {out['miss_action']})", out
         return f"{args.address} in IID {args.iid} is served by\n" + _mapping_rows([out["mapping"]]), out
@@ -169,44 +240,44 @@ def _mapping(args, url):
         if args.action is not None:
             body["action"] = args.action
         if op == "add":
-            out = request(url, "POST", "/v1/mappings", body)
+            out = call("POST", "/v1/mappings", body)
             verb = "created"
         else:
-            out = request(url, "PUT", _key_path(args.iid, args.eid), body)
+            out = call("PUT", _key_path(args.iid, args.eid), body)
             verb = "set"
         return f"{verb} {args.iid}:{out['mapping']['eid']}; {_bridges(out)}", out
     if op == "delete":
-        out = request(url, "DELETE", _key_path(args.iid, args.eid))
+        out = call("DELETE", _key_path(args.iid, args.eid))
         return f"deleted {args.iid}:{out['deleted']['eid']}; {_bridges(out)}", out
     data = _read_json_file(args.file)
     if isinstance(data, list):
         data = {"mappings": data}
     key = args.key or str(uuid.uuid4())
     if op == "bulk":
-        out = request(url, "POST", "/v1/mappings/bulk", data, key=key)
+        out = call("POST", "/v1/mappings/bulk", data, bulk=True, key=key)
         return f"{out['put']} mappings set, {out['deleted']} deleted; {_bridges(out)}", out
-    out = request(url, "PUT", "/v1/mappings", data, key=key)  # replace
+    out = call("PUT", "/v1/mappings", data, bulk=True, key=key)  # replace
     return f"API mappings replaced: {out['before']} before, {out['mappings']} now; {_bridges(out)}", out
 
 
-def _endpoint(args, url):
+def _endpoint(args, call):
     if args.op == "list":
-        out = request(url, "GET", "/v1/endpoints", query={"bridge": args.bridge})
+        out = call("GET", "/v1/endpoints", query={"bridge": args.bridge})
         rows = [[e["bridge"], e["port"], e["mac"], e["iid"], ", ".join(e["eids"]), e["source"]]
                 for e in out["endpoints"]]
         return table(rows, ["BRIDGE", "PORT", "MAC", "IID", "EIDS", "SOURCE"]), out
     if args.op == "add":
-        out = request(url, "POST", "/v1/endpoints", {"bridge": args.bridge, "port": args.port, "mac": args.mac,
+        out = call("POST", "/v1/endpoints", {"bridge": args.bridge, "port": args.port, "mac": args.mac,
                                                      "iid": args.iid, "eids": args.eid})
         return f"added {args.port} on {out['endpoint']['bridge']}; {_bridges(out)}", out
-    out = request(url, "DELETE", f"/v1/endpoints/{urllib.parse.quote(args.bridge, safe='')}/"
+    out = call("DELETE", f"/v1/endpoints/{urllib.parse.quote(args.bridge, safe='')}/"
                                  f"{urllib.parse.quote(args.port, safe='')}")
     return f"deleted {args.port} on {out['deleted']['bridge']}; {_bridges(out)}", out
 
 
-def _datapath(args, url):
+def _datapath(args, call):
     if args.op == "list":
-        out = request(url, "GET", "/v1/datapaths")
+        out = call("GET", "/v1/datapaths")
         rows = []
         for d in out["datapaths"]:
             state = "up" if d["connected"] else "down"
@@ -218,21 +289,40 @@ def _datapath(args, url):
         return table(rows, ["BRIDGE", "DATAPATH", "NAME", "STATE", "RLOC", "PROFILE", "FLOWS", "ERRORS"]), out
     ref = urllib.parse.quote(args.bridge, safe="")
     if args.op == "show":
-        out = request(url, "GET", f"/v1/datapaths/{ref}")
+        out = call("GET", f"/v1/datapaths/{ref}")
         d = out["datapath"]
         lines = [f"{k}: {v}" for k, v in d.items() if k not in ("ports", "errors")]
         lines.append("ports: " + (", ".join(f"{n}={p}" for n, p in d["ports"].items()) or "-"))
         lines += ["errors:"] + [f"  {e}" for e in d["errors"]] if d["errors"] else ["errors: none"]
         return "\n".join(lines), out
-    out = request(url, "GET", f"/v1/datapaths/{ref}/flows")
+    out = call("GET", f"/v1/datapaths/{ref}/flows")
     note = "" if out["connected"] else "# not connected: flows that need port numbers are left out\n"
     return note + "\n".join(out["flows"]), out
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 86400:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected seconds between 0 and 86400, got {text!r}")
+    return value
+
+
+def _iid(text: str) -> int:
+    try:
+        return parse_decimal(text, "--iid", 0, IID_MAX)
+    except ModelError as e:
+        raise argparse.ArgumentTypeError(e.problem) from None
+
+
 def add_parsers(sub) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=os.environ.get(URL_ENV, DEFAULT_URL),
-                        help=f"controller API (default ${URL_ENV} or {DEFAULT_URL})")
+    common.add_argument("--url", help=f"controller API (default ${URL_ENV} or {DEFAULT_URL})")
+    common.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+                        help=f"how long to wait for the controller (default {READ_TIMEOUT:g} s for reads, "
+                             f"{WRITE_TIMEOUT:g} s for changes, {BULK_TIMEOUT:g} s for bulk and replace)")
     common.add_argument("--json", action="store_true", help="print the API's JSON")
 
     def area(name, help_text):
@@ -245,20 +335,20 @@ def add_parsers(sub) -> None:
 
     m = area("mapping", "the map-cache").add_subparsers(dest="op", required=True)
     p = m.add_parser("list", parents=[common])
-    p.add_argument("--iid", type=int)
+    p.add_argument("--iid", type=_iid)
     p.add_argument("--prefix", help="only mappings inside this prefix")
     p.add_argument("--source", choices=["config", "endpoint", "api"])
     for op in ("get", "delete"):
         p = m.add_parser(op, parents=[common])
         p.add_argument("eid", help="EID prefix, e.g. 10.2.0.0/16")
-        p.add_argument("--iid", type=int, required=True)
+        p.add_argument("--iid", type=_iid, required=True)
     p = m.add_parser("lookup", parents=[common], help="which mapping serves an address")
     p.add_argument("address")
-    p.add_argument("--iid", type=int, required=True)
+    p.add_argument("--iid", type=_iid, required=True)
     for op, help_text in (("add", "create (fails if it exists)"), ("set", "create or replace")):
         p = m.add_parser(op, parents=[common], help=help_text)
         p.add_argument("eid", help="EID prefix, e.g. 10.2.0.0/16")
-        p.add_argument("--iid", type=int, required=True)
+        p.add_argument("--iid", type=_iid, required=True)
         p.add_argument("--rloc", action="append", default=[], metavar="ADDRESS[,PRIORITY[,WEIGHT]]")
         p.add_argument("--ttl", type=int, help="minutes")
         p.add_argument("--action", choices=["no-action", "native-forward", "send-map-request", "drop"],
@@ -276,7 +366,7 @@ def add_parsers(sub) -> None:
     p = e.add_parser("add", parents=[common])
     for name in ("--bridge", "--port", "--mac"):
         p.add_argument(name, required=True)
-    p.add_argument("--iid", type=int, required=True)
+    p.add_argument("--iid", type=_iid, required=True)
     p.add_argument("--eid", action="append", required=True, help="EID address (repeat)")
     p = e.add_parser("delete", parents=[common])
     p.add_argument("--bridge", required=True)
@@ -292,5 +382,5 @@ def _main(args) -> int:
     try:
         return run(args)
     except ClientError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)  # always one line
         return e.code
