@@ -251,3 +251,57 @@ def test_ten_thousand_rows_phone_layout_and_screenshots(testbed, tmp_path):
         if SCREENSHOTS:
             shutil.copy(shot, ROOT / SCREENSHOTS / shot.name)
     assert "Traceback" not in ctl.log()
+
+
+FITS = """
+const card = arguments[0], name = arguments[1];
+const box = card.getBoundingClientRect();
+const named = [...card.querySelectorAll("[title]")].filter((e) => e.getAttribute("title") === name);
+return {
+  card: [card.clientWidth, card.scrollWidth],
+  // the element that shows the name (a port chip, a table cell), and whether the name is cut
+  named: named.map((e) => {
+    const shown = e.closest(".port, td, h3") || e;
+    return {shown: shown.tagName + "." + shown.className, scroll: shown.scrollWidth,
+            left: shown.getBoundingClientRect().left - box.left, right: shown.getBoundingClientRect().right - box.left,
+            cut: getComputedStyle(e).textOverflow === "ellipsis"
+                 && (e.scrollWidth > e.clientWidth || e.scrollHeight > e.clientHeight)};
+  }),
+  // every element of the card, not only the named ones, stays inside it
+  outside: [...card.querySelectorAll("*")].filter((e) => e.getBoundingClientRect().right > box.right + 1)
+                                          .map((e) => e.tagName + "." + e.className),
+  page: document.documentElement.scrollWidth <= window.innerWidth + 1,
+};
+"""
+
+
+def test_a_long_port_name_stays_inside_its_card_with_the_whole_name_in_a_tooltip(testbed, tmp_path):
+    """A store written by an earlier version may hold an endpoint whose
+    port has a 300-character name (names are limited to 15 bytes now): its
+    card, on a laptop and on a phone, cuts the name where it does not fit
+    and the tooltip (title) holds all of it."""
+    import ipaddress
+    from lisp_controller.model import Endpoint
+    from lisp_controller.store.sqlite import Store
+    long_name = "vnet-" + "".join(chr(97 + i % 26) for i in range(295))
+    store = Store(testbed.tmpdir / "store.db")  # where ControllerProcess keeps it
+    store.write(put_endpoints=[(HV1, Endpoint(long_name, "52:54:00:00:00:ab", 1000,
+                                              (ipaddress.ip_address("10.1.1.77"),)))])
+    store.close()
+    ov, ctl, api = start(testbed, tmp_path)
+    assert long_name in [e["port"] for e in api("GET", "/v1/endpoints")[1]["endpoints"]]
+    with Browser(testbed, ov.controller_ns.ns) as b:
+        b.open()
+        b.wait(lambda d: b.attr(card(HV1), "data-state") in ("up", "warning"), what="hv1's card")
+        for size in (LAPTOP, PHONE):
+            b.driver.set_window_size(*size)
+            b.wait(lambda d: b.js("return window.innerWidth") <= size[0], what=f"{size[0]} px wide")
+            got = b.js(FITS, b.one(card(HV1)), long_name)
+            client, scroll = got["card"]
+            # In the endpoints table and on the chip of a port missing from the bridge.
+            assert {e["shown"] for e in got["named"]} == {"TD.mono ep-port", "SPAN.port missing"}, got
+            for e in got["named"]:
+                assert e["scroll"] <= client and 0 <= e["left"] and e["right"] <= client + 1, (size, e, client)
+                assert e["cut"], e  # with an ellipsis, the title has the rest
+            assert scroll <= client and not got["outside"] and got["page"], (size, got)
+    assert "Traceback" not in ctl.log()

@@ -16,6 +16,11 @@
   const $ = (id) => document.getElementById(id);
   const ESC = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
   const esc = (v) => String(v ?? "").replace(/[&<>"']/g, (c) => ESC[c]);
+  // A port or bridge name: cut with an ellipsis where it does not fit, the
+  // whole name in the tooltip. Names have at most 15 bytes (IFNAMSIZ - 1),
+  // but a store written by an earlier version may hold longer ones: those
+  // are "long", and a table cell wraps them anywhere instead of widening.
+  const nameHtml = (v) => `<span class="name${String(v).length > 15 ? " long" : ""}" title="${esc(v)}">${esc(v)}</span>`;
   const num = new Intl.NumberFormat("en-US");
 
   const state = {
@@ -223,10 +228,10 @@
     const epPorts = new Set(eps.map((e) => e.port));
     const ports = Object.entries(d.ports).map(([name, no]) => {
       const kind = name === d.tunnel_port ? "tunnel" : epPorts.has(name) ? "vm" : "other";
-      return `<span class="port ${kind}" title="${kind === "tunnel" ? "tunnel port" : kind === "vm" ? "VM port" : "port"}">${esc(name)}<b>${no}</b></span>`;
+      return `<span class="port ${kind}">${nameHtml(name)}<b title="${kind === "tunnel" ? "tunnel port" : kind === "vm" ? "VM port" : "port"} number">${no}</b></span>`;
     });
-    for (const name of d.missing_ports) ports.push(`<span class="port missing" title="configured, not on the bridge">${esc(name)}<b>missing</b></span>`);
-    const epRows = eps.map((e) => `<tr><td class="mono">${esc(e.port)}${d.ports[e.port] !== undefined ? ` <span class="muted">#${d.ports[e.port]}</span>` : ""}</td>
+    for (const name of d.missing_ports) ports.push(`<span class="port missing">${nameHtml(name)}<b title="configured, not on the bridge">missing</b></span>`);
+    const epRows = eps.map((e) => `<tr><td class="mono ep-port">${nameHtml(e.port)}${d.ports[e.port] !== undefined ? ` <span class="muted">#${d.ports[e.port]}</span>` : ""}</td>
       <td class="mono">${esc(e.mac)}</td><td>${e.iid}</td><td class="mono">${e.eids.map(esc).join("<br>")}</td>
       <td><span class="src src-${esc(e.source)}">${esc(e.source)}</span></td></tr>`).join("");
     const endpoints = eps.length
@@ -238,7 +243,7 @@
     const title = d.name || d.bridge;
     const subtitle = [d.datapath_id, d.bridge].filter((x, i, all) => x && x !== title && all.indexOf(x) === i);
     return `<article class="card bridge state-${st}" data-bridge="${esc(d.bridge)}" data-dpid="${esc(d.datapath_id ?? "")}" data-state="${st}">
-      <header><h3>${esc(title)}</h3><span class="badge">${STATE_TEXT[st]}</span></header>
+      <header><h3 title="${esc(title)}">${esc(title)}</h3><span class="badge">${STATE_TEXT[st]}</span></header>
       <div class="dpid mono" title="datapath ID">${subtitle.map(esc).join(" · ") || "&nbsp;"}</div>
       <dl class="facts">${facts.join("")}</dl>
       ${ports.length ? `<div class="ports">${ports.join("")}</div>` : ""}
