@@ -408,3 +408,21 @@ def test_an_endpoint_made_from_stored_values_can_be_checked():
     legacy = Endpoint("a/b", "52:54:00:00:00:01", 1, (ipaddress.ip_address("10.0.0.1"),))
     with pytest.raises(ModelError, match="endpoint.port: 'a/b' contains '/'"):
         legacy.check()
+
+
+def test_the_fast_rloc_ranges_agree_with_the_reasons():
+    """parse_rloc_address tests a dotted quad with two range comparisons;
+    they must accept exactly what _v4_problem finds nothing wrong with."""
+    import random
+    from lisp_controller.model import parse_rloc_address
+    from lisp_controller.model.values import _v4_problem
+    rnd = random.Random(3)
+    edges = [e + d for e in (0, 1 << 24, 127 << 24, 128 << 24, 224 << 24, 240 << 24, 2**32 - 1)
+             for d in (-1, 0, 1) if 0 <= e + d < 2**32]
+    for n in edges + [rnd.randrange(2**32) for _ in range(5000)]:
+        text = str(ipaddress.IPv4Address(n))
+        if _v4_problem(n, True) is None:
+            assert parse_rloc_address(text) == ipaddress.IPv4Address(n), text
+        else:
+            with pytest.raises(ModelError, match="an RLOC must be a unicast address"):
+                parse_rloc_address(text)

@@ -81,6 +81,7 @@ def _fast_ipv6(text: str) -> int | None:
 
 
 _AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
+_IPV4 = ipaddress.IPv4Address
 _pton, _ntop = socket.inet_pton, socket.inet_ntop
 _from_bytes = int.from_bytes
 
@@ -137,10 +138,12 @@ def parse_rloc_address(value: object, field: str = "rloc") -> IPAddress:
     if isinstance(value, str):
         number = _fast_ipv4(value)
         if number is not None:
-            problem = _v4_problem(number, True)
-            if problem is None:
-                return ipaddress.IPv4Address(number)
-            raise ModelError(field, f"{value!r} is {problem}; an RLOC must be a unicast address")
+            # 1.0.0.0 to 126.255.255.255, 128.0.0.0 to 223.255.255.255, 240.0.0.0 to
+            # 255.255.255.254: _v4_problem's complement, in two comparisons for most RLOCs.
+            if 0x01000000 <= number < 0x7F000000 or 0x80000000 <= number < 0xE0000000 or \
+                    0xF0000000 <= number < 0xFFFFFFFF:
+                return _IPV4(number)
+            raise ModelError(field, f"{value!r} is {_v4_problem(number, True)}; an RLOC must be a unicast address")
     address = parse_address(value, field)
     problem = _v4_problem(int(address), True) if address.version == 4 else _v6_problem(address, True)
     if problem is not None:
