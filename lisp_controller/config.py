@@ -381,7 +381,7 @@ def _parse_store(raw: dict, problems: list[str], where: str, base: Path) -> tupl
         endpoints = []
     schemes = set()
     for i, url in enumerate(endpoints):
-        problem = _etcd_url_problem(url)
+        problem = url_problem(url, bare=True)
         if problem:
             problems.append(f"{where}: store.endpoints[{i}]: {problem}")
         else:
@@ -416,7 +416,12 @@ def _parse_store(raw: dict, problems: list[str], where: str, base: Path) -> tupl
     return DEFAULT_STORE, EtcdSettings(**values)
 
 
-def _etcd_url_problem(url: object) -> str | None:
+def url_problem(url: object, bare: bool = False) -> str | None:
+    """What is wrong with an http(s) URL a user gave, or None: it needs a
+    scheme and a host, and has no query, fragment or credentials (say so
+    here, in one line, rather than fail later in a library). `bare`: also
+    a port and no path, as for an etcd member. The CLI's --url is checked
+    here too."""
     from urllib.parse import urlsplit
 
     if not isinstance(url, str):
@@ -426,10 +431,14 @@ def _etcd_url_problem(url: object) -> str | None:
         port = parts.port
     except ValueError as e:
         return f"{url!r}: {e}"
-    if parts.scheme not in ("http", "https") or not parts.hostname or port is None:
-        return f"must be http://HOST:PORT or https://HOST:PORT, got {url!r}"
-    if parts.path not in ("", "/") or parts.query or parts.username:
-        return f"must be just a scheme, host and port, got {url!r}"
+    if parts.scheme not in ("http", "https") or not parts.hostname or (bare and port is None):
+        form = "http://HOST:PORT or https://HOST:PORT" if bare else "http[s]://HOST[:PORT][/PATH]"
+        return f"must be {form}, got {url!r}"
+    if (bare and parts.path not in ("", "/")) or parts.query or parts.fragment or url.endswith(("?", "#")) \
+            or parts.username is not None:
+        return f"must be just a scheme, host and port{'' if bare else ' (and a path)'}, got {url!r}"
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return f"must not contain whitespace or control characters, got {url!r}"
     return None
 
 

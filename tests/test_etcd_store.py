@@ -128,16 +128,21 @@ def test_merge_plan_keeps_few_segments_and_rewrites_little():
 
 
 def test_store_config_section():
+    one_bridge = {"bridge": [{"name": "br0", "rloc": "192.0.2.1"}]}  # a config needs one
     cfg = parse_config({"store": {"backend": "etcd", "endpoints": ["http://127.0.0.1:2379", "http://[::1]:2380"],
-                                  "prefix": "/site-a/", "timeout": 2, "user": "lisp", "password": "secret"}})
+                                  "prefix": "/site-a/", "timeout": 2, "user": "lisp", "password": "secret"},
+                        **one_bridge})
     assert cfg.etcd == EtcdSettings(("http://127.0.0.1:2379", "http://[::1]:2380"), "/site-a/", 2.0,
                                     user="lisp", password="secret")
-    assert parse_config({}).etcd is None
+    assert parse_config(one_bridge).etcd is None
     with pytest.raises(ConfigError) as e:
-        parse_config({"store": {"backend": "etcd", "endpoints": ["127.0.0.1:2379", "https://h:1", "ftp://x:2"],
+        parse_config({"store": {"backend": "etcd", "endpoints": ["127.0.0.1:2379", "https://h:1", "ftp://x:2",
+                                                                "http://h:2379/v3", "http://u@h:2379"],
                                 "prefix": "nope", "path": "/x", "password": "p", "ca": "missing.pem"}})
     text = "\n".join(e.value.problems)
     for expected in ("store.endpoints[0]: must be http://HOST:PORT", "store.endpoints[2]",
+                     "store.endpoints[3]: must be just a scheme, host and port",
+                     "store.endpoints[4]: must be just a scheme, host and port",
                      "store.prefix: must be a key prefix", "store.path: only for backend", "store.password: needs",
                      "store.ca: missing.pem: no such file"):
         assert expected in text, text

@@ -16,7 +16,7 @@ import urllib.parse
 import urllib.request
 import uuid
 
-from lisp_controller.config import TOKEN_ENV
+from lisp_controller.config import TOKEN_ENV, url_problem
 from lisp_controller.model import IID_MAX, ModelError, parse_decimal, unique_keys
 
 URL_ENV = "LISP_CONTROLLER_URL"
@@ -47,25 +47,9 @@ def controller_url(given: str | None) -> str:
         given, source = os.environ.get(URL_ENV), URL_ENV
         if given is None:
             return DEFAULT_URL
-    problem = None
-    try:
-        parts = urllib.parse.urlsplit(given)
-        parts.port  # noqa: B018 -- a port that is not a number or out of range raises here
-    except ValueError as e:
-        problem = str(e)
-    else:
-        if parts.scheme not in ("http", "https"):
-            problem = "expected http:// or https:// and the controller's address"
-        elif not parts.hostname:
-            problem = "no host"
-        elif parts.query or parts.fragment or given.endswith(("?", "#")):
-            problem = "a query string or fragment has no place in it"
-        elif parts.username is not None:
-            problem = f"credentials in the URL are not sent (the CLI sends {TOKEN_ENV})"
-        elif any(c.isspace() or not c.isprintable() for c in given):
-            problem = "it contains whitespace or control characters"
+    problem = url_problem(given)
     if problem is not None:
-        raise ClientError(f"{source} {given!r} is not a controller URL like {DEFAULT_URL}: {problem}", 2)
+        raise ClientError(f"{source}: not a controller URL like {DEFAULT_URL}: {problem}", 2)
     return given
 
 
