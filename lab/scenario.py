@@ -71,7 +71,7 @@ def add_endpoint_vm(tb: Testbed, hv: Hypervisor, ep: Endpoint, name: str,
 def build(tb: Testbed, config_path: str | Path, vm_prefixlen: int = 24,
           underlay: str = "192.168.0.0/16", static_neighbours: bool = True, *,
           routed_underlay: bool = False, rloc_prefixlen: int | None = None,
-          vm_lan: bool = False) -> Topology:
+          vm_lan: bool = False, datapath: str | None = None) -> Topology:
     """Hypervisors and VMs as the config describes them; VM i of the config
     is named vm<i+1> and gets a default route via its endpoint's gateway.
 
@@ -95,14 +95,16 @@ def build(tb: Testbed, config_path: str | Path, vm_prefixlen: int = 24,
         nets = [ipaddress.ip_interface(f"{b.rloc}/{rloc_prefixlen or (24 if b.rloc.version == 4 else 64)}").network
                 for b in bridges]
         distinct = list(dict.fromkeys(nets))
-        segments = {net: tb.add_segment(f"wan{k}", str(net)) for k, net in enumerate(distinct, 1)}
+        segments = {net: tb.add_segment(f"wan{k}", str(net), mtu=_underlay_mtu(
+                        b for b, n in zip(bridges, nets) if n == net))
+                    for k, net in enumerate(distinct, 1)}
         router = tb.add_router("rtr", list(segments.values()),
                                [f"{_first_host(net)}/{net.prefixlen}" for net in distinct])
         placement = [(segments[net], net, _first_host(net)) for net in nets]
     else:
         net = ipaddress.ip_network(underlay)
         router = None
-        placement = [(tb.add_segment("wan", str(net)), net, None)] * len(bridges)
+        placement = [(tb.add_segment("wan", str(net), mtu=_underlay_mtu(bridges)), net, None)] * len(bridges)
     segments = list(tb.segments.values())
     ov = Topology(tb, Path(config_path), config, ctl, segments[0], segments=segments, router=router)
     if vm_lan:
@@ -113,7 +115,8 @@ def build(tb: Testbed, config_path: str | Path, vm_prefixlen: int = 24,
         hv = tb.add_hypervisor(f"hv{i}", str(bridge.rloc), net.prefixlen, segment,
                                f"{bridge.datapath_id:016x}", bridge=bridge.name or "br2",
                                tunnel_port=bridge.tunnel_port, profile=bridge.profile,
-                               controller=ctl, of_port=config.openflow_port, gateway=gateway)
+                               controller=ctl, of_port=config.openflow_port, gateway=gateway,
+                               datapath=datapath)
         ov.hypervisors.append(hv)
         if ov.vm_lan is not None:
             tb.add_l2_port(hv, ov.vm_lan, "eth0")
@@ -129,6 +132,11 @@ def build(tb: Testbed, config_path: str | Path, vm_prefixlen: int = 24,
                         if addr:
                             vm.neigh_add(addr, other.mac)
     return ov
+
+
+def _underlay_mtu(bridges) -> int:
+    """One segment's MTU: the smallest its bridges are configured with."""
+    return min(b.underlay_mtu for b in bridges)
 
 
 class ControllerProcess:

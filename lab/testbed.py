@@ -47,6 +47,21 @@ from lisp_controller.pipeline.profiles import DEFAULT_PROFILE, PROFILES
 T = TypeVar("T")
 
 OVS_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
+# Debian's DPDK build of ovs-vswitchd (openvswitch-switch-dpdk), started by
+# its full path: the system's ovs-vswitchd alternative is never touched.
+OVS_VSWITCHD_DPDK = "/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk"
+DATAPATHS = ("netdev", "dpdk")
+# DPDK on a small machine without hugepages or NICs (docs/datapath.rst,
+# "OVS-DPDK"): the main thread on core 0, one PMD thread on core 1 that
+# sleeps up to 1 ms when idle (without pmd-maxsleep it keeps a core busy),
+# 512 MB of ordinary memory, no PCI scan, no shared files between
+# processes. OVS 3.1 adds --in-memory itself unless --legacy-mem is given.
+DPDK_OTHER_CONFIG = {"dpdk-init": "true", "dpdk-lcore-mask": "0x1", "pmd-cpu-mask": "0x2",
+                     "pmd-maxsleep": "1000"}
+DPDK_EXTRA = "--no-huge -m 512 --no-pci --legacy-mem --no-shconf --no-telemetry"
+# DPDK 22.11's af_packet driver takes Ethernet frames of at most 1518 bytes:
+# a DPDK port on a veth has an MTU of 1500 at most.
+DPDK_AF_PACKET_MAX_MTU = 1500
 MGMT_NET = ipaddress.ip_network("172.31.255.0/24")
 CONTROLLER_ADDRESS = "172.31.255.1"
 IFNAMSIZ = 15  # Linux interface names: at most 15 characters
@@ -264,7 +279,7 @@ class Hypervisor:
     def __init__(self, testbed: "Testbed", *, name: str, index: int, ns: str,
                  rundir: Path, rloc: str, prefixlen: int, segment: Segment | None,
                  datapath_id: str, bridge: str, tunnel_port: str, profile: str,
-                 underlay_iface: str, gateway: str | None) -> None:
+                 underlay_iface: str, gateway: str | None, datapath: str = "netdev") -> None:
         self.testbed = testbed
         self.name = name
         self.index = index
@@ -280,12 +295,17 @@ class Hypervisor:
         self.underlay_iface = underlay_iface
         self.underlay_bridge = "br-phy"
         self.gateway = gateway
+        # "netdev": OVS's plain userspace datapath; "dpdk": the same
+        # datapath in the DPDK build, every port a DPDK port.
+        self.datapath = datapath
+        self._vdevs = 0  # DPDK virtual devices made so far (their names must differ)
         self.mgmt_iface: str | None = None
         self.mgmt_address: str | None = None
         self.db_path = rundir / "conf.db"
         self.db_sock = rundir / "db.sock"
         self.ovsdb_pidfile = rundir / "ovsdb-server.pid"
         self.vswitchd_pidfile = rundir / "ovs-vswitchd.pid"
+        self.vswitchd_ctl = rundir / "ovs-vswitchd.ctl"
         self.env = dict(os.environ, OVS_RUNDIR=str(rundir), OVS_DBDIR=str(rundir),
                         OVS_LOGDIR=str(rundir), OVS_SYSCONFDIR=str(rundir))
         self.vms: list[VM] = []
@@ -317,8 +337,10 @@ class Hypervisor:
         """ovs-ofctl speaking OpenFlow 1.3 (bridges only accept 1.3)."""
         return self.run("ovs-ofctl", "-O", "OpenFlow13", *args).stdout
 
-    def appctl(self, *args: str, target: str = "ovs-vswitchd") -> str:
-        return self.run("ovs-appctl", "-t", target, *args).stdout
+    def appctl(self, *args: str, target: str | None = None) -> str:
+        """ovs-appctl to ovs-vswitchd (by its control socket, whichever
+        build runs) or to ``target``."""
+        return self.run("ovs-appctl", "-t", target or str(self.vswitchd_ctl), *args).stdout
 
     def set_vlog(self, spec: str) -> str:
         """E.g. ``set_vlog("vconn:file:dbg")`` to count flow-mods switch-side."""
@@ -381,12 +403,59 @@ class Hypervisor:
                  f"--unixctl={self.rundir / 'ovsdb-server.ctl'}",
                  "--detach", "--no-chdir")
 
+    @property
+    def dpdk(self) -> bool:
+        return self.datapath == "dpdk"
+
+    def port_args(self, port: str) -> list[str]:
+        """ovs-vsctl arguments making the port ``port`` (named like the
+        veth it uses) a DPDK port in DPDK mode: DPDK's af_packet driver on
+        that veth. Nothing in netdev mode (OVS opens the veth itself)."""
+        if not self.dpdk:
+            return []
+        self._vdevs += 1
+        # The kernel keeps seeing the frames af_packet reads: it must not
+        # answer ARP for, or route, what arrives on the veth.
+        for key, value in (("rp_filter", "1"), ("arp_ignore", "1")):
+            self.run("sysctl", "-q", "-w", f"net.ipv4.conf.{port}.{key}={value}")
+        return ["--", "set", "Interface", port, "type=dpdk",
+                f"options:dpdk-devargs=net_af_packet{self._vdevs},iface={port}"]
+
+    def add_port(self, bridge: str, port: str, *more: str) -> None:
+        """Add the veth ``port`` (in this namespace) to ``bridge``, as a
+        DPDK port in DPDK mode; ``more`` are further ovs-vsctl arguments."""
+        self.vsctl("add-port", bridge, port, *self.port_args(port), *more)
+
+    def interface_status(self, port: str) -> dict[str, str]:
+        """``ovs-vsctl get Interface <port> status``: for a DPDK port the
+        driver (``driver_name=net_af_packet``), for others little."""
+        out = self.vsctl("get", "Interface", port, "status").strip()
+        return dict(re.findall(r'([\w-]+)="?([^",}]*)"?', out))
+
     def _start_vswitchd(self) -> None:
         self.testbed._track_pidfile(self.vswitchd_pidfile)
+        if self.dpdk:
+            self._start_vswitchd_dpdk()
+            return
         self.run("ovs-vswitchd", self.db, "--disable-system",
-                 f"--pidfile={self.vswitchd_pidfile}",
+                 f"--pidfile={self.vswitchd_pidfile}", f"--unixctl={self.vswitchd_ctl}",
                  f"--log-file={self.rundir / 'ovs-vswitchd.log'}",
                  "--detach", "--no-chdir")
+
+    def _start_vswitchd_dpdk(self) -> None:
+        """The DPDK build, configured before it starts (DPDK reads its
+        options once). The file prefix is unique per daemon, so several
+        DPDK processes on one machine never share DPDK state."""
+        config = {**DPDK_OTHER_CONFIG,
+                  "dpdk-extra": f"{DPDK_EXTRA} --file-prefix={self.testbed.prefix}{self.name}"}
+        self.vsctl("set", "Open_vSwitch", ".",
+                   *(f'other_config:{k}="{v}"' for k, v in config.items()), wait=False)
+        self.run(OVS_VSWITCHD_DPDK, self.db, "--disable-system",
+                 f"--pidfile={self.vswitchd_pidfile}", f"--unixctl={self.vswitchd_ctl}",
+                 f"--log-file={self.rundir / 'ovs-vswitchd.log'}",
+                 "--detach", "--no-chdir", timeout=120)
+        wait_until(lambda: self.vsctl("get", "Open_vSwitch", ".", "dpdk_initialized").strip() == "true",
+                   timeout=60, what=f"DPDK initialized on {self.name}")
 
     def vswitchd_pid(self) -> int | None:
         return _read_pid(self.vswitchd_pidfile)
@@ -500,6 +569,30 @@ class VM:
                         str(timeout), check=False, timeout=timeout * 3 + 10)
         return int(proc.stdout.strip() or 0)
 
+    def serve_http(self, directory: Path, port: int = 8000) -> subprocess.Popen[bytes]:
+        """Python's http.server in this VM, on every IPv4 and IPv6 address,
+        serving ``directory`` (stopped at teardown); returns once it listens."""
+        self.testbed.assert_ours(self.ns)
+        proc = self.testbed.spawn(self.ns, [sys.executable, "-m", "http.server", "--bind", "::",
+                                            "--directory", str(directory), str(port)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: f":{port} " in self.run("ss", "-Hltn").stdout,
+                   timeout=10, what=f"HTTP server on {self.name}:{port}")
+        return proc
+
+    def http_get(self, host: str, path: str, port: int = 8000, timeout: float = 30.0,
+                 stall: float = 5.0) -> tuple[int, str]:
+        """Download ``http://host:port/path`` from inside this VM (Python's
+        urllib); returns (bytes received, their SHA-256). A transfer that
+        stalls for ``stall`` seconds or runs past ``timeout`` ends there,
+        with what arrived so far (the overlay MTU black hole gives 0)."""
+        self.testbed.assert_ours(self.ns)
+        url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/{path.lstrip('/')}"
+        proc = self.run(sys.executable, "-c", _HTTP_CLIENT, url, str(timeout), str(stall),
+                        check=False, timeout=timeout + stall + 30)
+        size, digest = (proc.stdout.split() + ["0", ""])[:2]
+        return int(size), digest
+
     def wait_reachable(self, dst: str, timeout: float = 20.0) -> None:
         """Warm-up: OVS drops tunnelled packets while it ARPs for the remote
         RLOC, so poll single pings until one gets through (with a deadline)."""
@@ -537,6 +630,21 @@ try:
 except OSError:
     pass
 print(got)
+"""
+
+
+_HTTP_CLIENT = """
+import hashlib, sys, time, urllib.request
+url, timeout, stall = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+deadline, got, digest = time.monotonic() + timeout, 0, hashlib.sha256()
+try:
+    with urllib.request.urlopen(url, timeout=stall) as resp:
+        while time.monotonic() < deadline and (chunk := resp.read(65536)):
+            got += len(chunk)
+            digest.update(chunk)
+except OSError:
+    pass
+print(got, digest.hexdigest())
 """
 
 
@@ -634,9 +742,16 @@ class Testbed:
     __test__ = False
 
     def __init__(self, prefix: str | None = None, keep_tmp: bool = False,
-                 whole_host: bool = False) -> None:
+                 whole_host: bool = False, datapath: str = "netdev") -> None:
         if os.geteuid() != 0:
             raise TestbedError("the testbed needs root (network namespaces, veths)")
+        if datapath not in DATAPATHS:
+            raise ValueError(f"datapath must be one of {', '.join(DATAPATHS)}, got {datapath!r}")
+        if datapath == "dpdk" and not os.access(OVS_VSWITCHD_DPDK, os.X_OK):
+            raise TestbedError(f"{OVS_VSWITCHD_DPDK} is missing: run scripts/install.sh "
+                               "(package openvswitch-switch-dpdk)")
+        # Every hypervisor's datapath unless add_hypervisor says otherwise.
+        self.datapath = datapath
         # Only add_host_hypervisor() may touch the namespace this process
         # runs in (a disposable Vagrant box); tests never set this.
         self.whole_host = whole_host
@@ -855,7 +970,7 @@ class Testbed:
                        datapath_id: str | int, bridge: str = "br2",
                        tunnel_port: str = "lisp0", profile: str = DEFAULT_PROFILE,
                        controller: Controller | None = None, of_port: int = 6653,
-                       gateway: str | None = None) -> Hypervisor:
+                       gateway: str | None = None, datapath: str | None = None) -> Hypervisor:
         """A hypervisor namespace running its own OVS, with:
 
         - ``br-phy`` (netdev, standalone) holding the underlay veth and the
@@ -865,12 +980,22 @@ class Testbed:
         - a management link to the controller LAN if a controller exists,
           address 172.31.255.(10+index); ``controller`` also points the VM
           bridge at tcp:<controller>:<of_port> with max_backoff=1000.
+
+        ``datapath`` (default: the testbed's) is "netdev" or "dpdk"; with
+        "dpdk" the daemon is OVS's DPDK build and every port on either
+        bridge is a DPDK port on its veth (docs/datapath.rst, "OVS-DPDK").
         """
         if name in self.hypervisors:
             raise ValueError(f"duplicate hypervisor {name!r}")
+        datapath = datapath or self.datapath
+        if datapath not in DATAPATHS:
+            raise ValueError(f"datapath must be one of {', '.join(DATAPATHS)}, got {datapath!r}")
+        if datapath == "dpdk" and segment.mtu > DPDK_AF_PACKET_MAX_MTU:
+            raise TestbedError(f"segment {segment.name} has MTU {segment.mtu}; a DPDK port on a veth "
+                               f"(af_packet) takes at most {DPDK_AF_PACKET_MAX_MTU}")
         ns = self._add_ns(name)
         hv = self._new_hypervisor(name, ns, rloc, prefixlen, segment, datapath_id, bridge,
-                                  tunnel_port, profile, self.ifname("phy"), gateway)
+                                  tunnel_port, profile, self.ifname("phy"), gateway, datapath)
         # Underlay: veth into the segment's bridge, enslaved to br-phy.
         peer = self.ifname(f"h{hv.index}s{segment.index}")
         self._veth(ns, hv.underlay_iface, segment.ns, peer, mtu=segment.mtu)
@@ -909,7 +1034,7 @@ class Testbed:
     def _new_hypervisor(self, name: str, ns: str, rloc: str, prefixlen: int,
                         segment: Segment | None, datapath_id: str | int, bridge: str,
                         tunnel_port: str, profile: str, underlay_iface: str,
-                        gateway: str | None) -> Hypervisor:
+                        gateway: str | None, datapath: str = "netdev") -> Hypervisor:
         if name in self.hypervisors:
             raise ValueError(f"duplicate hypervisor {name!r}")
         if profile not in PROFILES:
@@ -920,7 +1045,7 @@ class Testbed:
                         rloc=rloc, prefixlen=prefixlen, segment=segment,  # type: ignore[arg-type]
                         datapath_id=_normalize_dpid(datapath_id), bridge=bridge,
                         tunnel_port=tunnel_port, profile=profile,
-                        underlay_iface=underlay_iface, gateway=gateway)
+                        underlay_iface=underlay_iface, gateway=gateway, datapath=datapath)
         self.hypervisors[name] = hv
         return hv
 
@@ -942,7 +1067,8 @@ class Testbed:
                  # Not the veth's MAC (OVS's default pick): frames for the
                  # RLOC must not also be taken by the kernel on the veth.
                  f"other_config:hwaddr={_rloc_mac(hv.rloc)}",
-                 "--", "add-port", "br-phy", phy,
+                 "--", "add-port", "br-phy", phy, *hv.port_args(phy),
+                 *(["--", "set", "Interface", phy, f"mtu_request={mtu}"] if hv.dpdk else []),
                  "--", "set", "Interface", "br-phy", f"mtu_request={mtu}")
         hv._configure_underlay_ip()
         hv.add_vm_bridge(hv.bridge, hv.datapath_id, hv.tunnel_port, hv.profile)
@@ -974,7 +1100,7 @@ class Testbed:
         self._quiet_port(hv.ns, port)
         self.run(hv.ns, "ethtool", "-K", port, "tx", "off")
         self.run(hv.ns, "ip", "link", "set", port, "up")
-        hv.vsctl("add-port", hv.bridge, port)
+        hv.add_port(hv.bridge, port)
 
     def _add_mgmt_link(self, hv: Hypervisor) -> None:
         assert self.controller is not None
@@ -1017,7 +1143,7 @@ class Testbed:
         # Without this, TCP through the userspace datapath fails (ping works).
         self.run(ns, "ethtool", "-K", vm.iface, "tx", "off")
         self.run(ns, "ip", "link", "set", vm.iface, "up")
-        hv.vsctl("add-port", hv.bridge, port)
+        hv.add_port(hv.bridge, port)
         hv.vms.append(vm)
         self.vms[name] = vm
         return vm

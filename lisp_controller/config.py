@@ -14,7 +14,7 @@ from lisp_controller.errors import LispControllerError
 from lisp_controller.model import (Bridge, Endpoint, Mapping, ModelError, Overlay, datapath_id_of, parse_action,
                                    parse_address, parse_bool, parse_gateway, parse_iid, parse_int,
                                    parse_interface_name, parse_mac, parse_rloc_address)
-from lisp_controller.pipeline.profiles import DEFAULT_PROFILE, PROFILES
+from lisp_controller.pipeline.profiles import DEFAULT_PROFILE, DEFAULT_UNDERLAY_MTU, PROFILES
 
 
 class ConfigError(LispControllerError):
@@ -94,7 +94,11 @@ _CONTROLLER_KEYS = {"listen", "port", "miss_action", "reconcile_interval", *_TLS
 _STORE_KEYS = {"backend", "path", "endpoints", "prefix", "timeout", "ca", "cert", "key", "user", "password"}
 _ETCD_KEYS = _STORE_KEYS - {"backend", "path"}
 _BRIDGE_KEYS = {"datapath_id", "name", "rloc", "tunnel_port", "tunnel_profile", "iid",
-                "router_mac", "endpoint", "proxy_arp", "gateway"}
+                "router_mac", "endpoint", "proxy_arp", "gateway", "underlay_mtu", "too_big_without_df"}
+# An underlay below IPv6's minimum link MTU could not carry IPv6 RLOCs, and
+# one above 65535 does not exist (docs/mtu.rst).
+MIN_UNDERLAY_MTU, MAX_UNDERLAY_MTU = 1280, 65535
+TOO_BIG_WITHOUT_DF = ("drop", "fragment")
 _TOP_KEYS = {"controller", "api", "store", "bridge", "mapping"}
 
 
@@ -124,6 +128,16 @@ def default_router_mac(identity: str) -> str:
 def _parse_profile(value: object, field: str) -> str:
     if value not in PROFILES:
         raise ModelError(field, f"must be one of {', '.join(PROFILES)}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _parse_underlay_mtu(value: object, field: str) -> int:
+    return parse_int(value, field, MIN_UNDERLAY_MTU, MAX_UNDERLAY_MTU)
+
+
+def _parse_too_big_without_df(value: object, field: str) -> str:
+    if value not in TOO_BIG_WITHOUT_DF:
+        raise ModelError(field, f"must be one of {', '.join(TOO_BIG_WITHOUT_DF)}, got {value!r}")
     return value  # type: ignore[return-value]
 
 
@@ -166,6 +180,8 @@ def _parse_bridge(raw: object, field: str, problems: list[str], where: str) -> B
     router_mac = optional("router_mac", parse_mac, default_router_mac(f"{dpid}/{name}"))
     proxy_arp = optional("proxy_arp", parse_bool, False)
     default_gateway = optional("gateway", parse_gateway, None)
+    underlay_mtu = optional("underlay_mtu", _parse_underlay_mtu, DEFAULT_UNDERLAY_MTU)
+    too_big_without_df = optional("too_big_without_df", _parse_too_big_without_df, "drop")
     # Endpoint problems are reported but keep the bridge for the
     # cross-bridge checks, so one run shows every problem.
     endpoints: list[Endpoint] = []
@@ -193,7 +209,7 @@ def _parse_bridge(raw: object, field: str, problems: list[str], where: str) -> B
     if not ok:
         return None
     return Bridge(label, dpid, name, rloc, tunnel_port, profile, router_mac, tuple(endpoints),
-                  proxy_arp)
+                  proxy_arp, underlay_mtu, too_big_without_df)
 
 
 def parse_config(data: dict, source: str = "<config>") -> Config:

@@ -44,9 +44,13 @@ def _matches(flow: Flow, pkt: dict) -> bool:
 
 
 def trace(flows, packet: dict, table: int = 0) -> Result:
+    """`packet` holds match fields, and "frame_len" (the Ethernet frame's
+    length, default 64) for check_pkt_larger."""
     flows = list(flows.values()) if isinstance(flows, dict) else list(flows)
     pkt = dict(packet)
     pkt.setdefault("metadata", 0)
+    pkt.setdefault("reg0", 0)
+    pkt.setdefault("tun_ipv4_dst", "0.0.0.0")  # OVS: an unset tunnel destination is zero
     result = Result()
     for _ in range(16):
         candidates = [f for f in flows if f.table == table and _matches(f, pkt)]

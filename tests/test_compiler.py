@@ -190,7 +190,7 @@ def test_every_table_ends_in_a_miss_rule():
     config = load_config(BLOG)
     flows = compile_bridge(config.overlay.bridges[0], {"vnet0": 1, "lisp0": 2}, compile_overlay(config.overlay)).flows
     tables = {f.table for f in flows.values()}
-    assert tables == {0, 1, 2, 3, 4}
+    assert tables == {0, 1, 2, 3, 4, 5}
     for t in tables:
         assert any(f.table == t and f.priority == 0 and f.match == () for f in flows.values()), t
 

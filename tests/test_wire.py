@@ -1,5 +1,6 @@
 """wire.py packs flow-mods by hand: they must be os-ken's bytes exactly."""
 import ipaddress
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ from os_ken.ofproto import ofproto_parser, ofproto_protocol
 from lisp_controller.openflow import encode
 from lisp_controller.pipeline.compiler import compile_bridge, compile_overlay
 from lisp_controller.config import load_config, parse_config
+from lisp_controller.pipeline.actions import render_actions
 from lisp_controller.pipeline.flows import COOKIE_TAG, encoded, flow_mod_add, render
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -16,6 +18,7 @@ _PROTO = ofproto_protocol.ProtocolDesc(4)
 EXTRA = parse_config({
     "controller": {"miss_action": "send-map-request"},
     "bridge": [{"name": "v6", "rloc": "2001:db8:ff::1", "iid": 3, "proxy_arp": True, "gateway": "10.0.0.1",
+                "underlay_mtu": 9000,
                 "endpoint": [{"port": "p1", "mac": "52:54:00:00:00:01", "eids": ["10.0.0.5", "2001:db8::5"]}]}],
     "mapping": [
         {"iid": 3, "eid": "10.8.0.0/13", "rlocs": ["2001:db8:ff::2"]},
@@ -44,8 +47,8 @@ def test_every_flow_shape_is_covered():
     fields = {name for _, f in FLOWS for name, _ in f.match} | \
              {a[1] for _, f in FLOWS for a in f.actions if a[0] == "set_field"}
     assert kinds == {"output", "normal", "controller", "set_field", "goto", "write_metadata",
-                     "in_port", "dec_ttl", "move"}
-    assert {"tun_ipv4_dst", "tun_ipv6_dst", "ipv6_dst", "arp_tpa", "metadata", "vlan_vid"} <= fields
+                     "in_port", "dec_ttl", "move", "check_pkt_larger", "meter"}
+    assert {"tun_ipv4_dst", "tun_ipv6_dst", "ipv6_dst", "arp_tpa", "metadata", "vlan_vid", "reg0"} <= fields
     assert len(FLOWS) > 300
 
 
@@ -56,6 +59,19 @@ def test_bytes_equal_os_kens_and_decode_back(cookie, flow):
     version, msg_type, length, xid = ofproto_parser.header(fast)
     msg = ofproto_parser.msg(_PROTO, version, msg_type, length, xid, fast)
     assert (msg.cookie, msg.table_id, msg.priority) == (cookie, flow.table, flow.priority)
+
+
+@pytest.mark.ovs  # needs ovs-ofctl, not root
+def test_path_mtu_actions_read_back_by_ovs_ofctl_as_we_render_them():
+    """os-ken 4.2 has no check_pkt_larger (its reference is our own bytes),
+    so OVS's own decoder is the yardstick for the path MTU flows' bytes,
+    and for the meter instruction's place."""
+    shapes = {f for _, f in FLOWS if any(a[0] in ("check_pkt_larger", "meter") for a in f.actions)}
+    assert len(shapes) >= 5  # v4 and v6 RLOC checks at two MTUs, the metered packet-in
+    for flow in shapes:
+        text = subprocess.run(["ovs-ofctl", "ofp-print", flow_mod_add(flow, 0).hex()],
+                              capture_output=True, text=True, check=True).stdout
+        assert text.split(" actions=", 1)[1].strip() == render_actions(flow.actions), text
 
 
 def test_cookie_is_a_hash_of_the_encoding():
@@ -120,7 +136,8 @@ def test_every_action_kind_packs_renders_and_traces():
         "in_port": actions.IN_PORT, "dec_ttl": actions.DEC_TTL,
         "set_field": actions.set_field("tun_ipv4_dst", ipaddress.ip_address("192.0.2.1")),
         "move": actions.move("eth_src", "eth_dst"), "write_metadata": actions.write_metadata(5),
-        "goto": actions.goto(3),
+        "goto": actions.goto(3), "check_pkt_larger": actions.check_pkt_larger(1478),
+        "meter": actions.meter(76),
     }
     assert set(samples) == set(actions.KINDS)
     texts = set()

@@ -19,7 +19,7 @@ from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_c
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from lisp_controller.pipeline.compiler import T_MAPCACHE, Compiled, compile_bridge, compile_local
+from lisp_controller.pipeline.compiler import T_MAPCACHE, T_TOO_BIG, Compiled, compile_bridge, compile_local
 from lisp_controller.config import Config
 from lisp_controller.controller.counters import Counts, CounterCache, Snapshot, add_counts
 from lisp_controller.openflow.encode import encode_delete
@@ -34,6 +34,7 @@ from lisp_controller.controller.state import Change, Conflict, State
 from lisp_controller.controller.admit import admit, describe_dropped
 from lisp_controller.store import Delta, Store, StoreError, StoreStale
 from lisp_controller.openflow.switch import Switch, SwitchError, describe_error, port_name
+from lisp_controller.controller.toobig import PathMtu
 
 LOG = logging.getLogger("lisp_controller")
 MAX_ERRORS_KEPT = 50
@@ -213,6 +214,10 @@ class BridgeSession:
                 stages["verify_ms"] = _ms_since(mark)
             st.flows_installed = sum(self.installed.values())
         st.flows_desired = self._local_flows + len(state.shared)
+        if delta is None and (deep or bridge is not self._synced_bridge):
+            error = self.app.pathmtu.sync_meters(self.switch, bridge, self.label)  # before the flows
+            if error:
+                self._record_error(error)
         rejected = 0
         if plan:
             mark = time.monotonic()
@@ -375,6 +380,7 @@ class LispControllerApp(app_manager.OSKenApp):
         self.metrics = Metrics(self)
         freeze_long_lived()  # the state loaded from config and store
         self.counters = CounterCache(self._read_counters, hub.spawn)
+        self.pathmtu = PathMtu(self.metrics, lambda: self.state.bridges.values(), self.counters.get)
         self.threads.append(hub.spawn(self._expire_loop))
 
     # -- changes -----------------------------------------------------------
@@ -513,7 +519,8 @@ class LispControllerApp(app_manager.OSKenApp):
         """Every configured bridge, connected or not, then any connected
         datapath the config does not know."""
         by_label = {s.status.bridge.label: s for s in self._programmed()}
-        out = [_datapath_view(b, by_label.get(b.label)) for b in self.state.bridges.values()]
+        out = [{**_datapath_view(b, by_label.get(b.label)), **self.pathmtu.view(b)}
+               for b in self.state.bridges.values()]
         out += [_datapath_view(None, s) for s in self.sessions.values() if s.status.bridge is None]
         return out
 
@@ -527,6 +534,7 @@ class LispControllerApp(app_manager.OSKenApp):
         for session in self._programmed():
             try:
                 add_counts(total, session.switch.flow_counters(T_MAPCACHE, STATS_TIMEOUT))
+                self.pathmtu.read(session.switch, session.status.bridge.label, STATS_TIMEOUT)
             except SwitchError as e:  # gone or slow: its share is missing this time
                 LOG.warning("%s", e)
         return total
@@ -578,7 +586,8 @@ class LispControllerApp(app_manager.OSKenApp):
                 del self.sessions[dp.id]
 
     @set_ev_cls([ofp_event.EventOFPPortDescStatsReply, ofp_event.EventOFPFlowStatsReply,
-                 ofp_event.EventOFPBarrierReply, ofp_event.EventONFBundleCtrlMsg],
+                 ofp_event.EventOFPBarrierReply, ofp_event.EventONFBundleCtrlMsg,
+                 ofp_event.EventOFPMeterConfigStatsReply, ofp_event.EventOFPMeterStatsReply],
                 MAIN_DISPATCHER)
     def _reply(self, ev) -> None:
         session = self._session(ev.msg)
@@ -596,8 +605,19 @@ class LispControllerApp(app_manager.OSKenApp):
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _packet_in(self, ev) -> None:
-        """Only map-cache misses with send-map-request reach us; counted
-        until a LISP control plane exists to ask."""
+        """Packets too big for the tunnel are answered (toobig.py); the
+        rest are map-cache misses with send-map-request, counted until a
+        LISP control plane exists to ask."""
+        if ev.msg.table_id == T_TOO_BIG:
+            session = self._session(ev.msg)
+            if session is None or session.status.bridge is None:
+                return
+            try:
+                self.pathmtu.packet_in(session.switch, self.state.bridge(session.status.bridge.label),
+                                       session.status.ports, ev.msg, session.label)
+            except Exception:  # one bad packet must not stop the next; say which bridge
+                LOG.exception("bridge %s: answering a packet too big for the tunnel failed", session.label)
+            return
         self.metrics.inc("lisp_map_cache_misses_total")
 
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)

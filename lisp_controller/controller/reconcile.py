@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Container, Mapping, NamedTuple
 
+from lisp_controller.pipeline.flows import Meter
+
 
 class Plan(NamedTuple):
     delete: tuple[int, ...]  # cookies, sent first
@@ -34,6 +36,20 @@ def reconcile(installed: Mapping[int, int], *desired: Mapping[int, bytes]) -> Pl
     add = [(c, data) for i, part in enumerate(desired) for c, data in part.items()
            if installed.get(c, 0) != 1 and not any(c in earlier for earlier in desired[:i])]
     return Plan(tuple(sorted(delete)), tuple(add))
+
+
+def meter_plan(installed: Mapping[int, Meter | None], desired: Mapping[int, Meter]) -> list[tuple[str, Meter]]:
+    """("add" | "modify", meter) for each desired meter the bridge lacks or
+    holds differently; nothing for one it holds right, so a reconnect
+    sends no meter-mod. Meters we do not want are left alone: they are
+    someone else's."""
+    plan = []
+    for meter_id, meter in sorted(desired.items()):
+        if meter_id not in installed:
+            plan.append(("add", meter))
+        elif installed[meter_id] != meter:
+            plan.append(("modify", meter))
+    return plan
 
 
 def catch_up(installed: Mapping[int, int], added: set[int], removed: set[int],

@@ -277,6 +277,11 @@ class Bridge:
     # Answer the VMs' ARP requests in flows (scenario 2: VMs share a subnet
     # across a routed underlay, so ARP cannot reach the other VM).
     proxy_arp: bool = False
+    # The MTU of the underlay this bridge's tunnel packets cross, and what
+    # happens to an IPv4 packet too big for the tunnel that may be
+    # fragmented (no DF bit): "drop" or "fragment" (docs/mtu.rst).
+    underlay_mtu: int = 1500
+    too_big_without_df: str = "drop"
 
     def matches(self, datapath_id: int, bridge_name: str | None) -> bool:
         if self.datapath_id is not None:

@@ -14,8 +14,8 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from lisp_controller.openflow import wire
-from lisp_controller.pipeline.actions import reference_instructions, reference_value
-from lisp_controller.pipeline.flows import Flow
+from lisp_controller.pipeline.actions import kind, reference_instructions, reference_value
+from lisp_controller.pipeline.flows import Flow, Meter
 
 _PROTO = ofproto_protocol.ProtocolDesc(ofp.OFP_VERSION)
 _HEADER = struct.Struct("!BBHI")
@@ -96,3 +96,42 @@ def bundle_add(xid: int, bundle_id: int, flags: int, inner: bytes) -> bytes:
     body = _EXP.pack(ofproto_common.ONF_EXPERIMENTER_ID, ofp.ONF_ET_BUNDLE_ADD_MESSAGE) + \
         struct.pack("!I2xH", bundle_id, flags) + inner
     return _header(ofp.OFPT_EXPERIMENTER, 8 + len(body), xid) + body
+
+
+# Meters and packet-outs are rare (one meter per bridge, packet-outs paced
+# by that meter): os-ken's classes encode them.
+METER_FLAGS = ofp.OFPMF_PKTPS | ofp.OFPMF_BURST | ofp.OFPMF_STATS
+METER_ADD, METER_MODIFY = ofp.OFPMC_ADD, ofp.OFPMC_MODIFY
+
+
+def meter_mod(meter: Meter, command: int) -> bytes:
+    """Add or modify `meter`: drop packets above its rate (packets per
+    second, with a bucket of `burst` packets), and keep statistics."""
+    band = parser.OFPMeterBandDrop(rate=meter.rate, burst_size=meter.burst)
+    return _serialize(parser.OFPMeterMod(_PROTO, command=command, flags=METER_FLAGS,
+                                         meter_id=meter.meter_id, bands=[band]))
+
+
+def meter_of(config) -> Meter | None:
+    """A meter as a switch reports it (OFPMeterConfigStats), as our value;
+    None if it is not a meter of the shape we make (packets per second,
+    burst, one drop band)."""
+    bands = config.bands
+    if config.flags != METER_FLAGS or len(bands) != 1 or bands[0].type != ofp.OFPMBT_DROP:
+        return None
+    return Meter(config.meter_id, bands[0].rate, bands[0].burst_size)
+
+
+def meter_config_request(xid: int) -> bytes:
+    return with_xid(_serialize(parser.OFPMeterConfigStatsRequest(_PROTO, 0, ofp.OFPM_ALL)), xid)
+
+
+def meter_stats_request(xid: int, meter_id: int) -> bytes:
+    return with_xid(_serialize(parser.OFPMeterStatsRequest(_PROTO, 0, meter_id)), xid)
+
+
+def packet_out(actions: tuple, data: bytes) -> bytes:
+    """Send `data` (an Ethernet frame) through `actions` (apply-actions
+    only), as if it came from the controller."""
+    return _serialize(parser.OFPPacketOut(_PROTO, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
+                                          actions=[kind(a).reference(a) for a in actions], data=data))

@@ -25,7 +25,7 @@ from lisp_controller.openflow import encode
 
 from lisp_controller.openflow import verify
 from lisp_controller.controller.gcpause import BIG, gc_paused
-from lisp_controller.pipeline.flows import COOKIE_BASE, COOKIE_TAG_MASK
+from lisp_controller.pipeline.flows import COOKIE_BASE, COOKIE_TAG_MASK, Meter
 from lisp_controller.controller.reconcile import Plan
 
 LOG = logging.getLogger(__name__)
@@ -244,6 +244,41 @@ class Switch:
 
     def barrier(self) -> None:
         self.request(encode.barrier, "barrier")
+
+    def send(self, msg: bytes) -> None:
+        """Send a message that needs no answer (a packet-out), now."""
+        self._send(encode.with_xid(msg, self._xid()))
+
+    def send_confirmed(self, msg: bytes, what: str) -> None:
+        """Send a message that has no reply and confirm it with a barrier;
+        SwitchError with the switch's words if it refused it (an error
+        reaches us before the barrier's reply)."""
+        xid = self._xid()
+        pending = self._pending[xid] = _Pending()
+        try:
+            self._send(encode.with_xid(msg, xid))
+            self.barrier()
+            if pending.error is not None:
+                raise SwitchError(f"bridge {self.label}: {what} refused: {describe_error(pending.error)}")
+        finally:
+            del self._pending[xid]
+
+    def meters(self) -> dict[int, Meter | None]:
+        """The bridge's meters by ID, as our values (None for a meter of a
+        shape we never make)."""
+        return {config.meter_id: encode.meter_of(config)
+                for reply in self.request(encode.meter_config_request, "meter configuration")
+                for config in reply.body}
+
+    def meter_counts(self, meter_id: int, timeout: float | None = None) -> tuple[int, int]:
+        """(packets that entered the meter, packets its band dropped) since
+        the meter was made."""
+        for reply in self.request(lambda xid: encode.meter_stats_request(xid, meter_id),
+                                  f"statistics of meter {meter_id}", timeout):
+            for stat in reply.body:
+                if stat.meter_id == meter_id:
+                    return stat.packet_in_count, sum(b.packet_band_count for b in stat.band_stats)
+        return 0, 0
 
     # -- changes -----------------------------------------------------------
     def apply(self, plan: Plan, max_attempts: int = 64,

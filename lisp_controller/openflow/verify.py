@@ -31,7 +31,7 @@ _ACTION = struct.Struct("!HH")
 
 OFPIT_GOTO_TABLE, OFPIT_WRITE_METADATA, OFPIT_APPLY_ACTIONS = 1, 2, 4
 OFPAT_OUTPUT, OFPAT_SET_FIELD, OFPAT_EXPERIMENTER = 0, 25, 0xFFFF
-NX_VENDOR, NXAST_REG_MOVE = 0x00002320, 6
+NX_VENDOR, NXAST_REG_MOVE = wire.NX_VENDOR, wire.NXAST_REG_MOVE
 
 # A register move names its fields by 32-bit header. We send OXM headers;
 # OVS answers with the older NXM ones for the same fields. Both map to one

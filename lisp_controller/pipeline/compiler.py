@@ -11,14 +11,21 @@ import ipaddress
 from typing import Mapping as TMapping, NamedTuple
 
 from lisp_controller.openflow import wire
-from lisp_controller.pipeline.actions import (DEC_TTL, IN_PORT, NORMAL, TO_CONTROLLER, goto, move, output,
-                                              set_field, write_metadata)
+from lisp_controller.pipeline.actions import (DEC_TTL, IN_PORT, NORMAL, TO_CONTROLLER, check_pkt_larger, goto,
+                                              meter, move, output, set_field, write_metadata)
 from lisp_controller.pipeline.flows import (COOKIE_BASE, ETH_ARP, ETH_IP, ETH_IPV6, IPPROTO_ICMPV6, ND_ADVERT,
-                                            ND_SOLICIT, Flow, flow_mod_add, keyed)
+                                            ND_SOLICIT, Flow, Meter, flow_mod_add, keyed)
 from lisp_controller.model import Bridge, Endpoint, MapCache, Mapping, Overlay
-from lisp_controller.pipeline.profiles import PROFILES
+from lisp_controller.pipeline.profiles import PROFILES, tunnel_mtu
 
-T_CLASSIFY, T_MAPCACHE, T_EGRESS, T_DECAP, T_ARP = 0, 1, 2, 3, 4
+T_CLASSIFY, T_MAPCACHE, T_EGRESS, T_DECAP, T_ARP, T_TOO_BIG = 0, 1, 2, 3, 4, 5
+
+# Path MTU discovery (docs/mtu.rst): packets too big for the tunnel go to
+# the controller through this meter, at most TOO_BIG_PPS a second (and a
+# burst of TOO_BIG_BURST), so a flood of them cannot load the controller.
+METER_TOO_BIG = 0x4C
+TOO_BIG_PPS, TOO_BIG_BURST = 100, 50
+ETH_HEADER = 14  # check_pkt_larger counts the Ethernet header; the tunnel does not carry it
 
 # map-cache priorities: base + prefix length, so longer prefixes win; a
 # bridge's own EIDs sit above every prefix.
@@ -200,6 +207,30 @@ def _arp_flows(bridge: Bridge, ports: TMapping[str, int], shared: dict[int, Flow
     return flows
 
 
+NO_IPV4_RLOC = ipaddress.IPv4Address(0)  # tun_ipv4_dst of a packet given an IPv6 RLOC
+
+
+def _egress_flows(bridge: Bridge, tunnel: int | None) -> list[Flow]:
+    """Tables 2 and 5: into the tunnel, unless the RLOC is our own (deliver
+    locally) or the packet is bigger than the tunnel can carry towards an
+    RLOC of that family (check_pkt_larger), in which case it goes to the
+    controller through the meter, which answers the sender (pathmtu.py)."""
+    own = (_tun_dst_field(bridge.rloc.version), bridge.rloc)
+    flows = [Flow(T_EGRESS, 10, (own,), (goto(T_DECAP),))]
+    for priority, match, version in ((1, (("tun_ipv4_dst", NO_IPV4_RLOC),), 6), (0, (), 4)):
+        limit = tunnel_mtu(bridge.underlay_mtu, bridge.profile, version) + ETH_HEADER
+        flows.append(Flow(T_EGRESS, priority, match, (check_pkt_larger(limit), goto(T_TOO_BIG))))
+    flows.append(Flow(T_TOO_BIG, 10, (("reg0", 1),), (meter(METER_TOO_BIG), TO_CONTROLLER)))
+    flows.append(Flow(T_TOO_BIG, 0, (), (output(tunnel),) if tunnel is not None else ()))
+    return flows
+
+
+def compile_meters(bridge: Bridge) -> dict[int, Meter]:
+    """The meters a bridge should hold, by meter ID: the one that paces
+    too-big packets to the controller."""
+    return {METER_TOO_BIG: Meter(METER_TOO_BIG, TOO_BIG_PPS, TOO_BIG_BURST)}
+
+
 def _routed(ep: Endpoint) -> tuple:
     """A VM with a gateway sends its packets to this xTR as its router."""
     return (DEC_TTL,) if ep.gateway is not None else ()
@@ -261,10 +292,7 @@ def compile_local(bridge: Bridge, ports: TMapping[str, int], shared: TMapping[in
                 flows.append(Flow(T_DECAP, PRIO_DECAP_ROUTED, (("in_port", tunnel), *match),
                                   (*_routed(ep), *deliver)))
 
-    # An RLOC equal to our own is never a tunnel target: deliver locally.
-    own = (_tun_dst_field(bridge.rloc.version), bridge.rloc)
-    flows.append(Flow(T_EGRESS, 10, (own,), (goto(T_DECAP),)))
-    flows.append(Flow(T_EGRESS, 0, (), (output(tunnel),) if tunnel is not None else ()))
+    flows += _egress_flows(bridge, tunnel)
     flows.append(Flow(T_DECAP, 0, (), ()))
     flows += _arp_flows(bridge, ports, shared)
     return Compiled(keyed(flows), tuple(missing))

@@ -35,6 +35,16 @@ class Flow(NamedTuple):
     actions: tuple[tuple, ...]
 
 
+class Meter(NamedTuple):
+    """An OpenFlow 1.3 meter that drops packets above `rate` packets per
+    second (with a bucket of `burst` packets). Meters are reconciled like
+    flows: on connect, only a meter that differs is sent."""
+
+    meter_id: int
+    rate: int
+    burst: int
+
+
 def _protocol(match: dict) -> str | None:
     eth_type = match.get("eth_type")
     if eth_type == ETH_IP:
