@@ -418,8 +418,10 @@ class Hypervisor:
         # answer ARP for, or route, what arrives on the veth.
         for key, value in (("rp_filter", "1"), ("arp_ignore", "1")):
             self.run("sysctl", "-q", "-w", f"net.ipv4.conf.{port}.{key}={value}")
+        # qdisc_bypass=0: what DPDK sends goes through the kernel's
+        # transmit path, where a capture on the veth sees it too.
         return ["--", "set", "Interface", port, "type=dpdk",
-                f"options:dpdk-devargs=net_af_packet{self._vdevs},iface={port}"]
+                f"options:dpdk-devargs=net_af_packet{self._vdevs},iface={port},qdisc_bypass=0"]
 
     def add_port(self, bridge: str, port: str, *more: str) -> None:
         """Add the veth ``port`` (in this namespace) to ``bridge``, as a

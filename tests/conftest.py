@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from lab.etcd import EtcdCluster
-from lab.testbed import Testbed
+from lab.testbed import OVS_VSWITCHD_DPDK, Testbed
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -39,10 +39,15 @@ def require_lab() -> None:
 
 
 @pytest.fixture
-def testbed() -> Iterator[Testbed]:
-    """A fresh namespace testbed, torn down even when the test fails."""
+def testbed(request) -> Iterator[Testbed]:
+    """A fresh namespace testbed, torn down even when the test fails.
+    Parametrized indirectly with "netdev" or "dpdk", it is the datapath of
+    every hypervisor (docs/datapath.rst, "OVS-DPDK")."""
     require_lab()
-    tb = Testbed()
+    datapath = getattr(request, "param", "netdev")
+    if datapath == "dpdk" and not os.access(OVS_VSWITCHD_DPDK, os.X_OK):
+        pytest.fail(f"{OVS_VSWITCHD_DPDK} is not installed: run scripts/install.sh")
+    tb = Testbed(datapath=datapath)
     try:
         yield tb
     finally:

@@ -117,6 +117,7 @@ def rx_packets(vm) -> int:
     return json.loads(out)[0]["stats64"]["rx"]["packets"]
 
 
+@pytest.mark.parametrize("testbed", ["netdev", "dpdk"], indirect=True)
 def test_traffic_follows_an_endpoint_move_without_restarting_anything(testbed, tmp_path):
     """An address moves from hv2 to hv3 (a migration): one API call
     deletes its endpoint, one adds it on the new bridge; hv1's map-cache

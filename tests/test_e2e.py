@@ -27,7 +27,19 @@ def blog_config(tmp_path: Path, profile: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("profile", ["lisp-gpe", "gre-l3"])
+def assert_datapath(testbed, ov) -> None:
+    """The tunnel runs in the datapath (tnl_push out, tnl_pop in), and on
+    the DPDK datapath every port is a real DPDK port (af_packet driver)."""
+    for hv in ov.hypervisors:
+        flows = hv.appctl("dpctl/dump-flows")
+        assert "tnl_push(" in flows and "tnl_pop(" in flows, flows
+        if testbed.datapath == "dpdk":
+            for port in (hv.underlay_iface, *(vm.port_name for vm in hv.vms)):
+                assert hv.interface_status(port)["driver_name"] == "net_af_packet", port
+
+
+@pytest.mark.parametrize("testbed,profile", [("netdev", "lisp-gpe"), ("netdev", "gre-l3"), ("dpdk", "lisp-gpe")],
+                         indirect=["testbed"])
 def test_blog_vms_ping_through_the_controllers_flows(testbed, tmp_path, profile):
     ov = build(testbed, blog_config(tmp_path, profile))
     ctl = ControllerProcess(ov).start()
@@ -52,7 +64,8 @@ def test_blog_vms_ping_through_the_controllers_flows(testbed, tmp_path, profile)
         ports = hv.port_numbers()
         flows = hv.dump_flows()
         assert any(f"in_port={ports['lisp0']},dl_dst=00:00:00:00:00:00" in f for f in flows), flows
-        assert any(f"table=2, priority=0 actions=output:{ports['lisp0']}" in f for f in flows), flows
+        assert any(f"table=5, priority=0 actions=output:{ports['lisp0']}" in f for f in flows), flows
+    assert_datapath(testbed, ov)
     assert "Traceback" not in ctl.log()
 
 
@@ -95,11 +108,13 @@ rlocs = [{address = "192.168.1.252", priority = 1, weight = 100}]
 """
 
 
-@pytest.mark.parametrize("how", ["kill-9", "terminate"])
+@pytest.mark.parametrize("testbed,how", [("netdev", "kill-9"), ("netdev", "terminate"), ("dpdk", "kill-9")],
+                         indirect=["testbed"])
 def test_controller_restart_loses_no_packet_and_sends_no_flow_mod(testbed, tmp_path, how):
     """Under a 10 ms ping, the controller dies and comes back with one
     mapping added to its config while it was down: no packet is lost, and
-    the only flow-mod the bridges receive is that mapping's flow."""
+    the only flow-mod the bridges receive is that mapping's flow (no
+    meter-mod either: the meter is right)."""
     ov = build(testbed, blog_config(tmp_path, "lisp-gpe"))
     ctl = ControllerProcess(ov).start()
     wait_programmed(ov)
@@ -139,8 +154,11 @@ def test_controller_restart_loses_no_packet_and_sends_no_flow_mod(testbed, tmp_p
         assert any("OFPST_FLOW request" in m for m in messages), messages[:20]
         assert any("OFPT_BARRIER_REQUEST" in m or "OFPST_PORT_DESC" in m for m in messages), messages[:20]
         # ...and sent one flow-mod, in a bundle: the new mapping's.
-        changes = [m for m in messages if re.search(r"FLOW_MOD|BUNDLE_ADD", m)]
+        changes = [m for m in messages if re.search(r"FLOW_MOD|BUNDLE_ADD|METER_MOD", m)]
         assert len(changes) == 1, changes
+        assert any("OFPST_METER_CONFIG request" in m for m in messages), messages[:20]
+    if testbed.datapath == "dpdk":
+        assert_datapath(testbed, ov)
 
 
 def test_port_renumbering_is_followed_and_foreign_flows_are_never_touched(testbed, tmp_path):
