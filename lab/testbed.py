@@ -595,6 +595,16 @@ class VM:
         size, digest = (proc.stdout.split() + ["0", ""])[:2]
         return int(size), digest
 
+    def udp_flood(self, dst: str, size: int, seconds: float, port: int = 9) -> int:
+        """Send UDP datagrams of ``size`` bytes (IP packet) to ``dst`` as
+        fast as one Python process can for ``seconds``, with DF set and the
+        path MTU ignored (IP_PMTUDISC_PROBE): every one stays oversized,
+        whatever ICMP comes back. Returns how many were sent."""
+        self.testbed.assert_ours(self.ns)
+        proc = self.run(sys.executable, "-c", _UDP_FLOOD, dst, str(port), str(size), str(seconds),
+                        timeout=seconds + 30)
+        return int(proc.stdout.strip())
+
     def wait_reachable(self, dst: str, timeout: float = 20.0) -> None:
         """Warm-up: OVS drops tunnelled packets while it ARPs for the remote
         RLOC, so poll single pings until one gets through (with a deadline)."""
@@ -647,6 +657,28 @@ try:
 except OSError:
     pass
 print(got, digest.hexdigest())
+"""
+
+
+_UDP_FLOOD = """
+import socket, sys, time
+dst, port, size, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+v6 = ":" in dst
+s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+if v6:
+    s.setsockopt(socket.IPPROTO_IPV6, 23, 3)  # IPV6_MTU_DISCOVER = IPV6_PMTUDISC_PROBE
+else:
+    s.setsockopt(socket.IPPROTO_IP, 10, 3)  # IP_MTU_DISCOVER = IP_PMTUDISC_PROBE: DF, no PMTU
+payload = bytes(size - (48 if v6 else 28))
+sent, end = 0, time.monotonic() + seconds
+while time.monotonic() < end:
+    for _ in range(100):
+        try:
+            s.sendto(payload, (dst, port))
+            sent += 1
+        except OSError:  # a full socket buffer, an ICMP error reported back: keep going
+            pass
+print(sent)
 """
 
 

@@ -103,7 +103,16 @@ SCHEMAS = {
         "flows_repaired": {"type": "integer", "description": "flows found changed on the switch and "
                            "replaced since the bridge connected"},
         "flows_rejected": {"type": "integer", "description": "flows the bridge refused in its last sync"},
-        "errors": {"type": "array", "items": {"type": "string"}}, "degraded": {"type": "boolean"}}},
+        "errors": {"type": "array", "items": {"type": "string"}}, "degraded": {"type": "boolean"},
+        "underlay_mtu": {"type": "integer", "description": "[[bridge]] underlay_mtu (docs/mtu.rst)"},
+        "tunnel_mtu": {"type": "object", "description": "largest inner packet the tunnel carries, "
+                       "towards IPv4 and IPv6 RLOCs", "properties": {
+                           "ipv4_rloc": {"type": "integer"}, "ipv6_rloc": {"type": "integer"}}},
+        "too_big": {"type": "object", "description": "packets too big for the tunnel: as the bridge's "
+                    "meter counted them (packets; over_rate: dropped by the meter), and what the "
+                    "controller did with those it let through", "properties": {
+                        "packets": {"type": ["integer", "null"]}, "over_rate": {"type": ["integer", "null"]},
+                        **{k: {"type": "integer"} for k in ("icmp", "fragmented", "dropped", "ignored")}}}}},
 }
 
 

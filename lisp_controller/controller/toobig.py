@@ -32,6 +32,7 @@ class PathMtu:
         the switches' counters to be read again if they are old (without
         waiting), as the status page's counters are."""
         self.metrics = metrics
+        self.refresh = refresh
         # Per bridge label, as the switch counted at the last read: packets
         # that entered the meter (every packet too big for the tunnel), and
         # those it dropped for being over its rate.
@@ -40,7 +41,7 @@ class PathMtu:
                         "and what was done (icmp, fragmented, dropped, ignored)")
         metrics.gauge("lisp_packets_too_big_seen", "Packets too big for the tunnel as each bridge's meter "
                       "counted them: passed to the controller, or dropped over the meter's rate",
-                      lambda: self._seen_metric(refresh))
+                      self._seen_metric)
         metrics.gauge("lisp_tunnel_mtu", "Largest inner packet each bridge's tunnel carries, by RLOC family",
                       lambda: {(("bridge", b.label), ("rloc_family", f"ipv{v}")):
                                float(tunnel_mtu(b.underlay_mtu, b.profile, v))
@@ -87,6 +88,7 @@ class PathMtu:
 
     def view(self, bridge: Bridge) -> dict:
         """What the API and the status page show of a bridge's MTU."""
+        self.refresh()
         seen, over_rate = self.seen.get(bridge.label, (None, None))
         return {"underlay_mtu": bridge.underlay_mtu,
                 "tunnel_mtu": {"ipv4_rloc": tunnel_mtu(bridge.underlay_mtu, bridge.profile, 4),
@@ -95,8 +97,8 @@ class PathMtu:
                             **{action: int(self.metrics.value(COUNTER, bridge=bridge.label, action=action))
                                for action in DONE}}}
 
-    def _seen_metric(self, refresh: Callable[[], object]) -> dict:
-        refresh()
+    def _seen_metric(self) -> dict:
+        self.refresh()
         out = {}
         for label, (seen, over_rate) in self.seen.items():
             out[(("bridge", label), ("meter", "passed"))] = float(seen - over_rate)
