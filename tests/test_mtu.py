@@ -9,6 +9,7 @@ nothing: Open vSwitch drops every full-size segment (`tx mtu exceeded`).
 from __future__ import annotations
 
 import hashlib
+import sys
 import os
 import re
 import time
@@ -20,6 +21,7 @@ from lab.scenario import ControllerProcess, build, wait_programmed
 from lisp_controller.pipeline.compiler import TOO_BIG_BURST, TOO_BIG_PPS
 from lab.testbed import wait_until
 
+from .browser import Browser
 from .test_api import Client
 from .test_e2e import assert_datapath
 
@@ -161,4 +163,68 @@ def test_a_flood_of_oversized_packets_is_held_by_the_meter(testbed, tmp_path):
     assert busy < CPU_BOUND, f"controller used {busy:.1%} of a core during the flood"
     # And the overlay still works meanwhile for everyone else.
     assert vm1.ping(vm2.ip, count=5, interval=0.05) == (5, 5)
+    if testbed.datapath == "netdev":  # the status page says it all (once is enough)
+        card = f'#bridges [data-dpid="{label}"]'
+        with Browser(testbed, ov.controller_ns.ns) as b:
+            b.open()
+            b.wait(lambda d: "over the meter" in (b.text(card) if b.css(card) else ""), what="too-big counts")
+            text = b.text(card)
+        assert "tunnel mtu\n1464 (ipv4 rlocs; 1444 ipv6) · underlay 1500" in text.lower(), text
+        assert f"too big\n{too_big['packets']:,} packets · {too_big['icmp']} answered" in text.lower(), text
     assert "Traceback" not in ctl.log()
+
+
+UDP_SINK = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+with open(sys.argv[2], "a") as out:
+    while True:
+        data, _ = s.recvfrom(65535)
+        out.write(f"{len(data)}\\n")
+        out.flush()
+"""
+
+UDP_SEND_NO_DF = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, 10, 0)  # IP_MTU_DISCOVER = IP_PMTUDISC_DONT: no DF bit
+for _ in range(int(sys.argv[3])):
+    s.sendto(bytes(int(sys.argv[4])), (sys.argv[1], int(sys.argv[2])))
+"""
+
+
+def test_ipv4_without_df_is_fragmented_or_dropped_as_each_bridge_is_configured(testbed, tmp_path):
+    """hv1 says too_big_without_df = "fragment", hv2 keeps the default
+    "drop": 3000-byte UDP datagrams without DF (the VM's kernel cuts them
+    into 1500-byte fragments, still too big for the tunnel) arrive whole
+    from vm1, fragmented again by the controller, and are counted and
+    dropped from vm2."""
+    path, underlay = config(tmp_path, "ipv4", "lisp-gpe")
+    text = path.read_text().replace('rloc = "192.168.1.249"\n',
+                                    'rloc = "192.168.1.249"\ntoo_big_without_df = "fragment"\n')
+    path.write_text(text)
+    ov, ctl, api = start(testbed, path, underlay)
+    vm1, vm2 = ov.vms
+    hv1_label, hv2_label = (b.label for b in ov.config.overlay.bridges)
+    vm1.wait_reachable(vm2.ip)
+    vm2.wait_reachable(vm1.ip)
+    got = {vm.name: tmp_path / f"{vm.name}-received.txt" for vm in ov.vms}
+    for vm in ov.vms:
+        got[vm.name].write_text("")
+        testbed.spawn(vm.ns, [sys.executable, "-c", UDP_SINK, "9999", str(got[vm.name])])
+        wait_until(lambda: ":9999 " in vm.run("ss", "-Hlun").stdout, timeout=10, what=f"sink on {vm.name}")
+    capture = testbed.capture(ov.hypervisors[0].ns, ov.hypervisors[0].underlay_iface, "fragments")
+    with capture:
+        vm1.run(sys.executable, "-c", UDP_SEND_NO_DF, vm2.ip, "9999", "5", "3000")
+        vm2.run(sys.executable, "-c", UDP_SEND_NO_DF, vm1.ip, "9999", "5", "3000")
+        wait_until(lambda: got["vm2"].read_text().split() == ["3000"] * 5, timeout=10,
+                   what="five whole datagrams on vm2")
+    assert got["vm1"].read_text() == ""  # hv2 dropped them
+    # On the underlay: fragments that fit the tunnel, none bigger.
+    rows = capture.decode(["ip.len", "ip.proto"], "lisp-data && ip.src == 10.1.1.20")
+    sizes = [int(r.split("\t")[0].split(",")[-1]) for r in rows]
+    assert sizes and max(sizes) <= 1464, sizes
+    assert switch_counted(api, hv1_label, 10)["too_big"]["fragmented"] == 10  # 2 fragments x 5 datagrams
+    assert switch_counted(api, hv2_label, 10)["too_big"]["dropped"] == 10
+    assert 'dropped (IPv4 without DF; too_big_without_df = "drop")' in ctl.log()

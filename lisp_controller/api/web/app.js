@@ -218,6 +218,17 @@
     }
     facts.push(fact("RLOC", `<span class="mono">${esc(d.rloc ?? "—")}</span>`));
     facts.push(fact("Tunnel", `${esc(d.tunnel_profile ?? "—")} <span class="muted">on</span> ${esc(d.tunnel_port ?? "—")}`));
+    if (d.tunnel_mtu) {
+      // docs/mtu.rst: the largest inner packet, by the RLOC's family.
+      facts.push(fact("Tunnel MTU", `${d.tunnel_mtu.ipv4_rloc} <span class="muted">(IPv4 RLOCs; ${d.tunnel_mtu.ipv6_rloc} IPv6) · underlay ${d.underlay_mtu}</span>`));
+      const tb = d.too_big;
+      const answered = tb.icmp + tb.fragmented;
+      const parts = [`${answered} answered`];
+      if (tb.dropped) parts.push(`${num.format(tb.dropped)} dropped (no DF)`);
+      if (tb.over_rate) parts.push(`${num.format(tb.over_rate)} over the meter's rate`);
+      facts.push(fact("Too big", tb.packets === null ? `<span class="muted">not read yet · ${parts.join(" · ")}</span>`
+        : `<span class="${tb.packets ? "warn-text" : ""}">${num.format(tb.packets)} packets</span> <span class="muted">· ${parts.join(" · ")}</span>`));
+    }
     if (d.connected) {
       const same = d.flows_desired === d.flows_installed;
       facts.push(fact("Flows", `<span class="${same ? "" : "warn-text"}">${num.format(d.flows_installed)} installed / ${num.format(d.flows_desired)} desired</span>`));
