@@ -7,7 +7,11 @@ export DEBIAN_FRONTEND=noninteractive
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 
-need=(openvswitch-switch iproute2 iputils-ping ethtool tshark procps vagrant chromium chromium-driver openssl util-linux etcd-server etcd-client)
+# openvswitch-switch-dpdk and the DPDK drivers: the lab's DPDK mode, started by
+# path; installing it never changes the system's ovs-vswitchd (docs/datapath.rst).
+need=(openvswitch-switch iproute2 iputils-ping ethtool tshark procps vagrant chromium chromium-driver openssl util-linux
+      etcd-server etcd-client
+      openvswitch-switch-dpdk librte-mempool-ring23 librte-bus-vdev23 librte-net-af-packet23)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
