@@ -12,6 +12,7 @@ import hashlib
 import sys
 import os
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -228,3 +229,17 @@ def test_ipv4_without_df_is_fragmented_or_dropped_as_each_bridge_is_configured(t
     assert switch_counted(api, hv1_label, 10)["too_big"]["fragmented"] == 10  # 2 fragments x 5 datagrams
     assert switch_counted(api, hv2_label, 10)["too_big"]["dropped"] == 10
     assert 'dropped (IPv4 without DF; too_big_without_df = "drop")' in ctl.log()
+
+
+def test_the_flood_benchmark_runs_and_the_meter_is_what_bounds_the_answers():
+    """bench/pmtu_flood.py on a short run (no timing asserted): with our
+    meter the controller answers at most its rate; with the rate raised it
+    answers more, so the meter is what holds it."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "pmtu_flood.py"), "--runs", "1", "--seconds", "3"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    answered = {line.split()[0].rstrip(","): int(line.split()[-2].replace(",", ""))
+                for line in out.stdout.splitlines() if line.startswith((f"{TOO_BIG_PPS}/s", "1,000,000/s"))}
+    metered, unlimited = answered[f"{TOO_BIG_PPS}/s"], answered["1,000,000/s"]
+    assert 0 < metered <= TOO_BIG_PPS + TOO_BIG_BURST and unlimited > 2 * metered, out.stdout
+    assert "controller CPU without the limit / with it" in out.stdout
