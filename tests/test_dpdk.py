@@ -20,6 +20,7 @@ def _ours(prefix: str) -> list[str]:
     return [n for n in os.listdir("/run/netns") if n.startswith(prefix + "-")] if os.path.isdir("/run/netns") else []
 
 
+@pytest.mark.ovs
 def test_demo_with_the_dpdk_flag_shows_dpdk_ports_and_the_tunnel_in_the_datapath():
     assert os.access(OVS_VSWITCHD_DPDK, os.X_OK), "run scripts/install.sh (openvswitch-switch-dpdk)"
     proc = subprocess.run([sys.executable, "-m", "lab.demo", "--datapath", "dpdk", "--count", "3"],

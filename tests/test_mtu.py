@@ -231,6 +231,7 @@ def test_ipv4_without_df_is_fragmented_or_dropped_as_each_bridge_is_configured(t
     assert 'dropped (IPv4 without DF; too_big_without_df = "drop")' in ctl.log()
 
 
+@pytest.mark.ovs
 def test_the_flood_benchmark_runs_and_the_meter_is_what_bounds_the_answers():
     """bench/pmtu_flood.py on a short run (no timing asserted): with our
     meter the controller answers at most its rate; with the rate raised it

@@ -14,6 +14,7 @@ import pytest
 
 from lisp_controller.config import ConfigError, parse_config
 from lisp_controller.controller.reconcile import meter_plan
+from lisp_controller.lisp.headers import internet_checksum
 from lisp_controller.pipeline import pathmtu
 from lisp_controller.pipeline.compiler import (METER_TOO_BIG, TOO_BIG_BURST, TOO_BIG_PPS, compile_bridge,
                                                compile_meters, compile_overlay)
@@ -21,6 +22,7 @@ from lisp_controller.pipeline.flows import Meter
 from lisp_controller.pipeline.profiles import tunnel_mtu
 
 from .fakeof import trace
+from .pcap import write_pcap
 
 VM_MAC, ROUTER_MAC = "52:54:00:b8:27:75", "02:4c:00:00:00:01"
 VNET0, LISP0 = 1, 2
@@ -117,7 +119,7 @@ def ipv4_packet(size: int, df: bool = True, proto: int = 6, src: str = "10.1.1.2
     flags = (0x4000 if df else 0) | frag
     head = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl // 4, 0, ihl + len(payload), 0x1234, flags, 64, proto, 0,
                        ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed) + options
-    head = head[:10] + struct.pack("!H", pathmtu.checksum(head)) + head[12:]
+    head = head[:10] + struct.pack("!H", internet_checksum(head)) + head[12:]
     return head + payload
 
 
@@ -136,14 +138,16 @@ def pin(frame: bytes, rloc: str = "192.168.1.252") -> pathmtu.PacketIn:
     return pathmtu.PacketIn(frame, VNET0, 1000, ipaddress.ip_address(rloc))
 
 
+# tshark reads our answers as an independent decoder: a tool of the lab
+# (scripts/install.sh), so these run with the ovs tests.
+TSHARK = pytest.mark.ovs
+
+
 def tshark(tmp_path: Path, frames: list[bytes], fields: list[str], *options: str) -> list[list[str]]:
     """Each frame decoded by tshark: one row per packet, one list per field
     (fields that occur twice, in the quoted packet, give two values)."""
     path = tmp_path / f"f{len(list(tmp_path.iterdir()))}.pcap"
-    data = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
-    for f in frames:
-        data += struct.pack("<IIII", 0, 0, len(f), len(f)) + f
-    path.write_bytes(data)
+    write_pcap(path, frames)
     cmd = ["tshark", "-r", str(path), "-o", "ip.check_checksum:TRUE", "-T", "fields", "-E", "occurrence=a",
            "-E", "aggregator=;", *options]
     for name in fields:
@@ -152,6 +156,7 @@ def tshark(tmp_path: Path, frames: list[bytes], fields: list[str], *options: str
     return [[col for col in line.split("\t")] for line in out.splitlines()]
 
 
+@TSHARK
 def test_ipv4_with_df_gets_fragmentation_needed_with_the_tunnel_mtu(tmp_path):
     big = ipv4_packet(1500)
     reply = pathmtu.handle(bridge(), PORTS, pin(eth(big)))
@@ -167,6 +172,7 @@ def test_ipv4_with_df_gets_fragmentation_needed_with_the_tunnel_mtu(tmp_path):
                    "1;1", "3", "4", "1464", "1", "40000", "8000"]
 
 
+@TSHARK
 def test_a_vm_with_a_gateway_hears_from_its_gateway_and_an_ipv6_rloc_gives_a_smaller_mtu(tmp_path):
     reply = pathmtu.handle(bridge(gateway="10.1.1.1", tunnel_profile="gre-l3"), PORTS,
                            pin(eth(ipv4_packet(1500)), "2001:db8::252"))
@@ -176,6 +182,7 @@ def test_a_vm_with_a_gateway_hears_from_its_gateway_and_an_ipv6_rloc_gives_a_sma
     assert row == ["10.1.1.1;10.1.1.20", "1452"]
 
 
+@TSHARK
 def test_ipv6_gets_packet_too_big_from_the_routers_link_local_address(tmp_path):
     reply = pathmtu.handle(bridge(), PORTS, pin(eth(ipv6_packet(1500), 6)))
     assert (reply.action, reply.family, reply.mtu) == ("icmp", 6, 1464)
@@ -207,6 +214,7 @@ def test_ipv4_without_df_is_dropped_by_default():
     assert (reply.action, reply.packet_outs) == ("dropped", ())
 
 
+@TSHARK
 def test_ipv4_without_df_is_fragmented_into_the_tunnel_when_asked(tmp_path):
     datagram = ipv4_packet(4000, df=False, proto=17)
     reply = pathmtu.handle(bridge(too_big_without_df="fragment"), PORTS, pin(eth(datagram)))

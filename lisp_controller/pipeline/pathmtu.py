@@ -17,6 +17,7 @@ import ipaddress
 import struct
 from typing import Mapping, NamedTuple
 
+from lisp_controller.lisp.headers import internet_checksum as checksum
 from lisp_controller.model import Bridge
 from lisp_controller.pipeline.actions import output, set_field
 from lisp_controller.pipeline.flows import ETH_IP, ETH_IPV6, IPPROTO_ICMPV6
@@ -208,15 +209,6 @@ def _ipv4_header(length: int, ident: int, flags: int, proto: int, src: bytes, ds
     header = _IPV4.pack(0x45, 0xC0, length, ident, flags, TTL, proto, 0, src, dst)
     return header[:10] + struct.pack("!H", checksum(header)) + header[12:]
 
-
-def checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071)."""
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def _mac_bytes(mac: str) -> bytes:
