@@ -3,7 +3,8 @@
 Why it exists: the controller must be tested against real Open vSwitch, but
 the machine running the tests is not ours to reconfigure. So every hypervisor
 is a network namespace running its own ``ovsdb-server`` + ``ovs-vswitchd``
-(userspace datapath, ``--disable-system``) out of a private temp directory,
+(userspace datapath, ``--disable-system``; or its DPDK build with DPDK
+``af_packet`` ports, ``datapath="dpdk"``) out of a private temp directory,
 every VM is a namespace attached by a veth pair, and underlay segments,
 routers and the controller's management LAN are namespaces holding Linux
 bridges. Nothing is created in the root namespace and the system OVS service

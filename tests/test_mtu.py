@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from lab.scenario import ControllerProcess, build, wait_programmed
-from lisp_controller.pipeline.compiler import TOO_BIG_BURST, TOO_BIG_PPS
+from lisp_controller.pipeline.compiler import METER_TOO_BIG as TOO_BIG_METER, TOO_BIG_BURST, TOO_BIG_PPS
 from lab.testbed import wait_until
 
 from .browser import Browser
@@ -244,3 +244,21 @@ def test_the_flood_benchmark_runs_and_the_meter_is_what_bounds_the_answers():
     metered, unlimited = answered[f"{TOO_BIG_PPS}/s"], answered["1,000,000/s"]
     assert 0 < metered <= TOO_BIG_PPS + TOO_BIG_BURST and unlimited > 2 * metered, out.stdout
     assert "controller CPU without the limit / with it" in out.stdout
+
+
+def test_a_meter_changed_by_hand_is_put_back_by_the_deep_check(testbed, tmp_path):
+    """The meter is reconciled like the flows: someone raising its rate
+    (ovs-ofctl mod-meter) is undone at the next deep check, and the
+    flows that use it are not touched."""
+    path, underlay = config(tmp_path, "ipv4", "lisp-gpe")
+    path.write_text(path.read_text().replace('miss_action = "drop"', 'miss_action = "drop"\nreconcile_interval = 1'))
+    ov, ctl, api = start(testbed, path, underlay)
+    hv1 = ov.hypervisors[0]
+    meter = f"meter={TOO_BIG_METER}"
+    assert f"type=drop rate={TOO_BIG_PPS} burst_size={TOO_BIG_BURST}" in hv1.ofctl("dump-meters", "br2", meter)
+    flows = sorted(hv1.dump_flows())
+    hv1.ofctl("mod-meter", "br2", f"{meter},pktps,burst,stats,bands=type=drop,rate=100000,burst_size=5")
+    ctl.wait_log(f"meter {TOO_BIG_METER} changed: {TOO_BIG_PPS} packets/s, burst {TOO_BIG_BURST}")
+    assert f"type=drop rate={TOO_BIG_PPS} burst_size={TOO_BIG_BURST}" in hv1.ofctl("dump-meters", "br2", meter)
+    assert sorted(hv1.dump_flows()) == flows
+    assert ctl.log().count(f"meter {TOO_BIG_METER} added") == 2  # once per bridge, at connect
