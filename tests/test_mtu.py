@@ -112,7 +112,7 @@ def test_a_2mb_download_between_vms_at_mtu_1500_completes_over_ipv4_and_ipv6(tes
     assert view["too_big"]["over_rate"] == 0, view
     status, metrics = api("GET", "/metrics")
     assert f'lisp_tunnel_mtu{{bridge="{label}",rloc_family="{rlocs}"}} {mtu}' in metrics
-    answered = re.search(rf'lisp_packets_too_big_total{{action="icmp",bridge="{label}"}} (\d+)', metrics)
+    answered = re.search(rf'lisp_packets_too_big_total{{bridge="{label}",action="icmp"}} (\d+)', metrics)
     assert answered and int(answered.group(1)) >= len(v4) + len(v6), metrics
     assert "is too big for the tunnel (MTU %d): sender told the path MTU" % mtu in ctl.log()
     if rlocs == "ipv4":

@@ -134,10 +134,36 @@ class _StateCollector:
                 if d.get(key) is not None:
                     per_bridge[key].add_metric([d["bridge"]], d[key])
         yield from per_bridge.values()
+        yield from _path_mtu(views)
         yield GaugeMetricFamily("lisp_process_resident_bytes", "Resident memory of the controller",
                                 value=procinfo.resident_bytes())
         yield GaugeMetricFamily("lisp_process_open_fds", "Open file descriptors (bridges, API clients, store)",
                                 value=procinfo.open_fds())
+
+
+def _path_mtu(views: list[dict]) -> Iterator[Metric]:
+    """Each bridge's tunnel MTU and its packets too big for it, from the
+    datapath views (docs/mtu.rst)."""
+    mtu = GaugeMetricFamily("lisp_tunnel_mtu", "Largest inner packet each bridge's tunnel carries, "
+                            "by RLOC family", labels=["bridge", "rloc_family"])
+    handled = CounterMetricFamily("lisp_packets_too_big", "Packets too big for the tunnel that reached the "
+                                  "controller, by what it did (icmp, fragmented, dropped, ignored)",
+                                  labels=["bridge", "action"])
+    seen = GaugeMetricFamily("lisp_packets_too_big_seen", "Packets too big for the tunnel as the bridge's "
+                             "meter counted them: passed to the controller or dropped over its rate",
+                             labels=["bridge", "meter"])
+    for d in views:
+        if "tunnel_mtu" not in d:
+            continue
+        for family, value in (("ipv4", d["tunnel_mtu"]["ipv4_rloc"]), ("ipv6", d["tunnel_mtu"]["ipv6_rloc"])):
+            mtu.add_metric([d["bridge"], family], value)
+        too_big = d["too_big"]
+        for action in ("icmp", "fragmented", "dropped", "ignored"):
+            handled.add_metric([d["bridge"], action], too_big[action])
+        if too_big["packets"] is not None:
+            seen.add_metric([d["bridge"], "passed"], too_big["packets"] - too_big["over_rate"])
+            seen.add_metric([d["bridge"], "dropped"], too_big["over_rate"])
+    yield from (mtu, handled, seen)
 
 
 def render(metrics: Iterable[Metric]) -> str:

@@ -380,7 +380,7 @@ class LispControllerApp(app_manager.OSKenApp):
         self.metrics = Metrics(self)
         freeze_long_lived()  # the state loaded from config and store
         self.counters = CounterCache(self._read_counters, hub.spawn)
-        self.pathmtu = PathMtu(self.metrics, lambda: self.state.bridges.values(), self.counters.get)
+        self.pathmtu = PathMtu(self.counters.get)
         self.threads.append(hub.spawn(self._expire_loop))
 
     # -- changes -----------------------------------------------------------

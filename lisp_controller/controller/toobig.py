@@ -1,15 +1,15 @@
 """The controller's side of path MTU discovery (docs/mtu.rst): each
 bridge's meter, the packets too big for the tunnel that it lets through,
-and their counts. What to answer is decided by the pure
+and their counts (shown by the API's datapath views, and from them by the
+metrics). What to answer is decided by the pure
 `pipeline/pathmtu.py`; this module does the I/O around it.
 """
 from __future__ import annotations
 
 import ipaddress
 import logging
-from typing import Callable, Iterable
+from typing import Callable
 
-from lisp_controller.api.metrics import Metrics
 from lisp_controller.controller.reconcile import meter_plan
 from lisp_controller.model import Bridge
 from lisp_controller.openflow.encode import METER_ADD, METER_MODIFY, meter_mod, packet_out
@@ -22,30 +22,19 @@ LOG = logging.getLogger("lisp_controller")
 DONE = {"icmp": "sender told the path MTU (ICMP)", "fragmented": "fragmented into the tunnel",
         "dropped": 'dropped (IPv4 without DF; too_big_without_df = "drop")',
         "ignored": "dropped (nothing to answer)"}
-COUNTER = "lisp_packets_too_big_total"
 
 
 class PathMtu:
-    def __init__(self, metrics: Metrics, bridges: Callable[[], Iterable[Bridge]],
-                 refresh: Callable[[], object]):
-        """`bridges` gives the configured bridges now; `refresh` asks for
-        the switches' counters to be read again if they are old (without
-        waiting), as the status page's counters are."""
-        self.metrics = metrics
+    def __init__(self, refresh: Callable[[], object]):
+        """`refresh` asks for the switches' counters to be read again if
+        they are old (without waiting), as the status page's counters are."""
         self.refresh = refresh
         # Per bridge label, as the switch counted at the last read: packets
         # that entered the meter (every packet too big for the tunnel), and
         # those it dropped for being over its rate.
         self.seen: dict[str, tuple[int, int]] = {}
-        metrics.counter(COUNTER, "Packets too big for the tunnel that reached the controller, by bridge "
-                        "and what was done (icmp, fragmented, dropped, ignored)")
-        metrics.gauge("lisp_packets_too_big_seen", "Packets too big for the tunnel as each bridge's meter "
-                      "counted them: passed to the controller, or dropped over the meter's rate",
-                      self._seen_metric)
-        metrics.gauge("lisp_tunnel_mtu", "Largest inner packet each bridge's tunnel carries, by RLOC family",
-                      lambda: {(("bridge", b.label), ("rloc_family", f"ipv{v}")):
-                               float(tunnel_mtu(b.underlay_mtu, b.profile, v))
-                               for b in bridges() for v in (4, 6)})
+        # (bridge label, action) -> packets the controller handled so.
+        self.handled: dict[tuple[str, str], int] = {}
 
     def sync_meters(self, switch: Switch, bridge: Bridge, label: str) -> str | None:
         """Make the bridge hold our meters, before the flows that use them;
@@ -75,8 +64,9 @@ class PathMtu:
         reply = pathmtu.handle(bridge, ports, pin)
         for actions, frame in reply.packet_outs:
             switch.send(packet_out(actions, frame))
-        self.metrics.inc(COUNTER, bridge=bridge.label, action=reply.action)
-        first = self.metrics.value(COUNTER, bridge=bridge.label, action=reply.action) == 1
+        key = (bridge.label, reply.action)
+        self.handled[key] = self.handled.get(key, 0) + 1
+        first = self.handled[key] == 1
         (LOG.info if first else LOG.debug)(
             "bridge %s: a %d-byte packet from port %d is too big for the tunnel (MTU %d): %s%s",
             label, len(pin.frame) - pathmtu.ETH_HEADER, pin.in_port, reply.mtu, DONE[reply.action],
@@ -94,13 +84,4 @@ class PathMtu:
                 "tunnel_mtu": {"ipv4_rloc": tunnel_mtu(bridge.underlay_mtu, bridge.profile, 4),
                                "ipv6_rloc": tunnel_mtu(bridge.underlay_mtu, bridge.profile, 6)},
                 "too_big": {"packets": seen, "over_rate": over_rate,
-                            **{action: int(self.metrics.value(COUNTER, bridge=bridge.label, action=action))
-                               for action in DONE}}}
-
-    def _seen_metric(self) -> dict:
-        self.refresh()
-        out = {}
-        for label, (seen, over_rate) in self.seen.items():
-            out[(("bridge", label), ("meter", "passed"))] = float(seen - over_rate)
-            out[(("bridge", label), ("meter", "dropped"))] = float(over_rate)
-        return out
+                            **{action: self.handled.get((bridge.label, action), 0) for action in DONE}}}
