@@ -56,7 +56,7 @@ def answers(ctl) -> int:
         conn.request("GET", "/metrics")
         text = conn.getresponse().read().decode()
         conn.close()
-    return sum(int(float(v)) for v in re.findall(r'lisp_packets_too_big_total\{action="icmp",[^}]*\} (\S+)', text))
+    return sum(int(float(v)) for v in re.findall(r'lisp_packets_too_big_total\{[^}]*action="icmp"[^}]*\} (\S+)', text))
 
 
 def set_meter(hv, rate: int, burst: int) -> None:
