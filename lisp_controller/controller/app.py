@@ -20,7 +20,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from lisp_controller.pipeline.compiler import T_MAPCACHE, compile_bridge
 from lisp_controller.config import Config
 from lisp_controller.controller.counters import Counts, CounterCache, Snapshot, add_counts
-from lisp_controller.controller.gcpause import BIG, breathe, freeze_long_lived, gc_paused
+from lisp_controller.controller.gcpause import BIG, breathe, gc_paused
 from lisp_controller.api.metrics import Metrics
 from lisp_controller.controller import procinfo
 from lisp_controller.controller.session import ABORT, BridgeSession, SyncHook
@@ -58,7 +58,6 @@ class LispControllerApp(app_manager.OSKenApp):
         self.store_error: str | None = None  # the last write's failure, until a write succeeds
         self.commit_lock = hub.Semaphore(1)
         self.metrics = Metrics(self)
-        freeze_long_lived()  # the state loaded from config and store
         self.counters = CounterCache(self._read_counters, hub.spawn)
         self.threads.append(hub.spawn(self._expire_loop))
 
@@ -86,9 +85,8 @@ class LispControllerApp(app_manager.OSKenApp):
         change, dropped, dropped_endpoints = admit(self.state, delta)
         for line in describe_dropped(dropped, dropped_endpoints, self.state):
             LOG.warning("change from the store: %s; left out here (the config wins)", line)
-        self.state.apply(change, pause=_pause)
-        if len(change.put) + len(change.delete) >= BIG or change.replace_api:
-            freeze_long_lived()
+        with gc_paused(len(change.put) + len(change.delete)):  # lifted while it yields
+            self.state.apply(change, pause=_pause)
         for session in list(self.sessions.values()):
             session.mark_dirty()
 
@@ -129,8 +127,6 @@ class LispControllerApp(app_manager.OSKenApp):
             target = self.state.generation
             _put_all(feeds, ("end", target))
             t["state_ms"] = _ms_since(mark)  # compile and encode map-cache flows (and stream them)
-            if big:
-                freeze_long_lived()
             for session in list(self.sessions.values()):
                 if session not in fed:
                     session.mark_dirty()

@@ -2,7 +2,10 @@
 
 Building or reading 100,000 flows allocates objects that hold no cycles,
 and every few hundred allocations the collector walks the young ones. Big
-batches pause it.
+batches pause it. The state is not frozen out of the collector's sight
+after a big change: collecting first, so that no garbage is kept for
+good, cost more than the freeze saved (bench/collector.py,
+docs/performance.rst).
 
 The collector is one for the whole process, and greenthreads take turns
 on it, so a pause follows two rules (docs/performance.rst):
@@ -90,13 +93,3 @@ def _restore(depth: int, resume: bool) -> None:
 def paused_depth() -> int:
     """Pauses open now (for tests)."""
     return _depth
-
-
-def freeze_long_lived() -> None:
-    """Move every object alive now to the permanent generation (O(1)): the
-    state's mappings and flows live until replaced and have no cycles, so
-    the collector need not walk them again; refcounting still frees them.
-    Garbage is collected first, or it would be kept for good: only what is
-    new since the last freeze is walked (the frozen objects are not)."""
-    gc.collect()
-    gc.freeze()
