@@ -1,7 +1,8 @@
 """The only OpenFlow I/O: requests and their replies, matched by xid.
 
 A `Switch` wraps one os-ken datapath. Its methods block the calling
-greenthread (never os-ken's event thread: the replies arrive there) until
+greenthread (never os-ken's: the replies arrive there, through its event
+thread, or through its receive loop for flow dumps, see tap.py) until
 the switch answers or a deadline passes. Changes go out as one atomic,
 ordered ONF bundle followed by a barrier; an error that names a bundle
 message's xid names the flow that caused it.
