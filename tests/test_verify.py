@@ -133,9 +133,9 @@ def test_a_zero_length_prefix_read_back_without_its_field_is_the_same_flow(eid):
     cookie, flow_mod = encoded(flow)
     sent = verify.flow_mod_entry(flow_mod)
     without = flow._replace(match=tuple((k, v) for k, v in flow.match if k not in ("ipv4_dst", "ipv6_dst")))
-    read_back = sent._replace(body=wire.flow_mod_add(without, 0)[48:])
+    read_back = sent._replace(body=flow_mod_add(without, 0)[48:])
     assert read_back.body != sent.body
     assert verify.same_flow(read_back, flow_mod)
     other = without._replace(match=without.match + ((flow.match[-1][0], ipaddress.ip_network(
         "10.0.0.0/8" if "." in eid else "fd00::/8")),))
-    assert not verify.same_flow(sent._replace(body=wire.flow_mod_add(other, 0)[48:]), flow_mod)
+    assert not verify.same_flow(sent._replace(body=flow_mod_add(other, 0)[48:]), flow_mod)
