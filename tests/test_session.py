@@ -1,7 +1,7 @@
 """The bridge session without os-ken's event loop or a switch: the real
 session code, a real State and Metrics, and a fake switch that applies
 the plans it is sent to a table of flow-mods (the real switch is in
-test_sessions.py). Also the garbage collector pause's rules."""
+test_session_ovs.py). Also the garbage collector pause's rules."""
 from __future__ import annotations
 
 import gc

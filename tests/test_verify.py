@@ -125,7 +125,7 @@ def test_fields_in_ovs_order_take_the_quick_path_and_changes_are_still_seen():
 def test_a_zero_length_prefix_read_back_without_its_field_is_the_same_flow(eid):
     """OVS drops a match field whose mask is all zeros: 0.0.0.0/0 comes
     back as `ip,metadata=...` (the round trip with real OVS, for every
-    length, is in test_sessions.py)."""
+    length, is in test_session_ovs.py)."""
     from lisp_controller.model import Mapping
     from lisp_controller.pipeline.compiler import mapping_flow
 
