@@ -74,12 +74,10 @@ class FakeSwitch:
 def make(ports=None, **config):
     cfg = parse_config({**CONFIG, "controller": {**CONFIG["controller"], **config}})
     state = State(cfg)
-    app = SimpleNamespace(config=cfg, state=state, commit_lock=threading.Semaphore(1), metrics=Metrics(),
+    app = SimpleNamespace(config=cfg, state=state, commit_lock=threading.Semaphore(1),
                           before_sync=lambda label: None, missing_ports_said={},
-                          bridge_for=lambda dpid, name: cfg.overlay.bridges[0])
-    for name in ("lisp_flow_mods_sent_total", "lisp_openflow_errors_total", "lisp_reconcile_seconds_total",
-                 "lisp_reconciles_total", "lisp_flows_repaired_total", "lisp_session_failures_total"):
-        app.metrics.counter(name, name)
+                          bridge_for=lambda dpid, name: cfg.overlay.bridges[0], datapaths=lambda: [])
+    app.metrics = Metrics(app)
     switch = FakeSwitch({"vnet0": 1, "vnet1": 2, "lisp0": 3} if ports is None else ports)
     sleeps: list[float] = []
     session = BridgeSession(app, SimpleNamespace(id=DPID, address=("10.0.0.1", 4000)), switch=switch,
@@ -138,7 +136,8 @@ def test_a_failing_session_starts_over_on_the_same_connection_and_repairs_the_br
     label = session.label
     assert sleeps == [0.5, 1.0, 2.0] and st.session_failures == 3 and thread.is_alive()
     assert st.degraded and st.synced_generation == app.state.generation
-    assert app.metrics.value("lisp_session_failures_total", bridge=label) == 3
+    assert app.metrics.registry.get_sample_value("lisp_session_failures_total",
+                                                 {"bridge": st.bridge.label}) == 3
     assert "sync failed: no reply to barrier within 30 s; starting over in 0.5 s" in st.errors[0]
     assert "KeyError: 'a bug'" in st.errors[2]
     log = caplog.text

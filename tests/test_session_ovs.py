@@ -164,6 +164,7 @@ def test_a_failed_sync_starts_over_on_the_same_connection_and_repairs_the_bridge
     try:
         failing = wait_until(lambda: (lambda d: d if all(x["degraded"] for x in d.values()) else None)(
             datapaths(api)), timeout=10, interval=0.05, what="both bridges degraded")
+        assert "lisp_datapaths_degraded 2" in api("GET", "/metrics")[1].splitlines()
         # While hv1's session waits to start over, somebody deletes one of
         # its flows: starting over reads the bridge again and repairs it.
         decap = next(f for f in ours(hv1) if "table=3" in f and "nw_dst=10.1.1.20" in f)
@@ -195,7 +196,7 @@ def test_a_failed_sync_starts_over_on_the_same_connection_and_repairs_the_bridge
         assert log.count(f"bridge {label} (br2): connected from") == 1
         assert log.count(f"bridge {label} (br2): sync failed") == 3
         assert f"bridge {label} (br2): in sync again on the same connection, after 3 failed attempts" in log
-        assert f'lisp_session_failures_total{{bridge="{label} (br2)"}} 3' in api("GET", "/metrics")[1]
+        assert f'lisp_session_failures_total{{bridge="{label}"}} 3' in api("GET", "/metrics")[1]
     assert "disconnected" not in log
     print(f"\n3 failed syncs per bridge: change and hand-deleted flow repaired {repaired:.1f} s after the "
           "write, on the same connection (backoff 0.5 + 1 + 2 s)")

@@ -116,7 +116,7 @@ class _StateCollector:
                                 value=sum(1 for d in views if d["connected"]))
         yield GaugeMetricFamily("lisp_datapaths_configured", "Bridges in the config", value=len(state.bridges))
         yield GaugeMetricFamily("lisp_datapaths_degraded", "Connected bridges with errors or a failing session",
-                                value=sum(1 for d in views if d["connected"] and d["degraded"]))
+                                value=sum(1 for d in views if d["connected"] and d.get("degraded")))
         per_bridge = {
             "connected": GaugeMetricFamily("lisp_datapath_connected", "1 if the bridge is connected now",
                                            labels=["bridge"]),
@@ -135,7 +135,7 @@ class _StateCollector:
             per_bridge["connected"].add_metric([d["bridge"]], int(d["connected"]))
             if not d["connected"]:
                 continue
-            per_bridge["degraded"].add_metric([d["bridge"]], int(d["degraded"]))
+            per_bridge["degraded"].add_metric([d["bridge"]], int(bool(d.get("degraded"))))
             for key in ("flows_desired", "flows_installed", "flows_rejected", "flows_repaired"):
                 if d.get(key) is not None:
                     per_bridge[key].add_metric([d["bridge"]], d[key])
