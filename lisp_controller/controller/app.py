@@ -85,7 +85,7 @@ class LispControllerApp(app_manager.OSKenApp):
         change, dropped, dropped_endpoints = admit(self.state, delta)
         for line in describe_dropped(dropped, dropped_endpoints, self.state):
             LOG.warning("change from the store: %s; left out here (the config wins)", line)
-        with gc_paused(len(change.put) + len(change.delete)):  # lifted while it yields
+        with gc_paused(_size(change)):  # lifted while it yields
             self.state.apply(change, pause=_pause)
         for session in list(self.sessions.values()):
             session.mark_dirty()
@@ -118,7 +118,7 @@ class LispControllerApp(app_manager.OSKenApp):
             fed = [s for s in self._programmed() if s.streamable()] if streams else []
             feeds = [s.stream() for s in fed]
             try:
-                with gc_paused(len(change.put) + len(change.delete)):  # lifted while it yields
+                with gc_paused(_size(change)):  # lifted while it yields
                     self.state.apply(change, pause=_pause,
                                      stream=functools.partial(_put_all, feeds) if feeds else None)
             except BaseException:
@@ -309,6 +309,11 @@ def _yield() -> None:
 
 def _nothing(label: str) -> None:
     pass
+
+
+def _size(change: Change) -> int:
+    """Mappings a change puts, learns and deletes."""
+    return len(change.put) + len(change.delete) + len(change.learn) + len(change.forget)
 
 
 def _iso(t: float | None) -> str | None:
