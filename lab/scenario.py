@@ -26,6 +26,8 @@ from lisp_controller.model import Endpoint
 from lab.testbed import (HOST, VM, Controller, Hypervisor, Router, Segment, Testbed,
                       _sigterm_as_interrupt, wait_until)
 
+ROOT = Path(__file__).resolve().parent.parent  # where the controller imports lab.serve from
+
 
 @dataclass
 class Topology:
@@ -144,10 +146,11 @@ class ControllerProcess:
 
     def __init__(self, ov: Topology, log_name: str = "controller", env: dict | None = None,
                  store_path: Path | None = None, wrapper: tuple[str, ...] = (),
-                 config_path: Path | None = None):
+                 config_path: Path | None = None, hooks: tuple[str, ...] = ()):
         """`wrapper` is a command that execs the controller (e.g. nsenter
         into a mount namespace whose disk a test fills). `config_path`
-        (default: the overlay's) with its own store: no --store given."""
+        (default: the overlay's) with its own store: no --store given.
+        `hooks` are lab/serve.py's options (a faster clock, failing syncs)."""
         self.ov = ov
         self.config_path = config_path
         self.log_path = ov.testbed.tmpfile(log_name, ".log")
@@ -155,14 +158,19 @@ class ControllerProcess:
         self.store_path = store_path or ov.testbed.tmpdir / "store.db"
         self.env = env or {}
         self.wrapper = tuple(wrapper)
+        self.hooks = tuple(hooks)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "ControllerProcess":
         log = open(self.log_path, "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
+        main = ["lisp_controller"]
+        if self.hooks:
+            main = ["lab.serve", *self.hooks, "--"]
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         self.proc = self.ov.testbed.spawn(
             self.ov.controller_ns.ns,
-            [*self.wrapper, sys.executable, "-m", "lisp_controller", "serve", "-c",
+            [*self.wrapper, sys.executable, "-m", *main, "serve", "-c",
              str(self.config_path or self.ov.config_path),
              *(("--store", str(self.store_path)) if self.config_path is None else ())],
             env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -29,12 +29,14 @@ import argparse
 import atexit
 import contextlib
 import ctypes
+import fcntl
 import ipaddress
 import os
 import re
 import secrets
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -146,6 +148,31 @@ def _pid_alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+def _threads_alive(pid: int) -> bool:
+    """True while any thread of ``pid`` runs (not a zombie)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return any(_pid_alive(int(t)) for t in tids)
+
+
+def _pidfile_locked(pidfile: Path) -> bool:
+    """Does a process hold ``pidfile``'s lock? OVS daemons hold a write
+    lock on their pidfile while they run, and a new one aborts if it
+    finds it taken. Asked with F_GETLK, which takes no lock itself."""
+    try:
+        fd = os.open(pidfile, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        query = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        kind = struct.unpack("hhqqi", fcntl.fcntl(fd, fcntl.F_GETLK, query))[0]
+        return kind != fcntl.F_UNLCK
+    finally:
+        os.close(fd)
 
 
 def _cmdline(pid: int) -> str:
@@ -473,8 +500,12 @@ class Hypervisor:
         pid = self.vswitchd_pid()
         if pid is not None and self.testbed._owns_pid(pid):
             os.kill(pid, signal.SIGKILL)
-            wait_until(lambda: not _pid_alive(pid), timeout=10,
-                       what=f"ovs-vswitchd {pid} to die")
+            # The main thread may show as dead (a zombie nobody reaps)
+            # while its other threads still exit and hold the pidfile's
+            # lock; the new daemon would then find itself "already
+            # running" and abort. Wait for every thread and the lock.
+            wait_until(lambda: not _threads_alive(pid) and not _pidfile_locked(self.vswitchd_pidfile),
+                       timeout=10, interval=0.02, what=f"ovs-vswitchd {pid} gone and its pidfile released")
         self._start_vswitchd()
         self._configure_underlay_ip()
         wait_until(lambda: self.tunnel_port in self.port_numbers(), timeout=15,

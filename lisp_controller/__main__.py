@@ -11,7 +11,9 @@ import functools
 import logging
 import os
 import sys
+import time
 import warnings
+from typing import Callable
 
 from lisp_controller.config import ETCD_PASSWORD_ENV, TOKEN_ENV, ConfigError, load_config
 
@@ -97,7 +99,7 @@ def cmd_serve(args) -> int:
     try:
         store = open_store(config, args.store, os.environ.get(ETCD_PASSWORD_ENV))
         mappings, endpoints = store.load()
-        state = State(config, clock=_clock())
+        state = State(config, clock=args.clock)
         _merge_store(state, store, mappings, endpoints, log)
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -145,7 +147,8 @@ def cmd_serve(args) -> int:
     manager = AppManager.get_instance()
     manager.load_apps(["os_ken.controller.ofp_handler", "lisp_controller.controller.app"])
     contexts = manager.create_contexts()
-    services = manager.instantiate_apps(lisp_config=config, lisp_state=state, lisp_store=store, **contexts)
+    services = manager.instantiate_apps(lisp_config=config, lisp_state=state, lisp_store=store,
+                                        lisp_before_sync=args.before_sync, **contexts)
     app = manager.applications["LispControllerApp"]
     store.follow(app.apply_stored, app.commit_lock)  # other controllers' changes (docs/etcd.rst)
     if store.read_only:
@@ -163,17 +166,6 @@ def cmd_serve(args) -> int:
         manager.close()
         store.close()
     return 0
-
-
-def _clock():
-    """Wall time, or a faster one for tests of TTLs (LISP_CONTROLLER_TIME_SCALE)."""
-    import time
-
-    scale = float(os.environ.get("LISP_CONTROLLER_TIME_SCALE", "1"))
-    if scale == 1:
-        return time.time
-    origin = time.time()
-    return lambda: origin + (time.time() - origin) * scale
 
 
 def _merge_store(state, store, mappings, endpoints, log) -> None:
@@ -218,7 +210,10 @@ def _warn_refused(mappings, endpoints, log) -> None:
                         "version refuses it: replace or delete it through the API", m.iid, m.eid, e)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, clock: Callable[[], float] = time.time,
+         before_sync: Callable[[str], None] | None = None) -> int:
+    """`clock` (wall time) and `before_sync` (called before each bridge
+    sync) are passed in by tests only (lab/serve.py)."""
     parser = argparse.ArgumentParser(prog="lisp-controller",
                                      description="OpenFlow controller that makes OVS bridges LISP tunnel routers")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -240,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
     add_parsers(sub)
     args = parser.parse_args(argv)
+    args.clock, args.before_sync = clock, before_sync
     return args.func(args)
 
 

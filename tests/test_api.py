@@ -66,9 +66,10 @@ class Client:
         wait_until(up, timeout=20, what="API up")
 
 
-def start(testbed, tmp_path, extra: str = "", env: dict | None = None, token: str | None = None):
+def start(testbed, tmp_path, extra: str = "", env: dict | None = None, token: str | None = None,
+          hooks: tuple[str, ...] = ()):
     ov = build(testbed, config_with(tmp_path, extra))
-    ctl = ControllerProcess(ov, env=env).start()
+    ctl = ControllerProcess(ov, env=env, hooks=hooks).start()
     wait_programmed(ov)
     client = Client(ov, token)
     client.wait_up()
@@ -448,8 +449,8 @@ def test_store_survives_a_restart_and_the_bridges_are_not_touched(testbed, tmp_p
 
 def test_ttl_expiry_removes_flows_and_listing(testbed, tmp_path):
     # One minute of TTL is 1.2 s of wall time here: the controller's clock
-    # runs 50x (an injectable clock; the code path is the real one).
-    ov, ctl, api = start(testbed, tmp_path, env={"LISP_CONTROLLER_TIME_SCALE": "50"})
+    # runs 50x (passed in by lab/serve.py; the code path is the real one).
+    ov, ctl, api = start(testbed, tmp_path, hooks=("--time-scale", "50"))
     assert api("POST", "/v1/mappings", {"iid": 1000, "eid": "10.2.0.0/16", "rlocs": ["192.168.1.252"], "ttl": 1})[0] == 201
     assert api("POST", "/v1/mappings", {"iid": 1000, "eid": "10.3.0.0/16", "rlocs": ["192.168.1.252"]})[0] == 201
     assert flows_with(ov.hypervisors[0], "nw_dst=10.2.0.0/16")

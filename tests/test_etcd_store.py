@@ -434,9 +434,9 @@ def test_two_controllers_share_the_map_cache_and_the_bridges_follow(testbed, tmp
         config_a.write_text(blog + "\n[api]\nport = 8080\n\n" + cluster.store_section())
         config_b.write_text(blog.replace("port = 6653", "port = 6654") + "\n[api]\nport = 8081\n\n"
                             + cluster.store_section())
-        fast = {"LISP_CONTROLLER_TIME_SCALE": "60"}  # a TTL minute is a second
-        a = ControllerProcess(ov, "ctl-a", env=fast, config_path=config_a).start()
-        b = ControllerProcess(ov, "ctl-b", env=fast, config_path=config_b).start()
+        fast = ("--time-scale", "60")  # a TTL minute is a second (lab/serve.py)
+        a = ControllerProcess(ov, "ctl-a", hooks=fast, config_path=config_a).start()
+        b = ControllerProcess(ov, "ctl-b", hooks=fast, config_path=config_b).start()
         wait_programmed(ov)
         _api_up(ov, 8080), _api_up(ov, 8081)
         hv1, hv2 = ov.hypervisors

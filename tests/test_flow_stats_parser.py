@@ -1,14 +1,23 @@
-"""Our flow-stats entry parser reads what os-ken's reads, for what we use,
-when a reply goes through os-ken's own message parser."""
+"""Flow dumps are parsed on our side of the socket: our entry parser reads
+what os-ken's reads, the tap hands our replies over as bytes and passes
+everything else to os-ken's own receive loop unchanged, and os-ken's
+parser table is left alone."""
+import random
+import socket
 import struct
+import threading
+from types import SimpleNamespace
 
+import pytest
 from os_ken.ofproto import ofproto_parser, ofproto_protocol
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from lisp_controller.openflow.switch import FlowStat, _FlowStatsReply
+from lisp_controller.openflow import tap
+from lisp_controller.openflow.switch import FlowStat, Switch, SwitchError, flow_stats
 
 _PROTO = ofproto_protocol.ProtocolDesc(ofp.OFP_VERSION)
+OS_KENS_MULTIPART_PARSER = parser._MSG_PARSERS[ofp.OFPT_MULTIPART_REPLY]
 
 
 def _entry(table, priority, cookie, packets, nbytes, match, instructions) -> bytes:
@@ -37,39 +46,154 @@ ENTRIES = [
 ]
 
 
-def _reply(flags: int) -> bytes:
-    body = b"".join(ENTRIES)
-    return struct.pack("!BBHIHH4x", ofp.OFP_VERSION, ofp.OFPT_MULTIPART_REPLY, 16 + len(body), 77,
+def _reply(flags: int, xid: int = 77, entries=ENTRIES) -> bytes:
+    body = b"".join(entries)
+    return struct.pack("!BBHIHH4x", ofp.OFP_VERSION, ofp.OFPT_MULTIPART_REPLY, 16 + len(body), xid,
                        ofp.OFPMP_FLOW, flags) + body
 
 
-def test_os_kens_message_parser_gives_our_entries():
+def _port_status(no: int) -> bytes:
+    desc = struct.pack("!I4x6s2x16sIIIIIIII", no, b"\x02" * 6, b"vnet%d".ljust(16, b"\0") % no,
+                       0, 0, 0, 0, 0, 0, 0, 0)
+    return struct.pack("!BBHIB7x", ofp.OFP_VERSION, ofp.OFPT_PORT_STATUS, 16 + len(desc), 0,
+                       ofp.OFPPR_ADD) + desc
+
+
+def _echo(xid: int) -> bytes:
+    return struct.pack("!BBHI", ofp.OFP_VERSION, ofp.OFPT_ECHO_REQUEST, 8, xid)
+
+
+def test_our_parser_reads_what_os_kens_reads():
     buf = _reply(ofp.OFPMPF_REPLY_MORE)
-    version, msg_type, length, xid = ofproto_parser.header(buf)
-    msg = ofproto_parser.msg(_PROTO, version, msg_type, length, xid, bytearray(buf))
-    assert type(msg) is _FlowStatsReply
-    assert (msg.xid, msg.flags) == (77, ofp.OFPMPF_REPLY_MORE)
-    assert all(type(e) is FlowStat for e in msg.body)
-    # The same entries as os-ken's own parser reads them.
     reference = []
     offset = 16
     while offset < len(buf):
         e = parser.OFPFlowStats.parser(bytearray(buf), offset)
         reference.append(FlowStat(e.length, e.table_id, e.priority, e.cookie, e.packet_count, e.byte_count))
         offset += e.length
-    assert msg.body == reference
-    assert [s.cookie for s in msg.body] == [0x4C00000000000001, 0x4CFFFFFFFFFFFFFF, 0x1234]
+    assert flow_stats(buf) == reference
+    assert [s.cookie for s in flow_stats(buf)] == [0x4C00000000000001, 0x4CFFFFFFFFFFFFFF, 0x1234]
+    with pytest.raises(ValueError):
+        flow_stats(buf[:16] + b"\0\x10" + buf[18:])  # an entry shorter than its head
 
 
-def test_our_reply_class_still_fires_os_kens_event():
-    from os_ken.controller import ofp_event
-    assert ofp_event.ofp_msg_to_ev_cls(_FlowStatsReply) is ofp_event.EventOFPFlowStatsReply
-
-
-def test_other_multipart_replies_still_reach_os_kens_parser():
-    port = struct.pack("!I4x6s2x16sIIIIIIII", 3, b"\x02" * 6, b"vnet0".ljust(16, b"\0"), 0, 0, 0, 0, 0, 0, 0, 0)
-    buf = struct.pack("!BBHIHH4x", ofp.OFP_VERSION, ofp.OFPT_MULTIPART_REPLY, 16 + len(port), 5,
-                      ofp.OFPMP_PORT_DESC, 0) + port
+def test_os_kens_parsers_are_left_alone():
+    import lisp_controller.controller.app  # noqa: F401 - everything of ours imported
+    assert parser._MSG_PARSERS[ofp.OFPT_MULTIPART_REPLY] is OS_KENS_MULTIPART_PARSER
+    buf = _reply(0)
     msg = ofproto_parser.msg(_PROTO, *ofproto_parser.header(buf), bytearray(buf))
-    assert type(msg) is parser.OFPPortDescStatsReply
-    assert [(p.port_no, p.name) for p in msg.body] == [(3, b"vnet0")]
+    assert type(msg) is parser.OFPFlowStatsReply and type(msg.body[0]) is parser.OFPFlowStats
+
+
+def os_ken_reads(sock, messages: int, started: bytes = b"") -> list[bytes]:
+    """The contract os-ken's receive loop keeps with its socket: ask for a
+    header, then for exactly the rest of the message, never past its end
+    and never less than a header's worth. `started`: what it had read."""
+    out, buf = [], bytearray(started)
+    want = max(8, struct.unpack_from("!H", started, 2)[0] - len(started)) if started else 8
+    while len(out) < messages:
+        data = sock.recv(want)
+        if not data:
+            break
+        buf += data
+        while len(buf) >= 8:
+            length = struct.unpack_from("!H", buf, 2)[0]
+            if len(buf) < length:
+                want = max(8, length - len(buf))
+                break
+            out.append(bytes(buf[:length]))
+            del buf[:length]
+            want = 8
+    return out
+
+
+class ChunkedSocket:
+    """Gives its bytes back in pieces of random size, as TCP may."""
+
+    def __init__(self, data: bytes, seed: int):
+        self.data, self.rng = bytearray(data), random.Random(seed)
+        self.reads = 0
+
+    def recv(self, size: int) -> bytes:
+        self.reads += 1
+        n = min(size, self.rng.randint(1, 3000))
+        out = bytes(self.data[:n])
+        del self.data[:n]
+        return out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_tap_takes_our_replies_and_passes_the_rest_unchanged(seed):
+    ours = {101: [], 102: []}
+    others = [_port_status(1), _echo(5), _reply(0, xid=999), _port_status(2)]
+    stream = [others[0], _reply(ofp.OFPMPF_REPLY_MORE, 101), others[1], _reply(0, 101),
+              others[2], _reply(0, 102, ENTRIES[:1]), others[3]]
+    # The tap may come in while os-ken is inside a message: a first one
+    # os-ken half read already.
+    first = _port_status(9)
+    sock = ChunkedSocket(first[20:] + b"".join(stream), seed)
+
+    def claim(xid):
+        return (lambda flags, buf: ours[xid].append((flags, buf))) if xid in ours else None
+    tapped = tap.ReplyTap(sock, claim)
+    # In order, untouched, xid 999 included.
+    assert os_ken_reads(tapped, 1 + len(others), started=first[:20]) == [first] + others
+    assert ours[101] == [(ofp.OFPMPF_REPLY_MORE, stream[1]), (0, stream[3])]
+    assert ours[102] == [(0, stream[5])]
+    assert tapped.taken == 3 and tapped.framing
+
+
+def test_the_tap_hands_over_a_truncated_stream_then_eof():
+    tapped = tap.ReplyTap(ChunkedSocket(b"", 0), lambda xid: None)
+    tapped.framing = True
+    tapped.sock = ChunkedSocket(_port_status(1) + _port_status(2)[:30], 1)
+    assert os_ken_reads(tapped, 3) == [_port_status(1)]
+    assert tapped.recv(8) == b""
+
+
+def test_a_switch_gets_flow_dumps_through_the_tap_over_a_real_socket():
+    """A Switch on a datapath whose socket is a real socket pair: the
+    request goes out, the reply comes back through the tap as bytes,
+    while os-ken's own reader sees only the other messages."""
+    ours, theirs = socket.socketpair()
+    dp = SimpleNamespace(id=1, socket=ours, address=("127.0.0.1", 1))
+    sw = Switch(dp, "br-test", timeout=5)
+    assert isinstance(dp.socket, tap.ReplyTap)
+    dp.socket.framing = True  # a fresh connection: nothing half read
+    dp.send = lambda buf: dp.socket.sendall(buf) is None
+    seen: list[bytes] = []
+
+    def switch_side():
+        request = theirs.recv(1000)
+        xid = struct.unpack_from("!I", request, 4)[0]
+        theirs.sendall(_port_status(3) + _reply(ofp.OFPMPF_REPLY_MORE, xid) + _echo(6) + _reply(0, xid, ENTRIES[1:]))
+
+    def os_ken_side():
+        seen.extend(os_ken_reads(dp.socket, 2))
+    threads = [threading.Thread(target=switch_side), threading.Thread(target=os_ken_side)]
+    for t in threads:
+        t.start()
+    counts = sw.installed_cookies()
+    for t in threads:
+        t.join(5)
+    assert counts == {0x4C00000000000001: 1, 0x4CFFFFFFFFFFFFFF: 2, 0x1234: 2}
+    assert seen == [_port_status(3), _echo(6)]
+    ours.close()
+    theirs.close()
+
+
+def test_a_malformed_dump_fails_the_request_not_the_receive_loop():
+    dp = SimpleNamespace(id=1, socket=ChunkedSocket(b"", 0), address=("127.0.0.1", 1))
+    sw = Switch(dp, "br-test", timeout=5)
+    tapped = dp.socket
+    tapped.framing = True
+
+    def send(buf: bytes) -> bool:
+        xid = struct.unpack_from("!I", buf, 4)[0]
+        bad = _reply(0, xid)
+        tapped.sock = ChunkedSocket(bad[:16] + b"\0\x10" + bad[18:] + _echo(1), 0)
+        assert os_ken_reads(tapped, 1) == [_echo(1)]  # the loop goes on
+        return True
+    dp.send = send
+    with pytest.raises(SwitchError, match="malformed flow-stats reply"):
+        sw.installed_cookies()

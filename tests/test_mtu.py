@@ -75,7 +75,6 @@ def test_a_2mb_download_between_vms_at_mtu_1500_completes_over_ipv4_and_ipv6(tes
     path, underlay = config(tmp_path, rlocs, profile)
     ov, ctl, api = start(testbed, path, underlay)
     vm1, vm2 = ov.vms
-    hv2 = ov.hypervisors[1]
     label = ov.config.overlay.bridges[1].label
     for vm in ov.vms:  # the VMs as users leave them
         assert "mtu 1500 " in vm.run("ip", "link", "show", vm.iface).stdout

@@ -139,6 +139,42 @@ def test_restart_vswitchd_keeps_ports_and_loses_flows(testbed):
     assert seed.vm1.ping(seed.vm2.ip, count=PING_COUNT) == (PING_COUNT, PING_COUNT)
 
 
+def test_a_pidfile_lock_is_seen_while_held_and_not_after(tmp_path):
+    """restart_vswitchd waits for this before starting the new daemon: the
+    old one's threads may hold the lock after its main thread died."""
+    from lab.testbed import _pidfile_locked, _threads_alive
+
+    pidfile = tmp_path / "daemon.pid"
+    assert not _pidfile_locked(pidfile)  # no file: nothing holds it
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import fcntl, sys, time
+f = open({str(pidfile)!r}, "w")
+fcntl.lockf(f, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(30)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert _pidfile_locked(pidfile) and _threads_alive(holder.pid)
+        assert _pidfile_locked(pidfile)  # asking takes no lock of its own
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not _pidfile_locked(pidfile) and not _threads_alive(holder.pid)
+
+
+def test_restart_vswitchd_again_and_again(testbed):
+    from lab.testbed import _pidfile_locked
+
+    seed = build_seed_topology(testbed)
+    pids = {seed.hv1.vswitchd_pid()}
+    for _ in range(5):
+        assert _pidfile_locked(seed.hv1.vswitchd_pidfile)  # what the wait looks at is real
+        seed.hv1.restart_vswitchd()
+        pids.add(seed.hv1.vswitchd_pid())
+    assert len(pids) == 6 and len(testbed.daemon_pids()) >= 2
+
+
 @pytest.mark.ovs
 def test_teardown_removes_namespaces_and_daemons_even_on_error():
     require_lab()

@@ -119,3 +119,23 @@ def test_fields_in_ovs_order_take_the_quick_path_and_changes_are_still_seen():
                                    *FLOW.actions[1:]))
     changed = entry._replace(body=ovs_order(flow_mod_add(other, 0)[48:]))
     assert not verify.same_flow(changed, flow_mod)
+
+
+@pytest.mark.parametrize("eid", ["0.0.0.0/0", "::/0"])
+def test_a_zero_length_prefix_read_back_without_its_field_is_the_same_flow(eid):
+    """OVS drops a match field whose mask is all zeros: 0.0.0.0/0 comes
+    back as `ip,metadata=...` (the round trip with real OVS, for every
+    length, is in test_session_ovs.py)."""
+    from lisp_controller.model import Mapping
+    from lisp_controller.pipeline.compiler import mapping_flow
+
+    flow = mapping_flow(Mapping.parse({"iid": 1000, "eid": eid, "rlocs": ["192.0.2.1"]}, source="api"))
+    cookie, flow_mod = encoded(flow)
+    sent = verify.flow_mod_entry(flow_mod)
+    without = flow._replace(match=tuple((k, v) for k, v in flow.match if k not in ("ipv4_dst", "ipv6_dst")))
+    read_back = sent._replace(body=flow_mod_add(without, 0)[48:])
+    assert read_back.body != sent.body
+    assert verify.same_flow(read_back, flow_mod)
+    other = without._replace(match=without.match + ((flow.match[-1][0], ipaddress.ip_network(
+        "10.0.0.0/8" if "." in eid else "fd00::/8")),))
+    assert not verify.same_flow(sent._replace(body=flow_mod_add(other, 0)[48:]), flow_mod)

@@ -47,6 +47,7 @@ COUNTERS = {
     "lisp_reconciles_total": ("Reconciles (syncs) run", ()),
     "lisp_store_errors_total": ("Changes refused because the store could not be written", ()),
     "lisp_flows_repaired_total": ("Flows of ours found changed on a switch and replaced", ()),
+    "lisp_session_failures_total": ("Times a bridge's session failed and started over, by bridge", ("bridge",)),
     "lisp_map_cache_misses_total": ("Packets that missed the map-cache (send-map-request)", ()),
     "lisp_api_requests_total": ("API requests, by method and status", ("method", "status")),
     "lisp_api_request_seconds_total": ("Time spent answering API requests, by method", ("method",)),
@@ -114,9 +115,13 @@ class _StateCollector:
         yield GaugeMetricFamily("lisp_datapaths_connected", "Configured bridges connected now",
                                 value=sum(1 for d in views if d["connected"]))
         yield GaugeMetricFamily("lisp_datapaths_configured", "Bridges in the config", value=len(state.bridges))
+        yield GaugeMetricFamily("lisp_datapaths_degraded", "Connected bridges with errors or a failing session",
+                                value=sum(1 for d in views if d["connected"] and d.get("degraded")))
         per_bridge = {
             "connected": GaugeMetricFamily("lisp_datapath_connected", "1 if the bridge is connected now",
                                            labels=["bridge"]),
+            "degraded": GaugeMetricFamily("lisp_datapath_degraded", "1 if the connected bridge has errors or "
+                                          "its session is failing", labels=["bridge"]),
             "flows_desired": GaugeMetricFamily("lisp_datapath_flows_desired", "Flows the bridge should hold "
                                                "(connected bridges)", labels=["bridge"]),
             "flows_installed": GaugeMetricFamily("lisp_datapath_flows_installed", "Flows of ours the bridge "
@@ -130,6 +135,7 @@ class _StateCollector:
             per_bridge["connected"].add_metric([d["bridge"]], int(d["connected"]))
             if not d["connected"]:
                 continue
+            per_bridge["degraded"].add_metric([d["bridge"]], int(bool(d.get("degraded"))))
             for key in ("flows_desired", "flows_installed", "flows_rejected", "flows_repaired"):
                 if d.get(key) is not None:
                     per_bridge[key].add_metric([d["bridge"]], d[key])

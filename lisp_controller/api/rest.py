@@ -282,11 +282,12 @@ class Api:
         if not isinstance(raw, list):
             raise ModelError(field, "must be a list of mappings")
         out = []
-        with gc_paused(len(raw)):
-            for i, item in enumerate(raw):
-                out.append(Mapping.parse(item, f"{field}[{i}]", source="api"))
-                if i % PAUSE_EVERY == PAUSE_EVERY - 1:
-                    self.pause()
+        for start in range(0, len(raw), PAUSE_EVERY):
+            if start:
+                self.pause()  # never inside a collector pause (gcpause.py)
+            with gc_paused(len(raw)):
+                for i in range(start, min(start + PAUSE_EVERY, len(raw))):
+                    out.append(Mapping.parse(raw[i], f"{field}[{i}]", source="api"))
         return out
 
     def _iid(self, text: str) -> int:
@@ -493,9 +494,8 @@ class Api:
             delete.append((parse_iid(item.get("iid"), f"delete[{i}].iid"),
                            parse_prefix(item.get("eid"), f"delete[{i}].eid")))
         timings["validate_ms"] = _ms(mark)
-        with gc_paused(len(put) + len(delete)):
-            return self._commit(req, Change(put=put, delete=delete),
-                                {"put": len(put), "deleted": len(delete), "timings": timings}, timings=timings)
+        return self._commit(req, Change(put=put, delete=delete),
+                            {"put": len(put), "deleted": len(delete), "timings": timings}, timings=timings)
 
     def replace_mappings(self, req):
         started = time.monotonic()
@@ -507,9 +507,8 @@ class Api:
         put = self._mappings(body["mappings"], "mappings")
         timings["validate_ms"] = _ms(mark)
         before = len(self.ctl.state.api_mappings())
-        with gc_paused(len(put)):
-            return self._commit(req, Change(put=put, replace_api=True),
-                                {"mappings": len(put), "before": before, "timings": timings}, timings=timings)
+        return self._commit(req, Change(put=put, replace_api=True),
+                            {"mappings": len(put), "before": before, "timings": timings}, timings=timings)
 
     def lookup(self, req):
         if "eid" not in req.GET or "iid" not in req.GET:

@@ -1,17 +1,15 @@
 """The os-ken application: OpenFlow events in, the pure layers called.
 
-One `BridgeSession` per connected bridge runs in its own greenthread: read
-the port description, read back our flows, then loop: compile, diff, send
-the difference as one bundle, wait for the next change. os-ken's event
-thread only routes replies and marks sessions dirty; it never blocks.
+One supervised `BridgeSession` (session.py) per connected bridge runs in
+its own greenthread. os-ken's event thread only routes replies and marks
+sessions dirty; it never blocks. `commit` is the one way the desired
+state changes: check, store, apply, then wait for the bridges to confirm.
 """
 from __future__ import annotations
 
 import functools
 import logging
 import time
-from typing import Callable
-from dataclasses import dataclass, field
 
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
@@ -19,345 +17,24 @@ from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_c
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from lisp_controller.pipeline.compiler import T_MAPCACHE, T_TOO_BIG, Compiled, compile_bridge, compile_local
+from lisp_controller.pipeline.compiler import T_MAPCACHE, T_TOO_BIG, compile_bridge
 from lisp_controller.config import Config
 from lisp_controller.controller.counters import Counts, CounterCache, Snapshot, add_counts
-from lisp_controller.openflow.encode import encode_delete
-from lisp_controller.pipeline.flows import Flow, flow_mods, render
-from lisp_controller.controller.gcpause import BIG, freeze_long_lived
+from lisp_controller.controller.gcpause import BIG, breathe, gc_paused
 from lisp_controller.api.metrics import Metrics
 from lisp_controller.controller import procinfo
+from lisp_controller.controller.session import ABORT, BridgeSession, SyncHook
 from lisp_controller.model import Bridge
-from lisp_controller.openflow import verify
-from lisp_controller.controller.reconcile import Stream, catch_up, reconcile, record
 from lisp_controller.controller.state import Change, Conflict, State
 from lisp_controller.controller.admit import admit, describe_dropped
 from lisp_controller.store import Delta, Store, StoreError, StoreStale
-from lisp_controller.openflow.switch import Switch, SwitchError, describe_error, port_name
+from lisp_controller.openflow.switch import SwitchError, describe_error
 from lisp_controller.controller.toobig import PathMtu
 
 LOG = logging.getLogger("lisp_controller")
-MAX_ERRORS_KEPT = 50
 EXPIRY_INTERVAL = 1.0  # seconds between TTL checks
 STALE_RETRIES = 3  # a shared store: times a change is checked again after another controller's
 STATS_TIMEOUT = 10.0  # seconds a bridge may take to send its map-cache counters
-
-
-@dataclass
-class BridgeStatus:
-    """What the API and logs say about one bridge."""
-
-    datapath_id: int
-    address: str
-    name: str | None = None
-    bridge: Bridge | None = None
-    connected_since: float = field(default_factory=time.time)
-    ports: dict[str, int] = field(default_factory=dict)
-    flows_desired: int = 0
-    flows_installed: int = 0
-    missing_ports: tuple[str, ...] = ()
-    last_reconcile: float | None = None
-    last_reconcile_ms: float | None = None
-    flow_mods_sent: int = 0
-    synced_generation: int = -1  # state generation the bridge last confirmed
-    verified_ms: float | None = None  # from connection to the first full sync
-    last_stages: dict = field(default_factory=dict)  # milliseconds of the last sync's stages
-    last_rejected: int = 0  # flows the switch refused in that sync
-    last_verify: float | None = None  # the last deep check (whole flows compared)
-    last_verify_ms: float | None = None  # its duration: the dump and the comparison
-    flows_repaired: int = 0  # flows found changed by hand and replaced, since connecting
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def degraded(self) -> bool:
-        return bool(self.errors)
-
-
-class BridgeSession:
-    def __init__(self, app: "LispControllerApp", datapath):
-        self.app = app
-        self.switch = Switch(datapath)
-        self.status = BridgeStatus(datapath.id, "%s:%s" % tuple(datapath.address[:2]))
-        self.installed: dict[int, int] = {}
-        # What the last sync planned against: if neither the bridge's config
-        # nor its ports changed since, the next one can send just the delta.
-        self._synced_bridge: Bridge | None = None
-        self._synced_ports: dict[str, int] = {}
-        self._local_flows = 0
-        self.dirty = hub.Event()
-        self.idle = False  # waiting for work, with nothing half sent
-        # A big change being made right now, batch by batch (see `stream`).
-        self.feed: hub.Queue | None = None
-        self.thread = None
-
-    @property
-    def label(self) -> str:
-        s = self.status
-        name = f" ({s.name})" if s.name else ""
-        if s.bridge is not None and s.bridge.label not in (s.name, f"{s.datapath_id:016x}"):
-            return f"{s.bridge.label} [{s.datapath_id:016x}{name}]"
-        return f"{s.datapath_id:016x}{name}"
-
-    def start(self) -> None:
-        self.thread = hub.spawn(self._run)
-
-    def stop(self) -> None:
-        self.switch.close()
-        if self.thread is not None and self.thread is not hub.getcurrent():
-            hub.kill(self.thread)
-        self.thread = None
-
-    def mark_dirty(self) -> None:
-        self.dirty.set()
-
-    def port_status(self, msg) -> None:
-        port = msg.desc
-        name = port_name(port)
-        ports = self.status.ports
-        if msg.reason == ofp.OFPPR_DELETE:
-            if ports.get(name) == port.port_no:
-                del ports[name]
-            LOG.info("bridge %s: port %s (%d) deleted", self.label, name, port.port_no)
-        elif port.port_no <= ofp.OFPP_MAX:
-            old = ports.get(name)
-            ports[name] = port.port_no
-            if old != port.port_no:
-                LOG.info("bridge %s: port %s is now %d (was %s)", self.label, name, port.port_no, old)
-        self.mark_dirty()
-
-    def _run(self) -> None:
-        st = self.status
-        connected = time.monotonic()
-        try:
-            ports, st.name = self.switch.port_desc()
-            st.ports.clear()
-            st.ports.update(ports)
-            bridge = self.app.bridge_for(st.datapath_id, st.name)
-            if bridge is None:
-                return
-            st.bridge = bridge
-            self.switch.label = self.label
-            started = time.monotonic()
-            self.installed = self.switch.installed_cookies()
-            LOG.info("bridge %s: connected from %s, %d ports, %d flows of ours installed "
-                     "(read in %.0f ms)", self.label, st.address, len(st.ports),
-                     sum(self.installed.values()), (time.monotonic() - started) * 1000)
-            self.dirty.clear()
-            self.sync()
-            st.verified_ms = _ms_since(connected)
-            interval = self.app.config.reconcile_interval
-            next_check = time.monotonic() + interval
-            while True:
-                # Changes wake the session at once; without any, it wakes
-                # for the periodic deep check.
-                self.idle = True
-                self.dirty.wait(max(0.0, next_check - time.monotonic()) if interval else None)
-                self.idle = False
-                self.dirty.clear()
-                feed, self.feed = self.feed, None
-                if feed is not None:
-                    self._take_stream(feed)
-                    continue
-                deep = bool(interval) and time.monotonic() >= next_check
-                self.sync(deep=deep)
-                if deep:
-                    next_check = time.monotonic() + interval
-        except SwitchError as e:
-            if not self.switch.closed:
-                LOG.error("%s", e)
-                self._record_error(str(e))
-        except Exception:  # a bug must not kill os-ken's hub; say where it happened
-            LOG.exception("bridge %s: session failed", self.label)
-
-    def sync(self, deep: bool = False) -> None:
-        """Make the bridge hold exactly the desired flows. `deep` first
-        reads back every flow of ours, whole, instead of trusting what the
-        last sync left: flows added, deleted or edited by others since
-        then are repaired."""
-        st = self.status
-        state = self.app.state
-        started = time.monotonic()
-        # Plan under the commit lock: a big change applied to the state
-        # yields to the hub midway, and a bridge must never see half of it.
-        with self.app.commit_lock:
-            generation = state.generation
-            bridge = state.bridge(st.bridge.label)
-            # The ports this plan is for: port events may change st.ports
-            # while the plan is being sent, and the next sync must see that.
-            ports = dict(st.ports)
-            delta = None
-            if not deep and bridge is self._synced_bridge and ports == self._synced_ports \
-                    and not bridge.proxy_arp:
-                # Only shared flows changed since the last sync: send those
-                # (proxy ARP answers depend on every mapping: full path).
-                delta = state.shared_delta(st.synced_generation)
-            if delta is None:
-                compiled = compile_local(bridge, ports, state.shared)
-                local = flow_mods(compiled.flows)
-                # A deep check compares against a copy: it reads the switch
-                # outside the lock, and the state may move meanwhile.
-                expected = {**state.encoded, **local} if deep else None
-                plan = None if deep else reconcile(self.installed, state.encoded, local)
-                self._local_flows = len(local)
-            else:
-                plan = catch_up(self.installed, delta[0], delta[1], state.encoded)
-        stages = {"plan_ms": _ms_since(started)}
-        if delta is None:
-            if compiled.missing_ports != st.missing_ports and compiled.missing_ports:
-                LOG.warning("bridge %s: configured ports not on the bridge: %s (their flows are left out)",
-                            self.label, ", ".join(compiled.missing_ports))
-            st.missing_ports = compiled.missing_ports
-            if deep:  # compare whole flows first; the diff then repairs what differs
-                mark = time.monotonic()
-                self._deep_check(compiled, expected)
-                plan = reconcile(self.installed, expected)
-                stages["verify_ms"] = _ms_since(mark)
-            st.flows_installed = sum(self.installed.values())
-        st.flows_desired = self._local_flows + len(state.shared)
-        if delta is None and (deep or bridge is not self._synced_bridge):
-            error = self.app.pathmtu.sync_meters(self.switch, bridge, self.label)  # before the flows
-            if error:
-                self._record_error(error)
-        rejected = 0
-        if plan:
-            mark = time.monotonic()
-            flow_of = self._flow_namer(compiled.flows if delta is None else {})
-            result = self.switch.apply(plan, name_of=flow_of)
-            stages["switch_ms"] = _ms_since(mark)  # encode what is new, bundle, commit, barrier
-            if not result.committed:  # the switch holds what it held; the periodic check retries
-                text = f"change not applied: the bundle was refused {result.attempts} times"
-                LOG.error("bridge %s: %s", self.label, text)
-                self._record_error(text)
-                self._synced_bridge = None  # the next sync is a full one
-                return
-            st.flow_mods_sent += result.sent
-            self.app.metrics.inc("lisp_flow_mods_sent_total", result.sent)
-            st.flows_installed += record(self.installed, plan, set(result.failed))
-            rejected = len(result.failed)
-            if result.failed:
-                adds = {c for c, _ in plan.add}  # once: a full table may reject thousands
-                for cookie, text in result.failed.items():
-                    self.app.metrics.inc("lisp_openflow_errors_total")
-                    what = flow_of(cookie) if cookie in adds else f"delete cookie={cookie:#x}"
-                    self._record_error(f"flow rejected: {what}: {text}")
-            LOG.info("bridge %s: %d flows removed, %d added%s in %.0f ms, confirmed by barrier",
-                     self.label, len(plan.delete), len(plan.add) - len(result.failed),
-                     f", {len(result.failed)} rejected" if result.failed else "",
-                     (time.monotonic() - started) * 1000)
-        elif delta is None:
-            LOG.info("bridge %s: all %d flows already correct, nothing sent", self.label,
-                     st.flows_desired)
-        self._synced_bridge, self._synced_ports = bridge, ports
-        st.last_reconcile = time.time()
-        st.last_reconcile_ms = (time.monotonic() - started) * 1000
-        st.synced_generation = generation
-        st.last_rejected = rejected
-        st.last_stages = stages
-        self.app.metrics.observe_sync(st.bridge.label, st.last_reconcile_ms / 1000)
-
-    def streamable(self) -> bool:
-        """True if this bridge can take the change about to be made as a
-        stream: it is idle and holds exactly the current state, so the
-        change's own flow edits are all it needs (called under the commit
-        lock, before the change)."""
-        st, state = self.status, self.app.state
-        bridge = state.bridge(st.bridge.label) if st.bridge is not None else None
-        return (self.idle and not self.dirty.is_set() and self.feed is None and not self.switch.closed
-                and bridge is not None and bridge is self._synced_bridge and not bridge.proxy_arp
-                and st.ports == self._synced_ports and st.synced_generation == state.generation)
-
-    def stream(self) -> "hub.Queue":
-        """Open a feed for the change about to be made: the state puts its
-        flow edits in batches as it makes them, then END (or ABORT)."""
-        self.feed = hub.Queue()
-        self.mark_dirty()
-        return self.feed
-
-    def _take_stream(self, feed: "hub.Queue") -> None:
-        """Send a big change into an open bundle while the state is still
-        making it: the switch parses one batch while the controller makes
-        the next (two cores), and commits once all of it is in."""
-        st = self.status
-        started = time.monotonic()
-        stream = Stream(self.installed)
-        bundle = self.switch.open_bundle()  # anonymous: the cheapest messages
-        try:
-            while True:
-                batch = feed.get()
-                if batch is ABORT:
-                    bundle.discard()
-                    self._synced_bridge = None  # the next sync is a full one
-                    self.mark_dirty()
-                    return
-                if isinstance(batch, tuple):  # END
-                    generation = batch[1]
-                    break
-                bundle.add_many(((c, data if data is not None else encode_delete(c))
-                                 for c, data in stream.step(batch)), batch=True)
-            mark = time.monotonic()
-            ok, errors = bundle.commit()
-        finally:
-            bundle.close()
-        if not ok or errors:
-            # Something was refused (the anonymous bundle cannot say what):
-            # read the bridge back and send what differs, named, so the
-            # refused flows are found, reported and left out.
-            LOG.warning("bridge %s: the switch refused part of the streamed change; "
-                        "checking the bridge and sending it again as a whole", self.label)
-            self.sync(deep=True)
-            return
-        sent = bundle.count
-        stream.record()
-        st.flows_installed = sum(self.installed.values())
-        st.flows_desired = self._local_flows + len(self.app.state.shared)
-        st.flow_mods_sent += sent
-        self.app.metrics.inc("lisp_flow_mods_sent_total", sent)
-        st.last_stages = {"stream_ms": _ms_since(started), "commit_ms": _ms_since(mark),
-                          "send_wait_ms": round(bundle.waited * 1000, 1)}
-        st.last_reconcile = time.time()
-        st.last_reconcile_ms = _ms_since(started)
-        st.last_rejected = 0
-        st.synced_generation = generation
-        LOG.info("bridge %s: %d flow-mods streamed while the change was made, committed in %.0f ms, "
-                 "confirmed by barrier", self.label, sent, st.last_stages["commit_ms"])
-        self.app.metrics.observe_sync(st.bridge.label, st.last_reconcile_ms / 1000)
-
-    def _flow_namer(self, local: dict[int, Flow]) -> Callable[[int], str]:
-        """A cookie's flow in ovs-ofctl syntax, for logs and errors."""
-        shared = self.app.state.shared
-
-        def name(cookie: int) -> str:
-            flow = local.get(cookie) or shared.get(cookie)
-            return render(flow) if flow is not None else f"cookie={cookie:#x}"
-        return name
-
-    def _deep_check(self, compiled: Compiled, expected: dict[int, bytes]) -> None:
-        """Read every flow of ours and count one whose content differs
-        from its cookie's flow twice, so reconcile replaces it."""
-        started = time.monotonic()
-        entries = self.switch.flow_entries()
-        verdict = verify.installed_counts(_paced(entries), expected)
-        self.installed = verdict.counts
-        self.status.last_verify = time.time()
-        self.status.last_verify_ms = _ms_since(started)
-        if verdict.changed:
-            self.status.flows_repaired += len(verdict.changed)
-            self.app.metrics.inc("lisp_flows_repaired_total", len(verdict.changed))
-            name = self._flow_namer(compiled.flows)
-            LOG.warning("bridge %s: %d flows of ours were changed on the switch (by hand?); "
-                        "replacing them with: %s", self.label, len(verdict.changed),
-                        "; ".join(name(c) for c in verdict.changed[:5]))
-        unwanted = sum(1 for c in self.installed if c not in expected)
-        missing = sum(1 for c in expected if c not in self.installed)
-        if verdict.duplicates or unwanted or missing:
-            LOG.warning("bridge %s: deep check found %d duplicate, %d unwanted and %d missing "
-                        "flows under our cookie; repairing", self.label, verdict.duplicates,
-                        unwanted, missing)
-
-    def _record_error(self, text: str) -> None:
-        errors = self.status.errors
-        errors.append(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {text}")
-        del errors[:-MAX_ERRORS_KEPT]
 
 
 class LispControllerApp(app_manager.OSKenApp):
@@ -367,18 +44,21 @@ class LispControllerApp(app_manager.OSKenApp):
     OFP_VERSIONS = [ofp.OFP_VERSION]
 
     def __init__(self, *args, lisp_config: Config | None = None, lisp_state: State | None = None,
-                 lisp_store: Store | None = None, **kwargs):
+                 lisp_store: Store | None = None, lisp_before_sync: SyncHook | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if lisp_config is None:
             raise ValueError("LispControllerApp needs lisp_config")
         self.config = lisp_config
         self.state = lisp_state or State(lisp_config)
         self.store = lisp_store
+        self.before_sync: SyncHook = lisp_before_sync or _nothing
         self.sessions: dict[int, BridgeSession] = {}
+        # Per bridge label, the missing ports last logged: a condition is
+        # logged when it starts and ends, across reconnects (session.py).
+        self.missing_ports_said: dict[str, tuple[str, ...]] = {}
         self.store_error: str | None = None  # the last write's failure, until a write succeeds
         self.commit_lock = hub.Semaphore(1)
         self.metrics = Metrics(self)
-        freeze_long_lived()  # the state loaded from config and store
         self.counters = CounterCache(self._read_counters, hub.spawn)
         self.pathmtu = PathMtu(self.counters.get)
         self.threads.append(hub.spawn(self._expire_loop))
@@ -407,9 +87,8 @@ class LispControllerApp(app_manager.OSKenApp):
         change, dropped, dropped_endpoints = admit(self.state, delta)
         for line in describe_dropped(dropped, dropped_endpoints, self.state):
             LOG.warning("change from the store: %s; left out here (the config wins)", line)
-        self.state.apply(change, pause=_pause)
-        if len(change.put) + len(change.delete) >= BIG or change.replace_api:
-            freeze_long_lived()
+        with gc_paused(_size(change)):  # lifted while it yields
+            self.state.apply(change, pause=_pause)
         for session in list(self.sessions.values()):
             session.mark_dirty()
 
@@ -441,16 +120,15 @@ class LispControllerApp(app_manager.OSKenApp):
             fed = [s for s in self._programmed() if s.streamable()] if streams else []
             feeds = [s.stream() for s in fed]
             try:
-                self.state.apply(change, pause=_pause,
-                                 stream=functools.partial(_put_all, feeds) if feeds else None)
+                with gc_paused(_size(change)):  # lifted while it yields
+                    self.state.apply(change, pause=_pause,
+                                     stream=functools.partial(_put_all, feeds) if feeds else None)
             except BaseException:
                 _put_all(feeds, ABORT)
                 raise
             target = self.state.generation
             _put_all(feeds, ("end", target))
             t["state_ms"] = _ms_since(mark)  # compile and encode map-cache flows (and stream them)
-            if big:
-                freeze_long_lived()
             for session in list(self.sessions.values()):
                 if session not in fed:
                     session.mark_dirty()
@@ -627,21 +305,9 @@ class LispControllerApp(app_manager.OSKenApp):
             session.port_status(ev.msg)
 
 
-ABORT = object()  # a streamed change failed midway: discard the bundle
-
-
 def _put_all(feeds: list, item: object) -> None:
     for feed in feeds:
         feed.put(item)
-
-
-def _paced(items, every: int = 2048):
-    """Yield `items`, letting the hub run every `every` of them (echo
-    replies must not wait for a long comparison)."""
-    for n, item in enumerate(items, 1):
-        yield item
-        if n % every == 0:
-            hub.sleep(0)
 
 
 def _ms_since(mark: float) -> float:
@@ -649,7 +315,21 @@ def _ms_since(mark: float) -> float:
 
 
 def _pause() -> None:
+    """A big change lets the hub run now and then, the collector too."""
+    breathe(_yield)
+
+
+def _yield() -> None:
     hub.sleep(0)
+
+
+def _nothing(label: str) -> None:
+    pass
+
+
+def _size(change: Change) -> int:
+    """Mappings a change puts, learns and deletes."""
+    return len(change.put) + len(change.delete) + len(change.learn) + len(change.forget)
 
 
 def _iso(t: float | None) -> str | None:
@@ -684,5 +364,5 @@ def _datapath_view(bridge: Bridge | None, session: BridgeSession | None) -> dict
         "flows_repaired": st.flows_repaired if st else 0,
         "flows_rejected": st.last_rejected if st else 0,
         "errors": list(st.errors) if st else [],
-        "degraded": bool(st and st.errors),
+        "degraded": bool(st and st.degraded),
     }

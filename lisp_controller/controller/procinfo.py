@@ -37,12 +37,8 @@ def objects() -> tuple[int, int]:
     with a big state (an explicit debug call, not a metric)."""
     import greenlet
 
-    gc.unfreeze()  # frozen objects are invisible to get_objects
-    try:
-        gc.collect()
-        tracked = gc.get_objects()
-        count = sum(1 for o in tracked if isinstance(o, greenlet.greenlet) and not o.dead), len(tracked)
-        del tracked
-        return count
-    finally:
-        gc.freeze()
+    gc.collect()
+    tracked = gc.get_objects()
+    count = sum(1 for o in tracked if isinstance(o, greenlet.greenlet) and not o.dead), len(tracked)
+    del tracked
+    return count

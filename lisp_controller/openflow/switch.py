@@ -1,7 +1,8 @@
 """The only OpenFlow I/O: requests and their replies, matched by xid.
 
 A `Switch` wraps one os-ken datapath. Its methods block the calling
-greenthread (never os-ken's event thread: the replies arrive there) until
+greenthread (never os-ken's: the replies arrive there, through its event
+thread, or through its receive loop for flow dumps, see tap.py) until
 the switch answers or a deadline passes. Changes go out as one atomic,
 ordered ONF bundle followed by a barrier; an error that names a bundle
 message's xid names the flow that caused it.
@@ -18,13 +19,10 @@ from typing import Callable, NamedTuple
 
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3 as ofp
-from os_ken.ofproto import ofproto_v1_3_parser as ofp_parser
 
 from lisp_controller.errors import LispControllerError
-from lisp_controller.openflow import encode
-
-from lisp_controller.openflow import verify
-from lisp_controller.controller.gcpause import BIG, gc_paused
+from lisp_controller.openflow import encode, tap, verify
+from lisp_controller.controller.gcpause import BIG, breathe, gc_paused
 from lisp_controller.pipeline.flows import COOKIE_BASE, COOKIE_TAG_MASK, Meter
 from lisp_controller.controller.reconcile import Plan
 
@@ -53,39 +51,21 @@ _FLOW_STATS_HEAD = struct.Struct("!HBx8xH6x4xQQQ")
 _MULTIPART_HEAD = struct.Struct("!HH")
 
 
-class _FlowStatsReply(ofp_parser.OFPFlowStatsReply):
-    """A flow-stats reply whose body is a list of FlowStat. Named like
-    os-ken's class so its EventOFPFlowStatsReply still fires."""
-
-
-_FlowStatsReply.__name__ = _FlowStatsReply.__qualname__ = "OFPFlowStatsReply"
-_os_ken_multipart_reply = ofp_parser._MSG_PARSERS[ofp.OFPT_MULTIPART_REPLY]
-
-
-def _multipart_reply(datapath, version, msg_type, msg_len, xid, buf):
-    """os-ken builds match and instruction objects for every flow of a
-    flow-stats reply (about 9 s for 100,000 flows here); reconcile and the
-    counters need the fixed head of each entry. Other multipart replies go
-    to os-ken's parser unchanged."""
-    stats_type, flags = _MULTIPART_HEAD.unpack_from(buf, ofp.OFP_HEADER_SIZE)
-    if stats_type != ofp.OFPMP_FLOW:
-        return _os_ken_multipart_reply(datapath, version, msg_type, msg_len, xid, buf)
-    msg = _FlowStatsReply(datapath)
-    msg.set_headers(version, msg_type, msg_len, xid)
-    msg.buf = buf
-    msg.type, msg.flags = stats_type, flags
+def flow_stats(buf: bytes) -> list[FlowStat]:
+    """The fixed head of each entry of one OFPMP_FLOW multipart reply
+    message: reconcile and the counters need nothing else, and os-ken's
+    parser would build match and instruction objects for every flow."""
+    end = min(len(buf), struct.unpack_from("!H", buf, 2)[0])
     body = []
     unpack, make, append = _FLOW_STATS_HEAD.unpack_from, FlowStat._make, body.append
     offset = ofp.OFP_MULTIPART_REPLY_SIZE
-    while offset < msg_len:
+    while offset + _FLOW_STATS_HEAD.size <= end:
         entry = make(unpack(buf, offset))
+        if entry.length < _FLOW_STATS_HEAD.size:
+            raise ValueError(f"flow-stats entry of {entry.length} bytes at offset {offset}")
         append(entry)
         offset += entry.length
-    msg.body = body
-    return msg
-
-
-ofp_parser._MSG_PARSERS[ofp.OFPT_MULTIPART_REPLY] = _multipart_reply
+    return body
 
 
 class SwitchError(LispControllerError):
@@ -98,6 +78,7 @@ class _Pending:
     replies: list = field(default_factory=list)
     error: object = None
     consume: Callable[[object], None] | None = None
+    flow_stats: bool = False  # a flow dump: its replies come as bytes (tap.py)
 
 
 @dataclass
@@ -121,13 +102,20 @@ class Switch:
         self._bundle_xids: tuple[int, int] | None = None
         self._bundle_errors: dict[int, object] = {}
         self.closed = False
+        # Flow dumps are answered on our side of the socket, as bytes.
+        self.tap = tap.install(datapath, self._claim, pause=lambda: breathe(_yield)) \
+            if hasattr(datapath, "socket") else None
 
-    # -- called from os-ken's event thread --------------------------------
+    # -- called from os-ken's threads ----------------------------------------
     def on_reply(self, msg) -> bool:
-        """Route a reply to whoever waits for its xid; True if it was ours."""
+        """Route a reply that os-ken parsed to whoever waits for its xid;
+        True if it was ours. A flow-stats reply goes on as its bytes."""
         pending = self._pending.get(msg.xid)
         if pending is None:
             return False
+        if pending.flow_stats:
+            self._flow_stats_reply(pending, msg.flags, msg.buf)
+            return True
         if pending.consume is not None:
             pending.consume(msg)
         else:
@@ -135,6 +123,31 @@ class Switch:
         if not getattr(msg, "flags", 0) & ofp.OFPMPF_REPLY_MORE:
             pending.event.set()
         return True
+
+    def _claim(self, xid: int) -> Callable[[int, bytes], None] | None:
+        """For the tap: the handler of a flow-stats reply with this xid."""
+        pending = self._pending.get(xid)
+        if pending is None or not pending.flow_stats:
+            return None
+        return lambda flags, buf: self._flow_stats_reply(pending, flags, buf)
+
+    def _flow_stats_reply(self, pending: _Pending, flags: int, buf: bytes) -> None:
+        """One part of a flow dump, as bytes: kept, or handed to the
+        waiter's `consume`. Runs in os-ken's receive loop: a bad reply
+        fails the request, never the loop."""
+        if pending.event.is_set():
+            return  # failed already; the rest of the dump is dropped
+        try:
+            if pending.consume is not None:
+                pending.consume(buf)
+            else:
+                pending.replies.append(buf)
+        except (ValueError, struct.error) as e:
+            pending.error = f"malformed flow-stats reply ({e})"
+            pending.event.set()
+            return
+        if not flags & ofp.OFPMPF_REPLY_MORE:
+            pending.event.set()
 
     def on_error(self, msg) -> bool:
         if self._bundle_xids is not None:
@@ -172,12 +185,13 @@ class Switch:
             raise SwitchError(f"bridge {self.label}: connection closed")
 
     def request(self, build: Callable[[int], bytes], what: str, timeout: float | None = None,
-                consume: Callable[[object], None] | None = None) -> list:
+                consume: Callable[[object], None] | None = None, flow_stats: bool = False) -> list:
         """Send a request and wait for its reply: the list of its parts,
         or, with `consume`, each part is handed to it as it arrives and
-        none is kept (a dump of a million flows is 130 MB of replies)."""
+        none is kept (a dump of a million flows is 130 MB of replies).
+        The parts of a `flow_stats` reply are its message bytes."""
         xid = self._xid()
-        pending = self._pending[xid] = _Pending(consume=consume)
+        pending = self._pending[xid] = _Pending(consume=consume, flow_stats=flow_stats)
         try:
             self._send(build(xid))
             if not pending.event.wait(timeout or self.timeout):
@@ -206,25 +220,21 @@ class Switch:
         """How many flows the bridge holds under each of our cookies."""
         counts: dict[int, int] = {}
 
-        def count(reply) -> None:
-            for stat in reply.body:
-                counts[stat.cookie] = counts.get(stat.cookie, 0) + 1
+        def count(buf: bytes) -> None:
+            with gc_paused(BIG):  # one reply: hundreds of new objects, no yield
+                for stat in flow_stats(buf):
+                    counts[stat.cookie] = counts.get(stat.cookie, 0) + 1
 
-        with gc_paused(BIG):  # a dump of 100,000 flows is 100,000 new objects
-            self.request(lambda xid: encode.flow_stats_request(xid, COOKIE_BASE, COOKIE_TAG_MASK),
-                         "flow dump", consume=count)
+        self._dump("flow dump", count)
         return counts
 
     def flow_entries(self) -> list[verify.Entry]:
         """Every flow under our cookie prefix, whole (match and
         instructions): the deep check compares them with what their cookies
-        name. The fast parser above keeps each reply's bytes; they are
-        split here, without os-ken's object tree."""
-        with gc_paused(BIG):
-            replies = self.request(
-                lambda xid: encode.flow_stats_request(xid, COOKIE_BASE, COOKIE_TAG_MASK),
-                "flow dump (deep check)")
-            return [e for reply in replies for e in verify.split_flow_stats(reply.buf, reply.msg_len)]
+        name. The replies are split here, without os-ken's object tree."""
+        replies = self._dump("flow dump (deep check)")
+        with gc_paused(BIG):  # 100,000 entries made at once, without a yield
+            return [e for buf in replies for e in verify.split_flow_stats(buf)]
 
     def flow_counters(self, table: int, timeout: float | None = None) -> dict[int, tuple[int, int]]:
         """Packets and bytes per cookie of our flows in one table: the
@@ -232,15 +242,19 @@ class Switch:
         table is asked for, so a bridge with many local flows costs no more."""
         counters: dict[int, tuple[int, int]] = {}
 
-        def add(reply) -> None:
-            for stat in reply.body:
+        def add(buf: bytes) -> None:
+            for stat in flow_stats(buf):
                 packets, nbytes = counters.get(stat.cookie, (0, 0))
                 counters[stat.cookie] = (packets + stat.packet_count, nbytes + stat.byte_count)
 
-        self.request(lambda xid: encode.flow_stats_request(xid, COOKIE_BASE, COOKIE_TAG_MASK,
-                                                           table),
-                     f"flow statistics of table {table}", timeout, consume=add)
+        self._dump(f"flow statistics of table {table}", add, timeout, table)
         return counters
+
+    def _dump(self, what: str, consume: Callable[[bytes], None] | None = None,
+              timeout: float | None = None, table: int = ofp.OFPTT_ALL) -> list[bytes]:
+        """Our flows (cookie prefix) in `table`: the replies' bytes."""
+        return self.request(lambda xid: encode.flow_stats_request(xid, COOKIE_BASE, COOKIE_TAG_MASK, table),
+                            what, timeout, consume=consume, flow_stats=True)
 
     def barrier(self) -> None:
         self.request(encode.barrier, "barrier")
@@ -426,6 +440,10 @@ class Bundle:
     def close(self) -> None:
         """Stop matching errors to this bundle's messages."""
         self.switch._bundle_xids, self.switch._bundle_errors = None, {}
+
+
+def _yield() -> None:
+    hub.sleep(0)
 
 
 def port_name(port) -> str:

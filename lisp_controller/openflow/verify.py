@@ -77,7 +77,9 @@ def flow_mod_entry(flow_mod: bytes) -> Entry:
 
 def _oxm_tlvs(data: bytes) -> Iterator[tuple[int, int, bytes, bytes | None]]:
     """(class, field, value, mask or None) of each OXM TLV. An all-ones
-    mask says the same as no mask."""
+    mask says the same as no mask; an all-zeros mask matches anything, so
+    the field says nothing and is left out (OVS drops it: a `/0` prefix
+    reads back without its address field)."""
     offset = 0
     while offset + _TLV.size <= len(data):
         cls, fh, length = _TLV.unpack_from(data, offset)
@@ -88,6 +90,9 @@ def _oxm_tlvs(data: bytes) -> Iterator[tuple[int, int, bytes, bytes | None]]:
             value, mask = payload[:length // 2], payload[length // 2:]
             if mask == b"\xff" * len(mask):
                 mask = None
+            elif not any(mask):
+                offset += _TLV.size + length
+                continue
             yield cls, fh >> 1, value, mask
         else:
             yield cls, fh >> 1, payload, None

@@ -1,0 +1,476 @@
+"""One bridge's session: its connection's greenthread, supervised.
+
+A session reads the bridge (ports, our flows), syncs it, then loops:
+wait for a change or the periodic deep check, compile, diff, send the
+difference as one bundle. Everything a bridge is sent goes through this
+one greenthread, so a deep check never sees a sync half done
+(docs/reliability.rst).
+
+Supervision: whatever fails (the switch refuses or does not answer, or a
+bug) is logged with the bridge's label, shown as degraded in
+`/v1/datapaths` and counted in `lisp_session_failures_total`; while the
+connection lives, the session starts over after a pause that doubles from
+0.5 s to 30 s and comes back to 0.5 s after a good sync. Starting over
+reads the bridge again: what a failed sync left there is not known.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from os_ken.lib import hub
+from os_ken.ofproto import ofproto_v1_3 as ofp
+
+from lisp_controller.controller.reconcile import Stream, catch_up, reconcile, record
+from lisp_controller.model import Bridge
+from lisp_controller.openflow import verify
+from lisp_controller.openflow.encode import encode_delete
+from lisp_controller.openflow.switch import Switch, SwitchError, port_name
+from lisp_controller.pipeline.compiler import Compiled, compile_local
+from lisp_controller.pipeline.flows import Flow, flow_mods, render
+
+if TYPE_CHECKING:
+    from lisp_controller.controller.app import LispControllerApp
+
+LOG = logging.getLogger("lisp_controller")
+MAX_ERRORS_KEPT = 50
+FIRST_RETRY = 0.5  # seconds before a failed session starts over
+LAST_RETRY = 30.0  # the longest pause between attempts
+ABORT = object()  # a streamed change failed midway: discard the bundle
+
+# Called with the bridge's label before each sync; may raise. Lets a test
+# make syncs fail (lab/serve.py); the default does nothing.
+SyncHook = Callable[[str], None]
+
+
+@dataclass
+class BridgeStatus:
+    """What the API and logs say about one bridge."""
+
+    datapath_id: int
+    address: str
+    name: str | None = None
+    bridge: Bridge | None = None
+    connected_since: float = field(default_factory=time.time)
+    ports: dict[str, int] = field(default_factory=dict)
+    flows_desired: int = 0
+    flows_installed: int = 0
+    missing_ports: tuple[str, ...] = ()
+    last_reconcile: float | None = None
+    last_reconcile_ms: float | None = None
+    flow_mods_sent: int = 0
+    synced_generation: int = -1  # state generation the bridge last confirmed
+    verified_ms: float | None = None  # from connection to the first full sync
+    last_stages: dict = field(default_factory=dict)  # milliseconds of the last sync's stages
+    last_rejected: int = 0  # flows the switch refused in that sync
+    last_verify: float | None = None  # the last deep check (whole flows compared)
+    last_verify_ms: float | None = None  # its duration: the dump and the comparison
+    flows_repaired: int = 0  # flows found changed by hand and replaced, since connecting
+    session_failures: int = 0  # times the session failed and started over, since connecting
+    failing: str | None = None  # why the session is starting over now; None once in sync
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.errors) or self.failing is not None
+
+
+class Backoff:
+    """Pauses between attempts: `first`, doubling up to `limit`."""
+
+    def __init__(self, first: float = FIRST_RETRY, limit: float = LAST_RETRY):
+        self.first, self.limit = first, limit
+        self._next = first
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self.limit, delay * 2)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
+class BridgeSession:
+    def __init__(self, app: "LispControllerApp", datapath, switch: Switch | None = None,
+                 sleep: Callable[[float], None] = hub.sleep):
+        self.app = app
+        self.switch = switch or Switch(datapath)
+        self.status = BridgeStatus(datapath.id, "%s:%s" % tuple(datapath.address[:2]))
+        self.installed: dict[int, int] = {}
+        # What the last sync planned against: if neither the bridge's config
+        # nor its ports changed since, the next one can send just the delta.
+        self._synced_bridge: Bridge | None = None
+        self._synced_ports: dict[str, int] = {}
+        self._local_flows = 0
+        self.dirty = hub.Event()
+        self.idle = False  # waiting for work, with nothing half sent
+        # A big change being made right now, batch by batch (see `stream`).
+        self.feed: hub.Queue | None = None
+        self.thread = None
+        self.backoff = Backoff()
+        self._sleep = sleep
+        self._traced = False  # a traceback was logged since the last good sync
+
+    @property
+    def label(self) -> str:
+        s = self.status
+        name = f" ({s.name})" if s.name else ""
+        if s.bridge is not None and s.bridge.label not in (s.name, f"{s.datapath_id:016x}"):
+            return f"{s.bridge.label} [{s.datapath_id:016x}{name}]"
+        return f"{s.datapath_id:016x}{name}"
+
+    def start(self) -> None:
+        self.thread = hub.spawn(self.run)
+
+    def stop(self) -> None:
+        self.switch.close()
+        self.dirty.set()  # a session waiting for work sees the connection gone
+        if self.thread is not None and self.thread is not hub.getcurrent():
+            hub.kill(self.thread)
+        self.thread = None
+
+    def mark_dirty(self) -> None:
+        self.dirty.set()
+
+    def port_status(self, msg) -> None:
+        port = msg.desc
+        name = port_name(port)
+        ports = self.status.ports
+        if msg.reason == ofp.OFPPR_DELETE:
+            if ports.get(name) == port.port_no:
+                del ports[name]
+            LOG.info("bridge %s: port %s (%d) deleted", self.label, name, port.port_no)
+        elif port.port_no <= ofp.OFPP_MAX:
+            old = ports.get(name)
+            ports[name] = port.port_no
+            if old != port.port_no:
+                LOG.info("bridge %s: port %s is now %d (was %s)", self.label, name, port.port_no, old)
+        self.mark_dirty()
+
+    # -- the supervised loop ---------------------------------------------------
+    def run(self) -> None:
+        """Serve the bridge until the connection goes; start over after
+        any failure while it lives."""
+        connected = time.monotonic()
+        while not self.switch.closed:
+            try:
+                if not self._attach():
+                    return  # not a bridge of ours: left alone
+                self._serve(connected)
+            except Exception as e:  # noqa: BLE001 - any failure: log, mark, start over
+                if self.switch.closed:
+                    return  # the connection went: the app has seen or will see it go
+                self._failed(e)
+
+    def _attach(self) -> bool:
+        """Read the port description and find the configured bridge (on
+        the first attempt), then read what the bridge holds of ours."""
+        st = self.status
+        ports, name = self.switch.port_desc()
+        st.ports.clear()
+        st.ports.update(ports)
+        if st.bridge is None:
+            st.name = name
+            st.bridge = self.app.bridge_for(st.datapath_id, st.name)
+            if st.bridge is None:
+                return False
+            self.switch.label = self.label
+        started = time.monotonic()
+        self.installed = self.switch.installed_cookies()
+        self._synced_bridge = None  # the first sync of an attempt is a full one
+        LOG.info("bridge %s: %s, %d ports, %d flows of ours installed (read in %.0f ms)", self.label,
+                 f"connected from {st.address}" if st.failing is None else "starting over",
+                 len(st.ports), sum(self.installed.values()), (time.monotonic() - started) * 1000)
+        return True
+
+    def _serve(self, connected: float) -> None:
+        st = self.status
+        self.dirty.clear()
+        self.sync(first=True)
+        if st.verified_ms is None:
+            st.verified_ms = _ms_since(connected)
+        interval = self.app.config.reconcile_interval
+        next_check = time.monotonic() + interval
+        while True:
+            # Changes wake the session at once; without any, it wakes
+            # for the periodic deep check.
+            self.idle = True
+            self.dirty.wait(max(0.0, next_check - time.monotonic()) if interval else None)
+            self.idle = False
+            if self.switch.closed:
+                return
+            self.dirty.clear()
+            feed, self.feed = self.feed, None
+            if feed is not None:
+                self._take_stream(feed)
+                continue
+            deep = bool(interval) and time.monotonic() >= next_check
+            self.sync(deep=deep)
+            if deep:
+                next_check = time.monotonic() + interval
+
+    def _failed(self, error: Exception) -> None:
+        """Log, count and show the failure, then wait before starting over."""
+        st = self.status
+        delay = self.backoff.next()
+        text = str(error).removeprefix(f"bridge {self.label}: ")
+        if not isinstance(error, SwitchError):
+            text = f"{type(error).__name__}: {text}"
+        st.failing = text
+        st.session_failures += 1
+        self.idle = False
+        self.feed = None
+        self._record_error(f"sync failed: {text}; starting over in {delay:g} s")
+        self.app.metrics.inc("lisp_session_failures_total",
+                             bridge=st.bridge.label if st.bridge is not None else self.label)
+        if not isinstance(error, SwitchError) and not self._traced:  # a bug: where it happened, once
+            self._traced = True
+            LOG.exception("bridge %s: sync failed: %s; starting over in %.1f s (failure %d)",
+                          self.label, text, delay, st.session_failures)
+        else:
+            LOG.error("bridge %s: sync failed: %s; starting over in %.1f s (failure %d)",
+                      self.label, text, delay, st.session_failures)
+        self._sleep(delay)
+
+    def _synced(self) -> None:
+        """A sync went through: the session is healthy again."""
+        st = self.status
+        if st.failing is not None:
+            LOG.info("bridge %s: in sync again on the same connection, after %d failed attempts",
+                     self.label, st.session_failures)
+            st.failing = None
+        self.backoff.reset()
+        self._traced = False
+
+    # -- syncs -----------------------------------------------------------------
+    def sync(self, deep: bool = False, first: bool = False) -> None:
+        """Make the bridge hold exactly the desired flows. `deep` first
+        reads back every flow of ours, whole, instead of trusting what the
+        last sync left: flows added, deleted or edited by others since
+        then are repaired. `first`: the first sync of an attempt."""
+        st = self.status
+        state = self.app.state
+        self.app.before_sync(self.label)
+        started = time.monotonic()
+        # Plan under the commit lock: a big change applied to the state
+        # yields to the hub midway, and a bridge must never see half of it.
+        with self.app.commit_lock:
+            generation = state.generation
+            bridge = state.bridge(st.bridge.label)
+            # The ports this plan is for: port events may change st.ports
+            # while the plan is being sent, and the next sync must see that.
+            ports = dict(st.ports)
+            delta = None
+            if not deep and bridge is self._synced_bridge and ports == self._synced_ports \
+                    and not bridge.proxy_arp:
+                # Only shared flows changed since the last sync: send those
+                # (proxy ARP answers depend on every mapping: full path).
+                delta = state.shared_delta(st.synced_generation)
+            if delta is None:
+                compiled = compile_local(bridge, ports, state.shared)
+                local = flow_mods(compiled.flows)
+                # A deep check compares against a copy: it reads the switch
+                # outside the lock, and the state may move meanwhile.
+                expected = {**state.encoded, **local} if deep else None
+                plan = None if deep else reconcile(self.installed, state.encoded, local)
+                self._local_flows = len(local)
+            else:
+                plan = catch_up(self.installed, delta[0], delta[1], state.encoded)
+        stages = {"plan_ms": _ms_since(started)}
+        if delta is None:
+            self._report_missing_ports(compiled.missing_ports)
+            if deep:  # compare whole flows first; the diff then repairs what differs
+                mark = time.monotonic()
+                self._deep_check(compiled, expected)
+                plan = reconcile(self.installed, expected)
+                stages["verify_ms"] = _ms_since(mark)
+            st.flows_installed = sum(self.installed.values())
+        st.flows_desired = self._local_flows + len(state.shared)
+        if delta is None and (deep or bridge is not self._synced_bridge):
+            error = self.app.pathmtu.sync_meters(self.switch, bridge, self.label)  # before the flows
+            if error:
+                self._record_error(error)
+        rejected = 0
+        if plan:
+            mark = time.monotonic()
+            flow_of = self._flow_namer(compiled.flows if delta is None else {})
+            result = self.switch.apply(plan, name_of=flow_of)
+            stages["switch_ms"] = _ms_since(mark)  # encode what is new, bundle, commit, barrier
+            if not result.committed:  # the switch holds what it held; the periodic check retries
+                text = f"change not applied: the bundle was refused {result.attempts} times"
+                LOG.error("bridge %s: %s", self.label, text)
+                self._record_error(text)
+                self._synced_bridge = None  # the next sync is a full one
+                return
+            st.flow_mods_sent += result.sent
+            self.app.metrics.inc("lisp_flow_mods_sent_total", result.sent)
+            st.flows_installed += record(self.installed, plan, set(result.failed))
+            rejected = len(result.failed)
+            if result.failed:
+                adds = {c for c, _ in plan.add}  # once: a full table may reject thousands
+                for cookie, text in result.failed.items():
+                    self.app.metrics.inc("lisp_openflow_errors_total")
+                    what = flow_of(cookie) if cookie in adds else f"delete cookie={cookie:#x}"
+                    self._record_error(f"flow rejected: {what}: {text}")
+            LOG.info("bridge %s: %d flows removed, %d added%s in %.0f ms, confirmed by barrier",
+                     self.label, len(plan.delete), len(plan.add) - len(result.failed),
+                     f", {len(result.failed)} rejected" if result.failed else "",
+                     (time.monotonic() - started) * 1000)
+        elif delta is None:
+            # Said once per connection (and after starting over); routine after.
+            LOG.log(logging.INFO if first else logging.DEBUG,
+                    "bridge %s: all %d flows already correct, nothing sent%s", self.label,
+                    st.flows_desired, " (deep check)" if deep else "")
+        self._synced_bridge, self._synced_ports = bridge, ports
+        st.last_reconcile = time.time()
+        st.last_reconcile_ms = (time.monotonic() - started) * 1000
+        st.synced_generation = generation
+        st.last_rejected = rejected
+        st.last_stages = stages
+        self.app.metrics.observe_sync(st.bridge.label, st.last_reconcile_ms / 1000)
+        self._synced()
+
+    def _report_missing_ports(self, missing: tuple[str, ...]) -> None:
+        """A configured port the bridge lacks is a condition that lasts:
+        said when it starts, when the set changes and when it ends, not
+        on every sync (and not again on a reconnect: the app remembers)."""
+        st = self.status
+        st.missing_ports = missing
+        said = self.app.missing_ports_said.get(st.bridge.label, ())
+        if missing == said:
+            return
+        self.app.missing_ports_said[st.bridge.label] = missing
+        if missing:
+            LOG.warning("bridge %s: configured ports not on the bridge: %s (their flows are left out)",
+                        self.label, ", ".join(missing))
+        else:
+            LOG.info("bridge %s: every configured port is on the bridge now (%s was missing)",
+                     self.label, ", ".join(said))
+
+    def streamable(self) -> bool:
+        """True if this bridge can take the change about to be made as a
+        stream: it is idle and holds exactly the current state, so the
+        change's own flow edits are all it needs (called under the commit
+        lock, before the change)."""
+        st, state = self.status, self.app.state
+        bridge = state.bridge(st.bridge.label) if st.bridge is not None else None
+        return (self.idle and not self.dirty.is_set() and self.feed is None and not self.switch.closed
+                and bridge is not None and bridge is self._synced_bridge and not bridge.proxy_arp
+                and st.ports == self._synced_ports and st.synced_generation == state.generation)
+
+    def stream(self) -> "hub.Queue":
+        """Open a feed for the change about to be made: the state puts its
+        flow edits in batches as it makes them, then END (or ABORT)."""
+        self.feed = hub.Queue()
+        self.mark_dirty()
+        return self.feed
+
+    def _take_stream(self, feed: "hub.Queue") -> None:
+        """Send a big change into an open bundle while the state is still
+        making it: the switch parses one batch while the controller makes
+        the next (two cores), and commits once all of it is in."""
+        st = self.status
+        started = time.monotonic()
+        stream = Stream(self.installed)
+        bundle = self.switch.open_bundle()  # anonymous: the cheapest messages
+        try:
+            while True:
+                batch = feed.get()
+                if batch is ABORT:
+                    bundle.discard()
+                    self._synced_bridge = None  # the next sync is a full one
+                    self.mark_dirty()
+                    return
+                if isinstance(batch, tuple):  # END
+                    generation = batch[1]
+                    break
+                bundle.add_many(((c, data if data is not None else encode_delete(c))
+                                 for c, data in stream.step(batch)), batch=True)
+            mark = time.monotonic()
+            ok, errors = bundle.commit()
+        finally:
+            bundle.close()
+        if not ok or errors:
+            # Something was refused (the anonymous bundle cannot say what):
+            # read the bridge back and send what differs, named, so the
+            # refused flows are found, reported and left out.
+            LOG.warning("bridge %s: the switch refused part of the streamed change; "
+                        "checking the bridge and sending it again as a whole", self.label)
+            self.sync(deep=True)
+            return
+        sent = bundle.count
+        stream.record()
+        st.flows_installed = sum(self.installed.values())
+        st.flows_desired = self._local_flows + len(self.app.state.shared)
+        st.flow_mods_sent += sent
+        self.app.metrics.inc("lisp_flow_mods_sent_total", sent)
+        st.last_stages = {"stream_ms": _ms_since(started), "commit_ms": _ms_since(mark),
+                          "send_wait_ms": round(bundle.waited * 1000, 1)}
+        st.last_reconcile = time.time()
+        st.last_reconcile_ms = _ms_since(started)
+        st.last_rejected = 0
+        st.synced_generation = generation
+        LOG.info("bridge %s: %d flow-mods streamed while the change was made, committed in %.0f ms, "
+                 "confirmed by barrier", self.label, sent, st.last_stages["commit_ms"])
+        self.app.metrics.observe_sync(st.bridge.label, st.last_reconcile_ms / 1000)
+        self._synced()
+
+    def _flow_namer(self, local: dict[int, Flow]) -> Callable[[int], str]:
+        """A cookie's flow in ovs-ofctl syntax, for logs and errors."""
+        shared = self.app.state.shared
+
+        def name(cookie: int) -> str:
+            flow = local.get(cookie) or shared.get(cookie)
+            return render(flow) if flow is not None else f"cookie={cookie:#x}"
+        return name
+
+    def _deep_check(self, compiled: Compiled, expected: dict[int, bytes]) -> None:
+        """Read every flow of ours and count one whose content differs
+        from its cookie's flow twice, so reconcile replaces it.
+
+        Drift is what differs from what this session last left on the
+        bridge (`installed`), not from `expected`: the state may have moved
+        since the last sync, and the difference that makes is the sync
+        about to be sent, not a repair. Only this greenthread writes to
+        the bridge, so nothing of ours is in flight while it reads."""
+        started = time.monotonic()
+        left = self.installed
+        entries = self.switch.flow_entries()
+        verdict = verify.installed_counts(_paced(entries), expected)
+        self.installed = verdict.counts
+        self.status.last_verify = time.time()
+        self.status.last_verify_ms = _ms_since(started)
+        if verdict.changed:
+            self.status.flows_repaired += len(verdict.changed)
+            self.app.metrics.inc("lisp_flows_repaired_total", len(verdict.changed))
+            name = self._flow_namer(compiled.flows)
+            LOG.warning("bridge %s: %d flows of ours were changed on the switch (by hand?); "
+                        "replacing them with: %s", self.label, len(verdict.changed),
+                        "; ".join(name(c) for c in verdict.changed[:5]))
+        stray = sum(1 for c in verdict.counts if c not in left)
+        gone = sum(1 for c in left if c not in verdict.counts)
+        if verdict.duplicates or stray or gone:
+            LOG.warning("bridge %s: deep check found %d duplicate, %d unwanted and %d missing "
+                        "flows under our cookie; repairing", self.label, verdict.duplicates,
+                        stray, gone)
+
+    def _record_error(self, text: str) -> None:
+        errors = self.status.errors
+        errors.append(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {text}")
+        del errors[:-MAX_ERRORS_KEPT]
+
+
+def _paced(items, every: int = 2048):
+    """Yield `items`, letting the hub run every `every` of them (echo
+    replies must not wait for a long comparison)."""
+    for n, item in enumerate(items, 1):
+        yield item
+        if n % every == 0:
+            hub.sleep(0)
+
+
+def _ms_since(mark: float) -> float:
+    return round((time.monotonic() - mark) * 1000, 1)

@@ -1,0 +1,276 @@
+"""The bridge session without os-ken's event loop or a switch: the real
+session code, a real State and Metrics, and a fake switch that applies
+the plans it is sent to a table of flow-mods (the real switch is in
+test_session_ovs.py). Also the garbage collector pause's rules."""
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from lisp_controller.api.metrics import Metrics
+from lisp_controller.config import parse_config
+from lisp_controller.controller import gcpause
+from lisp_controller.controller.session import Backoff, BridgeSession
+from lisp_controller.controller.state import Change, State
+from lisp_controller.model import Mapping
+from lisp_controller.openflow import verify
+from lisp_controller.openflow.switch import ApplyResult, SwitchError
+from lisp_controller.openflow.wire import with_cookie
+from lisp_controller.pipeline.compiler import compile_local
+from lisp_controller.pipeline.flows import flow_mods
+
+DPID = 0x8AD828CE7949
+CONFIG = {
+    "controller": {"reconcile_interval": 0},
+    "bridge": [{"datapath_id": f"{DPID:016x}", "rloc": "192.168.1.249", "iid": 1000,
+                "endpoint": [{"port": "vnet0", "mac": "52:54:00:b8:27:75", "eids": ["10.1.1.20"]},
+                             {"port": "vnet1", "mac": "52:54:00:b8:27:76", "eids": ["10.1.1.21"]}]}],
+}
+
+
+class FakeSwitch:
+    """Holds flow-mods by cookie, as many as were added; `failures` are
+    raised by the next calls of `apply` (after applying, if `late`)."""
+
+    def __init__(self, ports: dict[str, int]):
+        self.ports = ports
+        self.table: dict[int, list[bytes]] = {}
+        self.failures: list[Exception] = []
+        self.late = False
+        self.closed = False
+        self.label = ""
+        self.applied = 0
+
+    def close(self) -> None:
+        self.closed = True
+
+    def port_desc(self):
+        return dict(self.ports), "br2"
+
+    def installed_cookies(self) -> dict[int, int]:
+        return {c: len(v) for c, v in self.table.items()}
+
+    def flow_entries(self) -> list[verify.Entry]:
+        return [verify.flow_mod_entry(data) for flows in self.table.values() for data in flows]
+
+    def apply(self, plan, max_attempts: int = 64, name_of=None) -> ApplyResult:
+        if self.failures and not self.late:
+            raise self.failures.pop(0)
+        for c in plan.delete:
+            self.table.pop(c, None)
+        for c, data in plan.add:
+            self.table.setdefault(c, []).append(data)
+        self.applied += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return ApplyResult(True, len(plan), {}, 1)
+
+
+def make(ports=None, **config):
+    cfg = parse_config({**CONFIG, "controller": {**CONFIG["controller"], **config}})
+    state = State(cfg)
+    app = SimpleNamespace(config=cfg, state=state, commit_lock=threading.Semaphore(1),
+                          before_sync=lambda label: None, missing_ports_said={},
+                          bridge_for=lambda dpid, name: cfg.overlay.bridges[0], datapaths=lambda: [])
+    app.metrics = Metrics(app)
+    switch = FakeSwitch({"vnet0": 1, "vnet1": 2, "lisp0": 3} if ports is None else ports)
+    sleeps: list[float] = []
+    session = BridgeSession(app, SimpleNamespace(id=DPID, address=("10.0.0.1", 4000)), switch=switch,
+                            sleep=sleeps.append)
+    return app, switch, session, sleeps
+
+
+def desired(app, session) -> dict[int, list[bytes]]:
+    st = app.state
+    local = flow_mods(compile_local(st.bridge(session.status.bridge.label), session.status.ports, st.shared).flows)
+    return {c: [data] for c, data in {**st.encoded, **local}.items()}
+
+
+def change(app, session, eid: str) -> None:
+    with app.commit_lock:
+        app.state.apply(Change(put=[Mapping.parse({"iid": 1000, "eid": eid, "rlocs": ["192.0.2.1"]},
+                                                  source="api")]))
+    session.mark_dirty()
+
+
+def running(session) -> threading.Thread:
+    thread = threading.Thread(target=session.run, daemon=True)
+    thread.start()
+    return thread
+
+
+def until(predicate, what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def stop(session, thread) -> None:
+    session.switch.close()
+    session.dirty.set()
+    thread.join(5)
+    assert not thread.is_alive()
+
+
+def test_backoff_doubles_to_its_limit_and_resets():
+    b = Backoff(0.5, 30)
+    assert [b.next() for _ in range(9)] == [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
+    b.reset()
+    assert b.next() == 0.5
+
+
+def test_a_failing_session_starts_over_on_the_same_connection_and_repairs_the_bridge(caplog):
+    app, sw, session, sleeps = make()
+    sw.failures = [SwitchError(f"bridge {DPID:016x} (br2): no reply to barrier within 30 s"),
+                   SwitchError("bundle commit failed and no flow was named"), KeyError("a bug")]
+    caplog.set_level(logging.INFO, "lisp_controller")
+    thread = running(session)
+    until(lambda: sw.table == desired(app, session) and session.status.failing is None, "the first sync")
+    st = session.status
+    label = session.label
+    assert sleeps == [0.5, 1.0, 2.0] and st.session_failures == 3 and thread.is_alive()
+    assert st.degraded and st.synced_generation == app.state.generation
+    assert app.metrics.registry.get_sample_value("lisp_session_failures_total",
+                                                 {"bridge": st.bridge.label}) == 3
+    assert "sync failed: no reply to barrier within 30 s; starting over in 0.5 s" in st.errors[0]
+    assert "KeyError: 'a bug'" in st.errors[2]
+    log = caplog.text
+    assert f"bridge {label}: sync failed: no reply to barrier within 30 s; starting over in 0.5 s" in log
+    assert "Traceback" in log and log.count("Traceback") == 1  # the bug, where it happened, once
+    assert f"bridge {label}: in sync again on the same connection, after 3 failed attempts" in log
+    assert log.count(f"bridge {label}: starting over, 3 ports") == 3
+
+    # A change that fails after the switch applied part of it: the session
+    # reads the bridge again instead of trusting what it meant to send.
+    sw.late = True
+    sw.failures = [SwitchError("barrier timed out")]
+    sw.table[0x4C000000DEADBEEF] = [with_cookie(sw.table[next(iter(sw.table))][0], 0x4C000000DEADBEEF)]
+    change(app, session, "10.9.0.0/16")
+    until(lambda: sw.table == desired(app, session) and session.status.failing is None, "the change")
+    assert sleeps == [0.5, 1.0, 2.0, 0.5]  # the good sync reset the backoff
+    assert st.synced_generation == app.state.generation and thread.is_alive()
+    stop(session, thread)
+
+
+def test_a_failure_before_the_first_sync_is_retried_too():
+    app, sw, session, sleeps = make()
+    calls = []
+    original = sw.port_desc
+
+    def port_desc():
+        calls.append(1)
+        if len(calls) == 1:
+            raise SwitchError("no reply to port description within 30 s")
+        return original()
+    sw.port_desc = port_desc
+    thread = running(session)
+    until(lambda: session.status.bridge is not None and sw.table == desired(app, session), "the first sync")
+    assert sleeps == [0.5] and len(calls) == 2
+    stop(session, thread)
+
+
+def test_a_deep_check_while_changes_wait_reports_and_repairs_nothing(caplog):
+    """The state moved since the last sync: the difference is the sync
+    about to be sent, not drift. A real stray is still found."""
+    app, sw, session, _ = make()
+    assert session._attach()
+    session.sync(first=True)
+    with app.commit_lock:
+        app.state.apply(Change(put=[Mapping.parse({"iid": 1000, "eid": e, "rlocs": ["192.0.2.1"]}, source="api")
+                                    for e in ("10.7.0.0/16", "10.8.0.0/16")]))
+    caplog.set_level(logging.DEBUG, "lisp_controller")
+    session.sync(deep=True)
+    assert sw.table == desired(app, session)
+    assert "repairing" not in caplog.text and session.status.flows_repaired == 0
+    caplog.clear()
+    stray = next(c for c in sw.table if c not in app.state.encoded)
+    sw.table[stray].append(sw.table[stray][0])  # a duplicate nobody of ours made
+    sw.table[0x4C00000000ABCDEF] = [with_cookie(sw.table[stray][0], 0x4C00000000ABCDEF)]
+    session.sync(deep=True)
+    assert sw.table == desired(app, session)
+    assert "deep check found 1 duplicate, 1 unwanted and 0 missing" in caplog.text
+
+
+def test_conditions_are_logged_when_they_start_and_end_and_routine_at_debug(caplog):
+    app, sw, session, _ = make(ports={"vnet0": 1, "lisp0": 3}, reconcile_interval=1)
+    caplog.set_level(logging.DEBUG, "lisp_controller")
+    assert session._attach()
+    session.sync(first=True)
+    for i in range(3):
+        change(app, session, f"10.{20 + i}.0.0/16")
+        session.sync()
+        session.sync(deep=True)
+    records = [(r.levelno, r.getMessage()) for r in caplog.records]
+    missing = [m for _, m in records if "not on the bridge" in m]
+    assert missing == [f"bridge {session.label}: configured ports not on the bridge: vnet1 "
+                       "(their flows are left out)"]
+    correct = [level for level, m in records if "already correct" in m]
+    assert correct == [logging.DEBUG] * 3  # the deep checks: routine
+    # A second session (a reconnect) does not say it again; the port's
+    # arrival is said once.
+    caplog.clear()
+    session2 = BridgeSession(app, SimpleNamespace(id=DPID, address=("10.0.0.1", 4001)), switch=sw)
+    assert session2._attach()
+    session2.sync(first=True)
+    sw.ports["vnet1"] = 2
+    session2.status.ports["vnet1"] = 2
+    session2.sync()
+    session2.sync(deep=True)
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert f"bridge {session2.label}: all 19 flows already correct, nothing sent" in messages  # once a connection
+    assert [m for m in messages if "vnet1" in m] == [
+        f"bridge {session2.label}: every configured port is on the bridge now (vnet1 was missing)"]
+
+
+# -- the collector pause ---------------------------------------------------------
+
+@pytest.fixture
+def collector():
+    was = gc.isenabled()
+    gc.enable()
+    yield
+    assert gcpause.paused_depth() == 0
+    (gc.enable if was else gc.disable)()
+
+
+def test_pauses_nest(collector):
+    with gcpause.gc_paused(5000):
+        assert not gc.isenabled()
+        with gcpause.gc_paused(5000):
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the inner pause did not end the outer one
+    assert gc.isenabled()
+    with gcpause.gc_paused(10):  # small batches are not paused
+        assert gc.isenabled()
+
+
+def test_a_pause_is_lifted_while_yielding_and_restored_after(collector):
+    seen = []
+    with gcpause.gc_paused(5000):
+        gcpause.breathe(lambda: seen.append((gc.isenabled(), gcpause.paused_depth())))
+        assert not gc.isenabled() and gcpause.paused_depth() == 1
+    assert seen == [(True, 0)] and gc.isenabled()
+
+
+def test_a_pause_left_open_by_another_thread_is_said_and_taken_over(collector, caplog):
+    entered, release = threading.Event(), threading.Event()
+
+    def holder():
+        with gcpause.gc_paused(5000):
+            entered.set()
+            release.wait(5)
+    t = threading.Thread(target=holder)
+    t.start()
+    entered.wait(5)
+    with gcpause.gc_paused(5000):
+        assert not gc.isenabled()
+    assert "held across a yield" in caplog.text
+    release.set()
+    t.join(5)
+    assert gc.isenabled()
