@@ -12,6 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from lisp_controller.controller.toobig import PathMtu
+from lisp_controller.pipeline.compiler import compile_meters
 from lisp_controller.api.metrics import Metrics
 from lisp_controller.config import parse_config
 from lisp_controller.controller import gcpause
@@ -45,6 +47,15 @@ class FakeSwitch:
         self.closed = False
         self.label = ""
         self.applied = 0
+        self.meter_table: dict[int, object] = {}
+        self.meter_values: dict[int, object] = {}  # the meters a meter-mod may carry, by ID
+
+    def meters(self) -> dict:
+        return dict(self.meter_table)
+
+    def send_confirmed(self, msg: bytes, what: str) -> None:
+        meter_id = int.from_bytes(msg[12:16], "big")  # ofp_meter_mod: header, command, flags, id
+        self.meter_table[meter_id] = self.meter_values[meter_id]
 
     def close(self) -> None:
         self.closed = True
@@ -78,7 +89,9 @@ def make(ports=None, **config):
                           before_sync=lambda label: None, missing_ports_said={},
                           bridge_for=lambda dpid, name: cfg.overlay.bridges[0], datapaths=lambda: [])
     app.metrics = Metrics(app)
+    app.pathmtu = PathMtu(lambda: None)
     switch = FakeSwitch({"vnet0": 1, "vnet1": 2, "lisp0": 3} if ports is None else ports)
+    switch.meter_values = compile_meters(cfg.overlay.bridges[0])
     sleeps: list[float] = []
     session = BridgeSession(app, SimpleNamespace(id=DPID, address=("10.0.0.1", 4000)), switch=switch,
                             sleep=sleeps.append)
@@ -223,7 +236,7 @@ def test_conditions_are_logged_when_they_start_and_end_and_routine_at_debug(capl
     session2.sync()
     session2.sync(deep=True)
     messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
-    assert f"bridge {session2.label}: all 19 flows already correct, nothing sent" in messages  # once a connection
+    assert f"bridge {session2.label}: all 22 flows already correct, nothing sent" in messages  # once a connection
     assert [m for m in messages if "vnet1" in m] == [
         f"bridge {session2.label}: every configured port is on the bridge now (vnet1 was missing)"]
 
