@@ -463,7 +463,7 @@ def test_fuzz_random_bytes_only_raise_the_codec_error():
         if data and rng.random() < 0.7:   # mostly start with a real message type
             data = bytes((rng.choice((0x10, 0x20, 0x30, 0x40, 0x50, 0x80)) | (data[0] & 0x0F),)) + data[1:]
         slowest = max(slowest, _decodes_or_refuses(data))
-    assert slowest < 0.05
+    assert slowest < 1.0  # not a speed test: a runaway loop, never a busy machine, fails it
 
 
 def test_fuzz_mutated_fixtures_and_random_messages_only_raise_the_codec_error():
@@ -474,7 +474,7 @@ def test_fuzz_mutated_fixtures_and_random_messages_only_raise_the_codec_error():
     for seed in seeds:
         for data in _mutations(rng, seed, 20000 // len(seeds) + 1):
             slowest = max(slowest, _decodes_or_refuses(data))
-    assert slowest < 0.05
+    assert slowest < 1.0  # not a speed test: a runaway loop, never a busy machine, fails it
     # counts far beyond the packet are refused before any loop runs
     for header in ("200000ff", "300000ff", "100000ff", "10001fff"):
         with pytest.raises(LispDecodeError):
