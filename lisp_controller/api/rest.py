@@ -21,6 +21,7 @@ from webob import Request, Response
 
 from lisp_controller.config import ApiSettings
 from lisp_controller.controller.gcpause import gc_paused
+from lisp_controller.controller.offhub import BIG_BYTES, off_hub
 from lisp_controller.pipeline.flows import render
 from lisp_controller.model import (IID_MAX, Endpoint, Mapping, ModelError, parse_decimal, parse_iid, parse_prefix,
                                    prefix_key, refers_to, unique_keys)
@@ -262,7 +263,7 @@ class Api:
         if not data:
             raise ModelError(None, "a JSON body is required")
         try:
-            return json.loads(data, object_pairs_hook=unique_keys)
+            return off_hub(len(data) >= BIG_BYTES, _decode_json, data)
         except RecursionError:
             raise ModelError(None, "JSON nested too deeply") from None
         except ModelError:  # a key given twice in one object: 400 naming the key
@@ -621,3 +622,8 @@ def _int_param(req: Request, name: str, default: int, low: int) -> int:
     if name not in req.GET:
         return default
     return parse_decimal(req.GET[name], name, low, 2**63 - 1)
+
+
+def _decode_json(data: bytes) -> object:
+    """A body's JSON; a key given twice in one object is refused."""
+    return json.loads(data, object_pairs_hook=unique_keys)

@@ -30,6 +30,7 @@ from lisp_controller.controller.admit import admit, describe_dropped
 from lisp_controller.store import Delta, Store, StoreError, StoreStale
 from lisp_controller.openflow.switch import SwitchError, describe_error
 from lisp_controller.controller.toobig import PathMtu
+from lisp_controller.controller.offhub import BIG_ITEMS, off_hub
 
 LOG = logging.getLogger("lisp_controller")
 EXPIRY_INTERVAL = 1.0  # seconds between TTL checks
@@ -95,14 +96,16 @@ class LispControllerApp(app_manager.OSKenApp):
     def _commit_once(self, change: Change, wait: float | None, timings: dict | None) -> list[dict]:
         t = {} if timings is None else timings
         started = time.monotonic()
+        big_change = _size(change) >= BIG_ITEMS
         with self.commit_lock:
-            self.state.check(change)
+            off_hub(big_change, self.state.check, change)  # reads the state; only commits change it
             t["check_ms"] = _ms_since(started)
             if self.store is not None and change.stored:
                 mark = time.monotonic()
                 try:
-                    self.store.write(change.put, change.delete, change.replace_api,
-                                     change.put_endpoints, change.delete_endpoints, change.request)
+                    off_hub(big_change and self.store.blocks, self.store.write, change.put, change.delete,
+                            change.replace_api, change.put_endpoints, change.delete_endpoints,
+                            change.request)
                 except StoreStale:  # not a failure of the store: commit() catches up
                     raise
                 except StoreError as e:  # nothing applied: memory and bridges stay as stored

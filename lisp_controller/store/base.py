@@ -72,6 +72,9 @@ class Store(Protocol):
     # Why changes cannot be stored now, when the store was opened
     # read-only; None when it is writable.
     read_only: str | None
+    # Whether a write blocks its thread (SQLite) rather than yielding to the
+    # hub (etcd's HTTP client): a big one then runs off the hub (offhub.py).
+    blocks: bool
 
     def load(self) -> tuple[list[Mapping], list[tuple[str, Endpoint]]]:
         """Every stored API mapping and API endpoint."""

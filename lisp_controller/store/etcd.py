@@ -256,6 +256,8 @@ class _Cluster:
 class EtcdStore:
     """The store of several controllers on one etcd cluster (store/base.py)."""
 
+    blocks = False  # its HTTP client yields to the hub while etcd works
+
     def __init__(self, settings: EtcdSettings, password: str | None = None, *, chunk_bytes: int = CHUNK_BYTES,
                  lease_ttl: int = LEASE_TTL, sync_interval: float = SYNC_INTERVAL):
         self.name = f"etcd {','.join(settings.endpoints)} {settings.prefix}"

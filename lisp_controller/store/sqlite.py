@@ -71,6 +71,8 @@ def _os_reason(path: Path) -> str:
 class Store:
     """The store of one controller, in one SQLite file (store/base.py)."""
 
+    blocks = True  # a transaction holds its thread until fsync
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.name = str(self.path)
