@@ -33,9 +33,11 @@ def cmd_check_config(args) -> int:
     if config is None:
         return 2
     ov = config.overlay
+    lisp = config.lisp
+    control = f"; LISP control on {lisp.listen}:{lisp.port}, {len(lisp.sites)} sites" if lisp.enabled else ""
     print(f"{args.config}: ok: {len(ov.bridges)} bridges, "
           f"{sum(len(b.endpoints) for b in ov.bridges)} endpoints, {len(ov.mappings)} mappings; "
-          f"OpenFlow on {config.openflow_host}:{config.openflow_port}")
+          f"OpenFlow on {config.openflow_host}:{config.openflow_port}{control}")
     return 0
 
 
@@ -155,6 +157,21 @@ def cmd_serve(args) -> int:
         app.store_error = store.read_only
         log.error("%s: serving the stored state read-only; changes get 503 until it is writable",
                   store.read_only)
+    if config.lisp.enabled:  # the Map-Server and Map-Resolver (docs/control-plane.rst)
+        from lisp_controller.lisp.service import MappingSystem
+
+        app.mapping_system = MappingSystem(app, config.lisp)
+        try:
+            app.mapping_system.bind()
+        except OSError as e:
+            print(f"error: cannot listen on {config.lisp.listen}:{config.lisp.port} for LISP control: "
+                  f"{e.strerror}", file=sys.stderr)
+            manager.close()
+            store.close()
+            return 3
+        services += app.mapping_system.start()
+        log.info("LISP control on %s:%d: Map-Server for %d sites (%s), Map-Resolver", config.lisp.listen,
+                 config.lisp.port, len(config.lisp.sites), ", ".join(s.name for s in config.lisp.sites) or "none")
     api = Api(app, token, config.api, pause=lambda: hub.sleep(0))
     services.append(hub.spawn(http.serve, api_socket, api, config.api.client_timeout))
 

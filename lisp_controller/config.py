@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lisp_controller.errors import LispControllerError
+from lisp_controller.lisp.config import LispSettings, parse_lisp
 from lisp_controller.model import (Bridge, Endpoint, Mapping, ModelError, Overlay, datapath_id_of, parse_action,
                                    parse_address, parse_bool, parse_gateway, parse_iid, parse_int,
                                    parse_interface_name, parse_mac, parse_rloc_address)
@@ -87,6 +88,8 @@ class Config:
     reconcile_interval: float = DEFAULT_RECONCILE_INTERVAL
     tls: OpenFlowTls | None = None
     etcd: EtcdSettings | None = None  # None: the SQLite store at store_path
+    # The LISP control listener and the Map-Server's sites (lisp/config.py).
+    lisp: LispSettings = LispSettings()
 
 
 _TLS_KEYS = ("tls_key", "tls_cert", "tls_ca")
@@ -99,7 +102,7 @@ _BRIDGE_KEYS = {"datapath_id", "name", "rloc", "tunnel_port", "tunnel_profile", 
 # one above 65535 does not exist (docs/mtu.rst).
 MIN_UNDERLAY_MTU, MAX_UNDERLAY_MTU = 1280, 65535
 TOO_BIG_WITHOUT_DF = ("drop", "fragment")
-_TOP_KEYS = {"controller", "api", "store", "bridge", "mapping"}
+_TOP_KEYS = {"controller", "api", "store", "bridge", "mapping", "lisp", "site"}
 
 
 def parse_datapath_id(value: object, field: str = "datapath_id") -> int:
@@ -285,18 +288,22 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
         seen[m.key] = i
         mappings.append(m)
 
+    lisp = parse_lisp(data, problems, where)
+
     if problems:
         raise ConfigError(problems)
     return Config(source, host, port, Overlay(tuple(bridges), tuple(mappings), miss_action),
-                  api, store_path, reconcile_interval, tls, etcd)
+                  api, store_path, reconcile_interval, tls, etcd, lisp)
 
 
 def _needs_a_bridge(data: dict) -> bool:
     """Whether this config must name a bridge. Today every config must: a
     controller with no bridge would only listen, on every interface, with
     the default store, which is never what an empty or truncated file
-    meant. A config that runs only a Map-Server will answer False here."""
-    return True
+    meant. A config whose [lisp] section listens is a Map-Server and
+    Map-Resolver, which needs no bridge (docs/control-plane.rst)."""
+    lisp = data.get("lisp")
+    return not (isinstance(lisp, dict) and "listen" in lisp)
 
 
 def _table(data: dict, key: str, problems: list[str], where: str) -> dict:

@@ -37,3 +37,18 @@ def test_idle_clients_benchmark_runs_on_a_small_n():
                         "--timeout", "0.5"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "eventlet.wsgi.server   one request:" in r.stdout and "x faster" in r.stdout, r.stdout
+
+
+@pytest.mark.ovs
+def test_mapserver_benchmark_runs_on_a_small_n(tmp_path):
+    """bench/mapserver.py end to end on 500 EIDs: every register is
+    registered and every paced request is answered (no timing asserted)."""
+    out = tmp_path / "mapserver.json"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "mapserver.py"), "--eids", "500", "--seconds", "1",
+                        "--rate", "200", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["registered"] == 500 and data["registers_per_s"] > 0
+    for name in ("echo", "controller"):
+        assert data[name]["answered_per_s"] > 0 and data[name]["latency_n"] == data[name]["latency_sent"] == 200
+    assert "Map-Requests, controller" in r.stdout and "controller / echo" in r.stdout

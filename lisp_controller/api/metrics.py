@@ -51,7 +51,22 @@ COUNTERS = {
     "lisp_map_cache_misses_total": ("Packets that missed the map-cache (send-map-request)", ()),
     "lisp_api_requests_total": ("API requests, by method and status", ("method", "status")),
     "lisp_api_request_seconds_total": ("Time spent answering API requests, by method", ("method",)),
+    # The LISP control listener, the Map-Server and the Map-Resolver (docs/control-plane.rst).
+    "lisp_control_datagrams_total": ("LISP control datagrams received", ()),
+    "lisp_control_dropped_total": ("LISP control datagrams dropped before any handler, by reason", ("reason",)),
+    "lisp_map_registers_accepted_total": ("Map-Registers accepted", ()),
+    "lisp_map_registers_refused_total": ("Map-Registers refused, by reason", ("reason",)),
+    "lisp_map_requests_total": ("Encapsulated Map-Requests by outcome: answered, negative (nobody has the "
+                                "EID), forwarded (to a registered ETR)", ("outcome",)),
+    "lisp_map_requests_refused_total": ("Encapsulated Map-Requests not answered, by reason", ("reason",)),
 }
+# name -> help: histograms of the control listener, from a datagram's arrival
+# to its answer; buckets from 100 us (a cached answer) to a second.
+CONTROL_HISTOGRAMS = {
+    "lisp_map_register_seconds": "Time from a Map-Register's arrival to its answer",
+    "lisp_map_request_seconds": "Time from a Map-Request's arrival to its answer",
+}
+CONTROL_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 1.0)
 
 
 class Metrics:
@@ -65,6 +80,8 @@ class Metrics:
                                "by duration, by bridge", ("bridge",), buckets=BUCKETS, registry=self.registry)
         self._barrier = Histogram("lisp_barrier_wait_seconds", "Time a write waited for the connected "
                                   "bridges to confirm it by barrier", buckets=BUCKETS, registry=self.registry)
+        self._control = {name: Histogram(name, help_text, buckets=CONTROL_BUCKETS, registry=self.registry)
+                         for name, help_text in CONTROL_HISTOGRAMS.items()}
         self.registry.register(_StateCollector(views))
 
     # -- recording (called by the controller and the API) ------------------
@@ -72,6 +89,10 @@ class Metrics:
         """Add to one of COUNTERS."""
         counter = self._counters[name]
         (counter.labels(**labels) if labels else counter).inc(amount)
+
+    def observe(self, name: str, seconds: float) -> None:
+        """One of CONTROL_HISTOGRAMS (the control listener's latencies)."""
+        self._control[name].observe(seconds)
 
     def observe_api(self, method: str, status: int, seconds: float) -> None:
         method = method if method in METHODS else "other"  # clients choose it: bound the series
@@ -111,6 +132,12 @@ class _StateCollector:
         for source, n in counts.items():
             g.add_metric([source], n)
         yield g
+        system = getattr(self.views, "mapping_system", None)
+        if system is not None:
+            g = GaugeMetricFamily("lisp_registrations", "EID-prefixes registered, by site", labels=["site"])
+            for site, n in system.server.counts.items():
+                g.add_metric([site], n)
+            yield g
         views = [d for d in self.views.datapaths() if d["configured"]]
         yield GaugeMetricFamily("lisp_datapaths_connected", "Configured bridges connected now",
                                 value=sum(1 for d in views if d["connected"]))

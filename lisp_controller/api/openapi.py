@@ -30,6 +30,19 @@ _IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False, "s
                                "transaction; sent again with the same key and body, it is answered from the "
                                "record (header Idempotent-Replayed) instead of being applied twice. "
                                "GET /v1/requests/{key} says what became of it. Kept 24 hours."}
+_SOURCE = {"type": "string", "pattern": "^(config|endpoint|api|map-resolver|registered:[A-Za-z0-9][A-Za-z0-9._-]*)$",
+           "description": "config, endpoint, api; or what the LISP control plane learned: registered:<site> "
+                          "(a site's Map-Register), map-resolver (a Map-Reply)"}
+_RLOC_OUT = {"type": "object", "required": ["address", "priority", "weight"], "properties": {
+    "address": {"type": "string"}, "priority": {"type": "integer"}, "weight": {"type": "integer"}}}
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(**props) -> dict:
+    return {"type": "object", "required": list(props), "properties": props}
+
 
 SCHEMAS = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {
@@ -52,9 +65,9 @@ SCHEMAS = {
                    "description": "for negative entries (no usable RLOC)"}}},
     "Mapping": {"type": "object", "required": ["iid", "eid", "rlocs", "action", "source"], "properties": {
         "iid": {"type": "integer"}, "eid": {"type": "string"},
-        "rlocs": {"type": "array", "items": {"$ref": "#/components/schemas/Rloc"}},
+        "rlocs": {"type": "array", "items": _RLOC_OUT},
         "ttl": {"type": ["integer", "null"]}, "action": {"type": "string"},
-        "source": {"type": "string", "enum": ["config", "endpoint", "api"]},
+        "source": _SOURCE,
         "expires_in": {"type": ["number", "null"], "description": "seconds until the TTL runs out"},
         "counters": {"description": "only with ?counters=true: traffic of the mapping's flow, summed over "
                                     "the connected bridges; null if no bridge has reported it yet",
@@ -113,15 +126,34 @@ SCHEMAS = {
                     "controller did with those it let through", "properties": {
                         "packets": {"type": ["integer", "null"]}, "over_rate": {"type": ["integer", "null"]},
                         **{k: {"type": "integer"} for k in ("icmp", "fragmented", "dropped", "ignored")}}}}},
+    "Site": {"type": "object", "required": ["name", "proxy_reply", "max_registrations", "keys", "prefixes",
+                                            "registered"], "properties": {
+        "name": {"type": "string"},
+        "proxy_reply": {"type": "boolean", "description": "answer Map-Requests for the site even when its ETRs "
+                        "did not ask (otherwise each registration's P bit decides; unanswered requests go to "
+                        "the registering ETR)"},
+        "max_registrations": {"type": "integer"},
+        "keys": {"type": "array", "description": "the keys its Map-Registers may be signed with (never the "
+                 "secret)", "items": _obj(key_id={"type": "integer"}, alg={"type": "string",
+                                                                           "enum": ["sha1", "sha256"]})},
+        "prefixes": {"type": "array", "items": _obj(iid={"type": "integer"}, eid={"type": "string"},
+                                                    accept_more_specifics={"type": "boolean"})},
+        "registered": {"type": "integer", "description": "EID-prefixes registered now"},
+        "registrations": {"type": "array", "items": {"$ref": "#/components/schemas/Registration"},
+                          "description": "only in GET /v1/sites/{site}"}}},
+    "Registration": {"type": "object", "required": ["iid", "eid", "rlocs", "xtr", "last_registered",
+                                                    "expires_in"], "properties": {
+        "iid": {"type": "integer"}, "eid": {"type": "string"}, "rlocs": {"type": "array", "items": _RLOC_OUT},
+        "action": {"type": "string", "description": "for a registration without RLOCs"},
+        "xtr": {"type": "string", "description": "address:port the Map-Register came from"},
+        "xtr_id": {"type": ["string", "null"], "description": "the xTR-ID it carried (hex)"},
+        "last_registered": {"type": "string"}, "expires_in": {"type": "number", "description": "seconds"},
+        "ttl": {"type": "integer", "description": "minutes the registration lives unless refreshed"},
+        "reply_ttl": {"type": "integer", "description": "minutes in the Map-Replies sent for it"},
+        "proxy_reply": {"type": "boolean", "description": "the ETR asked us to answer for it"},
+        "hidden_by": {"type": ["string", "null"], "description": "config, endpoint or api: a mapping for "
+                      "the same prefix that wins over the registration in the map-cache"}}},
 }
-
-
-def _ref(name: str) -> dict:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _obj(**props) -> dict:
-    return {"type": "object", "required": list(props), "properties": props}
 
 
 _BRIDGES = {"type": "array", "items": _ref("BridgeResult")}
@@ -161,7 +193,7 @@ OPERATIONS: dict[str, tuple] = {
                             "bridges were last read (every few seconds at most); null: not yet"}}})},
         [_Q("iid", {"type": "integer", "minimum": 0, "maximum": 16777215}, "only this Instance ID"),
          _Q("prefix", _PREFIX, "only mappings inside this prefix"),
-         _Q("source", {"type": "string", "enum": ["config", "endpoint", "api"]}, "only this owner"),
+         _Q("source", _SOURCE, "only this owner (registered:<site> must name a configured site)"),
          _Q("offset", {"type": "integer", "minimum": 0}, "skip this many"),
          _Q("limit", {"type": "integer", "minimum": 1}, "at most this many (default 100000)"),
          _Q("counters", {"type": "boolean"}, "add each mapping's packet and byte counters")]),
@@ -217,6 +249,10 @@ OPERATIONS: dict[str, tuple] = {
                 "committed_at": {"type": "string"},
                 "response": {"type": "object", "description": "the body it was answered (without the "
                              "bridges' part if not answered)"}}})}, []),
+    "list_sites": ("The Map-Server's sites (config) and how many EID-prefixes each has registered", None, {
+        200: ("sites", _obj(sites={"type": "array", "items": _ref("Site")}))}, []),
+    "get_site": ("One site with its current registrations", None, {
+        200: ("the site", _obj(site=_ref("Site")))}, []),
 }
 
 _PARAM_DOC = {
@@ -226,6 +262,7 @@ _PARAM_DOC = {
     "port": ("port name", {"type": "string"}),  # any text: one that cannot exist is 404
     "asset": ("file name, e.g. app.js", {"type": "string"}),
     "key": ("the Idempotency-Key the write was sent with", _KEY),
+    "site": ("site name", {"type": "string"}),
 }
 # Responses that are not JSON, by the marker OPERATIONS uses instead of a schema.
 _MEDIA = {"text": ("text/plain",), "html": ("text/html",),

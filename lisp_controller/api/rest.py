@@ -63,6 +63,8 @@ ROUTES = [
     ("GET", "/v1/datapaths/{bridge}", "get_datapath"),
     ("GET", "/v1/datapaths/{bridge}/flows", "datapath_flows"),
     ("GET", "/v1/requests/{key}", "get_request"),
+    ("GET", "/v1/sites", "list_sites"),
+    ("GET", "/v1/sites/{site}", "get_site"),
 ]
 NEEDS_TOKEN = {"resources"}  # reads that need the token too: they show how the process is doing inside
 
@@ -427,8 +429,8 @@ class Api:
             mappings = [m for m in mappings if m.eid.version == prefix.version and m.eid.subnet_of(prefix)]
         if "source" in req.GET:
             source = req.GET["source"]
-            if source not in SOURCES:
-                raise ModelError("source", f"must be one of {', '.join(SOURCES)}, got {source!r}")
+            if source not in self._sources():
+                raise ModelError("source", f"must be one of {', '.join(self._sources())}, got {source!r}")
             mappings = [m for m in mappings if m.source == source]
         mappings.sort(key=lambda m: prefix_key(m.iid, m.eid))
         offset = _int_param(req, "offset", 0, 0)
@@ -450,6 +452,12 @@ class Api:
             item["counters"] = None if c is None else {"packets": c[0], "bytes": c[1]}
         body["counters_at"] = None if snap.read_at is None else \
             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(snap.read_at))
+
+    def _sources(self) -> list[str]:
+        """Owners a mapping can have here: the API's own, and what the LISP
+        control plane learned (a site's registrations, Map-Replies)."""
+        sites = self.ctl.mapping_system.server.sites if self.ctl.mapping_system is not None else {}
+        return [*SOURCES, *(f"registered:{name}" for name in sites), "map-resolver"]
 
     def get_mapping(self, req, iid, eid):
         key = self._key(iid, eid)
@@ -594,6 +602,18 @@ class Api:
             resp.text = "".join(line + "\n" for line in lines)
             return resp
         return json_response({"bridge": d["bridge"], "connected": d["connected"], "flows": lines})
+
+    # -- sites (the Map-Server's) ----------------------------------------------
+    def list_sites(self, req):
+        system = self.ctl.mapping_system
+        return json_response({"sites": system.sites() if system is not None else []})
+
+    def get_site(self, req, site):
+        system = self.ctl.mapping_system
+        view = system.site(site) if system is not None else None
+        if view is None:
+            raise NotFound("site", f"no site {site!r} in the config")
+        return json_response({"site": view})
 
 
 def _ms(mark: float) -> float:

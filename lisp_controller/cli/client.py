@@ -1,4 +1,4 @@
-"""The command-line client: `lisp-controller mapping|endpoint|datapath|health ...`.
+"""The command-line client: `lisp-controller mapping|endpoint|datapath|site|health ...`.
 
 Every API operation, readable tables by default, `--json` for scripts.
 Talks HTTP with the standard library only, so it runs anywhere Python does.
@@ -194,6 +194,8 @@ def run(args) -> int:
         text, out = _mapping(args, call)
     elif args.area == "endpoint":
         text, out = _endpoint(args, call)
+    elif args.area == "site":
+        text, out = _site(args, call)
     else:
         text, out = _datapath(args, call)
     if args.json:
@@ -301,6 +303,30 @@ def _iid(text: str) -> int:
         raise argparse.ArgumentTypeError(e.problem) from None
 
 
+def _site(args, call):
+    if args.op == "list":
+        out = call("GET", "/v1/sites")
+        rows = [[s["name"], ", ".join(f"{p['iid']}:{p['eid']}" + ("+" if p["accept_more_specifics"] else "")
+                                      for p in s["prefixes"]),
+                 ", ".join(f"{k['key_id']}/{k['alg']}" for k in s["keys"]), "yes" if s["proxy_reply"] else "no",
+                 f"{s['registered']}/{s['max_registrations']}"] for s in out["sites"]]
+        text = table(rows, ["SITE", "PREFIXES (+ more specifics)", "KEYS", "PROXY", "REGISTERED"])
+        return (text if rows else "no sites (the Map-Server is off or has none configured)"), out
+    out = call("GET", f"/v1/sites/{urllib.parse.quote(args.name, safe='')}")
+    s = out["site"]
+    lines = [f"site {s['name']}: {s['registered']} of at most {s['max_registrations']} EID-prefixes registered; "
+             f"proxy reply: {'always' if s['proxy_reply'] else 'when the ETR asks'}",
+             "keys: " + ", ".join(f"key-id {k['key_id']} ({k['alg']})" for k in s["keys"]),
+             "prefixes: " + ", ".join(f"{p['iid']}:{p['eid']}" + (" and more specific" if p["accept_more_specifics"]
+                                                                   else "") for p in s["prefixes"])]
+    rows = [[r["iid"], r["eid"], _rlocs(r) if r["rlocs"] else r["action"], r["xtr"], r["last_registered"],
+             f"{r['expires_in']:.0f}s", ("proxy" if r["proxy_reply"] else "-")
+             + (f", hidden by {r['hidden_by']}" if r["hidden_by"] else "")] for r in s["registrations"]]
+    lines.append(table(rows, ["IID", "EID", "RLOCS (priority/weight)", "XTR", "LAST REGISTERED", "EXPIRES",
+                              "NOTES"]))
+    return "\n".join(lines), out
+
+
 def add_parsers(sub) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", help=f"controller API (default ${URL_ENV} or {DEFAULT_URL})")
@@ -321,7 +347,7 @@ def add_parsers(sub) -> None:
     p = m.add_parser("list", parents=[common])
     p.add_argument("--iid", type=_iid)
     p.add_argument("--prefix", help="only mappings inside this prefix")
-    p.add_argument("--source", choices=["config", "endpoint", "api"])
+    p.add_argument("--source", help="config, endpoint, api, registered:SITE or map-resolver")
     for op in ("get", "delete"):
         p = m.add_parser(op, parents=[common])
         p.add_argument("eid", help="EID prefix, e.g. 10.2.0.0/16")
@@ -355,6 +381,10 @@ def add_parsers(sub) -> None:
     p = e.add_parser("delete", parents=[common])
     p.add_argument("--bridge", required=True)
     p.add_argument("--port", required=True)
+
+    s = area("site", "the Map-Server's sites and their registrations").add_subparsers(dest="op", required=True)
+    s.add_parser("list", parents=[common])
+    s.add_parser("show", parents=[common]).add_argument("name", help="site name")
 
     d = area("datapath", "bridges").add_subparsers(dest="op", required=True)
     d.add_parser("list", parents=[common])

@@ -62,6 +62,7 @@ class LispControllerApp(app_manager.OSKenApp):
         self.metrics = Metrics(self)
         self.counters = CounterCache(self._read_counters, hub.spawn)
         self.pathmtu = PathMtu(self.counters.get)
+        self.mapping_system = None  # lisp/service.py's MappingSystem, when [lisp] listen is set
         self.threads.append(hub.spawn(self._expire_loop))
 
     # -- changes -----------------------------------------------------------

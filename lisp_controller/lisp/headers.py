@@ -13,6 +13,7 @@ written as zero); the hop limit and the UDP checksum as sent are.
 from __future__ import annotations
 
 import ipaddress
+import struct
 from typing import NamedTuple, Union
 
 from .addresses import LispDecodeError, Reader
@@ -39,10 +40,13 @@ class InnerPacket(NamedTuple):
 
 
 def internet_checksum(data: bytes) -> int:
-    """The 16-bit one's-complement sum of RFC 1071, complemented."""
+    """The 16-bit one's-complement sum of RFC 1071, complemented. (The
+    words are unpacked in one call: the Map-Resolver checks two checksums
+    per request, and a loop over the words cost more than the rest of the
+    decoding.)"""
     if len(data) % 2:
         data += b"\x00"
-    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF

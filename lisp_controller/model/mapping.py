@@ -198,6 +198,7 @@ class MapCache:
         # (iid, version) -> {prefixlen: {network int: Mapping}}
         self._buckets: dict[tuple[int, int], dict[int, dict[int, Mapping]]] = {}
         self._count = 0
+        self._watcher = None  # told of every prefix that comes and goes (see watch)
         for m in mappings:
             self.add(m)
 
@@ -211,6 +212,18 @@ class MapCache:
 
     def __contains__(self, key: tuple[int, Prefix]) -> bool:
         return self.get(*key) is not None
+
+    def watch(self, watcher) -> None:
+        """Call ``watcher.add(key)`` for every prefix held now and each one
+        added later, ``watcher.discard(key)`` for each one removed (keys are
+        ``prefix_key`` tuples). The Map-Resolver keeps its prefixes in
+        address order this way (lisp/negative.py); without a watcher the
+        map-cache pays nothing."""
+        self._watcher = watcher
+        for (iid, version), lengths in self._buckets.items():
+            for length, bucket in lengths.items():
+                for network in bucket:
+                    watcher.add((iid, version, network, length))
 
     def get(self, iid: int, eid: Prefix) -> Mapping | None:
         _, version, network, length = prefix_key(iid, eid)
@@ -232,6 +245,8 @@ class MapCache:
         bucket[network] = mapping
         if old is None:
             self._count += 1
+            if self._watcher is not None:
+                self._watcher.add((iid, version, network, length))
         return old
 
     def remove(self, iid: int, eid: Prefix, key: tuple | None = None) -> Mapping | None:
@@ -243,6 +258,8 @@ class MapCache:
             self._count -= 1
             if not bucket:
                 del lengths[length]
+            if self._watcher is not None:
+                self._watcher.discard((iid, version, network, length))
         return mapping
 
     def lookup(self, iid: int, address: IPAddress | str) -> Mapping | None:

@@ -24,11 +24,11 @@
   const num = new Intl.NumberFormat("en-US");
 
   const state = {
-    datapaths: null, endpoints: [], rows: [], countersAt: null,
+    datapaths: null, endpoints: [], rows: [], countersAt: null, sites: [],
     lastOk: null, failingSince: null, lastError: "",
     sort: { key: "iid", dir: 1 }, query: "", page: 0, pageSize: 100,
     armed: null, armTimer: null, seen: null, fresh: new Set(), downSince: new Map(),
-    view: null, html: { bridges: "", rows: "", summary: "" },
+    view: null, html: { bridges: "", rows: "", summary: "", sites: "" },
   };
 
   // -- formatting ----------------------------------------------------------
@@ -110,6 +110,7 @@
       state.datapaths = dp.data.datapaths;
       state.endpoints = ep.data.endpoints;
       setMappings(mp.data);
+      state.sites = await sites();
       state.lastOk = new Date();
       state.failingSince = null;
       render();
@@ -118,6 +119,14 @@
       state.lastError = e instanceof TypeError || e.name === "AbortError" ? why(e) : e.message;
       renderLive();
     }
+  }
+
+  // Each site with its registrations (few sites; one request each).
+  async function sites() {
+    const list = await call("GET", "/v1/sites");
+    if (!list.ok) throw new Error(`HTTP ${list.status}`);
+    const full = await Promise.all(list.data.sites.map((s) => call("GET", `/v1/sites/${encodeURIComponent(s.name)}`)));
+    return full.filter((r) => r.ok).map((r) => r.data.site);
   }
 
   let pollTimer = null;
@@ -275,6 +284,35 @@
     if (html !== state.html.bridges) $("bridges").innerHTML = state.html.bridges = html;
   }
 
+  // -- rendering: the Map-Server's sites -------------------------------------
+  function siteCard(s) {
+    const prefixes = s.prefixes.map((p) => `<span class="mono">${esc(p.iid)}:${esc(p.eid)}</span>${p.accept_more_specifics ? " <small class=\"muted\">and more specific</small>" : ""}`).join(", ");
+    const keys = s.keys.map((k) => `key-id ${esc(k.key_id)} (${esc(k.alg)})`).join(", ");
+    const rows = s.registrations.map((r) => `<tr data-eid="${esc(r.eid)}">
+        <td data-label="EID" class="mono">${esc(r.iid)}:${esc(r.eid)}</td>
+        <td data-label="RLOCs">${r.rlocs.length ? r.rlocs.map((x) => `<span class="rloc">${esc(x.address)}<small>${x.priority}/${x.weight}</small></span>`).join("") : `<span class="muted">${esc(r.action)}</span>`}</td>
+        <td data-label="xTR" class="mono">${esc(r.xtr)}</td>
+        <td data-label="Last registered">${esc(clock(new Date(r.last_registered)))}</td>
+        <td data-label="Expires in">${span(r.expires_in)}</td>
+        <td data-label="Notes">${r.proxy_reply ? "proxy reply" : ""}${r.hidden_by ? ` <span class="hidden-by">hidden by ${esc(r.hidden_by)}</span>` : ""}</td>
+      </tr>`).join("");
+    const table = s.registrations.length ? `<div class="table-wrap"><table class="regs">
+        <thead><tr><th>EID</th><th>RLOCs</th><th>xTR</th><th>Last registered</th><th>Expires in</th><th>Notes</th></tr></thead>
+        <tbody>${rows}</tbody></table></div>` : `<p class="muted">Nothing registered.</p>`;
+    return `<article class="card site" data-site="${esc(s.name)}">
+      <header><h3>${esc(s.name)}</h3><span class="badge">${num.format(s.registered)} of ${num.format(s.max_registrations)}</span></header>
+      <dl class="facts"><dt>Prefixes</dt><dd>${prefixes}</dd><dt>Keys</dt><dd>${keys}</dd>
+        <dt>Proxy reply</dt><dd>${s.proxy_reply ? "always" : "when the ETR asks"}</dd></dl>
+      ${table}
+    </article>`;
+  }
+
+  function renderSites() {
+    $("sites-section").hidden = !state.sites.length;
+    const html = state.sites.map(siteCard).join("");
+    if (html !== state.html.sites) $("sites").innerHTML = state.html.sites = html;
+  }
+
   // -- rendering: the map-cache -------------------------------------------
   const cmp = (a, b) => (a < b ? -1 : a > b ? 1 : 0);
   const ORDER = {
@@ -351,6 +389,7 @@
     renderLive();
     renderSummary();
     renderBridges();
+    renderSites();
     renderTable();
   }
 

@@ -1,0 +1,229 @@
+"""The LISP control listener: one UDP socket (port 4342 of a configured
+address), datagrams decoded with the codec and dispatched by message type to
+handlers registered with ``on`` (docs/control-plane.rst).
+
+It faces the network, so every datagram is suspect: each source address has
+a token bucket per message type (checked before decoding, so a flood costs a
+dictionary lookup per datagram), every decode error and every exception of a
+handler is caught and counted for that one datagram, and what is logged about
+a source is logged once per reason per minute. Nothing about a refusal is
+sent back.
+
+Handlers return the datagrams to send; they never block. The loop yields to
+the hub every few datagrams so a flood cannot starve OpenFlow or the API.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from typing import Callable, Iterable
+
+from lisp_controller.lisp.addresses import LispDecodeError
+from lisp_controller.lisp.mapserver import Refused, Send, Source
+from lisp_controller.lisp.messages import (EncapsulatedControlMessage, MapNotify, MapNotifyAck, MapRegister,
+                                          MapReply, MapRequest, decode)
+
+LOG = logging.getLogger("lisp_controller.lisp")
+MAX_DATAGRAM = 65535
+RECEIVE_BUFFER = 4 * 1024 * 1024   # room for a burst while a big commit runs
+YIELD_EVERY = 32                   # datagrams handled between yields to the hub
+LOG_INTERVAL = 60.0                # seconds between two log lines for one (source, reason)
+_TYPES = {cls.TYPE: cls for cls in (MapRequest, MapReply, MapRegister, MapNotify, MapNotifyAck,
+                                    EncapsulatedControlMessage)}
+
+Handler = Callable[[object, bytes, Source], Iterable[Send]]
+RefusedCallback = Callable[[str, Source], None]
+
+
+class NoMetrics:
+    """What the listener counts with when nobody reads the counts."""
+
+    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
+        pass
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        pass
+
+
+def decode_refusal(error: LispDecodeError) -> str:
+    """The refusal reason of a datagram the codec could not decode:
+    truncated (a length or count beyond its end), bad-lcaf, or malformed."""
+    text = str(error)
+    if text.startswith("truncated") or "cannot fit" in text:
+        return "truncated"
+    if "LCAF" in text:
+        return "bad-lcaf"
+    return "malformed"
+
+
+class RateLimiter:
+    """A token bucket per source address: ``rate`` per second, bursts of up
+    to one second's worth. At most ``max_sources`` are tracked; when that is
+    reached, buckets that are full again (idle sources) are forgotten (at
+    most once a second: the sweep costs a pass over all of them), and until
+    then new sources share one bucket. So spoofed sources can neither grow
+    memory without bound nor make every datagram pay for a sweep."""
+
+    def __init__(self, rate: float, max_sources: int, clock: Callable[[], float] = time.monotonic):
+        self.rate, self.burst, self.max_sources, self.clock = rate, max(rate, 1.0), max_sources, clock
+        self._buckets: dict[str, list[float]] = {}   # source -> [tokens, last refill]
+        self._swept = float("-inf")
+
+    def allow(self, source: str) -> bool:
+        now = self.clock()
+        bucket = self._buckets.get(source)
+        if bucket is None:
+            if len(self._buckets) >= self.max_sources:
+                if now - self._swept >= 1.0:
+                    self._swept = now
+                    self._prune(now)
+                if len(self._buckets) >= self.max_sources:
+                    source = "*"
+                    bucket = self._buckets.get(source)
+            if bucket is None:
+                bucket = self._buckets[source] = [self.burst, now]
+        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        if tokens < 1.0:
+            bucket[0] = tokens
+            return False
+        bucket[0] = tokens - 1.0
+        return True
+
+    def _prune(self, now: float) -> None:
+        full = [s for s, (tokens, last) in self._buckets.items()
+                if tokens + (now - last) * self.rate >= self.burst]
+        for s in full:
+            del self._buckets[s]
+
+
+class LogLimiter:
+    """Whether to log (source, reason) now: once per ``interval`` seconds,
+    for a bounded number of pairs."""
+
+    def __init__(self, interval: float = LOG_INTERVAL, max_entries: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic):
+        self.interval, self.max_entries, self.clock = interval, max_entries, clock
+        self._last: dict[tuple[str, str], float] = {}
+        self._swept = float("-inf")
+
+    def __call__(self, source: str, reason: str) -> bool:
+        now = self.clock()
+        key = (source, reason)
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            return False
+        if last is None and len(self._last) >= self.max_entries:
+            if now - self._swept >= 1.0:   # a sweep at most once a second, as RateLimiter
+                self._swept = now
+                self._last = {k: t for k, t in self._last.items() if now - t < self.interval}
+            if len(self._last) >= self.max_entries:
+                return False
+        self._last[key] = now
+        return True
+
+
+class ControlListener:
+    """Receives LISP control datagrams and dispatches them by type.
+
+    ``on(MapRegister, handler, refused=..., rate=..., latency=...)``:
+    datagrams of that type are rate-limited per source, decoded and given to
+    ``handler(message, raw, source)``, which returns the datagrams to send
+    (or raises ``Refused``). ``refused(reason, source)`` hears of each
+    datagram of that type refused before or by the handler; the time from
+    receipt to the answer being ready goes to the histogram ``latency``.
+    Types without a handler are dropped undecoded and counted."""
+
+    def __init__(self, address: str, port: int, metrics=None, max_sources: int = 65536,
+                 clock: Callable[[], float] = time.monotonic):
+        self.address, self.port = address, port
+        self.metrics = metrics or NoMetrics()
+        self.max_sources, self.clock = max_sources, clock
+        self.should_log = LogLimiter(clock=clock)
+        self._handlers: dict[int, tuple] = {}
+        self.sock: socket.socket | None = None
+
+    def on(self, message_class: type, handler: Handler, refused: RefusedCallback = lambda r, s: None,
+           rate: float | None = None, latency: str | None = None) -> None:
+        limiter = RateLimiter(rate, self.max_sources, self.clock) if rate is not None else None
+        self._handlers[message_class.TYPE] = (handler, refused, limiter, latency)
+
+    def count(self, name: str, **labels: str) -> None:
+        self.metrics.inc(name, **labels)
+
+    @property
+    def family(self) -> int:
+        return 6 if ":" in self.address else 4
+
+    def bind(self) -> socket.socket:
+        """Open the socket (raises OSError naming nothing; the caller says where)."""
+        sock = socket.socket(socket.AF_INET6 if self.family == 6 else socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            sock.bind((self.address, self.port))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+        return sock
+
+    def serve(self) -> None:
+        """Receive and answer forever (run in its own greenthread)."""
+        sock = self.sock or self.bind()
+        handled = 0
+        while True:
+            try:
+                data, peer = sock.recvfrom(MAX_DATAGRAM)
+            except OSError as e:   # e.g. ICMP port unreachable reported on the socket
+                self.count("lisp_control_dropped_total", reason="socket-error")
+                LOG.debug("LISP control socket: %s", e)
+                continue
+            for payload, target in self.handle(data, (peer[0], peer[1])):
+                try:
+                    sock.sendto(payload, target)
+                except OSError as e:
+                    self.count("lisp_control_dropped_total", reason="send-failed")
+                    if self.should_log(target[0], "send-failed"):
+                        LOG.warning("LISP control: cannot send to %s:%d: %s", target[0], target[1], e)
+            handled += 1
+            if handled % YIELD_EVERY == 0:
+                time.sleep(0)   # the hub's sleep once monkey-patched: let others run
+
+    def handle(self, data: bytes, source: Source) -> list[Send]:
+        """One datagram in, the datagrams to send out; never raises."""
+        self.count("lisp_control_datagrams_total")
+        kind = data[0] >> 4 if data else None
+        entry = self._handlers.get(kind)
+        if entry is None:
+            reason = "empty" if kind is None else "unhandled-type"
+            self.count("lisp_control_dropped_total", reason=reason)
+            self._log(source, reason, f"message type {kind} has no handler here")
+            return []
+        handler, refused, limiter, latency = entry
+        name = _TYPES[kind].__name__ if kind in _TYPES else str(kind)
+        started = time.perf_counter()
+        try:
+            if limiter is not None and not limiter.allow(source[0]):
+                raise Refused("rate-limited", f"more than {limiter.rate:g} {name} per second")
+            try:
+                message = decode(data)
+            except LispDecodeError as e:
+                raise Refused(decode_refusal(e), str(e)) from None
+            sends = list(handler(message, data, source))
+            if latency is not None:
+                self.metrics.observe(latency, time.perf_counter() - started)
+            return sends
+        except Refused as e:
+            refused(e.reason, source)
+            self._log(source, e.reason, f"{name} refused: {e}")
+        except Exception:   # a bug must cost one datagram, never the listener
+            self.count("lisp_control_dropped_total", reason="handler-error")
+            if self.should_log(source[0], "handler-error"):
+                LOG.exception("LISP control: %s from %s failed", name, source[0])
+        return []
+
+    def _log(self, source: Source, reason: str, text: str) -> None:
+        if self.should_log(source[0], reason):
+            LOG.warning("LISP control from %s:%d: %s (logged once a minute per source and reason)",
+                        source[0], source[1], text)
