@@ -146,6 +146,17 @@ def windowed(sock: socket.socket, target: tuple, payloads: list[bytes], window: 
     return answered, answered / (time.perf_counter() - started)
 
 
+def drain(sock: socket.socket, quiet: float = 0.5) -> None:
+    """Read and drop answers until none has come for ``quiet`` seconds."""
+    sock.setblocking(False)
+    while select.select([sock], [], [], quiet)[0]:
+        while True:
+            try:
+                sock.recv(65535)
+            except BlockingIOError:
+                break
+
+
 def paced(sock: socket.socket, target: tuple, payloads: list[bytes], rate: float, echo: bool = False) -> list[float]:
     """Send one payload every 1/rate s; the round-trip time of each answer (s)."""
     sock.setblocking(False)
@@ -198,6 +209,24 @@ def registered(tb, ns: str) -> int:
     return body["sites"][0]["registered"]
 
 
+def handler_latency(tb, ns: str) -> dict:
+    """The controller's own lisp_map_request_seconds histogram: how many
+    requests were answered within each bound once read from the socket
+    (the rest of a round trip is the socket, the hub and the scheduler)."""
+    with tb.netns(ns):
+        conn = http.client.HTTPConnection("127.0.0.1", 8080, timeout=30)
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+        conn.close()
+    buckets = {}
+    for line in text.splitlines():
+        if line.startswith('lisp_map_request_seconds_bucket{le="'):
+            bound = line.split('"')[1]
+            buckets[bound] = float(line.rsplit(" ", 1)[1])
+    total = buckets.get("+Inf", 0) or 1
+    return {f"within_{bound}s": round(count / total, 4) for bound, count in buckets.items() if bound != "+Inf"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/mapserver.py")
     parser.add_argument("--eids", type=int, default=100_000)
@@ -240,11 +269,13 @@ def main(argv: list[str] | None = None) -> int:
                                             ("controller", (SERVER, 4342), False)):
                 n, per_second = windowed(sock, target, throughput_requests, args.window, args.seconds,
                                          36, 36 if echo_mode else 4)
+                drain(sock)   # what the throughput run left queued must not delay the paced one
                 rtts = paced(sock, target, latency_requests, args.rate, echo_mode)
                 results[name] = {"answered_per_s": round(per_second), "latency_n": len(rtts),
                                  "latency_sent": len(latency_requests),
                                  "p50_ms": round(percentile(rtts, 0.5) * 1000, 3),
                                  "p99_ms": round(percentile(rtts, 0.99) * 1000, 3)}
+            results["controller"]["handler"] = handler_latency(tb, ns)
         finally:
             sock.close()
         results["controller_rss_mb"] = round(int(open(f"/proc/{ctl.proc.pid}/status").read()
@@ -262,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['latency_n']}/{r['latency_sent']}")
     print(f"controller / echo: {results['ratio_answered']:.2f} of the echo's rate, "
           f"p99 {c['p99_ms'] / e['p99_ms']:.1f} times the echo's; controller RSS {results['controller_rss_mb']} MB")
+    within = c["handler"]
+    print("inside the controller, arrival to answer: " + ", ".join(
+        f"{share:.1%} within {key[7:-1]} s" for key, share in within.items() if key[7:-1] in ("0.0005", "0.001", "0.01")))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
