@@ -52,3 +52,4 @@ def test_mapserver_benchmark_runs_on_a_small_n(tmp_path):
     for name in ("echo", "controller"):
         assert data[name]["answered_per_s"] > 0 and data[name]["latency_n"] == data[name]["latency_sent"] == 200
     assert "Map-Requests, controller" in r.stdout and "controller / echo" in r.stdout
+    assert "inside the controller, arrival to answer" in r.stdout and data["controller"]["handler"]
