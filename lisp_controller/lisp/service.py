@@ -110,8 +110,16 @@ class MappingSystem:
                 self._unfrozen = 0
 
     def _expire_loop(self) -> None:
+        frozen_answers = 0
         while True:
             hub.sleep(EXPIRY_INTERVAL)
+            # The Map-Resolver's cached answers are long-lived too: a full
+            # collection walking 100,000 of them holds the hub for tens of
+            # milliseconds, so they are frozen like the registrations.
+            answers = self.resolver.cached_answers
+            if answers - frozen_answers >= BIG or answers < frozen_answers:
+                freeze_long_lived()
+                frozen_answers = answers
             try:
                 gone = self.server.expire()
             except Exception:
