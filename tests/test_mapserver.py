@@ -444,7 +444,10 @@ def test_sites_config_parses_keys_from_the_file_or_the_environment(monkeypatch):
     (site,) = lisp.sites
     assert site.key(7, ALG_HMAC_SHA_1).secret == b"from-the-environment" and site.key(7, 2) is None
     assert "from-the-environment" not in repr(config)
-    assert not parse_config({}).lisp.enabled
+    assert config.overlay.bridges == ()   # a Map-Server only needs no bridge
+    assert not parse_config({"bridge": SITE_CONFIG["bridge"]}).lisp.enabled
+    with pytest.raises(ConfigError, match="no \\[\\[bridge\\]\\] given"):
+        parse_config({"lisp": {"port": 4342}})   # without listen, a bridge is still needed
 
 
 def test_bad_sites_are_each_reported_with_their_key(monkeypatch):

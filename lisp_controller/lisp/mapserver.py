@@ -260,10 +260,6 @@ class MapResolver:
         self._answers: dict[tuple, bytes] = {}
         self._answers_at = -1   # order.changes when they were made
 
-    @property
-    def cached_answers(self) -> int:
-        return len(self._answers)
-
     def resolve(self, ecm: EncapsulatedControlMessage) -> Resolution:
         request = ecm.message
         if not isinstance(request, MapRequest):

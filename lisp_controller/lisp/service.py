@@ -17,7 +17,6 @@ import time
 
 from os_ken.lib import hub
 
-from lisp_controller.controller.gcpause import BIG, freeze_long_lived
 from lisp_controller.controller.state import Change
 from lisp_controller.lisp.config import ALGORITHM_NAMES, LispSettings
 from lisp_controller.lisp.listener import ControlListener
@@ -50,7 +49,6 @@ class MappingSystem:
                          settings.request_rate, "lisp_map_request_seconds")
         self._pending: dict[Key, Mapping | None] = {}   # learned (or None: forget) since the last commit
         self._wake = hub.Event()
-        self._unfrozen = 0   # registrations committed since the collector last had them frozen
 
     def bind(self) -> None:
         """Open the socket now, so a bad address stops the start (OSError)."""
@@ -99,27 +97,10 @@ class MappingSystem:
             except Exception:   # the next registrations try again; say what went wrong now
                 LOG.exception("registrations could not be applied (%d learned, %d forgotten)",
                               len(change.learn), len(change.forget))
-                continue
-            # Registrations arrive a few at a time, so no single commit is
-            # big enough for the app to freeze them; many small ones add up
-            # to a state a full collection would walk for a tenth of a
-            # second, stalling every answer meanwhile (controller/gcpause.py).
-            self._unfrozen += len(change.learn)
-            if self._unfrozen >= BIG:
-                freeze_long_lived()
-                self._unfrozen = 0
 
     def _expire_loop(self) -> None:
-        frozen_answers = 0
         while True:
             hub.sleep(EXPIRY_INTERVAL)
-            # The Map-Resolver's cached answers are long-lived too: a full
-            # collection walking 100,000 of them holds the hub for tens of
-            # milliseconds, so they are frozen like the registrations.
-            answers = self.resolver.cached_answers
-            if answers - frozen_answers >= BIG or answers < frozen_answers:
-                freeze_long_lived()
-                frozen_answers = answers
             try:
                 gone = self.server.expire()
             except Exception:
