@@ -23,6 +23,7 @@ from pathlib import Path
 
 from lisp_controller.config import Config, load_config
 from lisp_controller.model import Endpoint
+from lisp_controller.pipeline.profiles import DEFAULT_UNDERLAY_MTU
 from lab.testbed import (HOST, VM, Controller, Hypervisor, Router, Segment, Testbed,
                       _sigterm_as_interrupt, wait_until)
 
@@ -137,8 +138,9 @@ def build(tb: Testbed, config_path: str | Path, vm_prefixlen: int = 24,
 
 
 def _underlay_mtu(bridges) -> int:
-    """One segment's MTU: the smallest its bridges are configured with."""
-    return min(b.underlay_mtu for b in bridges)
+    """One segment's MTU: the smallest its bridges are configured with (the
+    default one for a Map-Server-only config, which has no bridge)."""
+    return min((b.underlay_mtu for b in bridges), default=DEFAULT_UNDERLAY_MTU)
 
 
 class ControllerProcess:

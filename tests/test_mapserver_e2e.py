@@ -78,12 +78,13 @@ prefixes = [{{iid = {IID}, eid = "10.5.0.0/16"}}, {{iid = {IID}, eid = "10.6.0.0
 """
 
 
-def start(testbed, tmp_path: Path, body: str, lisp: str = "", env: dict | None = None):
-    """The controller with a [lisp] listener on its management address."""
+def start(testbed, tmp_path: Path, body: str, lisp: str = "", hooks: tuple[str, ...] = ()):
+    """The controller with a [lisp] listener on its management address
+    (``hooks``: lab/serve.py's, e.g. a faster clock)."""
     path = tmp_path / "mapserver.toml"
     path.write_text(f'[controller]\nlisten = "{CONTROLLER}"\n\n[lisp]\nlisten = "{CONTROLLER}"\n{lisp}\n{body}')
     ov = build(testbed, path)
-    ctl = ControllerProcess(ov, env=env).start()
+    ctl = ControllerProcess(ov, hooks=hooks).start()
     ctl.wait_log("LISP control on")
     api = Client(ov)
     api.wait_up()
@@ -130,7 +131,7 @@ def tshark_fields(capture, fields: list[str], display_filter: str) -> list[dict[
 def test_a_foreign_site_registers_our_vms_reach_it_and_it_times_out(testbed, tmp_path, monkeypatch):
     monkeypatch.setenv("BRANCH_KEY", BRANCH_KEY)   # the site's key comes from the environment
     ov, ctl, api = start(testbed, tmp_path, ETR_SITE + TWO_HYPERVISORS,
-                         env={"LISP_CONTROLLER_TIME_SCALE": "60"})
+                         hooks=("--time-scale", "60"))
     wait_programmed(ov)
     hv1, hv2 = ov.hypervisors
     vm1, vm2 = ov.vms
@@ -147,7 +148,7 @@ def test_a_foreign_site_registers_our_vms_reach_it_and_it_times_out(testbed, tmp
         record = eid_record(IID, "10.2.1.0/24", [(hv3.rloc, 1, 100)], ttl=3)
         notify = etr.register([record])           # verified with our key, or ValueError
         assert isinstance(notify, MapNotify) and notify.records == (record,)
-        etr.keep_registering([record], interval=0.5)   # 3 minutes are 3 s at TIME_SCALE=60
+        etr.keep_registering([record], interval=0.5)   # 3 minutes are 3 s at --time-scale 60
 
         # In the API with the RLOC and TTL the ETR gave, from that xTR.
         wait_until(lambda: registrations(api, "branch"), timeout=10, what="the registration in the API")
