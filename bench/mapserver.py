@@ -31,7 +31,6 @@ import platform
 import random
 import select
 import socket
-import statistics
 import subprocess
 import sys
 import time

@@ -12,9 +12,9 @@ import pytest
 
 from lisp_controller.config import ConfigError, parse_config
 from lisp_controller.controller.state import Change, State
-from lisp_controller.lisp import (ALG_HMAC_SHA_1, Action, AuthKey, EidRecord, EncapsulatedControlMessage,
+from lisp_controller.lisp import (ALG_HMAC_SHA_1, Action, AuthKey, EidRecord,
                                   InstanceIdAddress, LocatorRecord, MapNotify, MapRegister, MapReply, MapRequest,
-                                  MapRequestRecord, UnknownLcafAddress, decode, encode, sign, verify, wrap_in_ecm)
+                                  MapRequestRecord, UnknownLcafAddress, decode, sign, verify, wrap_in_ecm)
 from lisp_controller.lisp.listener import ControlListener, LogLimiter, RateLimiter, decode_refusal
 from lisp_controller.lisp.mapserver import MapResolver, MapServer, Refused
 from lisp_controller.lisp.negative import PrefixOrder, cover_length, negative_prefix
@@ -414,13 +414,13 @@ def test_decode_errors_map_to_reasons():
 
 def test_rate_limits_per_source_with_a_bounded_number_of_sources():
     good = fixture("map-register-notify-1rloc.pcap").payload
-    listener, counts, refused, clock = listener_with(lambda m, raw, src: [], rate=2)
-    results = [listener.handle(good, ("192.0.2.1", 1)) for _ in range(3)]
-    assert refused == ["rate-limited"]          # a burst of 2, then refused
-    assert listener.handle(good, ("192.0.2.2", 1)) == [] and refused == ["rate-limited"]   # others unaffected
-    clock.now += 0.5                             # one token back
-    listener.handle(good, ("192.0.2.1", 1))
+    listener, counts, refused, clock = listener_with(lambda m, raw, src: [(b"ok", src)], rate=2)
+    ok = [(b"ok", ("192.0.2.1", 1))]
+    assert [listener.handle(good, ("192.0.2.1", 1)) for _ in range(3)] == [ok, ok, []]   # a burst of 2
     assert refused == ["rate-limited"]
+    assert listener.handle(good, ("192.0.2.2", 1)) == [(b"ok", ("192.0.2.2", 1))]       # others unaffected
+    clock.now += 0.5                             # one token back
+    assert listener.handle(good, ("192.0.2.1", 1)) == ok and refused == ["rate-limited"]
     limiter = RateLimiter(1, max_sources=3, clock=clock)
     for n in range(10):                          # spoofed sources: tracked up to 3, then one shared bucket
         limiter.allow(f"198.51.100.{n}")

@@ -18,13 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from lab.lisp_peer import LispPeer, eid_record
 from lab.scenario import ControllerProcess, build, wait_programmed
 from lab.testbed import static_flows, wait_until
 from lisp_controller.lisp import (Action, AuthKey, EncapsulatedControlMessage, InstanceIdAddress, MapNotify,
-                                  MapReply, decode, encode, verify)
+                                  decode, encode, verify)
 from tests.pcap import udp_frames
 from tests.test_api import Client
 from tests.test_lisp_codec import _mutations, random_message
