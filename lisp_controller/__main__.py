@@ -7,7 +7,7 @@ nothing else (tests, tools importing the package) is ever patched.
 from __future__ import annotations
 
 import argparse
-import functools
+import errno
 import logging
 import os
 import sys
@@ -87,6 +87,15 @@ def cmd_serve(args) -> int:
     if problem:
         print(f"error: {config.source}: {problem}; nothing started", file=sys.stderr)
         return 2
+    lock = _NoLock()  # an etcd store is shared by design (docs/etcd.rst); an SQLite file is not
+    if config.etcd is None:
+        try:
+            lock = _lock_store(args.store or config.store_path, log)  # held until the process ends
+        except StoreLocked as e:
+            print(f"error: {e}", file=sys.stderr)
+            print("nothing started: one controller per store (stop the other, or give this one "
+                  "its own store and ports)", file=sys.stderr)
+            return 3
 
     os.environ["OSKEN_HUB_TYPE"] = "eventlet"
     # eventlet announces its own deprecation on import; os-ken 4.2 needs it.
@@ -111,12 +120,14 @@ def cmd_serve(args) -> int:
 
     from os_ken import cfg
     from os_ken.base.app_manager import AppManager
-    from os_ken.controller import controller, ofp_handler
     from os_ken.lib import hub
 
     from lisp_controller.api import server as http
     from lisp_controller.api.rest import Api
+    from lisp_controller.controller.app import LispControllerApp
     from lisp_controller.openflow import tls
+    from lisp_controller.openflow.admission import Admission
+    from lisp_controller.openflow.listener import Handshake, Listener, listen
 
     try:  # unusable keys or certificates stop the start, before anything listens
         of_tls = config.tls and tls.server_context(config.tls.cert, config.tls.key, config.tls.ca)
@@ -124,35 +135,43 @@ def cmd_serve(args) -> int:
     except tls.TlsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
-    try:
-        api_socket = eventlet.listen((config.api.host, config.api.port), backlog=http.BACKLOG)
-    except OSError as e:
-        print(f"error: cannot listen on {config.api.host}:{config.api.port} for the API: {e.strerror}",
-              file=sys.stderr)
-        return 3
+    # Both ports are opened here, before anything starts, and never shared
+    # (no SO_REUSEPORT): a second controller on them stops with this message.
+    sockets = {}
+    for what, host, port, backlog in (("OpenFlow", config.openflow_host, config.openflow_port, None),
+                                      ("the API", config.api.host, config.api.port, http.BACKLOG)):
+        try:
+            sockets[what] = listen(host, port, **({"backlog": backlog} if backlog else {}))
+        except OSError as e:
+            print(f"error: cannot listen on {host}:{port} for {what}: {e.strerror or e}"
+                  + (" (another lisp-controller?)" if e.errno == errno.EADDRINUSE else ""), file=sys.stderr)
+            print("nothing started", file=sys.stderr)
+            return 3
+    api_socket = sockets["the API"]
     if api_tls:  # each client's handshake runs in its own greenthread, on first read
         api_socket = api_tls.wrap_socket(api_socket, server_side=True, do_handshake_on_connect=False)
-    cfg.CONF([], project="os_ken")
-    cfg.CONF.set_override("ofp_listen_host", config.openflow_host)
-    cfg.CONF.set_override("ofp_tcp_listen_port", config.openflow_port)
+    cfg.CONF([], project="os_ken")  # os-ken's Datapath reads its socket and echo settings here
     log.info("config %s: %d bridges, %d mappings (%d from the store %s); OpenFlow on %s:%d%s; "
              "API on %s://%s:%d%s", config.source, len(config.overlay.bridges), len(state.cache),
              len(state.api_mappings()), store.name, config.openflow_host, config.openflow_port,
              " (TLS)" if of_tls else "", "https" if api_tls else "http",
              config.api.host, config.api.port, " (token required for changes)" if token else "")
-    if of_tls:
-        # os-ken's OFPHandler starts the OpenFlow server (OpenFlowController);
-        # with TLS it gets ours, which logs a refused handshake in one line.
-        ofp_handler.OpenFlowController = lambda: functools.partial(
-            tls.serve_openflow, config.openflow_host, config.openflow_port, of_tls,
-            controller.datapath_connection_factory)
+    _warn_open_openflow(config, log)
+    labels = {b.datapath_id: b.label for b in config.overlay.bridges if b.datapath_id is not None}
+    admission = Admission(labels, config.tls_peers)
+    listener = Listener(sockets["OpenFlow"], admission, config.handshake_timeout, config.max_handshakes,
+                        of_tls or None)
     manager = AppManager.get_instance()
-    manager.load_apps(["os_ken.controller.ofp_handler", "lisp_controller.controller.app"])
-    contexts = manager.create_contexts()
+    # os-ken's handshake without its server (openflow/listener.py), then ours.
+    manager.applications_cls.update({Handshake.__module__: Handshake,
+                                     LispControllerApp.__module__: LispControllerApp})
     services = manager.instantiate_apps(lisp_config=config, lisp_state=state, lisp_store=store,
-                                        lisp_before_sync=args.before_sync, **contexts)
+                                        lisp_before_sync=args.before_sync, lisp_listener=listener,
+                                        lisp_admission=admission)
     app = manager.applications["LispControllerApp"]
     store.follow(app.apply_stored, app.commit_lock)  # other controllers' changes (docs/etcd.rst)
+    listener.count_into(app.metrics)
+    services.append(hub.spawn(listener.serve))
     if store.read_only:
         app.store_error = store.read_only
         log.error("%s: serving the stored state read-only; changes get 503 until it is writable",
@@ -182,7 +201,68 @@ def cmd_serve(args) -> int:
     finally:
         manager.close()
         store.close()
+        lock.close()
     return 0
+
+
+class StoreLocked(Exception):
+    """Another controller serves this store."""
+
+
+class _NoLock:
+    def close(self) -> None:
+        pass
+
+
+def _lock_store(path: str, log):
+    """One controller per SQLite store: an exclusive lock on `<store>.lock`, held
+    as long as this process runs (the kernel lets go when it ends, even on
+    kill -9). Two controllers on one store would each acknowledge writes
+    the other never sees. StoreLocked names the holder; a lock file that
+    cannot be made (a read-only disk) is logged and the start goes on."""
+    import fcntl
+
+    lock_path = f"{path}.lock"
+    try:
+        lock = open(lock_path, "a+")
+    except OSError as e:
+        try:
+            lock = open(lock_path)  # an existing lock file on a read-only filesystem still locks
+        except OSError:
+            log.warning("cannot lock the store (%s: %s); a second controller on it would not be noticed",
+                        lock_path, e.strerror)
+            return _NoLock()
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip()
+        lock.close()
+        raise StoreLocked(f"store {path} is in use by another lisp-controller"
+                          + (f" (pid {holder})" if holder.isdigit() else "") + f": {lock_path} is locked") from None
+    if lock.writable():
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+    return lock
+
+
+def _warn_open_openflow(config, log) -> None:
+    """Without TLS, whoever reaches the OpenFlow port can connect as any
+    bridge; with TLS, any switch the CA signed can, unless the bridge's
+    `tls_peer` says which certificate is its own."""
+    import ipaddress
+
+    if config.tls is None:
+        if not ipaddress.ip_address(config.openflow_host).is_loopback:
+            log.warning("OpenFlow on %s:%d without TLS: anyone who reaches this port can connect as "
+                        "any bridge; set [controller] tls_key, tls_cert and tls_ca (docs/reliability.rst)",
+                        config.openflow_host, config.openflow_port)
+        return
+    unbound = [b.label for b in config.overlay.bridges if b.datapath_id not in config.tls_peers]
+    if unbound:
+        log.warning("bridges without tls_peer: %s; any switch whose certificate the CA signed can "
+                    "connect as them", ", ".join(unbound))
 
 
 def _merge_store(state, store, mappings, endpoints, log) -> None:

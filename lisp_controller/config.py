@@ -6,8 +6,9 @@ file in one pass; each is one line: file, key, what is wrong.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lisp_controller.errors import LispControllerError
@@ -15,6 +16,7 @@ from lisp_controller.lisp.config import LispSettings, parse_lisp
 from lisp_controller.model import (Bridge, Endpoint, Mapping, ModelError, Overlay, datapath_id_of, parse_action,
                                    parse_address, parse_bool, parse_gateway, parse_iid, parse_int,
                                    parse_interface_name, parse_mac, parse_rloc_address)
+from lisp_controller.openflow.tls import TlsPeer, parse_tls_peer
 from lisp_controller.pipeline.profiles import DEFAULT_PROFILE, DEFAULT_UNDERLAY_MTU, PROFILES
 
 
@@ -73,6 +75,8 @@ ETCD_PASSWORD_ENV = "LISP_CONTROLLER_ETCD_PASSWORD"
 DEFAULT_STORE = "/var/lib/lisp-controller/store.db"
 DEFAULT_RECONCILE_INTERVAL = 60.0
 MAX_RECONCILE_INTERVAL = 86400.0
+DEFAULT_HANDSHAKE_TIMEOUT = 5.0
+DEFAULT_MAX_HANDSHAKES = 256
 
 
 @dataclass(frozen=True)
@@ -90,14 +94,24 @@ class Config:
     etcd: EtcdSettings | None = None  # None: the SQLite store at store_path
     # The LISP control listener and the Map-Server's sites (lisp/config.py).
     lisp: LispSettings = LispSettings()
+    # Seconds a new OpenFlow connection has to finish its handshake (TLS,
+    # HELLO, FEATURES_REPLY, port description), and how many may be at it
+    # at once: a connection that never says who it is must not hold a
+    # socket forever (docs/reliability.rst, "OpenFlow admission").
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    max_handshakes: int = DEFAULT_MAX_HANDSHAKES
+    # Datapath ID -> the certificate its switch must present (with TLS).
+    tls_peers: dict[int, TlsPeer] = field(default_factory=dict)
 
 
 _TLS_KEYS = ("tls_key", "tls_cert", "tls_ca")
-_CONTROLLER_KEYS = {"listen", "port", "miss_action", "reconcile_interval", *_TLS_KEYS}
+_CONTROLLER_KEYS = {"listen", "port", "miss_action", "reconcile_interval", "handshake_timeout",
+                    "max_handshakes", *_TLS_KEYS}
 _STORE_KEYS = {"backend", "path", "endpoints", "prefix", "timeout", "ca", "cert", "key", "user", "password"}
 _ETCD_KEYS = _STORE_KEYS - {"backend", "path"}
 _BRIDGE_KEYS = {"datapath_id", "name", "rloc", "tunnel_port", "tunnel_profile", "iid",
-                "router_mac", "endpoint", "proxy_arp", "gateway", "underlay_mtu", "too_big_without_df"}
+                "router_mac", "endpoint", "proxy_arp", "gateway", "underlay_mtu", "too_big_without_df",
+                "tls_peer"}
 # An underlay below IPv6's minimum link MTU could not carry IPv6 RLOCs, and
 # one above 65535 does not exist (docs/mtu.rst).
 MIN_UNDERLAY_MTU, MAX_UNDERLAY_MTU = 1280, 65535
@@ -244,6 +258,14 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
             reconcile_interval = parse_interval(ctl["reconcile_interval"], "controller.reconcile_interval")
         except ModelError as e:
             problems.append(f"{where}: {e}")
+    handshake_timeout, max_handshakes = DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HANDSHAKES
+    try:
+        if "handshake_timeout" in ctl:
+            handshake_timeout = _parse_seconds(ctl["handshake_timeout"], "controller.handshake_timeout", low=1)
+        if "max_handshakes" in ctl:
+            max_handshakes = parse_int(ctl["max_handshakes"], "controller.max_handshakes", 1, 65535)
+    except ModelError as e:
+        problems.append(f"{where}: {e}")
 
     base = Path(source).parent if source != "<config>" else Path(".")
     tls = None
@@ -254,6 +276,9 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
     elif given and all(given.values()):
         tls = OpenFlowTls(given["tls_key"], given["tls_cert"], given["tls_ca"])
     api = _parse_api(_table(data, "api", problems, where), problems, where, base)
+    if api.port == port and _overlap(api.host, host):
+        problems.append(f"{where}: api.port: {port} is also the OpenFlow port ([controller] port) on "
+                        f"{host if host == api.host else f'{host} and {api.host}'}; they need different ports")
     store_path, etcd = _parse_store(_table(data, "store", problems, where), problems, where, base)
 
     bridges: list[Bridge] = []
@@ -261,10 +286,16 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
     if not isinstance(raw_bridges, list):
         problems.append(f"{where}: bridge: must be an array of tables ([[bridge]])")
         raw_bridges = []
+    tls_peers: dict[int, TlsPeer] = {}
     for i, raw in enumerate(raw_bridges):
         bridge = _parse_bridge(raw, f"bridge[{i}]", problems, where)
         if bridge is not None:
             bridges.append(bridge)
+            if isinstance(raw, dict) and "tls_peer" in raw:
+                peer = _parse_bridge_peer(raw["tls_peer"], bridge, f"bridge[{i}].tls_peer",
+                                          tls is not None or bool(given), problems, where)
+                if peer is not None:
+                    tls_peers[bridge.datapath_id] = peer
     _check_bridges_unique(bridges, problems, where)
     if not raw_bridges and _needs_a_bridge(data):
         problems.append(f"{where}: bridge: no [[bridge]] given; the controller needs at least one "
@@ -293,7 +324,37 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
     if problems:
         raise ConfigError(problems)
     return Config(source, host, port, Overlay(tuple(bridges), tuple(mappings), miss_action),
-                  api, store_path, reconcile_interval, tls, etcd, lisp)
+                  api, store_path, reconcile_interval, tls, etcd, lisp, handshake_timeout, max_handshakes, tls_peers)
+
+
+def _parse_bridge_peer(value: object, bridge: Bridge, field: str, tls: bool,
+                       problems: list[str], where: str) -> TlsPeer | None:
+    """The certificate a bridge's switch must present. Checked when the
+    switch names its datapath ID, before its bridge name is known: so the
+    bridge needs a datapath_id, and OpenFlow needs TLS."""
+    try:
+        peer = parse_tls_peer(value)
+    except ValueError as e:
+        problems.append(f"{where}: {field}: {e}")
+        return None
+    if not tls:
+        problems.append(f"{where}: {field}: needs OpenFlow over TLS ([controller] "
+                        f"{', '.join(_TLS_KEYS)})")
+        return None
+    if bridge.datapath_id is None:
+        problems.append(f"{where}: {field}: needs the bridge's datapath_id (a switch names its "
+                        "datapath ID before its bridge name, and the certificate is checked then)")
+        return None
+    return peer
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Two listen addresses that one port cannot serve twice: the same, or
+    either the wildcard of its family ("::" takes IPv4 too, dual stack)."""
+    if a == b:
+        return True
+    x, y = ipaddress.ip_address(a), ipaddress.ip_address(b)
+    return any(z.is_unspecified and (z.version == 6 or z.version == w.version) for z, w in ((x, y), (y, x)))
 
 
 def _needs_a_bridge(data: dict) -> bool:

@@ -153,6 +153,18 @@ SCHEMAS = {
         "proxy_reply": {"type": "boolean", "description": "the ETR asked us to answer for it"},
         "hidden_by": {"type": ["string", "null"], "description": "config, endpoint or api: a mapping for "
                       "the same prefix that wins over the registration in the map-cache"}}},
+    "Conflict": {"type": "object", "description": "a datapath ID claimed by a second connection "
+                 "(docs/reliability.rst, OpenFlow admission); listed for two minutes after the last attempt",
+                 "required": ["datapath_id", "bridge", "reason", "holder", "claimant", "message", "count",
+                              "first", "last"], "properties": {
+        "datapath_id": {"type": "string"}, "bridge": {"type": ["string", "null"]},
+        "reason": {"type": "string", "enum": ["duplicate", "certificate", "displaced"],
+                   "description": "duplicate: refused, the holder answers; certificate: refused, not the "
+                                  "bridge's tls_peer; displaced: the holder did not answer and lost the ID"},
+        "holder": {"type": ["string", "null"], "description": "address of the session holding the ID"},
+        "claimant": {"type": "string", "description": "address of the connection that claimed it last"},
+        "message": {"type": "string"}, "count": {"type": "integer"},
+        "first": {"type": "string"}, "last": {"type": "string"}}},
 }
 
 
@@ -232,7 +244,8 @@ OPERATIONS: dict[str, tuple] = {
         200: ("deleted", _obj(deleted=_obj(bridge={"type": "string"}, port={"type": "string"}),
                               bridges=_BRIDGES))}, []),
     "list_datapaths": ("Bridges: configured and connected", None, {
-        200: ("datapaths", _obj(datapaths={"type": "array", "items": _ref("Datapath")}))}, []),
+        200: ("datapaths", _obj(datapaths={"type": "array", "items": _ref("Datapath")},
+                                conflicts={"type": "array", "items": _ref("Conflict")}))}, []),
     "get_datapath": ("One bridge", None, {200: ("the bridge", _obj(datapath=_ref("Datapath")))}, []),
     "datapath_flows": ("The bridge's flows in ovs-ofctl syntax", None, {
         200: ("flows (?format=text: one per line, as text/plain)",

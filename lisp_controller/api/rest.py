@@ -568,7 +568,7 @@ class Api:
 
     # -- datapaths -------------------------------------------------------------
     def list_datapaths(self, req):
-        return json_response({"datapaths": self.ctl.datapaths()})
+        return json_response({"datapaths": self.ctl.datapaths(), "conflicts": self.ctl.conflicts()})
 
     def _datapath(self, ref: str, field: str = "bridge", configured: bool = False) -> dict:
         """The one bridge, configured or connected, that `ref` names: its

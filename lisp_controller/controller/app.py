@@ -45,7 +45,8 @@ class LispControllerApp(app_manager.OSKenApp):
     OFP_VERSIONS = [ofp.OFP_VERSION]
 
     def __init__(self, *args, lisp_config: Config | None = None, lisp_state: State | None = None,
-                 lisp_store: Store | None = None, lisp_before_sync: SyncHook | None = None, **kwargs):
+                 lisp_store: Store | None = None, lisp_before_sync: SyncHook | None = None,
+                 lisp_admission=None, **kwargs):
         super().__init__(*args, **kwargs)
         if lisp_config is None:
             raise ValueError("LispControllerApp needs lisp_config")
@@ -53,6 +54,9 @@ class LispControllerApp(app_manager.OSKenApp):
         self.state = lisp_state or State(lisp_config)
         self.store = lisp_store
         self.before_sync: SyncHook = lisp_before_sync or _nothing
+        # Which connection may be which datapath (openflow/admission.py):
+        # a refused claim never reaches this app, only its conflicts list.
+        self.admission = lisp_admission
         self.sessions: dict[int, BridgeSession] = {}
         # Per bridge label, the missing ports last logged: a condition is
         # logged when it starts and ends, across reconnects (session.py).
@@ -205,6 +209,10 @@ class LispControllerApp(app_manager.OSKenApp):
                for b in self.state.bridges.values()]
         out += [_datapath_view(None, s) for s in self.sessions.values() if s.status.bridge is None]
         return out
+
+    def conflicts(self) -> list[dict]:
+        """Datapath ID claims refused or sessions displaced, lately."""
+        return self.admission.conflicts() if self.admission is not None else []
 
     def mapping_counters(self) -> Snapshot:
         """Packets and bytes per map-cache cookie, summed over the connected

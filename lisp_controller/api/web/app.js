@@ -24,11 +24,11 @@
   const num = new Intl.NumberFormat("en-US");
 
   const state = {
-    datapaths: null, endpoints: [], rows: [], countersAt: null, sites: [],
+    datapaths: null, conflicts: [], endpoints: [], rows: [], countersAt: null, sites: [],
     lastOk: null, failingSince: null, lastError: "",
     sort: { key: "iid", dir: 1 }, query: "", page: 0, pageSize: 100,
     armed: null, armTimer: null, seen: null, fresh: new Set(), downSince: new Map(),
-    view: null, html: { bridges: "", rows: "", summary: "", sites: "" },
+    view: null, html: { bridges: "", rows: "", summary: "", sites: "", conflicts: "" },
   };
 
   // -- formatting ----------------------------------------------------------
@@ -108,6 +108,7 @@
       const bad = [dp, ep, mp].find((r) => !r.ok);
       if (bad) throw new Error(`HTTP ${bad.status}${bad.data?.error ? `: ${bad.data.error.message}` : ""}`);
       state.datapaths = dp.data.datapaths;
+      state.conflicts = dp.data.conflicts || [];
       state.endpoints = ep.data.endpoints;
       setMappings(mp.data);
       state.sites = await sites();
@@ -177,6 +178,23 @@
         ? `Live · updated <time id="last-updated">${clock(state.lastOk)}</time> <span class="ago">(${since(state.lastOk)} ago)</span>`
         : "Connecting…";
     }
+  }
+
+  // Datapath ID claims refused or sessions displaced (docs/reliability.rst,
+  // "OpenFlow admission"): a second switch with a bridge's ID, or one
+  // speaking for another, is news an operator must not miss.
+  const CONFLICT_TEXT = { duplicate: "refused: the ID is held by a live session",
+    certificate: "refused: not the bridge's certificate", displaced: "took over from a silent session" };
+  function renderConflicts() {
+    const items = state.conflicts.map((c) => `<li data-dpid="${esc(c.datapath_id)}" data-reason="${esc(c.reason)}">
+      <strong class="mono">${esc(c.datapath_id)}</strong>${c.bridge && c.bridge !== c.datapath_id ? ` (bridge ${esc(c.bridge)})` : ""}:
+      <span class="mono">${esc(c.claimant)}</span> ${esc(CONFLICT_TEXT[c.reason] || c.reason)}${c.holder ? ` <span class="mono">${esc(c.holder)}</span>` : ""}
+      · ${c.count}× · last ${clock(new Date(c.last))}</li>`).join("");
+    const html = items ? `<strong>Datapath ID conflicts</strong><ul>${items}</ul>` : "";
+    if (html === state.html.conflicts) return;
+    const box = $("conflicts");
+    box.innerHTML = state.html.conflicts = html;
+    box.hidden = !html;
   }
 
   function renderSummary() {
@@ -387,6 +405,7 @@
 
   function render() {
     renderLive();
+    renderConflicts();
     renderSummary();
     renderBridges();
     renderSites();
