@@ -77,9 +77,12 @@ def test_a_rogue_claiming_a_live_bridge_is_refused_and_the_bridge_keeps_its_sess
     intruder = rogue(ov)
     try:
         where = intruder.where
+        started = time.monotonic()
         admitted = intruder.handshake(int(HV1, 16))
         assert intruder.wait_closed(5), "the controller kept the rogue connection open"
         assert not admitted  # closed before the port description: never a datapath of the app
+        print(f"\nrogue claiming a live bridge's ID: closed {(intruder.closed_at - started) * 1000:.0f} ms "
+              "after its HELLO")
     finally:
         intruder.close()
     log = ctl.log()
@@ -164,6 +167,8 @@ def test_two_bridges_with_one_datapath_id_the_second_is_refused_and_shown(testbe
     d = datapaths(api)
     assert d[HV1]["address"] == held["address"] and d[HV1]["connected_since"] == held["connected_since"]
     conflict = refused()
+    print(f"\nsecond bridge with hv1's ID: refused {conflict['count']} times from {conflict['first']} to "
+          f"{conflict['last']}; hv1's session untouched")
     assert conflict["datapath_id"] == HV1 and conflict["holder"] == held["address"]
     assert conflict["claimant"].startswith(f"{hv2.mgmt_address}:")
     assert re.search(rf"datapath {HV1}: connection from {hv2.mgmt_address}:\d+ claims it, but the session "
@@ -243,11 +248,13 @@ def test_a_certificate_speaks_only_for_its_own_bridge(testbed, tmp_path):
 
     def attempt(name: str, dpid: str, pki_dir: Path = pki) -> tuple[Rogue, bool]:
         r = rogue(ov, client_tls(pki_dir, name))
+        r.started = time.monotonic()
         admitted = r.handshake(int(dpid, 16))
         return r, admitted
     r, admitted = attempt("hv2", HV1)
     try:
         assert not admitted and r.wait_closed(5), "hv2's certificate was accepted as hv1"
+        assert r.closed_at - r.started < 1  # closed at once, TLS and all
     finally:
         r.close()
     assert re.search(rf"datapath {HV1}: connection from 172\.31\.255\.1:\d+ refused: certificate 'hv2' "
@@ -290,8 +297,10 @@ def test_a_second_controller_on_the_same_config_stops_with_a_clear_message(testb
         proc = ControllerProcess(ov if config is None else dataclasses.replace(ov, config_path=config),
                                  name, store_path=store)
         proc.start()
+        started = time.monotonic()
         try:
             code = proc.proc.wait(20)
+            print(f"\n{name}: exit {code} after {time.monotonic() - started:.2f} s", end="")
         except subprocess.TimeoutExpired:
             proc.stop()
             raise AssertionError(f"a second controller kept running: {proc.log()[-2000:]}") from None
@@ -376,6 +385,20 @@ def test_junk_on_the_openflow_port_is_closed_and_counted(testbed, tmp_path):
                        r"within 5 s \((?:no OpenFlow HELLO|no FEATURES_REPLY)\)", log)
     assert len(lines) == 1, log[-3000:]
     assert metric(api, "lisp_openflow_connections_closed_total", reason="handshake-timeout") == len(kinds)
+    # What os-ken cannot parse at all (an OpenFlow version it does not
+    # know) is closed at once, in one log line, without a traceback.
+    with testbed.netns(ov.controller_ns.ns):
+        s = socket.create_connection(("172.31.255.1", 6653), timeout=5)
+    try:
+        started = time.monotonic()
+        s.sendall(HEADER.pack(0x7F, HELLO, 8, 1))
+        wait_until(lambda: drain_closed(s), timeout=3, interval=0.02, what="unparsable bytes closed")
+        assert time.monotonic() - started < 1
+    finally:
+        s.close()
+    assert re.search(r"OpenFlow connection from 172\.31\.255\.1:\d+ closed: cannot parse what it sent "
+                     r"\(OFPUnknownVersion", ctl.log()), ctl.log()[-2000:]
+    assert metric(api, "lisp_openflow_connections_closed_total", reason="malformed") == 1
 
     # A flood against handshake_timeout = 2 and max_handshakes = 40.
     cap = 40

@@ -73,12 +73,13 @@ class Connection:
     handshaken: bool = False  # reached MAIN_DISPATCHER: the application's now
     closed: bool = False
     reason: str | None = None  # why we closed it (the metric's label)
+    timer: object = None  # the hub timer of its deadline
     _probes: dict = field(default_factory=dict)  # echo xid -> event
 
     @property
     def where(self) -> str:
-        host, port = self.address[:2]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        """Its address as GET /v1/datapaths shows a bridge's."""
+        return "%s:%s" % tuple(self.address[:2])
 
     def stage(self) -> str:
         """How far its handshake got, for the log."""
@@ -197,6 +198,7 @@ class Listener:
         if conn is not None:
             conn.handshaken = True
             self.pending.discard(conn)
+            _cancel(conn)
 
     def echo_reply(self, dp: Datapath, xid: int) -> None:
         conn = self.connections.get(dp)
@@ -214,7 +216,7 @@ class Listener:
 
     # -- inside ------------------------------------------------------------------
     def _serve(self, conn: Connection, sock) -> None:
-        hub.spawn_after(self.handshake_timeout, self._expire, conn)
+        self._arm(conn, self.handshake_timeout)
         try:
             _keepalive(sock)
             if self.tls is not None:
@@ -222,17 +224,20 @@ class Listener:
                 if sock is None:
                     return
             conn.socket = sock
-            conn.datapath = dp = Datapath(sock, conn.address)
-            self.connections[dp] = conn
             try:
+                conn.datapath = dp = Datapath(sock, conn.address)
+                self.connections[dp] = conn
                 dp.serve()
+            except OSError:  # gone before os-ken could set its socket up
+                conn.reason = conn.reason or "left"
             except Exception as e:  # os-ken's parser, on bytes that are not OpenFlow
                 if not conn.closed:
                     self._note(conn, "malformed", f"cannot parse what it sent ({type(e).__name__}: {e})")
                     conn.reason = "malformed"
         finally:
             self.pending.discard(conn)
-            if conn.datapath is not None and not conn.handshaken and conn.reason is None:
+            _cancel(conn)
+            if not conn.handshaken and conn.reason is None:
                 conn.reason = "left"  # went away during its handshake
             conn.close()
             if conn.datapath is not None:
@@ -267,10 +272,17 @@ class Listener:
             return
         wait = conn.deadline - time.monotonic()
         if conn.claiming or conn.datapath is None or wait > 0:
-            hub.spawn_after(max(wait, 0.1), self._expire, conn)
+            self._arm(conn, max(wait, 0.1))
             return
         self.close(conn, "handshake-timeout",
                    f"no OpenFlow handshake within {self.handshake_timeout:g} s ({conn.stage()})")
+
+    def _arm(self, conn: Connection, delay: float) -> None:
+        """A bare hub timer, cancelled once the handshake is done: no
+        greenthread waits for the deadline of each connection."""
+        from eventlet import hubs
+
+        conn.timer = hubs.get_hub().schedule_call_global(delay, hub.spawn, self._expire, conn)
 
     def _note(self, conn: Connection, reason: str, why: str) -> None:
         held = self._quiet.allow((reason, conn.where.rsplit(":", 1)[0]))
@@ -281,6 +293,12 @@ class Listener:
     def _count(self, reason: str) -> None:
         if self.metrics is not None:
             self.metrics.inc("lisp_openflow_connections_closed_total", reason=reason)
+
+
+def _cancel(conn: Connection) -> None:
+    if conn.timer is not None:
+        conn.timer.cancel()
+        conn.timer = None
 
 
 def _keepalive(sock) -> None:
