@@ -95,7 +95,7 @@ class Config:
     # The LISP control listener and the Map-Server's sites (lisp/config.py).
     lisp: LispSettings = LispSettings()
     # Seconds a new OpenFlow connection has to finish its handshake (TLS,
-    # HELLO, FEATURES_REPLY, port description), and how many may be at it
+    # HELLO, an admitted FEATURES_REPLY), and how many may be at it
     # at once: a connection that never says who it is must not hold a
     # socket forever (docs/reliability.rst, "OpenFlow admission").
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT

@@ -7,9 +7,10 @@ soon as it names an ID. Here (docs/reliability.rst, "OpenFlow admission"):
 
 - the port is opened before anything starts, without SO_REUSEPORT, so a
   second controller on the same port fails to start;
-- TLS (if configured) and the OpenFlow handshake (HELLO, FEATURES_REPLY,
-  port description) must be done within `handshake_timeout` seconds, and
-  at most `max_handshakes` connections may be at it at once; the others
+- TLS (if configured) and the OpenFlow handshake (HELLO, and a
+  FEATURES_REPLY whose datapath ID is admitted) must be done within
+  `handshake_timeout` seconds, and at most `max_handshakes` connections
+  may be at it at once; the others
   are closed, counted (lisp_openflow_connections_closed_total{reason})
   and logged, at most one line per host and reason every QUIET seconds;
 - the datapath ID a FEATURES_REPLY names is claimed through `Admission`
@@ -70,7 +71,7 @@ class Connection:
     datapath: Datapath | None = None
     datapath_id: int | None = None  # the ID it holds (admission.py)
     claiming: bool = False  # waiting for the ID's holder to answer an echo
-    handshaken: bool = False  # reached MAIN_DISPATCHER: the application's now
+    handshaken: bool = False  # its datapath ID admitted: no deadline any more
     closed: bool = False
     reason: str | None = None  # why we closed it (the metric's label)
     timer: object = None  # the hub timer of its deadline
@@ -86,9 +87,7 @@ class Connection:
         dp = self.datapath
         if dp is None:
             return "TLS handshake not done"
-        if dp.state == HANDSHAKE_DISPATCHER:
-            return "no OpenFlow HELLO"
-        return "no FEATURES_REPLY" if self.datapath_id is None else "no port description"
+        return "no OpenFlow HELLO" if dp.state == HANDSHAKE_DISPATCHER else "no FEATURES_REPLY"
 
     def probe(self, timeout: float) -> bool:
         """True if the switch answers an echo within `timeout` seconds."""
@@ -191,14 +190,12 @@ class Listener:
         if refused is not None:
             self.close(conn, refused)  # admission.py has said why
             return False
-        return not conn.closed
-
-    def handshake_done(self, dp: Datapath) -> None:
-        conn = self.connections.get(dp)
-        if conn is not None:
-            conn.handshaken = True
-            self.pending.discard(conn)
-            _cancel(conn)
+        if conn.closed:
+            return False
+        conn.handshaken = True
+        self.pending.discard(conn)
+        _cancel(conn)
+        return True
 
     def echo_reply(self, dp: Datapath, xid: int) -> None:
         conn = self.connections.get(dp)
@@ -245,8 +242,8 @@ class Listener:
             if conn.reason is not None:
                 self._count(conn.reason)
             adopted = self.admission.gone(conn)
-            if adopted is not None and adopted.handshaken:
-                self.announce(adopted.datapath)
+            if adopted is not None and adopted.datapath.state == MAIN_DISPATCHER:
+                self.announce(adopted.datapath)  # (otherwise os-ken will, once it gets there)
 
     def _tls(self, conn: Connection, sock):
         """The TLS handshake, done within the connection's deadline, or None."""
@@ -335,13 +332,9 @@ class Handshake(OFPHandler):
 
     @set_ev_handler(ofp_event.EventOFPPortDescStatsReply, CONFIG_DISPATCHER)
     def multipart_reply_handler(self, ev):
-        dp = ev.msg.datapath
-        conn = self.listener.connections.get(dp)
-        if conn is None or conn.datapath_id is None or conn.closed:
-            return  # a port description before FEATURES_REPLY, or refused meanwhile
-        super().multipart_reply_handler(ev)
-        if dp.state == MAIN_DISPATCHER:
-            self.listener.handshake_done(dp)
+        conn = self.listener.connections.get(ev.msg.datapath)
+        if conn is not None and conn.handshaken and not conn.closed:  # not before its ID is admitted
+            super().multipart_reply_handler(ev)
 
     @set_ev_handler(ofp_event.EventOFPEchoReply, [HANDSHAKE_DISPATCHER, CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def echo_reply_handler(self, ev):
