@@ -59,6 +59,8 @@ COUNTERS = {
     "lisp_map_requests_total": ("Encapsulated Map-Requests by outcome: answered, negative (nobody has the "
                                 "EID), forwarded (to a registered ETR)", ("outcome",)),
     "lisp_map_requests_refused_total": ("Encapsulated Map-Requests not answered, by reason", ("reason",)),
+    "lisp_openflow_connections_closed_total": ("OpenFlow connections closed before or instead of becoming "
+                                               "a bridge session, by reason", ("reason",)),
 }
 # name -> help: histograms of the control listener, from a datagram's arrival
 # to its answer; buckets from 100 us (a cached answer) to a second.

@@ -153,7 +153,7 @@ SCHEMAS = {
         "proxy_reply": {"type": "boolean", "description": "the ETR asked us to answer for it"},
         "hidden_by": {"type": ["string", "null"], "description": "config, endpoint or api: a mapping for "
                       "the same prefix that wins over the registration in the map-cache"}}},
-    "Conflict": {"type": "object", "description": "a datapath ID claimed by a second connection "
+    "DatapathConflict": {"type": "object", "description": "a datapath ID claimed by a second connection "
                  "(docs/reliability.rst, OpenFlow admission); listed for two minutes after the last attempt",
                  "required": ["datapath_id", "bridge", "reason", "holder", "claimant", "message", "count",
                               "first", "last"], "properties": {
@@ -245,7 +245,7 @@ OPERATIONS: dict[str, tuple] = {
                               bridges=_BRIDGES))}, []),
     "list_datapaths": ("Bridges: configured and connected", None, {
         200: ("datapaths", _obj(datapaths={"type": "array", "items": _ref("Datapath")},
-                                conflicts={"type": "array", "items": _ref("Conflict")}))}, []),
+                                conflicts={"type": "array", "items": _ref("DatapathConflict")}))}, []),
     "get_datapath": ("One bridge", None, {200: ("the bridge", _obj(datapath=_ref("Datapath")))}, []),
     "datapath_flows": ("The bridge's flows in ovs-ofctl syntax", None, {
         200: ("flows (?format=text: one per line, as text/plain)",

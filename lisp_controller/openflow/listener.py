@@ -145,11 +145,9 @@ class Listener:
         self._quiet = LogLimiter(QUIET)
 
     def count_into(self, metrics) -> None:
-        """Declare our metrics in the application's registry."""
-        metrics.counter("lisp_openflow_connections_closed_total",
-                        "OpenFlow connections closed before or instead of becoming a bridge session, by reason")
-        metrics.gauge("lisp_openflow_handshakes_pending", "OpenFlow connections still in their handshake",
-                      lambda: {(): float(len(self.pending))})
+        """Count into the application's metrics (api/metrics.py), and show
+        how many connections are in their handshake when scraped."""
+        metrics.registry.register(_PendingGauge(self))
         self.metrics = metrics
 
     def serve(self) -> None:
@@ -290,6 +288,22 @@ class Listener:
     def _count(self, reason: str) -> None:
         if self.metrics is not None:
             self.metrics.inc("lisp_openflow_connections_closed_total", reason=reason)
+
+
+class _PendingGauge:
+    """lisp_openflow_handshakes_pending, read when /metrics is scraped."""
+
+    def __init__(self, listener: Listener):
+        self.listener = listener
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        yield GaugeMetricFamily("lisp_openflow_handshakes_pending", "OpenFlow connections still in their "
+                                "handshake", value=len(self.listener.pending))
 
 
 def _cancel(conn: Connection) -> None:
