@@ -16,6 +16,7 @@ import warnings
 from typing import Callable
 
 from lisp_controller.config import ETCD_PASSWORD_ENV, TOKEN_ENV, ConfigError, load_config
+from lisp_controller.errors import LispControllerError
 
 
 def _load(path: str):
@@ -205,8 +206,8 @@ def cmd_serve(args) -> int:
     return 0
 
 
-class StoreLocked(Exception):
-    """Another controller serves this store."""
+class StoreLocked(LispControllerError):
+    """Another controller serves this SQLite store."""
 
 
 class _NoLock:
