@@ -503,7 +503,7 @@ def test_serve_replaces_no_class_or_function_of_os_ken(testbed, tmp_path):
     config = tmp_path / "tls.toml"
     config.write_text('[controller]\nlisten = "172.31.255.1"\ntls_key = "pki/controller-key.pem"\n'
                       'tls_cert = "pki/controller-cert.pem"\ntls_ca = "pki/ca-cert.pem"\n\n'
-                      f'[[bridge]]\ndatapath_id = "{HV1}"\nrloc = "192.168.1.249"\ntls_peer = "hv1"\n')
+                      f'[[bridge]]\ndatapath_id = "{HV1}"\nrloc = "192.168.1.249"\n')
     ctl_ns = testbed.add_controller()
     script = tmp_path / "no_patch.py"
     script.write_text(NO_PATCH)
