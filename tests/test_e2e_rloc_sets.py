@@ -23,6 +23,7 @@ from pathlib import Path
 from lab.scenario import ControllerProcess, build, wait_programmed
 from lab.testbed import wait_until
 
+from .browser import Browser
 from .test_api import Client
 
 FLOWS = 1000
@@ -261,6 +262,15 @@ def test_a_thousand_flows_split_70_30_over_an_rloc_set_and_reconnects_send_no_gr
     assert [r["address"] for r in counters["rlocs"]] == [HV2_RLOC, HV2_SECOND_RLOC]
     d = {x["bridge"]: x for x in api("GET", "/v1/datapaths")[1]["datapaths"]}
     assert all((x["groups_desired"], x["groups_installed"]) == (1, 1) for x in d.values()), d
+
+    # The status page, in a real browser, shows the same per RLOC.
+    with Browser(testbed, ov.controller_ns.ns) as b:
+        b.open()
+        counts = f'#rows tr[data-key="1000|{SERVICE}/32"] .rloc-count'
+        b.wait(lambda _: len(b.css(counts)) == 2, what="the RLOCs' packet counts on the page")
+        shown = b.js("return [...document.querySelectorAll(arguments[0])].map(e => +e.dataset.rlocPackets)", counts)
+        assert shown[0] >= before[0] + first and shown[1] >= before[1] + second, shown
+        assert "1 group installed / 1 desired" in b.text('#bridges [data-dpid="0000000000000b01"]')
 
     # Restart (kill -9) and then a reconnect (the connection cut): the
     # switches receive no group-mod and no flow-mod; the group is the same

@@ -244,7 +244,7 @@
       facts.push(fact("Flows", `<span class="${same ? "" : "warn-text"}">${num.format(d.flows_installed)} installed / ${num.format(d.flows_desired)} desired</span>`));
       if (d.groups_desired || d.groups_installed) {
         const sameGroups = d.groups_desired === d.groups_installed;
-        facts.push(fact("RLOC sets", `<span class="${sameGroups ? "" : "warn-text"}" title="OpenFlow select groups, one per RLOC set">${num.format(d.groups_installed)} groups installed / ${num.format(d.groups_desired)} desired</span> <span class="muted">· ${num.format(d.group_mods_sent)} group-mods sent</span>`));
+        facts.push(fact("RLOC sets", `<span class="${sameGroups ? "" : "warn-text"}" title="OpenFlow select groups, one per RLOC set">${num.format(d.groups_installed)} group${d.groups_installed === 1 ? "" : "s"} installed / ${num.format(d.groups_desired)} desired</span> <span class="muted">· ${num.format(d.group_mods_sent)} group-mods sent</span>`));
       }
       const when = d.last_reconcile ? `${clock(new Date(d.last_reconcile))} <span class="muted">· took ${millis(d.last_reconcile_ms)} · ${num.format(d.flow_mods_sent)} flow-mods sent</span>` : "not yet";
       facts.push(fact("Reconciled", when));
