@@ -81,22 +81,32 @@ def rloc_target(m: Mapping) -> "ipaddress.IPv4Address | ipaddress.IPv6Address | 
     rlocs = m.rlocs
     if len(rlocs) == 1 and rlocs[0].priority != PRIORITY_UNUSED:  # the common case, first
         return rlocs[0].address
-    shares = m.rloc_shares()
+    last = _LAST  # the state asks twice in a row for one mapping (its flow, its group)
+    if last[0] is rlocs:
+        target = last[1]
+    else:
+        target = _TARGETS.get(rlocs, _UNKNOWN)  # a bulk of mappings shares few RLOC sets
+        if target is _UNKNOWN:
+            if len(_TARGETS) > 65536:
+                _TARGETS.clear()
+            target = _TARGETS[rlocs] = _set_target(m.rloc_shares())
+        last[0], last[1] = rlocs, target
+    return m.action if target is None else target
+
+
+def _set_target(shares: tuple) -> "ipaddress.IPv4Address | ipaddress.IPv6Address | Group | None":
     if not shares:
-        return m.action
+        return None
     if len(shares) == 1:
         return shares[0][0]
-    group = _GROUPS.get(shares)
-    if group is None:
-        if len(_GROUPS) > 65536:
-            _GROUPS.clear()
-        group = _GROUPS[shares] = select_group(tuple(
-            Bucket(weight, (set_field(_tun_dst_field(address.version), address), resubmit(T_EGRESS)))
-            for address, weight in shares))
-    return group
+    return select_group(tuple(
+        Bucket(weight, (set_field(_tun_dst_field(address.version), address), resubmit(T_EGRESS)))
+        for address, weight in shares))
 
 
-_GROUPS: dict[tuple, Group] = {}
+_TARGETS: dict[tuple, object] = {}  # RLOCs -> what their mappings send to (None: nothing)
+_UNKNOWN = object()
+_LAST: list = [None, None]  # the last (RLOCs, target) looked up
 
 
 def mapping_group(m: Mapping) -> Group | None:
