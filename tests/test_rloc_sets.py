@@ -190,6 +190,26 @@ def test_a_thousand_flows_split_by_weight_each_flow_on_one_rloc():
     assert abs(share - 0.70) < 0.05, share
 
 
+def test_a_bucket_continues_as_the_single_rloc_flow_does_too_big_packets_included():
+    """After the bucket, the egress table's work applies as to any flow:
+    a packet too big for the tunnel goes to the controller (docs/mtu.rst)
+    with the bucket's RLOC, over IPv4 and IPv6 RLOCs alike."""
+    config = parse_config({
+        "bridge": [{"name": "hv1", "rloc": "192.168.1.1", "iid": 100,
+                    "endpoint": [{"port": "vm1", "mac": "52:54:00:00:00:01", "eids": ["10.0.0.1"]}]}],
+        "mapping": [{"iid": 100, "eid": "10.0.9.0/24", "rlocs": ["192.168.1.3", "2001:db8::3"]}]}, "mtu")
+    flows = compile_bridge(config.overlay.bridges[0], {"lisp0": 1, "vm1": 2}, compile_overlay(config.overlay)).flows
+    seen = set()
+    for port in range(20000, 20040):
+        small = trace(flows, {**_udp(port), "ipv4_dst": "10.0.9.9", "frame_len": 200})
+        big = trace(flows, {**_udp(port), "ipv4_dst": "10.0.9.9", "frame_len": 1514})
+        rloc = small.packet.get("tun_ipv6_dst") or small.packet["tun_ipv4_dst"]
+        assert small.outputs == [1] and big.outputs == ["CONTROLLER"], (small, big)
+        assert (big.packet.get("tun_ipv6_dst") or big.packet["tun_ipv4_dst"]) == rloc
+        seen.add(rloc)
+    assert seen == {"192.168.1.3", "2001:db8::3"}
+
+
 def test_a_bucket_towards_our_own_rloc_never_enters_the_tunnel():
     """The group's buckets resubmit to the egress table, whose own-RLOC
     check (docs/datapath.rst) turns our own RLOC into local delivery (the
