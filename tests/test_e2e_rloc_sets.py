@@ -296,7 +296,7 @@ def test_a_thousand_flows_split_70_30_over_an_rloc_set_and_reconnects_send_no_gr
         assert changes(messages) == [], changes(messages)
         assert (groups(hv), sorted(hv.dump_flows())) == snapshot[hv.name]
     assert group_durations(hv1)[gid] > age
-    assert ctl.log().count("1 groups of ours installed") == 3  # 2 connects and the reconnect
+    assert ctl.log().count("flows and 1 group of ours installed") == 3  # 2 connects and the reconnect
     metrics = api("GET", "/metrics")[1]
     assert re.search(r"^lisp_group_mods_sent_total 0$", metrics, re.M), metrics
 
