@@ -256,12 +256,13 @@ def test_groups_are_wanted_while_a_mapping_of_any_source_uses_them():
     (gid,) = state.shared.groups
     assert state.shared.users(gid) == 1
     state.apply(Change(put=[mapping("10.8.0.0/16", *SET, iid=1000)]))  # the API's
-    state.apply(Change(learn=[mapping("10.9.0.0/16", *reversed(SET), iid=1000, source="map-resolver")]))
-    assert list(state.shared.groups) == [gid] and state.shared.users(gid) == 3
+    state.apply(Change(learn=[mapping("10.9.0.0/16", *reversed(SET), iid=1000, source="map-resolver"),
+                              mapping("10.11.0.0/16", *SET, iid=1000, source="registered:site-a")]))
+    assert list(state.shared.groups) == [gid] and state.shared.users(gid) == 4
     other = mapping("10.8.0.0/16", rloc("192.0.2.1"), rloc("192.0.2.3"), iid=1000)
     state.apply(Change(put=[other]))  # the API's mapping moves to another set
     assert state.shared.users(gid) == 2 and len(state.shared.groups) == 2
-    state.apply(Change(forget=[(1000, parse_prefix("10.9.0.0/16"))]))
+    state.apply(Change(forget=[(1000, parse_prefix("10.9.0.0/16")), (1000, parse_prefix("10.11.0.0/16"))]))
     state.apply(Change(delete=[(1000, parse_prefix("10.8.0.0/16"))]))
     assert list(state.shared.groups) == [gid] and state.shared.users(gid) == 1
     assert state.mapping_group((1000, parse_prefix("10.7.0.0/16"))).group_id == gid
