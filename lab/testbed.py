@@ -530,6 +530,13 @@ class Hypervisor:
         wait_until(lambda: str(net) in self.appctl("ovs/route/show"), timeout=15,
                    what=f"OVS route to {net} on {self.name}")
 
+    def add_underlay_address(self, address: str) -> None:
+        """A second address on br-phy: the hypervisor is then reachable at
+        two RLOCs (a multihomed site). Its flow-based tunnel port has no
+        local_ip, so it takes packets for either."""
+        extra = ["nodad"] if ":" in address else []
+        self.run("ip", "addr", "add", f"{address}/{self.prefixlen}", "dev", self.underlay_bridge, *extra)
+
     def route_lookup(self, ip: str) -> str:
         return self.appctl("ovs/route/lookup", ip)
 

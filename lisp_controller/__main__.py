@@ -44,8 +44,8 @@ def cmd_check_config(args) -> int:
 
 def cmd_flows(args) -> int:
     """Print the flows a bridge would get, for reading and for diffing."""
-    from lisp_controller.pipeline.compiler import compile_bridge, compile_overlay
-    from lisp_controller.pipeline.flows import render
+    from lisp_controller.pipeline.compiler import compile_bridge, compile_overlay, groups_of
+    from lisp_controller.pipeline.flows import render, render_group
 
     config = _load(args.config)
     if config is None:
@@ -63,6 +63,8 @@ def cmd_flows(args) -> int:
             return 2
         ports[name] = int(number)
     compiled = compile_bridge(matches[0], ports, compile_overlay(config.overlay))
+    for _, group in sorted(groups_of(compiled.flows.values()).items()):
+        print(f"# group (ovs-ofctl add-group): {render_group(group)}")
     for flow in sorted(compiled.flows.values()):
         print(render(flow))
     if compiled.missing_ports:

@@ -53,3 +53,12 @@ def test_mapserver_benchmark_runs_on_a_small_n(tmp_path):
         assert data[name]["answered_per_s"] > 0 and data[name]["latency_n"] == data[name]["latency_sent"] == 200
     assert "Map-Requests, controller" in r.stdout and "controller / echo" in r.stdout
     assert "inside the controller, arrival to answer" in r.stdout and data["controller"]["handler"]
+
+
+def test_rloc_sets_benchmark_runs_on_a_small_n():
+    """bench/rloc_sets.py times RLOC sets against single RLOCs in one run
+    (and checks each kind made the groups it should). No timing asserted."""
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "rloc_sets.py"), "--mappings", "500", "--runs", "1"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "one set (70/30)" in r.stdout and "100 sets" in r.stdout, r.stdout

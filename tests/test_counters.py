@@ -1,5 +1,5 @@
 """The counter cache: how often the switches are asked, whatever the polling."""
-from lisp_controller.controller.counters import CounterCache, add_counts
+from lisp_controller.controller.counters import CounterCache, Snapshot, add_bucket_counts, add_counts
 
 
 class Clock:
@@ -16,7 +16,7 @@ def test_reads_in_the_background_at_most_every_interval_scaled_by_cost():
     def read():
         reads.append(clock.now)
         clock.now += 1.0  # a read of a big table takes a second
-        return {7: (len(reads), 10 * len(reads))}
+        return Snapshot({7: (len(reads), 10 * len(reads))})
 
     cache = CounterCache(read, spawned.append, min_interval=2.0, cost_factor=5.0, clock=clock, wall=lambda: 5.0)
     first = cache.get()
@@ -34,7 +34,7 @@ def test_reads_in_the_background_at_most_every_interval_scaled_by_cost():
 
 def test_a_failed_read_keeps_the_old_counters():
     clock, spawned = Clock(), []
-    results = [{1: (3, 300)}, RuntimeError("switch gone")]
+    results = [Snapshot({1: (3, 300)}, buckets={5: ((1, 10), (2, 20))}), RuntimeError("switch gone")]
 
     def read():
         r = results.pop(0)
@@ -48,7 +48,7 @@ def test_a_failed_read_keeps_the_old_counters():
     clock.now += 10
     cache.get()
     spawned.pop()()
-    assert cache.get().counts == {1: (3, 300)}
+    assert cache.get().counts == {1: (3, 300)} and cache.get().buckets == {5: ((1, 10), (2, 20))}
 
 
 def test_counts_of_bridges_add_up():
@@ -56,3 +56,10 @@ def test_counts_of_bridges_add_up():
     add_counts(total, {1: (2, 20)})
     add_counts(total, {1: (3, 30), 2: (1, 10)})
     assert total == {1: (5, 50), 2: (1, 10)}
+
+
+def test_bucket_counts_of_bridges_add_up():
+    total = {}
+    add_bucket_counts(total, {9: ((2, 20), (1, 10))})
+    add_bucket_counts(total, {9: ((3, 30), (0, 0)), 8: ((1, 1), (1, 1))})
+    assert total == {9: ((5, 50), (1, 10)), 8: ((1, 1), (1, 1))}

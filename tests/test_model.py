@@ -21,7 +21,7 @@ def m(iid, eid, *rlocs, **kw):
 def test_lpm_nested_prefixes():
     cache = MapCache([m(1, "10.0.0.0/8", "192.0.2.1"), m(1, "10.1.0.0/16", "192.0.2.2"),
                       m(1, "10.1.1.0/24", "192.0.2.3"), m(1, "10.1.1.7/32", "192.0.2.4")])
-    rloc = lambda addr: str(cache.lookup(1, addr).best_rloc().address)
+    rloc = lambda addr: str(cache.lookup(1, addr).rloc_shares()[0][0])
     assert rloc("10.1.1.7") == "192.0.2.4"
     assert rloc("10.1.1.8") == "192.0.2.3"
     assert rloc("10.1.2.1") == "192.0.2.2"
@@ -39,29 +39,43 @@ def test_default_route_and_removal():
 
 def test_lpm_ipv6():
     cache = MapCache([m(7, "2001:db8::/32", "192.0.2.1"), m(7, "2001:db8:1::/48", "2001:db8:ff::1")])
-    assert str(cache.lookup(7, "2001:db8:1::5").best_rloc().address) == "2001:db8:ff::1"
-    assert str(cache.lookup(7, "2001:db8:2::5").best_rloc().address) == "192.0.2.1"
+    assert str(cache.lookup(7, "2001:db8:1::5").rloc_shares()[0][0]) == "2001:db8:ff::1"
+    assert str(cache.lookup(7, "2001:db8:2::5").rloc_shares()[0][0]) == "192.0.2.1"
     assert cache.lookup(7, "10.0.0.1") is None  # an IPv4 address never matches IPv6 prefixes
 
 
 def test_iid_isolation():
     cache = MapCache([m(100, "10.0.0.0/24", "192.0.2.1"), m(200, "10.0.0.0/24", "192.0.2.2")])
-    assert str(cache.lookup(100, "10.0.0.5").best_rloc().address) == "192.0.2.1"
-    assert str(cache.lookup(200, "10.0.0.5").best_rloc().address) == "192.0.2.2"
+    assert str(cache.lookup(100, "10.0.0.5").rloc_shares()[0][0]) == "192.0.2.1"
+    assert str(cache.lookup(200, "10.0.0.5").rloc_shares()[0][0]) == "192.0.2.2"
     assert cache.lookup(300, "10.0.0.5") is None
 
 
-def test_best_rloc_priority_weight_and_unused():
+def test_rloc_shares_lowest_priority_wins_by_weight_and_255_is_never_used():
+    shares = lambda mapping: [(str(a), w) for a, w in mapping.rloc_shares()]
     mapping = m(1, "10.0.0.0/8", {"address": "192.0.2.5", "priority": 2},
                 {"address": "192.0.2.4", "priority": 1, "weight": 10},
                 {"address": "192.0.2.3", "priority": 1, "weight": 90},
                 {"address": "192.0.2.1", "priority": 0, "weight": 50})
-    assert str(mapping.best_rloc().address) == "192.0.2.1"
+    assert shares(mapping) == [("192.0.2.1", 50)]
+    # Equal priority: every RLOC gets its weight's share, listed by address.
     mapping = m(1, "10.0.0.0/8", {"address": "192.0.2.4", "priority": 1, "weight": 10},
-                {"address": "192.0.2.3", "priority": 1, "weight": 90})
-    assert str(mapping.best_rloc().address) == "192.0.2.3"
+                {"address": "192.0.2.3", "priority": 1, "weight": 90},
+                {"address": "192.0.2.9", "priority": 3, "weight": 100})
+    assert shares(mapping) == [("192.0.2.3", 90), ("192.0.2.4", 10)]
+    # Weight 0 gets nothing while another has weight; all 0 share equally.
+    mapping = m(1, "10.0.0.0/8", {"address": "192.0.2.4", "weight": 0}, {"address": "192.0.2.3", "weight": 5})
+    assert shares(mapping) == [("192.0.2.3", 5)]
+    mapping = m(1, "10.0.0.0/8", {"address": "2001:db8::1", "weight": 0}, {"address": "192.0.2.3", "weight": 0})
+    assert shares(mapping) == [("192.0.2.3", 1), ("2001:db8::1", 1)]
+    # Priority 255 is never used, even when it is the only priority left.
+    mapping = m(1, "10.0.0.0/8", {"address": "192.0.2.1", "priority": 255, "weight": 100},
+                {"address": "192.0.2.2", "priority": 254, "weight": 1})
+    assert shares(mapping) == [("192.0.2.2", 1)]
     unusable = m(1, "10.0.0.0/8", {"address": "192.0.2.1", "priority": 255}, action="drop")
-    assert unusable.best_rloc() is None
+    assert unusable.rloc_shares() == ()
+    assert m(1, "10.0.0.0/8", {"address": "192.0.2.1", "priority": 255},
+             {"address": "192.0.2.2", "priority": 255}).rloc_shares() == ()
 
 
 @pytest.mark.parametrize("raw, field, words", [

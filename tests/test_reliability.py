@@ -34,8 +34,9 @@ BLOG = ROOT / "configs" / "blog-two-hypervisors.toml"
 
 # Every flow shape the compiler makes, on two bridges: gateway (dec_ttl,
 # ARP answers with register moves), proxy ARP, IPv4 and IPv6 EIDs, an IPv6
-# RLOC (tun_ipv6_dst), a negative mapping (NORMAL), misses to the
-# controller, and both tunnel profiles that carry traffic.
+# RLOC (tun_ipv6_dst), a negative mapping (NORMAL), an RLOC set (a select
+# group over an IPv4 and an IPv6 RLOC), misses to the controller, and both
+# tunnel profiles that carry traffic.
 ALL_SHAPES = """
 [controller]
 listen = "172.31.255.1"
@@ -82,6 +83,12 @@ iid = 1000
 eid = "10.8.0.0/16"
 rlocs = []
 action = "native-forward"
+
+[[mapping]]
+iid = 1000
+eid = "10.10.0.0/16"
+rlocs = [{{address = "192.168.50.3", priority = 1, weight = 60}},
+         {{address = "2001:db8::51", priority = 1, weight = 40}}]
 """
 
 
@@ -136,9 +143,10 @@ def test_deep_check_of_an_untouched_bridge_changes_nothing(testbed, tmp_path):
     sent = {k: d["flow_mods_sent"] for k, d in wait_deep_checks(api, time.time(), 1).items()}
     after = wait_deep_checks(api, time.time(), 3)
     for label, d in after.items():
-        assert d["flow_mods_sent"] == sent[label], d
+        assert d["flow_mods_sent"] == sent[label] and d["group_mods_sent"] == 1, d  # the first sync's
         assert d["flows_repaired"] == 0 and d["errors"] == [], d
         assert d["flows_installed"] == d["flows_desired"] > 20, d
+        assert d["groups_installed"] == d["groups_desired"] == 1, d
     assert {hv.name: ours(hv) for hv in ov.hypervisors} == before
     assert "changed on the switch" not in ctl.log() and "repairing" not in ctl.log(), ctl.log()
     assert "Traceback" not in ctl.log()
@@ -169,7 +177,18 @@ def test_stray_and_hand_modified_flows_are_repaired_and_foreign_flows_kept(testb
     hv1.add_flows([f"cookie={cookie},table=1,priority=300,ip,metadata=0x3e8,nw_dst=10.7.0.0/16 actions=drop",
                    "cookie=0x4c00000000abcdef,table=0,priority=500,ip actions=drop"])
     assert "192.168.66.6" in " ".join(hv1.dump_flows(table=1))
+    # Our RLOC set's group reweighted by hand, a stale group in our ID
+    # range, and someone else's group.
+    groups = lambda: sorted(hv1.run("ovs-ofctl", "-O", "OpenFlow13", "dump-groups", hv1.bridge).stdout.splitlines()[1:])
+    (group,) = groups()
+    hv1.run("ovs-ofctl", "-O", "OpenFlow13", "mod-group", hv1.bridge, group.strip().replace("weight:60", "weight:1"))
+    for spec in (f"group_id={0x4C000001},type=select,bucket=weight:1,actions=set_field:192.0.2.1->tun_dst",
+                 "group_id=9,type=select,bucket=weight:2,actions=drop"):
+        hv1.run("ovs-ofctl", "-O", "OpenFlow13", "add-group", hv1.bridge, spec)
     wait_until(lambda: ours(hv1) == want, timeout=15, interval=0.2, what="hv1 repaired")
+    wait_until(lambda: [g.strip() for g in groups()] == sorted([group.strip(), "group_id=9,type=select,"
+                                                                 "bucket=weight:2,actions=drop"]),
+               timeout=15, interval=0.2, what="hv1's groups repaired, the foreign one kept")
     flows = hv1.dump_flows()
     for f in foreign:  # other cookies are never touched
         c = f.split(",")[0]
@@ -178,6 +197,7 @@ def test_stray_and_hand_modified_flows_are_repaired_and_foreign_flows_kept(testb
     assert d["flows_repaired"] >= 1 and d["flows_installed"] == d["flows_desired"]
     log = ctl.log()
     assert "1 flows of ours were changed on the switch" in log, log
+    assert "1 groups of ours were changed on the switch" in log, log
     assert "192.168.50.2->tun_dst" in log  # the flow as it should be, named
     assert "Traceback" not in log
 

@@ -24,7 +24,7 @@ from lisp_controller.openflow import verify
 from lisp_controller.openflow.switch import ApplyResult, SwitchError
 from lisp_controller.openflow.wire import with_cookie
 from lisp_controller.pipeline.compiler import compile_local
-from lisp_controller.pipeline.flows import flow_mods
+from lisp_controller.pipeline.flows import Group, flow_mods, is_our_group
 
 DPID = 0x8AD828CE7949
 CONFIG = {
@@ -49,9 +49,14 @@ class FakeSwitch:
         self.applied = 0
         self.meter_table: dict[int, object] = {}
         self.meter_values: dict[int, object] = {}  # the meters a meter-mod may carry, by ID
+        self.group_table: dict[int, object] = {}  # groups by ID (ours and others')
+        self.group_mods = 0
 
     def meters(self) -> dict:
         return dict(self.meter_table)
+
+    def groups(self) -> dict:
+        return {gid: g for gid, g in self.group_table.items() if is_our_group(gid)}
 
     def send_confirmed(self, msg: bytes, what: str) -> None:
         meter_id = int.from_bytes(msg[12:16], "big")  # ofp_meter_mod: header, command, flags, id
@@ -72,14 +77,20 @@ class FakeSwitch:
     def apply(self, plan, max_attempts: int = 64, name_of=None) -> ApplyResult:
         if self.failures and not self.late:
             raise self.failures.pop(0)
+        g = plan.groups
+        for group in g.add + g.modify:
+            self.group_table[group.group_id] = group
         for c in plan.delete:
             self.table.pop(c, None)
         for c, data in plan.add:
             self.table.setdefault(c, []).append(data)
+        for gid in g.delete:
+            self.group_table.pop(gid)
+        self.group_mods += len(g)
         self.applied += 1
         if self.failures:
             raise self.failures.pop(0)
-        return ApplyResult(True, len(plan), {}, 1)
+        return ApplyResult(True, len(plan.delete) + len(plan.add), {}, 1, len(g))
 
 
 def make(ports=None, **config):
@@ -287,3 +298,44 @@ def test_a_pause_left_open_by_another_thread_is_said_and_taken_over(collector, c
     release.set()
     t.join(5)
     assert gc.isenabled()
+
+
+def test_groups_are_added_kept_across_a_new_session_repaired_and_removed(caplog):
+    """An RLOC set's group reaches the bridge with the flow that uses it; a
+    new session (a restart, a reconnect) sends no group-mod for it; a deep
+    check puts back one changed by hand and deletes a stale one of ours,
+    never someone else's; when no mapping uses it any more it goes."""
+    app, sw, session, _ = make()
+    sw.group_table[7] = "someone else's"
+    sw.group_table[0x4C000001] = None  # ours (the tag), of a shape we never make: stale
+    assert session._attach()
+    session.sync(first=True)
+    assert sw.groups() == {} and 7 in sw.group_table
+    with app.commit_lock:
+        app.state.apply(Change(put=[Mapping.parse({"iid": 1000, "eid": e, "rlocs": [
+            {"address": "192.0.2.1", "weight": 70}, {"address": "192.0.2.2", "weight": 30}]}, source="api")
+            for e in ("10.7.0.0/16", "10.8.0.0/16")]))
+    session.sync()
+    (gid, group), = sw.groups().items()
+    assert app.state.shared.groups == {gid: group} and sw.table == desired(app, session)
+    st = session.status
+    assert (st.groups_desired, st.groups_installed, st.group_mods_sent) == (1, 1, 2)  # the stale one, the set
+
+    again = BridgeSession(app, SimpleNamespace(id=DPID, address=("10.0.0.1", 4001)), switch=sw,
+                          sleep=lambda _: None)
+    sent = sw.group_mods
+    assert again._attach()
+    again.sync(first=True)
+    assert sw.group_mods == sent and again.status.group_mods_sent == 0
+    caplog.set_level(logging.INFO, "lisp_controller")
+
+    sw.group_table[gid] = Group(gid, group.buckets[:1])  # by hand
+    again.sync(deep=True)
+    assert sw.groups() == {gid: group} and again.status.flows_repaired == 1
+    assert "1 groups of ours were changed on the switch" in caplog.text
+
+    with app.commit_lock:
+        app.state.apply(Change(delete=[m.key for m in app.state.api_mappings()]))
+    again.sync()
+    assert sw.groups() == {} and sw.group_table == {7: "someone else's"}
+    assert sw.table == desired(app, session)

@@ -239,5 +239,5 @@ def test_a_persistent_condition_is_logged_when_it_starts_and_ends(testbed, tmp_p
     # At least 7 deep checks per bridge found nothing to do; only the
     # first sync of the reconnected session says so at INFO.
     correct = [line for line in lines if "already correct" in line]
-    assert len(correct) == 1 and re.fullmatch(rf"bridge {HV2} \(br2\): all \d+ flows already correct, nothing sent",
-                                              correct[0]), correct
+    assert len(correct) == 1 and re.fullmatch(
+        rf"bridge {HV2} \(br2\): all \d+ flows and 1 group already correct, nothing sent", correct[0]), correct

@@ -64,13 +64,13 @@ def test_api_endpoint_moves_the_host_mapping_between_bridges():
     hv1, hv2 = BLOG.overlay.bridges
     ep = Endpoint("vnet7", "52:54:00:00:00:07", 1000, (ipaddress.ip_address("10.1.1.77"),))
     state.apply(Change(put_endpoints=[(hv2.label, ep)]))
-    assert str(state.cache.lookup(1000, "10.1.1.77").best_rloc().address) == "192.168.1.252"
+    assert str(state.cache.lookup(1000, "10.1.1.77").rloc_shares()[0][0]) == "192.168.1.252"
     assert [e.port for e in state.bridge(hv2.label).endpoints] == ["vnet0", "vnet7"]
     with pytest.raises(Conflict, match="already mapped"):
         state.check(Change(put_endpoints=[(hv1.label, ep)]))
     state.apply(Change(delete_endpoints=[(hv2.label, "vnet7")]))
     state.apply(Change(put_endpoints=[(hv1.label, ep)]))
-    assert str(state.cache.lookup(1000, "10.1.1.77").best_rloc().address) == "192.168.1.249"
+    assert str(state.cache.lookup(1000, "10.1.1.77").rloc_shares()[0][0]) == "192.168.1.249"
     with pytest.raises(Conflict, match="owned by the config"):
         state.check(Change(delete_endpoints=[(hv1.label, "vnet0")]))
 

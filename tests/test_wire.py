@@ -10,7 +10,7 @@ from lisp_controller.openflow import encode
 from lisp_controller.pipeline.compiler import compile_bridge, compile_overlay
 from lisp_controller.config import load_config, parse_config
 from lisp_controller.pipeline.actions import render_actions
-from lisp_controller.pipeline.flows import COOKIE_TAG, encoded, flow_mod_add, render
+from lisp_controller.pipeline.flows import Bucket, COOKIE_TAG, encoded, flow_mod_add, render, select_group
 
 ROOT = Path(__file__).resolve().parent.parent
 _PROTO = ofproto_protocol.ProtocolDesc(4)
@@ -26,6 +26,9 @@ EXTRA = parse_config({
         {"iid": 3, "eid": "10.8.1.0/24", "action": "drop"},
         {"iid": 3, "eid": "10.8.2.0/24", "action": "native-forward"},
         {"iid": 3, "eid": "0.0.0.0/0", "action": "send-map-request"},
+        # RLOC sets: a select group, over IPv4 and IPv6 RLOCs alike
+        {"iid": 3, "eid": "10.9.0.0/16", "rlocs": [{"address": "192.0.2.8", "weight": 70},
+                                                   {"address": "2001:db8:ff::9", "weight": 30}]},
     ]}, "synthetic")
 
 
@@ -47,7 +50,7 @@ def test_every_flow_shape_is_covered():
     fields = {name for _, f in FLOWS for name, _ in f.match} | \
              {a[1] for _, f in FLOWS for a in f.actions if a[0] == "set_field"}
     assert kinds == {"output", "normal", "controller", "set_field", "goto", "write_metadata",
-                     "in_port", "dec_ttl", "move", "check_pkt_larger", "meter"}
+                     "in_port", "dec_ttl", "move", "check_pkt_larger", "meter", "group"}
     assert {"tun_ipv4_dst", "tun_ipv6_dst", "ipv6_dst", "arp_tpa", "metadata", "vlan_vid", "reg0"} <= fields
     assert len(FLOWS) > 300
 
@@ -137,7 +140,8 @@ def test_every_action_kind_packs_renders_and_traces():
         "set_field": actions.set_field("tun_ipv4_dst", ipaddress.ip_address("192.0.2.1")),
         "move": actions.move("eth_src", "eth_dst"), "write_metadata": actions.write_metadata(5),
         "goto": actions.goto(3), "check_pkt_larger": actions.check_pkt_larger(1478),
-        "meter": actions.meter(76),
+        "meter": actions.meter(76), "resubmit": actions.resubmit(2),
+        "group": actions.group(select_group((Bucket(1, (actions.output(7),)),))),
     }
     assert set(samples) == set(actions.KINDS)
     texts = set()
@@ -145,7 +149,7 @@ def test_every_action_kind_packs_renders_and_traces():
         flow = Flow(0, 1, (("in_port", 1),), (action,))
         assert flow_mod_add(flow, 9) == encode.encode_add_reference(flow, 9), name
         texts.add(actions.kind(action).text(action))
-        packet, outputs = {"in_port": 1, "eth_src": "52:54:00:00:00:01"}, []
+        packet, outputs = {"in_port": 1, "eth_src": "52:54:00:00:00:01", "_walk": lambda *_: None}, []
         assert actions.kind(action).trace(action, packet, outputs) is True, name
     assert len(texts) == len(samples)  # no two kinds read alike
     with pytest.raises(ValueError, match="unknown action"):

@@ -42,6 +42,7 @@ class Views(Protocol):
 # name -> (help, label names): the counters, by the names the README lists.
 COUNTERS = {
     "lisp_flow_mods_sent_total": ("Flow-mods sent to bridges (inside bundles)", ()),
+    "lisp_group_mods_sent_total": ("Group-mods (RLOC sets' select groups) sent to bridges (inside bundles)", ()),
     "lisp_openflow_errors_total": ("OpenFlow errors received from bridges", ()),
     "lisp_reconcile_seconds_total": ("Time spent making bridges match the state", ()),
     "lisp_reconciles_total": ("Reconciles (syncs) run", ()),
@@ -159,13 +160,18 @@ class _StateCollector:
                                                 "its last sync (missing from it now)", labels=["bridge"]),
             "flows_repaired": CounterMetricFamily("lisp_datapath_flows_repaired", "Flows found changed on the "
                                                   "bridge and replaced, since it connected", labels=["bridge"]),
+            "groups_desired": GaugeMetricFamily("lisp_datapath_groups_desired", "Select groups (RLOC sets) the "
+                                                "bridge should hold (connected bridges)", labels=["bridge"]),
+            "groups_installed": GaugeMetricFamily("lisp_datapath_groups_installed", "Select groups of ours the "
+                                                  "bridge holds (connected bridges)", labels=["bridge"]),
         }
         for d in views:
             per_bridge["connected"].add_metric([d["bridge"]], int(d["connected"]))
             if not d["connected"]:
                 continue
             per_bridge["degraded"].add_metric([d["bridge"]], int(bool(d.get("degraded"))))
-            for key in ("flows_desired", "flows_installed", "flows_rejected", "flows_repaired"):
+            for key in ("flows_desired", "flows_installed", "flows_rejected", "flows_repaired",
+                        "groups_desired", "groups_installed"):
                 if d.get(key) is not None:
                     per_bridge[key].add_metric([d["bridge"]], d[key])
         yield from per_bridge.values()

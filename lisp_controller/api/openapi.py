@@ -69,11 +69,22 @@ SCHEMAS = {
         "ttl": {"type": ["integer", "null"]}, "action": {"type": "string"},
         "source": _SOURCE,
         "expires_in": {"type": ["number", "null"], "description": "seconds until the TTL runs out"},
-        "counters": {"description": "only with ?counters=true: traffic of the mapping's flow, summed over "
-                                    "the connected bridges; null if no bridge has reported it yet",
-                     "oneOf": [{"type": "null"}, {"type": "object", "required": ["packets", "bytes"],
-                                                  "properties": {"packets": {"type": "integer"},
-                                                                 "bytes": {"type": "integer"}}}]}}},
+        "counters": {"description": "in a list only with ?counters=true: traffic of the mapping's flow, "
+                                    "summed over the connected bridges; null if no bridge has reported it yet",
+                     "oneOf": [{"type": "null"}, {"type": "object", "required": ["packets", "bytes"], "properties": {
+                         "packets": {"type": "integer"}, "bytes": {"type": "integer"},
+                         "rlocs": {"type": "array", "description": "traffic per RLOC the mapping sends to "
+                                   "(the best priority's); for an RLOC set, its select group's bucket "
+                                   "counters, shared by every mapping with that set (null: not read yet)",
+                                   "items": {"type": "object", "required": ["address", "weight", "packets", "bytes"],
+                                             "properties": {"address": _ADDRESS, "weight": {"type": "integer"},
+                                                            "packets": {"type": ["integer", "null"]},
+                                                            "bytes": {"type": ["integer", "null"]}}}},
+                         "group": {"type": "object", "required": ["group_id", "mappings"],
+                                   "description": "the OpenFlow select group of the RLOC set",
+                                   "properties": {"group_id": {"type": "integer"},
+                                                  "mappings": {"type": "integer",
+                                                               "description": "mappings sharing it"}}}}}]}}},
     "EndpointIn": {"type": "object", "required": ["bridge", "port", "mac", "iid", "eids"],
                    "additionalProperties": False, "properties": {
                        "bridge": {"type": "string", "description": "label, name or datapath ID"},
@@ -108,6 +119,8 @@ SCHEMAS = {
         "missing_ports": {"type": "array", "items": {"type": "string"}},
         "flows_desired": {"type": ["integer", "null"]}, "flows_installed": {"type": ["integer", "null"]},
         "flow_mods_sent": {"type": "integer"}, "last_reconcile": {"type": ["string", "null"]},
+        "groups_desired": {"type": ["integer", "null"], "description": "select groups (RLOC sets) it should hold"},
+        "groups_installed": {"type": ["integer", "null"]}, "group_mods_sent": {"type": "integer"},
         "last_reconcile_ms": {"type": ["number", "null"]},
         "verified_ms": {"type": ["number", "null"], "description": "from connecting to the first full sync"},
         "last_verify": {"type": ["string", "null"], "description": "the last deep check (whole flows "
@@ -219,7 +232,11 @@ OPERATIONS: dict[str, tuple] = {
                           "type": "array", "items": _obj(iid={"type": "integer"}, eid={"type": "string"})}}}, {
         200: ("applied", _obj(put={"type": "integer"}, deleted={"type": "integer"}, bridges=_BRIDGES,
                               timings=_ref("Timings")))}, []),
-    "get_mapping": ("One mapping", None, {200: ("the mapping", _obj(mapping=_ref("Mapping")))}, []),
+    "get_mapping": ("One mapping, with its counters", None, {200: ("the mapping", {
+        "type": "object", "required": ["mapping"], "properties": {
+            "mapping": _ref("Mapping"),
+            "counters_at": {"type": ["string", "null"], "description": "when the bridges were last read; "
+                            "null: not yet"}}})}, []),
     "put_mapping": ("Create or replace one mapping",
                     {"type": "object", "additionalProperties": False,
                      "properties": SCHEMAS["MappingIn"]["properties"]}, {
@@ -247,10 +264,13 @@ OPERATIONS: dict[str, tuple] = {
         200: ("datapaths", _obj(datapaths={"type": "array", "items": _ref("Datapath")},
                                 conflicts={"type": "array", "items": _ref("DatapathConflict")}))}, []),
     "get_datapath": ("One bridge", None, {200: ("the bridge", _obj(datapath=_ref("Datapath")))}, []),
-    "datapath_flows": ("The bridge's flows in ovs-ofctl syntax", None, {
-        200: ("flows (?format=text: one per line, as text/plain)",
+    "datapath_flows": ("The bridge's flows and groups in ovs-ofctl syntax", None, {
+        200: ("flows and groups (?format=text: the flows, one per line, as text/plain)",
               (_obj(bridge={"type": "string"}, connected={"type": "boolean"},
-                    flows={"type": "array", "items": {"type": "string"}}), "text"))},
+                    flows={"type": "array", "items": {"type": "string"}},
+                    groups={"type": "array", "items": {"type": "string"},
+                            "description": "select groups of RLOC sets, as ovs-ofctl add-group takes them"}),
+               "text"))},
         [_Q("format", {"type": "string", "enum": ["json", "text"]}, "text: one flow per line")]),
     "get_request": ("What became of a write sent with an Idempotency-Key", None, {
         200: ("committed (with its answer), or still in progress", {

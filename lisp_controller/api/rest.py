@@ -22,7 +22,8 @@ from webob import Request, Response
 from lisp_controller.config import ApiSettings
 from lisp_controller.controller.gcpause import gc_paused
 from lisp_controller.controller.offhub import BIG_BYTES, off_hub
-from lisp_controller.pipeline.flows import render
+from lisp_controller.pipeline.compiler import groups_of
+from lisp_controller.pipeline.flows import render, render_group
 from lisp_controller.model import (IID_MAX, Endpoint, Mapping, ModelError, parse_decimal, parse_iid, parse_prefix,
                                    prefix_key, refers_to, unique_keys)
 from lisp_controller.api.guard import Forbidden, Guard, Refused, Unauthorized
@@ -446,12 +447,30 @@ class Api:
         """Each mapping's packets and bytes, summed over the connected
         bridges; null for a mapping no bridge has reported on yet."""
         snap = self.ctl.mapping_counters()
-        cookie = self.ctl.state.mapping_cookie
         for m, item in zip(page, body["mappings"]):
-            c = snap.counts.get(cookie(m.key))
-            item["counters"] = None if c is None else {"packets": c[0], "bytes": c[1]}
-        body["counters_at"] = None if snap.read_at is None else \
-            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(snap.read_at))
+            item["counters"] = self._counters(m, snap)
+        body["counters_at"] = _iso(snap.read_at)
+
+    def _counters(self, m: Mapping, snap) -> dict | None:
+        """The mapping's flow counters and its traffic per RLOC. An RLOC
+        set's traffic per RLOC is its select group's bucket counters: the
+        group serves every mapping with that set (`group.mappings` says
+        how many), so the RLOC counts are theirs together."""
+        state = self.ctl.state
+        c = snap.counts.get(state.mapping_cookie(m.key))
+        if c is None:
+            return None
+        out: dict = {"packets": c[0], "bytes": c[1]}
+        shares = m.rloc_shares()
+        group = state.mapping_group(m.key) if len(shares) > 1 else None
+        if group is None:  # one RLOC (or none): it carries the flow's traffic
+            out["rlocs"] = [{"address": str(a), "weight": w, "packets": c[0], "bytes": c[1]} for a, w in shares]
+            return out
+        buckets = snap.buckets.get(group.group_id) or ((None, None),) * len(shares)
+        out["rlocs"] = [{"address": str(a), "weight": w, "packets": p, "bytes": b}
+                        for (a, w), (p, b) in zip(shares, buckets)]
+        out["group"] = {"group_id": group.group_id, "mappings": state.shared.users(group.group_id)}
+        return out
 
     def _sources(self) -> list[str]:
         """Owners a mapping can have here: the API's own, and what the LISP
@@ -464,7 +483,9 @@ class Api:
         m = self.ctl.state.cache.get(*key)
         if m is None:
             raise NotFound("eid", f"no mapping for {key[0]}:{key[1]}")
-        return json_response({"mapping": mapping_json(m, self.ctl.state.clock())})
+        snap = self.ctl.mapping_counters()
+        item = {**mapping_json(m, self.ctl.state.clock()), "counters": self._counters(m, snap)}
+        return json_response({"mapping": item, "counters_at": _iso(snap.read_at)})
 
     def create_mapping(self, req):
         m = Mapping.parse(self._body(req), "mapping", source="api")
@@ -601,7 +622,13 @@ class Api:
             resp = Response(content_type="text/plain", charset="utf-8")
             resp.text = "".join(line + "\n" for line in lines)
             return resp
-        return json_response({"bridge": d["bridge"], "connected": d["connected"], "flows": lines})
+        groups = [render_group(g) for _, g in sorted(groups_of(flows).items())]
+        return json_response({"bridge": d["bridge"], "connected": d["connected"], "flows": lines,
+                              "groups": groups})
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
     # -- sites (the Map-Server's) ----------------------------------------------
     def list_sites(self, req):

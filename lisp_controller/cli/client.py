@@ -283,7 +283,8 @@ def _datapath(args, call):
         return "\n".join(lines), out
     out = call("GET", f"/v1/datapaths/{ref}/flows")
     note = "" if out["connected"] else "# not connected: flows that need port numbers are left out\n"
-    return note + "\n".join(out["flows"]), out
+    groups = "".join(f"# group (ovs-ofctl add-group): {g}\n" for g in out.get("groups", []))
+    return note + groups + "\n".join(out["flows"]), out
 
 
 def _seconds(text: str) -> float:

@@ -19,7 +19,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from lisp_controller.pipeline.compiler import T_MAPCACHE, T_TOO_BIG, compile_bridge
 from lisp_controller.config import Config
-from lisp_controller.controller.counters import Counts, CounterCache, Snapshot, add_counts
+from lisp_controller.controller.counters import CounterCache, Snapshot, add_bucket_counts, add_counts
 from lisp_controller.controller.gcpause import BIG, breathe, gc_paused
 from lisp_controller.api.metrics import Metrics
 from lisp_controller.controller import procinfo
@@ -219,15 +219,16 @@ class LispControllerApp(app_manager.OSKenApp):
         bridges, at most a few seconds old (see counters.py)."""
         return self.counters.get()
 
-    def _read_counters(self) -> Counts:
-        total: Counts = {}
+    def _read_counters(self) -> Snapshot:
+        flows, buckets = {}, {}
         for session in self._programmed():
             try:
-                add_counts(total, session.switch.flow_counters(T_MAPCACHE, STATS_TIMEOUT))
+                add_counts(flows, session.switch.flow_counters(T_MAPCACHE, STATS_TIMEOUT))
+                add_bucket_counts(buckets, session.switch.group_counters(STATS_TIMEOUT))
                 self.pathmtu.read(session.switch, session.status.bridge.label, STATS_TIMEOUT)
             except SwitchError as e:  # gone or slow: its share is missing this time
                 LOG.warning("%s", e)
-        return total
+        return Snapshot(flows, buckets=buckets)
 
     def bridge_flows(self, label: str) -> list:
         """The flows the bridge should hold now (what it holds, once synced)."""
@@ -277,7 +278,8 @@ class LispControllerApp(app_manager.OSKenApp):
 
     @set_ev_cls([ofp_event.EventOFPPortDescStatsReply, ofp_event.EventOFPFlowStatsReply,
                  ofp_event.EventOFPBarrierReply, ofp_event.EventONFBundleCtrlMsg,
-                 ofp_event.EventOFPMeterConfigStatsReply, ofp_event.EventOFPMeterStatsReply],
+                 ofp_event.EventOFPMeterConfigStatsReply, ofp_event.EventOFPMeterStatsReply,
+                 ofp_event.EventOFPGroupDescStatsReply, ofp_event.EventOFPGroupStatsReply],
                 MAIN_DISPATCHER)
     def _reply(self, ev) -> None:
         session = self._session(ev.msg)
@@ -368,6 +370,9 @@ def _datapath_view(bridge: Bridge | None, session: BridgeSession | None) -> dict
         "flows_desired": st.flows_desired if st else None,
         "flows_installed": st.flows_installed if st else None,
         "flow_mods_sent": st.flow_mods_sent if st else 0,
+        "groups_desired": st.groups_desired if st else None,
+        "groups_installed": st.groups_installed if st else None,
+        "group_mods_sent": st.group_mods_sent if st else 0,
         "last_reconcile": _iso(st.last_reconcile) if st else None,
         "last_reconcile_ms": round(st.last_reconcile_ms, 1) if st and st.last_reconcile_ms is not None else None,
         "verified_ms": st.verified_ms if st else None,

@@ -1,4 +1,5 @@
-"""Traffic counters of the map-cache flows, read from the switches sparingly.
+"""Traffic counters of the map-cache flows and of the buckets of their
+select groups (one bucket per RLOC of a set), read from the switches sparingly.
 
 The status page polls every few seconds, maybe from several browsers, but a
 flow-stats dump of a big map-cache costs the switch real work (about 0.2 s
@@ -11,6 +12,7 @@ A caller never waits for the switches: it gets the last counters read
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,16 +21,18 @@ from typing import Callable
 LOG = logging.getLogger(__name__)
 
 Counts = dict[int, tuple[int, int]]  # cookie -> (packets, bytes)
+BucketCounts = dict[int, tuple[tuple[int, int], ...]]  # group ID -> (packets, bytes) per bucket
 
 
 @dataclass(frozen=True)
 class Snapshot:
     counts: Counts = field(default_factory=dict)
     read_at: float | None = None  # wall time of the read; None: never read
+    buckets: BucketCounts = field(default_factory=dict)
 
 
 class CounterCache:
-    def __init__(self, read: Callable[[], Counts], spawn: Callable[[Callable[[], None]], object],
+    def __init__(self, read: Callable[[], Snapshot], spawn: Callable[[Callable[[], None]], object],
                  min_interval: float = 2.0, cost_factor: float = 5.0,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time):
         self._read, self._spawn = read, spawn
@@ -49,7 +53,7 @@ class CounterCache:
     def _refresh(self) -> None:
         started = self._clock()
         try:
-            self._snapshot = Snapshot(self._read(), self._wall())
+            self._snapshot = dataclasses.replace(self._read(), read_at=self._wall())
         except Exception:  # keep serving the old counters; say why they are old
             LOG.exception("reading flow counters failed")
         finally:
@@ -63,3 +67,11 @@ def add_counts(total: Counts, more: Counts) -> None:
     for cookie, (packets, nbytes) in more.items():
         p, b = total.get(cookie, (0, 0))
         total[cookie] = (p + packets, b + nbytes)
+
+
+def add_bucket_counts(total: BucketCounts, more: BucketCounts) -> None:
+    """Sum one bridge's bucket counts into `total` (a group is on every bridge)."""
+    for group_id, buckets in more.items():
+        have = total.get(group_id)
+        total[group_id] = buckets if have is None or len(have) != len(buckets) else \
+            tuple((p + q, b + c) for (p, b), (q, c) in zip(have, buckets))

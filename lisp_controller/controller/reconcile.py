@@ -9,23 +9,84 @@ bundle, so traffic never sees the gap.
 A plan carries the flow-mod bytes it will send, taken when it is made: the
 state may change while a plan of 100,000 flows is on its way, and a plan is
 a value.
+
+Other switch objects we own (select groups, meters) are few and are read
+back whole, so they are compared by value, by ID: `owned_plan` says what
+to add, change and delete, and touches nothing outside what is ours; one
+that is right is never sent again. A plan's groups go into the same
+ordered bundle as its flows: added before the flows that use them,
+deleted after the flows that used them. Meters cannot travel in a bundle
+(OVS takes flow-mods and group-mods there), so they are sent first, each
+confirmed by a barrier (controller/toobig.py).
 """
 from __future__ import annotations
 
-from typing import Container, Mapping, NamedTuple
+from typing import Callable, Container, Mapping, NamedTuple, TypeVar
 
-from lisp_controller.pipeline.flows import Meter
+from lisp_controller.pipeline.flows import Group, Meter, group_delete, group_mod, is_our_group
+from lisp_controller.openflow.wire import OFPGC_ADD, OFPGC_MODIFY
+
+V = TypeVar("V")
+
+
+class Owned(NamedTuple):
+    """What a bridge needs of one kind of owned object (groups, meters)."""
+
+    add: tuple = ()  # values the bridge lacks
+    modify: tuple = ()  # values it holds differently under their ID
+    delete: tuple[int, ...] = ()  # IDs of ours it holds and we no longer want
+
+    def __len__(self) -> int:
+        return len(self.add) + len(self.modify) + len(self.delete)
+
+
+NOTHING = Owned()
+
+
+def owned_plan(installed: Mapping[int, V | None], desired: Mapping[int, V],
+               ours: Callable[[int], bool]) -> Owned:
+    """`installed` is what the switch holds by ID (None for an object it
+    holds in a shape we never make), `desired` what we want by ID; `ours`
+    says which IDs are ours to delete. An object held right is not sent
+    again, so a reconnect sends nothing for it."""
+    add, modify = [], []
+    for key, value in sorted(desired.items()):
+        if key not in installed:
+            add.append(value)
+        elif installed[key] != value:
+            modify.append(value)
+    delete = tuple(sorted(k for k in installed if k not in desired and ours(k)))
+    return Owned(tuple(add), tuple(modify), delete)
+
+
+def group_plan(installed: Mapping[int, Group | None], desired: Mapping[int, Group]) -> Owned:
+    """Groups: ours are those in our ID range (flows.is_our_group)."""
+    return owned_plan(installed, desired, is_our_group)
 
 
 class Plan(NamedTuple):
     delete: tuple[int, ...]  # cookies, sent first
     add: tuple[tuple[int, bytes], ...]  # (cookie, OFPFC_ADD flow-mod)
+    groups: Owned = NOTHING  # group-mods around them
 
     def __bool__(self) -> bool:
-        return bool(self.delete or self.add)
+        return bool(self.delete or self.add or len(self.groups))
 
     def __len__(self) -> int:
-        return len(self.delete) + len(self.add)
+        return len(self.delete) + len(self.add) + len(self.groups)
+
+    def with_groups(self, groups: Owned) -> "Plan":
+        """This plan with `groups` (not `_replace`: __len__ is the plan's size)."""
+        return Plan(self.delete, self.add, groups)
+
+    def group_mods(self) -> tuple[tuple[tuple[int, bytes], ...], tuple[tuple[int, bytes], ...]]:
+        """(group ID, group-mod) to send before the flows (adds, changes)
+        and after them (deletes). A group ID is 32 bits and our cookies
+        carry their tag in the top byte of 64: one int names either."""
+        g = self.groups
+        before = tuple((x.group_id, group_mod(x, OFPGC_ADD)) for x in g.add) + \
+            tuple((x.group_id, group_mod(x, OFPGC_MODIFY)) for x in g.modify)
+        return before, tuple((gid, group_delete(gid)) for gid in g.delete)
 
 
 def reconcile(installed: Mapping[int, int], *desired: Mapping[int, bytes]) -> Plan:
@@ -42,14 +103,9 @@ def meter_plan(installed: Mapping[int, Meter | None], desired: Mapping[int, Mete
     """("add" | "modify", meter) for each desired meter the bridge lacks or
     holds differently; nothing for one it holds right, so a reconnect
     sends no meter-mod. Meters we do not want are left alone: they are
-    someone else's."""
-    plan = []
-    for meter_id, meter in sorted(desired.items()):
-        if meter_id not in installed:
-            plan.append(("add", meter))
-        elif installed[meter_id] != meter:
-            plan.append(("modify", meter))
-    return plan
+    someone else's (meters have no ID range of ours, unlike groups)."""
+    plan = owned_plan(installed, desired, ours=lambda _: False)
+    return [("add", m) for m in plan.add] + [("modify", m) for m in plan.modify]
 
 
 def catch_up(installed: Mapping[int, int], added: set[int], removed: set[int],
@@ -60,6 +116,17 @@ def catch_up(installed: Mapping[int, int], added: set[int], removed: set[int],
     delete = tuple(sorted(c for c in removed if c in installed))
     add = tuple((c, desired[c]) for c in added if installed.get(c, 0) != 1 and c in desired)
     return Plan(delete, add)
+
+
+def record_groups(installed: dict[int, Group | None], plan: Owned, failed: Container[int] = frozenset()) -> None:
+    """Update `installed` (the bridge's groups by ID) to what it holds after
+    `plan` committed, except the groups the switch refused."""
+    for g in plan.add + plan.modify:
+        if g.group_id not in failed:
+            installed[g.group_id] = g
+    for gid in plan.delete:
+        if gid not in failed:
+            installed.pop(gid, None)
 
 
 def record(installed: dict[int, int], plan: Plan, failed: Container[int] = frozenset()) -> int:
@@ -78,22 +145,45 @@ def record(installed: dict[int, int], plan: Plan, failed: Container[int] = froze
     return change
 
 
+_ABSENT = object()
+
+
+class GroupGone:
+    """A journal's word that a group is no longer used (see Stream)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "GROUP_GONE"
+
+
+GROUP_GONE = GroupGone()
+
+
 class Stream:
     """`catch_up` for a change that arrives in batches while it is being
-    made: each batch of flow edits, in order ((cookie, flow-mod) added,
-    (cookie, None) removed), gives what to send now; once the bundle
-    committed, `record` brings `installed` up to date. A flow added and
-    removed within the change is sent as such, in order."""
+    made: each batch of edits, in order ((cookie, flow-mod) added, (cookie,
+    None) removed; (group ID, Group) wanted, (group ID, GROUP_GONE) no
+    longer), gives what to send now; once the bundle committed, `record`
+    brings `installed` and `groups` up to date. A flow added and removed
+    within the change is sent as such, in order."""
 
-    def __init__(self, installed: dict[int, int]):
+    def __init__(self, installed: dict[int, int], groups: dict[int, Group | None] | None = None):
         self.installed = installed
+        self.groups = {} if groups is None else groups
         self._now: dict[int, int] = {}  # flows per cookie after what was sent so far
+        self._groups_now: dict[int, object] = {}  # group by ID after what was sent so far
+        self.group_mods = 0  # group-mods among the messages sent
 
-    def step(self, batch: list[tuple[int, bytes | None]]) -> list[tuple[int, bytes | None]]:
+    def step(self, batch: list[tuple[int, object]]) -> list[tuple[int, bytes | None]]:
         """The messages for `batch`: (cookie, flow-mod) to add, (cookie,
-        None) to delete; nothing for an edit the bridge already has."""
+        None) to delete, (group ID, group-mod); nothing for an edit the
+        bridge already has."""
         now, installed, out = self._now, self.installed, []
         for cookie, data in batch:
+            if data is not None and type(data) is not bytes:
+                self._group_step(cookie, data, out)
+                continue
             count = now.get(cookie)
             if count is None:
                 count = installed.get(cookie, 0)
@@ -107,9 +197,28 @@ class Stream:
                 now[cookie] = 1
         return out
 
+    def _group_step(self, group_id: int, group: Group | GroupGone, out: list) -> None:
+        held = self._groups_now.get(group_id, _ABSENT)
+        if held is _ABSENT:
+            held = self.groups.get(group_id, _ABSENT)
+        if group is GROUP_GONE:
+            if held is not _ABSENT:
+                out.append((group_id, group_delete(group_id)))
+                self.group_mods += 1
+            self._groups_now[group_id] = _ABSENT
+        elif held != group:
+            out.append((group_id, group_mod(group, OFPGC_ADD if held is _ABSENT else OFPGC_MODIFY)))
+            self.group_mods += 1
+            self._groups_now[group_id] = group
+
     def record(self) -> None:
         for cookie, count in self._now.items():
             if count:
                 self.installed[cookie] = 1
             else:
                 self.installed.pop(cookie, None)
+        for group_id, group in self._groups_now.items():
+            if group is _ABSENT:
+                self.groups.pop(group_id, None)
+            else:
+                self.groups[group_id] = group

@@ -1,6 +1,6 @@
 """One bridge's session: its connection's greenthread, supervised.
 
-A session reads the bridge (ports, our flows), syncs it, then loops:
+A session reads the bridge (ports, our flows and groups), syncs it, then loops:
 wait for a change or the periodic deep check, compile, diff, send the
 difference as one bundle. Everything a bridge is sent goes through this
 one greenthread, so a deep check never sees a sync half done
@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Callable
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from lisp_controller.controller.reconcile import Stream, catch_up, reconcile, record
+from lisp_controller.controller.reconcile import Stream, catch_up, group_plan, reconcile, record, record_groups
 from lisp_controller.model import Bridge
 from lisp_controller.openflow import verify
 from lisp_controller.openflow.encode import encode_delete
 from lisp_controller.openflow.switch import Switch, SwitchError, port_name
 from lisp_controller.pipeline.compiler import Compiled, compile_local
-from lisp_controller.pipeline.flows import Flow, flow_mods, render
+from lisp_controller.pipeline.flows import Flow, Group, flow_mods, render, render_group
 
 if TYPE_CHECKING:
     from lisp_controller.controller.app import LispControllerApp
@@ -57,10 +57,13 @@ class BridgeStatus:
     ports: dict[str, int] = field(default_factory=dict)
     flows_desired: int = 0
     flows_installed: int = 0
+    groups_desired: int = 0
+    groups_installed: int = 0
     missing_ports: tuple[str, ...] = ()
     last_reconcile: float | None = None
     last_reconcile_ms: float | None = None
     flow_mods_sent: int = 0
+    group_mods_sent: int = 0
     synced_generation: int = -1  # state generation the bridge last confirmed
     verified_ms: float | None = None  # from connection to the first full sync
     last_stages: dict = field(default_factory=dict)  # milliseconds of the last sync's stages
@@ -100,6 +103,7 @@ class BridgeSession:
         self.switch = switch or Switch(datapath)
         self.status = BridgeStatus(datapath.id, "%s:%s" % tuple(datapath.address[:2]))
         self.installed: dict[int, int] = {}
+        self.installed_groups: dict[int, Group | None] = {}  # our groups on the bridge, by ID
         # What the last sync planned against: if neither the bridge's config
         # nor its ports changed since, the next one can send just the delta.
         self._synced_bridge: Bridge | None = None
@@ -180,10 +184,12 @@ class BridgeSession:
             self.switch.label = self.label
         started = time.monotonic()
         self.installed = self.switch.installed_cookies()
+        self.installed_groups = self.switch.groups()
         self._synced_bridge = None  # the first sync of an attempt is a full one
-        LOG.info("bridge %s: %s, %d ports, %d flows of ours installed (read in %.0f ms)", self.label,
+        LOG.info("bridge %s: %s, %d ports, %d flows%s of ours installed (read in %.0f ms)", self.label,
                  f"connected from {st.address}" if st.failing is None else "starting over",
-                 len(st.ports), sum(self.installed.values()), (time.monotonic() - started) * 1000)
+                 len(st.ports), sum(self.installed.values()), _and_groups(len(self.installed_groups)),
+                 (time.monotonic() - started) * 1000)
         return True
 
     def _serve(self, connected: float) -> None:
@@ -279,16 +285,21 @@ class BridgeSession:
                 self._local_flows = len(local)
             else:
                 plan = catch_up(self.installed, delta[0], delta[1], state.encoded)
+            groups = dict(state.shared.groups)  # few: one per RLOC set in use
+            if plan is not None:
+                plan = plan.with_groups(group_plan(self.installed_groups, groups))
         stages = {"plan_ms": _ms_since(started)}
         if delta is None:
             self._report_missing_ports(compiled.missing_ports)
             if deep:  # compare whole flows first; the diff then repairs what differs
                 mark = time.monotonic()
                 self._deep_check(compiled, expected)
-                plan = reconcile(self.installed, expected)
+                self._deep_check_groups(groups)
+                plan = reconcile(self.installed, expected).with_groups(group_plan(self.installed_groups, groups))
                 stages["verify_ms"] = _ms_since(mark)
             st.flows_installed = sum(self.installed.values())
         st.flows_desired = self._local_flows + len(state.shared)
+        st.groups_desired = len(groups)
         if delta is None and (deep or bridge is not self._synced_bridge):
             error = self.app.pathmtu.sync_meters(self.switch, bridge, self.label)  # before the flows
             if error:
@@ -296,7 +307,7 @@ class BridgeSession:
         rejected = 0
         if plan:
             mark = time.monotonic()
-            flow_of = self._flow_namer(compiled.flows if delta is None else {})
+            flow_of = self._flow_namer(compiled.flows if delta is None else {}, groups)
             result = self.switch.apply(plan, name_of=flow_of)
             stages["switch_ms"] = _ms_since(mark)  # encode what is new, bundle, commit, barrier
             if not result.committed:  # the switch holds what it held; the periodic check retries
@@ -306,24 +317,34 @@ class BridgeSession:
                 self._synced_bridge = None  # the next sync is a full one
                 return
             st.flow_mods_sent += result.sent
+            st.group_mods_sent += result.groups_sent
             self.app.metrics.inc("lisp_flow_mods_sent_total", result.sent)
-            st.flows_installed += record(self.installed, plan, set(result.failed))
+            self.app.metrics.inc("lisp_group_mods_sent_total", result.groups_sent)
+            failed = set(result.failed)
+            st.flows_installed += record(self.installed, plan, failed)
+            record_groups(self.installed_groups, plan.groups, failed)
             rejected = len(result.failed)
             if result.failed:
                 adds = {c for c, _ in plan.add}  # once: a full table may reject thousands
-                for cookie, text in result.failed.items():
+                put_groups = {g.group_id for g in plan.groups.add + plan.groups.modify}
+                for key, text in result.failed.items():
                     self.app.metrics.inc("lisp_openflow_errors_total")
-                    what = flow_of(cookie) if cookie in adds else f"delete cookie={cookie:#x}"
-                    self._record_error(f"flow rejected: {what}: {text}")
-            LOG.info("bridge %s: %d flows removed, %d added%s in %.0f ms, confirmed by barrier",
+                    if key in put_groups or key in plan.groups.delete:
+                        what = flow_of(key) if key in put_groups else f"delete group_id={key}"
+                        self._record_error(f"group rejected: {what}: {text}")
+                    else:
+                        what = flow_of(key) if key in adds else f"delete cookie={key:#x}"
+                        self._record_error(f"flow rejected: {what}: {text}")
+            LOG.info("bridge %s: %d flows removed, %d added%s%s in %.0f ms, confirmed by barrier",
                      self.label, len(plan.delete), len(plan.add) - len(result.failed),
                      f", {len(result.failed)} rejected" if result.failed else "",
-                     (time.monotonic() - started) * 1000)
+                     _groups_text(plan.groups), (time.monotonic() - started) * 1000)
         elif delta is None:
             # Said once per connection (and after starting over); routine after.
             LOG.log(logging.INFO if first else logging.DEBUG,
-                    "bridge %s: all %d flows already correct, nothing sent%s", self.label,
-                    st.flows_desired, " (deep check)" if deep else "")
+                    "bridge %s: all %d flows%s already correct, nothing sent%s", self.label,
+                    st.flows_desired, _and_groups(st.groups_desired), " (deep check)" if deep else "")
+        st.groups_installed = len(self.installed_groups)
         self._synced_bridge, self._synced_ports = bridge, ports
         st.last_reconcile = time.time()
         st.last_reconcile_ms = (time.monotonic() - started) * 1000
@@ -374,7 +395,7 @@ class BridgeSession:
         the next (two cores), and commits once all of it is in."""
         st = self.status
         started = time.monotonic()
-        stream = Stream(self.installed)
+        stream = Stream(self.installed, self.installed_groups)
         bundle = self.switch.open_bundle()  # anonymous: the cheapest messages
         try:
             while True:
@@ -401,9 +422,12 @@ class BridgeSession:
                         "checking the bridge and sending it again as a whole", self.label)
             self.sync(deep=True)
             return
-        sent = bundle.count
+        sent = bundle.count - stream.group_mods
         stream.record()
         st.flows_installed = sum(self.installed.values())
+        st.groups_installed = len(self.installed_groups)
+        st.group_mods_sent += stream.group_mods
+        self.app.metrics.inc("lisp_group_mods_sent_total", stream.group_mods)
         st.flows_desired = self._local_flows + len(self.app.state.shared)
         st.flow_mods_sent += sent
         self.app.metrics.inc("lisp_flow_mods_sent_total", sent)
@@ -418,13 +442,17 @@ class BridgeSession:
         self.app.metrics.observe_sync(st.bridge.label, st.last_reconcile_ms / 1000)
         self._synced()
 
-    def _flow_namer(self, local: dict[int, Flow]) -> Callable[[int], str]:
-        """A cookie's flow in ovs-ofctl syntax, for logs and errors."""
+    def _flow_namer(self, local: dict[int, Flow], groups: dict[int, Group]) -> Callable[[int], str]:
+        """A cookie's flow, or a group ID's group, in ovs-ofctl syntax, for
+        logs and errors."""
         shared = self.app.state.shared
 
-        def name(cookie: int) -> str:
-            flow = local.get(cookie) or shared.get(cookie)
-            return render(flow) if flow is not None else f"cookie={cookie:#x}"
+        def name(key: int) -> str:
+            group = groups.get(key)  # group IDs and our cookies never meet (Plan.group_mods)
+            if group is not None:
+                return render_group(group)
+            flow = local.get(key) or shared.get(key)
+            return render(flow) if flow is not None else f"cookie={key:#x}"
         return name
 
     def _deep_check(self, compiled: Compiled, expected: dict[int, bytes]) -> None:
@@ -446,7 +474,7 @@ class BridgeSession:
         if verdict.changed:
             self.status.flows_repaired += len(verdict.changed)
             self.app.metrics.inc("lisp_flows_repaired_total", len(verdict.changed))
-            name = self._flow_namer(compiled.flows)
+            name = self._flow_namer(compiled.flows, {})
             LOG.warning("bridge %s: %d flows of ours were changed on the switch (by hand?); "
                         "replacing them with: %s", self.label, len(verdict.changed),
                         "; ".join(name(c) for c in verdict.changed[:5]))
@@ -456,6 +484,18 @@ class BridgeSession:
             LOG.warning("bridge %s: deep check found %d duplicate, %d unwanted and %d missing "
                         "flows under our cookie; repairing", self.label, verdict.duplicates,
                         stray, gone)
+
+    def _deep_check_groups(self, expected: dict[int, Group]) -> None:
+        """Read our groups back whole: one changed by hand is replaced, one
+        deleted is added back, one we no longer use is deleted."""
+        self.installed_groups = self.switch.groups()
+        changed = [gid for gid, g in self.installed_groups.items() if gid in expected and g != expected[gid]]
+        if changed:
+            self.status.flows_repaired += len(changed)
+            self.app.metrics.inc("lisp_flows_repaired_total", len(changed))
+            LOG.warning("bridge %s: %d groups of ours were changed on the switch (by hand?); "
+                        "replacing them with: %s", self.label, len(changed),
+                        "; ".join(render_group(expected[gid]) for gid in changed[:5]))
 
     def _record_error(self, text: str) -> None:
         errors = self.status.errors
@@ -470,6 +510,18 @@ def _paced(items, every: int = 2048):
         yield item
         if n % every == 0:
             hub.sleep(0)
+
+
+def _and_groups(n: int) -> str:
+    """" and 2 groups" for a log line about flows; nothing without groups."""
+    return f" and {n} group{'' if n == 1 else 's'}" if n else ""
+
+
+def _groups_text(plan) -> str:
+    """What a sync did to groups, for its log line; nothing if nothing."""
+    if not len(plan):
+        return ""
+    return f"; groups: {len(plan.add)} added, {len(plan.modify)} changed, {len(plan.delete)} removed"
 
 
 def _ms_since(mark: float) -> float:

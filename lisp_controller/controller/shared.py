@@ -16,11 +16,15 @@ import collections.abc
 from typing import Callable, Iterator
 
 from lisp_controller.model import Mapping
-from lisp_controller.pipeline.compiler import mapping_flow
-from lisp_controller.pipeline.flows import Flow
+from lisp_controller.pipeline.actions import groups_in
+from lisp_controller.pipeline.compiler import mapping_flow, mapping_group
+from lisp_controller.pipeline.flows import Flow, Group
+from lisp_controller.controller.reconcile import GROUP_GONE, GroupGone
 
 HISTORY_COOKIES = 2_000_000  # shared-flow changes remembered for bridges' delta syncs
-Journal = list[tuple[int, bytes | None]]  # (cookie, flow-mod) added, (cookie, None) removed
+# (cookie, flow-mod) added, (cookie, None) removed; (group ID, Group) wanted,
+# (group ID, GROUP_GONE) no longer (reconcile.Stream reads them).
+Journal = list[tuple[int, bytes | Group | GroupGone | None]]
 
 
 class SharedFlows(collections.abc.Mapping):
@@ -39,6 +43,9 @@ class SharedFlows(collections.abc.Mapping):
         self._removed: set[int] | None = None
         self._journal: Journal | None = None
         self._stream: Callable[[Journal], None] | None = None
+        self.groups: dict[int, Group] = {}  # the groups the flows use, by ID
+        self._users: dict[int, int] = {}  # flows using each group
+        self._groups_before: dict[int, Group | None] = {}  # streaming: changed groups at the batch's start
 
     # -- the Mapping view ----------------------------------------------------
     def __getitem__(self, cookie: int) -> Flow:
@@ -64,24 +71,42 @@ class SharedFlows(collections.abc.Mapping):
         self._journal = [] if stream is not None else None
 
     def flush(self) -> None:
-        """Hand what changed since the last flush to the stream, if any."""
-        if self._journal:  # None without a stream
-            self._stream(self._journal)
-            self._journal = []
+        """Hand what changed since the last flush to the stream, if any:
+        groups the batch needs, its flows, then groups no longer used."""
+        if self._journal is None or not (self._journal or self._groups_before):
+            return
+        first, last = [], []
+        for group_id, before in self._groups_before.items():
+            now = self.groups.get(group_id)
+            if now is not None and now != before:
+                first.append((group_id, now))
+            elif now is None and before is not None:
+                last.append((group_id, GROUP_GONE))
+        self._groups_before = {}
+        self._stream(first + self._journal + last)
+        self._journal = []
 
     def end(self, generation: int | None) -> None:
         """Close the change, remembered under `generation` if it was tracked."""
         self._journal = self._stream = None
+        self._groups_before = {}
         if generation is not None and self._added is not None:
             self._remember(generation, self._added, self._removed)
         self._added = self._removed = None
 
     def add(self, source: Mapping | Flow, cookie: int, data: bytes) -> None:
         other = self.encoded.get(cookie)
-        if other is not None and other != data:
-            raise RuntimeError(f"cookie collision {cookie:#x}")
+        if other is not None:
+            if other != data:
+                raise RuntimeError(f"cookie collision {cookie:#x}")
+            replaced = _group_of(self._source[cookie])
+            if replaced is not None:
+                self._release(replaced)
         self._source[cookie] = source
         self.encoded[cookie] = data
+        group = _group_of(source)
+        if group is not None:
+            self._use(group)
         if self._journal is not None:
             self._journal.append((cookie, data))
         if self._added is not None:
@@ -95,8 +120,10 @@ class SharedFlows(collections.abc.Mapping):
         self._source[cookie] = source
 
     def drop(self, cookie: int) -> None:
-        del self._source[cookie]
+        group = _group_of(self._source.pop(cookie))
         del self.encoded[cookie]
+        if group is not None:
+            self._release(group)
         if self._journal is not None:
             self._journal.append((cookie, None))
         if self._added is not None:
@@ -104,6 +131,31 @@ class SharedFlows(collections.abc.Mapping):
                 self._added.discard(cookie)
             else:
                 self._removed.add(cookie)
+
+    def users(self, group_id: int) -> int:
+        """How many flows (mappings) use the group."""
+        return self._users.get(group_id, 0)
+
+    def _use(self, group: Group) -> None:
+        gid = group.group_id
+        n = self._users.get(gid, 0)
+        if n == 0:
+            self._changing(gid, None)
+            self.groups[gid] = group
+        self._users[gid] = n + 1
+
+    def _release(self, group: Group) -> None:
+        gid = group.group_id
+        n = self._users[gid] - 1
+        if n:
+            self._users[gid] = n
+            return
+        del self._users[gid]
+        self._changing(gid, self.groups.pop(gid))
+
+    def _changing(self, group_id: int, before: Group | None) -> None:
+        if self._journal is not None and group_id not in self._groups_before:
+            self._groups_before[group_id] = before
 
     # -- catching up -------------------------------------------------------------
     def delta(self, since: int, current: int) -> tuple[set[int], set[int]] | None:
@@ -136,3 +188,12 @@ class SharedFlows(collections.abc.Mapping):
         while len(self.history) > 1 and total > HISTORY_COOKIES:
             _, a, r = self.history.popleft()
             total -= len(a) + len(r)
+
+
+def _group_of(source: Mapping | Flow) -> Group | None:
+    """The group a shared flow uses, if any; cheap for the common mapping
+    of one RLOC, which never has one."""
+    if type(source) is Mapping:
+        return mapping_group(source) if len(source.rlocs) > 1 else None
+    found = groups_in(source.actions)
+    return found[0] if found else None

@@ -26,11 +26,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from lisp_controller.pipeline.compiler import mapping_flow_mod, miss_flow
+from lisp_controller.pipeline.compiler import mapping_flow_mod, mapping_group, miss_flow
 from lisp_controller.config import Config
 from lisp_controller.controller.shared import SharedFlows
 from lisp_controller.errors import Conflict, NotFound
-from lisp_controller.pipeline.flows import encoded
+from lisp_controller.pipeline.flows import Group, encoded
 from lisp_controller.model import Bridge, Endpoint, MapCache, Mapping, ModelError, Prefix, endpoint_mappings, prefix_key
 
 Key = tuple  # (iid, IPv4Network | IPv6Network)
@@ -114,6 +114,12 @@ class State:
         on every bridge), so flow statistics can be read back per mapping."""
         m = self.cache.get(*key)
         return mapping_flow_mod(m, prefix_key(*key))[0] if m is not None else None
+
+    def mapping_group(self, key: Key) -> Group | None:
+        """The select group a mapping's flow uses (its RLOC set), if any:
+        its buckets' counters are the traffic per RLOC."""
+        m = self.cache.get(*key)
+        return mapping_group(m) if m is not None else None
 
     def bridge(self, label: str) -> Bridge | None:
         return self.bridges.get(label)

@@ -68,17 +68,27 @@ class Mapping(NamedTuple):
     # (iid, eid), made in C: a bulk request asks each mapping several times.
     key = property(operator.itemgetter(0, 1), doc="(iid, eid): what a mapping is known by")
 
-    def best_rloc(self) -> Rloc | None:
-        """The one RLOC traffic goes to until select groups exist: lowest
-        priority value, then highest weight, then lowest address, so every
-        bridge and every run picks the same one."""
-        if len(self.rlocs) == 1:
-            only = self.rlocs[0]
-            return only if only.priority != PRIORITY_UNUSED else None
-        usable = [r for r in self.rlocs if r.priority != PRIORITY_UNUSED]
+    def rloc_shares(self) -> tuple[tuple[IPAddress, int], ...]:
+        """Where traffic goes (RFC 9300 section 12, and the Map-Reply's
+        Locator fields in RFC 9301): the usable RLOCs (priority 255 never
+        is) of the lowest priority value, each with its relative weight.
+        Weights are shares of the traffic: an RLOC of weight 0 gets none
+        while another of its priority has some, and if all are 0 they share
+        equally (weight 1 each). Sorted by address, so the same set in any
+        order is one set (one OpenFlow group). Empty: a negative entry."""
+        rlocs = self.rlocs
+        if len(rlocs) == 1:  # the common case
+            only = rlocs[0]
+            return ((only.address, only.weight or 1),) if only.priority != PRIORITY_UNUSED else ()
+        usable = [r for r in rlocs if r.priority != PRIORITY_UNUSED]
         if not usable:
-            return None
-        return min(usable, key=lambda r: (r.priority, -r.weight, r.address.version, int(r.address)))
+            return ()
+        best = min(r.priority for r in usable)
+        chosen = [r for r in usable if r.priority == best]
+        if any(r.weight for r in chosen):
+            chosen = [r for r in chosen if r.weight]
+        return tuple(sorted(((r.address, r.weight or 1) for r in chosen),
+                            key=lambda share: (share[0].version, int(share[0]))))
 
     @classmethod
     def parse(cls, value: object, field: str = "mapping", source: str = "config") -> "Mapping":

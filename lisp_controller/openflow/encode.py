@@ -7,6 +7,7 @@ same message with os-ken's classes, and a test holds the two identical.
 """
 from __future__ import annotations
 
+import ipaddress
 import struct
 
 from os_ken.ofproto import ofproto_common, ofproto_protocol
@@ -14,8 +15,8 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from lisp_controller.openflow import wire
-from lisp_controller.pipeline.actions import kind, reference_instructions, reference_value
-from lisp_controller.pipeline.flows import Flow, Meter
+from lisp_controller.pipeline.actions import kind, reference_instructions, reference_value, resubmit, set_field
+from lisp_controller.pipeline.flows import Bucket, Flow, Group, Meter
 
 _PROTO = ofproto_protocol.ProtocolDesc(ofp.OFP_VERSION)
 _HEADER = struct.Struct("!BBHI")
@@ -135,3 +136,44 @@ def packet_out(actions: tuple, data: bytes) -> bytes:
     only), as if it came from the controller."""
     return _serialize(parser.OFPPacketOut(_PROTO, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
                                           actions=[kind(a).reference(a) for a in actions], data=data))
+
+
+# Groups: a few per distinct RLOC set, so os-ken's classes encode them for
+# reading and the tests; the bytes we send are flows.group_mod's, which a
+# test holds equal to `group_mod_reference`.
+def group_mod_reference(group: Group, command: int = ofp.OFPGC_ADD) -> bytes:
+    buckets = [parser.OFPBucket(weight=b.weight, watch_port=ofp.OFPP_ANY, watch_group=ofp.OFPG_ANY,
+                                actions=[kind(a).reference(a) for a in b.actions]) for b in group.buckets]
+    return _serialize(parser.OFPGroupMod(_PROTO, command=command, type_=ofp.OFPGT_SELECT,
+                                         group_id=group.group_id, buckets=buckets))
+
+
+def group_desc_request(xid: int) -> bytes:
+    return with_xid(_serialize(parser.OFPGroupDescStatsRequest(_PROTO, 0)), xid)
+
+
+def group_stats_request(xid: int) -> bytes:
+    return with_xid(_serialize(parser.OFPGroupStatsRequest(_PROTO, 0, ofp.OFPG_ALL)), xid)
+
+
+def group_of(desc) -> Group | None:
+    """A group as a switch describes it (OFPGroupDescStats), as our value;
+    None if it is not a group of the shape we make (select, buckets that
+    set a tunnel destination and resubmit), which reconcile then replaces."""
+    if desc.type != ofp.OFPGT_SELECT or not desc.buckets:
+        return None
+    buckets = []
+    for b in desc.buckets:
+        actions = tuple(_action_of(a) for a in b.actions)
+        if None in actions:
+            return None
+        buckets.append(Bucket(b.weight, actions))
+    return Group(desc.group_id, tuple(buckets))
+
+
+def _action_of(action) -> tuple | None:
+    if isinstance(action, parser.OFPActionSetField) and action.key in ("tun_ipv4_dst", "tun_ipv6_dst"):
+        return set_field(action.key, ipaddress.ip_address(action.value))
+    if isinstance(action, parser.NXActionResubmitTable) and action.in_port == 0xFFF8:
+        return resubmit(action.table_id)
+    return None

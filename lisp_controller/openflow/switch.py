@@ -23,7 +23,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from lisp_controller.errors import LispControllerError
 from lisp_controller.openflow import encode, tap, verify
 from lisp_controller.controller.gcpause import BIG, breathe, gc_paused
-from lisp_controller.pipeline.flows import COOKIE_BASE, COOKIE_TAG_MASK, Meter
+from lisp_controller.pipeline.flows import COOKIE_BASE, COOKIE_TAG_MASK, Group, Meter, is_our_group
 from lisp_controller.controller.reconcile import Plan
 
 LOG = logging.getLogger(__name__)
@@ -85,8 +85,9 @@ class _Pending:
 class ApplyResult:
     committed: bool
     sent: int  # flow-mods in the committed bundle
-    failed: dict[int, str]  # cookie -> error text, for flows the switch rejected
+    failed: dict[int, str]  # cookie (or group ID) -> error text, for what the switch rejected
     attempts: int
+    groups_sent: int = 0  # group-mods in the committed bundle
 
 
 class Switch:
@@ -294,6 +295,19 @@ class Switch:
                     return stat.packet_in_count, sum(b.packet_band_count for b in stat.band_stats)
         return 0, 0
 
+    def groups(self) -> dict[int, Group | None]:
+        """The bridge's groups in our ID range, as our values (None for one
+        of a shape we never make). Others' groups are not even looked at."""
+        return {desc.group_id: encode.group_of(desc)
+                for reply in self.request(encode.group_desc_request, "group description")
+                for desc in reply.body if is_our_group(desc.group_id)}
+
+    def group_counters(self, timeout: float | None = None) -> dict[int, tuple[tuple[int, int], ...]]:
+        """(packets, bytes) of each bucket of our groups, by group ID."""
+        return {stat.group_id: tuple((b.packet_count, b.byte_count) for b in stat.bucket_stats)
+                for reply in self.request(encode.group_stats_request, "group statistics", timeout)
+                for stat in reply.body if is_our_group(stat.group_id)}
+
     # -- changes -----------------------------------------------------------
     def apply(self, plan: Plan, max_attempts: int = 64,
               name_of: Callable[[int], str] | None = None) -> ApplyResult:
@@ -304,29 +318,41 @@ class Switch:
         cookies and the switch's words come back in `failed`. OVS names one
         flow per failed commit, so each attempt leaves out at least one
         more; `max_attempts` bounds the work when very many are refused.
-        `name_of` renders a cookie's flow for the log."""
+        The plan's groups go in the same bundle, before the flows that use
+        them and (deletes) after the flows that used them. `name_of`
+        renders a cookie's flow, or a group ID's group, for the log."""
         failed: dict[int, str] = {}
+        groups_first, groups_last = plan.group_mods()
+        group_ids = {gid for gid, _ in groups_first + groups_last}
         for attempt in range(1, max_attempts + 1):
+            first = tuple(m for m in groups_first if m[0] not in failed)
             deletes = tuple(c for c in plan.delete if c not in failed)
             adds = tuple((c, data) for c, data in plan.add if c not in failed)
-            ok, rejected = self._bundle(deletes, adds)
-            for cookie, err in rejected.items():
+            last = tuple(m for m in groups_last if m[0] not in failed)
+            ok, rejected = self._bundle(first, deletes, adds, last)
+            for key, err in rejected.items():
                 text = describe_error(err)
-                failed[cookie] = text
-                LOG.error("bridge %s: switch rejected flow %s: %s", self.label,
-                          name_of(cookie) if name_of is not None else f"cookie={cookie:#x}", text)
+                failed[key] = text
+                LOG.error("bridge %s: switch rejected %s %s: %s", self.label,
+                          "group" if key in group_ids else "flow",
+                          name_of(key) if name_of is not None else f"{key:#x}", text)
             if ok:
                 self.barrier()
-                return ApplyResult(True, len(deletes) + len(adds), failed, attempt)
+                return ApplyResult(True, len(deletes) + len(adds), failed, attempt, len(first) + len(last))
             if not rejected:
                 raise SwitchError(f"bridge {self.label}: bundle commit failed and no flow was named")
         return ApplyResult(False, 0, failed, max_attempts)
 
-    def _bundle(self, deletes: tuple[int, ...], adds: tuple[tuple[int, bytes], ...]):
-        bundle = self.open_bundle(max(1, len(deletes) + len(adds)))
+    def _bundle(self, first: tuple[tuple[int, bytes], ...], deletes: tuple[int, ...],
+                adds: tuple[tuple[int, bytes], ...], last: tuple[tuple[int, bytes], ...]):
+        """One ordered bundle: groups the flows need, flow deletes, flow
+        adds, groups no flow uses any more."""
+        bundle = self.open_bundle(max(1, len(first) + len(deletes) + len(adds) + len(last)))
         try:
+            bundle.add_many(first)
             bundle.add_many((c, encode.encode_delete(c)) for c in deletes)
             bundle.add_many(adds)
+            bundle.add_many(last)
             return bundle.commit()
         finally:
             bundle.close()

@@ -1,5 +1,6 @@
 """The one home of the flow-mod byte layout: OXM fields, matches, the
-OFPFC_ADD head, and the cuts and hashes made on its bytes.
+OFPFC_ADD head, and the cuts and hashes made on its bytes; and of the
+group-mod's, which carries buckets of the same actions.
 
 os-ken's message objects cost 200-260 us per flow-mod; our flows use a
 dozen fields, which pack in a few microseconds (each action kind packs
@@ -26,6 +27,7 @@ OFPP_IN_PORT, OFPP_NORMAL, OFPP_CONTROLLER = 0xFFFFFFF8, 0xFFFFFFFA, 0xFFFFFFFD
 OFPCML_MAX, OFPCML_NO_BUFFER = 0xFFE5, 0xFFFF  # os-ken's default max_len is OFPCML_MAX
 ALL_ONES_64 = 0xFFFFFFFFFFFFFFFF
 NX_VENDOR, NXAST_REG_MOVE, NXAST_CHECK_PKT_LARGER = 0x00002320, 6, 49  # Nicira experimenter actions
+NXAST_RESUBMIT_TABLE = 14
 
 _BASIC, _NXM1 = 0x8000, 0x0001
 # name -> (OXM class, field, width in bytes)
@@ -41,6 +43,13 @@ FIELDS: dict[str, tuple[int, int, int]] = {
 _SORT = {name: (cls << 7) | fld for name, (cls, fld, _) in FIELDS.items()}  # os-ken's order
 
 _FLOW_MOD_HEAD = struct.Struct("!BBHIQQBBHHHIIIH2x")
+
+OFPT_GROUP_MOD = 15
+OFPGC_ADD, OFPGC_MODIFY, OFPGC_DELETE = 0, 1, 2
+OFPGT_SELECT = 1
+OFPP_ANY = OFPG_ANY = 0xFFFFFFFF
+_GROUP_MOD_HEAD = struct.Struct("!BBHIHBxI")
+_BUCKET_HEAD = struct.Struct("!HHII4x")  # length, weight, watch port, watch group
 
 
 def _value_bytes(name: str, value: object) -> tuple[bytes, bytes | None]:
@@ -137,3 +146,14 @@ def content_hasher(head: bytes):
     digest = hashlib.blake2b(head[:4], digest_size=7)
     digest.update(head[16:])
     return digest
+
+
+def bucket(weight: int, actions: bytes) -> bytes:
+    """One ofp_bucket of a select group: `actions` already packed."""
+    return _BUCKET_HEAD.pack(_BUCKET_HEAD.size + len(actions), weight, OFPP_ANY, OFPG_ANY) + actions
+
+
+def group_mod(command: int, group_type: int, group_id: int, buckets: bytes = b"") -> bytes:
+    """OFPT_GROUP_MOD with xid 0 (stamped when sent); `buckets` packed by `bucket`."""
+    return _GROUP_MOD_HEAD.pack(OFP_VERSION, OFPT_GROUP_MOD, _GROUP_MOD_HEAD.size + len(buckets), 0,
+                                command, group_type, group_id) + buckets

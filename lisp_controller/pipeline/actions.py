@@ -14,10 +14,13 @@ kind lives in its class here, side by side:
 Three kinds are instructions rather than apply-actions (`meter`,
 `write_metadata` and `goto`); `instructions_bytes` puts them in the order
 OpenFlow 1.3 requires. Adding a kind means adding one class here (docs/architecture.rst).
+A `group` action carries its whole `Group` (flows.py), so a flow says
+everything it does; the group's buckets hold actions of these same kinds.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import ipaddress
 import struct
 from typing import ClassVar
@@ -54,6 +57,9 @@ _DEC_NW_TTL = struct.pack("!HH4x", 24, 8)
 # field header, padding to 24 bytes.
 _NX_CHECK_PKT_LARGER = struct.Struct("!HHIHHHI6x")
 _METER = struct.Struct("!HHI")
+_GROUP = struct.Struct("!HHI")
+_NX_RESUBMIT_TABLE = struct.Struct("!HHIHHB3x")
+OFPAT_GROUP, NX_IN_PORT = 22, 0xFFF8  # resubmit keeps the packet's in_port
 
 
 def value_text(name: str, value: object) -> str:
@@ -243,6 +249,55 @@ class MeterAction(Kind):
         return True
 
 
+class Resubmit(Kind):
+    """Run the packet through table `a[1]` from here (Nicira resubmit). An
+    OpenFlow bucket cannot goto_table, so a group's bucket resubmits to the
+    egress table, which the single-RLOC flow reaches by goto
+    (docs/datapath.rst, "The pipeline")."""
+
+    name = "resubmit"
+    text = staticmethod(lambda a: f"resubmit(,{a[1]})")
+    pack = staticmethod(lambda a: _NX_RESUBMIT_TABLE.pack(0xFFFF, 16, wire.NX_VENDOR, wire.NXAST_RESUBMIT_TABLE,
+                                                          NX_IN_PORT, a[1]))
+    reference = staticmethod(lambda a: parser.NXActionResubmitTable(in_port=NX_IN_PORT, table_id=a[1]))
+
+    @staticmethod
+    def trace(a: tuple, packet: dict, outputs: list) -> bool:
+        packet["_walk"](a[1], packet, outputs)  # the fake pipeline's table walk (tests/fakeof.py)
+        return True
+
+
+class GroupAction(Kind):
+    """Hand the packet to a select group: one bucket, chosen by a hash of
+    the packet's flow weighted by the buckets' weights, acts on a copy of
+    it (OVS rolls back what a bucket changed)."""
+
+    name = "group"
+    text = staticmethod(lambda a: f"group:{a[1].group_id}")
+    pack = staticmethod(lambda a: _GROUP.pack(OFPAT_GROUP, 8, a[1].group_id))
+    reference = staticmethod(lambda a: parser.OFPActionGroup(a[1].group_id))
+
+    @staticmethod
+    def trace(a: tuple, packet: dict, outputs: list) -> bool:
+        buckets = a[1].buckets
+        key = repr(tuple(packet.get(f) for f in _FLOW_FIELDS)).encode()
+        point = int.from_bytes(hashlib.blake2b(key, digest_size=4).digest(), "big") % \
+            sum(b.weight for b in buckets)
+        for bucket in buckets:
+            if point < bucket.weight:
+                copy = dict(packet)
+                for action in bucket.actions:
+                    if not kind(action).trace(action, copy, outputs):
+                        break
+                return True
+            point -= bucket.weight
+        return True
+
+
+# What the fake pipeline hashes to choose a bucket: a connection's fields.
+_FLOW_FIELDS = ("ipv4_src", "ipv4_dst", "ipv6_src", "ipv6_dst", "ip_proto", "tp_src", "tp_dst")
+
+
 class WriteMetadata(Kind):
     name, instruction = "write_metadata", "write_metadata"
     text = staticmethod(lambda a: f"write_metadata:{hex(a[1])}")
@@ -267,7 +322,8 @@ class Goto(Kind):
 
 
 KINDS: dict[str, type[Kind]] = {k.name: k for k in (Output, Normal, ToController, InPort, DecTtl,
-                                                     SetField, Move, CheckPktLarger, MeterAction, WriteMetadata, Goto)}
+                                                     SetField, Move, CheckPktLarger, MeterAction,
+                                                     Resubmit, GroupAction, WriteMetadata, Goto)}
 
 
 def kind(a: tuple) -> type[Kind]:
@@ -314,6 +370,20 @@ def meter(meter_id: int) -> tuple:
     return ("meter", meter_id)
 
 
+def resubmit(table: int) -> tuple:
+    return ("resubmit", table)
+
+
+def group(g: tuple) -> tuple:
+    """Send to the select group `g` (a flows.Group)."""
+    return ("group", g)
+
+
+def groups_in(actions: tuple) -> tuple:
+    """The groups a flow's actions send to."""
+    return tuple(a[1] for a in actions if a[0] == "group")
+
+
 def next_table(actions: tuple) -> int | None:
     """The table a flow's goto sends the packet to, if any."""
     return next((a[1] for a in actions if a[0] == "goto"), None)
@@ -321,6 +391,14 @@ def next_table(actions: tuple) -> int | None:
 
 def render_actions(actions: tuple) -> str:
     return ",".join(kind(a).text(a) for a in actions) or "drop"
+
+
+def actions_bytes(actions: tuple) -> bytes:
+    """An action list (a group's bucket) packed: apply-actions kinds only."""
+    for a in actions:
+        if kind(a).instruction != "apply":
+            raise ValueError(f"{a[0]} is an instruction, not an action")
+    return b"".join(kind(a).pack(a) for a in actions)
 
 
 @functools.lru_cache(maxsize=65536)  # thousands of mappings share one action list

@@ -8,14 +8,16 @@ numbers, so `compile_map_cache` runs once and every bridge shares its flows.
 from __future__ import annotations
 
 import ipaddress
-from typing import Mapping as TMapping, NamedTuple
+from typing import Iterable, Mapping as TMapping, NamedTuple
 
 from lisp_controller.openflow import wire
 from lisp_controller.pipeline.actions import (DEC_TTL, IN_PORT, NORMAL, TO_CONTROLLER, check_pkt_larger, goto,
-                                              meter, move, output, set_field, write_metadata)
+                                              group, groups_in, meter, move, output, resubmit, set_field,
+                                              write_metadata)
 from lisp_controller.pipeline.flows import (COOKIE_BASE, ETH_ARP, ETH_IP, ETH_IPV6, IPPROTO_ICMPV6, ND_ADVERT,
-                                            ND_SOLICIT, Flow, Meter, flow_mod_add, keyed)
-from lisp_controller.model import Bridge, Endpoint, MapCache, Mapping, Overlay
+                                            ND_SOLICIT, Bucket, Flow, Group, Meter, flow_mod_add, keyed,
+                                            select_group)
+from lisp_controller.model import PRIORITY_UNUSED, Bridge, Endpoint, MapCache, Mapping, Overlay
 from lisp_controller.pipeline.profiles import PROFILES, tunnel_mtu
 
 T_CLASSIFY, T_MAPCACHE, T_EGRESS, T_DECAP, T_ARP, T_TOO_BIG = 0, 1, 2, 3, 4, 5
@@ -72,19 +74,77 @@ def _miss_actions(action: str) -> tuple:
     return ()  # drop
 
 
+def rloc_target(m: Mapping) -> "ipaddress.IPv4Address | ipaddress.IPv6Address | Group | str":
+    """What a mapping's flow sends to: its one RLOC's address, the select
+    group of its RLOC set (several RLOCs of the best priority share the
+    traffic by weight, RFC 9300), or, with no usable RLOC, its action."""
+    rlocs = m.rlocs
+    if len(rlocs) == 1 and rlocs[0].priority != PRIORITY_UNUSED:  # the common case, first
+        return rlocs[0].address
+    last = _LAST  # the state asks twice in a row for one mapping (its flow, its group)
+    if last[0] is rlocs:
+        target = last[1]
+    else:
+        target = _TARGETS.get(rlocs, _UNKNOWN)  # a bulk of mappings shares few RLOC sets
+        if target is _UNKNOWN:
+            if len(_TARGETS) > 65536:
+                _TARGETS.clear()
+            target = _TARGETS[rlocs] = _set_target(m.rloc_shares())
+        last[0], last[1] = rlocs, target
+    return m.action if target is None else target
+
+
+def _set_target(shares: tuple) -> "ipaddress.IPv4Address | ipaddress.IPv6Address | Group | None":
+    if not shares:
+        return None
+    if len(shares) == 1:
+        return shares[0][0]
+    return select_group(tuple(
+        Bucket(weight, (set_field(_tun_dst_field(address.version), address), resubmit(T_EGRESS)))
+        for address, weight in shares))
+
+
+_TARGETS: dict[tuple, object] = {}  # RLOCs -> what their mappings send to (None: nothing)
+_UNKNOWN = object()
+_LAST: list = [None, None]  # the last (RLOCs, target) looked up
+
+
+def mapping_group(m: Mapping) -> Group | None:
+    """The select group a mapping's flow uses, if any."""
+    if len(m.rlocs) < 2:
+        return None
+    target = rloc_target(m)
+    return target if type(target) is Group else None
+
+
+def groups_of(flows: Iterable[Flow]) -> dict[int, Group]:
+    """The groups `flows` use, by ID."""
+    return {g.group_id: g for f in flows for g in groups_in(f.actions)}
+
+
+def _target_key(target: object) -> object:
+    """A cheap dict key for a target: a group by its ID (hashing a whole
+    group would hash every bucket each time)."""
+    return target.group_id if type(target) is Group else target
+
+
 def mapping_flow(m: Mapping) -> Flow:
     v = m.eid.version
     head = _SHARED.get((v, m.iid))  # (eth_type, metadata) pairs, the same for a whole IID
     if head is None:
         head = _SHARED[(v, m.iid)] = (("eth_type", _eth_type(v)), ("metadata", m.iid))
-    rloc = m.best_rloc()
-    key = (m.iid, rloc.address if rloc is not None else m.action)
+    target = rloc_target(m)
+    key = (m.iid, _target_key(target))
     actions = _SHARED.get(key)  # thousands of mappings share one RLOC and IID
     if actions is None:
-        if rloc is None:
-            actions = _miss_actions(m.action)
+        if type(target) is str:
+            actions = _miss_actions(target)
+        elif type(target) is Group:
+            # The bucket sets the RLOC and resubmits to egress; the tunnel
+            # key is the same for every bucket, so it is set here.
+            actions = (set_field("tunnel_id", m.iid), group(target))
         else:
-            actions = (set_field(_tun_dst_field(rloc.address.version), rloc.address),
+            actions = (set_field(_tun_dst_field(target.version), target),
                        set_field("tunnel_id", m.iid), goto(T_EGRESS))
         if len(_SHARED) > 65536:
             _SHARED.clear()
@@ -99,14 +159,18 @@ _SHARED: dict[tuple, tuple] = {}
 
 def mapping_flow_mod(m: Mapping, key: tuple[int, int, int, int]) -> tuple[int, bytes]:
     """`flows.encoded(mapping_flow(m))`, made from a template: mappings of
-    one IID, RLOC and prefix length differ only in the prefix's address
-    bytes, so the template holds the bytes around them and the content
-    hash of the bytes before them. `key` is the mapping's
+    one IID, target (RLOC or group) and prefix length differ only in the
+    prefix's address bytes, so the template holds the bytes around them
+    and the content hash of the bytes before them. `key` is the mapping's
     `model.prefix_key`. This is the hot path of a bulk change (a test holds
     it equal to the general one)."""
     _, version, network, length = key
-    rloc = m.best_rloc()
-    shape = (m.iid, rloc.address if rloc is not None else m.action, version, length)
+    rlocs = m.rlocs
+    if len(rlocs) == 1 and rlocs[0].priority != PRIORITY_UNUSED:  # rloc_target's common case, inline
+        target = rlocs[0].address
+    else:
+        target = _target_key(rloc_target(m))
+    shape = (m.iid, target, version, length)
     template = _TEMPLATES.get(shape)
     if template is None:
         if len(_TEMPLATES) > 65536:
@@ -158,11 +222,18 @@ def arp_reply(iid: int, target: ipaddress.IPv4Network, mac: str, priority: int) 
     return Flow(T_ARP, priority, match, actions)
 
 
+def rlocs_of(actions: tuple) -> list:
+    """The RLOCs a flow's actions tunnel to, its group's buckets included."""
+    lists = [actions, *(b.actions for g in groups_in(actions) for b in g.buckets)]
+    return [a[2] for acts in lists for a in acts if a[0] == "set_field" and a[1] in ("tun_ipv4_dst", "tun_ipv6_dst")]
+
+
 def _map_cache_ipv4(shared: dict[int, Flow], own_rloc: object) -> list[tuple[int, ipaddress.IPv4Network, bool]]:
     """(IID, prefix, tunnelled?) of every IPv4 map-cache flow; tunnelled
-    means sent into the tunnel towards another RLOC. Proxy ARP answers
-    exactly for those and, at the same longest-prefix priority, refuses the
-    rest (negative entries inside a wider prefix), so it never promises a
+    means sent into the tunnel towards another RLOC (for an RLOC set, any
+    of them). Proxy ARP answers exactly for those and, at the same
+    longest-prefix priority, refuses the rest (negative entries inside a
+    wider prefix), so it never promises a
     destination the map-cache would drop. Read from the forwarding flows
     themselves, so the two cannot disagree."""
     out = []
@@ -170,9 +241,7 @@ def _map_cache_ipv4(shared: dict[int, Flow], own_rloc: object) -> list[tuple[int
         match = dict(f.match)
         if f.table != T_MAPCACHE or match.get("eth_type") != ETH_IP:
             continue
-        rlocs = [a[2] for a in f.actions if a[0] == "set_field" and a[1].startswith("tun_")
-                 and a[1].endswith("_dst")]
-        out.append((match["metadata"], match["ipv4_dst"], bool(rlocs) and rlocs[0] != own_rloc))
+        out.append((match["metadata"], match["ipv4_dst"], any(r != own_rloc for r in rlocs_of(f.actions))))
     return out
 
 

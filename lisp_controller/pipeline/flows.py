@@ -10,13 +10,19 @@ other 56 bits are a hash of the flow's OpenFlow encoding (wire.py). So a flow on
 is correct exactly when its cookie is one we want, a changed flow gets a new
 cookie, and reconciling after a reconnect compares cookie sets instead of
 re-normalizing OVS's rewritten matches (docs/datapath.rst explains why).
+
+Select groups are content-addressed the same way: a group's ID is a hash
+of its buckets under our tag, so one RLOC set is one group on every bridge,
+however many mappings use it, and a changed set is a new group.
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Mapping, NamedTuple
 
 from lisp_controller.openflow import wire
-from lisp_controller.pipeline.actions import FIELD_TEXT, instructions_bytes, render_actions, value_text
+from lisp_controller.pipeline.actions import (FIELD_TEXT, actions_bytes, instructions_bytes, render_actions,
+                                              value_text)
 
 COOKIE_TAG = 0x4C  # 'L'
 COOKIE_TAG_SHIFT = 56
@@ -43,6 +49,70 @@ class Meter(NamedTuple):
     meter_id: int
     rate: int
     burst: int
+
+
+class Bucket(NamedTuple):
+    weight: int
+    actions: tuple[tuple, ...]  # apply-actions kinds only
+
+
+class Group(NamedTuple):
+    """An OpenFlow select group of ours. Built by `select_group`, which
+    gives it its content-addressed ID."""
+
+    group_id: int
+    buckets: tuple[Bucket, ...]
+
+
+# Our groups' IDs: the cookie tag in the top byte of the 32-bit ID, then
+# 24 bits of hash. Groups outside this range are someone else's.
+GROUP_TAG_SHIFT = 24
+GROUP_BASE = COOKIE_TAG << GROUP_TAG_SHIFT
+_GROUP_HASH_MASK = (1 << GROUP_TAG_SHIFT) - 1
+
+
+def is_our_group(group_id: int) -> bool:
+    return group_id >> GROUP_TAG_SHIFT == COOKIE_TAG
+
+
+def buckets_bytes(buckets: tuple[Bucket, ...]) -> bytes:
+    return b"".join(wire.bucket(b.weight, actions_bytes(b.actions)) for b in buckets)
+
+
+# Bucket bytes -> group ID, and the reverse, for every set seen by this
+# process: two sets whose hashes collide (24 bits: about one pair in
+# 16 million) must not share an ID, so the second one seen takes the next
+# free ID. A few bytes per distinct RLOC set, not per mapping.
+_GROUP_IDS: dict[bytes, int] = {}
+_GROUP_OWNERS: dict[int, bytes] = {}
+
+
+def select_group(buckets: tuple[Bucket, ...]) -> Group:
+    """The select group with these buckets, named by a hash of them."""
+    body = buckets_bytes(buckets)
+    group_id = _GROUP_IDS.get(body)
+    if group_id is None:
+        h = int.from_bytes(hashlib.blake2b(body, digest_size=3).digest(), "big")
+        while GROUP_BASE | h in _GROUP_OWNERS:
+            h = (h + 1) & _GROUP_HASH_MASK
+        group_id = _GROUP_IDS[body] = GROUP_BASE | h
+        _GROUP_OWNERS[group_id] = body
+    return Group(group_id, buckets)
+
+
+def group_mod(group: Group, command: int = wire.OFPGC_ADD) -> bytes:
+    """The group's OFPT_GROUP_MOD (add or modify), xid 0."""
+    return wire.group_mod(command, wire.OFPGT_SELECT, group.group_id, buckets_bytes(group.buckets))
+
+
+def group_delete(group_id: int) -> bytes:
+    return wire.group_mod(wire.OFPGC_DELETE, wire.OFPGT_SELECT, group_id)
+
+
+def render_group(group: Group) -> str:
+    """The group as `ovs-ofctl add-group` accepts it (and dump-groups shows it)."""
+    buckets = ",".join(f"bucket=weight:{b.weight},actions={render_actions(b.actions)}" for b in group.buckets)
+    return f"group_id={group.group_id},type=select,{buckets}"
 
 
 def _protocol(match: dict) -> str | None:

@@ -224,6 +224,7 @@
     if (!d.connected) return "down";
     if (d.degraded) return "degraded";
     if (d.missing_ports.length || d.flows_desired !== d.flows_installed || !d.configured) return "warning";
+    if ((d.groups_desired ?? 0) !== (d.groups_installed ?? 0)) return "warning";
     return "up";
   }
   const STATE_TEXT = { up: "up", down: "down", degraded: "errors", warning: "check" };
@@ -259,6 +260,10 @@
     if (d.connected) {
       const same = d.flows_desired === d.flows_installed;
       facts.push(fact("Flows", `<span class="${same ? "" : "warn-text"}">${num.format(d.flows_installed)} installed / ${num.format(d.flows_desired)} desired</span>`));
+      if (d.groups_desired || d.groups_installed) {
+        const sameGroups = d.groups_desired === d.groups_installed;
+        facts.push(fact("RLOC sets", `<span class="${sameGroups ? "" : "warn-text"}" title="OpenFlow select groups, one per RLOC set">${num.format(d.groups_installed)} group${d.groups_installed === 1 ? "" : "s"} installed / ${num.format(d.groups_desired)} desired</span> <span class="muted">· ${num.format(d.group_mods_sent)} group-mods sent</span>`));
+      }
       const when = d.last_reconcile ? `${clock(new Date(d.last_reconcile))} <span class="muted">· took ${millis(d.last_reconcile_ms)} · ${num.format(d.flow_mods_sent)} flow-mods sent</span>` : "not yet";
       facts.push(fact("Reconciled", when));
       facts.push(fact("From", `<span class="mono">${esc(d.address)}</span>`));
@@ -356,8 +361,18 @@
   function rowHtml(r) {
     const m = r.m;
     const usable = m.rlocs.some((x) => x.priority < 255);
+    // Traffic per RLOC: an RLOC set's select group counts per bucket, for
+    // every mapping sharing the set; one RLOC carries the flow's traffic.
+    const perRloc = new Map(((m.counters && m.counters.rlocs) || []).map((x) => [x.address, x]));
+    const group = m.counters && m.counters.group;
     const rlocs = m.rlocs.length
-      ? m.rlocs.map((x) => `<span class="rloc${x.priority === 255 ? " unused" : ""}" title="priority ${x.priority}, weight ${x.weight}">${esc(x.address)}<small>${x.priority}/${x.weight}</small></span>`).join("")
+      ? m.rlocs.map((x) => {
+        const c = perRloc.get(x.address);
+        const sent = c && c.packets != null
+          ? `<small class="rloc-count" data-rloc-packets="${c.packets}">${num.format(c.packets)} pkts</small>` : "";
+        const shared = group ? `, traffic counted by group ${group.group_id} for ${group.mappings} mapping${group.mappings === 1 ? "" : "s"}` : "";
+        return `<span class="rloc${x.priority === 255 ? " unused" : ""}${c ? " used" : ""}" title="priority ${x.priority}, weight ${x.weight}${c && c.packets != null ? `: ${num.format(c.packets)} packets, ${fmtBytes(c.bytes)}${shared}` : ""}">${esc(x.address)}<small>${x.priority}/${x.weight}</small>${sent}</span>`;
+      }).join("")
       : `<span class="muted">none</span>`;
     const ttl = m.ttl == null ? `<span class="muted">static</span>`
       : `${span(m.expires_in ?? 0)} <small class="muted">of ${m.ttl} min</small>`;
