@@ -261,7 +261,7 @@ def test_groups_are_wanted_while_a_mapping_of_any_source_uses_them():
     assert list(state.shared.groups) == [gid] and state.shared.users(gid) == 4
     other = mapping("10.8.0.0/16", rloc("192.0.2.1"), rloc("192.0.2.3"), iid=1000)
     state.apply(Change(put=[other]))  # the API's mapping moves to another set
-    assert state.shared.users(gid) == 2 and len(state.shared.groups) == 2
+    assert state.shared.users(gid) == 3 and len(state.shared.groups) == 2  # config, map-resolver, site
     state.apply(Change(forget=[(1000, parse_prefix("10.9.0.0/16")), (1000, parse_prefix("10.11.0.0/16"))]))
     state.apply(Change(delete=[(1000, parse_prefix("10.8.0.0/16"))]))
     assert list(state.shared.groups) == [gid] and state.shared.users(gid) == 1
