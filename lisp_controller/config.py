@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lisp_controller.errors import LispControllerError
-from lisp_controller.lisp.config import LispSettings, parse_lisp
+from lisp_controller.lisp.config import LispSettings, XtrSettings, parse_lisp, parse_xtr
 from lisp_controller.model import (Bridge, Endpoint, Mapping, ModelError, Overlay, datapath_id_of, parse_action,
                                    parse_address, parse_bool, parse_gateway, parse_iid, parse_int,
                                    parse_interface_name, parse_mac, parse_rloc_address)
@@ -102,6 +102,7 @@ class Config:
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES
     # Datapath ID -> the certificate its switch must present (with TLS).
     tls_peers: dict[int, TlsPeer] = field(default_factory=dict)
+    xtr: XtrSettings = XtrSettings()  # [lisp]'s xTR keys: registration and resolution (lisp/config.py)
 
 
 _TLS_KEYS = ("tls_key", "tls_cert", "tls_ca")
@@ -267,6 +268,11 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
     except ModelError as e:
         problems.append(f"{where}: {e}")
 
+    lisp_raw = data.get("lisp", {})  # parse_lisp reports a [lisp] that is not a table
+    xtr = parse_xtr(lisp_raw if isinstance(lisp_raw, dict) else {}, host, problems, where)
+    if "miss_action" not in ctl and xtr.resolves:
+        miss_action = "send-map-request"  # a miss is asked of the map-resolvers unless told otherwise
+
     base = Path(source).parent if source != "<config>" else Path(".")
     tls = None
     given = {k: _file(ctl[k], f"controller.{k}", base, problems, where) for k in _TLS_KEYS if k in ctl}
@@ -320,11 +326,14 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
         mappings.append(m)
 
     lisp = parse_lisp(data, problems, where)
+    if xtr.active and lisp.enabled and str(xtr.control_address) == lisp.listen:
+        problems.append(f"{where}: lisp.control_address: {lisp.listen} is also lisp.listen; the xTR role "
+                        "needs an address of its own (one socket per address and port 4342)")
 
     if problems:
         raise ConfigError(problems)
     return Config(source, host, port, Overlay(tuple(bridges), tuple(mappings), miss_action),
-                  api, store_path, reconcile_interval, tls, etcd, lisp, handshake_timeout, max_handshakes, tls_peers)
+                  api, store_path, reconcile_interval, tls, etcd, lisp, handshake_timeout, max_handshakes, tls_peers, xtr)
 
 
 def _parse_bridge_peer(value: object, bridge: Bridge, field: str, tls: bool,
@@ -355,6 +364,7 @@ def _overlap(a: str, b: str) -> bool:
         return True
     x, y = ipaddress.ip_address(a), ipaddress.ip_address(b)
     return any(z.is_unspecified and (z.version == 6 or z.version == w.version) for z, w in ((x, y), (y, x)))
+                  api, store_path, reconcile_interval, tls, etcd, lisp, xtr)
 
 
 def _needs_a_bridge(data: dict) -> bool:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from lisp_controller.lisp.auth import ALG_HMAC_SHA_1, ALG_HMAC_SHA_256, AuthKey
 from lisp_controller.lisp.messages import LISP_CONTROL_PORT
-from lisp_controller.model import (ModelError, Prefix, parse_action, parse_address, parse_bool, parse_iid,
+from lisp_controller.model import (IPAddress, ModelError, Prefix, parse_action, parse_address, parse_bool, parse_iid,
                                    parse_int, parse_prefix)
 
 ALGORITHMS = {"sha1": ALG_HMAC_SHA_1, "sha256": ALG_HMAC_SHA_256}
@@ -21,7 +21,8 @@ ALGORITHM_NAMES = {v: k for k, v in ALGORITHMS.items()}
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")   # it appears in sources and URLs
 
 _LISP_KEYS = {"listen", "port", "negative_ttl", "negative_action", "register_rate", "request_rate",
-              "max_sources"}
+              "max_sources", "map_servers", "map_resolvers", "control_address", "register_interval",
+              "proxy_reply", "want_map_notify", "advertise_gpe"}   # the last seven: parse_xtr
 _SITE_KEYS = {"name", "keys", "prefixes", "proxy_reply", "max_registrations"}
 _KEY_KEYS = {"key_id", "alg", "key", "key_env"}
 _PREFIX_KEYS = {"iid", "eid", "accept_more_specifics"}
@@ -235,3 +236,145 @@ def _parse_site_prefix(value: object, field: str) -> SitePrefix:
             raise ModelError(f"{field}.{required}", "is required")
     more = parse_bool(raw.get("accept_more_specifics", False), f"{field}.accept_more_specifics")
     return SitePrefix(parse_iid(raw["iid"], f"{field}.iid"), parse_prefix(raw["eid"], f"{field}.eid"), more)
+
+
+# -- the xTR role: registering our EIDs and resolving misses ----------------------
+# (docs/control-plane.rst, "xTR: configuration"); its keys share [lisp] with
+# the listener's, and parse_xtr reads only them.
+
+DEFAULT_REGISTER_INTERVAL = 60.0  # seconds (RFC 9301 section 8.2: every 60 s)
+XTR_KEYS = frozenset({"map_servers", "map_resolvers", "control_address", "register_interval",
+                      "proxy_reply", "want_map_notify", "advertise_gpe"})
+_MAP_SERVER_KEYS = frozenset({"address", "key_id", "key", "alg"})
+MAX_PEERS = 16
+
+
+@dataclass(frozen=True)
+class MapServerPeer:
+    """A Map-Server we register with, and the key it knows us by."""
+
+    address: IPAddress
+    key: AuthKey
+
+    def __str__(self) -> str:
+        return str(self.address)
+
+
+@dataclass(frozen=True)
+class XtrSettings:
+    map_servers: tuple[MapServerPeer, ...] = ()
+    map_resolvers: tuple[IPAddress, ...] = ()
+    # Source of our Map-Registers and Map-Requests and the ITR-RLOC that
+    # Map-Replies come back to; None = the OpenFlow listen address.
+    control_address: IPAddress | None = None
+    register_interval: float = DEFAULT_REGISTER_INTERVAL
+    proxy_reply: bool = True  # the P bit: the Map-Server answers Map-Requests for our EIDs
+    want_map_notify: bool = True  # the M bit: each registration is confirmed
+    # Locators of lisp-gpe bridges carry the Encapsulation Format LCAF
+    # (RFC 8060 section 5.6) with the VXLAN-GPE bit: OVS accepts only
+    # LISP-GPE (docs/control-plane.rst, "Interop").
+    advertise_gpe: bool = True
+
+    @property
+    def registers(self) -> bool:
+        return bool(self.map_servers)
+
+    @property
+    def resolves(self) -> bool:
+        return bool(self.map_resolvers)
+
+    @property
+    def active(self) -> bool:
+        return self.registers or self.resolves
+
+
+def _parse_map_server(raw: object, field: str) -> MapServerPeer:
+    if not isinstance(raw, dict):
+        raise ModelError(field, f"must be a table {{address, key_id, key}}, got {raw!r}")
+    for key in sorted(set(raw) - _MAP_SERVER_KEYS):
+        raise ModelError(f"{field}.{key}", "unknown key")
+    for key in ("address", "key_id", "key"):
+        if key not in raw:
+            raise ModelError(f"{field}.{key}", "is required")
+    address = parse_address(raw["address"], f"{field}.address")
+    key_id = parse_int(raw["key_id"], f"{field}.key_id", 0, 255)
+    secret = raw["key"]
+    if not isinstance(secret, str) or not secret:
+        raise ModelError(f"{field}.key", "must be a non-empty string (the shared password)")
+    alg = raw.get("alg", "sha256")  # as a [[site]] key's
+    if alg not in ALGORITHMS:
+        raise ModelError(f"{field}.alg", f"must be one of {', '.join(ALGORITHMS)}, got {alg!r}")
+    return MapServerPeer(address, AuthKey(key_id, secret.encode(), ALGORITHMS[alg]))
+
+
+def _list(raw: dict, key: str) -> list:
+    value = raw.get(key, [])
+    if not isinstance(value, list):
+        raise ModelError(f"lisp.{key}", "must be a list")
+    if len(value) > MAX_PEERS:
+        raise ModelError(f"lisp.{key}", f"at most {MAX_PEERS} entries")
+    return value
+
+
+def parse_xtr(raw: dict, openflow_host: str | None, problems: list[str], where: str) -> XtrSettings:
+    """The xTR keys of `[lisp]` (`XTR_KEYS`); other keys of the section
+    belong to other roles and are left to them. Problems are appended."""
+    values: dict = {}
+
+    def attempt(parse) -> None:
+        try:
+            parse()
+        except ModelError as e:
+            problems.append(f"{where}: {e}")
+
+    def servers() -> None:
+        out, seen = [], set()
+        for i, item in enumerate(_list(raw, "map_servers")):
+            ms = _parse_map_server(item, f"lisp.map_servers[{i}]")
+            if ms.address in seen:
+                raise ModelError(f"lisp.map_servers[{i}].address", f"{ms.address} is listed twice")
+            seen.add(ms.address)
+            out.append(ms)
+        values["map_servers"] = tuple(out)
+
+    def resolvers() -> None:
+        out = [parse_address(a, f"lisp.map_resolvers[{i}]") for i, a in enumerate(_list(raw, "map_resolvers"))]
+        if len(set(out)) != len(out):
+            raise ModelError("lisp.map_resolvers", "an address is listed twice")
+        values["map_resolvers"] = tuple(out)
+
+    def control() -> None:
+        if "control_address" in raw:
+            values["control_address"] = parse_address(raw["control_address"], "lisp.control_address")
+
+    def interval() -> None:
+        if "register_interval" in raw:
+            value = raw["register_interval"]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= 3600:
+                raise ModelError("lisp.register_interval", f"must be seconds from 1 to 3600, got {value!r}")
+            values["register_interval"] = float(value)
+
+    def flags() -> None:
+        for key in ("proxy_reply", "want_map_notify", "advertise_gpe"):
+            if key in raw:
+                values[key] = parse_bool(raw[key], f"lisp.{key}")
+
+    for step in (servers, resolvers, control, interval, flags):
+        attempt(step)
+    settings = XtrSettings(**values)
+    if settings.active and settings.control_address is None:
+        if openflow_host in (None, "0.0.0.0", "::"):
+            problems.append(f"{where}: lisp.control_address: is required with map_servers or "
+                            "map_resolvers when controller.listen is a wildcard (it is the "
+                            "ITR-RLOC Map-Replies come back to)")
+        else:
+            settings = XtrSettings(**{**values, "control_address": parse_address(openflow_host, "controller.listen")})
+    for ms in settings.map_servers:
+        if settings.control_address is not None and ms.address.version != settings.control_address.version:
+            problems.append(f"{where}: lisp.map_servers: {ms.address} and the control address "
+                            f"{settings.control_address} are of different IP versions")
+    for mr in settings.map_resolvers:
+        if settings.control_address is not None and mr.version != settings.control_address.version:
+            problems.append(f"{where}: lisp.map_resolvers: {mr} and the control address "
+                            f"{settings.control_address} are of different IP versions")
+    return settings
