@@ -151,6 +151,15 @@ def cmd_serve(args) -> int:
             print("nothing started", file=sys.stderr)
             return 3
     api_socket = sockets["the API"]
+    control_socket = None
+    if config.xtr.active:
+        from lisp_controller.lisp.xtr import open_control_socket
+        try:
+            control_socket = open_control_socket(config.xtr.control_address)
+        except OSError as e:
+            print(f"error: cannot listen on {config.xtr.control_address} port 4342 for the LISP control "
+                  f"plane (lisp.control_address): {e.strerror}", file=sys.stderr)
+            return 3
     if api_tls:  # each client's handshake runs in its own greenthread, on first read
         api_socket = api_tls.wrap_socket(api_socket, server_side=True, do_handshake_on_connect=False)
     cfg.CONF([], project="os_ken")  # os-ken's Datapath reads its socket and echo settings here
@@ -170,7 +179,7 @@ def cmd_serve(args) -> int:
                                      LispControllerApp.__module__: LispControllerApp})
     services = manager.instantiate_apps(lisp_config=config, lisp_state=state, lisp_store=store,
                                         lisp_before_sync=args.before_sync, lisp_listener=listener,
-                                        lisp_admission=admission)
+                                        lisp_admission=admission, lisp_control_socket=control_socket)
     app = manager.applications["LispControllerApp"]
     store.follow(app.apply_stored, app.commit_lock)  # other controllers' changes (docs/etcd.rst)
     listener.count_into(app.metrics)

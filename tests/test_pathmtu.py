@@ -16,8 +16,8 @@ from lisp_controller.config import ConfigError, parse_config
 from lisp_controller.controller.reconcile import meter_plan
 from lisp_controller.lisp.headers import internet_checksum
 from lisp_controller.pipeline import pathmtu
-from lisp_controller.pipeline.compiler import (METER_TOO_BIG, TOO_BIG_BURST, TOO_BIG_PPS, compile_bridge,
-                                               compile_meters, compile_overlay)
+from lisp_controller.pipeline.compiler import (METER_MISS, METER_TOO_BIG, MISS_BURST, MISS_PPS, TOO_BIG_BURST,
+                                               TOO_BIG_PPS, compile_bridge, compile_meters, compile_overlay)
 from lisp_controller.pipeline.flows import Meter
 from lisp_controller.pipeline.profiles import tunnel_mtu
 
@@ -76,12 +76,14 @@ def test_a_packet_one_byte_over_the_tunnel_mtu_goes_to_the_controller_through_th
 
 def test_the_meter_is_per_bridge_and_reconciled_like_flows():
     meters = compile_meters(bridge())
-    assert meters == {METER_TOO_BIG: Meter(METER_TOO_BIG, TOO_BIG_PPS, TOO_BIG_BURST)}
-    mine = meters[METER_TOO_BIG]
-    assert meter_plan({}, meters) == [("add", mine)]
-    assert meter_plan({METER_TOO_BIG: mine, 7: None}, meters) == []  # right: nothing sent; 7 is not ours
-    assert meter_plan({METER_TOO_BIG: mine._replace(rate=5)}, meters) == [("modify", mine)]
-    assert meter_plan({METER_TOO_BIG: None}, meters) == [("modify", mine)]  # a shape we never make
+    assert meters[METER_TOO_BIG] == Meter(METER_TOO_BIG, TOO_BIG_PPS, TOO_BIG_BURST)
+    assert meters[METER_MISS] == Meter(METER_MISS, MISS_PPS, MISS_BURST)  # the map-cache misses' (xTR)
+    assert len(meters) == 2
+    mine, miss = meters[METER_TOO_BIG], meters[METER_MISS]
+    assert meter_plan({}, meters) == [("add", mine), ("add", miss)]
+    assert meter_plan({METER_TOO_BIG: mine, METER_MISS: miss, 7: None}, meters) == []  # right; 7 is not ours
+    assert meter_plan({METER_TOO_BIG: mine._replace(rate=5), METER_MISS: miss}, meters) == [("modify", mine)]
+    assert meter_plan({METER_TOO_BIG: None, METER_MISS: miss}, meters) == [("modify", mine)]  # a shape we never make
 
 
 @pytest.mark.parametrize("raw,problem", [

@@ -96,7 +96,7 @@ class FakeSwitch:
 def make(ports=None, **config):
     cfg = parse_config({**CONFIG, "controller": {**CONFIG["controller"], **config}})
     state = State(cfg)
-    app = SimpleNamespace(config=cfg, state=state, commit_lock=threading.Semaphore(1),
+    app = SimpleNamespace(config=cfg, state=state, commit_lock=threading.Semaphore(1), confirmed=threading.Event(),
                           before_sync=lambda label: None, missing_ports_said={},
                           bridge_for=lambda dpid, name: cfg.overlay.bridges[0], datapaths=lambda: [])
     app.metrics = Metrics(app)

@@ -70,3 +70,44 @@ def test_a_long_run_yields_for_echo_replies(monkeypatch):
     assert len(sleeps) == 3
     assert sum(len(w) for w in dp.writes) <= sum(len(data) + 24 for _, data in mods)
     assert all(len(w) >= SEND_CHUNK for w in dp.writes)  # whole chunks only; the rest waits for commit
+
+
+class RefusingDatapath(AnsweringDatapath):
+    """Answers requests, and refuses the flow-mods whose cookie is in `refuse`
+    with an error (before the barrier's reply, as a switch does)."""
+
+    def __init__(self, refuse: set[int]):
+        super().__init__()
+        self.refuse = refuse
+
+    def send(self, buf: bytes) -> bool:
+        offset = 0
+        while offset < len(buf):
+            _, mtype, length, xid = _HEADER.unpack_from(buf, offset)
+            if mtype == 14 and struct.unpack_from("!Q", buf, offset + 8)[0] in self.refuse:
+                self.switch.on_error(SimpleNamespace(xid=xid, type=5, code=0))  # OFPET_FLOW_MOD_FAILED
+            offset += length
+        return super().send(buf)
+
+
+def test_a_few_new_flows_go_out_in_one_write_with_a_barrier_not_a_bundle():
+    from lisp_controller.controller.reconcile import Plan
+    mods = _flow_mods(3)
+    dp = RefusingDatapath({mods[1][0]})
+    sw = dp.switch = Switch(dp, "br-test")
+    result = sw.apply(Plan((), tuple(mods)))
+    assert result.committed and result.sent == 3 and list(result.failed) == [mods[1][0]]
+    assert "OFPET_FLOW_MOD_FAILED" in result.failed[mods[1][0]]
+    flow_mods, barrier = dp.writes  # the flow-mods in one write, then the barrier; no bundle message
+    assert [_HEADER.unpack_from(flow_mods, i)[1] for i in (0, len(mods[0][1]), 2 * len(mods[0][1]))] == [14] * 3
+    assert _HEADER.unpack_from(barrier)[1] == 20 and not sw._pending
+    # With a delete, or more than a few, the change stays one atomic bundle.
+    dp.writes.clear()
+    sw.apply(Plan((mods[0][0],), tuple(mods[1:])))
+    assert any(_HEADER.unpack_from(w)[1] == 4 for w in dp.writes)  # OFPT_EXPERIMENTER: the bundle
+
+
+def test_packet_out_to_table_is_os_kens_encoding():
+    from lisp_controller.openflow import encode
+    for frame in (b"", bytes(range(60)), bytes(1500)):
+        assert encode.packet_out_to_table(7, frame) == encode.packet_out_to_table_reference(7, frame)

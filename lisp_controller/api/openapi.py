@@ -286,6 +286,24 @@ OPERATIONS: dict[str, tuple] = {
         200: ("sites", _obj(sites={"type": "array", "items": _ref("Site")}))}, []),
     "get_site": ("One site with its current registrations", None, {
         200: ("the site", _obj(site=_ref("Site")))}, []),
+    "lisp_control_plane": ("The LISP control plane: settings ([lisp], keys left out), registration state "
+                           "per EID and map-server, resolver and received-message counts", None, {
+        200: ("the control plane; enabled is false without map-servers and map-resolvers",
+              {"type": "object", "required": ["enabled"], "properties": {
+                  "enabled": {"type": "boolean"}, "control_address": {"type": "string"},
+                  "map_servers": {"type": "array", "items": _obj(address={"type": "string"},
+                                                                 key_id={"type": "integer"})},
+                  "map_resolvers": {"type": "array", "items": {"type": "string"}},
+                  "register_interval": {"type": "number"}, "proxy_reply": {"type": "boolean"},
+                  "want_map_notify": {"type": "boolean"}, "advertise_gpe": {"type": "boolean"},
+                  "registrations": {"type": "array", "items": _obj(
+                      iid={"type": "integer"}, eid={"type": "string"}, map_server={"type": "string"},
+                      rloc={"type": "string"}, bridge={"type": "string"},
+                      state={"type": "string", "enum": ["registering", "registered", "failing", "withdrawing"]},
+                      registered_at={"type": ["string", "null"]}, attempts={"type": "integer"},
+                      error={"type": ["string", "null"]})},
+                  "resolver": {"type": "object"}, "registrar": {"type": "object"},
+                  "received": {"type": "object"}}})}, []),
 }
 
 _PARAM_DOC = {

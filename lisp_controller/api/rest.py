@@ -66,6 +66,7 @@ ROUTES = [
     ("GET", "/v1/requests/{key}", "get_request"),
     ("GET", "/v1/sites", "list_sites"),
     ("GET", "/v1/sites/{site}", "get_site"),
+    ("GET", "/v1/lisp", "lisp_control_plane"),
 ]
 NEEDS_TOKEN = {"resources"}  # reads that need the token too: they show how the process is doing inside
 
@@ -586,6 +587,11 @@ class Api:
         b = self._configured_bridge(bridge, "bridge")
         return self._commit(req, Change(delete_endpoints=[(b.label, port)]),
                             {"deleted": {"bridge": b.label, "port": port}})
+
+    # -- LISP control plane ------------------------------------------------------
+    def lisp_control_plane(self, req):
+        xtr = getattr(self.ctl, "xtr", None)
+        return json_response({"enabled": False} if xtr is None else {"enabled": True, **xtr.view()})
 
     # -- datapaths -------------------------------------------------------------
     def list_datapaths(self, req):

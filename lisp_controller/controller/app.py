@@ -31,6 +31,7 @@ from lisp_controller.store import Delta, Store, StoreError, StoreStale
 from lisp_controller.openflow.switch import SwitchError, describe_error
 from lisp_controller.controller.toobig import PathMtu
 from lisp_controller.controller.offhub import BIG_ITEMS, off_hub
+from lisp_controller.lisp.xtr import Xtr
 
 LOG = logging.getLogger("lisp_controller")
 EXPIRY_INTERVAL = 1.0  # seconds between TTL checks
@@ -46,7 +47,7 @@ class LispControllerApp(app_manager.OSKenApp):
 
     def __init__(self, *args, lisp_config: Config | None = None, lisp_state: State | None = None,
                  lisp_store: Store | None = None, lisp_before_sync: SyncHook | None = None,
-                 lisp_admission=None, **kwargs):
+                 lisp_admission=None, lisp_control_socket=None, **kwargs):
         super().__init__(*args, **kwargs)
         if lisp_config is None:
             raise ValueError("LispControllerApp needs lisp_config")
@@ -63,11 +64,18 @@ class LispControllerApp(app_manager.OSKenApp):
         self.missing_ports_said: dict[str, tuple[str, ...]] = {}
         self.store_error: str | None = None  # the last write's failure, until a write succeeds
         self.commit_lock = hub.Semaphore(1)
+        self.confirmed = hub.Event()  # set when a bridge confirms a generation: wakes wait_confirmed
         self.metrics = Metrics(self)
         self.counters = CounterCache(self._read_counters, hub.spawn)
         self.pathmtu = PathMtu(self.counters.get)
         self.mapping_system = None  # lisp/service.py's MappingSystem, when [lisp] listen is set
         self.threads.append(hub.spawn(self._expire_loop))
+        # The xTR role (lisp/xtr.py): registration and resolution, given
+        # the control socket __main__ bound for it.
+        self.xtr = Xtr(self, lisp_config.xtr, lisp_control_socket) if lisp_control_socket is not None else None
+        if self.xtr is not None:
+            self.metrics.registry.register(self.xtr)  # its counts, read when scraped
+            self.threads += self.xtr.start()
 
     # -- changes -----------------------------------------------------------
     def commit(self, change: Change, wait: float | None = None, timings: dict | None = None) -> list[dict]:
@@ -137,6 +145,8 @@ class LispControllerApp(app_manager.OSKenApp):
             target = self.state.generation
             _put_all(feeds, ("end", target))
             t["state_ms"] = _ms_since(mark)  # compile and encode map-cache flows (and stream them)
+            if self.xtr is not None and (change.put_endpoints or change.delete_endpoints):
+                self.xtr.wake()  # register or withdraw now
             for session in list(self.sessions.values()):
                 if session not in fed:
                     session.mark_dirty()
@@ -152,7 +162,10 @@ class LispControllerApp(app_manager.OSKenApp):
             pending = [s for s in self._programmed() if s.status.synced_generation < generation]
             if not pending or time.monotonic() >= deadline:
                 break
-            hub.sleep(0.002)
+            # Woken by a confirmation; the timeout covers one that another
+            # waiter's clear() took (several commits may wait at once).
+            self.confirmed.clear()
+            self.confirmed.wait(0.002)
         results = []
         connected = {s.status.bridge.label: s for s in self._programmed()}
         for bridge in self.state.bridges.values():
@@ -298,8 +311,8 @@ class LispControllerApp(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _packet_in(self, ev) -> None:
         """Packets too big for the tunnel are answered (toobig.py); the
-        rest are map-cache misses with send-map-request, counted until a
-        LISP control plane exists to ask."""
+        rest are map-cache misses (send-map-request, through the miss
+        meter): counted, and resolved by the xTR role when it is configured."""
         if ev.msg.table_id == T_TOO_BIG:
             session = self._session(ev.msg)
             if session is None or session.status.bridge is None:
@@ -311,6 +324,9 @@ class LispControllerApp(app_manager.OSKenApp):
                 LOG.exception("bridge %s: answering a packet too big for the tunnel failed", session.label)
             return
         self.metrics.inc("lisp_map_cache_misses_total")
+        msg = ev.msg
+        if self.xtr is not None and self._session(msg) is not None:
+            self.xtr.packet_in(msg.datapath.id, msg.match["in_port"], msg.match.get("metadata", 0), msg.data)
 
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
     def _port_status(self, ev) -> None:

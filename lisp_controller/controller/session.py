@@ -242,7 +242,9 @@ class BridgeSession:
         self._sleep(delay)
 
     def _synced(self) -> None:
-        """A sync went through: the session is healthy again."""
+        """A sync went through: the session is healthy again, and commits
+        waiting for this generation wake now."""
+        self.app.confirmed.set()
         st = self.status
         if st.failing is not None:
             LOG.info("bridge %s: in sync again on the same connection, after %d failed attempts",

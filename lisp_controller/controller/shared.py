@@ -39,6 +39,7 @@ class SharedFlows(collections.abc.Mapping):
         self.encoded: dict[int, bytes] = {}
         # (generation, cookies added, cookies removed), oldest first.
         self.history: collections.deque[tuple[int, frozenset, frozenset]] = collections.deque()
+        self._history_cookies = 0  # cookies held in `history`, kept as it changes: many small commits
         self._added: set[int] | None = None
         self._removed: set[int] | None = None
         self._journal: Journal | None = None
@@ -184,10 +185,10 @@ class SharedFlows(collections.abc.Mapping):
 
     def _remember(self, generation: int, added: set[int], removed: set[int]) -> None:
         self.history.append((generation, frozenset(added), frozenset(removed)))
-        total = sum(len(a) + len(r) for _, a, r in self.history)
-        while len(self.history) > 1 and total > HISTORY_COOKIES:
+        self._history_cookies += len(added) + len(removed)
+        while len(self.history) > 1 and self._history_cookies > HISTORY_COOKIES:
             _, a, r = self.history.popleft()
-            total -= len(a) + len(r)
+            self._history_cookies -= len(a) + len(r)
 
 
 def _group_of(source: Mapping | Flow) -> Group | None:

@@ -29,6 +29,7 @@ from lisp_controller.controller.reconcile import Plan
 LOG = logging.getLogger(__name__)
 
 BUNDLE_FLAGS = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
+PIPELINE_MAX = 64  # a plan of at most this many adds, and no deletes, skips the bundle
 SEND_CHUNK = 64 * 1024  # bytes per socket write: few greenthread switches
 YIELD_EVERY = 256  # messages encoded between yields to the hub (echo replies)
 
@@ -324,6 +325,15 @@ class Switch:
         failed: dict[int, str] = {}
         groups_first, groups_last = plan.group_mods()
         group_ids = {gid for gid, _ in groups_first + groups_last}
+        if not plan.delete and 0 < len(plan.add) <= PIPELINE_MAX and not group_ids:
+            # New flows only (a learned mapping): each flow-mod is atomic on
+            # its own and nothing is replaced, so one write and one barrier
+            # do, three round trips fewer than a bundle.
+            for cookie, err in self._pipelined(plan.add).items():
+                failed[cookie] = describe_error(err)
+                LOG.error("bridge %s: switch rejected flow %s: %s", self.label,
+                          name_of(cookie) if name_of is not None else f"cookie={cookie:#x}", failed[cookie])
+            return ApplyResult(True, len(plan.add), failed, 1)
         for attempt in range(1, max_attempts + 1):
             first = tuple(m for m in groups_first if m[0] not in failed)
             deletes = tuple(c for c in plan.delete if c not in failed)
@@ -342,6 +352,21 @@ class Switch:
             if not rejected:
                 raise SwitchError(f"bridge {self.label}: bundle commit failed and no flow was named")
         return ApplyResult(False, 0, failed, max_attempts)
+
+    def _pipelined(self, adds: tuple[tuple[int, bytes], ...]) -> dict[int, object]:
+        """Send flow-mods back to back, then a barrier; the errors the
+        switch sent for them (by cookie), which arrive before the barrier's
+        reply."""
+        first = self._xid(len(adds))
+        pending = [(cookie, first + i, self._pending.setdefault(first + i, _Pending()))
+                   for i, (cookie, _) in enumerate(adds)]
+        try:
+            self._send(b"".join(encode.with_xid(data, first + i) for i, (_, data) in enumerate(adds)))
+            self.barrier()
+            return {cookie: p.error for cookie, _, p in pending if p.error is not None}
+        finally:
+            for _, xid, _ in pending:
+                self._pending.pop(xid, None)
 
     def _bundle(self, first: tuple[tuple[int, bytes], ...], deletes: tuple[int, ...],
                 adds: tuple[tuple[int, bytes], ...], last: tuple[tuple[int, bytes], ...]):

@@ -62,15 +62,22 @@ def _tun_dst_field(version: int) -> str:
     return "tun_ipv4_dst" if version == 4 else "tun_ipv6_dst"
 
 
+# Map-cache misses to resolve go to the controller through this meter, at
+# most MISS_PPS a second per bridge (and a burst of MISS_BURST), so a flood
+# of misses cannot swamp the controller (docs/control-plane.rst).
+METER_MISS = 0x4D
+MISS_PPS, MISS_BURST = 3000, 1000
+
+
 def _miss_actions(action: str) -> tuple:
     """What a negative entry or a map-cache miss does. no-action keeps the
     packet unencapsulated, which on a bridge means NORMAL, like
-    native-forward; send-map-request is a packet-in until a LISP control
-    plane exists."""
+    native-forward; send-map-request hands the packet to the controller
+    (metered), which asks the map-resolvers (lisp/resolver.py)."""
     if action in ("no-action", "native-forward"):
         return (NORMAL,)
     if action == "send-map-request":
-        return (TO_CONTROLLER,)
+        return (meter(METER_MISS), TO_CONTROLLER)
     return ()  # drop
 
 
@@ -295,9 +302,10 @@ def _egress_flows(bridge: Bridge, tunnel: int | None) -> list[Flow]:
 
 
 def compile_meters(bridge: Bridge) -> dict[int, Meter]:
-    """The meters a bridge should hold, by meter ID: the one that paces
-    too-big packets to the controller."""
-    return {METER_TOO_BIG: Meter(METER_TOO_BIG, TOO_BIG_PPS, TOO_BIG_BURST)}
+    """The meters a bridge should hold, by meter ID: the ones that pace
+    too-big packets and map-cache misses to the controller."""
+    return {METER_TOO_BIG: Meter(METER_TOO_BIG, TOO_BIG_PPS, TOO_BIG_BURST),
+            METER_MISS: Meter(METER_MISS, MISS_PPS, MISS_BURST)}
 
 
 def _routed(ep: Endpoint) -> tuple:
