@@ -24,11 +24,11 @@
   const num = new Intl.NumberFormat("en-US");
 
   const state = {
-    datapaths: null, conflicts: [], endpoints: [], rows: [], countersAt: null, sites: [],
+    datapaths: null, conflicts: [], endpoints: [], rows: [], countersAt: null, sites: [], lisp: null,
     lastOk: null, failingSince: null, lastError: "",
     sort: { key: "iid", dir: 1 }, query: "", page: 0, pageSize: 100,
     armed: null, armTimer: null, seen: null, fresh: new Set(), downSince: new Map(),
-    view: null, html: { bridges: "", rows: "", summary: "", sites: "", conflicts: "" },
+    view: null, html: { bridges: "", rows: "", summary: "", sites: "", conflicts: "", lisp: "" },
   };
 
   // -- formatting ----------------------------------------------------------
@@ -102,16 +102,18 @@
   // -- polling -------------------------------------------------------------
   async function poll() {
     try {
-      const [dp, ep, mp] = await Promise.all([
+      const [dp, ep, mp, lp] = await Promise.all([
         call("GET", "/v1/datapaths"), call("GET", "/v1/endpoints"), call("GET", "/v1/mappings?counters=true"),
+        call("GET", "/v1/lisp"),
       ]);
-      const bad = [dp, ep, mp].find((r) => !r.ok);
+      const bad = [dp, ep, mp, lp].find((r) => !r.ok);
       if (bad) throw new Error(`HTTP ${bad.status}${bad.data?.error ? `: ${bad.data.error.message}` : ""}`);
       state.datapaths = dp.data.datapaths;
       state.conflicts = dp.data.conflicts || [];
       state.endpoints = ep.data.endpoints;
       setMappings(mp.data);
       state.sites = await sites();
+      state.lisp = lp.data;
       state.lastOk = new Date();
       state.failingSince = null;
       render();
@@ -336,6 +338,44 @@
     if (html !== state.html.sites) $("sites").innerHTML = state.html.sites = html;
   }
 
+  // -- rendering: the LISP control plane ----------------------------------
+  const REG_CLASS = { registered: "good", registering: "", failing: "bad", withdrawing: "warn" };
+
+  function renderLisp() {
+    const l = state.lisp;
+    $("lisp-section").hidden = !l || !l.enabled;
+    if (!l || !l.enabled) return;
+    const parts = [`<p class="small">Control address <span class="mono">${esc(l.control_address)}</span>
+      · register every ${l.register_interval} s · proxy-reply ${l.proxy_reply ? "on" : "off"}
+      · want-map-notify ${l.want_map_notify ? "on" : "off"} · LISP-GPE advertised ${l.advertise_gpe ? "yes" : "no"}</p>`];
+    if (l.map_servers.length) {
+      const rows = (l.registrations || []).map((r) => `<tr data-eid="${esc(r.eid)}" data-ms="${esc(r.map_server)}" data-state="${esc(r.state)}">
+        <td class="mono">${esc(r.map_server)}</td><td>${r.iid}</td><td class="mono">${esc(r.eid)}</td>
+        <td class="mono">${esc(r.rloc)} <span class="muted">${esc(r.bridge)}</span></td>
+        <td><span class="reg ${REG_CLASS[r.state] ?? ""}">${esc(r.state)}</span></td>
+        <td>${r.registered_at ? clock(new Date(r.registered_at)) : '<span class="muted">never</span>'}</td>
+        <td class="small">${r.error ? esc(r.error) : ""}</td></tr>`).join("");
+      parts.push(`<h4>Registrations <span class="muted">(${(l.registrations || []).length} EID × map-server)</span></h4>` + (rows
+        ? `<table class="eps regs"><thead><tr><th>Map-Server</th><th>IID</th><th>EID</th><th>RLOC</th><th>State</th><th>Last confirmed</th><th>Problem</th></tr></thead><tbody>${rows}</tbody></table>`
+        : `<p class="muted small">No local EIDs to register.</p>`));
+    }
+    if (l.map_resolvers.length) {
+      const r = l.resolver || {};
+      const mrs = l.map_resolvers.map((a) => `<span class="mono">${esc(a)}</span>${a === r.preferred_map_resolver ? ' <span class="muted">(asked first)</span>' : ""}`).join(", ");
+      const n = (k) => num.format(r[k] || 0);
+      parts.push(`<h4>Resolution</h4><p class="small">Map-resolvers ${mrs}<br>
+        ${n("requests_sent")} Map-Requests sent (${n("retries")} retries, ${n("failovers")} fail-overs, ${n("requests_failed")} unanswered),
+        ${num.format(r.pending || 0)} waiting · ${n("replies_accepted")} Map-Replies learned, ${n("replies_negative")} negative,
+        ${num.format((r.replies_unknown_nonce || 0) + (r.replies_bad_record || 0))} dropped · ${n("refreshes")} refreshes</p>`);
+    }
+    const dropped = Object.entries(l.received || {}).filter(([k]) => !k.endsWith("_accepted"));
+    if (dropped.length) {
+      parts.push(`<p class="small muted">Dropped control messages: ${dropped.map(([k, v]) => `${esc(k.replaceAll("_", " "))} ${num.format(v)}`).join(" · ")}</p>`);
+    }
+    const html = parts.join("");
+    if (html !== state.html.lisp) $("lisp").innerHTML = state.html.lisp = html;
+  }
+
   // -- rendering: the map-cache -------------------------------------------
   const cmp = (a, b) => (a < b ? -1 : a > b ? 1 : 0);
   const ORDER = {
@@ -424,6 +464,7 @@
     renderSummary();
     renderBridges();
     renderSites();
+    renderLisp();
     renderTable();
   }
 
