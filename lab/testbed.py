@@ -1163,6 +1163,24 @@ class Testbed:
         self.run(ns, "ip", "link", "set", nic, "up")
         return ns
 
+    def add_mgmt_host(self, name: str, host: int) -> tuple[str, str]:
+        """A namespace on the controller's management LAN at 172.31.255.<host>
+        (a mapping system the controller talks LISP to). Returns (namespace,
+        address)."""
+        if self.controller is None:
+            raise TestbedError("add the controller first")
+        if not 100 <= host <= 254:
+            raise ValueError("management hosts use 172.31.255.100-254 (hypervisors use 11-99)")
+        ns = self._add_ns(name)
+        address = str(MGMT_NET.network_address + host)
+        peer = self.ifname(f"g{host}")
+        self._veth(ns, "eth0", self.controller.ns, peer)
+        self._enslave(self.controller.ns, peer, self.controller.bridge)
+        self._no_ipv6(ns, "eth0")
+        self.run(ns, "ip", "addr", "add", f"{address}/{MGMT_NET.prefixlen}", "dev", "eth0")
+        self.run(ns, "ip", "link", "set", "eth0", "up")
+        return ns, address
+
     def add_l2_port(self, hv: Hypervisor, segment: Segment, port: str = "eth0") -> None:
         """Plug port ``port`` of the hypervisor's VM bridge into an L2
         segment: the recipe's ``eth0`` on ``br0`` in scenario 1, so ARP
