@@ -270,3 +270,135 @@ def test_hostile_datagrams_change_nothing_and_are_counted(testbed, tmp_path):
                timeout=20, what="registration confirmed after the flood")
     assert ctl.proc.poll() is None and "Traceback" not in ctl.log()
     assert vm1.ping(vm2.ip, count=2, interval=0.1) == (2, 2)
+
+
+# ------------------------------------------------- a lisp-controller as the mapping system
+
+MAP_SERVER_CONFIG = f"""
+[controller]
+listen = "{{address}}"
+
+[lisp]
+listen = "{{address}}"
+negative_ttl = 1
+negative_action = "drop"
+
+[[site]]
+name = "lab"
+keys = [{{key_id = 1, alg = "sha256", key = "{KEY}"}}]
+prefixes = [{{iid = {IID}, eid = "10.1.1.0/24", accept_more_specifics = true}}]
+proxy_reply = true
+"""
+
+
+class MapServerProcess:
+    """`lisp-controller serve` as Map-Server and Map-Resolver (its [lisp]
+    listen and a [[site]]), in a namespace of its own on the management LAN,
+    with its API on 127.0.0.1 there."""
+
+    def __init__(self, tb, name: str, host: int, segment):
+        from lab.testbed import Controller
+        ns, self.address = tb.add_mgmt_host(name, host)
+        path = tb.tmpdir / f"{name}.toml"
+        path.write_text(MAP_SERVER_CONFIG.replace("{address}", self.address))
+        self.ov = Topology(tb, path, load_config(path), Controller(ns, self.address, "", tb), segment)
+        self.proc = ControllerProcess(self.ov, log_name=name, store_path=tb.tmpdir / f"{name}.db").start()
+        self.api = Client(self.ov)
+        self.api.wait_up()
+
+    def registered(self) -> list[str]:
+        status, body = self.api("GET", "/v1/sites/lab")
+        assert status == 200, body
+        return sorted(f"{r['iid']}:{r['eid']}" for r in body["site"]["registrations"])
+
+    def kill(self) -> None:
+        self.proc.proc.send_signal(signal.SIGKILL)
+        self.proc.proc.wait(5)
+
+
+def test_a_lisp_controller_is_the_mapping_system(testbed, tmp_path):
+    """The same story as above with the real Map-Server and Map-Resolver:
+    two more lisp-controller processes. The other site's ETR (hv2, flows by
+    hand) registers its EIDs with both as an ETR would (lab/lisp_peer.py)."""
+    from lab.lisp_peer import LispPeer, eid_record
+    from lisp_controller.lisp.auth import AuthKey
+
+    config_path = tmp_path / "xtr.toml"
+    config_path.write_text(CONFIG)
+    ctl_ns = testbed.add_controller()
+    seg = testbed.add_segment("underlay", "192.168.1.0/24")
+    hv1 = testbed.add_hypervisor("hv1", HV1_RLOC, 24, seg, "00008ad828ce7949", controller=ctl_ns)
+    hv2 = testbed.add_hypervisor("hv2", HV2_RLOC, 24, seg, "00001e2e0e0cf040")
+    vm1 = testbed.add_vm(hv1, "vm1", "52:54:00:b8:27:75", "10.1.1.20/24", port_name="vnet0")
+    vm2 = testbed.add_vm(hv2, "vm2", "52:54:00:1b:ea:d5", "10.1.1.30/24", port_name="vnet0")
+    vm3 = testbed.add_vm(hv2, "vm3", "52:54:00:1b:ea:d6", "10.1.1.31/24", port_name="vnet1")
+    _remote_site_flows(hv2, vm1, vm2, vm3)
+    for vm in (vm2, vm3):
+        vm1.neigh_add(vm.ip, vm.mac)
+        vm.neigh_add(vm1.ip, vm1.mac)
+    vm1.neigh_add("10.1.1.99", "52:54:00:00:00:99")
+    ms1 = MapServerProcess(testbed, "ms1", 150, seg)
+    ms2 = MapServerProcess(testbed, "ms2", 151, seg)
+    peers = []
+    for ms in (ms1, ms2):
+        with testbed.netns(ms.ov.controller_ns.ns):
+            peer = LispPeer((ms.address, 4342), AuthKey(1, KEY.encode()))
+        peer.keep_registering([eid_record(IID, f"{vm.ip}/32", [HV2_RLOC], ttl=5) for vm in (vm2, vm3)],
+                              interval=1.0, proxy_reply=True, use_ttl_for_timeout=False)
+        peers.append(peer)
+    try:
+        ov = Topology(testbed, config_path, load_config(config_path), ctl_ns, seg, hypervisors=[hv1], vms=[vm1])
+        ControllerProcess(ov, hooks=("--time-scale", "30")).start()
+        wait_programmed(ov)
+        api = Client(ov)
+        api.wait_up()
+
+        # Our EID registered at the Map-Server, confirmed by its Map-Notify.
+        wait_until(lambda: f"{IID}:10.1.1.20/32" in ms1.registered(), timeout=10, what="registered at ms1")
+        wait_until(lambda: [r["state"] for r in api("GET", "/v1/lisp")[1]["registrations"]] == ["registered"],
+                   timeout=10, what="registration confirmed by ms1's Map-Notify")
+        wait_until(lambda: f"{IID}:10.1.1.30/32" in ms2.registered(), timeout=10, what="the other site registered")
+
+        # An EID only the mapping system knows: no packet lost, the first included.
+        assert vm1.ping(vm2.ip, count=10, interval=0.1) == (10, 10)
+        m = learned(api, "10.1.1.30/32")
+        assert m is not None and m["ttl"] == 5 and [r["address"] for r in m["rlocs"]] == [HV2_RLOC], m
+        wait_until(lambda: learned(api, "10.1.1.30/32") is None, timeout=20, what="10.1.1.30 expired at its TTL")
+
+        # Inside the site's prefix but registered by nobody: a negative entry, dropped.
+        assert vm1.ping("10.1.1.99", count=3, interval=0.2, timeout=1)[1] == 0
+        status, body = api("GET", f"/v1/lookup?iid={IID}&eid=10.1.1.99")
+        m = body["mapping"]
+        assert m["source"] == "map-resolver" and m["rlocs"] == [] and m["action"] == "drop", body
+
+        # An endpoint added is registered at once; deleted, it is withdrawn.
+        status, body = api("POST", "/v1/endpoints", {"bridge": "00008ad828ce7949", "port": "vnet7",
+                                                      "mac": "52:54:00:00:00:07", "iid": IID, "eids": ["10.1.1.77"]})
+        assert status == 201, body
+        wait_until(lambda: f"{IID}:10.1.1.77/32" in ms1.registered(), timeout=3, what="new EID registered")
+        assert api("DELETE", "/v1/endpoints/00008ad828ce7949/vnet7")[0] == 200
+        wait_until(lambda: f"{IID}:10.1.1.77/32" not in ms1.registered(), timeout=3, what="withdrawn")
+
+        # The first map-resolver dies: the second answers within 2 s.
+        ms1.kill()
+        started = time.monotonic()
+        assert vm1.ping(vm3.ip, count=1, timeout=3) == (1, 1)
+        assert time.monotonic() - started < 2.0
+        assert learned(api, "10.1.1.31/32") is not None
+    finally:
+        for peer in peers:
+            peer.stop()
+            peer.close()
+
+
+def _remote_site_flows(hv2, vm1, vm2, vm3) -> None:
+    """hv2 is the other site's xTR, programmed by hand: its two VMs, and
+    10.1.1.20 behind hv1."""
+    flows = static_flows(hv2, vm2, vm1, HV1_RLOC, IID)
+    ports = hv2.port_numbers()
+    flows[0] = flows[0].replace("dl_dst=00:00:00:00:00:00", f"dl_dst=00:00:00:00:00:00,ip,nw_dst={vm2.ip}")
+    flows += [f"table=0,priority=3,in_port={ports['lisp0']},dl_dst=00:00:00:00:00:00,ip,nw_dst={vm3.ip}"
+              f" actions=mod_dl_dst:{vm3.mac},output:{ports['vnet1']}",
+              f"table=0,priority=1,ip,in_port={ports['vnet1']},vlan_tci=0,nw_dst={vm1.ip}/32"
+              f" actions=set_field:{HV1_RLOC}->tun_dst,set_field:{IID}->tun_id,output:{ports['lisp0']}"]
+    hv2.add_flows(flows)
