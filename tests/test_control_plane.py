@@ -12,15 +12,12 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-import pytest
 
 from lab.scenario import ControllerProcess, Topology, wait_programmed
 from lab.testbed import static_flows, wait_until
@@ -202,7 +199,7 @@ def _forged_reply() -> bytes:
 
 def _mutations(seed: int, count: int):
     """Random bytes and single-bit/byte mutations of real messages."""
-    from lisp_controller.lisp import InstanceIdAddress, MapNotify, MapReply, encode, sign
+    from lisp_controller.lisp import MapNotify, MapReply, encode, sign
     from lisp_controller.lisp.auth import AuthKey
     from lab.fakems import static_record
     rng = random.Random(seed)

@@ -11,14 +11,14 @@ import pytest
 
 from lab.fakems import FakeMappingSystem, serve, static_record
 from lisp_controller.config import ConfigError, parse_config
-from lisp_controller.lisp import (ENCAP_VXLAN_GPE, Action, EidRecord, EncapsulationFormatAddress,
+from lisp_controller.lisp import (ENCAP_VXLAN_GPE, EidRecord, EncapsulationFormatAddress,
                                   InstanceIdAddress, LocatorRecord, MapNotify, MapRegister, MapReply,
                                   decode, sign, unwrap_ecm)
 from lisp_controller.lisp.config import MapServerPeer, XtrSettings
 from lisp_controller.lisp.auth import AuthKey
 from lisp_controller.lisp.registrar import MAX_MESSAGE, Registrar
 from lisp_controller.lisp.resolver import Held, Resolution, Resolver
-from lisp_controller.model import Bridge, Endpoint, Mapping, Prefix, as_prefix, parse_prefix
+from lisp_controller.model import Bridge, Endpoint, Mapping, as_prefix, parse_prefix
 
 V4 = ipaddress.IPv4Address
 KEY = AuthKey(1, b"xtr-test-key")

@@ -28,7 +28,7 @@ from lisp_controller.lisp.auth import ALGORITHMS, sign, verify
 from lisp_controller.lisp.config import MapServerPeer, XtrSettings
 from lisp_controller.lisp.messages import LISP_CONTROL_PORT, MapNotify, MapRegister
 from lisp_controller.lisp.records import EidRecord, LocatorRecord, encode_eid_record
-from lisp_controller.model import Bridge, IPAddress, Prefix, as_prefix
+from lisp_controller.model import Bridge, IPAddress, as_prefix
 
 MAX_MESSAGE = 1400  # bytes of a Map-Register (the UDP payload): no fragmentation on a 1,500-byte path
 RETRY_FIRST = 1.0  # seconds to wait for a Map-Notify; doubled per retry, up to the register interval
