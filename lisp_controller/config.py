@@ -364,7 +364,6 @@ def _overlap(a: str, b: str) -> bool:
         return True
     x, y = ipaddress.ip_address(a), ipaddress.ip_address(b)
     return any(z.is_unspecified and (z.version == 6 or z.version == w.version) for z, w in ((x, y), (y, x)))
-                  api, store_path, reconcile_interval, tls, etcd, lisp, xtr)
 
 
 def _needs_a_bridge(data: dict) -> bool:

@@ -184,7 +184,7 @@ class Resolver:
         for m in mappings:
             self._learned[m.key] = _Learned(request.source, now + 60.0 * m.ttl, min(60.0, max(2.0, 6.0 * m.ttl)))
         self._count("replies_negative" if not mappings[0].rlocs else "replies_accepted")
-        forward = any(m.best_rloc() is not None or m.action != "send-map-request" for m in mappings)
+        forward = any(bool(m.rloc_shares()) or m.action != "send-map-request" for m in mappings)
         return Resolution(key, mappings, request.held if forward else [])
 
     # -- keeping what is used --------------------------------------------------

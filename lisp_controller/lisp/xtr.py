@@ -149,7 +149,7 @@ class Xtr:
         source, destination = addresses
         held = Held(datapath_id, in_port, frame)
         known = self.app.state.cache.lookup(iid, destination)
-        if known is not None and not (known.best_rloc() is None and known.action == "send-map-request"):
+        if known is not None and not (not known.rloc_shares() and known.action == "send-map-request"):
             # Its flow is being installed right now: the packet-out finds it.
             self._packet_out(held)
             return
@@ -285,8 +285,8 @@ class Xtr:
         LOG.info("learned %d mappings from Map-Replies: %s%s", len(mappings), "; ".join(
             f"[{m.iid}]{m.eid} -> {', '.join(str(r.address) for r in m.rlocs) or 'negative, ' + m.action}"
             f" (TTL {m.ttl} min)" for m in list(mappings.values())[:5]), " ..." if len(mappings) > 5 else "")
-        settle = max((self._probed.get((h.datapath_id, m.best_rloc().address), 0.0)
-                      for r in batch for h in r.held for m in r.mappings if m.best_rloc() is not None),
+        settle = max((self._probed.get((h.datapath_id, address), 0.0)
+                      for r in batch for h in r.held for m in r.mappings for address, _ in m.rloc_shares()),
                      default=0.0) + PROBE_SETTLE - time.monotonic()
         if settle > 0:
             hub.sleep(settle)
@@ -324,18 +324,17 @@ class Xtr:
             port = session.status.ports.get(bridge.tunnel_port) if bridge is not None else None
             if port is None:
                 continue
-            for m in result.mappings:
-                rloc = m.best_rloc()
-                if rloc is None or rloc.address == bridge.rloc or \
-                        now - self._probed.get((datapath_id, rloc.address), -PROBE_EVERY) < PROBE_EVERY:
+            for address in {a for m in result.mappings for a, _ in m.rloc_shares()}:  # each RLOC of a set
+                if address == bridge.rloc or \
+                        now - self._probed.get((datapath_id, address), -PROBE_EVERY) < PROBE_EVERY:
                     continue
-                self._probed[(datapath_id, rloc.address)] = now
-                field = "tun_ipv4_dst" if rloc.address.version == 4 else "tun_ipv6_dst"
+                self._probed[(datapath_id, address)] = now
+                field = "tun_ipv4_dst" if address.version == 4 else "tun_ipv6_dst"
                 try:
                     session.switch.send(encode.packet_out(
-                        (set_field(field, rloc.address), set_field("tunnel_id", PROBE_IID), output(port)), _PROBE))
+                        (set_field(field, address), set_field("tunnel_id", PROBE_IID), output(port)), _PROBE))
                 except Exception as e:  # gone: the held packets will not go anywhere either
-                    LOG.warning("bridge %s: next-hop probe to %s failed: %s", session.label, rloc.address, e)
+                    LOG.warning("bridge %s: next-hop probe to %s failed: %s", session.label, address, e)
 
     def _packets(self, key: tuple) -> int | None:
         cookie = self.app.state.mapping_cookie(key)
