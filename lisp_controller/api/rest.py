@@ -632,10 +632,6 @@ class Api:
         return json_response({"bridge": d["bridge"], "connected": d["connected"], "flows": lines,
                               "groups": groups})
 
-
-def _iso(t: float | None) -> str | None:
-    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
     # -- sites (the Map-Server's) ----------------------------------------------
     def list_sites(self, req):
         system = self.ctl.mapping_system
@@ -647,6 +643,10 @@ def _iso(t: float | None) -> str | None:
         if view is None:
             raise NotFound("site", f"no site {site!r} in the config")
         return json_response({"site": view})
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def _ms(mark: float) -> float:
