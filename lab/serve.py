@@ -8,6 +8,9 @@ product itself reads no test-only setting.
 minute of TTL is 1.2 s). `--fail-syncs 1:3`: on every bridge, the syncs
 after the first one raise, three times in a row (the session must start
 over and repair the bridge without the connection dropping).
+`--no-lease-guard`: with an etcd store, a bridge's master does not check
+its own lease before writing, so that a test can show the switch itself
+refusing a stale master (docs/etcd.rst, "Bridge ownership").
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab.serve")
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--fail-syncs", metavar="AFTER:COUNT")
+    parser.add_argument("--no-lease-guard", action="store_true")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="lisp-controller's arguments, after --")
     args = parser.parse_args(argv)
     rest = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -54,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     clock = time.time if args.time_scale == 1 else scaled_clock(args.time_scale)
     from lisp_controller.__main__ import main as controller
 
-    return controller(rest, clock=clock, before_sync=hook)
+    return controller(rest, clock=clock, before_sync=hook, lease_guard=not args.no_lease_guard)
 
 
 if __name__ == "__main__":
