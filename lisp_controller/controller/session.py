@@ -271,12 +271,12 @@ class BridgeSession:
         knows a newer master), the membership learns it and gives the
         bridge up; the session waits for etcd's next word."""
         st = self.status
-        st.role, st.generation = "deposed", None
         self._synced_bridge = None  # a full sync if it comes back
         self.feed = None
-        if self.wanted != generation:
+        if self.wanted != generation:  # SLAVE next (or MASTER again, with the new generation)
             LOG.info("bridge %s: instance %s hands it over: %s", self.label, self.app.membership.me, why)
             return
+        st.role, st.generation = "deposed", None
         LOG.warning("bridge %s: instance %s stops writing to it: %s", self.label, self.app.membership.me, why)
         self._record_error(f"not master any more: {why}")
         self.app.metrics.inc("lisp_role_changes_total", bridge=st.bridge.label, role="deposed")
