@@ -13,9 +13,10 @@ The rules, the same for every instance, so their plans agree:
 
 - An instance owns only bridges connected to it: it releases one whose
   connection it lost.
-- A bridge without a live owner goes to the connected instance that
-  masters the fewest bridges (ties broken by a hash of bridge and
-  instance, so bridges spread rather than pile on the smallest name).
+- Bridges without a live owner are dealt out in order, each to the
+  connected instance that masters the fewest bridges at that point
+  (ties broken by a hash of bridge and instance, so bridges spread
+  rather than pile on the smallest name).
   If that instance does not take it within `patience` (it is stuck, or
   does not see the bridge yet), any connected instance may.
 - An instance that masters at least two more bridges than another
@@ -92,13 +93,20 @@ def plan(me: str, snapshot: Snapshot, connected: frozenset[int] | set[int],
             release.append(d)
             reasons[d] = f"handed over to {taker}, which masters fewer bridges"
             counts[me] -= 1
+    # Every free bridge is dealt out, in order, to its best candidate, as
+    # every instance deals them from the same snapshot: each takes its
+    # share in one round.
     claim = []
-    free = sorted(d for d in connected if view.owners.get(d) not in view.instances and d not in release)
+    seen = {d for dps in view.instances.values() for d in dps}
+    free = sorted(d for d in seen if view.owners.get(d) not in view.instances and d not in release)
     for d in free:
-        if best_candidate(d, view, counts) == me or d in overdue:
+        best = best_candidate(d, view, counts)
+        if best == me or (d in overdue and d in connected):
             claim.append(d)
-            reasons[d] = "no live master" + (" for too long" if best_candidate(d, view, counts) != me else "")
+            reasons[d] = "no live master" + (" for too long" if best != me else "")
             counts[me] += 1
+        elif best is not None:
+            counts[best] += 1
     return Moves(tuple(claim), tuple(release), reasons)
 
 
