@@ -124,6 +124,24 @@ def test_kill_9_of_a_master_loses_no_ping_and_the_new_master_sends_nothing(testb
         assert f'lisp_role_changes_total{{bridge="{label}",role="master"}}' in metrics
         assert 'lisp_etcd_request_seconds_count{request="kv/txn"}' in metrics
 
+        # The status page of any instance names each bridge's master and the instances alive.
+        from .browser import Browser
+
+        survivors = sorted(i.name for i in instances if i is not old)
+        other = next(i for i in instances if i is not old and i is not new)
+        with Browser(testbed, ov.controller_ns.ns) as b:
+            def text(selector: str) -> str:  # read in one go: the page re-renders every poll
+                return b.js("const e = document.querySelector(arguments[0]); return e ? e.innerText : ''", selector)
+            b.driver.get(f"http://127.0.0.1:{other.api_port}/")
+            b.wait(lambda d: "2 instances alive" in text("#summary"), what="the instances alive")
+            for name in survivors:
+                assert text(f'#summary [data-instance="{name}"]'), text("#summary")
+            assert "(here)" in text(f'#summary [data-instance="{other.name}"]')
+            hv1_card = f'#bridges [data-dpid="{label}"]'
+            b.wait(lambda d: f"master\n{new.name}" in text(hv1_card).lower(), what="hv1's master on the page")
+            assert "this instance: slave" in text(hv1_card)
+            assert b.attr(hv1_card, "data-state") == "up", text(hv1_card)
+
         # The detector catches even a flow-mod that changes nothing: one
         # of our flows added again, as it is.
         flow = next(f for f in hv1.dump_flows() if "table=4" in f)

@@ -231,6 +231,7 @@ class BridgeSession:
         self.installed = self.switch.installed_cookies()
         self.installed_groups = self.switch.groups()
         self._synced_bridge = None  # the first sync of an attempt is a full one
+        st.flows_installed, st.groups_installed = sum(self.installed.values()), len(self.installed_groups)
         LOG.info("bridge %s: %s, %d ports, %d flows%s of ours installed (read in %.0f ms)", self.label,
                  why, len(st.ports), sum(self.installed.values()), _and_groups(len(self.installed_groups)),
                  (time.monotonic() - started) * 1000)
