@@ -5,11 +5,11 @@ a fake switch that keeps OpenFlow 1.3's generation ID rules as OVS does.
 The same against real etcd, OVS and processes: test_roles.py."""
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 from types import SimpleNamespace
 
+import pytest
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from lisp_controller.api.metrics import Metrics
@@ -22,8 +22,6 @@ from lisp_controller.openflow.switch import SwitchError
 from lisp_controller.pipeline.compiler import compile_meters
 
 from .test_session import CONFIG, DPID, FakeSwitch, change, desired, running, stop, until
-
-import pytest
 
 
 # -- the plan --------------------------------------------------------------------------------
