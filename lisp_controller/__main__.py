@@ -36,9 +36,11 @@ def cmd_check_config(args) -> int:
     ov = config.overlay
     lisp = config.lisp
     control = f"; LISP control on {lisp.listen}:{lisp.port}, {len(lisp.sites)} sites" if lisp.enabled else ""
+    cluster = config.cluster
+    instance = f"; instance {cluster.instance} (lease {cluster.lease_ttl} s)" if cluster else ""
     print(f"{args.config}: ok: {len(ov.bridges)} bridges, "
           f"{sum(len(b.endpoints) for b in ov.bridges)} endpoints, {len(ov.mappings)} mappings; "
-          f"OpenFlow on {config.openflow_host}:{config.openflow_port}{control}")
+          f"OpenFlow on {config.openflow_host}:{config.openflow_port}{control}{instance}")
     return 0
 
 
@@ -110,11 +112,18 @@ def cmd_serve(args) -> int:
     from lisp_controller.controller.state import State
     from lisp_controller.store import StoreError, open_store
 
+    membership = None
     try:
         store = open_store(config, args.store, os.environ.get(ETCD_PASSWORD_ENV))
         mappings, endpoints = store.load()
         state = State(config, clock=args.clock)
         _merge_store(state, store, mappings, endpoints, log)
+        if config.etcd is not None:  # several instances: which bridges this one masters (docs/etcd.rst)
+            from lisp_controller.store.membership import Membership
+
+            membership = Membership(config.etcd, config.cluster, os.environ.get(ETCD_PASSWORD_ENV),
+                                    guard=args.lease_guard)
+            membership.start()
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
         print("nothing started: " + ("the etcd cluster must answer" if config.etcd else
@@ -179,8 +188,12 @@ def cmd_serve(args) -> int:
                                      LispControllerApp.__module__: LispControllerApp})
     services = manager.instantiate_apps(lisp_config=config, lisp_state=state, lisp_store=store,
                                         lisp_before_sync=args.before_sync, lisp_listener=listener,
-                                        lisp_admission=admission, lisp_control_socket=control_socket)
+                                        lisp_admission=admission, lisp_control_socket=control_socket,
+                                        lisp_membership=membership)
     app = manager.applications["LispControllerApp"]
+    if membership is not None:
+        store.observe_requests(app.metrics.observe_etcd)
+        membership.observe_requests(app.metrics.observe_etcd)
     store.follow(app.apply_stored, app.commit_lock)  # other controllers' changes (docs/etcd.rst)
     listener.count_into(app.metrics)
     services.append(hub.spawn(listener.serve))
@@ -211,6 +224,8 @@ def cmd_serve(args) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        if membership is not None:
+            membership.close()  # revokes the lease: the others take the bridges over now
         manager.close()
         store.close()
         lock.close()
@@ -320,9 +335,11 @@ def _warn_refused(mappings, endpoints, log) -> None:
 
 
 def main(argv: list[str] | None = None, clock: Callable[[], float] = time.time,
-         before_sync: Callable[[str], None] | None = None) -> int:
-    """`clock` (wall time) and `before_sync` (called before each bridge
-    sync) are passed in by tests only (lab/serve.py)."""
+         before_sync: Callable[[str], None] | None = None, lease_guard: bool = True) -> int:
+    """`clock` (wall time), `before_sync` (called before each bridge
+    sync) and `lease_guard` False (no check of the etcd lease before a
+    write, so the switch alone refuses a stale master) are passed in by
+    tests only (lab/serve.py)."""
     parser = argparse.ArgumentParser(prog="lisp-controller",
                                      description="OpenFlow controller that makes OVS bridges LISP tunnel routers")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -344,7 +361,7 @@ def main(argv: list[str] | None = None, clock: Callable[[], float] = time.time,
 
     add_parsers(sub)
     args = parser.parse_args(argv)
-    args.clock, args.before_sync = clock, before_sync
+    args.clock, args.before_sync, args.lease_guard = clock, before_sync, lease_guard
     return args.func(args)
 
 

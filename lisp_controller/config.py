@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +72,19 @@ class EtcdSettings:
     password: str | None = None
 
 
+@dataclass(frozen=True)
+class ClusterSettings:
+    """`[cluster]`: this instance among the controllers that share an etcd
+    store, and how soon the others notice it gone (docs/etcd.rst, "Bridge
+    ownership")."""
+
+    instance: str  # unique among the instances; owner keys name it
+    # Seconds the instance's etcd lease lives without a keepalive: the
+    # failover time after a kill -9 is about this plus etcd's lease check
+    # (0.5 s). etcd grants at least 1.5 election timeouts, rounded up.
+    lease_ttl: int = 2
+
+
 TOKEN_ENV = "LISP_CONTROLLER_TOKEN"
 ETCD_PASSWORD_ENV = "LISP_CONTROLLER_ETCD_PASSWORD"
 DEFAULT_STORE = "/var/lib/lisp-controller/store.db"
@@ -103,6 +118,7 @@ class Config:
     # Datapath ID -> the certificate its switch must present (with TLS).
     tls_peers: dict[int, TlsPeer] = field(default_factory=dict)
     xtr: XtrSettings = XtrSettings()  # [lisp]'s xTR keys: registration and resolution (lisp/config.py)
+    cluster: ClusterSettings | None = None  # with an etcd store only: who this instance is
 
 
 _TLS_KEYS = ("tls_key", "tls_cert", "tls_ca")
@@ -117,7 +133,10 @@ _BRIDGE_KEYS = {"datapath_id", "name", "rloc", "tunnel_port", "tunnel_profile", 
 # one above 65535 does not exist (docs/mtu.rst).
 MIN_UNDERLAY_MTU, MAX_UNDERLAY_MTU = 1280, 65535
 TOO_BIG_WITHOUT_DF = ("drop", "fragment")
-_TOP_KEYS = {"controller", "api", "store", "bridge", "mapping", "lisp", "site"}
+_TOP_KEYS = {"controller", "api", "store", "bridge", "mapping", "lisp", "site", "cluster"}
+_CLUSTER_KEYS = {"instance", "lease_ttl"}
+_INSTANCE_CHARS = re.compile(r"[A-Za-z0-9._:@-]{1,64}")
+MAX_LEASE_TTL = 60
 
 
 def parse_datapath_id(value: object, field: str = "datapath_id") -> int:
@@ -286,6 +305,7 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
         problems.append(f"{where}: api.port: {port} is also the OpenFlow port ([controller] port) on "
                         f"{host if host == api.host else f'{host} and {api.host}'}; they need different ports")
     store_path, etcd = _parse_store(_table(data, "store", problems, where), problems, where, base)
+    cluster = _parse_cluster(_table(data, "cluster", problems, where), etcd is not None, api, problems, where)
 
     bridges: list[Bridge] = []
     raw_bridges = data.get("bridge", [])
@@ -333,7 +353,8 @@ def parse_config(data: dict, source: str = "<config>") -> Config:
     if problems:
         raise ConfigError(problems)
     return Config(source, host, port, Overlay(tuple(bridges), tuple(mappings), miss_action),
-                  api, store_path, reconcile_interval, tls, etcd, lisp, handshake_timeout, max_handshakes, tls_peers, xtr)
+                  api, store_path, reconcile_interval, tls, etcd, lisp, handshake_timeout, max_handshakes, tls_peers, xtr,
+                  cluster)
 
 
 def _parse_bridge_peer(value: object, bridge: Bridge, field: str, tls: bool,
@@ -507,6 +528,31 @@ def _parse_store(raw: dict, problems: list[str], where: str, base: Path) -> tupl
     if "password" in raw and "user" not in raw:
         problems.append(f"{where}: store.password: needs store.user")
     return DEFAULT_STORE, EtcdSettings(**values)
+
+
+def _parse_cluster(raw: dict, shared: bool, api: ApiSettings, problems: list[str],
+                   where: str) -> ClusterSettings | None:
+    """`[cluster]`: only with an etcd store (alone, a controller masters
+    every bridge it has, as ever). The instance defaults to host name and
+    API port, unique on one machine because the API port is."""
+    for key in sorted(set(raw) - _CLUSTER_KEYS):
+        problems.append(f"{where}: cluster.{key}: unknown key")
+    if not shared:
+        if raw:
+            problems.append(f"{where}: cluster: only with [store] backend = \"etcd\" (instances share "
+                            "bridges through etcd)")
+        return None
+    instance = raw.get("instance", f"{socket.gethostname()}:{api.port}")
+    if not isinstance(instance, str) or not _INSTANCE_CHARS.fullmatch(instance):
+        problems.append(f"{where}: cluster.instance: must be 1 to 64 letters, digits and . _ : @ -, "
+                        f"got {instance!r}")
+    lease_ttl = raw.get("lease_ttl", ClusterSettings.lease_ttl)
+    try:
+        lease_ttl = parse_int(lease_ttl, "cluster.lease_ttl", 1, MAX_LEASE_TTL)
+    except ModelError as e:
+        problems.append(f"{where}: {e} (seconds)")
+        lease_ttl = ClusterSettings.lease_ttl
+    return ClusterSettings(instance, lease_ttl)
 
 
 def url_problem(url: object, bare: bool = False) -> str | None:

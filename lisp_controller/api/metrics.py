@@ -62,6 +62,10 @@ COUNTERS = {
     "lisp_map_requests_refused_total": ("Encapsulated Map-Requests not answered, by reason", ("reason",)),
     "lisp_openflow_connections_closed_total": ("OpenFlow connections closed before or instead of becoming "
                                                "a bridge session, by reason", ("reason",)),
+    # Several instances on one etcd store (docs/etcd.rst, "Bridge ownership").
+    "lisp_role_changes_total": ("OpenFlow role changes of this instance's connections, by bridge and new role "
+                                "(master, slave, or deposed: refused by the switch or its lease gone)",
+                                ("bridge", "role")),
 }
 # name -> help: histograms of the control listener, from a datagram's arrival
 # to its answer; buckets from 100 us (a cached answer) to a second.
@@ -83,6 +87,9 @@ class Metrics:
                                "by duration, by bridge", ("bridge",), buckets=BUCKETS, registry=self.registry)
         self._barrier = Histogram("lisp_barrier_wait_seconds", "Time a write waited for the connected "
                                   "bridges to confirm it by barrier", buckets=BUCKETS, registry=self.registry)
+        self._etcd = Histogram("lisp_etcd_request_seconds", "Requests to etcd that got an answer, by duration, "
+                               "by request (kv/txn, kv/range, lease/keepalive...)", ("request",),
+                               buckets=BUCKETS, registry=self.registry)
         self._control = {name: Histogram(name, help_text, buckets=CONTROL_BUCKETS, registry=self.registry)
                          for name, help_text in CONTROL_HISTOGRAMS.items()}
         self.registry.register(_StateCollector(views))
@@ -111,6 +118,10 @@ class Metrics:
 
     def observe_barrier_wait(self, seconds: float) -> None:
         self._barrier.observe(seconds)
+
+    def observe_etcd(self, request: str, seconds: float) -> None:
+        """One request to etcd (its gateway path) and how long it took."""
+        self._etcd.labels(request=request).observe(seconds)
 
     # -- scraping -------------------------------------------------------------
     def render(self) -> str:

@@ -99,10 +99,13 @@ SCHEMAS = {
         "gateway": {"type": ["string", "null"]}, "source": {"type": "string", "enum": ["config", "api"]}}},
     "BridgeResult": {"type": "object", "required": ["bridge", "status"], "properties": {
         "bridge": {"type": "string"},
-        "status": {"type": "string", "enum": ["confirmed", "rejected", "timeout", "not-connected"],
+        "status": {"type": "string", "enum": ["confirmed", "rejected", "timeout", "not-connected",
+                                              "other-master"],
                    "description": "confirmed: the bridge holds the change (barrier); rejected: it refused "
                                   "flows (see errors); timeout: still being applied; not-connected: "
-                                  "it gets the change when it connects"},
+                                  "it gets the change when it connects; other-master: another instance "
+                                  "programs it (an etcd store: docs/etcd.rst)"},
+        "master": {"type": ["string", "null"], "description": "with other-master: the instance that does"},
         "errors": {"type": "array", "items": {"type": "string"}},
         "stages_ms": {"type": "object", "additionalProperties": {"type": "number"},
                       "description": "the bridge's last sync: compile, diff, switch (bundle to barrier)"}}},
@@ -138,7 +141,21 @@ SCHEMAS = {
                     "meter counted them (packets; over_rate: dropped by the meter), and what the "
                     "controller did with those it let through", "properties": {
                         "packets": {"type": ["integer", "null"]}, "over_rate": {"type": ["integer", "null"]},
-                        **{k: {"type": "integer"} for k in ("icmp", "fragmented", "dropped", "ignored")}}}}},
+                        **{k: {"type": "integer"} for k in ("icmp", "fragmented", "dropped", "ignored")}}},
+        "role": {"type": ["string", "null"], "enum": ["equal", "master", "slave", "deposed", None],
+                 "description": "OpenFlow role of this instance's connection: equal without an etcd store "
+                                "(the only controller); with one, master or slave as etcd decides, deposed "
+                                "while a refused master waits for etcd (docs/etcd.rst)"},
+        "generation": {"type": ["integer", "null"], "description": "the generation ID the switch took from "
+                       "this instance as master (etcd's revision of the bridge's owner key)"},
+        "master": {"type": ["string", "null"], "description": "the instance etcd names master of the bridge "
+                   "(null without an etcd store, or while none is)"}}},
+    "Instance": {"type": "object", "required": ["instance", "self", "masters", "connected"], "properties": {
+        "instance": {"type": ["string", "null"], "description": "[cluster] instance (null without etcd)"},
+        "self": {"type": "boolean", "description": "the instance answering"},
+        "masters": {"type": "integer", "description": "bridges it is master of"},
+        "connected": {"type": "array", "items": {"type": "string"},
+                      "description": "datapath IDs of the bridges connected to it"}}},
     "Site": {"type": "object", "required": ["name", "proxy_reply", "max_registrations", "keys", "prefixes",
                                             "registered"], "properties": {
         "name": {"type": "string"},
@@ -263,6 +280,13 @@ OPERATIONS: dict[str, tuple] = {
     "list_datapaths": ("Bridges: configured and connected", None, {
         200: ("datapaths", _obj(datapaths={"type": "array", "items": _ref("Datapath")},
                                 conflicts={"type": "array", "items": _ref("DatapathConflict")}))}, []),
+    "list_instances": ("The controller instances alive (an etcd store: those with a live lease) and how "
+                       "many bridges each masters", None, {
+        200: ("instances", _obj(shared={"type": "boolean", "description": "false: no etcd store, one controller"},
+                                instance={"type": ["string", "null"], "description": "the one answering"},
+                                lease_problem={"type": ["string", "null"], "description": "why the answering "
+                                               "instance holds no live lease (it masters nothing meanwhile)"},
+                                instances={"type": "array", "items": _ref("Instance")}))}, []),
     "get_datapath": ("One bridge", None, {200: ("the bridge", _obj(datapath=_ref("Datapath")))}, []),
     "datapath_flows": ("The bridge's flows and groups in ovs-ofctl syntax", None, {
         200: ("flows and groups (?format=text: the flows, one per line, as text/plain)",

@@ -63,6 +63,7 @@ ROUTES = [
     ("GET", "/v1/datapaths", "list_datapaths"),
     ("GET", "/v1/datapaths/{bridge}", "get_datapath"),
     ("GET", "/v1/datapaths/{bridge}/flows", "datapath_flows"),
+    ("GET", "/v1/instances", "list_instances"),
     ("GET", "/v1/requests/{key}", "get_request"),
     ("GET", "/v1/sites", "list_sites"),
     ("GET", "/v1/sites/{site}", "get_site"),
@@ -596,6 +597,9 @@ class Api:
     # -- datapaths -------------------------------------------------------------
     def list_datapaths(self, req):
         return json_response({"datapaths": self.ctl.datapaths(), "conflicts": self.ctl.conflicts()})
+
+    def list_instances(self, req):
+        return json_response(self.ctl.instances())
 
     def _datapath(self, ref: str, field: str = "bridge", configured: bool = False) -> dict:
         """The one bridge, configured or connected, that `ref` names: its

@@ -47,7 +47,7 @@ class LispControllerApp(app_manager.OSKenApp):
 
     def __init__(self, *args, lisp_config: Config | None = None, lisp_state: State | None = None,
                  lisp_store: Store | None = None, lisp_before_sync: SyncHook | None = None,
-                 lisp_admission=None, lisp_control_socket=None, **kwargs):
+                 lisp_admission=None, lisp_control_socket=None, lisp_membership=None, **kwargs):
         super().__init__(*args, **kwargs)
         if lisp_config is None:
             raise ValueError("LispControllerApp needs lisp_config")
@@ -59,6 +59,10 @@ class LispControllerApp(app_manager.OSKenApp):
         # a refused claim never reaches this app, only its conflicts list.
         self.admission = lisp_admission
         self.sessions: dict[int, BridgeSession] = {}
+        # With an etcd store: this instance among the others, and the
+        # bridges etcd gives it to master (store/membership.py). None: the
+        # only controller, EQUAL on every bridge, as without roles.
+        self.membership = lisp_membership
         # Per bridge label, the missing ports last logged: a condition is
         # logged when it starts and ends, across reconnects (session.py).
         self.missing_ports_said: dict[str, tuple[str, ...]] = {}
@@ -66,6 +70,8 @@ class LispControllerApp(app_manager.OSKenApp):
         self.commit_lock = hub.Semaphore(1)
         self.confirmed = hub.Event()  # set when a bridge confirms a generation: wakes wait_confirmed
         self.metrics = Metrics(self)
+        if self.membership is not None:
+            self.membership.on_roles = self._on_roles
         self.counters = CounterCache(self._read_counters, hub.spawn)
         self.pathmtu = PathMtu(self.counters.get)
         self.mapping_system = None  # lisp/service.py's MappingSystem, when [lisp] listen is set
@@ -167,11 +173,13 @@ class LispControllerApp(app_manager.OSKenApp):
             self.confirmed.clear()
             self.confirmed.wait(0.002)
         results = []
-        connected = {s.status.bridge.label: s for s in self._programmed()}
+        connected = {s.status.bridge.label: s for s in self._attached()}
         for bridge in self.state.bridges.values():
             s = connected.get(bridge.label)
             if s is None:
                 status = "not-connected"
+            elif not s.writes:
+                status = "other-master"  # another instance programs it (docs/etcd.rst)
             elif s.status.synced_generation < generation:
                 status = "timeout"
             elif s.status.last_rejected:
@@ -179,6 +187,8 @@ class LispControllerApp(app_manager.OSKenApp):
             else:
                 status = "confirmed"
             entry = {"bridge": bridge.label, "status": status}
+            if status == "other-master":
+                entry["master"] = self.membership.master_of(s.status.datapath_id)
             if s is not None and s.status.last_stages:
                 entry["stages_ms"] = dict(s.status.last_stages)
             if status == "rejected":
@@ -186,8 +196,20 @@ class LispControllerApp(app_manager.OSKenApp):
             results.append(entry)
         return results
 
-    def _programmed(self) -> list[BridgeSession]:
+    def _attached(self) -> list[BridgeSession]:
+        """Sessions of configured bridges, whoever masters them."""
         return [s for s in self.sessions.values() if s.status.bridge is not None]
+
+    def _programmed(self) -> list[BridgeSession]:
+        """The sessions this instance writes to: all, or those it masters."""
+        return [s for s in self._attached() if s.writes]
+
+    def _on_roles(self, held: dict[int, int]) -> None:
+        """The membership's word: this instance masters `held` (datapath ->
+        generation ID) and nothing else. Called from its thread."""
+        for dpid, session in list(self.sessions.items()):
+            if session.status.bridge is not None:
+                session.set_master(held.get(dpid))
 
     def _expire_loop(self) -> None:
         while True:
@@ -217,11 +239,22 @@ class LispControllerApp(app_manager.OSKenApp):
     def datapaths(self) -> list[dict]:
         """Every configured bridge, connected or not, then any connected
         datapath the config does not know."""
-        by_label = {s.status.bridge.label: s for s in self._programmed()}
-        out = [{**_datapath_view(b, by_label.get(b.label)), **self.pathmtu.view(b)}
+        by_label = {s.status.bridge.label: s for s in self._attached()}
+        out = [{**_datapath_view(b, by_label.get(b.label), self.membership), **self.pathmtu.view(b)}
                for b in self.state.bridges.values()]
-        out += [_datapath_view(None, s) for s in self.sessions.values() if s.status.bridge is None]
+        out += [_datapath_view(None, s, self.membership) for s in self.sessions.values() if s.status.bridge is None]
         return out
+
+    def instances(self) -> dict:
+        """The controller instances alive and how many bridges each masters
+        (docs/etcd.rst); alone, this one masters every bridge connected."""
+        if self.membership is None:
+            attached = self._attached()
+            return {"shared": False, "instance": None, "lease_problem": None, "instances": [
+                {"instance": None, "self": True, "masters": len(attached),
+                 "connected": sorted(f"{s.status.datapath_id:016x}" for s in attached)}]}
+        return {"shared": True, "instance": self.membership.me, "lease_problem": self.membership.lease_problem(),
+                "instances": self.membership.instances()}
 
     def conflicts(self) -> list[dict]:
         """Datapath ID claims refused or sessions displaced, lately."""
@@ -234,7 +267,7 @@ class LispControllerApp(app_manager.OSKenApp):
 
     def _read_counters(self) -> Snapshot:
         flows, buckets = {}, {}
-        for session in self._programmed():
+        for session in self._attached():
             try:
                 add_counts(flows, session.switch.flow_counters(T_MAPCACHE, STATS_TIMEOUT))
                 add_bucket_counts(buckets, session.switch.group_counters(STATS_TIMEOUT))
@@ -245,7 +278,7 @@ class LispControllerApp(app_manager.OSKenApp):
 
     def bridge_flows(self, label: str) -> list:
         """The flows the bridge should hold now (what it holds, once synced)."""
-        session = next((s for s in self._programmed() if s.status.bridge.label == label), None)
+        session = next((s for s in self._attached() if s.status.bridge.label == label), None)
         ports = session.status.ports if session is not None else {}
         return list(compile_bridge(self.state.bridge(label), ports, self.state.shared).flows.values())
 
@@ -281,6 +314,8 @@ class LispControllerApp(app_manager.OSKenApp):
             if old is not None:
                 old.stop()
             session = self.sessions[dp.id] = BridgeSession(self, dp)
+            if self.membership is not None:
+                session.wanted = self.membership.held.get(dp.id)
             session.start()
         elif ev.state == DEAD_DISPATCHER and dp.id is not None:
             session = self.sessions.get(dp.id)
@@ -288,11 +323,14 @@ class LispControllerApp(app_manager.OSKenApp):
                 LOG.info("bridge %s: disconnected", session.label)
                 session.stop()
                 del self.sessions[dp.id]
+                if self.membership is not None and session.status.bridge is not None:
+                    self.membership.disconnected(dp.id)
 
     @set_ev_cls([ofp_event.EventOFPPortDescStatsReply, ofp_event.EventOFPFlowStatsReply,
                  ofp_event.EventOFPBarrierReply, ofp_event.EventONFBundleCtrlMsg,
                  ofp_event.EventOFPMeterConfigStatsReply, ofp_event.EventOFPMeterStatsReply,
-                 ofp_event.EventOFPGroupDescStatsReply, ofp_event.EventOFPGroupStatsReply],
+                 ofp_event.EventOFPGroupDescStatsReply, ofp_event.EventOFPGroupStatsReply,
+                 ofp_event.EventOFPRoleReply],
                 MAIN_DISPATCHER)
     def _reply(self, ev) -> None:
         session = self._session(ev.msg)
@@ -366,7 +404,7 @@ def _iso(t: float | None) -> str | None:
     return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
-def _datapath_view(bridge: Bridge | None, session: BridgeSession | None) -> dict:
+def _datapath_view(bridge: Bridge | None, session: BridgeSession | None, membership=None) -> dict:
     st = session.status if session is not None else None
     dpid = bridge.datapath_id if bridge is not None and bridge.datapath_id is not None else \
         (st.datapath_id if st is not None else None)
@@ -398,4 +436,9 @@ def _datapath_view(bridge: Bridge | None, session: BridgeSession | None) -> dict
         "flows_rejected": st.last_rejected if st else 0,
         "errors": list(st.errors) if st else [],
         "degraded": bool(st and st.degraded),
+        # OpenFlow role of this instance's connection, and the instance etcd
+        # names master (docs/etcd.rst); alone: equal, and no master named.
+        "role": st.role if st else None,
+        "generation": st.generation if st else None,
+        "master": membership.master_of(dpid) if membership is not None and dpid is not None else None,
     }

@@ -67,6 +67,13 @@ def barrier(xid: int) -> bytes:
     return _header(ofp.OFPT_BARRIER_REQUEST, 8, xid)
 
 
+def role_request(xid: int, role: int, generation: int) -> bytes:
+    """OFPT_ROLE_REQUEST: become `role` (OFPCR_ROLE_*), with the
+    generation ID a MASTER or SLAVE request is checked against; NOCHANGE
+    only asks for the current role and generation."""
+    return _header(ofp.OFPT_ROLE_REQUEST, 24, xid) + struct.pack("!I4xQ", role, generation & (2**64 - 1))
+
+
 def port_desc_request(xid: int) -> bytes:
     return _header(ofp.OFPT_MULTIPART_REQUEST, 16, xid) + struct.pack(
         "!HH4x", ofp.OFPMP_PORT_DESC, 0)

@@ -70,7 +70,23 @@ def flow_stats(buf: bytes) -> list[FlowStat]:
 
 
 class SwitchError(LispControllerError):
-    """The switch failed a request, timed out, or went away."""
+    """The switch failed a request, timed out, or went away. `refusal`:
+    the switch's error message, if it refused."""
+
+    refusal: object = None
+
+    @property
+    def not_master(self) -> bool:
+        """The switch refused because this connection is not (or no longer)
+        its master: a SLAVE's write (OFPBRC_IS_SLAVE) or a MASTER request
+        with a generation older than one it has seen (OFPRRFC_STALE)."""
+        code = (getattr(self.refusal, "type", None), getattr(self.refusal, "code", None))
+        return code in ((ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_IS_SLAVE),
+                        (ofp.OFPET_ROLE_REQUEST_FAILED, ofp.OFPRRFC_STALE))
+
+
+ROLE_NAMES = {ofp.OFPCR_ROLE_NOCHANGE: "NOCHANGE", ofp.OFPCR_ROLE_EQUAL: "EQUAL",
+              ofp.OFPCR_ROLE_MASTER: "MASTER", ofp.OFPCR_ROLE_SLAVE: "SLAVE"}
 
 
 @dataclass
@@ -200,10 +216,20 @@ class Switch:
                 raise SwitchError(f"bridge {self.label}: no reply to {what} "
                                   f"within {timeout or self.timeout:.0f} s")
             if pending.error is not None:
-                raise SwitchError(f"bridge {self.label}: {what} failed: {describe_error(pending.error)}")
+                error = SwitchError(f"bridge {self.label}: {what} failed: {describe_error(pending.error)}")
+                error.refusal = pending.error
+                raise error
             return pending.replies
         finally:
             del self._pending[xid]
+
+    def role_request(self, role: int, generation: int = 0) -> tuple[int, int]:
+        """Ask for `role` (OFPCR_ROLE_*) with `generation`; (the role, the
+        switch's generation ID) from its reply. A refusal (a stale
+        generation: OFPRRFC_STALE) is a SwitchError naming the error."""
+        what = f"role request {ROLE_NAMES.get(role, role)} (generation {generation})"
+        reply = self.request(lambda xid: encode.role_request(xid, role, generation), what)[0]
+        return reply.role, reply.generation_id
 
     def port_desc(self) -> tuple[dict[str, int], str | None]:
         """Port numbers by name, and the bridge's name (its LOCAL port)."""

@@ -166,6 +166,9 @@ class _Cluster:
                                                     session=self.session))
         self.user, self.password = settings.user, password
         self.current = 0
+        # Called with (request path, seconds) after each request that got
+        # an answer: the metrics' etcd latency (api/metrics.py).
+        self.observe: Callable[[str, float], None] | None = None
 
     def authenticate(self) -> None:
         if not self.user:
@@ -191,6 +194,7 @@ class _Cluster:
         for k in range(len(self.clients)):
             i = (self.current + k) % len(self.clients)
             client = self.clients[i]
+            started = time.monotonic()
             try:
                 try:
                     answer = client.post(client.get_url(path), json=body)
@@ -207,22 +211,28 @@ class _Cluster:
                 failure = e
             else:
                 self.current = i
+                if self.observe is not None:
+                    self.observe(path, time.monotonic() - started)
                 return answer
             reasons.append(f"{self.urls[i]}: {failure}")
             if isinstance(failure, (_Refused, _Compacted)) or (not failure.certain and not idempotent):
                 raise type(failure)("; ".join(reasons))
         raise _Unsent("; ".join(reasons))
 
-    def watch(self, key: str, start_revision: int, on_stream: Callable) -> Iterator[dict]:
-        """Events on `key` from `start_revision`, as long as the stream lasts."""
+    def watch(self, key: str, start_revision: int, on_stream: Callable,
+              prefix: bool = False) -> Iterator[dict]:
+        """Events on `key` (every key under it, if `prefix`) from
+        `start_revision`, as long as the stream lasts."""
+        create = {"key": _b64(key), "start_revision": start_revision}
+        if prefix:
+            create["range_end"] = _b64(_range_end(key))
         reasons = []
         for k in range(len(self.clients)):
             i = (self.current + k) % len(self.clients)
             client = self.clients[i]
             try:
                 resp = self.session.post(client.get_url("watch"), stream=True, timeout=(self.timeout, None),
-                                         json={"create_request": {"key": _b64(key),
-                                                                  "start_revision": start_revision}})
+                                         json={"create_request": create})
             except requests.RequestException as e:
                 reasons.append(f"{self.urls[i]}: {e}")
                 continue
@@ -284,6 +294,11 @@ class EtcdStore:
             self._read_head()
         except _Failure as e:
             raise StoreError(f"store {self.name}: cannot open: {e}") from None
+
+    def observe_requests(self, observe: Callable[[str, float], None]) -> None:
+        """Have `observe(request path, seconds)` called after each request
+        etcd answered (the metrics)."""
+        self._cluster.observe = observe
 
     # -- reading -------------------------------------------------------------------
     def _read_head(self, keys_only: bool = False) -> tuple[Manifest, int, int]:

@@ -25,6 +25,7 @@
 
   const state = {
     datapaths: null, conflicts: [], endpoints: [], rows: [], countersAt: null, sites: [], lisp: null,
+    instances: null,
     lastOk: null, failingSince: null, lastError: "",
     sort: { key: "iid", dir: 1 }, query: "", page: 0, pageSize: 100,
     armed: null, armTimer: null, seen: null, fresh: new Set(), downSince: new Map(),
@@ -102,11 +103,11 @@
   // -- polling -------------------------------------------------------------
   async function poll() {
     try {
-      const [dp, ep, mp, lp] = await Promise.all([
+      const [dp, ep, mp, lp, ins] = await Promise.all([
         call("GET", "/v1/datapaths"), call("GET", "/v1/endpoints"), call("GET", "/v1/mappings?counters=true"),
-        call("GET", "/v1/lisp"),
+        call("GET", "/v1/lisp"), call("GET", "/v1/instances"),
       ]);
-      const bad = [dp, ep, mp, lp].find((r) => !r.ok);
+      const bad = [dp, ep, mp, lp, ins].find((r) => !r.ok);
       if (bad) throw new Error(`HTTP ${bad.status}${bad.data?.error ? `: ${bad.data.error.message}` : ""}`);
       state.datapaths = dp.data.datapaths;
       state.conflicts = dp.data.conflicts || [];
@@ -114,6 +115,7 @@
       setMappings(mp.data);
       state.sites = await sites();
       state.lisp = lp.data;
+      state.instances = ins.data;
       state.lastOk = new Date();
       state.failingSince = null;
       render();
@@ -210,6 +212,15 @@
       `<span class="pill">${num.format(state.endpoints.length)} endpoints</span>`,
     ];
     if (troubled) pills.push(`<span class="pill warn">${troubled} with problems</span>`);
+    // Several controllers on one etcd store (docs/etcd.rst): the instances
+    // alive, how many bridges each masters, and which one answers here.
+    const ins = state.instances;
+    if (ins && ins.shared) {
+      pills.push(`<span class="pill ${ins.lease_problem ? "bad" : ""}" id="instances-pill" title="${esc(ins.lease_problem || "controller instances with a live etcd lease")}">${ins.instances.length} instance${ins.instances.length === 1 ? "" : "s"} alive</span>`);
+      for (const i of ins.instances) {
+        pills.push(`<span class="pill instance${i.self ? " self" : ""}" data-instance="${esc(i.instance)}" title="${i.self ? "this instance; " : ""}connected: ${i.connected.length} bridges">${esc(i.instance)}${i.self ? " (here)" : ""} · masters ${i.masters}</span>`);
+      }
+    }
     const html = pills.join("");
     if (html !== state.html.summary) $("summary").innerHTML = state.html.summary = html;
   }
@@ -225,6 +236,7 @@
   function bridgeState(d) {
     if (!d.connected) return "down";
     if (d.degraded) return "degraded";
+    if (d.role === "slave") return "up";  // another instance programs it (docs/etcd.rst)
     if (d.missing_ports.length || d.flows_desired !== d.flows_installed || !d.configured) return "warning";
     if ((d.groups_desired ?? 0) !== (d.groups_installed ?? 0)) return "warning";
     return "up";
@@ -246,6 +258,12 @@
     } else {
       facts.push(fact("Connected", `<strong class="bad-text">no</strong> <span class="muted">· seen down at ${clock(state.downSince.get(d.bridge))}</span>`));
     }
+    if (d.connected && d.role !== "equal") {
+      // docs/etcd.rst: etcd names one master per bridge; this instance's role.
+      const here = d.role === "master" ? "this instance" : `this instance: ${esc(d.role)}`;
+      facts.push(fact("Master", d.master ? `<span class="mono master">${esc(d.master)}</span> <span class="muted">· ${here}${d.generation !== null ? ` · generation ${d.generation}` : ""}</span>`
+        : `<strong class="warn-text">none yet</strong> <span class="muted">· ${here}</span>`));
+    }
     facts.push(fact("RLOC", `<span class="mono">${esc(d.rloc ?? "—")}</span>`));
     facts.push(fact("Tunnel", `${esc(d.tunnel_profile ?? "—")} <span class="muted">on</span> ${esc(d.tunnel_port ?? "—")}`));
     if (d.tunnel_mtu) {
@@ -259,7 +277,10 @@
       facts.push(fact("Too big", tb.packets === null ? `<span class="muted">not read yet · ${parts.join(" · ")}</span>`
         : `<span class="${tb.packets ? "warn-text" : ""}">${num.format(tb.packets)} packets</span> <span class="muted">· ${parts.join(" · ")}</span>`));
     }
-    if (d.connected) {
+    if (d.connected && d.role === "slave") {
+      facts.push(fact("Flows", `${num.format(d.flows_installed ?? 0)} of ours when this instance read it <span class="muted">· its master keeps them</span>`));
+      facts.push(fact("From", `<span class="mono">${esc(d.address)}</span>`));
+    } else if (d.connected) {
       const same = d.flows_desired === d.flows_installed;
       facts.push(fact("Flows", `<span class="${same ? "" : "warn-text"}">${num.format(d.flows_installed)} installed / ${num.format(d.flows_desired)} desired</span>`));
       if (d.groups_desired || d.groups_installed) {
