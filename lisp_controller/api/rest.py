@@ -25,11 +25,12 @@ from lisp_controller.controller.offhub import BIG_BYTES, off_hub
 from lisp_controller.pipeline.compiler import groups_of
 from lisp_controller.pipeline.flows import render, render_group
 from lisp_controller.model import (IID_MAX, Endpoint, Mapping, ModelError, parse_decimal, parse_iid, parse_prefix,
-                                   prefix_key, refers_to, unique_keys)
+                                   refers_to, unique_keys)
 from lisp_controller.api.guard import Forbidden, Guard, Refused, Unauthorized
 from lisp_controller.api.metrics import CONTENT_TYPE as METRICS_TYPE
 from lisp_controller.api.openapi import document
 from lisp_controller.api.static import SECURITY_HEADERS, load as load_assets
+from lisp_controller.controller.listing import COUNTER_SORTS, SORTS, Query, select
 from lisp_controller.controller.state import Change
 from lisp_controller.errors import Conflict, LispControllerError, NotFound
 from lisp_controller.store import Request as Recorded, StoreError
@@ -38,6 +39,11 @@ LOG = logging.getLogger("lisp_controller.api.rest")
 PAUSE_EVERY = 1000  # parsed mappings between yields to the hub
 SOURCES = ("config", "endpoint", "api")
 KEY_HEADER = "Idempotency-Key"
+# GET /v1/mappings: a page is at most LIMIT_MAX rows, so building and
+# writing one never holds the hub long (docs/performance.rst, "A free hub").
+LIMIT_DEFAULT, LIMIT_MAX = 1000, 10_000
+LISTING_PARAMS = frozenset({"iid", "prefix", "source", "eid_contains", "rloc_contains", "q", "sort", "order",
+                            "offset", "limit", "counters"})
 _KEY = re.compile(r"^[A-Za-z0-9._:~+=-]{1,200}$")  # a UUID, a ULID, a name of the client's
 
 # (method, path template, handler name). The OpenAPI document is checked
@@ -422,38 +428,64 @@ class Api:
 
     # -- mappings ----------------------------------------------------------
     def list_mappings(self, req):
-        mappings = list(self.ctl.state.cache)
-        if "iid" in req.GET:
-            iid = self._iid(req.GET["iid"])
-            mappings = [m for m in mappings if m.iid == iid]
-        if "prefix" in req.GET:
-            prefix = parse_prefix(req.GET["prefix"], "prefix")
-            mappings = [m for m in mappings if m.eid.version == prefix.version and m.eid.subnet_of(prefix)]
-        if "source" in req.GET:
-            source = req.GET["source"]
-            if source not in self._sources():
-                raise ModelError("source", f"must be one of {', '.join(self._sources())}, got {source!r}")
-            mappings = [m for m in mappings if m.source == source]
-        mappings.sort(key=lambda m: prefix_key(m.iid, m.eid))
-        offset = _int_param(req, "offset", 0, 0)
-        limit = _int_param(req, "limit", 100_000, 1)
-        now = self.ctl.state.clock()
-        page = mappings[offset:offset + limit]
-        body = {"total": len(mappings), "offset": offset, "mappings": [mapping_json(m, now) for m in page]}
-        if _bool_param(req, "counters"):
-            self._add_counters(page, body)
+        """One page of the map-cache, filtered and sorted here, never in
+        the client: the hub is not held however big the map-cache is
+        (controller/listing.py); counters only for the rows returned."""
+        query = self._listing_query(req)
+        counters = _bool_param(req, "counters")
+        state = self.ctl.state
+        snap = self.ctl.mapping_counters() if counters or query.sort in COUNTER_SORTS else None
+        page = select(state.cache, query, self.pause, cookie_of=lambda m: state.mapping_cookie(m.key),
+                      counts=snap.counts if snap is not None else None)
+        now = state.clock()
+        rows = []
+        for i, m in enumerate(page.mappings):
+            if i and i % PAUSE_EVERY == 0:
+                self.pause()
+            item = mapping_json(m, now)
+            if counters:
+                item["counters"] = self._counters(m, snap)
+            rows.append(item)
+        body = {"total": page.total, "offset": query.offset, "limit": query.limit, "sort": query.sort,
+                "order": "desc" if query.descending else "asc", "mappings": rows}
+        if counters:
+            body["counters_at"] = _iso(snap.read_at)
         return json_response(body)
 
-    def _add_counters(self, page: list[Mapping], body: dict) -> None:
-        """Each mapping's packets and bytes, summed over the connected
-        bridges; null for a mapping no bridge has reported on yet."""
-        snap = self.ctl.mapping_counters()
-        for m, item in zip(page, body["mappings"]):
-            item["counters"] = self._counters(m, snap)
-        body["counters_at"] = _iso(snap.read_at)
+    def _listing_query(self, req: Request) -> Query:
+        """The listing's query parameters, each checked: 400 naming the
+        first one that is wrong (an unknown one too: a typo would
+        otherwise list everything)."""
+        unknown = sorted(set(req.GET) - LISTING_PARAMS)
+        if unknown:
+            raise ModelError(unknown[0], f"unknown query parameter; known: {', '.join(sorted(LISTING_PARAMS))}")
+        get = req.GET.get
+        iid = self._iid(get("iid")) if "iid" in req.GET else None
+        within = parse_prefix(get("prefix"), "prefix") if "prefix" in req.GET else None
+        source = get("source")
+        if source is not None and source not in self._sources():
+            raise ModelError("source", f"must be one of {', '.join(self._sources())}, got {source!r}")
+        sort = get("sort", "prefix")
+        if sort not in SORTS:
+            raise ModelError("sort", f"must be one of {', '.join(SORTS)}, got {sort!r}")
+        order = get("order", "asc")
+        if order not in ("asc", "desc"):
+            raise ModelError("order", f"must be asc or desc, got {order!r}")
+        texts = {}
+        for name in ("eid_contains", "rloc_contains", "q"):
+            value = get(name)
+            if value is not None and (len(value) > 200 or not value.isprintable()):
+                raise ModelError(name, "must be at most 200 printable characters")
+            texts[name] = value or None
+        return Query(iid=iid, within=within, source=source, eid_text=texts["eid_contains"],
+                     rloc_text=texts["rloc_contains"], words=tuple((texts["q"] or "").split()),
+                     sort=sort, descending=order == "desc", offset=_int_param(req, "offset", 0, 0),
+                     limit=_int_param(req, "limit", LIMIT_DEFAULT, 1, LIMIT_MAX))
 
     def _counters(self, m: Mapping, snap) -> dict | None:
-        """The mapping's flow counters and its traffic per RLOC. An RLOC
+        """The mapping's flow counters (packets and bytes, summed over the
+        connected bridges; None when no bridge reported on it yet) and its
+        traffic per RLOC. An RLOC
         set's traffic per RLOC is its select group's bucket counters: the
         group serves every mapping with that set (`group.mappings` says
         how many), so the RLOC counts are theirs together."""
@@ -671,10 +703,10 @@ def _bool_param(req: Request, name: str) -> bool:
     return value in ("true", "1")
 
 
-def _int_param(req: Request, name: str, default: int, low: int) -> int:
+def _int_param(req: Request, name: str, default: int, low: int, high: int = 2**63 - 1) -> int:
     if name not in req.GET:
         return default
-    return parse_decimal(req.GET[name], name, low, 2**63 - 1)
+    return parse_decimal(req.GET[name], name, low, high)
 
 
 def _decode_json(data: bytes) -> object:
