@@ -232,6 +232,46 @@ def test_every_error_has_its_status_and_a_body_naming_the_field(running):
     assert "Traceback" not in ctl.log()
 
 
+def test_the_listing_filters_sorts_and_pages_on_the_controller(testbed, tmp_path):
+    """GET /v1/mappings: each filter and order, a page at a time, counters
+    for the rows returned only."""
+    ov, ctl, api = start(testbed, tmp_path)
+    many = [{"iid": 4000 + i % 2, "eid": f"10.{i // 200}.{i % 200}.0/24", "rlocs": [f"192.168.7.{1 + i % 9}"],
+             **({"ttl": 60 - i % 50} if i % 3 == 0 else {})} for i in range(600)]
+    many += [{"iid": 4000, "eid": f"fd00:{i:x}::/48", "action": "drop"} for i in range(5)]
+    assert api("POST", "/v1/mappings/bulk", {"mappings": many})[0] == 200
+
+    def keys(query: str) -> tuple[int, list[str]]:
+        status, body = api("GET", f"/v1/mappings?{query}")
+        assert status == 200, body
+        return body["total"], [f"{m['iid']}|{m['eid']}" for m in body["mappings"]]
+
+    def ordered(pick, sort_key) -> list[str]:
+        chosen = sorted((m for m in many if pick(m)), key=sort_key)
+        return [f"{m['iid']}|{ipaddress.ip_network(m['eid'])}" for m in chosen]
+
+    import ipaddress
+    net = lambda m: ipaddress.ip_network(m["eid"])  # noqa: E731
+    by_prefix = lambda m: (m["iid"], net(m).version, net(m))  # noqa: E731
+    in_4000 = ordered(lambda m: m["iid"] == 4000, by_prefix)
+    assert keys("iid=4000&limit=10&offset=20") == (305, in_4000[20:30])
+    assert keys("iid=4000&limit=10&order=desc") == (305, in_4000[::-1][:10])
+    inside = ordered(lambda m: m["iid"] == 4001 and net(m).subnet_of(ipaddress.ip_network("10.1.0.0/16")), by_prefix)
+    assert keys("iid=4001&prefix=10.1.0.0/16&limit=1000") == (100, inside)
+    assert keys("source=api&eid_contains=fd00:&sort=eid") == (5, ordered(lambda m: ":" in m["eid"], by_prefix))
+    with_rloc = ordered(lambda m: "192.168.7.3" in str(m.get("rlocs")), by_prefix)
+    assert keys("rloc_contains=192.168.7.3&limit=1000") == (len(with_rloc), with_rloc)
+    by_ttl = ordered(lambda m: "ttl" in m, lambda m: (m["ttl"], by_prefix(m)))
+    assert keys("source=api&sort=ttl&limit=30") == (605, by_ttl[:30])
+    assert keys("q=4001+192.168.7.5&limit=1000")[0] == len(
+        [m for m in many if m["iid"] == 4001 and m.get("rlocs") == ["192.168.7.5"]])
+    body = api("GET", "/v1/mappings?counters=true&limit=7&sort=packets&order=desc")[1]
+    assert len(body["mappings"]) == 7 and all("counters" in m for m in body["mappings"]) and "counters_at" in body
+    assert (body["total"], body["in_map_cache"], body["limit"], body["sort"], body["order"]) == \
+        (607, 607, 7, "packets", "desc")
+    assert "Traceback" not in ctl.log()
+
+
 def test_oversized_body_is_refused_before_it_is_read(running):
     ov, ctl, api = running
     with ov.testbed.netns(ov.controller_ns.ns):
@@ -690,6 +730,14 @@ def test_values_a_router_would_refuse_get_400_naming_the_field(running):
         (("GET", "/v1/lookup?iid=%D9%A1%D9%A0%D9%A0%D9%A0&eid=10.2.0.1"), {}, error(400, "iid", "must be an integer in ASCII digits")),
         (("GET", "/v1/mappings?offset=1_0"), {}, error(400, "offset", "must be an integer in ASCII digits")),
         (("GET", "/v1/mappings?limit=" + "9" * 5000), {}, error(400, "limit", "must be between 1 and")),
+        # The listing's other parameters (docs/performance.rst, "A free hub").
+        (("GET", "/v1/mappings?limit=10001"), {}, error(400, "limit", "must be between 1 and 10000")),
+        (("GET", "/v1/mappings?limit=0"), {}, error(400, "limit", "must be between 1 and 10000")),
+        (("GET", "/v1/mappings?sort=size"), {}, error(400, "sort", "must be one of prefix, eid, rlocs")),
+        (("GET", "/v1/mappings?order=up"), {}, error(400, "order", "must be asc or desc, got 'up'")),
+        (("GET", "/v1/mappings?sortt=eid"), {}, error(400, "sortt", "unknown query parameter")),
+        (("GET", "/v1/mappings?q=" + "a" * 201), {}, error(400, "q", "at most 200 printable characters")),
+        (("GET", "/v1/mappings?rloc_contains=%0A"), {}, error(400, "rloc_contains", "printable")),
         # A key twice in one object: refused, not the last one taken.
         (("POST", "/v1/mappings"), {"raw": b'{"iid": 1000, "eid": "10.2.0.0/16", "eid": "10.9.0.0/16", "rlocs": []}'},
          error(400, "eid", "is given twice in one JSON object")),

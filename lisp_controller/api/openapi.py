@@ -214,14 +214,15 @@ OPERATIONS: dict[str, tuple] = {
                       "the page costs the controller O(log n + page) in IID and prefix order, and never holds "
                       "it for long in any other order or filter (docs/performance.rst); any unknown or "
                       "malformed parameter is 400 naming it", None, {
-        200: ("mappings", {"type": "object", "required": ["total", "offset", "limit", "sort", "order", "mappings"],
-                           "properties": {
+        200: ("mappings", {"type": "object", "properties": {
             "total": {"type": "integer", "description": "mappings that match the filters"},
+            "in_map_cache": {"type": "integer", "description": "mappings in the map-cache, filtered or not"},
             "offset": {"type": "integer"}, "limit": {"type": "integer"},
             "sort": {"type": "string"}, "order": {"type": "string", "enum": ["asc", "desc"]},
             "mappings": {"type": "array", "items": _ref("Mapping")},
             "counters_at": {"type": ["string", "null"], "description": "with ?counters=true: when the "
-                            "bridges were last read (every few seconds at most); null: not yet"}}})},
+                            "bridges were last read (every few seconds at most); null: not yet"}},
+            "required": ["total", "in_map_cache", "offset", "limit", "sort", "order", "mappings"]})},
         [_Q("iid", {"type": "integer", "minimum": 0, "maximum": 16777215}, "only this Instance ID"),
          _Q("prefix", _PREFIX, "only mappings inside this prefix"),
          _Q("source", _SOURCE, "only this owner (registered:<site> must name a configured site)"),

@@ -446,8 +446,9 @@ class Api:
             if counters:
                 item["counters"] = self._counters(m, snap)
             rows.append(item)
-        body = {"total": page.total, "offset": query.offset, "limit": query.limit, "sort": query.sort,
-                "order": "desc" if query.descending else "asc", "mappings": rows}
+        body = {"total": page.total, "in_map_cache": len(state.cache), "offset": query.offset,
+                "limit": query.limit, "sort": query.sort, "order": "desc" if query.descending else "asc",
+                "mappings": rows}
         if counters:
             body["counters_at"] = _iso(snap.read_at)
         return json_response(body)
