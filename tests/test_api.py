@@ -461,6 +461,16 @@ def test_cli_as_a_user_runs_it(running, tmp_path):
         r = _cli(ov, "mapping", "bulk", str(bulk), "--key", "cli-bulk-0001", env=auth)
         assert r.stdout.startswith("20 mappings set, 0 deleted")
     assert api("GET", "/v1/requests/cli-bulk-0001")[1]["state"] == "committed"
+    # Listing a page at a time, in the controller's order, or all of it.
+    r = _cli(ov, "mapping", "list", "--eid-contains", "10.4.", "--sort", "eid", "--desc", "--limit", "5",
+             "--offset", "5")
+    lines = r.stdout.splitlines()
+    assert [l.split()[1] for l in lines[1:-1]] == [f"10.4.{i}.0/24" for i in (14, 13, 12, 11, 10)], r.stdout
+    assert lines[-1] == "mappings 6-10 of 20 (--offset 10 for more, or --all)"
+    r = _cli(ov, "mapping", "list", "--rloc-contains", "192.168.1.249", "--all", "--limit", "3")
+    assert r.stdout.splitlines()[-1] == "21 mappings"  # 20 and the endpoint's host mapping
+    r = _cli(ov, "mapping", "list", "--sort", "size", check=False)
+    assert r.returncode == 2 and "invalid choice: 'size'" in r.stderr
     r = _cli(ov, "mapping", "delete", "10.2.0.0/16", "--iid", "1000", env=auth)
     assert r.stdout.startswith("deleted 1000:10.2.0.0/16")
     r = _cli(ov, "datapath", "list")

@@ -27,6 +27,7 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 READ_TIMEOUT = 10.0
 WRITE_TIMEOUT = 60.0
 BULK_TIMEOUT = 600.0
+PAGE_MAX = 10_000  # the most mappings GET /v1/mappings answers at once
 
 
 class ClientError(Exception):
@@ -208,9 +209,7 @@ def run(args) -> int:
 def _mapping(args, call):
     op = args.op
     if op == "list":
-        out = call("GET", "/v1/mappings", query={"iid": args.iid, "prefix": args.prefix,
-                                                          "source": args.source})
-        return _mapping_rows(out["mappings"]) + f"\n{out['total']} mappings", out
+        return _mapping_list(args, call)
     if op == "get":
         out = call("GET", _key_path(args.iid, args.eid))
         return _mapping_rows([out["mapping"]]), out
@@ -244,6 +243,33 @@ def _mapping(args, call):
         return f"{out['put']} mappings set, {out['deleted']} deleted; {_bridges(out)}", out
     out = call("PUT", "/v1/mappings", data, bulk=True, key=key)  # replace
     return f"API mappings replaced: {out['before']} before, {out['mappings']} now; {_bridges(out)}", out
+
+
+def _mapping_list(args, call):
+    """One page of the map-cache, filtered and sorted by the controller
+    with the same query parameters as the status page; --all asks page
+    after page (each consistent in itself, not with each other while
+    the map-cache changes)."""
+    query = {"iid": args.iid, "prefix": args.prefix, "source": args.source, "eid_contains": args.eid_contains,
+             "rloc_contains": args.rloc_contains, "q": args.search, "sort": args.sort,
+             "order": "desc" if args.desc else None, "offset": args.offset,
+             "limit": PAGE_MAX if args.all and args.limit is None else args.limit}
+    out = call("GET", "/v1/mappings", query=query)
+    if args.all:
+        rows = out["mappings"]
+        while rows and out["offset"] + len(out["mappings"]) < out["total"]:
+            out = call("GET", "/v1/mappings", query={**query, "offset": out["offset"] + len(out["mappings"])})
+            if not out["mappings"]:
+                break
+            rows += out["mappings"]
+        out = {**out, "offset": args.offset or 0, "mappings": rows}
+    shown, first, total = len(out["mappings"]), out["offset"], out["total"]
+    if shown == total:
+        footer = f"{total} mappings"
+    else:
+        footer = (f"mappings {first + 1 if shown else first}-{first + shown} of {total}"
+                  + (f" (--offset {first + shown} for more, or --all)" if first + shown < total else ""))
+    return _mapping_rows(out["mappings"]) + "\n" + footer, out
 
 
 def _endpoint(args, call):
@@ -304,6 +330,14 @@ def _iid(text: str) -> int:
         raise argparse.ArgumentTypeError(e.problem) from None
 
 
+def _count(text: str) -> int:
+    """A number of mappings (the controller checks the range)."""
+    try:
+        return parse_decimal(text, "count", 0, 2**63 - 1)
+    except ModelError as e:
+        raise argparse.ArgumentTypeError(e.problem) from None
+
+
 def _site(args, call):
     if args.op == "list":
         out = call("GET", "/v1/sites")
@@ -349,6 +383,16 @@ def add_parsers(sub) -> None:
     p.add_argument("--iid", type=_iid)
     p.add_argument("--prefix", help="only mappings inside this prefix")
     p.add_argument("--source", help="config, endpoint, api, registered:SITE or map-resolver")
+    p.add_argument("--eid-contains", metavar="TEXT", help="only EID prefixes containing this text")
+    p.add_argument("--rloc-contains", metavar="TEXT", help="only mappings with an RLOC containing this text")
+    p.add_argument("--search", metavar="WORDS", help="every word in IID, EID, RLOCs, action or source "
+                                                     "(as the status page's search)")
+    p.add_argument("--sort", choices=["prefix", "eid", "rlocs", "ttl", "action", "source", "packets", "bytes"],
+                   help="order (default prefix: IID, then prefix)")
+    p.add_argument("--desc", action="store_true", help="in descending order")
+    p.add_argument("--limit", type=_count, help="at most this many (default 1000, at most 10000)")
+    p.add_argument("--offset", type=_count, help="skip this many")
+    p.add_argument("--all", action="store_true", help="every matching mapping, page after page")
     for op in ("get", "delete"):
         p = m.add_parser(op, parents=[common])
         p.add_argument("eid", help="EID prefix, e.g. 10.2.0.0/16")
