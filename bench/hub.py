@@ -26,7 +26,6 @@ Prints p50, p99 and max of each, and the busy/idle ratio. Needs root
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import socket
 import statistics
@@ -40,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.run import Bench, bulk_body  # noqa: E402
+from lisp_controller.cli.api import ApiClient  # noqa: E402
 from lab.testbed import Testbed  # noqa: E402
 
 OFPT_HELLO, OFPT_ECHO_REQUEST, OFPT_ECHO_REPLY = 0, 2, 3
@@ -136,15 +136,12 @@ class HttpProbe(Probe):
         super().__init__(tb, ns, interval)
         self.paths = paths
 
+    def setup(self) -> None:
+        self.api = ApiClient()  # a new connection per request, as a monitor makes
+
     def once(self) -> None:
         for path in self.paths:
-            conn = http.client.HTTPConnection("127.0.0.1", 8080, timeout=120)
-            try:
-                conn.request("GET", path)
-                resp = conn.getresponse()
-                resp.read()
-            finally:
-                conn.close()
+            self.api("GET", path)
 
 
 def summary(samples: list[float]) -> dict:

@@ -1,7 +1,6 @@
 """The REST API and the CLI against a running controller and real OVS."""
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import signal
@@ -15,6 +14,7 @@ import pytest
 
 from lisp_controller.api.rest import _COMPILED, ROUTES
 from lisp_controller.api.openapi import document
+from lisp_controller.cli.api import ApiClient
 from lab.scenario import ControllerProcess, build, wait_programmed
 from lab.testbed import wait_until
 
@@ -29,32 +29,13 @@ def config_with(tmp_path: Path, extra: str = "") -> Path:
     return path
 
 
-class Client:
-    """HTTP to the API at 127.0.0.1:8080 inside the controller namespace."""
+class Client(ApiClient):
+    """The API's client (cli/api.py) at 127.0.0.1:8080 inside the
+    controller's namespace."""
 
-    def __init__(self, ov, token: str | None = None):
-        self.ov, self.token = ov, token
-        self.last_headers: dict[str, str] = {}  # of the last answer
-
-    def __call__(self, method: str, path: str, body: object = None, raw: bytes | None = None,
-                 headers: dict | None = None, token: str | None = None) -> tuple[int, object]:
-        hdrs = {"Content-Type": "application/json"}
-        tok = token if token is not None else self.token
-        if tok:
-            hdrs["Authorization"] = f"Bearer {tok}"
-        hdrs.update(headers or {})
-        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        with self.ov.testbed.netns(self.ov.controller_ns.ns):
-            conn = http.client.HTTPConnection("127.0.0.1", 8080, timeout=120)
-            try:
-                conn.request(method, path, body=data, headers=hdrs)
-                resp = conn.getresponse()
-                payload = resp.read()
-            finally:
-                conn.close()
-        self.last_headers = dict(resp.getheaders())
-        ctype = resp.getheader("Content-Type", "")
-        return resp.status, json.loads(payload) if "json" in ctype else payload.decode()
+    def __init__(self, ov, token: str | None = None, port: int = 8080):
+        super().__init__(f"http://127.0.0.1:{port}", token,
+                         around=lambda: ov.testbed.netns(ov.controller_ns.ns))
 
     def wait_up(self) -> None:
         """Until the API answers (its health may be failing: 503)."""

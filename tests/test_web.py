@@ -2,7 +2,6 @@
 and real OVS bridges in namespaces."""
 from __future__ import annotations
 
-import http.client
 import os
 import shutil
 import time
@@ -42,18 +41,11 @@ def test_page_and_assets_are_served_with_types_and_etags(testbed, tmp_path):
     for name, ctype in [("app.js", "text/javascript"), ("style.css", "text/css"), ("favicon.svg", "image/svg+xml")]:
         status, _ = api("GET", f"/static/{name}")
         assert status == 200, name
-    with testbed.netns(ov.controller_ns.ns):
-        conn = http.client.HTTPConnection("127.0.0.1", 8080, timeout=10)
-        conn.request("GET", "/static/style.css")
-        resp = conn.getresponse()
-        resp.read()
-        etag = resp.getheader("ETag")
-        assert resp.getheader("Content-Type").startswith("text/css")
-        assert "default-src 'self'" in resp.getheader("Content-Security-Policy")
-        conn.request("GET", "/static/style.css", headers={"If-None-Match": etag})
-        again = conn.getresponse()
-        assert again.status == 304 and again.read() == b""
-        conn.close()
+    status, _ = api("GET", "/static/style.css")
+    etag = api.last_headers["ETag"]
+    assert status == 200 and api.last_headers["Content-Type"].startswith("text/css")
+    assert "default-src 'self'" in api.last_headers["Content-Security-Policy"]
+    assert api("GET", "/static/style.css", headers={"If-None-Match": etag}) == (304, "")
     for path in ("/static/index.html", "/static/../api.py", "/static/nothing.js"):
         status, body = api("GET", path)
         assert status == 404 and body["error"]["status"] == 404, (path, body)

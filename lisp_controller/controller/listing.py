@@ -27,7 +27,7 @@ from typing import Callable
 
 from lisp_controller.model import MapCache, Mapping, Prefix, order_key
 
-CHUNK = 5000  # mappings between pauses: a few milliseconds each
+CHUNK = 1000  # mappings between pauses: at most about 15 ms even when sorting by counters
 SORTS = ("prefix", "eid", "rlocs", "ttl", "action", "source", "packets", "bytes")
 COUNTER_SORTS = ("packets", "bytes")
 _LAST_IID = 1 << 32  # above every IID (they have 32 bits)
