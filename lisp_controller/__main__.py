@@ -181,7 +181,7 @@ def cmd_serve(args) -> int:
                                         lisp_before_sync=args.before_sync, lisp_listener=listener,
                                         lisp_admission=admission, lisp_control_socket=control_socket)
     app = manager.applications["LispControllerApp"]
-    store.follow(app.apply_stored, app.commit_lock)  # other controllers' changes (docs/etcd.rst)
+    store.follow(app.apply_stored, app.change_lock)  # other controllers' changes (docs/etcd.rst)
     listener.count_into(app.metrics)
     services.append(hub.spawn(listener.serve))
     if store.read_only:

@@ -1,7 +1,7 @@
 """The REST API: JSON over HTTP (webob on eventlet's WSGI server), under /v1.
 
 HTTP in, `Change` out: this module turns requests into checked model
-values and hands them to the controller's `commit`, which stores them and
+values and hands them to the controller's `apply_change`, which stores them and
 waits for the bridges. Every error is a JSON body naming the field and the
 problem; nothing a client sends can produce a traceback. The layers below
 raise the controller's own errors (`lisp_controller/errors.py`); what each
@@ -166,7 +166,7 @@ def endpoint_json(label: str, ep: Endpoint, source: str) -> dict:
 
 class Api:
     """A WSGI application around a controller that offers `state`,
-    `commit(change)`, `wait_confirmed()`, `store`, `store_error`,
+    `apply_change(change)`, `wait_confirmed()`, `store`, `store_error`,
     `metrics`, `datapaths()`, `bridge_flows()` and `mapping_counters()`;
     it also serves the status page."""
 
@@ -309,7 +309,7 @@ class Api:
         return (self._iid(iid), parse_prefix(eid, "eid"))
 
     # -- changes, once -----------------------------------------------------
-    def _commit(self, req: Request, change: Change, body: dict, status: int = 200,
+    def _apply_change(self, req: Request, change: Change, body: dict, status: int = 200,
                 headers: dict | None = None, timings: dict | None = None) -> Response:
         """Commit `change` and answer `body` with the bridges' results. A
         request with an Idempotency-Key is recorded with the change, in its
@@ -318,7 +318,7 @@ class Api:
         if key is not None:
             change.request = Recorded(key, req.method, req.path_qs, req.environ["lisp.fingerprint"], status,
                                       json.dumps(headers or {}), json.dumps(body), time.time())
-        body["bridges"] = self.ctl.commit(change, timings=timings)
+        body["bridges"] = self.ctl.apply_change(change, timings=timings)
         if key is not None:
             try:
                 self.ctl.store.record_answer(key, json.dumps(body))
@@ -523,7 +523,7 @@ class Api:
 
     def create_mapping(self, req):
         m = Mapping.parse(self._body(req), "mapping", source="api")
-        return self._commit(req, Change(put=[m], create_only=True), {"mapping": self._current(m)}, 201,
+        return self._apply_change(req, Change(put=[m], create_only=True), {"mapping": self._current(m)}, 201,
                             {"Location": f"/v1/mappings/{m.iid}/{m.eid}"})
 
     def put_mapping(self, req, iid, eid):
@@ -535,13 +535,13 @@ class Api:
             raise ModelError("mapping.eid", f"{raw['eid']!r} does not match the URL ({key[1]})")
         m = Mapping.parse({**raw, "iid": key[0], "eid": str(key[1])}, "mapping", source="api")
         existed = self.ctl.state.owner(key) is not None
-        return self._commit(req, Change(put=[m]), {"mapping": self._current(m)}, 200 if existed else 201)
+        return self._apply_change(req, Change(put=[m]), {"mapping": self._current(m)}, 200 if existed else 201)
 
     def delete_mapping(self, req, iid, eid):
         key = self._key(iid, eid)
         m = self.ctl.state.cache.get(*key)
         deleted = mapping_json(m, self.ctl.state.clock()) if m is not None else None
-        return self._commit(req, Change(delete=[key]), {"deleted": deleted})
+        return self._apply_change(req, Change(delete=[key]), {"deleted": deleted})
 
     def bulk_mappings(self, req):
         started = time.monotonic()
@@ -558,7 +558,7 @@ class Api:
             delete.append((parse_iid(item.get("iid"), f"delete[{i}].iid"),
                            parse_prefix(item.get("eid"), f"delete[{i}].eid")))
         timings["validate_ms"] = _ms(mark)
-        return self._commit(req, Change(put=put, delete=delete),
+        return self._apply_change(req, Change(put=put, delete=delete),
                             {"put": len(put), "deleted": len(delete), "timings": timings}, timings=timings)
 
     def replace_mappings(self, req):
@@ -571,7 +571,7 @@ class Api:
         put = self._mappings(body["mappings"], "mappings")
         timings["validate_ms"] = _ms(mark)
         before = len(self.ctl.state.api_mappings())
-        return self._commit(req, Change(put=put, replace_api=True),
+        return self._apply_change(req, Change(put=put, replace_api=True),
                             {"mappings": len(put), "before": before, "timings": timings}, timings=timings)
 
     def lookup(self, req):
@@ -613,12 +613,12 @@ class Api:
             raise ModelError("endpoint.bridge", "is required (bridge label, name or datapath ID)")
         bridge = self._configured_bridge(ref, "endpoint.bridge")
         ep = Endpoint.parse({k: v for k, v in raw.items() if k != "bridge"}, "endpoint", None)
-        return self._commit(req, Change(put_endpoints=[(bridge.label, ep)]),
+        return self._apply_change(req, Change(put_endpoints=[(bridge.label, ep)]),
                             {"endpoint": endpoint_json(bridge.label, ep, "api")}, 201)
 
     def delete_endpoint(self, req, bridge, port):
         b = self._configured_bridge(bridge, "bridge")
-        return self._commit(req, Change(delete_endpoints=[(b.label, port)]),
+        return self._apply_change(req, Change(delete_endpoints=[(b.label, port)]),
                             {"deleted": {"bridge": b.label, "port": port}})
 
     # -- LISP control plane ------------------------------------------------------
