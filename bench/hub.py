@@ -12,7 +12,13 @@ and every API request wait. This measures, in the same run:
   and `GET /v1/health` latency (every 10 ms), with nothing else going on;
 - busy: the same two while one bulk request of N mappings is programmed
   into a real bridge and a status page polls every 2 s as the page does
-  (its three requests, mappings with counters).
+  (its requests: bridges, endpoints, one page of mappings with counters);
+- browsing: then, with the N mappings in place, the same two while the
+  status page is sorted by packets and searched (`--browse` seconds),
+  which the controller answers by going over the whole map-cache.
+
+`--old-page` polls as the status page did before it paged on the server
+(every mapping with counters), to compare in the same run.
 
 Prints p50, p99 and max of each, and the busy/idle ratio. Needs root
 (network namespaces); sends traffic nowhere.
@@ -20,7 +26,6 @@ Prints p50, p99 and max of each, and the busy/idle ratio. Needs root
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import socket
 import statistics
@@ -34,12 +39,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.run import Bench, bulk_body  # noqa: E402
+from lisp_controller.cli.api import ApiClient  # noqa: E402
 from lab.testbed import Testbed  # noqa: E402
 
 OFPT_HELLO, OFPT_ECHO_REQUEST, OFPT_ECHO_REPLY = 0, 2, 3
 OFPT_FEATURES_REQUEST, OFPT_FEATURES_REPLY = 5, 6
 STRANGER_DPID = 0xD0D0D0D0  # not in the benchmark's config: left alone by the controller
-PAGE_REQUESTS = ("/v1/datapaths", "/v1/endpoints", "/v1/mappings?counters=true")
+PAGE = ("/v1/datapaths", "/v1/endpoints", "/v1/lisp")
+FIRST_PAGE = "/v1/mappings?counters=true&limit=100&offset=0&sort=prefix&order=asc"
+BROWSING = "/v1/mappings?counters=true&limit=100&offset=0&sort=packets&order=desc&q=10.1"
+OLD_PAGE = "/v1/mappings?counters=true"
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -127,15 +136,12 @@ class HttpProbe(Probe):
         super().__init__(tb, ns, interval)
         self.paths = paths
 
+    def setup(self) -> None:
+        self.api = ApiClient()  # a new connection per request, as a monitor makes
+
     def once(self) -> None:
         for path in self.paths:
-            conn = http.client.HTTPConnection("127.0.0.1", 8080, timeout=120)
-            try:
-                conn.request("GET", path)
-                resp = conn.getresponse()
-                resp.read()
-            finally:
-                conn.close()
+            self.api("GET", path)
 
 
 def summary(samples: list[float]) -> dict:
@@ -158,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=100_000, help="mappings in the bulk request")
     parser.add_argument("--idle", type=float, default=3.0, help="seconds of idle sampling first")
+    parser.add_argument("--browse", type=float, default=10.0, help="seconds of sorted and searched polling")
+    parser.add_argument("--old-page", action="store_true", help="poll every mapping, as the page once did")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
 
@@ -167,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         ns = bench.ctl_ns.ns
         echo = EchoProbe(tb, ns, bench.ctl_ns.address)
         health = HttpProbe(tb, ns, ("/v1/health",), 0.01)
-        page = HttpProbe(tb, ns, PAGE_REQUESTS, 2.0)
+        page = HttpProbe(tb, ns, PAGE + ((OLD_PAGE,) if args.old_page else (FIRST_PAGE,)), 2.0)
         body = bulk_body(args.size)
         echo.start()
         health.start()
@@ -177,7 +185,14 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         result = bench.controller_bulk(body, args.size)
         ended = time.monotonic()
-        for probe in (echo, health, page):
+        page.halt.set()
+        page.join(timeout=300)
+        browse = HttpProbe(tb, ns, PAGE + ((OLD_PAGE,) if args.old_page else (BROWSING,)), 2.0)
+        browse.start()
+        browse_start = time.monotonic()
+        time.sleep(args.browse)
+        browse_end = time.monotonic()
+        for probe in (echo, health, page, browse):
             probe.halt.set()
             probe.join(timeout=300)
             if probe.error is not None:
@@ -189,11 +204,20 @@ def main(argv: list[str] | None = None) -> int:
         "health": {"idle": summary(health.between(0, idle_end)),
                    "busy": summary(health.between(started, ended))},
         "status_page_polls": summary(page.between(started, ended)),
+        "browsing": {"echo": summary(echo.between(browse_start, browse_end)),
+                     "health": summary(health.between(browse_start, browse_end)),
+                     "polls": summary(browse.between(browse_start, browse_end))},
+        "page": "old: every mapping" if args.old_page else "one page",
     }
     print(f"bulk of {args.size:,} mappings: {result['seconds']:.2f} s, with the status page polling "
           f"({figures['status_page_polls']['n']} polls, p50 {figures['status_page_polls'].get('p50_ms', 0):.0f} ms)")
     print(line("OpenFlow echo", figures["echo"]["idle"], figures["echo"]["busy"]))
     print(line("GET /v1/health", figures["health"]["idle"], figures["health"]["busy"]))
+    b = figures["browsing"]
+    print(f"browsing ({'every mapping' if args.old_page else 'sorted by packets, searched'}, "
+          f"{b['polls']['n']} polls, p50 {b['polls'].get('p50_ms', 0):.0f} ms):")
+    print(line("OpenFlow echo", figures["echo"]["idle"], b["echo"]))
+    print(line("GET /v1/health", figures["health"]["idle"], b["health"]))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import http.client
 import ipaddress
 import json
 import os
@@ -42,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from lab.lisp_peer import eid_record  # noqa: E402
 from lab.scenario import ControllerProcess, build  # noqa: E402
 from lab.testbed import Testbed, wait_until  # noqa: E402
+from lisp_controller.cli.api import ApiClient  # noqa: E402
 from lisp_controller.lisp import (AuthKey, InstanceIdAddress, MapRegister, MapRequest, MapRequestRecord,  # noqa: E402
                                   encode, sign, wrap_in_ecm)
 
@@ -200,11 +200,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def registered(tb, ns: str) -> int:
-    with tb.netns(ns):
-        conn = http.client.HTTPConnection("127.0.0.1", 8080, timeout=30)
-        conn.request("GET", "/v1/sites")
-        body = json.loads(conn.getresponse().read())
-        conn.close()
+    body = ApiClient(timeout=30, around=lambda: tb.netns(ns))("GET", "/v1/sites")[1]
     return body["sites"][0]["registered"]
 
 
@@ -212,11 +208,7 @@ def handler_latency(tb, ns: str) -> dict:
     """The controller's own lisp_map_request_seconds histogram: how many
     requests were answered within each bound once read from the socket
     (the rest of a round trip is the socket, the hub and the scheduler)."""
-    with tb.netns(ns):
-        conn = http.client.HTTPConnection("127.0.0.1", 8080, timeout=30)
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-        conn.close()
+    text = ApiClient(timeout=30, around=lambda: tb.netns(ns))("GET", "/metrics")[1]
     buckets = {}
     for line in text.splitlines():
         if line.startswith('lisp_map_request_seconds_bucket{le="'):

@@ -18,7 +18,6 @@ and the ratios; docs/mtu.rst quotes it. Needs root (network namespaces).
 from __future__ import annotations
 
 import argparse
-import http.client
 import os
 import re
 import statistics
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from lab.scenario import ControllerProcess, build, wait_programmed  # noqa: E402
 from lab.testbed import Testbed  # noqa: E402
+from lisp_controller.cli.api import ApiClient  # noqa: E402
 from lisp_controller.pipeline.compiler import METER_TOO_BIG, TOO_BIG_BURST, TOO_BIG_PPS  # noqa: E402
 
 CONFIG = ROOT / "configs" / "ipv6.toml"
@@ -51,11 +51,7 @@ def meter_counts(hv) -> tuple[int, int]:
 
 def answers(ctl) -> int:
     """The ICMP answers the controller sent, by its own count (metrics)."""
-    with ctl.ov.testbed.netns(ctl.ov.controller_ns.ns):
-        conn = http.client.HTTPConnection("127.0.0.1", 8080, timeout=30)
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-        conn.close()
+    text = ApiClient(timeout=30, around=lambda: ctl.ov.testbed.netns(ctl.ov.controller_ns.ns))("GET", "/metrics")[1]
     return sum(int(float(v)) for v in re.findall(r'lisp_packets_too_big_total\{[^}]*action="icmp"[^}]*\} (\S+)', text))
 
 

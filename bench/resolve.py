@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import http.client
 import ipaddress
 import json
 import os
@@ -46,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from lab.scenario import ControllerProcess, Topology  # noqa: E402
 from lab.testbed import Testbed, wait_until  # noqa: E402
+from lisp_controller.cli.api import ApiClient  # noqa: E402
 from lisp_controller.config import load_config  # noqa: E402
 from lisp_controller.lisp import decode  # noqa: E402
 from lisp_controller.lisp.resolver import map_request  # noqa: E402
@@ -134,15 +134,8 @@ class Bench:
         except OSError:
             return False
 
-    def api(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-        with self.tb.netns(self.ov.controller_ns.ns):
-            conn = http.client.HTTPConnection("127.0.0.1", 8080, timeout=600)
-            try:
-                conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
-                resp = conn.getresponse()
-                return resp.status, resp.read()
-            finally:
-                conn.close()
+    def api(self, method: str, path: str, body: bytes | None = None) -> tuple[int, object]:
+        return ApiClient(timeout=600, around=lambda: self.tb.netns(self.ov.controller_ns.ns))(method, path, raw=body)
 
     def underlay_drops(self) -> dict:
         """Packets each hypervisor's OVS counted as dropped on its underlay
@@ -227,7 +220,7 @@ class Bench:
             bulk_times["end"] = time.perf_counter()
             bulk_times["status"] = status
             if status == 200:
-                bulk_times["stages_ms"] = json.loads(answer).get("timings")
+                bulk_times["stages_ms"] = answer.get("timings")
 
         receiver = threading.Thread(target=receive)
         receiver.start()
@@ -288,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         alone = b.rate(RATE_ALONE_FIRST, args.burst, args.pps, 0)
         rate = b.rate(RATE_FIRST, args.burst, args.pps, args.bulk)
         log = b.ctl.log()
-        control = json.loads(b.api("GET", "/v1/lisp")[1])
+        control = b.api("GET", "/v1/lisp")[1]
         sink_drops = b.sink_drops()
         underlay = b.underlay_drops()
         meter = b.hv1.ofctl("meter-stats", "br2")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import http.client
 import json
 import os
 import platform
@@ -41,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from bench import raw  # noqa: E402
 from lisp_controller.pipeline.compiler import mapping_flow  # noqa: E402
 from lisp_controller.pipeline.flows import encoded  # noqa: E402
+from lisp_controller.cli.api import ApiClient  # noqa: E402
 from lisp_controller.config import load_config  # noqa: E402
 from lisp_controller.pipeline.flows import render  # noqa: E402
 from lisp_controller.model import Mapping  # noqa: E402
@@ -97,21 +97,15 @@ class Bench:
         path.write_text(config_text(self.ctl_ns.address, bridges))
         self.ov = Topology(tb, path, load_config(path), self.ctl_ns, segment)
         self.ctl = ControllerProcess(self.ov).start()
+        self.api = ApiClient(around=lambda: tb.netns(self.ctl_ns.ns))
         self.connected = 0
         wait_until(lambda: self._up(), timeout=30, what="API")
         self.rss_fresh_kb = self.rss_kb()  # a fresh controller holding no mapping
 
     # -- plumbing ------------------------------------------------------------
-    def http(self, method: str, path: str, body: bytes | None = None, timeout: float = 900) -> tuple[int, dict]:
-        with self.tb.netns(self.ctl_ns.ns):
-            conn = http.client.HTTPConnection("127.0.0.1", 8080, timeout=timeout)
-            try:
-                conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
-                resp = conn.getresponse()
-                data = resp.read()
-            finally:
-                conn.close()
-        return resp.status, (json.loads(data) if data[:1] in (b"{", b"[") else {"text": data.decode()})
+    def http(self, method: str, path: str, body: bytes | None = None, timeout: float = 900) -> tuple[int, object]:
+        """The API's answer (status, JSON or text), through its one client."""
+        return self.api(method, path, raw=body, timeout=timeout)
 
     def _up(self) -> bool:
         try:
@@ -141,7 +135,7 @@ class Bench:
         return len(self.hv.dump_flows(table=1, bridge="brb0"))
 
     def metric(self, name: str) -> float:
-        text = self.http("GET", "/metrics")[1]["text"]
+        text = self.http("GET", "/metrics")[1]
         m = re.search(rf"^{name} (\S+)$", text, re.M)
         return float(m.group(1)) if m else 0.0
 

@@ -194,7 +194,7 @@ def cmd_serve(args) -> int:
     if membership is not None:
         store.observe_requests(app.metrics.observe_etcd)
         membership.observe_requests(app.metrics.observe_etcd)
-    store.follow(app.apply_stored, app.commit_lock)  # other controllers' changes (docs/etcd.rst)
+    store.follow(app.apply_stored, app.change_lock)  # other controllers' changes (docs/etcd.rst)
     listener.count_into(app.metrics)
     services.append(hub.spawn(listener.serve))
     if store.read_only:

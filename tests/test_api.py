@@ -1,7 +1,6 @@
 """The REST API and the CLI against a running controller and real OVS."""
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import signal
@@ -15,6 +14,7 @@ import pytest
 
 from lisp_controller.api.rest import _COMPILED, ROUTES
 from lisp_controller.api.openapi import document
+from lisp_controller.cli.api import ApiClient
 from lab.scenario import ControllerProcess, build, wait_programmed
 from lab.testbed import wait_until
 
@@ -29,32 +29,13 @@ def config_with(tmp_path: Path, extra: str = "") -> Path:
     return path
 
 
-class Client:
-    """HTTP to the API at 127.0.0.1:8080 inside the controller namespace."""
+class Client(ApiClient):
+    """The API's client (cli/api.py) at 127.0.0.1:8080 inside the
+    controller's namespace."""
 
-    def __init__(self, ov, token: str | None = None):
-        self.ov, self.token = ov, token
-        self.last_headers: dict[str, str] = {}  # of the last answer
-
-    def __call__(self, method: str, path: str, body: object = None, raw: bytes | None = None,
-                 headers: dict | None = None, token: str | None = None) -> tuple[int, object]:
-        hdrs = {"Content-Type": "application/json"}
-        tok = token if token is not None else self.token
-        if tok:
-            hdrs["Authorization"] = f"Bearer {tok}"
-        hdrs.update(headers or {})
-        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        with self.ov.testbed.netns(self.ov.controller_ns.ns):
-            conn = http.client.HTTPConnection("127.0.0.1", 8080, timeout=120)
-            try:
-                conn.request(method, path, body=data, headers=hdrs)
-                resp = conn.getresponse()
-                payload = resp.read()
-            finally:
-                conn.close()
-        self.last_headers = dict(resp.getheaders())
-        ctype = resp.getheader("Content-Type", "")
-        return resp.status, json.loads(payload) if "json" in ctype else payload.decode()
+    def __init__(self, ov, token: str | None = None, port: int = 8080):
+        super().__init__(f"http://127.0.0.1:{port}", token,
+                         around=lambda: ov.testbed.netns(ov.controller_ns.ns))
 
     def wait_up(self) -> None:
         """Until the API answers (its health may be failing: 503)."""
@@ -229,6 +210,46 @@ def test_every_error_has_its_status_and_a_body_naming_the_field(running):
         assert words in body["error"]["message"], (path, body)
     # Nothing above changed anything.
     assert api("GET", "/v1/mappings?source=api")[1]["total"] == 1
+    assert "Traceback" not in ctl.log()
+
+
+def test_the_listing_filters_sorts_and_pages_on_the_controller(testbed, tmp_path):
+    """GET /v1/mappings: each filter and order, a page at a time, counters
+    for the rows returned only."""
+    ov, ctl, api = start(testbed, tmp_path)
+    many = [{"iid": 4000 + i % 2, "eid": f"10.{i // 200}.{i % 200}.0/24", "rlocs": [f"192.168.7.{1 + i % 9}"],
+             **({"ttl": 60 - i % 50} if i % 3 == 0 else {})} for i in range(600)]
+    many += [{"iid": 4000, "eid": f"fd00:{i:x}::/48", "action": "drop"} for i in range(5)]
+    assert api("POST", "/v1/mappings/bulk", {"mappings": many})[0] == 200
+
+    def keys(query: str) -> tuple[int, list[str]]:
+        status, body = api("GET", f"/v1/mappings?{query}")
+        assert status == 200, body
+        return body["total"], [f"{m['iid']}|{m['eid']}" for m in body["mappings"]]
+
+    def ordered(pick, sort_key) -> list[str]:
+        chosen = sorted((m for m in many if pick(m)), key=sort_key)
+        return [f"{m['iid']}|{ipaddress.ip_network(m['eid'])}" for m in chosen]
+
+    import ipaddress
+    net = lambda m: ipaddress.ip_network(m["eid"])  # noqa: E731
+    by_prefix = lambda m: (m["iid"], net(m).version, net(m))  # noqa: E731
+    in_4000 = ordered(lambda m: m["iid"] == 4000, by_prefix)
+    assert keys("iid=4000&limit=10&offset=20") == (305, in_4000[20:30])
+    assert keys("iid=4000&limit=10&order=desc") == (305, in_4000[::-1][:10])
+    inside = ordered(lambda m: m["iid"] == 4001 and net(m).subnet_of(ipaddress.ip_network("10.1.0.0/16")), by_prefix)
+    assert keys("iid=4001&prefix=10.1.0.0/16&limit=1000") == (100, inside)
+    assert keys("source=api&eid_contains=fd00:&sort=eid") == (5, ordered(lambda m: ":" in m["eid"], by_prefix))
+    with_rloc = ordered(lambda m: "192.168.7.3" in str(m.get("rlocs")), by_prefix)
+    assert keys("rloc_contains=192.168.7.3&limit=1000") == (len(with_rloc), with_rloc)
+    by_ttl = ordered(lambda m: "ttl" in m, lambda m: (m["ttl"], by_prefix(m)))
+    assert keys("source=api&sort=ttl&limit=30") == (605, by_ttl[:30])
+    assert keys("q=4001+192.168.7.5&limit=1000")[0] == len(
+        [m for m in many if m["iid"] == 4001 and m.get("rlocs") == ["192.168.7.5"]])
+    body = api("GET", "/v1/mappings?counters=true&limit=7&sort=packets&order=desc")[1]
+    assert len(body["mappings"]) == 7 and all("counters" in m for m in body["mappings"]) and "counters_at" in body
+    assert (body["total"], body["in_map_cache"], body["limit"], body["sort"], body["order"]) == \
+        (607, 607, 7, "packets", "desc")
     assert "Traceback" not in ctl.log()
 
 
@@ -421,6 +442,16 @@ def test_cli_as_a_user_runs_it(running, tmp_path):
         r = _cli(ov, "mapping", "bulk", str(bulk), "--key", "cli-bulk-0001", env=auth)
         assert r.stdout.startswith("20 mappings set, 0 deleted")
     assert api("GET", "/v1/requests/cli-bulk-0001")[1]["state"] == "committed"
+    # Listing a page at a time, in the controller's order, or all of it.
+    r = _cli(ov, "mapping", "list", "--eid-contains", "10.4.", "--sort", "eid", "--desc", "--limit", "5",
+             "--offset", "5")
+    lines = r.stdout.splitlines()
+    assert [l.split()[1] for l in lines[1:-1]] == [f"10.4.{i}.0/24" for i in (14, 13, 12, 11, 10)], r.stdout
+    assert lines[-1] == "mappings 6-10 of 20 (--offset 10 for more, or --all)"
+    r = _cli(ov, "mapping", "list", "--rloc-contains", "192.168.1.249", "--all", "--limit", "3")
+    assert r.stdout.splitlines()[-1] == "21 mappings"  # 20 and the endpoint's host mapping
+    r = _cli(ov, "mapping", "list", "--sort", "size", check=False)
+    assert r.returncode == 2 and "invalid choice: 'size'" in r.stderr
     r = _cli(ov, "mapping", "delete", "10.2.0.0/16", "--iid", "1000", env=auth)
     assert r.stdout.startswith("deleted 1000:10.2.0.0/16")
     r = _cli(ov, "datapath", "list")
@@ -690,6 +721,14 @@ def test_values_a_router_would_refuse_get_400_naming_the_field(running):
         (("GET", "/v1/lookup?iid=%D9%A1%D9%A0%D9%A0%D9%A0&eid=10.2.0.1"), {}, error(400, "iid", "must be an integer in ASCII digits")),
         (("GET", "/v1/mappings?offset=1_0"), {}, error(400, "offset", "must be an integer in ASCII digits")),
         (("GET", "/v1/mappings?limit=" + "9" * 5000), {}, error(400, "limit", "must be between 1 and")),
+        # The listing's other parameters (docs/performance.rst, "A free hub").
+        (("GET", "/v1/mappings?limit=10001"), {}, error(400, "limit", "must be between 1 and 10000")),
+        (("GET", "/v1/mappings?limit=0"), {}, error(400, "limit", "must be between 1 and 10000")),
+        (("GET", "/v1/mappings?sort=size"), {}, error(400, "sort", "must be one of prefix, eid, rlocs")),
+        (("GET", "/v1/mappings?order=up"), {}, error(400, "order", "must be asc or desc, got 'up'")),
+        (("GET", "/v1/mappings?sortt=eid"), {}, error(400, "sortt", "unknown query parameter")),
+        (("GET", "/v1/mappings?q=" + "a" * 201), {}, error(400, "q", "at most 200 printable characters")),
+        (("GET", "/v1/mappings?rloc_contains=%0A"), {}, error(400, "rloc_contains", "printable")),
         # A key twice in one object: refused, not the last one taken.
         (("POST", "/v1/mappings"), {"raw": b'{"iid": 1000, "eid": "10.2.0.0/16", "eid": "10.9.0.0/16", "rlocs": []}'},
          error(400, "eid", "is given twice in one JSON object")),

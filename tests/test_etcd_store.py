@@ -397,18 +397,8 @@ def test_an_unreachable_cluster_stops_the_open_with_a_reason():
 
 # -- two controllers, real OVS -------------------------------------------------------------------
 def _api(ov, port: int, method: str, path: str, body: object = None) -> tuple[int, dict]:
-    import http.client
-    import json
-
-    with ov.testbed.netns(ov.controller_ns.ns):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        try:
-            conn.request(method, path, body=None if body is None else json.dumps(body).encode(),
-                         headers={"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            return resp.status, json.loads(resp.read())
-        finally:
-            conn.close()
+    from tests.test_api import Client
+    return Client(ov, port=port)(method, path, body)
 
 
 def _api_up(ov, port: int) -> None:

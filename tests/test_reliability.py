@@ -8,7 +8,6 @@ the API says. docs/reliability.rst has the table of results.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import re
 import resource
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from lab.scenario import ControllerProcess, build, wait_programmed
+from lisp_controller.cli.api import ApiClient
 from lab.testbed import wait_until
 
 from .test_api import Client, _cli
@@ -710,15 +710,8 @@ def use_ssl(hv, d: Path, name: str, ca: str) -> None:
 
 
 def https_get(ov, path: str, ca: Path) -> tuple[int, dict]:
-    ctx = ssl.create_default_context(cafile=str(ca))
-    with ov.testbed.netns(ov.controller_ns.ns):
-        conn = http.client.HTTPSConnection("127.0.0.1", 8080, context=ctx, timeout=10)
-        try:
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            return resp.status, json.loads(resp.read())
-        finally:
-            conn.close()
+    return ApiClient("https://127.0.0.1:8080", context=ssl.create_default_context(cafile=str(ca)), timeout=10,
+                     around=lambda: ov.testbed.netns(ov.controller_ns.ns))("GET", path)
 
 
 def test_openflow_over_tls_and_https_api(testbed, tmp_path):

@@ -96,7 +96,7 @@ class FakeSwitch:
 def make(ports=None, **config):
     cfg = parse_config({**CONFIG, "controller": {**CONFIG["controller"], **config}})
     state = State(cfg)
-    app = SimpleNamespace(config=cfg, state=state, commit_lock=threading.Semaphore(1), confirmed=threading.Event(),
+    app = SimpleNamespace(config=cfg, state=state, change_lock=threading.Semaphore(1), confirmed=threading.Event(),
                           before_sync=lambda label: None, missing_ports_said={},
                           bridge_for=lambda dpid, name: cfg.overlay.bridges[0], datapaths=lambda: [])
     app.metrics = Metrics(app)
@@ -116,7 +116,7 @@ def desired(app, session) -> dict[int, list[bytes]]:
 
 
 def change(app, session, eid: str) -> None:
-    with app.commit_lock:
+    with app.change_lock:
         app.state.apply(Change(put=[Mapping.parse({"iid": 1000, "eid": eid, "rlocs": ["192.0.2.1"]},
                                                   source="api")]))
     session.mark_dirty()
@@ -205,7 +205,7 @@ def test_a_deep_check_while_changes_wait_reports_and_repairs_nothing(caplog):
     app, sw, session, _ = make()
     assert session._attach()
     session.sync(first=True)
-    with app.commit_lock:
+    with app.change_lock:
         app.state.apply(Change(put=[Mapping.parse({"iid": 1000, "eid": e, "rlocs": ["192.0.2.1"]}, source="api")
                                     for e in ("10.7.0.0/16", "10.8.0.0/16")]))
     caplog.set_level(logging.DEBUG, "lisp_controller")
@@ -311,7 +311,7 @@ def test_groups_are_added_kept_across_a_new_session_repaired_and_removed(caplog)
     assert session._attach()
     session.sync(first=True)
     assert sw.groups() == {} and 7 in sw.group_table
-    with app.commit_lock:
+    with app.change_lock:
         app.state.apply(Change(put=[Mapping.parse({"iid": 1000, "eid": e, "rlocs": [
             {"address": "192.0.2.1", "weight": 70}, {"address": "192.0.2.2", "weight": 30}]}, source="api")
             for e in ("10.7.0.0/16", "10.8.0.0/16")]))
@@ -334,7 +334,7 @@ def test_groups_are_added_kept_across_a_new_session_repaired_and_removed(caplog)
     assert sw.groups() == {gid: group} and again.status.flows_repaired == 1
     assert "1 groups of ours were changed on the switch" in caplog.text
 
-    with app.commit_lock:
+    with app.change_lock:
         app.state.apply(Change(delete=[m.key for m in app.state.api_mappings()]))
     again.sync()
     assert sw.groups() == {} and sw.group_table == {7: "someone else's"}

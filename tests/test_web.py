@@ -2,13 +2,13 @@
 and real OVS bridges in namespaces."""
 from __future__ import annotations
 
-import http.client
 import os
 import shutil
 import time
 from pathlib import Path
 
 from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import Select
 
 from tests.browser import LAPTOP, PHONE, Browser
 from tests.test_api import TOKEN, flows_with, start
@@ -41,18 +41,11 @@ def test_page_and_assets_are_served_with_types_and_etags(testbed, tmp_path):
     for name, ctype in [("app.js", "text/javascript"), ("style.css", "text/css"), ("favicon.svg", "image/svg+xml")]:
         status, _ = api("GET", f"/static/{name}")
         assert status == 200, name
-    with testbed.netns(ov.controller_ns.ns):
-        conn = http.client.HTTPConnection("127.0.0.1", 8080, timeout=10)
-        conn.request("GET", "/static/style.css")
-        resp = conn.getresponse()
-        resp.read()
-        etag = resp.getheader("ETag")
-        assert resp.getheader("Content-Type").startswith("text/css")
-        assert "default-src 'self'" in resp.getheader("Content-Security-Policy")
-        conn.request("GET", "/static/style.css", headers={"If-None-Match": etag})
-        again = conn.getresponse()
-        assert again.status == 304 and again.read() == b""
-        conn.close()
+    status, _ = api("GET", "/static/style.css")
+    etag = api.last_headers["ETag"]
+    assert status == 200 and api.last_headers["Content-Type"].startswith("text/css")
+    assert "default-src 'self'" in api.last_headers["Content-Security-Policy"]
+    assert api("GET", "/static/style.css", headers={"If-None-Match": etag}) == (304, "")
     for path in ("/static/index.html", "/static/../api.py", "/static/nothing.js"):
         status, body = api("GET", path)
         assert status == 404 and body["error"]["status"] == 404, (path, body)
@@ -166,6 +159,66 @@ def test_form_adds_and_deletes_mappings_with_the_token_asked_once(testbed, tmp_p
         b.wait(lambda d: not b.css(row("1000|10.9.0.0/16")), what="the row to go")
         for hv in ov.hypervisors:
             assert not flows_with(hv, "10.9.0.0/16")
+    assert "Traceback" not in ctl.log()
+
+
+def test_pages_orders_and_searches_are_the_controllers_answers(testbed, tmp_path):
+    """With more mappings than a page, each page, order and search the
+    table shows is what the controller answers for the same query (GET
+    /v1/mappings with limit, offset, sort, order, q): the browser holds one
+    page and sorts or filters nothing itself."""
+    ov, ctl, api = start(testbed, tmp_path)
+    many = [{"iid": 3000 + i % 3, "eid": f"10.{20 + i // 250}.{i % 250}.0/24",
+             "rlocs": [f"192.168.1.{10 + i % 97}"]} for i in range(1200)]
+    assert api("POST", "/v1/mappings/bulk", {"mappings": many})[0] == 200
+    total = api("GET", "/v1/mappings?limit=1")[1]["total"]
+    assert total == 1202  # and the host mappings of the blog's two endpoints
+
+    def server(query: str) -> list[str]:
+        body = api("GET", f"/v1/mappings?limit=50&{query}")[1]
+        return [f"{m['iid']}|{m['eid']}" for m in body["mappings"]]
+
+    with Browser(testbed, ov.controller_ns.ns) as b:
+        def shown() -> list[str]:  # read at once: a poll may redraw the rows meanwhile
+            return b.js("return [...document.querySelectorAll('#rows tr[data-key]')].map((r) => r.dataset.key)")
+
+        def asked() -> list[str]:
+            return b.js("return performance.getEntriesByType('resource').map((e) => e.name)"
+                        ".filter((n) => n.includes('/v1/mappings?'))")
+
+        b.open()
+        b.wait(lambda d: f"of {total:,}" in b.text("#shown"), what="the first page")
+        Select(b.one("#page-size")).select_by_visible_text("50")
+        b.wait(lambda d: b.text("#shown") == f"1–50 of {total:,}", what="pages of 50")
+        assert shown() == server("offset=0") and b.text("#page-info") == "page 1 of 25"
+
+        # The second page is the controller's second page, asked for as such.
+        b.one("#next").click()
+        b.wait(lambda d: b.text("#shown").startswith("51–100"), what="page 2")
+        assert shown() == server("offset=50")
+        assert any("limit=50" in u and "offset=50" in u for u in asked()), asked()
+        assert not set(shown()) & set(server("offset=0"))
+
+        # Sorting by a column goes back to page 1 of the controller's order.
+        b.one('th[data-sort="rlocs"] button').click()
+        b.wait(lambda d: shown() == server("sort=rlocs&order=asc"), what="sorted by RLOC by the controller")
+        assert b.text(f"{row(shown()[0])} .c-rlocs").startswith("192.168.1.10")  # the lowest address
+        b.one('th[data-sort="rlocs"] button').click()
+        b.wait(lambda d: shown() == server("sort=rlocs&order=desc"), what="RLOCs descending")
+        assert b.attr('th[data-sort="rlocs"]', "aria-sort") == "descending"
+        assert any("sort=rlocs" in u and "order=desc" in u for u in asked())
+
+        # A search is the controller's filter: only matching rows, counted there.
+        b.one("#search").send_keys("192.168.1.42")
+        matching = api("GET", "/v1/mappings?limit=1&q=192.168.1.42")[1]["total"]
+        assert 0 < matching < 50
+        b.wait(lambda d: b.text("#shown") == f"1–{matching} of {matching} (filtered from {total:,})",
+               what="the filtered count")
+        assert shown() == server("q=192.168.1.42&sort=rlocs&order=desc")
+        assert all("192.168.1.42" in b.text(row(k)) for k in shown())
+        assert any("q=192.168.1.42" in u for u in asked())
+        b.one("#search").send_keys(Keys.CONTROL, "a", Keys.BACKSPACE)
+        b.wait(lambda d: b.text("#shown") == f"1–50 of {total:,}", what="the search cleared")
     assert "Traceback" not in ctl.log()
 
 

@@ -227,18 +227,39 @@ OPERATIONS: dict[str, tuple] = {
                                 hub_timers={"type": "integer"},
                                 sessions={"type": "integer"}))}, []),
     "openapi": ("This document", None, {200: ("OpenAPI 3 document", {"type": "object"})}, []),
-    "list_mappings": ("List mappings (all owners), sorted by IID and prefix", None, {
-        200: ("mappings", {"type": "object", "required": ["total", "offset", "mappings"], "properties": {
-            "total": {"type": "integer"}, "offset": {"type": "integer"},
+    "list_mappings": ("One page of the mappings (all owners), filtered and sorted by the controller: "
+                      "the page costs the controller O(log n + page) in IID and prefix order, and never holds "
+                      "it for long in any other order or filter (docs/performance.rst); any unknown or "
+                      "malformed parameter is 400 naming it", None, {
+        200: ("mappings", {"type": "object", "properties": {
+            "total": {"type": "integer", "description": "mappings that match the filters"},
+            "in_map_cache": {"type": "integer", "description": "mappings in the map-cache, filtered or not"},
+            "offset": {"type": "integer"}, "limit": {"type": "integer"},
+            "sort": {"type": "string"}, "order": {"type": "string", "enum": ["asc", "desc"]},
             "mappings": {"type": "array", "items": _ref("Mapping")},
             "counters_at": {"type": ["string", "null"], "description": "with ?counters=true: when the "
-                            "bridges were last read (every few seconds at most); null: not yet"}}})},
+                            "bridges were last read (every few seconds at most); null: not yet"}},
+            "required": ["total", "in_map_cache", "offset", "limit", "sort", "order", "mappings"]})},
         [_Q("iid", {"type": "integer", "minimum": 0, "maximum": 16777215}, "only this Instance ID"),
          _Q("prefix", _PREFIX, "only mappings inside this prefix"),
          _Q("source", _SOURCE, "only this owner (registered:<site> must name a configured site)"),
-         _Q("offset", {"type": "integer", "minimum": 0}, "skip this many"),
-         _Q("limit", {"type": "integer", "minimum": 1}, "at most this many (default 100000)"),
-         _Q("counters", {"type": "boolean"}, "add each mapping's packet and byte counters")]),
+         _Q("eid_contains", {"type": "string", "maxLength": 200},
+            "only mappings whose EID prefix, as written (10.2.0.0/16), contains this text"),
+         _Q("rloc_contains", {"type": "string", "maxLength": 200},
+            "only mappings with an RLOC address that contains this text"),
+         _Q("q", {"type": "string", "maxLength": 200}, "search: every space-separated word must appear "
+            "in 'IID EID RLOCs (address pPRIORITY wWEIGHT) action source', case-insensitive"),
+         _Q("sort", {"type": "string", "enum": ["prefix", "eid", "rlocs", "ttl", "action", "source", "packets",
+                                                "bytes"], "default": "prefix"},
+            "prefix: IID, then prefix (IPv4 first); eid: prefix, then IID; rlocs: the first RLOC's address "
+            "(none last); ttl: time left (static last); packets, bytes: the flow's counters (not read yet: "
+            "first). Ties are broken by IID and prefix"),
+         _Q("order", {"type": "string", "enum": ["asc", "desc"], "default": "asc"},
+            "desc is asc reversed, ties included"),
+         _Q("offset", {"type": "integer", "minimum": 0, "default": 0}, "skip this many"),
+         _Q("limit", {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000},
+            "at most this many; page with offset for more"),
+         _Q("counters", {"type": "boolean"}, "add the packet and byte counters of the mappings returned")]),
     "create_mapping": ("Create a mapping (409 if it exists)", _ref("MappingIn"), {
         201: ("created and sent to the bridges", _obj(mapping=_ref("Mapping"), bridges=_BRIDGES))}, []),
     "replace_mappings": ("Replace every API mapping with the given set", _obj(mappings=_MAPPING_LIST), {

@@ -1,7 +1,7 @@
 """The REST API: JSON over HTTP (webob on eventlet's WSGI server), under /v1.
 
 HTTP in, `Change` out: this module turns requests into checked model
-values and hands them to the controller's `commit`, which stores them and
+values and hands them to the controller's `apply_change`, which stores them and
 waits for the bridges. Every error is a JSON body naming the field and the
 problem; nothing a client sends can produce a traceback. The layers below
 raise the controller's own errors (`lisp_controller/errors.py`); what each
@@ -25,11 +25,12 @@ from lisp_controller.controller.offhub import BIG_BYTES, off_hub
 from lisp_controller.pipeline.compiler import groups_of
 from lisp_controller.pipeline.flows import render, render_group
 from lisp_controller.model import (IID_MAX, Endpoint, Mapping, ModelError, parse_decimal, parse_iid, parse_prefix,
-                                   prefix_key, refers_to, unique_keys)
+                                   refers_to, unique_keys)
 from lisp_controller.api.guard import Forbidden, Guard, Refused, Unauthorized
 from lisp_controller.api.metrics import CONTENT_TYPE as METRICS_TYPE
 from lisp_controller.api.openapi import document
 from lisp_controller.api.static import SECURITY_HEADERS, load as load_assets
+from lisp_controller.controller.listing import COUNTER_SORTS, SORTS, Query, select
 from lisp_controller.controller.state import Change
 from lisp_controller.errors import Conflict, LispControllerError, NotFound
 from lisp_controller.store import Request as Recorded, StoreError
@@ -38,6 +39,11 @@ LOG = logging.getLogger("lisp_controller.api.rest")
 PAUSE_EVERY = 1000  # parsed mappings between yields to the hub
 SOURCES = ("config", "endpoint", "api")
 KEY_HEADER = "Idempotency-Key"
+# GET /v1/mappings: a page is at most LIMIT_MAX rows, so building and
+# writing one never holds the hub long (docs/performance.rst, "A free hub").
+LIMIT_DEFAULT, LIMIT_MAX = 1000, 10_000
+LISTING_PARAMS = frozenset({"iid", "prefix", "source", "eid_contains", "rloc_contains", "q", "sort", "order",
+                            "offset", "limit", "counters"})
 _KEY = re.compile(r"^[A-Za-z0-9._:~+=-]{1,200}$")  # a UUID, a ULID, a name of the client's
 
 # (method, path template, handler name). The OpenAPI document is checked
@@ -161,7 +167,7 @@ def endpoint_json(label: str, ep: Endpoint, source: str) -> dict:
 
 class Api:
     """A WSGI application around a controller that offers `state`,
-    `commit(change)`, `wait_confirmed()`, `store`, `store_error`,
+    `apply_change(change)`, `wait_confirmed()`, `store`, `store_error`,
     `metrics`, `datapaths()`, `bridge_flows()` and `mapping_counters()`;
     it also serves the status page."""
 
@@ -304,7 +310,7 @@ class Api:
         return (self._iid(iid), parse_prefix(eid, "eid"))
 
     # -- changes, once -----------------------------------------------------
-    def _commit(self, req: Request, change: Change, body: dict, status: int = 200,
+    def _apply_change(self, req: Request, change: Change, body: dict, status: int = 200,
                 headers: dict | None = None, timings: dict | None = None) -> Response:
         """Commit `change` and answer `body` with the bridges' results. A
         request with an Idempotency-Key is recorded with the change, in its
@@ -313,7 +319,7 @@ class Api:
         if key is not None:
             change.request = Recorded(key, req.method, req.path_qs, req.environ["lisp.fingerprint"], status,
                                       json.dumps(headers or {}), json.dumps(body), time.time())
-        body["bridges"] = self.ctl.commit(change, timings=timings)
+        body["bridges"] = self.ctl.apply_change(change, timings=timings)
         if key is not None:
             try:
                 self.ctl.store.record_answer(key, json.dumps(body))
@@ -423,38 +429,65 @@ class Api:
 
     # -- mappings ----------------------------------------------------------
     def list_mappings(self, req):
-        mappings = list(self.ctl.state.cache)
-        if "iid" in req.GET:
-            iid = self._iid(req.GET["iid"])
-            mappings = [m for m in mappings if m.iid == iid]
-        if "prefix" in req.GET:
-            prefix = parse_prefix(req.GET["prefix"], "prefix")
-            mappings = [m for m in mappings if m.eid.version == prefix.version and m.eid.subnet_of(prefix)]
-        if "source" in req.GET:
-            source = req.GET["source"]
-            if source not in self._sources():
-                raise ModelError("source", f"must be one of {', '.join(self._sources())}, got {source!r}")
-            mappings = [m for m in mappings if m.source == source]
-        mappings.sort(key=lambda m: prefix_key(m.iid, m.eid))
-        offset = _int_param(req, "offset", 0, 0)
-        limit = _int_param(req, "limit", 100_000, 1)
-        now = self.ctl.state.clock()
-        page = mappings[offset:offset + limit]
-        body = {"total": len(mappings), "offset": offset, "mappings": [mapping_json(m, now) for m in page]}
-        if _bool_param(req, "counters"):
-            self._add_counters(page, body)
+        """One page of the map-cache, filtered and sorted here, never in
+        the client: the hub is not held however big the map-cache is
+        (controller/listing.py); counters only for the rows returned."""
+        query = self._listing_query(req)
+        counters = _bool_param(req, "counters")
+        state = self.ctl.state
+        snap = self.ctl.mapping_counters() if counters or query.sort in COUNTER_SORTS else None
+        page = select(state.cache, query, self.pause, cookie_of=lambda m: state.mapping_cookie(m.key),
+                      counts=snap.counts if snap is not None else None)
+        now = state.clock()
+        rows = []
+        for i, m in enumerate(page.mappings):
+            if i and i % PAUSE_EVERY == 0:
+                self.pause()
+            item = mapping_json(m, now)
+            if counters:
+                item["counters"] = self._counters(m, snap)
+            rows.append(item)
+        body = {"total": page.total, "in_map_cache": len(state.cache), "offset": query.offset,
+                "limit": query.limit, "sort": query.sort, "order": "desc" if query.descending else "asc",
+                "mappings": rows}
+        if counters:
+            body["counters_at"] = _iso(snap.read_at)
         return json_response(body)
 
-    def _add_counters(self, page: list[Mapping], body: dict) -> None:
-        """Each mapping's packets and bytes, summed over the connected
-        bridges; null for a mapping no bridge has reported on yet."""
-        snap = self.ctl.mapping_counters()
-        for m, item in zip(page, body["mappings"]):
-            item["counters"] = self._counters(m, snap)
-        body["counters_at"] = _iso(snap.read_at)
+    def _listing_query(self, req: Request) -> Query:
+        """The listing's query parameters, each checked: 400 naming the
+        first one that is wrong (an unknown one too: a typo would
+        otherwise list everything)."""
+        unknown = sorted(set(req.GET) - LISTING_PARAMS)
+        if unknown:
+            raise ModelError(unknown[0], f"unknown query parameter; known: {', '.join(sorted(LISTING_PARAMS))}")
+        get = req.GET.get
+        iid = self._iid(get("iid")) if "iid" in req.GET else None
+        within = parse_prefix(get("prefix"), "prefix") if "prefix" in req.GET else None
+        source = get("source")
+        if source is not None and source not in self._sources():
+            raise ModelError("source", f"must be one of {', '.join(self._sources())}, got {source!r}")
+        sort = get("sort", "prefix")
+        if sort not in SORTS:
+            raise ModelError("sort", f"must be one of {', '.join(SORTS)}, got {sort!r}")
+        order = get("order", "asc")
+        if order not in ("asc", "desc"):
+            raise ModelError("order", f"must be asc or desc, got {order!r}")
+        texts = {}
+        for name in ("eid_contains", "rloc_contains", "q"):
+            value = get(name)
+            if value is not None and (len(value) > 200 or not value.isprintable()):
+                raise ModelError(name, "must be at most 200 printable characters")
+            texts[name] = value or None
+        return Query(iid=iid, within=within, source=source, eid_text=texts["eid_contains"],
+                     rloc_text=texts["rloc_contains"], words=tuple((texts["q"] or "").split()),
+                     sort=sort, descending=order == "desc", offset=_int_param(req, "offset", 0, 0),
+                     limit=_int_param(req, "limit", LIMIT_DEFAULT, 1, LIMIT_MAX))
 
     def _counters(self, m: Mapping, snap) -> dict | None:
-        """The mapping's flow counters and its traffic per RLOC. An RLOC
+        """The mapping's flow counters (packets and bytes, summed over the
+        connected bridges; None when no bridge reported on it yet) and its
+        traffic per RLOC. An RLOC
         set's traffic per RLOC is its select group's bucket counters: the
         group serves every mapping with that set (`group.mappings` says
         how many), so the RLOC counts are theirs together."""
@@ -491,7 +524,7 @@ class Api:
 
     def create_mapping(self, req):
         m = Mapping.parse(self._body(req), "mapping", source="api")
-        return self._commit(req, Change(put=[m], create_only=True), {"mapping": self._current(m)}, 201,
+        return self._apply_change(req, Change(put=[m], create_only=True), {"mapping": self._current(m)}, 201,
                             {"Location": f"/v1/mappings/{m.iid}/{m.eid}"})
 
     def put_mapping(self, req, iid, eid):
@@ -503,13 +536,13 @@ class Api:
             raise ModelError("mapping.eid", f"{raw['eid']!r} does not match the URL ({key[1]})")
         m = Mapping.parse({**raw, "iid": key[0], "eid": str(key[1])}, "mapping", source="api")
         existed = self.ctl.state.owner(key) is not None
-        return self._commit(req, Change(put=[m]), {"mapping": self._current(m)}, 200 if existed else 201)
+        return self._apply_change(req, Change(put=[m]), {"mapping": self._current(m)}, 200 if existed else 201)
 
     def delete_mapping(self, req, iid, eid):
         key = self._key(iid, eid)
         m = self.ctl.state.cache.get(*key)
         deleted = mapping_json(m, self.ctl.state.clock()) if m is not None else None
-        return self._commit(req, Change(delete=[key]), {"deleted": deleted})
+        return self._apply_change(req, Change(delete=[key]), {"deleted": deleted})
 
     def bulk_mappings(self, req):
         started = time.monotonic()
@@ -526,7 +559,7 @@ class Api:
             delete.append((parse_iid(item.get("iid"), f"delete[{i}].iid"),
                            parse_prefix(item.get("eid"), f"delete[{i}].eid")))
         timings["validate_ms"] = _ms(mark)
-        return self._commit(req, Change(put=put, delete=delete),
+        return self._apply_change(req, Change(put=put, delete=delete),
                             {"put": len(put), "deleted": len(delete), "timings": timings}, timings=timings)
 
     def replace_mappings(self, req):
@@ -539,7 +572,7 @@ class Api:
         put = self._mappings(body["mappings"], "mappings")
         timings["validate_ms"] = _ms(mark)
         before = len(self.ctl.state.api_mappings())
-        return self._commit(req, Change(put=put, replace_api=True),
+        return self._apply_change(req, Change(put=put, replace_api=True),
                             {"mappings": len(put), "before": before, "timings": timings}, timings=timings)
 
     def lookup(self, req):
@@ -581,12 +614,12 @@ class Api:
             raise ModelError("endpoint.bridge", "is required (bridge label, name or datapath ID)")
         bridge = self._configured_bridge(ref, "endpoint.bridge")
         ep = Endpoint.parse({k: v for k, v in raw.items() if k != "bridge"}, "endpoint", None)
-        return self._commit(req, Change(put_endpoints=[(bridge.label, ep)]),
+        return self._apply_change(req, Change(put_endpoints=[(bridge.label, ep)]),
                             {"endpoint": endpoint_json(bridge.label, ep, "api")}, 201)
 
     def delete_endpoint(self, req, bridge, port):
         b = self._configured_bridge(bridge, "bridge")
-        return self._commit(req, Change(delete_endpoints=[(b.label, port)]),
+        return self._apply_change(req, Change(delete_endpoints=[(b.label, port)]),
                             {"deleted": {"bridge": b.label, "port": port}})
 
     # -- LISP control plane ------------------------------------------------------
@@ -675,10 +708,10 @@ def _bool_param(req: Request, name: str) -> bool:
     return value in ("true", "1")
 
 
-def _int_param(req: Request, name: str, default: int, low: int) -> int:
+def _int_param(req: Request, name: str, default: int, low: int, high: int = 2**63 - 1) -> int:
     if name not in req.GET:
         return default
-    return parse_decimal(req.GET[name], name, low, 2**63 - 1)
+    return parse_decimal(req.GET[name], name, low, high)
 
 
 def _decode_json(data: bytes) -> object:

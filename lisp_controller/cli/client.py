@@ -1,7 +1,7 @@
 """The command-line client: `lisp-controller mapping|endpoint|datapath|site|health ...`.
 
 Every API operation, readable tables by default, `--json` for scripts.
-Talks HTTP with the standard library only, so it runs anywhere Python does.
+Talks to the API through its one client (cli/api.py).
 """
 from __future__ import annotations
 
@@ -10,23 +10,24 @@ import http.client
 import json
 import math
 import os
+import socket
+import ssl
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 
+from lisp_controller.cli.api import DEFAULT_URL, ApiClient
 from lisp_controller.config import TOKEN_ENV, url_problem
 from lisp_controller.model import IID_MAX, ModelError, parse_decimal, unique_keys
 
 URL_ENV = "LISP_CONTROLLER_URL"
-DEFAULT_URL = "http://127.0.0.1:8080"
 # Seconds to wait for the controller, unless --timeout says otherwise. A
 # write waits for the bridges' barriers ([api] confirm_timeout, 5 s by
 # default); a bulk write of a million mappings takes about a minute.
 READ_TIMEOUT = 10.0
 WRITE_TIMEOUT = 60.0
 BULK_TIMEOUT = 600.0
+PAGE_MAX = 10_000  # the most mappings GET /v1/mappings answers at once
 
 
 class ClientError(Exception):
@@ -55,62 +56,46 @@ def controller_url(given: str | None) -> str:
 
 def request(url: str, method: str, path: str, body: object = None, query: dict | None = None,
             timeout: float | None = None, key: str | None = None, answers: tuple[int, ...] = ()) -> object:
-    """The decoded answer. `timeout` bounds every wait (connect, each
-    read); None takes the default for reads or writes. `key`: the write's
-    Idempotency-Key. `answers`: error statuses whose body is an answer too
-    (a failing health)."""
+    """The decoded answer, through the API's one client (cli/api.py).
+    `timeout` bounds every wait (connect, each read); None takes the
+    default for reads or writes. `key`: the write's Idempotency-Key.
+    `answers`: error statuses whose body is an answer too (a failing
+    health). Anything else goes wrong: ClientError, in one line."""
     if timeout is None:
         timeout = READ_TIMEOUT if method == "GET" else WRITE_TIMEOUT
-    full = url.rstrip("/") + path
-    if query:
-        full += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(full, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    token = os.environ.get(TOKEN_ENV)
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    if key:
-        req.add_header("Idempotency-Key", key)
     if key:  # it may or may not have been applied: the same key finds out, and applies it once
         unsure = (f"; whether the change was applied is unknown: run the same command with --key {key} "
                   "(it is applied once, whatever happened)")
     else:
         unsure = "" if method == "GET" else "; the change may have been applied all the same: look before retrying"
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw = resp.read()
-            ctype = resp.headers.get("Content-Type", "")
-        return json.loads(raw) if "json" in ctype else raw.decode()
-    except urllib.error.HTTPError as e:
-        try:
-            raw = e.read()
-        except (OSError, http.client.HTTPException):  # the error's body broke off
-            raw = b""
-        try:
-            if e.code in answers:
-                return json.loads(raw)
-            err = json.loads(raw)["error"]
-            where = f"{err['field']}: " if err.get("field") else ""
-            message = f"{e.code} {where}{err['message']}"
-        except (ValueError, KeyError, TypeError, OSError, http.client.HTTPException):
-            message = f"{e.code} {e.reason}"
-        raise ClientError(message, 1) from None
-    except (TimeoutError, urllib.error.URLError) as e:
-        reason = getattr(e, "reason", e)
-        if isinstance(reason, TimeoutError):
-            raise ClientError(f"no answer from the controller at {url} within {timeout:g} s "
-                              f"(--timeout){unsure}", 3) from None
-        refused = isinstance(reason, ConnectionRefusedError)  # then nothing was sent
-        raise ClientError(f"cannot reach the controller at {url}: {reason} (is `lisp-controller serve` "
-                          f"running? set --url or {URL_ENV}){'' if refused or not key else unsure}", 3) from None
+        client = ApiClient(url, os.environ.get(TOKEN_ENV) or None, timeout)
+        status, out = client(method, path, body, query=query, key=key)
+    except TimeoutError:
+        raise ClientError(f"no answer from the controller at {url} within {timeout:g} s "
+                          f"(--timeout){unsure}", 3) from None
+    except ConnectionRefusedError as e:  # then nothing was sent
+        raise ClientError(f"cannot reach the controller at {url}: {e} (is `lisp-controller serve` "
+                          f"running? set --url or {URL_ENV})", 3) from None
+    except (ssl.SSLError, socket.gaierror) as e:  # before anything was sent, too
+        raise ClientError(f"cannot reach the controller at {url}: {e} (is `lisp-controller serve` "
+                          f"running? set --url or {URL_ENV})", 3) from None
     except (OSError, http.client.HTTPException) as e:  # reset, closed early, not HTTP
         said = " ".join(str(e).split())[:80] or "no answer"
         raise ClientError(f"the controller at {url} broke off the exchange ({type(e).__name__}: "
                           f"{said}){unsure}", 3) from None
     except ValueError as e:  # the URL (its host, say) or the answer's JSON
-        raise ClientError(f"{method} {full}: {e}", 2 if isinstance(e, http.client.InvalidURL) else 3) from None
+        raise ClientError(f"{method} {url.rstrip('/')}{path}: {e}",
+                          2 if isinstance(e, http.client.InvalidURL) else 3) from None
+    if status < 400 or status in answers:
+        return out
+    try:
+        err = out["error"]
+        where = f"{err['field']}: " if err.get("field") else ""
+        message = f"{status} {where}{err['message']}"
+    except (KeyError, TypeError, AttributeError):
+        message = f"{status} {http.client.responses.get(status, 'error')}"
+    raise ClientError(message, 1)
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
@@ -208,9 +193,7 @@ def run(args) -> int:
 def _mapping(args, call):
     op = args.op
     if op == "list":
-        out = call("GET", "/v1/mappings", query={"iid": args.iid, "prefix": args.prefix,
-                                                          "source": args.source})
-        return _mapping_rows(out["mappings"]) + f"\n{out['total']} mappings", out
+        return _mapping_list(args, call)
     if op == "get":
         out = call("GET", _key_path(args.iid, args.eid))
         return _mapping_rows([out["mapping"]]), out
@@ -244,6 +227,33 @@ def _mapping(args, call):
         return f"{out['put']} mappings set, {out['deleted']} deleted; {_bridges(out)}", out
     out = call("PUT", "/v1/mappings", data, bulk=True, key=key)  # replace
     return f"API mappings replaced: {out['before']} before, {out['mappings']} now; {_bridges(out)}", out
+
+
+def _mapping_list(args, call):
+    """One page of the map-cache, filtered and sorted by the controller
+    with the same query parameters as the status page; --all asks page
+    after page (each consistent in itself, not with each other while
+    the map-cache changes)."""
+    query = {"iid": args.iid, "prefix": args.prefix, "source": args.source, "eid_contains": args.eid_contains,
+             "rloc_contains": args.rloc_contains, "q": args.search, "sort": args.sort,
+             "order": "desc" if args.desc else None, "offset": args.offset,
+             "limit": PAGE_MAX if args.all and args.limit is None else args.limit}
+    out = call("GET", "/v1/mappings", query=query)
+    if args.all:
+        rows = out["mappings"]
+        while rows and out["offset"] + len(out["mappings"]) < out["total"]:
+            out = call("GET", "/v1/mappings", query={**query, "offset": out["offset"] + len(out["mappings"])})
+            if not out["mappings"]:
+                break
+            rows += out["mappings"]
+        out = {**out, "offset": args.offset or 0, "mappings": rows}
+    shown, first, total = len(out["mappings"]), out["offset"], out["total"]
+    if shown == total:
+        footer = f"{total} mappings"
+    else:
+        footer = (f"mappings {first + 1 if shown else first}-{first + shown} of {total}"
+                  + (f" (--offset {first + shown} for more, or --all)" if first + shown < total else ""))
+    return _mapping_rows(out["mappings"]) + "\n" + footer, out
 
 
 def _endpoint(args, call):
@@ -304,6 +314,14 @@ def _iid(text: str) -> int:
         raise argparse.ArgumentTypeError(e.problem) from None
 
 
+def _count(text: str) -> int:
+    """A number of mappings (the controller checks the range)."""
+    try:
+        return parse_decimal(text, "count", 0, 2**63 - 1)
+    except ModelError as e:
+        raise argparse.ArgumentTypeError(e.problem) from None
+
+
 def _site(args, call):
     if args.op == "list":
         out = call("GET", "/v1/sites")
@@ -349,6 +367,16 @@ def add_parsers(sub) -> None:
     p.add_argument("--iid", type=_iid)
     p.add_argument("--prefix", help="only mappings inside this prefix")
     p.add_argument("--source", help="config, endpoint, api, registered:SITE or map-resolver")
+    p.add_argument("--eid-contains", metavar="TEXT", help="only EID prefixes containing this text")
+    p.add_argument("--rloc-contains", metavar="TEXT", help="only mappings with an RLOC containing this text")
+    p.add_argument("--search", metavar="WORDS", help="every word in IID, EID, RLOCs, action or source "
+                                                     "(as the status page's search)")
+    p.add_argument("--sort", choices=["prefix", "eid", "rlocs", "ttl", "action", "source", "packets", "bytes"],
+                   help="order (default prefix: IID, then prefix)")
+    p.add_argument("--desc", action="store_true", help="in descending order")
+    p.add_argument("--limit", type=_count, help="at most this many (default 1000, at most 10000)")
+    p.add_argument("--offset", type=_count, help="skip this many")
+    p.add_argument("--all", action="store_true", help="every matching mapping, page after page")
     for op in ("get", "delete"):
         p = m.add_parser(op, parents=[common])
         p.add_argument("eid", help="EID prefix, e.g. 10.2.0.0/16")

@@ -2,7 +2,7 @@
 
 One supervised `BridgeSession` (session.py) per connected bridge runs in
 its own greenthread. os-ken's event thread only routes replies and marks
-sessions dirty; it never blocks. `commit` is the one way the desired
+sessions dirty; it never blocks. `apply_change` is the one way the desired
 state changes: check, store, apply, then wait for the bridges to confirm.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ STATS_TIMEOUT = 10.0  # seconds a bridge may take to send its map-cache counters
 
 class LispControllerApp(app_manager.OSKenApp):
     """Owns the desired state and the bridge sessions; the API calls
-    `commit` to change the state and learns per bridge what happened."""
+    `apply_change` to change the state and learns per bridge what happened."""
 
     OFP_VERSIONS = [ofp.OFP_VERSION]
 
@@ -67,7 +67,7 @@ class LispControllerApp(app_manager.OSKenApp):
         # logged when it starts and ends, across reconnects (session.py).
         self.missing_ports_said: dict[str, tuple[str, ...]] = {}
         self.store_error: str | None = None  # the last write's failure, until a write succeeds
-        self.commit_lock = hub.Semaphore(1)
+        self.change_lock = hub.Semaphore(1)
         self.confirmed = hub.Event()  # set when a bridge confirms a generation: wakes wait_confirmed
         self.metrics = Metrics(self)
         if self.membership is not None:
@@ -84,15 +84,17 @@ class LispControllerApp(app_manager.OSKenApp):
             self.threads += self.xtr.start()
 
     # -- changes -----------------------------------------------------------
-    def commit(self, change: Change, wait: float | None = None, timings: dict | None = None) -> list[dict]:
-        """Check, store, apply, then wait (bounded) for every connected
-        bridge to confirm by barrier. Raises Conflict or StoreError before
+    def apply_change(self, change: Change, wait: float | None = None, timings: dict | None = None) -> list[dict]:
+        """The controller's change: check, store, apply, then wait
+        (bounded) for every connected bridge to confirm by barrier (an
+        OpenFlow bundle's commit is openflow/switch.py's `commit`, one step
+        of each bridge's part). Raises Conflict or StoreError before
         anything changed. `timings`, if given, receives milliseconds per
         stage. On a shared store another controller may commit first: this
         one catches up and checks the change again (docs/etcd.rst)."""
         for attempt in range(STALE_RETRIES):
             try:
-                return self._commit_once(change, wait, timings)
+                return self._apply_change_once(change, wait, timings)
             except StoreStale as e:
                 if attempt == STALE_RETRIES - 1 or not self.store.catch_up(self.config.api.confirm_timeout):
                     raise
@@ -101,8 +103,8 @@ class LispControllerApp(app_manager.OSKenApp):
 
     def apply_stored(self, delta: Delta) -> None:
         """A change another controller committed to the shared store, handed
-        over by the store's watch holding commit_lock: applied like a
-        commit without the check (its writer checked it against the same
+        over by the store's watch holding change_lock: applied like a
+        change without the check (its writer checked it against the same
         changes) and without writing it back. The config still wins."""
         change, dropped, dropped_endpoints = admit(self.state, delta)
         for line in describe_dropped(dropped, dropped_endpoints, self.state):
@@ -112,11 +114,11 @@ class LispControllerApp(app_manager.OSKenApp):
         for session in list(self.sessions.values()):
             session.mark_dirty()
 
-    def _commit_once(self, change: Change, wait: float | None, timings: dict | None) -> list[dict]:
+    def _apply_change_once(self, change: Change, wait: float | None, timings: dict | None) -> list[dict]:
         t = {} if timings is None else timings
         started = time.monotonic()
         big_change = _size(change) >= BIG_ITEMS
-        with self.commit_lock:
+        with self.change_lock:
             off_hub(big_change, self.state.check, change)  # reads the state; only commits change it
             t["check_ms"] = _ms_since(started)
             if self.store is not None and change.stored:
@@ -125,7 +127,7 @@ class LispControllerApp(app_manager.OSKenApp):
                     off_hub(big_change and self.store.blocks, self.store.write, change.put, change.delete,
                             change.replace_api, change.put_endpoints, change.delete_endpoints,
                             change.request)
-                except StoreStale:  # not a failure of the store: commit() catches up
+                except StoreStale:  # not a failure of the store: apply_change() catches up
                     raise
                 except StoreError as e:  # nothing applied: memory and bridges stay as stored
                     self.store_error = str(e)
@@ -220,7 +222,7 @@ class LispControllerApp(app_manager.OSKenApp):
                 if keys:
                     LOG.info("%d mappings reached their TTL: %s", len(keys),
                              ", ".join(f"{iid}:{eid}" for iid, eid in keys[:10]))
-                    self.commit(change, wait=0)
+                    self.apply_change(change, wait=0)
             except StoreError as e:  # retried next time; the mappings stay until then
                 LOG.error("TTL expiry postponed: %s", e)
             except Conflict as e:  # a shared store: another controller expired them first

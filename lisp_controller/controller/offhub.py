@@ -7,7 +7,7 @@ one SQLite transaction writing it) makes echo replies and every API
 request wait. Such steps run in eventlet's thread pool instead: the
 interpreter hands the GIL back every few milliseconds, so the hub answers
 in between (bench/hub.py measures it). Only steps that touch nothing the
-hub changes meanwhile go there: pure functions, the state under the commit
+hub changes meanwhile go there: pure functions, the state under the change
 lock (read only), the store's own connection.
 """
 from __future__ import annotations

@@ -419,9 +419,9 @@ class BridgeSession:
         state = self.app.state
         self.app.before_sync(self.label)
         started = time.monotonic()
-        # Plan under the commit lock: a big change applied to the state
+        # Plan under the change lock: a big change applied to the state
         # yields to the hub midway, and a bridge must never see half of it.
-        with self.app.commit_lock:
+        with self.app.change_lock:
             generation = state.generation
             bridge = state.bridge(st.bridge.label)
             # The ports this plan is for: port events may change st.ports
@@ -535,7 +535,7 @@ class BridgeSession:
     def streamable(self) -> bool:
         """True if this bridge can take the change about to be made as a
         stream: it is idle and holds exactly the current state, so the
-        change's own flow edits are all it needs (called under the commit
+        change's own flow edits are all it needs (called under the change
         lock, before the change)."""
         st, state = self.status, self.app.state
         bridge = state.bridge(st.bridge.label) if st.bridge is not None else None

@@ -32,7 +32,7 @@ EXPIRY_INTERVAL = 1.0
 
 class MappingSystem:
     """Map-Server and Map-Resolver on the control listener of ``app`` (a
-    ``LispControllerApp``: its state, ``commit`` and metrics)."""
+    ``LispControllerApp``: its state, ``apply_change`` and metrics)."""
 
     def __init__(self, app, settings: LispSettings):
         self.app, self.settings = app, settings
@@ -55,7 +55,7 @@ class MappingSystem:
         self.listener.bind()
 
     def start(self) -> list:
-        return [hub.spawn(self.listener.serve), hub.spawn(self._commit_loop), hub.spawn(self._expire_loop)]
+        return [hub.spawn(self.listener.serve), hub.spawn(self._apply_loop), hub.spawn(self._expire_loop)]
 
     # -- handlers (called by the listener, one datagram each) --------------------
     def _register(self, message: MapRegister, raw: bytes, source: Source) -> list[Send]:
@@ -82,7 +82,7 @@ class MappingSystem:
         self.metrics.inc("lisp_map_requests_refused_total", reason=reason)
 
     # -- into the controller's state ---------------------------------------------
-    def _commit_loop(self) -> None:
+    def _apply_loop(self) -> None:
         while True:
             self._wake.wait()
             hub.sleep(BATCH_DELAY)   # let a burst of registrations join one commit
@@ -93,7 +93,7 @@ class MappingSystem:
             change = Change(learn=[m for m in pending.values() if m is not None],
                             forget=[k for k, m in pending.items() if m is None])
             try:
-                self.app.commit(change, wait=0)
+                self.app.apply_change(change, wait=0)
             except Exception:   # the next registrations try again; say what went wrong now
                 LOG.exception("registrations could not be applied (%d learned, %d forgotten)",
                               len(change.learn), len(change.forget))

@@ -24,7 +24,7 @@ which makes OVS resolve the next hop while the flows are being confirmed.
 
 The controller application calls `packet_in` for each map-cache miss, and
 `wake` after a change of endpoints; nothing else of it is touched here
-but its public `commit`, `state`, `sessions` and `mapping_counters`.
+but its public `apply_change`, `state`, `sessions` and `mapping_counters`.
 """
 from __future__ import annotations
 
@@ -278,7 +278,7 @@ class Xtr:
 
     def _install(self, batch: list[Resolution]) -> None:
         mappings = {m.key: m for r in batch for m in r.mappings}
-        results = self.app.commit(Change(learn=list(mappings.values())))
+        results = self.app.apply_change(Change(learn=list(mappings.values())))
         late = [r["bridge"] for r in results if r["status"] not in ("confirmed", "not-connected")]
         if late:
             LOG.warning("learned mappings not confirmed on %s; held packets sent anyway", ", ".join(late))

@@ -7,7 +7,7 @@ from lisp_controller.model.values import (
     unique_keys, IFNAMSIZ)
 from lisp_controller.model.mapping import (
     Rloc, Mapping, Endpoint, prefix_key, MapCache, Bridge, datapath_id_of, Overlay,
-    endpoint_mappings, refers_to)
+    endpoint_mappings, refers_to, order_key)
 
 __all__ = [
     'IPAddress', 'IID_MAX', 'PRIORITY_UNUSED', 'ACTIONS', 'ModelError', 'parse_iid',
@@ -15,4 +15,4 @@ __all__ = [
     'parse_gateway', 'parse_bool', 'parse_action', 'parse_decimal', 'parse_rloc_address',
     'parse_host_address', 'parse_interface_name', 'unique_keys', 'IFNAMSIZ', 'Rloc', 'Mapping', 'Endpoint',
     'prefix_key', 'MapCache', 'Bridge', 'datapath_id_of', 'Overlay', 'endpoint_mappings',
-    'refers_to']
+    'refers_to', 'order_key']

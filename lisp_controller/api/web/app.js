@@ -1,10 +1,12 @@
 // The status page: polls the REST API and renders bridges, endpoints and
 // the map-cache. Plain JS, no build step, no third-party code.
 //
-// Speed with 10,000+ mappings: rows are plain objects with a precomputed
-// search string; filter and sort run on those, and only one page of rows is
-// turned into HTML (one innerHTML write, skipped when nothing changed).
-// Clicks are handled by one delegated listener per table, never per row.
+// Speed with a million mappings: the page asks the controller for one page
+// of the map-cache, filtered and sorted there (GET /v1/mappings with limit,
+// offset, sort, order and q), with counters for those rows only; the
+// browser never holds more than a page. A page is turned into HTML in one
+// innerHTML write, skipped when nothing changed. Clicks are handled by one
+// delegated listener per table, never per row.
 "use strict";
 
 (() => {
@@ -24,12 +26,12 @@
   const num = new Intl.NumberFormat("en-US");
 
   const state = {
-    datapaths: null, conflicts: [], endpoints: [], rows: [], countersAt: null, sites: [], lisp: null,
-    instances: null,
+    datapaths: null, conflicts: [], endpoints: [], rows: [], total: 0, inMapCache: 0, countersAt: null,
+    sites: [], lisp: null, listed: null, instances: null,
     lastOk: null, failingSince: null, lastError: "",
     sort: { key: "iid", dir: 1 }, query: "", page: 0, pageSize: 100,
     armed: null, armTimer: null, seen: null, fresh: new Set(), downSince: new Map(),
-    view: null, html: { bridges: "", rows: "", summary: "", sites: "", conflicts: "", lisp: "" },
+    html: { bridges: "", rows: "", summary: "", sites: "", conflicts: "", lisp: "" },
   };
 
   // -- formatting ----------------------------------------------------------
@@ -52,18 +54,6 @@
   }
   const since = (d) => span((Date.now() - d.getTime()) / 1000);
   const millis = (ms) => (ms >= 1000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms)} ms`);
-
-  // Sort keys for addresses: fixed-width hex, so text order is numeric order.
-  function ipKey(text) {
-    const [addr, len = ""] = String(text).split("/");
-    if (addr.includes(":")) {
-      const [head, tail = ""] = addr.split("::");
-      const h = head ? head.split(":") : [], t = tail ? tail.split(":") : [];
-      const groups = addr.includes("::") ? [...h, ...Array(8 - h.length - t.length).fill("0"), ...t] : h;
-      return "6" + groups.map((g) => g.padStart(4, "0")).join("") + len.padStart(3, "0");
-    }
-    return "4" + addr.split(".").map((o) => Number(o).toString(16).padStart(2, "0")).join("") + len.padStart(3, "0");
-  }
 
   // -- the API -------------------------------------------------------------
   async function call(method, path, body) {
@@ -104,15 +94,15 @@
   async function poll() {
     try {
       const [dp, ep, mp, lp, ins] = await Promise.all([
-        call("GET", "/v1/datapaths"), call("GET", "/v1/endpoints"), call("GET", "/v1/mappings?counters=true"),
-        call("GET", "/v1/lisp"), call("GET", "/v1/instances"),
+        call("GET", "/v1/datapaths"), call("GET", "/v1/endpoints"), listMappings(), call("GET", "/v1/lisp"),
+        call("GET", "/v1/instances"),
       ]);
-      const bad = [dp, ep, mp, lp, ins].find((r) => !r.ok);
+      const bad = [dp, ep, mp, lp, ins].find((r) => r && !r.ok);
       if (bad) throw new Error(`HTTP ${bad.status}${bad.data?.error ? `: ${bad.data.error.message}` : ""}`);
       state.datapaths = dp.data.datapaths;
       state.conflicts = dp.data.conflicts || [];
       state.endpoints = ep.data.endpoints;
-      setMappings(mp.data);
+      if (mp) setMappings(mp);
       state.sites = await sites();
       state.lisp = lp.data;
       state.instances = ins.data;
@@ -141,27 +131,71 @@
     pollTimer = setTimeout(loop, POLL_MS);
   }
 
-  function setMappings(data) {
+  // -- the map-cache, a page at a time --------------------------------------
+  // Table columns and the API's sort keys (GET /v1/mappings?sort=).
+  const SORT_PARAM = { iid: "prefix", eid: "eid", rlocs: "rlocs", ttl: "ttl", action: "action", source: "source",
+    packets: "packets", bytes: "bytes" };
+  let listing = 0;  // the latest request for a page: older answers are dropped
+
+  function listPath() {
+    const p = new URLSearchParams({ counters: "true", limit: state.pageSize, offset: state.page * state.pageSize,
+      sort: SORT_PARAM[state.sort.key], order: state.sort.dir > 0 ? "asc" : "desc" });
+    const q = state.query.trim();
+    if (q) p.set("q", q);
+    return `/v1/mappings?${p}`;
+  }
+
+  // The page the table shows now, or null if a newer request was made meanwhile.
+  async function listMappings() {
+    const mine = ++listing, path = listPath();
+    const r = await call("GET", path);
+    if (mine !== listing) return null;
+    r.path = path;
+    return r;
+  }
+
+  // Asked for at once when the user sorts, searches or turns a page.
+  async function refreshTable() {
+    try {
+      const r = await listMappings();
+      if (!r) return;
+      if (!r.ok) throw new Error(`HTTP ${r.status}${r.data?.error ? `: ${r.data.error.message}` : ""}`);
+      setMappings(r);
+      renderSummary();
+      renderTable();
+    } catch (e) {
+      state.failingSince = state.failingSince || new Date();
+      state.lastError = e instanceof TypeError || e.name === "AbortError" ? why(e) : e.message;
+      renderLive();
+    }
+  }
+
+  function setMappings(r) {
+    const data = r.data;
+    const pages = Math.max(1, Math.ceil(data.total / state.pageSize));
+    if (state.page > pages - 1) {  // the map-cache shrank under this page: show the last one
+      state.page = pages - 1;
+      refreshTable();
+    }
+    // Rows new since the last poll of the same view are highlighted.
+    const view = r.path.replace(/counters=true&/, "");
     const fresh = new Set(), seen = new Set();
-    state.rows = data.mappings.map((m, order) => {
+    state.rows = data.mappings.map((m) => {
       const key = `${m.iid}|${m.eid}`;
       seen.add(key);
-      if (state.seen && !state.seen.has(key)) fresh.add(key);
-      const rl = m.rlocs.map((r) => `${r.address} p${r.priority} w${r.weight}`).join(" ");
+      if (state.seen && state.listed === view && !state.seen.has(key)) fresh.add(key);
       return {
-        m, key, order,
-        hay: `${m.iid} ${m.eid} ${rl} ${m.action} ${m.source}`.toLowerCase(),
-        eidKey: ipKey(m.eid),
-        rlocKey: m.rlocs.length ? ipKey(m.rlocs[0].address) : "~",
-        ttl: m.expires_in ?? Infinity,
+        m, key,
         packets: m.counters ? m.counters.packets : -1,
         bytes: m.counters ? m.counters.bytes : -1,
       };
     });
+    state.listed = view;
     state.seen = seen;
     state.fresh = fresh;
+    state.total = data.total;
+    state.inMapCache = data.in_map_cache;
     state.countersAt = data.counters_at ? new Date(data.counters_at) : null;
-    state.view = null;
   }
 
   // -- rendering: header and banner ---------------------------------------
@@ -208,7 +242,7 @@
     const troubled = dps.filter((d) => d.connected && (d.degraded || d.missing_ports.length)).length;
     const pills = [
       `<span class="pill ${up === configured.length ? "good" : "bad"}">${up}/${configured.length} bridges up</span>`,
-      `<span class="pill">${num.format(state.rows.length)} mappings</span>`,
+      `<span class="pill">${num.format(state.inMapCache)} mappings</span>`,
       `<span class="pill">${num.format(state.endpoints.length)} endpoints</span>`,
     ];
     if (troubled) pills.push(`<span class="pill warn">${troubled} with problems</span>`);
@@ -398,27 +432,6 @@
   }
 
   // -- rendering: the map-cache -------------------------------------------
-  const cmp = (a, b) => (a < b ? -1 : a > b ? 1 : 0);
-  const ORDER = {
-    iid: (a, b) => a.order - b.order,
-    eid: (a, b) => cmp(a.eidKey, b.eidKey) || a.m.iid - b.m.iid,
-    rlocs: (a, b) => cmp(a.rlocKey, b.rlocKey),
-    ttl: (a, b) => cmp(a.ttl, b.ttl),
-    action: (a, b) => cmp(a.m.action, b.m.action),
-    source: (a, b) => cmp(a.m.source, b.m.source),
-    packets: (a, b) => a.packets - b.packets,
-    bytes: (a, b) => a.bytes - b.bytes,
-  };
-
-  function currentView() {
-    if (state.view) return state.view;
-    const terms = state.query.toLowerCase().split(/\s+/).filter(Boolean);
-    const rows = terms.length ? state.rows.filter((r) => terms.every((t) => r.hay.includes(t))) : state.rows.slice();
-    const order = ORDER[state.sort.key], dir = state.sort.dir;
-    rows.sort((a, b) => order(a, b) * dir || a.order - b.order);
-    return (state.view = rows);
-  }
-
   function rowHtml(r) {
     const m = r.m;
     const usable = m.rlocs.some((x) => x.priority < 255);
@@ -455,20 +468,17 @@
   }
 
   function renderTable() {
-    const rows = currentView();
-    const size = state.pageSize;
-    const pages = Math.max(1, Math.ceil(rows.length / size));
-    state.page = Math.min(state.page, pages - 1);
+    const rows = state.rows, size = state.pageSize;
+    const pages = Math.max(1, Math.ceil(state.total / size));
     const start = state.page * size;
-    const slice = rows.slice(start, start + size);
-    const html = slice.length ? slice.map(rowHtml).join("")
-      : `<tr class="empty"><td colspan="9">${state.rows.length ? `No mapping matches “${esc(state.query)}”.` : "The map-cache is empty."}</td></tr>`;
+    const html = rows.length ? rows.map(rowHtml).join("")
+      : `<tr class="empty"><td colspan="9">${state.inMapCache ? `No mapping matches “${esc(state.query)}”.` : "The map-cache is empty."}</td></tr>`;
     if (html !== state.html.rows) $("rows").innerHTML = state.html.rows = html;
-    const filtered = rows.length !== state.rows.length ? ` (filtered from ${num.format(state.rows.length)})` : "";
+    const filtered = state.total !== state.inMapCache ? ` (filtered from ${num.format(state.inMapCache)})` : "";
     $("shown").textContent = rows.length
-      ? `${num.format(start + 1)}–${num.format(start + slice.length)} of ${num.format(rows.length)}${filtered}`
-      : `0 of ${num.format(state.rows.length)}`;
-    $("page-info").textContent = `page ${state.page + 1} of ${pages}`;
+      ? `${num.format(start + 1)}–${num.format(start + rows.length)} of ${num.format(state.total)}${filtered}`
+      : `0 of ${num.format(state.inMapCache)}`;
+    $("page-info").textContent = `page ${num.format(state.page + 1)} of ${num.format(pages)}`;
     $("prev").disabled = state.page === 0;
     $("next").disabled = state.page >= pages - 1;
     for (const th of document.querySelectorAll("#mappings th[data-sort]")) {
@@ -619,8 +629,8 @@
       if (!th) return;
       const key = th.dataset.sort;
       state.sort = { key, dir: state.sort.key === key ? -state.sort.dir : (key === "packets" || key === "bytes" ? -1 : 1) };
-      state.view = null;
-      renderTable();
+      state.page = 0;
+      refreshTable();
     });
     let debounce = null;
     $("search").addEventListener("input", () => {
@@ -628,16 +638,15 @@
       debounce = setTimeout(() => {
         state.query = $("search").value;
         state.page = 0;
-        state.view = null;
-        renderTable();
-      }, 80);
+        refreshTable();
+      }, 150);
     });
-    $("prev").addEventListener("click", () => { state.page--; renderTable(); });
-    $("next").addEventListener("click", () => { state.page++; renderTable(); });
+    $("prev").addEventListener("click", () => { state.page = Math.max(0, state.page - 1); refreshTable(); });
+    $("next").addEventListener("click", () => { state.page++; refreshTable(); });
     $("page-size").addEventListener("change", () => {
       state.pageSize = Number($("page-size").value);
       state.page = 0;
-      renderTable();
+      refreshTable();
     });
     $("token-button").addEventListener("click", () => askToken(null));
     $("token-form").addEventListener("submit", (ev) => {
