@@ -110,6 +110,22 @@ def instance_config(base: str, listen: str, of_port: int, api_port: int, store_s
             + _table("controller", controller) + _table("api", api_keys) + store_section)
 
 
+def api_call(port: int, method: str, path: str, body: object = None, testbed: Testbed | None = None,
+             ns: str | None = None, timeout: float = 120) -> tuple[int, dict]:
+    """One REST call to the API on 127.0.0.1:`port` of namespace `ns` (one
+    of `testbed`'s) or of this one: status and JSON (or {"text": ...})."""
+    with (testbed.netns(ns) if testbed is not None else contextlib.nullcontext()):
+        conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+        try:
+            conn.request(method, path, body=None if body is None else json.dumps(body).encode(),
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+    return resp.status, (json.loads(data) if data[:1] in (b"{", b"[") else {"text": data.decode()})
+
+
 # -- the cluster -------------------------------------------------------------------------
 class LocalCluster:
     """An etcd cluster and `size` controllers on it. With `testbed`, both
@@ -196,16 +212,7 @@ class LocalCluster:
     def api(self, instance: Instance, method: str, path: str, body: object = None,
             timeout: float = 120) -> tuple[int, dict]:
         """One REST call to `instance` (from its namespace): status and JSON."""
-        with (self.testbed.netns(self.ns) if self.testbed is not None else contextlib.nullcontext()):
-            conn = http.client.HTTPConnection(LOOPBACK, instance.api_port, timeout=timeout)
-            try:
-                conn.request(method, path, body=None if body is None else json.dumps(body).encode(),
-                             headers={"Content-Type": "application/json"})
-                resp = conn.getresponse()
-                data = resp.read()
-            finally:
-                conn.close()
-        return resp.status, (json.loads(data) if data[:1] in (b"{", b"[") else {"text": data.decode()})
+        return api_call(instance.api_port, method, path, body, self.testbed, self.ns, timeout)
 
     def set_controller_line(self, bridge: str = "br") -> str:
         """The command that connects a bridge to every instance."""

@@ -83,6 +83,11 @@ def test_a_write_through_b_is_on_the_bridges_of_a_and_c_when_b_answers(testbed):
             assert has_flow(hv1, eid, rloc) and has_flow(hv2, eid, rloc), (i, body)
             assert status == 201 and statuses(body) == ["confirmed", "confirmed"], body
             assert {r["status"] for r in body["bridges"]} == {"not-connected"}  # B drives none itself
+        # A bigger change, which takes the other instances longer: all of it is there.
+        base = {hv.name: mapcache_flows(hv) for hv in ov.hypervisors}
+        status, body = cluster.api(b, "POST", "/v1/mappings/bulk", _bulk(70, 3000))
+        got = {hv.name: mapcache_flows(hv) - base[hv.name] for hv in ov.hypervisors}
+        assert status == 200 and got == {"hv1": 3000, "hv2": 3000}, (got, statuses(body))
         # A change of a mapping and a delete, the same way (through A: hv2 is C's).
         assert cluster.api(a, "PUT", "/v1/mappings/1000/10.20.0.0/16", {"rlocs": ["192.168.1.99"]})[0] == 200
         assert has_flow(hv2, "10.20.0.0/16", "192.168.1.99")

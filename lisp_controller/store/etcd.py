@@ -110,6 +110,12 @@ class _Compacted(_Failure):
     """The revision asked for is older than etcd keeps."""
 
 
+# What reading a watch raises when its stream ends or is cut: a failure, a
+# broken connection, a garbled line, or (urllib3 reading a response whose
+# socket `_restart_watch` shut) an AttributeError.
+_CUT = (_Failure, requests.RequestException, ValueError, KeyError, AttributeError)
+
+
 def _b64(data: str | bytes) -> str:
     return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
 
@@ -639,7 +645,7 @@ class EtcdStore:
             except _Compacted as e:
                 self._reload(f"the watch fell behind what etcd keeps ({e})")
                 continue
-            except (_Failure, requests.RequestException, ValueError, KeyError) as e:
+            except _CUT as e:
                 if not self._closed.is_set() and not complained:
                     LOG.warning("store %s: watch interrupted (%s); resuming after revision %d", self.name,
                                 e, self.revision)
@@ -812,7 +818,7 @@ class EtcdStore:
                             self._peers[instance] = _applied_seq(event["kv"])
                         self._peers_changed.notify_all()
                     delay = 0.1
-            except (_Failure, requests.RequestException, ValueError, KeyError) as e:
+            except _CUT as e:
                 if not self._closed.is_set():
                     LOG.debug("store %s: watch of the controllers interrupted (%s)", self.name, e)
             except Exception:
