@@ -22,6 +22,7 @@ import pytest
 from lab.etcd import EtcdCluster
 from lab.testbed import wait_until
 from lisp_controller.config import ConfigError, EtcdSettings, parse_config
+from lisp_controller.controller.applied import Applied, Confirmations
 from lisp_controller.model import Endpoint, Mapping, Rloc, parse_prefix
 from lisp_controller.store import Delta, Request, StoreError, StoreStale
 from lisp_controller.store.etcd import EtcdStore
@@ -154,7 +155,66 @@ def test_store_config_section():
     assert "store.backend: must be sqlite or etcd" in e.value.problems[0]
 
 
+def test_applied_joins_store_changes_to_the_generations_bridges_confirm():
+    applied = Applied()
+    assert applied.reached(10) is None
+    applied.note(4, 1)  # loaded at change 4, generation 1
+    applied.note(5, 2)
+    applied.note(5, 3)  # a reload at the same change: nothing new
+    applied.note(7, 4)
+    assert applied.reached(0) is None  # a bridge still on generation 0
+    assert applied.reached(2) == 5  # every bridge has generation 2: changes 4 and 5
+    assert applied.reached(3) is None
+    assert applied.reached(9) == 7 and applied.reached(9) is None
+
+
+def test_a_confirmation_wakes_the_commits_and_the_publisher():
+    commits, publisher = threading.Event(), threading.Event()
+    confirmed = Confirmations(commits, publisher)
+    confirmed.set()
+    assert commits.is_set() and publisher.is_set()
+    confirmed.clear()  # a commit that woke clears its event, not the publisher's
+    assert not commits.is_set() and publisher.is_set()
+    assert not confirmed.wait(0.01)
+
+
 # -- a real cluster ---------------------------------------------------------------------------
+def test_each_store_says_what_its_bridges_hold_and_a_writer_waits_for_the_others(etcd_cluster):
+    """applied/<instance> on a lease: a writer's wait ends when every other
+    store has said it holds the change, names one that did not in time, and
+    one that closed (or whose lease ended) is gone and no longer waited for."""
+    a, b, c = (EtcdStore(settings(etcd_cluster, "/peers/")) for _ in range(3))
+    for s in (a, b, c):
+        s.load()
+        s.follow(View().apply, threading.Lock())
+        s.applied(0)
+    wait_until(lambda: len(a.peers()) == 3, timeout=10, what="every store alive for A")
+    a.write(put=[mapping("10.1.0.0/16", "192.168.50.1")])
+    assert a.seq == 1
+    threading.Timer(0.3, b.applied, (1,)).start()
+    threading.Timer(0.5, c.applied, (1,)).start()
+    started = time.monotonic()
+    answer = a.wait_applied(1, 5)
+    assert 0.45 < time.monotonic() - started < 2, answer
+    assert [x["status"] for x in answer] == ["confirmed", "confirmed"]
+    assert {x["instance"] for x in answer} == {b.instance, c.instance}
+    # C does not say so in time: named, with what it holds.
+    a.write(put=[mapping("10.2.0.0/16", "192.168.50.1")])
+    b.applied(2)
+    started = time.monotonic()
+    answer = {x["instance"]: x for x in a.wait_applied(2, 0.5)}
+    assert 0.5 <= time.monotonic() - started < 1.5
+    assert answer[b.instance]["status"] == "confirmed"
+    assert answer[c.instance] == {"instance": c.instance, "status": "timeout", "applied": 1}
+    # C closes: its key goes with its lease, at once; A stops waiting for it.
+    threading.Timer(0.3, c.close).start()
+    answer = {x["instance"]: x for x in a.wait_applied(2, 5)}
+    assert answer[c.instance]["status"] == "gone"
+    assert c.instance not in a.peers() and a.wait_applied(2, 5) == [answer[b.instance]]
+    for s in (a, b):
+        s.close()
+
+
 def test_round_trips_match_sqlite_through_staging_and_merges(etcd_cluster, tmp_path):
     """Small chunks force every path: staged bulks, inline changes, merges."""
     sqlite = SqliteStore(tmp_path / "s.db")

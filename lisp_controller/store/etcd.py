@@ -77,9 +77,12 @@ PAGE = 8  # chunks per read
 # quorum is reported soon after.
 PATIENCE = 1.5
 MERGE_MAX = 100  # segments merged at once (one op each in the commit)
-# Seconds a controller's applied/ key outlives it (renewed every third of
-# it): how long writes may wait for a controller that was killed.
-PEER_TTL = 3
+# Seconds a controller's applied/ key outlives it: how long writes may wait
+# for a controller that was killed. Renewed every PEER_RENEW s, so a
+# controller whose hub is busy for seconds (taking another's bulk of
+# 100,000: decoding, checking, compiling) stays alive.
+PEER_TTL = 10
+PEER_RENEW = 1.0
 
 
 class _Failure(Exception):
@@ -775,7 +778,7 @@ class EtcdStore:
                     self._cluster.call("kv/put", {"key": _b64(key), "value": _b64(json.dumps({"seq": target})),
                                                   "lease": self._peer_lease}, idempotent=True)
                     published = target
-                if time.monotonic() - renewed >= PEER_TTL / 3:
+                if time.monotonic() - renewed >= PEER_RENEW:
                     answer = self._cluster.call("lease/keepalive", {"ID": self._peer_lease}, idempotent=True)
                     renewed = time.monotonic()
                     if int(answer.get("result", {}).get("TTL", 0)) <= 0:
@@ -792,7 +795,7 @@ class EtcdStore:
                 self._closed.wait(delay)
                 delay = min(2 * delay, 1.0)
                 continue
-            self._applied_wake.wait(max(0.0, PEER_TTL / 3 - (time.monotonic() - renewed)))
+            self._applied_wake.wait(max(0.0, PEER_RENEW - (time.monotonic() - renewed)))
             self._applied_wake.clear()
 
     def _peers_loop(self) -> None:
