@@ -251,6 +251,7 @@ def test_etcd_members_lost_and_back_under_three_controllers(testbed):
                 assert status == 503, body
                 assert "no leader" in body["error"]["message"] and "nothing was changed" in body["error"]["message"]
                 assert _api_total(cluster, instance) == len(acknowledged)
+                assert "no leader" in cluster.api(instance, "GET", "/v1/health")[1]["store_error"]
         finally:
             pinger.join(60)
         sent, received = pings[0]
@@ -262,6 +263,8 @@ def test_etcd_members_lost_and_back_under_three_controllers(testbed):
         cluster.etcd.wait_healthy()
         status, body = write("10.62.0.0/16")
         assert status == 201 and has_flow(hv1, "10.62.0.0/16") and has_flow(hv2, "10.62.0.0/16"), body
+        assert statuses(body) == ["confirmed", "confirmed"], body
+        assert cluster.api(b, "GET", "/v1/health")[1]["store_error"] is None
         for instance in cluster.instances:
             stored = {m["eid"] for m in cluster.api(instance, "GET", "/v1/mappings?source=api&limit=1000")[1]["mappings"]}
             assert stored == set(acknowledged), instance.name

@@ -472,9 +472,8 @@ def _api_up(ov, port: int) -> None:
 
 def test_two_controllers_share_the_map_cache_and_the_bridges_follow(testbed, tmp_path):
     """Controller A programs both bridges; controller B has none. What is
-    written through B reaches A's state and A's bridges. With etcd's
-    quorum gone, writes get 503 with the reason, reads and flows stay;
-    with quorum back, writes resume and reach everyone."""
+    written through B reaches A's state and A's bridges, and what A writes
+    reaches B; a TTL running out on both at once is expired once."""
     from lab.scenario import ControllerProcess, build, wait_programmed
 
     blog = (ROOT / "configs" / "blog-two-hypervisors.toml").read_text()
@@ -515,36 +514,12 @@ def test_two_controllers_share_the_map_cache_and_the_bridges_follow(testbed, tmp
                    what="B forgets 10.2.0.0/16")
         wait_until(lambda: not flows_for(hv1, "nw_dst=10.2.0.0/16"), timeout=10, what="flow gone")
 
-        # Quorum lost: 503 with the reason, nothing changes anywhere, reads go on.
-        cluster.kill(1)
-        cluster.kill(2)
-        wait_until(lambda: not cluster.sees_leader(0), timeout=10, what="the last member sees no leader")
-        before = {hv.name: sorted(hv.dump_flows()) for hv in ov.hypervisors}
-        for port in (8080, 8081):
-            status, body = _api(ov, port, "POST", "/v1/mappings",
-                                {"iid": 1000, "eid": "10.3.0.0/16", "rlocs": ["192.168.1.252"]})
-            assert status == 503, body
-            assert "no leader" in body["error"]["message"] and "nothing was changed" in body["error"]["message"]
-            status, body = _api(ov, port, "GET", "/v1/mappings?source=api&limit=1")
-            assert status == 200 and body["total"] == 5000
-            assert "no leader" in _api(ov, port, "GET", "/v1/health")[1]["store_error"]
-        assert {hv.name: sorted(hv.dump_flows()) for hv in ov.hypervisors} == before
-
-        # Quorum back: writes resume, and reach every controller and bridge.
-        cluster.restart(1)
-        cluster.restart(2)
-        cluster.wait_healthy()
-        status, body = _api(ov, 8081, "POST", "/v1/mappings",
-                            {"iid": 1000, "eid": "10.3.0.0/16", "rlocs": ["192.168.1.252"]})
-        assert status == 201, body
-        wait_until(lambda: flows_for(hv1, "nw_dst=10.3.0.0/16"), timeout=10, what="the write after quorum")
-        assert _api(ov, 8080, "GET", "/v1/mappings?source=api&limit=1")[1]["total"] == 5001
-        assert _api(ov, 8081, "GET", "/v1/health")[1]["store_error"] is None
+        # (etcd's members and quorum lost and back, under three controllers: tests/test_cluster.py)
         # A TTL runs out on both controllers at once: one deletes it, both forget it, no error.
         for i in range(5):
             assert _api(ov, 8081, "POST", "/v1/mappings", {"iid": 1000, "eid": f"10.4.{i}.0/24", "ttl": 2,
                                                            "rlocs": ["192.168.1.252"]})[0] == 201
-        wait_until(lambda: all(_api(ov, port, "GET", "/v1/mappings?source=api&limit=1")[1]["total"] == 5001
+        wait_until(lambda: all(_api(ov, port, "GET", "/v1/mappings?source=api&limit=1")[1]["total"] == 5000
                                for port in (8080, 8081)), timeout=20, what="both expired the TTLs")
         wait_until(lambda: not flows_for(hv1, "nw_dst=10.4."), timeout=10, what="expired flows gone")
         a.stop(), b.stop()
