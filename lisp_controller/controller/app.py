@@ -27,6 +27,7 @@ from lisp_controller.controller import procinfo
 from lisp_controller.controller.session import ABORT, BridgeSession, SyncHook
 from lisp_controller.model import Bridge
 from lisp_controller.controller.state import Change, Conflict, State
+from lisp_controller.errors import NotFound
 from lisp_controller.controller.admit import admit, describe_dropped
 from lisp_controller.controller.applied import Applied, Confirmations
 from lisp_controller.store import Delta, Store, StoreError, StoreStale
@@ -270,7 +271,7 @@ class LispControllerApp(app_manager.OSKenApp):
                     self.apply_change(change, wait=0)
             except StoreError as e:  # retried next time; the mappings stay until then
                 LOG.error("TTL expiry postponed: %s", e)
-            except Conflict as e:  # a shared store: another controller expired them first
+            except (Conflict, NotFound) as e:  # a shared store: another controller expired them first
                 LOG.info("TTL expiry: %s (already done by another controller)", e)
             except Exception:  # keep expiring later; say what went wrong now
                 LOG.exception("TTL expiry failed")
