@@ -133,9 +133,9 @@ def run_cluster(b: Bridges, args) -> dict:
 
 def failover(b: Bridges, args) -> dict | None:
     # ------------------------------------------------------------------
-    # FAILOVER TIME DISTRIBUTION OVER 20 KILLS: needs OpenFlow roles
-    # (MASTER/SLAVE, a master per bridge chosen through etcd), which are
-    # not in this tree yet. When they are: every bridge connected to all
+    # FAILOVER TIME DISTRIBUTION OVER 20 KILLS: not measured here yet.
+    # OpenFlow roles (store/membership.py, docs/etcd.rst "Bridge
+    # ownership") are now in the tree; to do: every bridge connected to all
     # three instances, kill -9 the master of a bridge 20 times (restarting
     # it in between) and measure, from the kill until a new master holds
     # the bridge (its role reply), p50 / p99 / max, plus flow-mods sent to
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, r in (("SQLite", base), ("etcd", three)):
         print(f"stages, {label} (ms, medians; instances counts from where bridges starts): " +
               ", ".join(f"{k.removesuffix('_ms')} {v:.1f}" for k, v in r["stages_ms"].items()))
-    print("failover time distribution over 20 kills: " + ("not measured: needs OpenFlow roles"
+    print("failover time distribution over 20 kills: " + ("not measured yet (see failover())"
                                                           if kills is None else str(kills)))
     return 0
 
