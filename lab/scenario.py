@@ -13,6 +13,7 @@ VM bridges joined by an L2 segment (1: the recipe's eth0 on br0).
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import signal
@@ -24,11 +25,9 @@ from pathlib import Path
 from lisp_controller.config import Config, load_config
 from lisp_controller.model import Endpoint
 from lisp_controller.pipeline.profiles import DEFAULT_UNDERLAY_MTU
+from lab.serve import ServeProcess
 from lab.testbed import (HOST, VM, Controller, Hypervisor, Router, Segment, Testbed,
                       _sigterm_as_interrupt, wait_until)
-
-ROOT = Path(__file__).resolve().parent.parent  # where the controller imports lab.serve from
-
 
 @dataclass
 class Topology:
@@ -143,54 +142,22 @@ def _underlay_mtu(bridges) -> int:
     return min((b.underlay_mtu for b in bridges), default=DEFAULT_UNDERLAY_MTU)
 
 
-class ControllerProcess:
-    """`lisp-controller serve` running in the controller namespace."""
+class ControllerProcess(ServeProcess):
+    """`lisp-controller serve` running in the controller namespace
+    (lab/serve.py's launcher, placed in the topology)."""
 
     def __init__(self, ov: Topology, log_name: str = "controller", env: dict | None = None,
                  store_path: Path | None = None, wrapper: tuple[str, ...] = (),
                  config_path: Path | None = None, hooks: tuple[str, ...] = ()):
-        """`wrapper` is a command that execs the controller (e.g. nsenter
-        into a mount namespace whose disk a test fills). `config_path`
-        (default: the overlay's) with its own store: no --store given.
-        `hooks` are lab/serve.py's options (a faster clock, failing syncs)."""
+        """`config_path` (default: the overlay's) with its own store: no
+        --store given. Otherwise one SQLite store per overlay
+        (`store_path`), kept across restarts of the controller."""
         self.ov = ov
-        self.config_path = config_path
-        self.log_path = ov.testbed.tmpfile(log_name, ".log")
-        # One store per overlay, kept across restarts of the controller.
-        self.store_path = store_path or ov.testbed.tmpdir / "store.db"
-        self.env = env or {}
-        self.wrapper = tuple(wrapper)
-        self.hooks = tuple(hooks)
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "ControllerProcess":
-        log = open(self.log_path, "ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
-        main = ["lisp_controller"]
-        if self.hooks:
-            main = ["lab.serve", *self.hooks, "--"]
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        self.proc = self.ov.testbed.spawn(
-            self.ov.controller_ns.ns,
-            [*self.wrapper, sys.executable, "-m", *main, "serve", "-c",
-             str(self.config_path or self.ov.config_path),
-             *(("--store", str(self.store_path)) if self.config_path is None else ())],
-            env=env, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        code = self.proc.wait(timeout)
-        return code
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_log(self, text: str, count: int = 1, timeout: float = 20.0) -> None:
-        wait_until(lambda: self.log().count(text) >= count, timeout=timeout,
-                   what=f"{count}x {text!r} in {self.log_path}")
+        super().__init__(config_path or ov.config_path, ov.testbed.tmpfile(log_name, ".log"),
+                         store_path=None if config_path is not None else
+                         (store_path or ov.testbed.tmpdir / "store.db"),
+                         hooks=hooks, env=env, wrapper=wrapper,
+                         spawn=functools.partial(ov.testbed.spawn, ov.controller_ns.ns))
 
 
 def wait_programmed(ov: Topology, timeout: float = 20.0) -> None:

@@ -1,6 +1,9 @@
-"""`lisp-controller` with what only tests pass in: a faster clock and
-syncs that fail on purpose. The real command line, the real process; the
-product itself reads no test-only setting.
+"""`lisp-controller serve` as the lab runs it: the one launcher of
+controller processes (`ServeProcess`) that the tests, the demo, the
+benchmarks and the local cluster (lab/cluster.py) share, and, in the child,
+the controller with what only tests pass in: a faster clock and syncs that
+fail on purpose. The real command line, the real process; the product
+itself reads no test-only setting.
 
     python -m lab.serve [--time-scale 50] [--fail-syncs AFTER:COUNT] -- serve -c CONFIG ...
 
@@ -21,9 +24,90 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import subprocess
 import sys
 import time
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
+
+from lab.testbed import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent  # where the child imports lab.serve from
+Spawn = Callable[..., "subprocess.Popen[bytes]"]  # (args, env=, stdout=, stderr=) -> a started process
+
+
+def spawn_here(args: Sequence[str], **popen_kw) -> "subprocess.Popen[bytes]":
+    """Start a process in this network namespace, in a session of its own
+    (a Ctrl-C meant for the lab does not reach it; the lab stops it)."""
+    return subprocess.Popen(list(args), start_new_session=True, **popen_kw)
+
+
+class ServeProcess:
+    """One `lisp-controller serve -c CONFIG` process, its output in
+    `log_path`, stopped only by its own PID.
+
+    `spawn` starts it where it must run (default: this namespace; a
+    testbed's namespace: ``functools.partial(testbed.spawn, ns)``).
+    `store_path`: an SQLite store given with ``--store`` (none: the config's
+    store). `hooks` are this module's options (a faster clock, failing
+    syncs). `wrapper` is a command that execs the controller (e.g. nsenter
+    into a mount namespace whose disk a test fills)."""
+
+    def __init__(self, config_path: str | Path, log_path: Path, *, store_path: Path | None = None,
+                 hooks: Sequence[str] = (), env: dict | None = None, wrapper: Sequence[str] = (),
+                 spawn: Spawn = spawn_here):
+        self.config_path = Path(config_path)
+        self.log_path = Path(log_path)
+        self.store_path = store_path
+        self.hooks = tuple(hooks)
+        self.env = env or {}
+        self.wrapper = tuple(wrapper)
+        self._spawn = spawn
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "ServeProcess":
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
+        main = ["lisp_controller"]
+        if self.hooks:
+            main = ["lab.serve", *self.hooks, "--"]
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        store = ("--store", str(self.store_path)) if self.store_path is not None else ()
+        with open(self.log_path, "ab") as log:
+            self.proc = self._spawn([*self.wrapper, sys.executable, "-m", *main, "serve", "-c",
+                                     str(self.config_path), *store],
+                                    env=env, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Signal it (SIGTERM: a clean stop; SIGKILL: kill -9) and wait for
+        its exit status. Popen signals only a child it has not yet reaped,
+        so a recycled PID is never hit."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stopped, whatever it is doing: SIGTERM, then SIGKILL."""
+        if not self.running():
+            return
+        try:
+            self.stop(signal.SIGTERM, timeout)
+        except subprocess.TimeoutExpired:
+            self.stop(signal.SIGKILL, timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, count: int = 1, timeout: float = 20.0) -> None:
+        wait_until(lambda: self.log().count(text) >= count, timeout=timeout,
+                   what=f"{count}x {text!r} in {self.log_path}")
 
 
 class InjectedFailure(RuntimeError):

@@ -416,10 +416,20 @@ class Hypervisor:
                    *PROFILES[profile].vsctl_args(tunnel_port, local_ip))
 
     def set_controller(self, bridge: str, address: str, of_port: int = 6653) -> None:
-        host = f"[{address}]" if ":" in address else address
-        self.vsctl("--", "--id=@c", "create", "Controller",
-                   f"target=\"tcp:{host}:{of_port}\"", "max_backoff=1000",
-                   "--", "set", "Bridge", bridge, "controller=@c")
+        self.set_controllers(bridge, [(address, of_port)])
+
+    def set_controllers(self, bridge: str, targets: Sequence[tuple[str, int]]) -> None:
+        """The bridge's controllers become exactly `targets` ((address,
+        port) each), every one with max_backoff=1000, in one transaction
+        (``ovs-vsctl set-controller br tcp:A tcp:B ...``): a secure bridge
+        never passes through having none, which would flush its flows."""
+        args: list[str] = []
+        for i, (address, of_port) in enumerate(targets):
+            host = f"[{address}]" if ":" in address else address
+            args += ["--", f"--id=@c{i}", "create", "Controller", f"target=\"tcp:{host}:{of_port}\"",
+                     "max_backoff=1000"]
+        ids = ",".join(f"@c{i}" for i in range(len(targets)))
+        self.vsctl(*args, "--", "set", "Bridge", bridge, f"controller=[{ids}]")
 
     def _start_ovsdb(self) -> None:
         self.testbed._track_pidfile(self.ovsdb_pidfile)

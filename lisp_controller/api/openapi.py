@@ -41,7 +41,10 @@ def _ref(name: str) -> dict:
 
 
 def _obj(**props) -> dict:
-    return {"type": "object", "required": list(props), "properties": props}
+    schema = {"type": "object", "required": list(props), "properties": props}
+    if "bridges" in props:  # a write's answer: on a shared store, the other controllers' too (optional)
+        schema["properties"] = {**props, "instances": {"type": "array", "items": _ref("InstanceResult")}}
+    return schema
 
 
 SCHEMAS = {
@@ -109,6 +112,15 @@ SCHEMAS = {
         "errors": {"type": "array", "items": {"type": "string"}},
         "stages_ms": {"type": "object", "additionalProperties": {"type": "number"},
                       "description": "the bridge's last sync: compile, diff, switch (bundle to barrier)"}}},
+    "InstanceResult": {"type": "object", "required": ["instance", "status", "applied"],
+                       "description": "with an etcd store shared by several controllers: whether each "
+                                      "other controller's bridges hold the change (docs/etcd.rst)",
+                       "properties": {
+        "instance": {"type": "string", "description": "host:pid:tag of the controller"},
+        "status": {"type": "string", "enum": ["confirmed", "timeout", "gone"],
+                   "description": "confirmed: every bridge it drives holds the change; timeout: not "
+                                  "within confirm_timeout (it still applies it); gone: it stopped meanwhile"},
+        "applied": {"type": ["integer", "null"], "description": "the last change its bridges hold"}}},
     "Timings": {"type": "object", "additionalProperties": {"type": "number"},
                 "description": "milliseconds: json, validate, check, store, state (compile and encode), "
                                "bridges (waiting for the barriers)"},

@@ -319,7 +319,10 @@ class Api:
         if key is not None:
             change.request = Recorded(key, req.method, req.path_qs, req.environ["lisp.fingerprint"], status,
                                       json.dumps(headers or {}), json.dumps(body), time.time())
-        body["bridges"] = self.ctl.apply_change(change, timings=timings)
+        instances: list[dict] = []
+        body["bridges"] = self.ctl.apply_change(change, timings=timings, instances=instances)
+        if self.ctl.store is not None and self.ctl.store.seq is not None:  # a store shared with others
+            body["instances"] = instances
         if key is not None:
             try:
                 self.ctl.store.record_answer(key, json.dumps(body))

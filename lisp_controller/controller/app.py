@@ -3,7 +3,8 @@
 One supervised `BridgeSession` (session.py) per connected bridge runs in
 its own greenthread. os-ken's event thread only routes replies and marks
 sessions dirty; it never blocks. `apply_change` is the one way the desired
-state changes: check, store, apply, then wait for the bridges to confirm.
+state changes: check, store, apply, then wait for the bridges to confirm,
+and on a shared store for the other controllers' bridges (applied.py).
 """
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ from lisp_controller.controller import procinfo
 from lisp_controller.controller.session import ABORT, BridgeSession, SyncHook
 from lisp_controller.model import Bridge
 from lisp_controller.controller.state import Change, Conflict, State
+from lisp_controller.errors import NotFound
 from lisp_controller.controller.admit import admit, describe_dropped
+from lisp_controller.controller.applied import Applied, Confirmations
 from lisp_controller.store import Delta, Store, StoreError, StoreStale
 from lisp_controller.openflow.switch import SwitchError, describe_error
 from lisp_controller.controller.toobig import PathMtu
@@ -68,7 +71,12 @@ class LispControllerApp(app_manager.OSKenApp):
         self.missing_ports_said: dict[str, tuple[str, ...]] = {}
         self.store_error: str | None = None  # the last write's failure, until a write succeeds
         self.change_lock = hub.Semaphore(1)
-        self.confirmed = hub.Event()  # set when a bridge confirms a generation: wakes wait_confirmed
+        # A shared store: which of its changes this controller's bridges
+        # hold, said to the other controllers when it grows (applied.py).
+        self.applied = Applied()
+        self.applied_wake = hub.Event()
+        # Set when a bridge confirms a generation: wakes wait_confirmed (and the publisher).
+        self.confirmed = Confirmations(hub.Event(), self.applied_wake)
         self.metrics = Metrics(self)
         if self.membership is not None:
             self.membership.on_roles = self._on_roles
@@ -76,6 +84,9 @@ class LispControllerApp(app_manager.OSKenApp):
         self.pathmtu = PathMtu(self.counters.get)
         self.mapping_system = None  # lisp/service.py's MappingSystem, when [lisp] listen is set
         self.threads.append(hub.spawn(self._expire_loop))
+        if self.store is not None and self.store.seq is not None:
+            self.applied.note(self.store.seq, self.state.generation)  # what it loaded
+            self.threads.append(hub.spawn(self._publish_applied))
         # The xTR role (lisp/xtr.py): registration and resolution, given
         # the control socket __main__ bound for it.
         self.xtr = Xtr(self, lisp_config.xtr, lisp_control_socket) if lisp_control_socket is not None else None
@@ -84,17 +95,20 @@ class LispControllerApp(app_manager.OSKenApp):
             self.threads += self.xtr.start()
 
     # -- changes -----------------------------------------------------------
-    def apply_change(self, change: Change, wait: float | None = None, timings: dict | None = None) -> list[dict]:
+    def apply_change(self, change: Change, wait: float | None = None, timings: dict | None = None,
+                     instances: list | None = None) -> list[dict]:
         """The controller's change: check, store, apply, then wait
         (bounded) for every connected bridge to confirm by barrier (an
         OpenFlow bundle's commit is openflow/switch.py's `commit`, one step
         of each bridge's part). Raises Conflict or StoreError before
         anything changed. `timings`, if given, receives milliseconds per
         stage. On a shared store another controller may commit first: this
-        one catches up and checks the change again (docs/etcd.rst)."""
+        one catches up and checks the change again; and the wait includes
+        the other controllers' bridges, whose answers `instances`, if
+        given, receives (store.base, `wait_applied`; docs/etcd.rst)."""
         for attempt in range(STALE_RETRIES):
             try:
-                return self._apply_change_once(change, wait, timings)
+                return self._apply_change_once(change, wait, timings, instances)
             except StoreStale as e:
                 if attempt == STALE_RETRIES - 1 or not self.store.catch_up(self.config.api.confirm_timeout):
                     raise
@@ -111,13 +125,18 @@ class LispControllerApp(app_manager.OSKenApp):
             LOG.warning("change from the store: %s; left out here (the config wins)", line)
         with gc_paused(_size(change)):  # lifted while it yields
             self.state.apply(change, pause=_pause)
+        if delta.seq is not None:
+            self.applied.note(delta.seq, self.state.generation)
+            self.applied_wake.set()
         for session in list(self.sessions.values()):
             session.mark_dirty()
 
-    def _apply_change_once(self, change: Change, wait: float | None, timings: dict | None) -> list[dict]:
+    def _apply_change_once(self, change: Change, wait: float | None, timings: dict | None,
+                           instances: list | None) -> list[dict]:
         t = {} if timings is None else timings
         started = time.monotonic()
         big_change = _size(change) >= BIG_ITEMS
+        seq = None  # the change's number in a shared store
         with self.change_lock:
             off_hub(big_change, self.state.check, change)  # reads the state; only commits change it
             t["check_ms"] = _ms_since(started)
@@ -134,6 +153,7 @@ class LispControllerApp(app_manager.OSKenApp):
                     self.metrics.inc("lisp_store_errors_total")
                     raise
                 self.store_error = None
+                seq = self.store.seq
                 t["store_ms"] = _ms_since(mark)
             mark = time.monotonic()
             big = len(change.put) + len(change.delete) + len(change.learn) >= BIG or change.replace_api
@@ -152,6 +172,9 @@ class LispControllerApp(app_manager.OSKenApp):
                 raise
             target = self.state.generation
             _put_all(feeds, ("end", target))
+            if seq is not None:
+                self.applied.note(seq, target)
+                self.applied_wake.set()
             t["state_ms"] = _ms_since(mark)  # compile and encode map-cache flows (and stream them)
             if self.xtr is not None and (change.put_endpoints or change.delete_endpoints):
                 self.xtr.wake()  # register or withdraw now
@@ -159,10 +182,33 @@ class LispControllerApp(app_manager.OSKenApp):
                 if session not in fed:
                     session.mark_dirty()
         mark = time.monotonic()
-        results = self.wait_confirmed(target, self.config.api.confirm_timeout if wait is None else wait)
+        timeout = self.config.api.confirm_timeout if wait is None else wait
+        results = self.wait_confirmed(target, timeout)
         t["bridges_ms"] = _ms_since(mark)
         self.metrics.observe_barrier_wait(time.monotonic() - mark)
+        if seq is not None:
+            others = self.store.wait_applied(seq, max(0.0, timeout - (time.monotonic() - mark)))
+            t["instances_ms"] = _ms_since(mark)
+            late = [f"{o['instance']} ({o['status']}, holds change {o['applied']})" for o in others
+                    if o["status"] != "confirmed"]
+            if late and timeout > 0:
+                LOG.warning("change %d: not confirmed by every controller's bridges within %g s: %s",
+                            seq, timeout, ", ".join(late))
+            if instances is not None:
+                instances.extend(others)
         return results
+
+    def _publish_applied(self) -> None:
+        """Tell the other controllers (through the store) each time the
+        bridges here hold a later change: every bridge connected has
+        confirmed its generation (none connected: at once)."""
+        while True:
+            self.applied_wake.wait()
+            self.applied_wake.clear()
+            synced = [s.status.synced_generation for s in self._programmed()]
+            seq = self.applied.reached(min(synced, default=self.state.generation))
+            if seq is not None:
+                self.store.applied(seq)
 
     def wait_confirmed(self, generation: int, timeout: float) -> list[dict]:
         deadline = time.monotonic() + timeout
@@ -225,7 +271,7 @@ class LispControllerApp(app_manager.OSKenApp):
                     self.apply_change(change, wait=0)
             except StoreError as e:  # retried next time; the mappings stay until then
                 LOG.error("TTL expiry postponed: %s", e)
-            except Conflict as e:  # a shared store: another controller expired them first
+            except (Conflict, NotFound) as e:  # a shared store: another controller expired them first
                 LOG.info("TTL expiry: %s (already done by another controller)", e)
             except Exception:  # keep expiring later; say what went wrong now
                 LOG.exception("TTL expiry failed")

@@ -44,6 +44,7 @@ class Delta:
     replace_all: bool = False  # API mappings not in `put` are deleted
     put_endpoints: list[tuple[str, Endpoint]] = field(default_factory=list)  # (bridge label, ep)
     delete_endpoints: list[tuple[str, str]] = field(default_factory=list)  # (bridge label, port)
+    seq: int | None = None  # its number in a shared store's order of changes (`Store.seq`)
 
 
 Listener = Callable[[Delta], None]
@@ -75,6 +76,10 @@ class Store(Protocol):
     # Whether a write blocks its thread (SQLite) rather than yielding to the
     # hub (etcd's HTTP client): a big one then runs off the hub (offhub.py).
     blocks: bool
+    # A shared store numbers the changes of all controllers in one order:
+    # how many this controller holds (after a write: that write's number).
+    # None: a store of one controller.
+    seq: int | None
 
     def load(self) -> tuple[list[Mapping], list[tuple[str, Endpoint]]]:
         """Every stored API mapping and API endpoint."""
@@ -101,6 +106,18 @@ class Store(Protocol):
     def catch_up(self, timeout: float) -> bool:
         """Wait until every change known to be committed has been handed to
         `on_change`; False if that took longer than `timeout` seconds."""
+
+    def applied(self, seq: int) -> None:
+        """This controller's bridges hold every change up to `seq`: tell
+        the other controllers (a shared store; otherwise nothing). Returns
+        at once; the store says it when it can."""
+
+    def wait_applied(self, seq: int, timeout: float) -> list[dict]:
+        """Wait (at most `timeout` seconds) until every other live
+        controller has said its bridges hold change `seq`. One entry per
+        controller: ``{"instance", "status": confirmed | timeout | gone,
+        "applied"}`` (gone: it stopped meanwhile). A store of one
+        controller: [] at once."""
 
     def close(self) -> None:
         ...

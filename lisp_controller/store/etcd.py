@@ -14,6 +14,11 @@ Layout under the prefix P (store/segments.py has the values):
 - ``P requests/<key>``: a write the API was sent with an Idempotency-Key
   (store/base.py, `Request`, as JSON), put by the transaction that commits
   its change, on a lease that ends it after REQUEST_KEEP.
+- ``P applied/<instance>``: ``{"seq": N}``, the changes this controller's
+  bridges have confirmed, on a lease it keeps alive (PEER_TTL): the keys
+  that exist are the controllers alive. A writer waits on them
+  (`wait_applied`, by a watch) until every other controller's bridges hold
+  its change.
 
 A change that fits one request is written with the head in one
 transaction. A bigger one (100,000 mappings are about 9 MB; etcd takes
@@ -72,6 +77,12 @@ PAGE = 8  # chunks per read
 # quorum is reported soon after.
 PATIENCE = 1.5
 MERGE_MAX = 100  # segments merged at once (one op each in the commit)
+# Seconds a controller's applied/ key outlives it: how long writes may wait
+# for a controller that was killed. Renewed every PEER_RENEW s, so a
+# controller whose hub is busy for seconds (taking another's bulk of
+# 100,000: decoding, checking, compiling) stays alive.
+PEER_TTL = 10
+PEER_RENEW = 1.0
 
 
 class _Failure(Exception):
@@ -100,6 +111,12 @@ class _Refused(_Failure):
 
 class _Compacted(_Failure):
     """The revision asked for is older than etcd keeps."""
+
+
+# What reading a watch raises when its stream ends or is cut: a failure, a
+# broken connection, a garbled line, or (urllib3 reading a response whose
+# socket `_restart_watch` shut) an AttributeError.
+_CUT = (_Failure, requests.RequestException, ValueError, KeyError, AttributeError)
 
 
 def _b64(data: str | bytes) -> str:
@@ -289,6 +306,15 @@ class EtcdStore:
         self._stream = None
         self.watching: str | None = None  # the member the watch reads from
         self._merging = False
+        # What this controller's bridges hold (`applied`), and what every
+        # controller alive said of its own (`wait_applied`), by instance.
+        self.instance = self._writer
+        self._applied: int | None = None
+        self._applied_wake = threading.Event()
+        self._peers: dict[str, int] = {}
+        self._peers_changed = threading.Condition()
+        self._peer_stream = None
+        self._peer_lease: int | None = None
         try:
             self._cluster.authenticate()
             self._read_head()
@@ -586,11 +612,18 @@ class EtcdStore:
                     return
             raise _Refused("the head kept changing")
 
+    @property
+    def seq(self) -> int:
+        """Changes this controller holds (after its write: the write's number)."""
+        return self._manifest.seq
+
     # -- following other controllers ------------------------------------------------
     def follow(self, on_change: Listener, lock: ContextManager) -> None:
         self._listener, self._lock = on_change, lock
         self._spawn(self._watch_loop, "etcd-watch")
         self._spawn(self._check_loop, "etcd-check")
+        self._spawn(self._publish_loop, "etcd-applied")
+        self._spawn(self._peers_loop, "etcd-peers")
 
     def catch_up(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -615,7 +648,7 @@ class EtcdStore:
             except _Compacted as e:
                 self._reload(f"the watch fell behind what etcd keeps ({e})")
                 continue
-            except (_Failure, requests.RequestException, ValueError, KeyError) as e:
+            except _CUT as e:
                 if not self._closed.is_set() and not complained:
                     LOG.warning("store %s: watch interrupted (%s); resuming after revision %d", self.name,
                                 e, self.revision)
@@ -667,8 +700,10 @@ class EtcdStore:
                  " (replacing all)" if rows.replace_all else "", len(rows.endpoint_puts),
                  len(rows.endpoint_deletes))
         if self._listener is not None:
+            delta = rows.delta()
+            delta.seq = seq
             try:
-                self._listener(rows.delta())
+                self._listener(delta)
             except Exception:
                 LOG.exception("store %s: applying change %d failed", self.name, seq)
 
@@ -712,13 +747,115 @@ class EtcdStore:
                 LOG.exception("store %s: check failed", self.name)
 
     def _restart_watch(self) -> None:
-        resp = self._stream
-        if resp is None:
-            return
-        with contextlib.suppress(Exception):
-            resp.raw._connection.sock.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(Exception):
-            resp.close()
+        """Cut the watches' streams (the loops start them again, elsewhere)."""
+        for resp in (self._stream, self._peer_stream):
+            if resp is None:
+                continue
+            with contextlib.suppress(Exception):
+                resp.raw._connection.sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(Exception):
+                resp.close()
+
+    # -- what the controllers' bridges hold ----------------------------------------------
+    def applied(self, seq: int) -> None:
+        if self._applied is None or seq > self._applied:
+            self._applied = seq
+            self._applied_wake.set()
+
+    def _publish_loop(self) -> None:
+        """Keep ``applied/<instance>`` saying `_applied`, on a lease kept
+        alive: a controller that dies (or loses etcd) drops out of every
+        writer's wait when the lease ends."""
+        key = f"{self._p}applied/{self.instance}"
+        published, renewed, delay, complained = None, 0.0, 0.1, False
+        while not self._closed.is_set():
+            try:
+                if self._peer_lease is None:
+                    answer = self._cluster.call("lease/grant", {"TTL": PEER_TTL, "ID": 0}, idempotent=True)
+                    self._peer_lease, published, renewed = answer["ID"], None, time.monotonic()
+                target = self._applied
+                if target is not None and target != published:
+                    self._cluster.call("kv/put", {"key": _b64(key), "value": _b64(json.dumps({"seq": target})),
+                                                  "lease": self._peer_lease}, idempotent=True)
+                    published = target
+                if time.monotonic() - renewed >= PEER_RENEW:
+                    answer = self._cluster.call("lease/keepalive", {"ID": self._peer_lease}, idempotent=True)
+                    renewed = time.monotonic()
+                    if int(answer.get("result", {}).get("TTL", 0)) <= 0:
+                        LOG.warning("store %s: this controller's lease ran out; saying again that it is alive",
+                                    self.name)
+                        self._peer_lease = None
+                        continue
+                delay, complained = 0.1, False
+            except (_Failure, KeyError, ValueError) as e:
+                if not self._closed.is_set() and not complained:
+                    LOG.warning("store %s: cannot say which changes this controller applied (%s); "
+                                "trying again", self.name, e)
+                    complained = True
+                self._closed.wait(delay)
+                delay = min(2 * delay, 1.0)
+                continue
+            self._applied_wake.wait(max(0.0, PEER_RENEW - (time.monotonic() - renewed)))
+            self._applied_wake.clear()
+
+    def _peers_loop(self) -> None:
+        """Follow every ``applied/`` key: read them all, then watch them."""
+        prefix = f"{self._p}applied/"
+        delay = 0.1
+        while not self._closed.is_set():
+            try:
+                answer = self._cluster.call("kv/range", {"key": _b64(prefix), "range_end": _b64(_range_end(prefix))},
+                                            idempotent=True)
+                peers = {_unb64(kv["key"]).decode()[len(prefix):]: _applied_seq(kv)
+                         for kv in answer.get("kvs") or ()}
+                with self._peers_changed:
+                    self._peers = peers
+                    self._peers_changed.notify_all()
+                start = int(answer["header"]["revision"]) + 1
+                for event in self._cluster.watch(prefix, start, self._on_peer_stream, prefix=True):
+                    instance = _unb64(event["kv"]["key"]).decode()[len(prefix):]
+                    with self._peers_changed:
+                        if event.get("type") == "DELETE":
+                            self._peers.pop(instance, None)
+                        else:
+                            self._peers[instance] = _applied_seq(event["kv"])
+                        self._peers_changed.notify_all()
+                    delay = 0.1
+            except _CUT as e:
+                if not self._closed.is_set():
+                    LOG.debug("store %s: watch of the controllers interrupted (%s)", self.name, e)
+            except Exception:
+                if not self._closed.is_set():
+                    LOG.exception("store %s: watch of the controllers failed", self.name)
+            finally:
+                self._peer_stream = None
+            if self._closed.wait(delay):
+                return
+            delay = min(2 * delay, 2.0)
+
+    def _on_peer_stream(self, resp, url: str) -> None:
+        self._peer_stream = resp
+
+    def peers(self) -> dict[str, int]:
+        """Every controller alive (this one too, once it said so), and the
+        change its bridges hold."""
+        with self._peers_changed:
+            return dict(self._peers)
+
+    def wait_applied(self, seq: int, timeout: float) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        with self._peers_changed:
+            others = sorted(p for p in self._peers if p != self.instance)
+            while True:
+                behind = [p for p in others if self._peers.get(p, seq) < seq]
+                remaining = deadline - time.monotonic()
+                if not behind or remaining <= 0:
+                    break
+                self._peers_changed.wait(remaining)
+            peers = dict(self._peers)
+        return [{"instance": p, "applied": peers.get(p),
+                 "status": "gone" if p not in peers else "confirmed" if peers[p] >= seq else "timeout"}
+                for p in others]
 
     def collect_garbage(self) -> list[str]:
         """Delete the chunks of segments that no head names and no live
@@ -746,11 +883,20 @@ class EtcdStore:
 
     def close(self) -> None:
         self._closed.set()
+        self._applied_wake.set()
         self._restart_watch()
+        if self._peer_lease is not None:  # the others stop waiting for this controller at once
+            with contextlib.suppress(_Failure):
+                self._cluster.call("kv/lease/revoke", {"ID": self._peer_lease}, idempotent=True)
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=5)
         self._cluster.close()
+
+
+def _applied_seq(kv: dict) -> int:
+    """The change number an ``applied/`` key says."""
+    return int(json.loads(_unb64(kv.get("value", "")))["seq"])
 
 
 def _ranged(answer: dict, index: int) -> dict | None:

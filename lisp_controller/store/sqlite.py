@@ -72,6 +72,7 @@ class Store:
     """The store of one controller, in one SQLite file (store/base.py)."""
 
     blocks = True  # a transaction holds its thread until fsync
+    seq = None  # one controller: no order to share
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -151,6 +152,12 @@ class Store:
 
     def catch_up(self, timeout: float) -> bool:
         return True
+
+    def applied(self, seq: int) -> None:
+        """No other controller to tell."""
+
+    def wait_applied(self, seq: int, timeout: float) -> list[dict]:
+        return []
 
     def load(self) -> tuple[list[Mapping], list[tuple[str, Endpoint]]]:
         try:
