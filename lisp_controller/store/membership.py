@@ -31,7 +31,7 @@ from typing import Callable
 from lisp_controller.config import ClusterSettings, EtcdSettings
 from lisp_controller.controller.ownership import Moves, Snapshot, mastered, plan
 from lisp_controller.store.base import StoreError
-from lisp_controller.store.etcd import _b64, _Cluster, _Compacted, _Failure, _range_end, _unb64
+from lisp_controller.store.etcdclient import Cluster, Compacted, Failure, b64, range_end, unb64
 
 LOG = logging.getLogger("lisp_controller")
 PLAN_INTERVAL = 0.5  # seconds between plans without a change in etcd
@@ -54,7 +54,7 @@ class Membership:
         # Its own connections, with requests that give up well within the
         # lease: a member that froze must not hold the keepalive past it.
         quick = dataclasses.replace(settings, timeout=min(settings.timeout, max(0.2, self.ttl / 3)))
-        self._cluster = _Cluster(quick, password or settings.password)
+        self._cluster = Cluster(quick, password or settings.password)
         self.on_roles: Callable[[dict[int, int]], None] = lambda held: None
         self._lock = threading.RLock()
         self._wake = threading.Event()
@@ -129,7 +129,7 @@ class Membership:
             try:
                 if self._register():
                     break
-            except _Failure as e:
+            except Failure as e:
                 raise StoreError(f"instance {self.me}: cannot register in etcd: {e}") from None
             if time.monotonic() >= deadline:
                 raise StoreError(f"instance {self.me} is already registered in etcd by a live controller "
@@ -151,7 +151,7 @@ class Membership:
         if lease:
             try:
                 self._cluster.call("lease/revoke", {"ID": lease}, idempotent=True)
-            except _Failure as e:
+            except Failure as e:
                 LOG.warning("instance %s: lease not revoked (%s); its bridges move when it runs out", self.me, e)
         for thread in self._threads:
             thread.join(timeout=5)
@@ -162,12 +162,12 @@ class Membership:
         sent = time.monotonic()
         answer = self._cluster.call("lease/grant", {"TTL": self.ttl, "ID": 0}, idempotent=True)
         lease, granted = int(answer["ID"]), int(answer.get("TTL", self.ttl))
-        key = _b64(f"{self._p}instances/{self.me}")
+        key = b64(f"{self._p}instances/{self.me}")
         with self._lock:
             connected = frozenset(self._connected)
         answer = self._cluster.call("kv/txn", {
             "compare": [{"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": 0}],
-            "success": [{"request_put": {"key": key, "value": _b64(_instance_value(connected)), "lease": lease}}],
+            "success": [{"request_put": {"key": key, "value": b64(_instance_value(connected)), "lease": lease}}],
             "failure": []}, idempotent=False)
         if not answer.get("succeeded"):
             self._cluster.call("lease/revoke", {"ID": lease}, idempotent=True)
@@ -208,14 +208,14 @@ class Membership:
                 try:
                     if self._register():
                         self._wake.set()
-                except _Failure as e:
+                except Failure as e:
                     LOG.debug("instance %s: not registered again yet: %s", self.me, e)
                 continue
             sent = time.monotonic()
             try:
                 answer = self._cluster.call("lease/keepalive", {"ID": lease}, idempotent=True)
                 ttl = int(answer.get("result", {}).get("TTL", 0))
-            except _Failure as e:
+            except Failure as e:
                 if time.monotonic() >= self._valid_until:
                     self._lose(f"no keepalive answered within the lease's {self.ttl} s: {e}")
                 continue
@@ -232,7 +232,7 @@ class Membership:
                                                  lambda resp, url: None, prefix=True):
                     revision = max(revision, int(event["kv"]["mod_revision"]))
                     self._wake.set()
-            except _Compacted:
+            except Compacted:
                 revision = 0  # watch from now on; the next plan reads everything anyway
             except Exception as e:  # noqa: BLE001 - the plan's own timer goes on meanwhile
                 if not self._closed.is_set():
@@ -249,7 +249,7 @@ class Membership:
                 return
             try:
                 self._round()
-            except _Failure as e:
+            except Failure as e:
                 LOG.debug("instance %s: ownership round postponed: %s", self.me, e)
             except Exception:
                 LOG.exception("instance %s: ownership round failed", self.me)
@@ -258,13 +258,13 @@ class Membership:
     def _read(self) -> tuple[Snapshot, dict[int, int], dict[int, int]]:
         """The instances and owners in etcd: (snapshot, generations, the
         lease of each owner key)."""
-        answer = self._cluster.call("kv/range", {"key": _b64(self._p), "range_end": _b64(_range_end(self._p))},
+        answer = self._cluster.call("kv/range", {"key": b64(self._p), "range_end": b64(range_end(self._p))},
                                     idempotent=True)
         instances, owners, generations, leases = {}, {}, {}, {}
         for kv in answer.get("kvs") or []:
-            key = _unb64(kv["key"]).decode()[len(self._p):]
+            key = unb64(kv["key"]).decode()[len(self._p):]
             kind, _, name = key.partition("/")
-            value = _unb64(kv.get("value", ""))
+            value = unb64(kv.get("value", ""))
             try:
                 if kind == "instances":
                     instances[name] = frozenset(int(d, 16) for d in json.loads(value)["connected"])
@@ -319,17 +319,17 @@ class Membership:
 
     def _publish(self, connected: frozenset[int], lease: int) -> None:
         key = f"{self._p}instances/{self.me}"
-        self._cluster.call("kv/put", {"key": _b64(key), "value": _b64(_instance_value(connected)), "lease": lease},
+        self._cluster.call("kv/put", {"key": b64(key), "value": b64(_instance_value(connected)), "lease": lease},
                            idempotent=True)
         self._published = connected
 
     def _claim(self, datapath: int, lease: int) -> int | None:
         """Create the bridge's owner key if absent: its revision is the
         generation ID. None if another instance was first."""
-        key = _b64(f"{self._p}owners/{datapath:016x}")
+        key = b64(f"{self._p}owners/{datapath:016x}")
         answer = self._cluster.call("kv/txn", {
             "compare": [{"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": 0}],
-            "success": [{"request_put": {"key": key, "value": _b64(self.me), "lease": lease}}],
+            "success": [{"request_put": {"key": key, "value": b64(self.me), "lease": lease}}],
             "failure": []}, idempotent=False)
         return int(answer["header"]["revision"]) if answer.get("succeeded") else None
 
@@ -343,7 +343,7 @@ class Membership:
         LOG.info("instance %s: gives up bridge %016x (%s)", self.me, datapath, why)
         if generation is None:
             return
-        key = _b64(f"{self._p}owners/{datapath:016x}")
+        key = b64(f"{self._p}owners/{datapath:016x}")
         self._cluster.call("kv/txn", {
             "compare": [{"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": generation}],
             "success": [{"request_delete_range": {"key": key}}], "failure": []}, idempotent=False)
