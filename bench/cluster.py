@@ -51,7 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.run import IID, RLOC, config_text, eid, pct  # noqa: E402
-from lab.cluster import FAST_ELECTION, Instance, LocalCluster, api_call, instance_config, switch_roles  # noqa: E402
+from lab.cluster import (FAST_ELECTION, Instance, LocalCluster, api_call, instance_config,  # noqa: E402
+                         switch_changes, switch_roles)
 from lab.etcd import free_ports  # noqa: E402
 from lab.serve import ServeProcess  # noqa: E402
 from lab.testbed import Testbed, wait_until  # noqa: E402
@@ -196,7 +197,7 @@ def failover(b: Bridges, cluster: LocalCluster, kills: int) -> dict:
     hold its bridges (see the module's docstring), then the killed
     instance restarted and the bridges spread again."""
     by_port = {i.of_port: i for i in cluster.instances}
-    before = settled_counts(b)
+    before = switch_changes(b.hv)
     rows = []
     for k in range(kills):
         masters = b.wait_spread(cluster)
@@ -231,27 +232,8 @@ def failover(b: Bridges, cluster: LocalCluster, kills: int) -> dict:
               f"all {row['all_s']:.2f} s; switch table {row['switch_s']:.2f} s, API {row['api_s']:.2f} s", flush=True)
         cluster.restart(victim)
     b.wait_spread(cluster)
-    after = settled_counts(b)
+    after = switch_changes(b.hv)
     return {"kills": rows, "switch_changes": {k: after[k] - before[k] for k in before}}
-
-
-COUNTED = ("rev_flow_table", "dpif_meter_set")  # flow table changes (flow, group mods), meter sets
-
-
-def settled_counts(b: Bridges) -> dict[str, int]:
-    """The ovs-vswitchd's totals of flow table changes and meter sets, once
-    it has folded its threads' counts in (once a second)."""
-    def counts() -> dict[str, int]:
-        text = b.hv.appctl("coverage/show")
-        found = {n: int(m.group(1)) for n in COUNTED if (m := re.search(rf"^{n}\s.*total: (\d+)$", text, re.M))}
-        return {n: found.get(n, 0) for n in COUNTED}  # "never hit" counters are not listed
-    last = counts()
-    while True:
-        time.sleep(1.2)
-        now = counts()
-        if now == last:
-            return now
-        last = now
 
 
 def _mastered_after(instances: list[Instance], since: float) -> dict[str, float]:

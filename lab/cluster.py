@@ -29,6 +29,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,6 +167,28 @@ def switch_master(hv: Hypervisor, bridge: str | None = None) -> int | None:
     masters = [port for port, role in roles.items() if role == "master"]
     assert len(masters) <= 1, f"{hv.name}: two masters at once: {roles}"
     return masters[0] if masters else None
+
+
+SWITCH_CHANGES = ("rev_flow_table", "dpif_meter_set")  # flow table changes (flow, group mods), meter sets
+
+
+def switch_changes(hv: Hypervisor) -> dict[str, int]:
+    """The ovs-vswitchd's own totals of flow table changes (every flow-mod
+    and group-mod, even one that changes nothing) and meter sets, once it
+    has folded its threads' counts in (once a second): the switch's word
+    on whether a controller sent anything."""
+    def counts() -> dict[str, int]:
+        text = hv.appctl("coverage/show")
+        found = {n: int(m.group(1)) for n in SWITCH_CHANGES
+                 if (m := re.search(rf"^{n}\s.*total: (\d+)$", text, re.M))}
+        return {n: found.get(n, 0) for n in SWITCH_CHANGES}  # "never hit" counters are not listed
+    last = counts()
+    while True:
+        time.sleep(1.2)
+        now = counts()
+        if now == last:
+            return now
+        last = now
 
 
 # -- the cluster -------------------------------------------------------------------------

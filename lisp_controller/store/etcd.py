@@ -15,8 +15,9 @@ Layout under the prefix P (store/segments.py has the values):
   (store/base.py, `Request`, as JSON), put by the transaction that commits
   its change, on a lease that ends it after REQUEST_KEEP.
 - ``P applied/<instance>``: ``{"seq": N}``, the changes this controller's
-  bridges have confirmed, on a lease it keeps alive (PEER_TTL): the keys
-  that exist are the controllers alive. A writer waits on them
+  bridges have confirmed, on the instance's one lease (store/lease.py,
+  shared with store/membership.py through `share_lease`): the keys that
+  exist are the controllers alive. A writer waits on them
   (`wait_applied`, by a watch) until every other controller's bridges hold
   its change.
 
@@ -55,6 +56,7 @@ from lisp_controller.model import Endpoint, Mapping
 from lisp_controller.store.base import REQUEST_KEEP, Listener, Request, StoreError, StoreStale
 from lisp_controller.store.etcdclient import (CUT, Cluster, Compacted, Failure, NotCommitted, Refused, Uncertain,
                                               b64, range_end, unb64)
+from lisp_controller.store.lease import Lease
 from lisp_controller.store.segments import Manifest, RowDelta, Segment, compose, decode, encode, plan_merge
 
 LOG = logging.getLogger(__name__)
@@ -65,12 +67,11 @@ SYNC_INTERVAL = 2.0  # seconds between checks that the watch keeps up
 GC_INTERVAL = 60.0  # seconds between looks for chunks of dead writers
 PAGE = 8  # chunks per read
 MERGE_MAX = 100  # segments merged at once (one op each in the commit)
-# Seconds a controller's applied/ key outlives it: how long writes may wait
-# for a controller that was killed. Renewed every PEER_RENEW s, so a
-# controller whose hub is busy for seconds (taking another's bulk of
-# 100,000: decoding, checking, compiling) stays alive.
+# Seconds the applied/ key of a store without a shared lease (a store used
+# on its own, as the tests and bench/etcd.py do) outlives it; a controller
+# shares its instance's lease instead (store/lease.py, `share_lease`).
 PEER_TTL = 10
-PEER_RENEW = 1.0
+PEER_RENEW = 1.0  # seconds between looks at the lease (a new one after a loss: the key is put again)
 
 
 class EtcdStore:
@@ -86,7 +87,8 @@ class EtcdStore:
         self._p = settings.prefix
         self._head_key = self._p + "head"
         self._writer = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self._cluster = Cluster(settings, password or settings.password)
+        self._settings, self._password = settings, password or settings.password
+        self._cluster = Cluster(settings, self._password)
         self._manifest = Manifest()
         self._head_mod = 0  # revision of the head `_manifest` came from (0: none yet)
         self.revision = 0  # this controller holds every change up to this etcd revision
@@ -107,7 +109,8 @@ class EtcdStore:
         self._peers: dict[str, int] = {}
         self._peers_changed = threading.Condition()
         self._peer_stream = None
-        self._peer_lease: int | None = None
+        self._shared: Lease | None = None  # the instance's lease, once shared
+        self._peer_lease: Lease | None = None  # the lease applied/ is on
         try:
             self._cluster.authenticate()
             self._read_head()
@@ -550,35 +553,40 @@ class EtcdStore:
                 resp.close()
 
     # -- what the controllers' bridges hold ----------------------------------------------
+    def share_lease(self, lease: Lease, instance: str) -> None:
+        """Put ``applied/<instance>`` on `lease`, the instance's own (which
+        its owner grants and renews), instead of a lease of the store's:
+        one lease per instance. Before `follow`."""
+        self._shared, self.instance = lease, instance
+
     def applied(self, seq: int) -> None:
         if self._applied is None or seq > self._applied:
             self._applied = seq
             self._applied_wake.set()
 
     def _publish_loop(self) -> None:
-        """Keep ``applied/<instance>`` saying `_applied`, on a lease kept
-        alive: a controller that dies (or loses etcd) drops out of every
-        writer's wait when the lease ends."""
+        """Keep ``applied/<instance>`` saying `_applied`, on the instance's
+        lease (or one of the store's own, granted here): a controller that
+        dies (or loses etcd) drops out of every writer's wait when the lease
+        ends. A new lease after a loss: the key is put again on it."""
         key = f"{self._p}applied/{self.instance}"
-        published, renewed, delay, complained = None, 0.0, 0.1, False
+        own = self._shared is None
+        lease = self._peer_lease = self._shared or Lease(self._settings, PEER_TTL, self._password,
+                                                         name=f"store {self.name}")
+        if own:
+            lease.observe_requests(self._cluster.observe)
+        published, delay, complained = None, 0.1, False
         while not self._closed.is_set():
             try:
-                if self._peer_lease is None:
-                    answer = self._cluster.call("lease/grant", {"TTL": PEER_TTL, "ID": 0}, idempotent=True)
-                    self._peer_lease, published, renewed = answer["ID"], None, time.monotonic()
-                target = self._applied
-                if target is not None and target != published:
+                if own:
+                    lease.drain()
+                    if lease.id == 0:
+                        lease.grant()
+                target, lease_id = self._applied, lease.id
+                if target is not None and lease_id and (lease_id, target) != published:
                     self._cluster.call("kv/put", {"key": b64(key), "value": b64(json.dumps({"seq": target})),
-                                                  "lease": self._peer_lease}, idempotent=True)
-                    published = target
-                if time.monotonic() - renewed >= PEER_RENEW:
-                    answer = self._cluster.call("lease/keepalive", {"ID": self._peer_lease}, idempotent=True)
-                    renewed = time.monotonic()
-                    if int(answer.get("result", {}).get("TTL", 0)) <= 0:
-                        LOG.warning("store %s: this controller's lease ran out; saying again that it is alive",
-                                    self.name)
-                        self._peer_lease = None
-                        continue
+                                                  "lease": lease_id}, idempotent=True)
+                    published = (lease_id, target)
                 delay, complained = 0.1, False
             except (Failure, KeyError, ValueError) as e:
                 if not self._closed.is_set() and not complained:
@@ -588,7 +596,7 @@ class EtcdStore:
                 self._closed.wait(delay)
                 delay = min(2 * delay, 1.0)
                 continue
-            self._applied_wake.wait(max(0.0, PEER_RENEW - (time.monotonic() - renewed)))
+            self._applied_wake.wait(PEER_RENEW)
             self._applied_wake.clear()
 
     def _peers_loop(self) -> None:
@@ -678,12 +686,14 @@ class EtcdStore:
         self._closed.set()
         self._applied_wake.set()
         self._restart_watch()
-        if self._peer_lease is not None:  # the others stop waiting for this controller at once
-            with contextlib.suppress(Failure):
-                self._cluster.call("kv/lease/revoke", {"ID": self._peer_lease}, idempotent=True)
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=5)
+        own = self._peer_lease if self._peer_lease is not self._shared else None
+        if own is not None:  # the others stop waiting for this controller at once
+            with contextlib.suppress(Failure):
+                own.revoke()
+            own.close()
         self._cluster.close()
 
 
