@@ -167,7 +167,7 @@ def endpoint_json(label: str, ep: Endpoint, source: str) -> dict:
 
 class Api:
     """A WSGI application around a controller that offers `state`,
-    `apply_change(change)`, `wait_confirmed()`, `store`, `store_error`,
+    `apply_change(change)`, `wait_confirmed()`, `store`, `store_error`, `membership`,
     `metrics`, `datapaths()`, `bridge_flows()` and `mapping_counters()`;
     it also serves the status page."""
 
