@@ -1,8 +1,9 @@
 """Benchmark: one change confirmed on 50 bridges, by three controllers on
-etcd against one controller on SQLite, same run, same bridges.
+etcd against one controller on SQLite, same run, same bridges; then the
+failover time over 20 kills of a bridge's master.
 
-    .venv/bin/python bench/cluster.py                         # 50 bridges, 200 changes
-    .venv/bin/python bench/cluster.py --bridges 12 --changes 30   # a quick look
+    .venv/bin/python bench/cluster.py                         # 50 bridges, 200 changes, 20 kills
+    .venv/bin/python bench/cluster.py --bridges 12 --changes 30 --kills 5   # a quick look
 
 One ovs-vswitchd (userspace datapath) holds the bridges, every one holding
 a map-cache of --table mappings. Measured through the REST API, from the
@@ -10,18 +11,37 @@ request until the answer (which comes once the bridges confirmed):
 
 1. baseline: one `lisp-controller serve` on SQLite driving every bridge;
 2. cluster: three instances on a three-member etcd cluster (lab/cluster.py),
-   the bridges spread evenly (bridge i on instance i mod 3 only), every
-   change written through instance A: its answer waits for A's bridges and
-   for B's and C's (docs/etcd.rst, "A write answers once every
-   controller's bridges hold it").
+   every bridge connected to all three, etcd naming one master per bridge
+   (OpenFlow roles, docs/etcd.rst "Bridge ownership"), every change written
+   through instance A: its answer waits for the bridges A masters and for
+   B's and C's (docs/etcd.rst, "A write answers once every controller's
+   bridges hold it").
 
 Prints p50 and p99 of each, their ratio, and where the cluster's time goes
-(the controller's own stage timings). Needs root; sends traffic nowhere.
+(the controller's own stage timings).
+
+3. failover, on the same cluster: `kill -9` of brb0's master, --kills
+   times, the killed instance restarted and the bridges spread evenly
+   again before the next kill. Measured from the kill: until a survivor's
+   MASTER request for brb0 is accepted by the switch (its log line, which
+   it writes on the switch's role reply), until every bridge the killed
+   instance mastered has a new master so (about a third of them), and
+   until the switch's Controller table and a survivor's /v1/datapaths say
+   so. The switch's own count of flow table changes and meter sets
+   (``ovs-appctl coverage/show``) over all the kills, restarts and
+   hand-overs: 0 when no takeover sent anything to bridges whose flows
+   were right.
+
+Needs root; sends traffic nowhere (tests/test_roles.py pings through a
+failover).
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import functools
+import re
+import signal
 import statistics
 import sys
 import time
@@ -31,7 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.run import IID, RLOC, config_text, eid, pct  # noqa: E402
-from lab.cluster import LocalCluster, api_call, instance_config  # noqa: E402
+from lab.cluster import (FAST_ELECTION, Instance, LocalCluster, api_call, instance_config,  # noqa: E402
+                         switch_changes, switch_roles)
 from lab.etcd import free_ports  # noqa: E402
 from lab.serve import ServeProcess  # noqa: E402
 from lab.testbed import Testbed, wait_until  # noqa: E402
@@ -54,22 +75,53 @@ class Bridges:
         self.config.write_text(config_text(self.ctl.address, count))
 
     def connect(self, targets) -> None:
-        """Bridge i to the controller targets[i % len(targets)], and only to it."""
+        """Every bridge to every controller in `targets`."""
         for i in range(self.count):
-            self.hv.set_controllers(f"brb{i}", [targets[i % len(targets)]])
+            self.hv.set_controllers(f"brb{i}", list(targets))
 
     def api(self, port: int, method: str, path: str, body: object = None) -> tuple[int, dict]:
         return api_call(port, method, path, body, self.tb, self.ctl.ns, timeout=600)
 
-    def wait_synced(self, ports: list[int]) -> None:
-        """Until bridge i is connected to ports[i % n]'s controller and verified."""
-        for i in range(self.count):
-            port = ports[i % len(ports)]
+    def wait_synced(self, port: int) -> None:
+        """Until every bridge is connected to the controller on `port`, and
+        verified if that controller writes to it (a slave never does)."""
+        def synced() -> bool:
+            views = self.api(port, "GET", "/v1/datapaths")[1]["datapaths"]
+            return len([d for d in views if d.get("connected") and (
+                d.get("role") == "slave" or d.get("verified_ms") is not None)]) == self.count
+        wait_until(synced, timeout=300, interval=0.2, what="every bridge synced")
 
-            def synced() -> bool:
-                d = self.api(port, "GET", f"/v1/datapaths/brb{i}")[1].get("datapath", {})
-                return bool(d.get("connected")) and d.get("verified_ms") is not None
-            wait_until(synced, timeout=300, interval=0.2, what=f"brb{i} synced")
+    def masters(self) -> dict[str, int | None]:
+        """The switch's word: the OpenFlow port of each bridge's master."""
+        roles = switch_roles(self.hv)
+        return {f"brb{i}": next((p for p, r in roles.get(f"brb{i}", {}).items() if r == "master"), None)
+                for i in range(self.count)}
+
+    def wait_spread(self, cluster: LocalCluster, timeout: float = 120) -> dict[str, int]:
+        """Until every bridge has one master that the switch and etcd agree
+        on, every instance is connected to every bridge, and no instance
+        masters two more than another; the switch's masters."""
+        found: dict[str, int] = {}
+
+        def spread() -> bool:
+            masters = self.masters()
+            if None in masters.values():
+                return False
+            body = cluster.api(cluster.instances[0], "GET", "/v1/instances")[1]
+            alive = body.get("instances", [])
+            if len(alive) != len(cluster.instances) or any(len(i["connected"]) != self.count for i in alive):
+                return False
+            counts = [i["masters"] for i in alive]
+            if sum(counts) != self.count or max(counts) - min(counts) > 1:
+                return False
+            names = {i.of_port: i.name for i in cluster.instances}
+            views = self.api(cluster.instances[0].api_port, "GET", "/v1/datapaths")[1]["datapaths"]
+            if {d["name"]: d["master"] for d in views} != {b: names[p] for b, p in masters.items()}:
+                return False
+            found.update(masters)
+            return True
+        wait_until(spread, timeout=timeout, interval=0.2, what="one master per bridge, spread evenly")
+        return found
 
 
 def load_table(b: Bridges, port: int, table: int) -> None:
@@ -89,7 +141,7 @@ def changes(b: Bridges, port: int, count: int, own: int, instances: int) -> dict
         started = time.perf_counter()
         status, res = b.api(port, "POST", "/v1/mappings/bulk", body)
         latencies.append((time.perf_counter() - started) * 1000)
-        mine = [r["status"] for r in res.get("bridges", ()) if r["status"] != "not-connected"]
+        mine = [r["status"] for r in res.get("bridges", ()) if r["status"] not in ("not-connected", "other-master")]
         others = [r["status"] for r in res.get("instances", ())]
         if status not in (200, 201) or mine != ["confirmed"] * own or others != ["confirmed"] * instances:
             raise RuntimeError(f"change {j} not confirmed everywhere: {status} {str(res)[:800]}")
@@ -111,37 +163,95 @@ def run_sqlite(b: Bridges, args) -> dict:
         wait_until(lambda: _answers(b, api_port), timeout=60, what="the SQLite controller's API")
         load_table(b, api_port, args.table)
         b.connect([(b.ctl.address, of_port)])
-        b.wait_synced([api_port])
+        b.wait_synced(api_port)
         return changes(b, api_port, args.changes, b.count, 0)
     finally:
         proc.close()
 
 
-def run_cluster(b: Bridges, args) -> dict:
-    """Three instances on etcd, the bridges spread over them, writes through A."""
-    with LocalCluster(3, config=b.config, testbed=b.tb, api={"confirm_timeout": 60.0}) as cluster:
-        ports = [i.api_port for i in cluster.instances]
-        load_table(b, ports[0], args.table)
+def run_cluster(b: Bridges, args) -> tuple[dict, dict]:
+    """Three instances on etcd, every bridge on all three, writes through
+    A; then the failovers."""
+    fast = args.lease_ttl < 2
+    with LocalCluster(3, config=b.config, testbed=b.tb, api={"confirm_timeout": 60.0}, lease_ttl=args.lease_ttl,
+                      etcd_args=FAST_ELECTION if fast else ()) as cluster:
+        a = cluster.instances[0]
+        load_table(b, a.api_port, args.table)
         b.connect([i.target for i in cluster.instances])
-        b.wait_synced(ports)
+        for instance in cluster.instances:
+            b.wait_synced(instance.api_port)
+        masters = b.wait_spread(cluster)
+        own = sum(1 for port in masters.values() if port == a.of_port)
         # Every instance has said what it holds: A's answers name B and C.
-        wait_until(lambda: len(b.api(ports[0], "PUT", f"/v1/mappings/{IID}/{CHANGED}",
+        wait_until(lambda: len(b.api(a.api_port, "PUT", f"/v1/mappings/{IID}/{CHANGED}",
                                      {"rlocs": ["192.168.7.9"]})[1].get("instances", ())) == 2,
                    timeout=30, interval=0.2, what="A's writes answered for B and C")
-        return changes(b, ports[0], args.changes, len(range(0, b.count, 3)), 2)
+        measured = changes(b, a.api_port, args.changes, own, 2)
+        print(f"  p50 {measured['p50_ms']:.1f} ms, p99 {measured['p99_ms']:.1f} ms", flush=True)
+        print(f"failover: kill -9 of brb0's master, {args.kills} times (lease_ttl {args.lease_ttl} s)", flush=True)
+        return measured, failover(b, cluster, args.kills)
 
 
-def failover(b: Bridges, args) -> dict | None:
-    # ------------------------------------------------------------------
-    # FAILOVER TIME DISTRIBUTION OVER 20 KILLS: not measured here yet.
-    # OpenFlow roles (store/membership.py, docs/etcd.rst "Bridge
-    # ownership") are now in the tree; to do: every bridge connected to all
-    # three instances, kill -9 the master of a bridge 20 times (restarting
-    # it in between) and measure, from the kill until a new master holds
-    # the bridge (its role reply), p50 / p99 / max, plus flow-mods sent to
-    # bridges whose flows were right (should be 0).
-    # ------------------------------------------------------------------
-    return None
+def failover(b: Bridges, cluster: LocalCluster, kills: int) -> dict:
+    """`kills` times: kill -9 of brb0's master, the times until the others
+    hold its bridges (see the module's docstring), then the killed
+    instance restarted and the bridges spread again."""
+    by_port = {i.of_port: i for i in cluster.instances}
+    before = switch_changes(b.hv)
+    rows = []
+    for k in range(kills):
+        masters = b.wait_spread(cluster)
+        victim = by_port[masters["brb0"]]
+        orphans = sorted(name for name, port in masters.items() if port == victim.of_port)
+        survivors = [i for i in cluster.instances if i is not victim]
+        killed_wall, killed = time.time(), time.monotonic()
+        victim.process.stop(signal.SIGKILL)  # by its PID
+        switch_at = api_at = None
+        while switch_at is None or api_at is None:
+            now = time.monotonic() - killed
+            if now > 30:
+                raise RuntimeError(f"kill {k + 1}: {victim.name}'s bridges not taken over within 30 s")
+            if switch_at is None:
+                seen = b.masters()
+                if all(seen[o] not in (None, victim.of_port) for o in orphans):
+                    switch_at = now
+            if api_at is None:
+                views = b.api(survivors[0].api_port, "GET", "/v1/datapaths")[1]["datapaths"]
+                said = {d["name"]: d["master"] for d in views}
+                if all(said.get(o) not in (None, victim.name) for o in orphans):
+                    api_at = now
+            time.sleep(0.02)
+        accepted = _mastered_after(survivors, killed_wall)
+        missing = [o for o in orphans if o not in accepted]
+        if missing:
+            raise RuntimeError(f"kill {k + 1}: no MASTER logged for {missing}")
+        row = {"victim": victim.name, "bridges": len(orphans), "brb0_s": accepted["brb0"] - killed_wall,
+               "all_s": max(accepted[o] for o in orphans) - killed_wall, "switch_s": switch_at, "api_s": api_at}
+        rows.append(row)
+        print(f"  kill {k + 1:2}: {victim.name} ({row['bridges']} bridges): brb0 MASTER after {row['brb0_s']:.2f} s, "
+              f"all {row['all_s']:.2f} s; switch table {row['switch_s']:.2f} s, API {row['api_s']:.2f} s", flush=True)
+        cluster.restart(victim)
+    b.wait_spread(cluster)
+    after = switch_changes(b.hv)
+    return {"kills": rows, "switch_changes": {k: after[k] - before[k] for k in before}}
+
+
+def _mastered_after(instances: list[Instance], since: float) -> dict[str, float]:
+    """Per bridge, the wall time of the first "is MASTER" line after `since`
+    in the logs of `instances` (written on the switch's role reply)."""
+    first: dict[str, float] = {}
+    for instance in instances:
+        for m in re.finditer(r"^(\S+ \S+) INFO .*\((brb\d+)\): instance \w+ is MASTER", instance.log(), re.M):
+            at = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            if at >= since and at < first.get(m.group(2), float("inf")):
+                first[m.group(2)] = at
+    return first
+
+
+def distribution(values: list[float]) -> str:
+    values = sorted(values)
+    return (f"min {values[0]:.2f}  p50 {statistics.median(values):.2f}  p90 {pct(values, 0.9):.2f}  "
+            f"max {values[-1]:.2f}")
 
 
 def _answers(b: Bridges, port: int) -> bool:
@@ -157,16 +267,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bridges", type=int, default=50)
     parser.add_argument("--changes", type=int, default=200, help="changes measured per setup (default 200)")
     parser.add_argument("--table", type=int, default=1000, help="mappings every bridge holds (default 1000)")
+    parser.add_argument("--kills", type=int, default=20, help="kill -9 of brb0's master (default 20)")
+    parser.add_argument("--lease-ttl", type=int, default=2,
+                        help="[cluster] lease_ttl (default 2, the controller's; 1 runs etcd with a 500 ms "
+                             "election timeout, docs/etcd.rst)")
     args = parser.parse_args(argv)
     with Testbed() as tb:
         b = Bridges(tb, args.bridges)
         print(f"{args.bridges} bridges; baseline: one controller on SQLite", flush=True)
         base = run_sqlite(b, args)
         print(f"  p50 {base['p50_ms']:.1f} ms, p99 {base['p99_ms']:.1f} ms", flush=True)
-        print("three controllers on etcd, the bridges spread over them", flush=True)
-        three = run_cluster(b, args)
-        print(f"  p50 {three['p50_ms']:.1f} ms, p99 {three['p99_ms']:.1f} ms", flush=True)
-        kills = failover(b, args)
+        print("three controllers on etcd, every bridge on all three, one master each", flush=True)
+        three, kills = run_cluster(b, args)
     print(f"\none change confirmed on {args.bridges} bridges ({args.changes} changes, {args.table} mappings "
           "on every bridge; 2 cores, everything on this machine)\n")
     print(f"{'':34}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}")
@@ -177,8 +289,14 @@ def main(argv: list[str] | None = None) -> int:
     for label, r in (("SQLite", base), ("etcd", three)):
         print(f"stages, {label} (ms, medians; instances counts from where bridges starts): " +
               ", ".join(f"{k.removesuffix('_ms')} {v:.1f}" for k, v in r["stages_ms"].items()))
-    print("failover time distribution over 20 kills: " + ("not measured yet (see failover())"
-                                                          if kills is None else str(kills)))
+    rows = kills["kills"]
+    print(f"\nfailover over {len(rows)} kills -9 of brb0's master (lease_ttl {args.lease_ttl} s; "
+          f"{statistics.mean(r['bridges'] for r in rows):.1f} bridges on the killed instance), seconds from the kill:")
+    for key, label in (("brb0_s", "brb0's new MASTER accepted"), ("all_s", "all its bridges' MASTER accepted"),
+                       ("switch_s", "the switch's Controller table says so"), ("api_s", "a survivor's API says so")):
+        print(f"  {label:40}{distribution([r[key] for r in rows])}")
+    print(f"  changes of the switch's flow table and meters over the kills, restarts and hand-overs: "
+          f"{kills['switch_changes']}")
     return 0
 
 

@@ -29,6 +29,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +37,16 @@ from typing import Iterator, Sequence
 
 from lab.etcd import EtcdCluster, free_ports
 from lab.serve import ServeProcess, spawn_here
-from lab.testbed import Testbed, _sigterm_as_interrupt, wait_until
+from lab.testbed import Hypervisor, Testbed, _sigterm_as_interrupt, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "configs" / "blog-two-hypervisors.toml"
 NAMES = "abcdefghij"  # instance names, in order
 LOOPBACK = "127.0.0.1"
+# etcd grants a lease of at least 1.5 election timeouts, rounded up to a
+# second: with these members a lease of 1 s is granted (docs/etcd.rst,
+# "Failover time").
+FAST_ELECTION = ("--heartbeat-interval=50", "--election-timeout=500")
 
 
 @dataclass
@@ -54,6 +59,9 @@ class Instance:
     api_port: int  # on 127.0.0.1 of the namespace it runs in
     config_path: Path
     process: ServeProcess
+    # lab/serve.py's --stop-in-sync file (with LocalCluster(stoppable=True)):
+    # created, it stops the instance with SIGSTOP in its next sync.
+    trigger: Path
 
     @property
     def target(self) -> tuple[str, int]:
@@ -67,6 +75,9 @@ class Instance:
     @property
     def pid(self) -> int | None:
         return self.process.pid
+
+    def log(self) -> str:
+        return self.process.log()
 
 
 # -- the instance configs (pure) ------------------------------------------------------------
@@ -99,15 +110,20 @@ def _without_tables(text: str, names: set[str]) -> str:
 
 
 def instance_config(base: str, listen: str, of_port: int, api_port: int, store_section: str,
-                    api: dict | None = None) -> str:
+                    api: dict | None = None, controller: dict | None = None,
+                    cluster: dict | None = None) -> str:
     """The config of one instance: `base` (the overlay every instance
     shares: bridges, mappings, its other [controller] and [api] keys) with
-    this instance's listen address and ports, and the shared [store]."""
+    this instance's listen address and ports, the shared [store], and
+    `api`, `controller` and `cluster` keys added ([cluster] only if given:
+    it exists only with an etcd store)."""
     parsed = tomllib.loads(base)
-    controller = {**parsed.get("controller", {}), "listen": listen, "port": of_port}
+    controller_keys = {**parsed.get("controller", {}), **(controller or {}), "listen": listen, "port": of_port}
     api_keys = {**parsed.get("api", {}), **(api or {}), "port": api_port}
-    return (_without_tables(base, {"controller", "api", "store"}).rstrip() + "\n\n"
-            + _table("controller", controller) + _table("api", api_keys) + store_section)
+    cluster_table = _table("cluster", {**parsed.get("cluster", {}), **cluster}) if cluster is not None else ""
+    return (_without_tables(base, {"controller", "api", "store", "cluster"}).rstrip() + "\n\n"
+            + _table("controller", controller_keys) + _table("api", api_keys) + store_section + "\n"
+            + cluster_table)
 
 
 def api_call(port: int, method: str, path: str, body: object = None, testbed: Testbed | None = None,
@@ -126,22 +142,79 @@ def api_call(port: int, method: str, path: str, body: object = None, testbed: Te
     return resp.status, (json.loads(data) if data[:1] in (b"{", b"[") else {"text": data.decode()})
 
 
+def switch_roles(hv: Hypervisor) -> dict[str, dict[int, str]]:
+    """The role the switch gives each controller connection, by bridge
+    and OpenFlow port: the switch's own view (OVS's Controller table;
+    "disconnected" while not connected). Two ovs-vsctl calls for every
+    bridge of the hypervisor's ovs-vswitchd."""
+    def rows(table: str, columns: str) -> list:
+        return json.loads(hv.vsctl("--format=json", f"--columns={columns}", "list", table))["data"]
+
+    def uuids(cell: list) -> list[str]:  # an OVSDB set (or a single uuid) as JSON
+        return [u for _, u in cell[1]] if cell[0] == "set" else [cell[1]]
+
+    controllers = {uuid: (int(target.rsplit(":", 1)[1]),
+                          (role if isinstance(role, str) else "other") if connected else "disconnected")
+                   for (_, uuid), target, role, connected in rows("Controller", "_uuid,target,role,is_connected")}
+    return {name: dict(controllers[u] for u in uuids(cell) if u in controllers)
+            for name, cell in rows("Bridge", "name,controller")}
+
+
+def switch_master(hv: Hypervisor, bridge: str | None = None) -> int | None:
+    """The OpenFlow port of the controller the switch holds as master of
+    `bridge` (default: the hypervisor's VM bridge)."""
+    roles = switch_roles(hv).get(bridge or hv.bridge, {})
+    masters = [port for port, role in roles.items() if role == "master"]
+    assert len(masters) <= 1, f"{hv.name}: two masters at once: {roles}"
+    return masters[0] if masters else None
+
+
+SWITCH_CHANGES = ("rev_flow_table", "dpif_meter_set")  # flow table changes (flow, group mods), meter sets
+
+
+def switch_changes(hv: Hypervisor) -> dict[str, int]:
+    """The ovs-vswitchd's own totals of flow table changes (every flow-mod
+    and group-mod, even one that changes nothing) and meter sets, once it
+    has folded its threads' counts in (once a second): the switch's word
+    on whether a controller sent anything."""
+    def counts() -> dict[str, int]:
+        text = hv.appctl("coverage/show")
+        found = {n: int(m.group(1)) for n in SWITCH_CHANGES
+                 if (m := re.search(rf"^{n}\s.*total: (\d+)$", text, re.M))}
+        return {n: found.get(n, 0) for n in SWITCH_CHANGES}  # "never hit" counters are not listed
+    last = counts()
+    while True:
+        time.sleep(1.2)
+        now = counts()
+        if now == last:
+            return now
+        last = now
+
+
 # -- the cluster -------------------------------------------------------------------------
 class LocalCluster:
     """An etcd cluster and `size` controllers on it. With `testbed`, both
     run in its controller namespace (made here if it has none yet) and the
     controllers listen on its management address; otherwise on 127.0.0.1
-    here. `config` is the overlay every instance shares; `api` adds [api]
-    keys (say, confirm_timeout); `hooks` are lab/serve.py's options."""
+    here. `config` is the overlay every instance shares; `api` and
+    `controller` add keys to those tables (say, confirm_timeout);
+    `lease_ttl` is [cluster]'s (default: the controller's, 2 s); each
+    instance's [cluster] instance is its name ("a", "b"...). `etcd_args`
+    go to every etcd member (FAST_ELECTION lets etcd grant a lease of
+    1 s). `hooks` are lab/serve.py's options; `stoppable` adds its
+    --stop-in-sync with each instance's `trigger` file."""
 
     __test__ = False
 
     def __init__(self, size: int = 3, *, config: str | Path = DEFAULT_CONFIG, testbed: Testbed | None = None,
-                 etcd_size: int = 3, api: dict | None = None, hooks: Sequence[str] = (),
-                 prefix: str = "/lisp-controller/", keep_tmp: bool = False):
+                 etcd_size: int = 3, api: dict | None = None, controller: dict | None = None,
+                 lease_ttl: int | None = None, etcd_args: Sequence[str] = (), hooks: Sequence[str] = (),
+                 stoppable: bool = False, prefix: str = "/lisp-controller/", keep_tmp: bool = False):
         if not 1 <= size <= len(NAMES):
             raise ValueError(f"size must be 1 to {len(NAMES)}")
         self.size, self.testbed, self.api_extra, self.hooks = size, testbed, api or {}, tuple(hooks)
+        self.controller_extra, self.stoppable = controller or {}, stoppable
+        self.cluster_extra = {} if lease_ttl is None else {"lease_ttl": lease_ttl}
         self.prefix, self.keep_tmp = prefix, keep_tmp
         self.config_path = Path(config)
         self.base = self.config_path.read_text()
@@ -151,7 +224,7 @@ class LocalCluster:
         if testbed is not None:
             ctl = testbed.controller or testbed.add_controller()
             self.ns, self.address = ctl.ns, ctl.address
-        self.etcd = EtcdCluster(etcd_size, ns=self.ns)
+        self.etcd = EtcdCluster(etcd_size, ns=self.ns, extra_args=etcd_args)
         self.instances: list[Instance] = []
         self._closed = False
         atexit.register(self.close)
@@ -180,9 +253,12 @@ class LocalCluster:
             name = NAMES[i]
             of_port, api_port = ports[2 * i], ports[2 * i + 1]
             path = self.tmpdir / f"{name}.toml"
-            path.write_text(instance_config(self.base, self.address, of_port, api_port, store, self.api_extra))
-            process = ServeProcess(path, self.tmpdir / f"{name}.log", hooks=self.hooks, spawn=self.spawn)
-            self.instances.append(Instance(name, self.address, of_port, api_port, path, process))
+            path.write_text(instance_config(self.base, self.address, of_port, api_port, store, self.api_extra,
+                                            self.controller_extra, {"instance": name, **self.cluster_extra}))
+            trigger = self.tmpdir / f"{name}.stop"
+            hooks = (*self.hooks, "--stop-in-sync", str(trigger)) if self.stoppable else self.hooks
+            process = ServeProcess(path, self.tmpdir / f"{name}.log", hooks=hooks, spawn=self.spawn)
+            self.instances.append(Instance(name, self.address, of_port, api_port, path, process, trigger))
         for instance in self.instances:
             instance.process.start()
         for instance in self.instances:

@@ -124,6 +124,7 @@ def cmd_serve(args) -> int:
             membership = Membership(config.etcd, config.cluster, os.environ.get(ETCD_PASSWORD_ENV),
                                     guard=args.lease_guard)
             membership.start()
+            store.share_lease(membership.lease, membership.me)  # one lease per instance (docs/etcd.rst)
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
         print("nothing started: " + ("the etcd cluster must answer" if config.etcd else

@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from lab.cluster import Instance, LocalCluster
+from lab.cluster import Instance, LocalCluster, switch_changes
 from lab.scenario import Topology, build, wait_programmed
 from lab.testbed import Hypervisor, Testbed, wait_until
 from lisp_controller.pipeline.compiler import T_MAPCACHE
-from lisp_controller.store.etcd import PEER_TTL
+from lisp_controller.config import ClusterSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOG = ROOT / "configs" / "blog-two-hypervisors.toml"
@@ -60,6 +60,12 @@ def has_flow(hv: Hypervisor, eid: str, rloc: str | None = None) -> bool:
 def mapcache_flows(hv: Hypervisor) -> int:
     out = hv.ofctl("dump-aggregate", hv.bridge, f"table={T_MAPCACHE}")
     return int(re.search(r"flow_count=(\d+)", out).group(1))
+
+
+def role(cluster: LocalCluster, instance: Instance, hv: Hypervisor) -> str | None:
+    """`instance`'s OpenFlow role on `hv`'s bridge, as its API says."""
+    views = cluster.api(instance, "GET", "/v1/datapaths")[1]["datapaths"]
+    return next((d["role"] for d in views if d["name"] == hv.bridge), None)
 
 
 def statuses(body: dict) -> list[str]:
@@ -106,14 +112,14 @@ def test_a_write_through_b_is_on_the_bridges_of_a_and_c_when_b_answers(testbed):
             os.kill(a.pid, signal.SIGCONT)
         assert status == 201 and 1.4 < elapsed < 3, (elapsed, body)
         late = [i for i in body["instances"] if i["status"] != "confirmed"]
-        assert len(late) == 1 and late[0]["status"] == "timeout" and f":{a.pid}:" in late[0]["instance"], body
+        assert len(late) == 1 and late[0]["status"] == "timeout" and late[0]["instance"] == a.name, body
         assert late[0]["applied"] < next(i["applied"] for i in body["instances"] if i["status"] == "confirmed")
         wait_until(lambda: has_flow(hv1, "10.40.0.0/16"), timeout=10, what="A catches up when it runs again")
         assert "not confirmed by every controller's bridges within 1.5 s" in b.process.log()
 
         # A killed: counted until its lease ends, then no longer waited for.
         a.process.stop(signal.SIGKILL)
-        time.sleep(PEER_TTL + 1)
+        time.sleep(ClusterSettings.lease_ttl + 1)
         started = time.monotonic()
         status, body = put(cluster, b, "10.41.0.0/16")
         assert status == 201 and statuses(body) == ["confirmed"] and time.monotonic() - started < 1, body
@@ -214,9 +220,12 @@ def _try(call, *args):
 
 def test_etcd_members_lost_and_back_under_three_controllers(testbed):
     """One member of three killed: writes through B go on, on A's and C's
-    bridges when answered. Two: 503 with the reason from every instance,
-    VMs keep pinging, flows and reads unchanged. Both back: writes resume
-    and nothing acknowledged is lost."""
+    bridges when answered. Two: 503 with the reason from every instance;
+    every instance loses its lease and gives up its bridge (SLAVE, and
+    /v1/health names the lease); VMs keep pinging, flows and reads
+    unchanged. Both back: each bridge has its master again, which sends
+    nothing to a bridge whose flows are right (the switch counts no
+    change), writes resume and nothing acknowledged is lost."""
     with three(testbed, confirm_timeout=5.0) as (ov, cluster):
         a, b, c = cluster.instances
         hv1, hv2 = ov.hypervisors
@@ -242,8 +251,9 @@ def test_etcd_members_lost_and_back_under_three_controllers(testbed):
         last = next(i for i, m in enumerate(cluster.etcd.members) if m.running())
         wait_until(lambda: not cluster.etcd.sees_leader(last), timeout=10, what="the last member sees no leader")
         before = {hv.name: sorted(hv.dump_flows()) for hv in ov.hypervisors}
-        pings: list = []
-        pinger = threading.Thread(target=lambda: pings.append(vm1.ping(vm2.ip, count=300, interval=0.01)))
+        changes = {hv.name: switch_changes(hv) for hv in ov.hypervisors}
+        pings: list = []  # 6 s: past every lease's end
+        pinger = threading.Thread(target=lambda: pings.append(vm1.ping(vm2.ip, count=600, interval=0.01)))
         pinger.start()
         try:
             for instance in cluster.instances:
@@ -252,15 +262,32 @@ def test_etcd_members_lost_and_back_under_three_controllers(testbed):
                 assert "no leader" in body["error"]["message"] and "nothing was changed" in body["error"]["message"]
                 assert _api_total(cluster, instance) == len(acknowledged)
                 assert "no leader" in cluster.api(instance, "GET", "/v1/health")[1]["store_error"]
+            # No lease can be renewed: each instance gives its bridge up (and nobody can take it).
+            for instance, hv in ((a, hv1), (c, hv2)):
+                wait_until(lambda: role(cluster, instance, hv) == "slave", timeout=ClusterSettings.lease_ttl + 3,
+                           interval=0.1, what=f"{instance.name} giving up {hv.name}'s bridge")
+            for instance in cluster.instances:
+                status, health = cluster.api(instance, "GET", "/v1/health")
+                assert status == 503 and "lease" in health["lease_problem"], health
+                assert health["lease_problem"] in health["problems"]
         finally:
             pinger.join(60)
         sent, received = pings[0]
-        assert sent == received == 300, pings
+        assert sent == received == 600, pings
         assert {hv.name: sorted(hv.dump_flows()) for hv in ov.hypervisors} == before
 
         cluster.etcd.restart(leader)
         cluster.etcd.restart(other)
         cluster.etcd.wait_healthy()
+        # Ownership again: each bridge's master takes it back, checks it, and sends nothing.
+        for instance, hv in ((a, hv1), (c, hv2)):
+            wait_until(lambda: role(cluster, instance, hv) == "master", timeout=30, interval=0.1,
+                       what=f"{instance.name} master of {hv.name}'s bridge again")
+        for instance in cluster.instances:
+            wait_until(lambda: cluster.api(instance, "GET", "/v1/health")[1]["lease_problem"] is None, timeout=10,
+                       what=f"{instance.name} holding a lease again")
+        assert {hv.name: switch_changes(hv) for hv in ov.hypervisors} == changes
+        assert {hv.name: sorted(hv.dump_flows()) for hv in ov.hypervisors} == before
         status, body = write("10.62.0.0/16")
         assert status == 201 and has_flow(hv1, "10.62.0.0/16") and has_flow(hv2, "10.62.0.0/16"), body
         assert statuses(body) == ["confirmed", "confirmed"], body

@@ -215,6 +215,8 @@ _HEALTH = _obj(status={"type": "string", "enum": ["ok", "failing"]},
                problems={"type": "array", "items": {"type": "string"}, "description": "why it is failing"},
                store_error={"type": ["string", "null"], "description": "why the last change could not be "
                             "stored (503); null once a change is stored again"},
+               lease_problem={"type": ["string", "null"], "description": "with an etcd store: why this "
+                              "instance holds no live lease (it masters no bridge meanwhile); null when it does"},
                mappings={"type": "integer"}, datapaths_configured={"type": "integer"},
                datapaths_connected={"type": "integer"})
 _MAPPING_LIST = {"type": "array", "items": _ref("MappingIn")}

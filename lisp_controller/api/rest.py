@@ -167,7 +167,7 @@ def endpoint_json(label: str, ep: Endpoint, source: str) -> dict:
 
 class Api:
     """A WSGI application around a controller that offers `state`,
-    `apply_change(change)`, `wait_confirmed()`, `store`, `store_error`,
+    `apply_change(change)`, `wait_confirmed()`, `store`, `store_error`, `membership`,
     `metrics`, `datapaths()`, `bridge_flows()` and `mapping_counters()`;
     it also serves the status page."""
 
@@ -380,19 +380,26 @@ class Api:
     # -- system ------------------------------------------------------------
     def health(self, req):
         """200 when the controller does its job; 503 with the reasons when
-        its store cannot be written, or when none of the configured bridges
-        is connected once `health_grace` seconds have passed since start."""
+        its store cannot be written, when it shares an etcd store and holds
+        no live lease (it drives no bridge then: docs/etcd.rst), or when
+        none of the configured bridges is connected once `health_grace`
+        seconds have passed since start."""
         st = self.ctl.state
         connected = sum(1 for d in self.ctl.datapaths() if d["configured"] and d["connected"])
         problems = []
         if self.ctl.store_error:
             problems.append(self.ctl.store_error)
+        membership = self.ctl.membership
+        lease = membership.lease_problem() if membership is not None else None
+        if lease:
+            problems.append(lease)
         grace = self.settings.health_grace
         if st.bridges and not connected and time.monotonic() - self.started >= grace:
             problems.append(f"none of the {len(st.bridges)} configured bridges is connected "
                             f"({grace:g} s after start)")
         return json_response({"status": "failing" if problems else "ok", "problems": problems,
-                              "store_error": self.ctl.store_error, "mappings": len(st.cache),
+                              "store_error": self.ctl.store_error, "lease_problem": lease,
+                              "mappings": len(st.cache),
                               "datapaths_configured": len(st.bridges), "datapaths_connected": connected},
                              503 if problems else 200)
 

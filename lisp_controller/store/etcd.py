@@ -15,8 +15,9 @@ Layout under the prefix P (store/segments.py has the values):
   (store/base.py, `Request`, as JSON), put by the transaction that commits
   its change, on a lease that ends it after REQUEST_KEEP.
 - ``P applied/<instance>``: ``{"seq": N}``, the changes this controller's
-  bridges have confirmed, on a lease it keeps alive (PEER_TTL): the keys
-  that exist are the controllers alive. A writer waits on them
+  bridges have confirmed, on the instance's one lease (store/lease.py,
+  shared with store/membership.py through `share_lease`): the keys that
+  exist are the controllers alive. A writer waits on them
   (`wait_applied`, by a watch) until every other controller's bridges hold
   its change.
 
@@ -40,7 +41,6 @@ stream is read here.
 """
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import logging
@@ -49,20 +49,14 @@ import secrets
 import socket
 import threading
 import time
-import warnings
 from typing import Callable, ContextManager, Iterable, Iterator
-from urllib.parse import urlsplit
-
-import requests
-
-with warnings.catch_warnings():  # etcd3gw imports eventlet (through futurist), which
-    warnings.filterwarnings("ignore", message="\nEventlet is deprecated")  # announces its end
-    import etcd3gw
-    from etcd3gw import exceptions as etcd_errors
 
 from lisp_controller.config import EtcdSettings
 from lisp_controller.model import Endpoint, Mapping
 from lisp_controller.store.base import REQUEST_KEEP, Listener, Request, StoreError, StoreStale
+from lisp_controller.store.etcdclient import (CUT, Cluster, Compacted, Failure, NotCommitted, Refused, Uncertain,
+                                              b64, range_end, unb64)
+from lisp_controller.store.lease import Lease
 from lisp_controller.store.segments import Manifest, RowDelta, Segment, compose, decode, encode, plan_merge
 
 LOG = logging.getLogger(__name__)
@@ -72,212 +66,12 @@ LEASE_TTL = 10  # seconds staged chunks outlive a writer that died
 SYNC_INTERVAL = 2.0  # seconds between checks that the watch keeps up
 GC_INTERVAL = 60.0  # seconds between looks for chunks of dead writers
 PAGE = 8  # chunks per read
-# Seconds a request keeps trying when no member can take it: a leader
-# election (etcd's default election timeout is 1 s) is waited out, a lost
-# quorum is reported soon after.
-PATIENCE = 1.5
 MERGE_MAX = 100  # segments merged at once (one op each in the commit)
-# Seconds a controller's applied/ key outlives it: how long writes may wait
-# for a controller that was killed. Renewed every PEER_RENEW s, so a
-# controller whose hub is busy for seconds (taking another's bulk of
-# 100,000: decoding, checking, compiling) stays alive.
+# Seconds the applied/ key of a store without a shared lease (a store used
+# on its own, as the tests and bench/etcd.py do) outlives it; a controller
+# shares its instance's lease instead (store/lease.py, `share_lease`).
 PEER_TTL = 10
-PEER_RENEW = 1.0
-
-
-class _Failure(Exception):
-    """A request failed. `certain`: it was not carried out."""
-
-    certain = True
-
-
-class _Unsent(_Failure):
-    """The member could not take the request (down, no leader): another may."""
-
-
-class _NotCommitted(_Unsent):
-    """A commit whose answer was lost, now known not to have happened."""
-
-
-class _Uncertain(_Failure):
-    """The request may or may not have been carried out (timeout, lost connection)."""
-
-    certain = False
-
-
-class _Refused(_Failure):
-    """The cluster refused the request itself (too big, no space, not allowed)."""
-
-
-class _Compacted(_Failure):
-    """The revision asked for is older than etcd keeps."""
-
-
-# What reading a watch raises when its stream ends or is cut: a failure, a
-# broken connection, a garbled line, or (urllib3 reading a response whose
-# socket `_restart_watch` shut) an AttributeError.
-_CUT = (_Failure, requests.RequestException, ValueError, KeyError, AttributeError)
-
-
-def _b64(data: str | bytes) -> str:
-    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text)
-
-
-def _range_end(prefix: str) -> str:
-    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
-
-
-def _classify(exc: etcd_errors.Etcd3Exception, timeout: float) -> _Failure:
-    """What an etcd3gw error means for the request: sent or not, and why."""
-    cause = exc.__context__
-    if isinstance(cause, requests.exceptions.ConnectTimeout):
-        return _Unsent("connection timed out")
-    if isinstance(cause, requests.exceptions.Timeout):
-        return _Uncertain(f"no answer within {timeout:g} s")
-    if isinstance(cause, requests.exceptions.ConnectionError):
-        text = str(cause)
-        if "refused" in text or "NewConnectionError" in text or "Name or service" in text:
-            return _Unsent("connection refused")
-        return _Uncertain(f"connection lost ({text[:120]})")
-    try:
-        message = json.loads(exc.detail_text)["message"]
-    except (TypeError, ValueError, KeyError):
-        message = exc.detail_text or type(exc).__name__
-    if "no leader" in message or "invalid auth token" in message or "not capable" in message:
-        return _Unsent(message)
-    if "compacted" in message:
-        return _Compacted(message)
-    if "space exceeded" in message:
-        return _Refused(f"{message} (etcd's space quota is full: compact and defragment it)")
-    if isinstance(exc, (etcd_errors.InternalServerError, etcd_errors.ConnectionFailedError,
-                        etcd_errors.ConnectionTimeoutError)):
-        return _Uncertain(message)  # timed out, leader changed, stopping...
-    return _Refused(message)
-
-
-class _Cluster:
-    """The members, through etcd3gw: a request goes to the member that
-    answered last and moves on only when the failure proves it was not
-    carried out (or when it is a read)."""
-
-    def __init__(self, settings: EtcdSettings, password: str | None):
-        self.urls = list(settings.endpoints)
-        self.timeout = settings.timeout
-        self.session = requests.Session()
-        # A member without a leader refuses at once instead of waiting for
-        # one (etcd's "require leader" metadata, through the gateway).
-        self.session.headers["Grpc-Metadata-hasleader"] = "true"
-        if settings.ca:
-            self.session.verify = settings.ca
-        if settings.cert:
-            self.session.cert = (settings.cert, settings.key)
-        self.clients = []
-        for url in self.urls:
-            parts = urlsplit(url)
-            self.clients.append(etcd3gw.Etcd3Client(host=parts.hostname, port=parts.port, protocol=parts.scheme,
-                                                    timeout=settings.timeout, api_path="/v3/",
-                                                    session=self.session))
-        self.user, self.password = settings.user, password
-        self.current = 0
-        # Called with (request path, seconds) after each request that got
-        # an answer: the metrics' etcd latency (api/metrics.py).
-        self.observe: Callable[[str, float], None] | None = None
-
-    def authenticate(self) -> None:
-        if not self.user:
-            return
-        self.session.headers.pop("Authorization", None)
-        answer = self.call("auth/authenticate", {"name": self.user, "password": self.password or ""},
-                           idempotent=True, auth=False)
-        self.session.headers["Authorization"] = answer["token"]
-
-    def call(self, path: str, body: dict, idempotent: bool, auth: bool = True) -> dict:
-        """POST to /v3/`path`. Raises a _Failure saying what happened."""
-        deadline = time.monotonic() + PATIENCE
-        while True:
-            try:
-                return self._call_once(path, body, idempotent, auth)
-            except _Unsent:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.1)
-
-    def _call_once(self, path: str, body: dict, idempotent: bool, auth: bool) -> dict:
-        reasons = []
-        for k in range(len(self.clients)):
-            i = (self.current + k) % len(self.clients)
-            client = self.clients[i]
-            started = time.monotonic()
-            try:
-                try:
-                    answer = client.post(client.get_url(path), json=body)
-                except etcd_errors.Etcd3Exception as e:
-                    failure = _classify(e, self.timeout)
-                    if auth and self.user and "invalid auth token" in str(failure):
-                        self.authenticate()  # tokens expire; one more try with a new one
-                        answer = client.post(client.get_url(path), json=body)
-                    else:
-                        raise failure from None
-            except etcd_errors.Etcd3Exception as e:
-                failure = _classify(e, self.timeout)
-            except _Failure as e:
-                failure = e
-            else:
-                self.current = i
-                if self.observe is not None:
-                    self.observe(path, time.monotonic() - started)
-                return answer
-            reasons.append(f"{self.urls[i]}: {failure}")
-            if isinstance(failure, (_Refused, _Compacted)) or (not failure.certain and not idempotent):
-                raise type(failure)("; ".join(reasons))
-        raise _Unsent("; ".join(reasons))
-
-    def watch(self, key: str, start_revision: int, on_stream: Callable,
-              prefix: bool = False) -> Iterator[dict]:
-        """Events on `key` (every key under it, if `prefix`) from
-        `start_revision`, as long as the stream lasts."""
-        create = {"key": _b64(key), "start_revision": start_revision}
-        if prefix:
-            create["range_end"] = _b64(_range_end(key))
-        reasons = []
-        for k in range(len(self.clients)):
-            i = (self.current + k) % len(self.clients)
-            client = self.clients[i]
-            try:
-                resp = self.session.post(client.get_url("watch"), stream=True, timeout=(self.timeout, None),
-                                         json={"create_request": create})
-            except requests.RequestException as e:
-                reasons.append(f"{self.urls[i]}: {e}")
-                continue
-            if resp.status_code != 200:
-                reasons.append(f"{self.urls[i]}: HTTP {resp.status_code} {resp.text[:200]}")
-                resp.close()
-                continue
-            self.current = i
-            on_stream(resp, self.urls[i])
-            break
-        else:
-            raise _Unsent("; ".join(reasons))
-        with contextlib.closing(resp):
-            for line in resp.iter_lines(chunk_size=None):
-                if not line.strip():
-                    continue
-                message = json.loads(line)
-                if "error" in message:
-                    raise _Unsent(f"{self.urls[i]}: watch ended: {message['error'].get('message')}")
-                result = message.get("result", {})
-                if result.get("canceled"):
-                    if int(result.get("compact_revision", 0)):
-                        raise _Compacted(f"revision {start_revision} was compacted")
-                    raise _Unsent(f"{self.urls[i]}: watch cancelled: {result.get('cancel_reason', '')}")
-                yield from result.get("events", ())
-
-    def close(self) -> None:
-        self.session.close()
+PEER_RENEW = 1.0  # seconds between looks at the lease (a new one after a loss: the key is put again)
 
 
 class EtcdStore:
@@ -293,7 +87,8 @@ class EtcdStore:
         self._p = settings.prefix
         self._head_key = self._p + "head"
         self._writer = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self._cluster = _Cluster(settings, password or settings.password)
+        self._settings, self._password = settings, password or settings.password
+        self._cluster = Cluster(settings, self._password)
         self._manifest = Manifest()
         self._head_mod = 0  # revision of the head `_manifest` came from (0: none yet)
         self.revision = 0  # this controller holds every change up to this etcd revision
@@ -314,11 +109,12 @@ class EtcdStore:
         self._peers: dict[str, int] = {}
         self._peers_changed = threading.Condition()
         self._peer_stream = None
-        self._peer_lease: int | None = None
+        self._shared: Lease | None = None  # the instance's lease, once shared
+        self._peer_lease: Lease | None = None  # the lease applied/ is on
         try:
             self._cluster.authenticate()
             self._read_head()
-        except _Failure as e:
+        except Failure as e:
             raise StoreError(f"store {self.name}: cannot open: {e}") from None
 
     def observe_requests(self, observe: Callable[[str, float], None]) -> None:
@@ -329,7 +125,7 @@ class EtcdStore:
     # -- reading -------------------------------------------------------------------
     def _read_head(self, keys_only: bool = False) -> tuple[Manifest, int, int]:
         """(manifest, its revision, the store's revision), by a quorum read."""
-        body = {"key": _b64(self._head_key), "keys_only": keys_only}
+        body = {"key": b64(self._head_key), "keys_only": keys_only}
         answer = self._cluster.call("kv/range", body, idempotent=True)
         revision = int(answer["header"]["revision"])
         kvs = answer.get("kvs") or []
@@ -338,25 +134,25 @@ class EtcdStore:
         if keys_only:
             return self._manifest, int(kvs[0]["mod_revision"]), revision
         try:
-            manifest = Manifest.decode(_unb64(kvs[0].get("value", "")))
+            manifest = Manifest.decode(unb64(kvs[0].get("value", "")))
         except (ValueError, KeyError, TypeError) as e:
-            raise _Refused(f"{self._head_key} is not a manifest of this program: {e}") from None
+            raise Refused(f"{self._head_key} is not a manifest of this program: {e}") from None
         return manifest, int(kvs[0]["mod_revision"]), revision
 
     def _range(self, prefix: str, revision: int | None = None, keys_only: bool = False,
                limit: int = PAGE) -> Iterator[tuple[str, bytes]]:
-        start, end = prefix, _range_end(prefix)
+        start, end = prefix, range_end(prefix)
         while True:
-            body = {"key": _b64(start), "range_end": _b64(end), "limit": limit, "keys_only": keys_only}
+            body = {"key": b64(start), "range_end": b64(end), "limit": limit, "keys_only": keys_only}
             if revision:
                 body["revision"] = revision
             answer = self._cluster.call("kv/range", body, idempotent=True)
             kvs = answer.get("kvs") or []
             for kv in kvs:
-                yield _unb64(kv["key"]).decode(), _unb64(kv.get("value", ""))
+                yield unb64(kv["key"]).decode(), unb64(kv.get("value", ""))
             if not answer.get("more") or not kvs:
                 return
-            start = _unb64(kvs[-1]["key"]).decode() + "\0"
+            start = unb64(kvs[-1]["key"]).decode() + "\0"
 
     def _read_segment(self, segment: Segment, revision: int | None, pause: bool = False) -> RowDelta:
         chunks = []
@@ -365,11 +161,11 @@ class EtcdStore:
             if pause:
                 time.sleep(0)  # a merge reads megabytes: let the hub breathe
         if len(chunks) != segment.chunks:
-            raise _Refused(f"segment {segment.id} has {len(chunks)} of its {segment.chunks} chunks")
+            raise Refused(f"segment {segment.id} has {len(chunks)} of its {segment.chunks} chunks")
         try:
             return decode(chunks)
         except (ValueError, KeyError, TypeError, IndexError) as e:
-            raise _Refused(f"segment {segment.id} is not readable: {e}") from None
+            raise Refused(f"segment {segment.id} is not readable: {e}") from None
 
     def _read_all(self) -> tuple[Manifest, int, int, RowDelta]:
         manifest, head_mod, revision = self._read_head()
@@ -379,7 +175,7 @@ class EtcdStore:
     def load(self) -> tuple[list[Mapping], list[tuple[str, Endpoint]]]:
         try:
             manifest, head_mod, revision, rows = self._read_all()
-        except _Failure as e:
+        except Failure as e:
             raise StoreError(f"store {self.name}: cannot read: {e}") from None
         self._adopt(manifest, head_mod, revision)
         self._endpoint_keys = set(rows.endpoint_puts)
@@ -409,7 +205,7 @@ class EtcdStore:
             else:
                 with self._staged(segment, chunks) as marker:
                     self._commit_change(segment, None, marker, extra)
-        except _Failure as e:
+        except Failure as e:
             raise StoreError(f"store {self.name}: cannot write: {e}") from None
         self._endpoint_keys -= delta.endpoint_deletes
         self._endpoint_keys |= delta.endpoint_puts.keys()
@@ -424,7 +220,7 @@ class EtcdStore:
         marker = f"{self._p}staging/{segment.id}"
         done = False
         try:
-            self._cluster.call("kv/put", {"key": _b64(marker), "value": _b64(self._writer), "lease": lease},
+            self._cluster.call("kv/put", {"key": b64(marker), "value": b64(self._writer), "lease": lease},
                                idempotent=True)
             renewed = time.monotonic()
             for n, chunk in enumerate(chunks):
@@ -432,28 +228,28 @@ class EtcdStore:
                 if time.monotonic() - renewed > self.lease_ttl / 3:
                     answer = self._cluster.call("lease/keepalive", {"ID": lease}, idempotent=True)
                     if int(answer.get("result", {}).get("TTL", 0)) <= 0:
-                        raise _Refused(f"the lease of the staged chunks ran out after chunk {n + 1}")
+                        raise Refused(f"the lease of the staged chunks ran out after chunk {n + 1}")
                     renewed = time.monotonic()
             LOG.debug("store %s: staged %d chunks of segment %s", self.name, len(chunks), segment.id)
             yield marker
             done = True
         finally:
-            with contextlib.suppress(_Failure):
+            with contextlib.suppress(Failure):
                 if not done:
-                    self._cluster.call("kv/deleterange", {"key": _b64(f"{self._p}seg/{segment.id}/"),
-                                       "range_end": _b64(_range_end(f"{self._p}seg/{segment.id}/"))},
+                    self._cluster.call("kv/deleterange", {"key": b64(f"{self._p}seg/{segment.id}/"),
+                                       "range_end": b64(range_end(f"{self._p}seg/{segment.id}/"))},
                                        idempotent=True)
                 self._cluster.call("kv/lease/revoke", {"ID": lease}, idempotent=True)
 
     def _put_chunk(self, key: str, chunk: bytes) -> None:
-        self._cluster.call("kv/put", {"key": _b64(key), "value": _b64(chunk)}, idempotent=True)
+        self._cluster.call("kv/put", {"key": b64(key), "value": b64(chunk)}, idempotent=True)
 
     def _txn(self, compare: list, success: list, failure: list) -> dict:
         return self._cluster.call("kv/txn", {"compare": compare, "success": success, "failure": failure},
                                   idempotent=False)
 
     def _head_compare(self, head_mod: int) -> dict:
-        return {"key": _b64(self._head_key), "target": "MOD", "result": "EQUAL", "mod_revision": head_mod}
+        return {"key": b64(self._head_key), "target": "MOD", "result": "EQUAL", "mod_revision": head_mod}
 
     def _commit_change(self, segment: Segment, inline: bytes | None, marker: str | None,
                        extra: list | None = None) -> None:
@@ -464,22 +260,22 @@ class EtcdStore:
             base, base_mod = self._manifest, self._head_mod
             new = base.changed(segment, self._writer)
             compare = [self._head_compare(base_mod)]
-            success = [{"request_put": {"key": _b64(self._head_key), "value": _b64(new.encode())}}]
-            failure = [{"request_range": {"key": _b64(self._head_key)}}]
+            success = [{"request_put": {"key": b64(self._head_key), "value": b64(new.encode())}}]
+            failure = [{"request_range": {"key": b64(self._head_key)}}]
             success += extra or []
             if inline is not None:
-                success.append({"request_put": {"key": _b64(f"{self._p}seg/{segment.id}/000000"),
-                                                "value": _b64(inline)}})
+                success.append({"request_put": {"key": b64(f"{self._p}seg/{segment.id}/000000"),
+                                                "value": b64(inline)}})
             if marker is not None:
-                compare.append({"key": _b64(marker), "target": "CREATE", "result": "GREATER", "create_revision": 0})
-                success.append({"request_delete_range": {"key": _b64(marker)}})
-                failure.append({"request_range": {"key": _b64(marker)}})
+                compare.append({"key": b64(marker), "target": "CREATE", "result": "GREATER", "create_revision": 0})
+                success.append({"request_delete_range": {"key": b64(marker)}})
+                failure.append({"request_range": {"key": b64(marker)}})
             try:
                 answer = self._txn(compare, success, failure)
-            except _Uncertain as e:
+            except Uncertain as e:
                 try:
                     answer = self._settle(segment, base, base_mod, e)
-                except _NotCommitted:
+                except NotCommitted:
                     if fenced:
                         raise
                     fenced = True  # a leader went away mid-commit: once more, now that it was fenced
@@ -490,33 +286,33 @@ class EtcdStore:
                 return
             head = _ranged(answer, 0)
             if marker is not None and _ranged(answer, 1) is None:
-                raise _Refused(f"the staged chunks' lease ({self.lease_ttl} s) ran out before the commit")
-            now = Manifest.decode(_unb64(head["value"])) if head else Manifest()
+                raise Refused(f"the staged chunks' lease ({self.lease_ttl} s) ran out before the commit")
+            now = Manifest.decode(unb64(head["value"])) if head else Manifest()
             now_mod = int(head["mod_revision"]) if head else 0
             if now.seq != base.seq or head is None:
                 self._known = max(self._known, now_mod)
                 raise StoreStale(f"store {self.name}: another controller committed change {now.seq} "
                                  f"before this one (this controller holds {base.seq})")
             self._adopt(now, now_mod, now_mod)  # a merge only: same changes, other segments
-        raise _Refused("the head kept changing (merges); try again")
+        raise Refused("the head kept changing (merges); try again")
 
-    def _settle(self, segment: Segment, base: Manifest, base_mod: int, error: _Failure) -> dict:
+    def _settle(self, segment: Segment, base: Manifest, base_mod: int, error: Failure) -> dict:
         """A commit whose answer was lost: make sure it can no longer
         happen (a fence on the head), or learn that it did."""
         fence = base  # the same value written again: only its revision changes
         try:
             answer = self._txn([self._head_compare(base_mod)],
-                               [{"request_put": {"key": _b64(self._head_key), "value": _b64(fence.encode())}}],
-                               [{"request_range": {"key": _b64(self._head_key)}}])
-        except _Failure as e:
-            raise _Uncertain(f"{error}; then {e}: whether the change was committed is not known; if it was, "
+                               [{"request_put": {"key": b64(self._head_key), "value": b64(fence.encode())}}],
+                               [{"request_range": {"key": b64(self._head_key)}}])
+        except Failure as e:
+            raise Uncertain(f"{error}; then {e}: whether the change was committed is not known; if it was, "
                              "every controller applies it when etcd answers again") from None
         if answer.get("succeeded"):
             revision = int(answer["header"]["revision"])
             self._adopt(fence, revision, revision)
-            raise _NotCommitted(f"{error} (the change was not committed)")
+            raise NotCommitted(f"{error} (the change was not committed)")
         head = _ranged(answer, 0)
-        now = Manifest.decode(_unb64(head["value"])) if head else Manifest()
+        now = Manifest.decode(unb64(head["value"])) if head else Manifest()
         if now.seq == base.seq + 1 and now.last == segment.id:
             return {"succeeded": True, "header": {"revision": head["mod_revision"]}}
         self._known = max(self._known, int(head["mod_revision"]) if head else 0)
@@ -526,19 +322,19 @@ class EtcdStore:
     def _request_put(self, request: Request) -> dict:
         """The operation that records `request`, for the commit's transaction."""
         lease = self._cluster.call("lease/grant", {"TTL": int(REQUEST_KEEP), "ID": 0}, idempotent=True)["ID"]
-        return {"request_put": {"key": _b64(f"{self._p}requests/{request.key}"),
-                                "value": _b64(json.dumps(request._asdict())), "lease": lease}}
+        return {"request_put": {"key": b64(f"{self._p}requests/{request.key}"),
+                                "value": b64(json.dumps(request._asdict())), "lease": lease}}
 
     def request(self, key: str) -> Request | None:
         try:
-            answer = self._cluster.call("kv/range", {"key": _b64(f"{self._p}requests/{key}")}, idempotent=True)
-        except _Failure as e:
+            answer = self._cluster.call("kv/range", {"key": b64(f"{self._p}requests/{key}")}, idempotent=True)
+        except Failure as e:
             raise StoreError(f"store {self.name}: cannot read: {e}") from None
         kvs = answer.get("kvs") or []
         if not kvs:
             return None
         try:
-            return Request(**json.loads(_unb64(kvs[0].get("value", ""))))
+            return Request(**json.loads(unb64(kvs[0].get("value", ""))))
         except (ValueError, TypeError) as e:
             raise StoreError(f"store {self.name}: request {key} is not readable: {e}") from None
 
@@ -548,9 +344,9 @@ class EtcdStore:
             return
         value = json.dumps(recorded._replace(body=body, answered=True)._asdict())
         try:
-            self._cluster.call("kv/put", {"key": _b64(f"{self._p}requests/{key}"), "value": _b64(value),
+            self._cluster.call("kv/put", {"key": b64(f"{self._p}requests/{key}"), "value": b64(value),
                                           "ignore_lease": True}, idempotent=True)
-        except _Failure as e:
+        except Failure as e:
             raise StoreError(f"store {self.name}: cannot write: {e}") from None
 
     # -- merging -------------------------------------------------------------------
@@ -564,7 +360,7 @@ class EtcdStore:
     def _merge(self) -> None:
         try:
             self._merge_once()
-        except (_Failure, StoreError) as e:
+        except (Failure, StoreError) as e:
             if not self._closed.is_set():
                 LOG.warning("store %s: merging segments postponed: %s", self.name, e)
         except Exception:
@@ -592,13 +388,13 @@ class EtcdStore:
                 if cur.segments[start:start + len(old)] != old:
                     return  # merged by someone else meanwhile
                 new = cur.merged(start, len(old), segment)
-                success = [{"request_put": {"key": _b64(self._head_key), "value": _b64(new.encode())}},
-                           {"request_delete_range": {"key": _b64(marker)}}]
+                success = [{"request_put": {"key": b64(self._head_key), "value": b64(new.encode())}},
+                           {"request_delete_range": {"key": b64(marker)}}]
                 for s in old:
                     prefix = f"{self._p}seg/{s.id}/"
-                    success.append({"request_delete_range": {"key": _b64(prefix), "range_end": _b64(_range_end(prefix))}})
+                    success.append({"request_delete_range": {"key": b64(prefix), "range_end": b64(range_end(prefix))}})
                 answer = self._txn([self._head_compare(cur_mod),
-                                    {"key": _b64(marker), "target": "CREATE", "result": "GREATER",
+                                    {"key": b64(marker), "target": "CREATE", "result": "GREATER",
                                      "create_revision": 0}], success, [])
                 if answer.get("succeeded"):
                     revision = int(answer["header"]["revision"])
@@ -610,7 +406,7 @@ class EtcdStore:
                     return
                 if self._closed.wait(0.05):
                     return
-            raise _Refused("the head kept changing")
+            raise Refused("the head kept changing")
 
     @property
     def seq(self) -> int:
@@ -645,10 +441,10 @@ class EtcdStore:
                 for event in self._cluster.watch(self._head_key, self.revision + 1, self._on_stream):
                     self._on_event(event)
                     delay, complained = 0.1, False
-            except _Compacted as e:
+            except Compacted as e:
                 self._reload(f"the watch fell behind what etcd keeps ({e})")
                 continue
-            except _CUT as e:
+            except CUT as e:
                 if not self._closed.is_set() and not complained:
                     LOG.warning("store %s: watch interrupted (%s); resuming after revision %d", self.name,
                                 e, self.revision)
@@ -675,7 +471,7 @@ class EtcdStore:
         if event.get("type") == "DELETE":
             self._reload(f"{self._head_key} was deleted")
             return
-        manifest = Manifest.decode(_unb64(kv["value"]))
+        manifest = Manifest.decode(unb64(kv["value"]))
         rows = None
         segment = next((s for s in manifest.segments if s.id == manifest.last), None)
         if manifest.seq == self._manifest.seq + 1 and segment is not None:
@@ -741,7 +537,7 @@ class EtcdStore:
                 if time.monotonic() - last_gc >= GC_INTERVAL:
                     last_gc = time.monotonic()
                     self.collect_garbage()
-            except _Failure as e:
+            except Failure as e:
                 LOG.debug("store %s: check postponed: %s", self.name, e)
             except Exception:
                 LOG.exception("store %s: check failed", self.name)
@@ -757,37 +553,42 @@ class EtcdStore:
                 resp.close()
 
     # -- what the controllers' bridges hold ----------------------------------------------
+    def share_lease(self, lease: Lease, instance: str) -> None:
+        """Put ``applied/<instance>`` on `lease`, the instance's own (which
+        its owner grants and renews), instead of a lease of the store's:
+        one lease per instance. Before `follow`."""
+        self._shared, self.instance = lease, instance
+
     def applied(self, seq: int) -> None:
         if self._applied is None or seq > self._applied:
             self._applied = seq
             self._applied_wake.set()
 
     def _publish_loop(self) -> None:
-        """Keep ``applied/<instance>`` saying `_applied`, on a lease kept
-        alive: a controller that dies (or loses etcd) drops out of every
-        writer's wait when the lease ends."""
+        """Keep ``applied/<instance>`` saying `_applied`, on the instance's
+        lease (or one of the store's own, granted here): a controller that
+        dies (or loses etcd) drops out of every writer's wait when the lease
+        ends. A new lease after a loss: the key is put again on it."""
         key = f"{self._p}applied/{self.instance}"
-        published, renewed, delay, complained = None, 0.0, 0.1, False
+        own = self._shared is None
+        lease = self._peer_lease = self._shared or Lease(self._settings, PEER_TTL, self._password,
+                                                         name=f"store {self.name}")
+        if own:
+            lease.observe_requests(self._cluster.observe)
+        published, delay, complained = None, 0.1, False
         while not self._closed.is_set():
             try:
-                if self._peer_lease is None:
-                    answer = self._cluster.call("lease/grant", {"TTL": PEER_TTL, "ID": 0}, idempotent=True)
-                    self._peer_lease, published, renewed = answer["ID"], None, time.monotonic()
-                target = self._applied
-                if target is not None and target != published:
-                    self._cluster.call("kv/put", {"key": _b64(key), "value": _b64(json.dumps({"seq": target})),
-                                                  "lease": self._peer_lease}, idempotent=True)
-                    published = target
-                if time.monotonic() - renewed >= PEER_RENEW:
-                    answer = self._cluster.call("lease/keepalive", {"ID": self._peer_lease}, idempotent=True)
-                    renewed = time.monotonic()
-                    if int(answer.get("result", {}).get("TTL", 0)) <= 0:
-                        LOG.warning("store %s: this controller's lease ran out; saying again that it is alive",
-                                    self.name)
-                        self._peer_lease = None
-                        continue
+                if own:
+                    lease.drain()
+                    if lease.id == 0:
+                        lease.grant()
+                target, lease_id = self._applied, lease.id
+                if target is not None and lease_id and (lease_id, target) != published:
+                    self._cluster.call("kv/put", {"key": b64(key), "value": b64(json.dumps({"seq": target})),
+                                                  "lease": lease_id}, idempotent=True)
+                    published = (lease_id, target)
                 delay, complained = 0.1, False
-            except (_Failure, KeyError, ValueError) as e:
+            except (Failure, KeyError, ValueError) as e:
                 if not self._closed.is_set() and not complained:
                     LOG.warning("store %s: cannot say which changes this controller applied (%s); "
                                 "trying again", self.name, e)
@@ -795,7 +596,7 @@ class EtcdStore:
                 self._closed.wait(delay)
                 delay = min(2 * delay, 1.0)
                 continue
-            self._applied_wake.wait(max(0.0, PEER_RENEW - (time.monotonic() - renewed)))
+            self._applied_wake.wait(PEER_RENEW)
             self._applied_wake.clear()
 
     def _peers_loop(self) -> None:
@@ -804,16 +605,16 @@ class EtcdStore:
         delay = 0.1
         while not self._closed.is_set():
             try:
-                answer = self._cluster.call("kv/range", {"key": _b64(prefix), "range_end": _b64(_range_end(prefix))},
+                answer = self._cluster.call("kv/range", {"key": b64(prefix), "range_end": b64(range_end(prefix))},
                                             idempotent=True)
-                peers = {_unb64(kv["key"]).decode()[len(prefix):]: _applied_seq(kv)
+                peers = {unb64(kv["key"]).decode()[len(prefix):]: _applied_seq(kv)
                          for kv in answer.get("kvs") or ()}
                 with self._peers_changed:
                     self._peers = peers
                     self._peers_changed.notify_all()
                 start = int(answer["header"]["revision"]) + 1
                 for event in self._cluster.watch(prefix, start, self._on_peer_stream, prefix=True):
-                    instance = _unb64(event["kv"]["key"]).decode()[len(prefix):]
+                    instance = unb64(event["kv"]["key"]).decode()[len(prefix):]
                     with self._peers_changed:
                         if event.get("type") == "DELETE":
                             self._peers.pop(instance, None)
@@ -821,7 +622,7 @@ class EtcdStore:
                             self._peers[instance] = _applied_seq(event["kv"])
                         self._peers_changed.notify_all()
                     delay = 0.1
-            except _CUT as e:
+            except CUT as e:
                 if not self._closed.is_set():
                     LOG.debug("store %s: watch of the controllers interrupted (%s)", self.name, e)
             except Exception:
@@ -869,9 +670,9 @@ class EtcdStore:
         for sid in sorted(seen - named - staging):
             prefix = f"{self._p}seg/{sid}/"
             answer = self._txn([self._head_compare(head_mod),
-                                {"key": _b64(f"{self._p}staging/{sid}"), "target": "CREATE", "result": "EQUAL",
+                                {"key": b64(f"{self._p}staging/{sid}"), "target": "CREATE", "result": "EQUAL",
                                  "create_revision": 0}],
-                               [{"request_delete_range": {"key": _b64(prefix), "range_end": _b64(_range_end(prefix))}}],
+                               [{"request_delete_range": {"key": b64(prefix), "range_end": b64(range_end(prefix))}}],
                                [])
             if not answer.get("succeeded"):
                 break  # the head moved: judge again next time
@@ -885,18 +686,20 @@ class EtcdStore:
         self._closed.set()
         self._applied_wake.set()
         self._restart_watch()
-        if self._peer_lease is not None:  # the others stop waiting for this controller at once
-            with contextlib.suppress(_Failure):
-                self._cluster.call("kv/lease/revoke", {"ID": self._peer_lease}, idempotent=True)
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=5)
+        own = self._peer_lease if self._peer_lease is not self._shared else None
+        if own is not None:  # the others stop waiting for this controller at once
+            with contextlib.suppress(Failure):
+                own.revoke()
+            own.close()
         self._cluster.close()
 
 
 def _applied_seq(kv: dict) -> int:
     """The change number an ``applied/`` key says."""
-    return int(json.loads(_unb64(kv.get("value", "")))["seq"])
+    return int(json.loads(unb64(kv.get("value", "")))["seq"])
 
 
 def _ranged(answer: dict, index: int) -> dict | None:

@@ -14,10 +14,13 @@ Under the store's prefix P:
   sends in its OpenFlow role request, and etcd's revisions only grow, so
   each new master's generation is greater than every earlier one's.
 
-Three loops run: the keepalive (every lease_ttl / 4; an instance that
-cannot renew its lease in time gives up its bridges at once, before
-etcd does), the watch on ``P cluster/`` (every change wakes the plan), and
-the plan (on a wake-up or every PLAN_INTERVAL).
+The lease is store/lease.py's, renewed from a native thread that a busy
+hub does not hold up; the store's ``applied/`` key hangs on the same
+lease (one lease per instance). Three green loops run here: the
+watchdog (every lease_ttl / 4: a lease lost makes this instance give up
+its bridges at once, before etcd gives them away, then register again),
+the watch on ``P cluster/`` (every change wakes the plan), and the plan
+(on a wake-up or every PLAN_INTERVAL).
 """
 from __future__ import annotations
 
@@ -31,7 +34,8 @@ from typing import Callable
 from lisp_controller.config import ClusterSettings, EtcdSettings
 from lisp_controller.controller.ownership import Moves, Snapshot, mastered, plan
 from lisp_controller.store.base import StoreError
-from lisp_controller.store.etcd import _b64, _Cluster, _Compacted, _Failure, _range_end, _unb64
+from lisp_controller.store.etcdclient import Cluster, Compacted, Failure, b64, range_end, unb64
+from lisp_controller.store.lease import Lease
 
 LOG = logging.getLogger("lisp_controller")
 PLAN_INTERVAL = 0.5  # seconds between plans without a change in etcd
@@ -54,14 +58,15 @@ class Membership:
         # Its own connections, with requests that give up well within the
         # lease: a member that froze must not hold the keepalive past it.
         quick = dataclasses.replace(settings, timeout=min(settings.timeout, max(0.2, self.ttl / 3)))
-        self._cluster = _Cluster(quick, password or settings.password)
+        self._cluster = Cluster(quick, password or settings.password)
+        # This instance's one lease (its keys here, and the store's applied/ key).
+        self.lease = Lease(settings, self.ttl, password, name=f"instance {self.me}")
         self.on_roles: Callable[[dict[int, int]], None] = lambda held: None
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._closed = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._lease = 0
-        self._valid_until = 0.0  # monotonic time the lease surely lives until
+        self._lease = 0  # the lease this instance registered with (0: none now)
         self.lost: str | None = "not registered yet"  # why this instance holds no lease now
         self._connected: set[int] = set()
         self._published: frozenset[int] | None = None
@@ -75,6 +80,7 @@ class Membership:
         """Have `observe(request path, seconds)` called after each request
         etcd answered (the metrics)."""
         self._cluster.observe = observe
+        self.lease.observe_requests(observe)
 
     # -- what the sessions and the API ask ---------------------------------------------
     def lease_problem(self) -> str | None:
@@ -82,10 +88,10 @@ class Membership:
         out), or None."""
         if self._lease == 0:
             return f"instance {self.me} has no etcd lease ({self.lost})"
-        left = self._valid_until - time.monotonic()
-        if left <= 0:
-            return f"instance {self.me}'s etcd lease may have run out ({-left:.1f} s since it surely lived)"
-        return None
+        if self.lease.id != self._lease:
+            return f"instance {self.me}'s etcd lease was lost ({self.lease.lost})"
+        problem = self.lease.problem()
+        return f"instance {self.me}: {problem}" if problem else None
 
     def master_of(self, datapath: int) -> str | None:
         return self.snapshot.owners.get(datapath)
@@ -129,14 +135,14 @@ class Membership:
             try:
                 if self._register():
                     break
-            except _Failure as e:
+            except Failure as e:
                 raise StoreError(f"instance {self.me}: cannot register in etcd: {e}") from None
             if time.monotonic() >= deadline:
                 raise StoreError(f"instance {self.me} is already registered in etcd by a live controller "
                                  f"({self._p}instances/{self.me}): give each controller its own "
                                  "[cluster] instance")
             time.sleep(0.2)
-        for target, name in ((self._keepalive_loop, "etcd-lease"), (self._watch_loop, "etcd-members"),
+        for target, name in ((self._watchdog_loop, "etcd-lease"), (self._watch_loop, "etcd-members"),
                              (self._plan_loop, "etcd-owners")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             self._threads.append(thread)
@@ -147,35 +153,34 @@ class Membership:
         others at once instead of after the lease's time."""
         self._closed.set()
         self._wake.set()
-        lease, self._lease = self._lease, 0
-        if lease:
-            try:
-                self._cluster.call("lease/revoke", {"ID": lease}, idempotent=True)
-            except _Failure as e:
-                LOG.warning("instance %s: lease not revoked (%s); its bridges move when it runs out", self.me, e)
+        self._lease = 0
+        try:
+            self.lease.revoke()
+        except Failure as e:
+            LOG.warning("instance %s: lease not revoked (%s); its bridges move when it runs out", self.me, e)
         for thread in self._threads:
             thread.join(timeout=5)
+        self.lease.close()
         self._cluster.close()
 
     def _register(self) -> bool:
         """A new lease and this instance's key on it, if the key is free."""
-        sent = time.monotonic()
-        answer = self._cluster.call("lease/grant", {"TTL": self.ttl, "ID": 0}, idempotent=True)
-        lease, granted = int(answer["ID"]), int(answer.get("TTL", self.ttl))
-        key = _b64(f"{self._p}instances/{self.me}")
+        lease = self.lease.grant()
+        key = b64(f"{self._p}instances/{self.me}")
         with self._lock:
             connected = frozenset(self._connected)
         answer = self._cluster.call("kv/txn", {
             "compare": [{"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": 0}],
-            "success": [{"request_put": {"key": key, "value": _b64(_instance_value(connected)), "lease": lease}}],
+            "success": [{"request_put": {"key": key, "value": b64(_instance_value(connected)), "lease": lease}}],
             "failure": []}, idempotent=False)
         if not answer.get("succeeded"):
-            self._cluster.call("lease/revoke", {"ID": lease}, idempotent=True)
+            self.lease.revoke()
             return False
+        granted = self.lease.granted
         if granted != self.ttl:
             LOG.warning("instance %s: etcd granted a lease of %d s, not the %d s asked (etcd's minimum is "
                         "1.5 election timeouts: docs/etcd.rst)", self.me, granted, self.ttl)
-        self._lease, self._valid_until, self.lost = lease, sent + granted, None
+        self._lease, self.lost = lease, None
         self._published = connected
         LOG.info("instance %s: registered in etcd (lease %x, %d s)", self.me, lease, granted)
         return True
@@ -200,29 +205,23 @@ class Membership:
             LOG.exception("instance %s: applying roles failed", self.me)
 
     # -- loops ------------------------------------------------------------------------------
-    def _keepalive_loop(self) -> None:
+    def _watchdog_loop(self) -> None:
+        """The lease's keepalives run on their own thread (store/lease.py);
+        here, on the hub: a lease it lost makes this instance give up its
+        bridges, then register again once etcd answers."""
         interval = max(0.1, self.ttl / 4)
         while not self._closed.wait(interval):
-            lease = self._lease
-            if lease == 0:
+            self.lease.drain()
+            if self._lease and self.lease.id != self._lease:
+                self._lose(self.lease.lost or "the lease ended")
+            elif self._lease and self.lease.problem():
+                self._lose(f"no keepalive answered within the lease's {self.ttl} s")
+            if self._lease == 0 and not self._closed.is_set():
                 try:
                     if self._register():
                         self._wake.set()
-                except _Failure as e:
+                except Failure as e:
                     LOG.debug("instance %s: not registered again yet: %s", self.me, e)
-                continue
-            sent = time.monotonic()
-            try:
-                answer = self._cluster.call("lease/keepalive", {"ID": lease}, idempotent=True)
-                ttl = int(answer.get("result", {}).get("TTL", 0))
-            except _Failure as e:
-                if time.monotonic() >= self._valid_until:
-                    self._lose(f"no keepalive answered within the lease's {self.ttl} s: {e}")
-                continue
-            if ttl <= 0:
-                self._lose(f"etcd says lease {lease:x} ran out")
-            elif self._lease == lease:
-                self._valid_until = sent + ttl
 
     def _watch_loop(self) -> None:
         revision = 0
@@ -232,7 +231,7 @@ class Membership:
                                                  lambda resp, url: None, prefix=True):
                     revision = max(revision, int(event["kv"]["mod_revision"]))
                     self._wake.set()
-            except _Compacted:
+            except Compacted:
                 revision = 0  # watch from now on; the next plan reads everything anyway
             except Exception as e:  # noqa: BLE001 - the plan's own timer goes on meanwhile
                 if not self._closed.is_set():
@@ -249,7 +248,7 @@ class Membership:
                 return
             try:
                 self._round()
-            except _Failure as e:
+            except Failure as e:
                 LOG.debug("instance %s: ownership round postponed: %s", self.me, e)
             except Exception:
                 LOG.exception("instance %s: ownership round failed", self.me)
@@ -258,13 +257,13 @@ class Membership:
     def _read(self) -> tuple[Snapshot, dict[int, int], dict[int, int]]:
         """The instances and owners in etcd: (snapshot, generations, the
         lease of each owner key)."""
-        answer = self._cluster.call("kv/range", {"key": _b64(self._p), "range_end": _b64(_range_end(self._p))},
+        answer = self._cluster.call("kv/range", {"key": b64(self._p), "range_end": b64(range_end(self._p))},
                                     idempotent=True)
         instances, owners, generations, leases = {}, {}, {}, {}
         for kv in answer.get("kvs") or []:
-            key = _unb64(kv["key"]).decode()[len(self._p):]
+            key = unb64(kv["key"]).decode()[len(self._p):]
             kind, _, name = key.partition("/")
-            value = _unb64(kv.get("value", ""))
+            value = unb64(kv.get("value", ""))
             try:
                 if kind == "instances":
                     instances[name] = frozenset(int(d, 16) for d in json.loads(value)["connected"])
@@ -319,17 +318,17 @@ class Membership:
 
     def _publish(self, connected: frozenset[int], lease: int) -> None:
         key = f"{self._p}instances/{self.me}"
-        self._cluster.call("kv/put", {"key": _b64(key), "value": _b64(_instance_value(connected)), "lease": lease},
+        self._cluster.call("kv/put", {"key": b64(key), "value": b64(_instance_value(connected)), "lease": lease},
                            idempotent=True)
         self._published = connected
 
     def _claim(self, datapath: int, lease: int) -> int | None:
         """Create the bridge's owner key if absent: its revision is the
         generation ID. None if another instance was first."""
-        key = _b64(f"{self._p}owners/{datapath:016x}")
+        key = b64(f"{self._p}owners/{datapath:016x}")
         answer = self._cluster.call("kv/txn", {
             "compare": [{"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": 0}],
-            "success": [{"request_put": {"key": key, "value": _b64(self.me), "lease": lease}}],
+            "success": [{"request_put": {"key": key, "value": b64(self.me), "lease": lease}}],
             "failure": []}, idempotent=False)
         return int(answer["header"]["revision"]) if answer.get("succeeded") else None
 
@@ -343,7 +342,7 @@ class Membership:
         LOG.info("instance %s: gives up bridge %016x (%s)", self.me, datapath, why)
         if generation is None:
             return
-        key = _b64(f"{self._p}owners/{datapath:016x}")
+        key = b64(f"{self._p}owners/{datapath:016x}")
         self._cluster.call("kv/txn", {
             "compare": [{"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": generation}],
             "success": [{"request_delete_range": {"key": key}}], "failure": []}, idempotent=False)
