@@ -23,7 +23,7 @@ from lisp_controller.lisp import (
     EidRecord, EncapsulatedControlMessage, EncapsulationFormatAddress, InstanceIdAddress, LispDecodeError,
     LocatorRecord, MapNotify, MapNotifyAck, MapRegister, MapReply, MapRequest, MapRequestRecord,
     UnknownLcafAddress, decode, encode, key_and_alg, sign, unwrap_ecm, verify, wrap_in_ecm)
-from lisp_controller.lisp.headers import build_ip_udp, udp_checksum
+from lisp_controller.lisp.headers import build_ip_udp, internet_checksum, udp_checksum
 from tests.pcap import ethernet_ipv4_udp, udp_frames, write_pcap
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "lisp-control"
@@ -365,6 +365,20 @@ def test_unknown_lcaf_types_decode_as_opaque_values():
     wire = encode(MapReply(bytes(8), (record,)))
     assert bytes.fromhex("40030000050000 0c".replace(" ", "")) in wire
     assert decode(wire).records[0].locators[0].address == geo
+
+
+def test_the_internet_checksum_is_the_one_complement_sum_of_rfc_1071():
+    def by_words(data: bytes) -> int:   # RFC 1071, word by word
+        data += b"\x00" * (len(data) % 2)
+        total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+        while total >> 16:
+            total = (total & 0xFFFF) + (total >> 16)
+        return ~total & 0xFFFF
+    rng = random.Random(1071)
+    cases = [b"", b"\x00" * 7, b"\xff\xff", b"\xff\xff" * 3, b"\x00\x01\xff\xfe", b"\x80"]
+    cases += [rng.randbytes(rng.randrange(80)) for _ in range(5000)]
+    for data in cases:
+        assert internet_checksum(data) == by_words(data), data.hex()
 
 
 def test_ecm_wrap_and_unwrap_compute_a_real_inner_udp_checksum():

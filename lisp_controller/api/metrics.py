@@ -92,13 +92,21 @@ class Metrics:
                                buckets=BUCKETS, registry=self.registry)
         self._control = {name: Histogram(name, help_text, buckets=CONTROL_BUCKETS, registry=self.registry)
                          for name, help_text in CONTROL_HISTOGRAMS.items()}
+        # The series of each (name, labels) once found: the LISP control
+        # listener counts every datagram, and the library's labels() checks
+        # and looks up its arguments on every call.
+        self._series: dict[tuple, object] = {}
         self.registry.register(_StateCollector(views))
 
     # -- recording (called by the controller and the API) ------------------
     def inc(self, name: str, amount: float = 1, **labels: str) -> None:
         """Add to one of COUNTERS."""
-        counter = self._counters[name]
-        (counter.labels(**labels) if labels else counter).inc(amount)
+        key = (name, *labels.items())
+        series = self._series.get(key)
+        if series is None:
+            counter = self._counters[name]
+            series = self._series[key] = counter.labels(**labels) if labels else counter
+        series.inc(amount)
 
     def observe(self, name: str, seconds: float) -> None:
         """One of CONTROL_HISTOGRAMS (the control listener's latencies)."""

@@ -291,6 +291,16 @@ def encode(message: Message) -> bytes:
     raise TypeError(f"{message!r} is not a LISP control message")
 
 
+def encode_map_reply(nonce: bytes, records: list[bytes]) -> bytes:
+    """A Map-Reply without flags around EID records already encoded
+    (``encode_eid_record``): what a Map-Resolver sends from the answers it
+    keeps encoded. The same bytes as ``encode(MapReply(nonce, decoded
+    records))``."""
+    if len(records) > 255:
+        raise ValueError("at most 255 records")
+    return b"".join([((MAP_REPLY << 28) | len(records)).to_bytes(4, "big"), nonce, *records])
+
+
 def decode(data: bytes) -> Message:
     """Parse one LISP control message (a UDP payload). Raises
     ``LispDecodeError`` and nothing else for bytes we cannot accept."""
