@@ -255,12 +255,15 @@ class MapResolver:
         self.family = family   # IP version of our socket: replies go to an ITR-RLOC of that version
         self._itr_type = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
         self.negative_action = _RECORD_ACTION[settings.negative_action]
-        # The encoded record of a positive answer, by (IID, prefix, how the
-        # EID was written, TTL), with the mapping it was made from (a
-        # replaced mapping is a new object, so an identity check tells a
-        # stale answer), while no prefix came or went: most requests ask
-        # again for what was asked before, and encoding is most of the cost.
-        self._answers: dict[tuple, tuple[Mapping, bytes]] = {}
+        # The encoded record of a positive answer, by (IID, IP version,
+        # network, length, how the EID was written, TTL), and the mapping it
+        # was made from (a replaced mapping is a new object, so an identity
+        # check tells a stale answer), while no prefix came or went: most
+        # requests ask again for what was asked before, and encoding is most
+        # of the cost. Keys of plain ints and values that exist anyway keep
+        # a full cache from adding objects the cyclic collector must visit.
+        self._answers: dict[tuple, bytes] = {}
+        self._answered_from: dict[tuple, Mapping] = {}
         self._answers_at = -1   # order.changes when they were made
 
     def resolve(self, ecm: EncapsulatedControlMessage) -> Resolution:
@@ -309,17 +312,18 @@ class MapResolver:
     def _positive(self, m: Mapping, address, wrap: bool, ttl: int) -> bytes:
         if self._answers_at != self.order.changes or len(self._answers) > MAX_CACHED_ANSWERS:
             self._answers.clear()
+            self._answered_from.clear()
             self._answers_at = self.order.changes
-        key = (m.iid, m.eid, wrap, ttl)
-        cached = self._answers.get(key)
-        if cached is not None and cached[0] is m:
-            return cached[1]
+        key = (m.iid, *m.eid, wrap, ttl)
+        if self._answered_from.get(key) is m:
+            return self._answers[key]
         prefix = self.order.narrowed(m.iid, address, m.eid)
         locators = tuple(LocatorRecord(r.address, r.priority, min(r.weight, 255)) for r in m.rlocs)
         action = Action.NO_ACTION if locators else _RECORD_ACTION.get(m.action, Action.DROP_NO_REASON)
         record = encode_eid_record(EidRecord(_eid(m.iid, prefix, wrap), prefix.prefixlen, locators, ttl, action))
         if prefix == m.eid:   # not narrowed: the same answer for every address it holds
-            self._answers[key] = (m, record)
+            self._answers[key] = record
+            self._answered_from[key] = m
         return record
 
     def _negative(self, iid: int, address, wrap: bool) -> bytes:
