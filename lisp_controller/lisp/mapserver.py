@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import ipaddress
+import socket
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -254,6 +255,7 @@ class MapResolver:
         self.cache, self.order, self.server, self.settings = cache, order, server, settings
         self.family = family   # IP version of our socket: replies go to an ITR-RLOC of that version
         self._itr_type = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
+        self._socket_family = socket.AF_INET if family == 4 else socket.AF_INET6   # inet_ntop: str() in C
         self.negative_action = _RECORD_ACTION[settings.negative_action]
         # The encoded record of a positive answer, by (IID, IP version,
         # network, length, how the EID was written, TTL), and the mapping it
@@ -302,7 +304,8 @@ class MapResolver:
             raise Refused("no-usable-record", "no EID record we can look up")
         sends: list[Send] = []
         if records:
-            sends.append((encode_map_reply(request.nonce, records), (str(itr), ecm.inner_source_port)))
+            sends.append((encode_map_reply(request.nonce, records),
+                          (socket.inet_ntop(self._socket_family, itr.packed), ecm.inner_source_port)))
         if forwards:
             forwarded = encode(dataclasses.replace(ecm, to_etr=True))
             sends += [(forwarded, target) for target in forwards]
