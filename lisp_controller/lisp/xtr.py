@@ -18,15 +18,15 @@ back. Four greenthreads drive the pure logic:
 
 While a bulk request is being made (it holds the change lock for seconds
 and streams its own bundle to the bridges; ``app.big_changes``), a learned
-mapping would wait behind all of it. So then its flow goes ahead: the same flow-mod the
-state will make (``mapping_flow_mod``), sent on its own to every programmed
-bridge and confirmed by a barrier, outside the bulk's open bundle; the held
-packets follow, and the learned change is committed when the lock is free
-(the bridges then already hold the flow: adding it again changes nothing).
-Only mappings that need no select group and whose key nobody else holds go
-ahead; the others wait as before. A bulk that brings a mapping for the same
-key still wins: its bundle commits after the flow that went ahead, and
-replaces it.
+mapping would wait behind all of it. So then its flow goes ahead: the same
+flow-mod the state will make (``mapping_flow_mod``), sent on its own to
+every bridge this instance programs and confirmed by a barrier, outside the
+bulk's open bundle; the held packets follow, and the learned change is
+committed when the lock is free (the bridges then already hold the flow:
+adding it again changes nothing). Only mappings that need no select group
+and whose key nobody else holds go ahead; the others wait as before. A bulk
+that brings a mapping for the same key still wins: its bundle commits after
+the flow that went ahead, and replaces it.
 
 Open vSwitch drops a packet tunnelled to an RLOC whose underlay next hop it
 has not resolved yet (docs/datapath.rst). So when a Map-Reply names an RLOC
