@@ -194,6 +194,14 @@ def _drain(sock, sent_at, rtts, echo) -> None:
             rtts.append(now - start)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (from /proc): divided by the
+    requests answered meanwhile, the cost of one answer, which other work on
+    the machine inflates far less than it does wall-clock rates."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -256,13 +264,16 @@ def main(argv: list[str] | None = None) -> int:
             wait_until(lambda: registered(tb, ns) >= args.eids, timeout=120, what="every EID registered")
             results["registered"] = registered(tb, ns)
             time.sleep(2)   # let the batched commits land in the map-cache
-            for name, target, echo_mode in (("echo", (SERVER, ECHO_PORT), True),
-                                            ("controller", (SERVER, 4342), False)):
+            for name, target, echo_mode, pid in (("echo", (SERVER, ECHO_PORT), True, echo.pid),
+                                                 ("controller", (SERVER, 4342), False, ctl.proc.pid)):
+                cpu = cpu_seconds(pid)
                 n, per_second = windowed(sock, target, throughput_requests, args.window, args.seconds,
                                          36, 36 if echo_mode else 4)
+                cpu_us = (cpu_seconds(pid) - cpu) / max(n, 1) * 1e6
                 drain(sock)   # what the throughput run left queued must not delay the paced one
                 rtts = paced(sock, target, latency_requests, args.rate, echo_mode)
-                results[name] = {"answered_per_s": round(per_second), "latency_n": len(rtts),
+                results[name] = {"answered_per_s": round(per_second), "cpu_us_per_answer": round(cpu_us, 1),
+                                 "latency_n": len(rtts),
                                  "latency_sent": len(latency_requests),
                                  "p50_ms": round(percentile(rtts, 0.5) * 1000, 3),
                                  "p99_ms": round(percentile(rtts, 0.99) * 1000, 3)}
@@ -277,11 +288,12 @@ def main(argv: list[str] | None = None) -> int:
                           "date": datetime.date.today().isoformat()}
     print(f"Map-Registers (1 record, Map-Notify each): {results['registers_per_s']:>8}/s  "
           f"({results['registered']} EIDs registered)")
-    print(f"{'':32}{'answered/s':>12}{'p50 ms':>10}{'p99 ms':>10}   at {args.rate:g}/s: answered")
+    print(f"{'':32}{'answered/s':>12}{'CPU us/answer':>15}{'p50 ms':>10}{'p99 ms':>10}   "
+          f"at {args.rate:g}/s: answered")
     for name in ("echo", "controller"):
         r = results[name]
-        print(f"{'Map-Requests, ' + name:32}{r['answered_per_s']:>12}{r['p50_ms']:>10}{r['p99_ms']:>10}   "
-              f"{r['latency_n']}/{r['latency_sent']}")
+        print(f"{'Map-Requests, ' + name:32}{r['answered_per_s']:>12}{r['cpu_us_per_answer']:>15}{r['p50_ms']:>10}"
+              f"{r['p99_ms']:>10}   {r['latency_n']}/{r['latency_sent']}")
     print(f"controller / echo: {results['ratio_answered']:.2f} of the echo's rate, "
           f"p99 {c['p99_ms'] / e['p99_ms']:.1f} times the echo's; controller RSS {results['controller_rss_mb']} MB")
     within = c["handler"]

@@ -281,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         alone = b.rate(RATE_ALONE_FIRST, args.burst, args.pps, 0)
         rate = b.rate(RATE_FIRST, args.burst, args.pps, args.bulk)
         log = b.ctl.log()
+        if os.environ.get("RESOLVE_KEEP_LOG"):   # for a look at what the controller said
+            Path(os.environ["RESOLVE_KEEP_LOG"]).write_text(log)
         control = b.api("GET", "/v1/lisp")[1]
         sink_drops = b.sink_drops()
         underlay = b.underlay_drops()

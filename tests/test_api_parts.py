@@ -103,8 +103,15 @@ def test_metrics_are_exact_integers_per_controller_with_histograms_and_bridge_se
     m.observe_sync("hv1", 3.0)
     m.observe_barrier_wait(0.004)
     m.observe_api("POST", 201, 0.03)
+    for outcome in ("answered", "answered", "negative"):   # counted per datagram, added when scraped
+        m.inc("lisp_map_requests_total", outcome=outcome)
+    assert 'lisp_map_requests_total{outcome="answered"} 2' in m.render().splitlines()
+    m.inc("lisp_map_requests_total", outcome="answered")
+    m.inc("lisp_control_datagrams_total")
     text = m.render()
     lines = set(text.splitlines())
+    assert 'lisp_map_requests_total{outcome="answered"} 3' in lines
+    assert 'lisp_map_requests_total{outcome="negative"} 1' in lines and "lisp_control_datagrams_total 1" in lines
     assert "lisp_flow_mods_sent_total 1000002" in lines
     assert 'lisp_mappings{source="api"} 1000000' in lines
     assert 'lisp_mappings{source="config"} 0' in lines

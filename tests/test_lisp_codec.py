@@ -6,6 +6,7 @@ tests/fixtures/lisp-control/README.md.
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import random
 import shutil
@@ -22,7 +23,7 @@ from lisp_controller.lisp import (
     EidRecord, EncapsulatedControlMessage, EncapsulationFormatAddress, InstanceIdAddress, LispDecodeError,
     LocatorRecord, MapNotify, MapNotifyAck, MapRegister, MapReply, MapRequest, MapRequestRecord,
     UnknownLcafAddress, decode, encode, key_and_alg, sign, unwrap_ecm, verify, wrap_in_ecm)
-from lisp_controller.lisp.headers import build_ip_udp, udp_checksum
+from lisp_controller.lisp.headers import build_ip_udp, internet_checksum, udp_checksum
 from tests.pcap import ethernet_ipv4_udp, udp_frames, write_pcap
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "lisp-control"
@@ -344,6 +345,7 @@ def test_random_messages_round_trip():
         message = random_message(rng)
         wire = encode(message)
         assert decode(wire) == message, message
+        assert rebuilt(decode(wire)) == message
         assert encode(decode(wire)) == wire
         seen.add(type(message) if not isinstance(message, EncapsulatedControlMessage)
                  else (type(message), type(message.message)))
@@ -363,6 +365,20 @@ def test_unknown_lcaf_types_decode_as_opaque_values():
     wire = encode(MapReply(bytes(8), (record,)))
     assert bytes.fromhex("40030000050000 0c".replace(" ", "")) in wire
     assert decode(wire).records[0].locators[0].address == geo
+
+
+def test_the_internet_checksum_is_the_one_complement_sum_of_rfc_1071():
+    def by_words(data: bytes) -> int:   # RFC 1071, word by word
+        data += b"\x00" * (len(data) % 2)
+        total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+        while total >> 16:
+            total = (total & 0xFFFF) + (total >> 16)
+        return ~total & 0xFFFF
+    rng = random.Random(1071)
+    cases = [b"", b"\x00" * 7, b"\xff\xff", b"\xff\xff" * 3, b"\x00\x01\xff\xfe", b"\x80"]
+    cases += [rng.randbytes(rng.randrange(80)) for _ in range(5000)]
+    for data in cases:
+        assert internet_checksum(data) == by_words(data), data.hex()
 
 
 def test_ecm_wrap_and_unwrap_compute_a_real_inner_udp_checksum():
@@ -430,8 +446,23 @@ def _decodes_or_refuses(data: bytes) -> float:
     if message is not None:
         wire = encode(message)
         assert encode(decode(wire)) == wire
+        assert rebuilt(message) == message
     assert verify(data, b"key") in (True, False)
     return elapsed
+
+
+def rebuilt(value):
+    """``value`` made again, innermost first, through the checked
+    constructors: decoding skips their checks (addresses.decoded), so
+    anything decode returns must pass them, and equal what they make."""
+    if isinstance(value, tuple):
+        return tuple(rebuilt(v) for v in value)
+    if dataclasses.is_dataclass(value):
+        fields = {f.name: rebuilt(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        made = type(value)(**fields)
+        assert hash(made) == hash(value)
+        return made
+    return value
 
 
 def _mutations(rng: random.Random, seed: bytes, count: int):

@@ -347,6 +347,20 @@ def test_a_registration_hidden_by_config_is_answered_from_the_config():
     assert [str(l.address) for l in reply.records[0].locators] == ["192.0.2.99"]
 
 
+def test_an_answer_follows_its_mapping_when_a_register_moves_it():
+    """Answers are kept encoded; a new register of the same prefix with
+    another RLOC (no prefix comes or goes) must still change the answer."""
+    _, _, state, server, resolver = world()
+    key = AuthKey(1, "b-key", ALG_HMAC_SHA_1)
+    for rloc in ("192.0.2.5", "192.0.2.5", "192.0.2.6"):
+        raw, message = register(record("10.2.7.0/24", rloc), key=key, proxy_reply=True)
+        apply(state, server.register(raw, message, ("192.0.2.5", 4342)))
+        for _ in range(2):   # the second answer comes from what the first one kept
+            reply, _ = reply_of(resolver.resolve(ecm("10.2.7.9")))
+            assert [str(l.address) for l in reply.records[0].locators] == [rloc]
+    assert [(l.address, l.priority, l.weight) for l in reply.records[0].locators] == [(V4("192.0.2.6"), 1, 100)]
+
+
 def test_requests_we_cannot_answer_are_refused():
     _, _, _, _, resolver = world()
     with pytest.raises(Refused, match="no-itr-rloc"):

@@ -18,7 +18,7 @@ from lisp_controller.lisp.config import MapServerPeer, XtrSettings
 from lisp_controller.lisp.auth import AuthKey
 from lisp_controller.lisp.registrar import MAX_MESSAGE, Registrar
 from lisp_controller.lisp.resolver import Held, Resolution, Resolver
-from lisp_controller.model import Bridge, Endpoint, Mapping, as_prefix, parse_prefix
+from lisp_controller.model import Bridge, Endpoint, MapCache, Mapping, as_prefix, parse_prefix
 
 V4 = ipaddress.IPv4Address
 KEY = AuthKey(1, b"xtr-test-key")
@@ -497,3 +497,73 @@ def test_held_packets_are_bounded_per_request_and_in_all(monkeypatch):
     assert [h.data for h in result.held] == [bytes([n]) for n in range(resolver_module.MAX_HELD)]
     res.miss(1000, V4("10.1.1.20"), V4("10.9.2.1"), Held(1, 7, b"y"))  # room again
     assert res.counts["packets_not_held"] == 12 - resolver_module.MAX_HELD + 3
+
+
+class RecordingSwitch:
+    def __init__(self, log: list):
+        self.log, self.closed = log, False
+
+    def send(self, msg: bytes) -> None:
+        self.log.append(("send", msg))
+
+    def barrier(self) -> None:
+        self.log.append(("barrier",))
+
+
+def test_learned_flows_go_ahead_of_a_change_in_progress_and_are_committed_after_it(monkeypatch):
+    """While a bulk is being made, a resolved mapping that needs no
+    group and whose key nobody else holds is sent to the bridges on its own,
+    confirmed by barrier, and its held packets follow at once; the commit
+    comes when the lock is free. The others wait for the commit as before."""
+    from types import SimpleNamespace
+    from lisp_controller.lisp import xtr as xtr_module
+    from lisp_controller.model import Rloc
+    from lisp_controller.openflow import encode
+    from lisp_controller.pipeline.compiler import mapping_flow_mod
+    from lisp_controller.model import prefix_key
+    log: list = []
+    hv1 = bridge("hv1", "192.0.2.1", {"vnet0": ["10.1.1.20"]})
+    session = SimpleNamespace(label="hv1", switch=RecordingSwitch(log), idle=True, writes=True,
+                              status=SimpleNamespace(bridge=hv1, ports={"lisp0": 3, "vnet0": 1}))
+    owners = {(1000, parse_prefix("10.7.0.0/24")): "api"}
+    commits = []
+    app = SimpleNamespace(sessions={1: session}, big_changes=0,
+                          state=SimpleNamespace(clock=Clock(), owner=owners.get, cache=MapCache()),
+                          apply_change=lambda change, wait=None: commits.append((change, wait)) or log.append(("commit",)) or [])
+    one = Mapping(1000, parse_prefix("10.9.0.0/24"), (Rloc(V4("192.0.2.1")),), ttl=5, source="map-resolver")
+    group = Mapping(1000, parse_prefix("10.8.0.0/24"), (Rloc(V4("192.0.2.1")), Rloc(V4("192.0.2.2"))), ttl=5,
+                    source="map-resolver")
+    owned = Mapping(1000, parse_prefix("10.7.0.0/24"), (Rloc(V4("192.0.2.1")),), ttl=5, source="map-resolver")
+    batch = [Resolution((1000, m.eid), [m], [Held(1, 1, bytes([n]))]) for n, m in enumerate((one, group, owned))]
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    try:
+        x = xtr_module.Xtr(app, resolver_settings("127.0.0.1"), sock)
+        x._probed[(1, V4("192.0.2.1"))] = -1e9   # nothing to wait for: no probe settles
+        app.big_changes = 1   # a bulk is being made
+        spawned = []
+        monkeypatch.setattr(xtr_module.hub, "spawn", lambda f, *args: spawned.append((f, args)))
+        x._install(batch)
+        assert log == [] and not commits   # the installer waits neither for the lock nor for the switch
+        for f, args in spawned:
+            f(*args)
+        out = lambda n: ("send", encode.packet_out_to_table(1, bytes([n])))
+        flow = ("send", mapping_flow_mod(one, prefix_key(1000, one.eid))[1])
+        assert log == [flow, ("barrier",), out(0)] and not commits   # the installer never waits for the lock
+        assert x.resolver.counts["learned_ahead"] == 1
+        # another packet to the EID that went ahead is sent on, not asked about again
+        frame = bytes(12) + b"\x08\x00" + bytes.fromhex("4500001c0000000040110000") + \
+            V4("10.1.1.20").packed + V4("10.9.0.7").packed + bytes(8)
+        x.packet_in(1, 1, 1000, frame)
+        assert log[-1] == ("send", encode.packet_out_to_table(1, frame)) and not x.resolver.pending()
+        app.big_changes = 0   # the bulk is done: everything is committed, the rest of the packets go
+        x._commit_pending()
+        assert [m.eid for m in commits[0][0].learn] == [one.eid, group.eid, owned.eid] and not list(x._ahead)
+        assert log[-3:] == [("commit",), out(1), out(2)]
+        # nothing in progress: the usual way, commit first, then the packets
+        log.clear()
+        x._install(batch[:1])
+        x._commit_pending()
+        assert log == [("commit",), out(0)]
+    finally:
+        sock.close()

@@ -67,6 +67,12 @@ COUNTERS = {
                                 "(master, slave, or deposed: refused by the switch or its lease gone)",
                                 ("bridge", "role")),
 }
+# Counted for every LISP control datagram: kept as plain numbers and added
+# to their series when scraped (``render``), so a datagram costs a dict
+# update instead of the library's lock (a green semaphore here) per count.
+PER_DATAGRAM = frozenset({"lisp_control_datagrams_total", "lisp_control_dropped_total",
+                          "lisp_map_registers_accepted_total", "lisp_map_registers_refused_total",
+                          "lisp_map_requests_total", "lisp_map_requests_refused_total"})
 # name -> help: histograms of the control listener, from a datagram's arrival
 # to its answer; buckets from 100 us (a cached answer) to a second.
 CONTROL_HISTOGRAMS = {
@@ -92,13 +98,34 @@ class Metrics:
                                buckets=BUCKETS, registry=self.registry)
         self._control = {name: Histogram(name, help_text, buckets=CONTROL_BUCKETS, registry=self.registry)
                          for name, help_text in CONTROL_HISTOGRAMS.items()}
+        # The series of each (name, labels) once found: the LISP control
+        # listener counts every datagram, and the library's labels() checks
+        # and looks up its arguments on every call.
+        self._series: dict[tuple, object] = {}
+        self._deferred: dict[tuple, float] = {}   # PER_DATAGRAM counts not yet in their series
         self.registry.register(_StateCollector(views))
 
     # -- recording (called by the controller and the API) ------------------
     def inc(self, name: str, amount: float = 1, **labels: str) -> None:
         """Add to one of COUNTERS."""
-        counter = self._counters[name]
-        (counter.labels(**labels) if labels else counter).inc(amount)
+        key = (name, *labels.items())
+        if name in PER_DATAGRAM:
+            self._deferred[key] = self._deferred.get(key, 0) + amount
+            return
+        self._series_of(key).inc(amount)
+
+    def _series_of(self, key: tuple):
+        series = self._series.get(key)
+        if series is None:
+            name, labels = key[0], dict(key[1:])
+            counter = self._counters[name]
+            series = self._series[key] = counter.labels(**labels) if labels else counter
+        return series
+
+    def _flush(self) -> None:
+        deferred, self._deferred = self._deferred, {}
+        for key, amount in deferred.items():
+            self._series_of(key).inc(amount)
 
     def observe(self, name: str, seconds: float) -> None:
         """One of CONTROL_HISTOGRAMS (the control listener's latencies)."""
@@ -125,6 +152,7 @@ class Metrics:
 
     # -- scraping -------------------------------------------------------------
     def render(self) -> str:
+        self._flush()
         return render(self.registry.collect())
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import ipaddress
+import socket
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -26,7 +27,7 @@ from lisp_controller.lisp.addresses import EncapsulationFormatAddress, InstanceI
 from lisp_controller.lisp.auth import sign, verify
 from lisp_controller.lisp.config import LispSettings, Site, SitePrefix
 from lisp_controller.lisp.messages import (LISP_CONTROL_PORT, EncapsulatedControlMessage, MapNotify, MapRegister,
-                                          MapReply, MapRequest, encode)
+                                          MapRequest, encode, encode_map_reply)
 from lisp_controller.lisp.negative import PrefixOrder
 from lisp_controller.lisp.records import Action, EidRecord, LocatorRecord, encode_eid_record
 from lisp_controller.model import IID_MAX, PRIORITY_UNUSED, MapCache, Mapping, Prefix, Rloc
@@ -253,20 +254,29 @@ class MapResolver:
                  family: int = 4):
         self.cache, self.order, self.server, self.settings = cache, order, server, settings
         self.family = family   # IP version of our socket: replies go to an ITR-RLOC of that version
+        self._itr_type = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
+        self._socket_family = socket.AF_INET if family == 4 else socket.AF_INET6   # inet_ntop: str() in C
         self.negative_action = _RECORD_ACTION[settings.negative_action]
-        # The encoded record of a positive answer, by (mapping, how the EID
-        # was written, TTL), while no prefix came or went: most requests ask
-        # again for what was asked before, and encoding is most of the cost.
+        # The encoded record of a positive answer, by (IID, IP version,
+        # network, length, how the EID was written, TTL), and the mapping it
+        # was made from (a replaced mapping is a new object, so an identity
+        # check tells a stale answer), while no prefix came or went: most
+        # requests ask again for what was asked before, and encoding is most
+        # of the cost. Keys of plain ints and values that exist anyway keep
+        # a full cache from adding objects the cyclic collector must visit.
         self._answers: dict[tuple, bytes] = {}
+        self._answered_from: dict[tuple, Mapping] = {}
         self._answers_at = -1   # order.changes when they were made
 
     def resolve(self, ecm: EncapsulatedControlMessage) -> Resolution:
         request = ecm.message
-        if not isinstance(request, MapRequest):
+        if type(request) is not MapRequest:
             raise Refused("not-a-map-request", type(request).__name__)
-        itr = next((a for a in request.itr_rlocs if isinstance(a, (ipaddress.IPv4Address, ipaddress.IPv6Address))
-                    and a.version == self.family), None)
-        if itr is None:
+        itr_type = self._itr_type
+        for itr in request.itr_rlocs:
+            if type(itr) is itr_type:
+                break
+        else:
             raise Refused("no-itr-rloc", f"no IPv{self.family} ITR-RLOC")
         records: list[bytes] = []
         forwards: dict[Source, None] = {}
@@ -276,14 +286,14 @@ class MapResolver:
                 iid, address = eid_of(asked.eid)
             except Refused:
                 continue   # an EID we cannot look up (AFI 0 in a triggered RLOC-probe, a geo LCAF)
-            wrap = isinstance(asked.eid, InstanceIdAddress)
+            wrap = type(asked.eid) is InstanceIdAddress
             found = self.cache.lookup(iid, address) if iid <= IID_MAX else None
             if found is None:
                 records.append(self._negative(iid, address, wrap))
                 continue
             negative = False
-            registration = self.server.registrations.get(found.key) if found.source.startswith("registered:") \
-                else None
+            registration = self.server.registrations.get((found.iid, found.eid)) \
+                if found.source.startswith("registered:") else None
             if registration is not None and not registration.proxy_reply \
                     and not self.server.sites[registration.site].proxy_reply:
                 forwards[(registration.xtr[0], LISP_CONTROL_PORT)] = None
@@ -294,9 +304,8 @@ class MapResolver:
             raise Refused("no-usable-record", "no EID record we can look up")
         sends: list[Send] = []
         if records:
-            reply = bytearray(encode(MapReply(request.nonce, ())))
-            reply[3] = len(records)   # the record count, then the records as encoded
-            sends.append((bytes(reply) + b"".join(records), (str(itr), ecm.inner_source_port)))
+            sends.append((encode_map_reply(request.nonce, records),
+                          (socket.inet_ntop(self._socket_family, itr.packed), ecm.inner_source_port)))
         if forwards:
             forwarded = encode(dataclasses.replace(ecm, to_etr=True))
             sends += [(forwarded, target) for target in forwards]
@@ -306,17 +315,18 @@ class MapResolver:
     def _positive(self, m: Mapping, address, wrap: bool, ttl: int) -> bytes:
         if self._answers_at != self.order.changes or len(self._answers) > MAX_CACHED_ANSWERS:
             self._answers.clear()
+            self._answered_from.clear()
             self._answers_at = self.order.changes
-        key = (m, wrap, ttl)
-        cached = self._answers.get(key)
-        if cached is not None:
-            return cached
+        key = (m.iid, *m.eid, wrap, ttl)
+        if self._answered_from.get(key) is m:
+            return self._answers[key]
         prefix = self.order.narrowed(m.iid, address, m.eid)
         locators = tuple(LocatorRecord(r.address, r.priority, min(r.weight, 255)) for r in m.rlocs)
         action = Action.NO_ACTION if locators else _RECORD_ACTION.get(m.action, Action.DROP_NO_REASON)
         record = encode_eid_record(EidRecord(_eid(m.iid, prefix, wrap), prefix.prefixlen, locators, ttl, action))
         if prefix == m.eid:   # not narrowed: the same answer for every address it holds
             self._answers[key] = record
+            self._answered_from[key] = m
         return record
 
     def _negative(self, iid: int, address, wrap: bool) -> bytes:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Union
 
 from .addresses import (NO_ADDRESS, Address, LispDecodeError, Reader, _check_address, _check_range,
-                        decode_address, encode_address)
+                        decode_address, decoded, encode_address)
 from .headers import IPAddress, build_ip_udp, parse_ip_udp
 from .records import (EidRecord, MapRequestRecord, decode_eid_record, decode_eid_records,
                       decode_map_request_record, encode_eid_record, encode_map_request_record)
@@ -30,8 +30,18 @@ LISP_CONTROL_PORT = 4342
 _COUNT = 0xFF
 
 
-def _bits(word: int, **flags: int) -> dict[str, bool]:
-    return {name: bool(word & mask) for name, mask in flags.items()}
+_FLAG_VALUES: dict[tuple[type, int], dict[str, bool]] = {}
+
+
+def _bits(cls: type, word: int) -> dict[str, bool]:
+    """The named flags of ``cls`` (its ``_FLAGS``) as set in ``word``; the
+    few combinations seen are kept (at most 2**len(_FLAGS) per class)."""
+    flags = cls._FLAGS
+    key = (cls, word & sum(flags.values()))
+    found = _FLAG_VALUES.get(key)
+    if found is None:
+        found = _FLAG_VALUES[key] = {name: bool(word & mask) for name, mask in flags.items()}
+    return found
 
 
 def _check_common(message: object, reserved_mask: int) -> None:
@@ -281,6 +291,16 @@ def encode(message: Message) -> bytes:
     raise TypeError(f"{message!r} is not a LISP control message")
 
 
+def encode_map_reply(nonce: bytes, records: list[bytes]) -> bytes:
+    """A Map-Reply without flags around EID records already encoded
+    (``encode_eid_record``): what a Map-Resolver sends from the answers it
+    keeps encoded. The same bytes as ``encode(MapReply(nonce, decoded
+    records))``."""
+    if len(records) > 255:
+        raise ValueError("at most 255 records")
+    return b"".join([((MAP_REPLY << 28) | len(records)).to_bytes(4, "big"), nonce, *records])
+
+
 def decode(data: bytes) -> Message:
     """Parse one LISP control message (a UDP payload). Raises
     ``LispDecodeError`` and nothing else for bytes we cannot accept."""
@@ -298,19 +318,20 @@ def _decode(data: bytes, inside_ecm: bool) -> Message:
     if kind == MAP_REPLY:
         nonce = reader.take(8)
         records = decode_eid_records(reader, count)
-        return MapReply(nonce, records, reserved=word & MapReply.RESERVED_MASK, trailer=_rest(reader),
-                        **_bits(word, **MapReply._FLAGS))
+        return decoded(MapReply, nonce=nonce, records=records, reserved=word & MapReply.RESERVED_MASK,
+                       trailer=_rest(reader), **_bits(MapReply, word))
     if kind in _REGISTRATIONS:
         return _decode_registration(_REGISTRATIONS[kind], reader, word, count)
     if kind == ECM:
         if inside_ecm:   # refused: nesting would let a packet recurse without bound
             raise LispDecodeError("an ECM inside an ECM")
         inner = parse_ip_udp(reader)
-        return EncapsulatedControlMessage(
-            _decode(inner.payload, inside_ecm=True), inner.source, inner.destination, inner.source_port,
-            inner.destination_port, inner.hop_limit, inner.udp_checksum,
-            reserved=word & EncapsulatedControlMessage.RESERVED_MASK, trailer=_rest(reader),
-            **_bits(word, **EncapsulatedControlMessage._FLAGS))
+        return decoded(
+            EncapsulatedControlMessage, message=_decode(inner.payload, inside_ecm=True), inner_source=inner.source,
+            inner_destination=inner.destination, inner_source_port=inner.source_port,
+            inner_destination_port=inner.destination_port, inner_hop_limit=inner.hop_limit,
+            inner_udp_checksum=inner.udp_checksum, reserved=word & EncapsulatedControlMessage.RESERVED_MASK,
+            trailer=_rest(reader), **_bits(EncapsulatedControlMessage, word))
     raise LispDecodeError(f"unsupported LISP message type {kind}")
 
 
@@ -325,9 +346,9 @@ def _decode_map_request(reader: Reader, word: int, count: int) -> MapRequest:
     reader.require(count, 4, "Map-Request records")
     records = tuple(decode_map_request_record(reader) for _ in range(count))
     map_reply = decode_eid_record(reader) if word & MapRequest._MAP_DATA_PRESENT else None
-    return MapRequest(nonce, records, itr_rlocs, source_eid, map_reply=map_reply,
-                      reserved=word & MapRequest.RESERVED_MASK, trailer=_rest(reader),
-                      **_bits(word, **MapRequest._FLAGS))
+    return decoded(MapRequest, nonce=nonce, records=records, itr_rlocs=itr_rlocs, source_eid=source_eid,
+                   map_reply=map_reply, reserved=word & MapRequest.RESERVED_MASK, trailer=_rest(reader),
+                   **_bits(MapRequest, word))
 
 
 def _decode_registration(cls: type[_Registration], reader: Reader, word: int, count: int) -> _Registration:
@@ -338,8 +359,9 @@ def _decode_registration(cls: type[_Registration], reader: Reader, word: int, co
     xtr_id, site_id = None, 0
     if word & cls._XTR_ID_PRESENT:
         xtr_id, site_id = reader.take(16), reader.uint(8)
-    return cls(nonce, records, key_id, alg_id, auth_data, xtr_id=xtr_id, site_id=site_id,
-               reserved=word & cls.RESERVED_MASK, trailer=_rest(reader), **_bits(word, **cls._FLAGS))
+    return decoded(cls, nonce=nonce, records=records, key_id=key_id, alg_id=alg_id, auth_data=auth_data,
+                   xtr_id=xtr_id, site_id=site_id, reserved=word & cls.RESERVED_MASK, trailer=_rest(reader),
+                   **_bits(cls, word))
 
 
 def wrap_in_ecm(message: Message, inner_source: IPAddress, inner_destination: IPAddress,

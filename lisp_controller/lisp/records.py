@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass
 
 from .addresses import (Address, Reader, _check_address, _check_range,
-                        decode_address, encode_address)
+                        decode_address, decoded, encode_address)
 
 
 class Action(enum.IntEnum):
@@ -111,9 +111,9 @@ def encode_locator(locator: LocatorRecord) -> bytes:
 def decode_locator(reader: Reader) -> LocatorRecord:
     priority, weight, multicast_priority, multicast_weight = reader.take(4)
     flags = reader.uint(2)
-    return LocatorRecord(decode_address(reader), priority, weight, multicast_priority, multicast_weight,
-                         local=bool(flags & _LOCAL), probed=bool(flags & _PROBED),
-                         reachable=bool(flags & _REACHABLE))
+    return decoded(LocatorRecord, address=decode_address(reader), priority=priority, weight=weight,
+                   multicast_priority=multicast_priority, multicast_weight=multicast_weight,
+                   local=bool(flags & _LOCAL), probed=bool(flags & _PROBED), reachable=bool(flags & _REACHABLE))
 
 
 def encode_eid_record(record: EidRecord) -> bytes:
@@ -132,8 +132,9 @@ def decode_eid_record(reader: Reader) -> EidRecord:
     reader.require(locator_count, _LOCATOR_HEADER, "locator records")
     locators = tuple(decode_locator(reader) for _ in range(locator_count))
     action = act_a >> _ACTION_SHIFT
-    return EidRecord(eid, mask_len, locators, ttl, Action(action) if action in _ACTIONS else action,
-                     authoritative=bool(act_a & _AUTHORITATIVE), map_version=map_version)
+    return decoded(EidRecord, eid=eid, mask_len=mask_len, locators=locators, ttl=ttl,
+                   action=_ACTION_OF_BITS[action],
+                   authoritative=bool(act_a & _AUTHORITATIVE), map_version=map_version)
 
 
 def decode_eid_records(reader: Reader, count: int) -> tuple[EidRecord, ...]:
@@ -147,7 +148,9 @@ def encode_map_request_record(record: MapRequestRecord) -> bytes:
 
 def decode_map_request_record(reader: Reader) -> MapRequestRecord:
     _reserved, mask_len = reader.take(2)
-    return MapRequestRecord(decode_address(reader), mask_len)
+    return decoded(MapRequestRecord, eid=decode_address(reader), mask_len=mask_len)
 
 
 _ACTIONS = frozenset(a.value for a in Action)
+# The 3-bit ACT field as decoded: an Action where one is named, else the number.
+_ACTION_OF_BITS = tuple(Action(v) if v in _ACTIONS else v for v in range(8))

@@ -3,17 +3,30 @@
 
 One UDP socket on the control address (port 4342) carries our
 Map-Registers and Map-Requests out and the Map-Notifies and Map-Replies
-back. Three greenthreads drive the pure logic:
+back. Four greenthreads drive the pure logic:
 
 * the receiver decodes every datagram (anything that does not decode, or
   is not for us, is counted and dropped: the listener survives any input)
   and hands Map-Notifies to the registrar, Map-Replies to the resolver;
 * the timer runs registrations, retries and refreshes when they are due,
   and registers at once when the endpoints change (`wake`);
-* the installer commits what Map-Replies taught as one change (learned
-  mappings: never stored, below config, endpoint and API ones), waits for
-  every bridge's barrier and only then sends the held packets on with a
-  packet-out, so a miss costs no packet.
+* the installer takes what Map-Replies taught, and the committer commits
+  all of it that gathered meanwhile as one change (learned mappings: never
+  stored, below config, endpoint and API ones), waits for every bridge's
+  barrier and only then sends the held packets on with a packet-out, so a
+  miss costs no packet.
+
+While a bulk request is being made (it holds the change lock for seconds
+and streams its own bundle to the bridges; ``app.big_changes``), a learned
+mapping would wait behind all of it. So then its flow goes ahead: the same
+flow-mod the state will make (``mapping_flow_mod``), sent on its own to
+every bridge this instance programs and confirmed by a barrier, outside the
+bulk's open bundle; the held packets follow, and the learned change is
+committed when the lock is free (the bridges then already hold the flow:
+adding it again changes nothing). Only mappings that need no select group
+and whose key nobody else holds go ahead; the others wait as before. A bulk
+that brings a mapping for the same key still wins: its bundle commits after
+the flow that went ahead, and replaces it.
 
 Open vSwitch drops a packet tunnelled to an RLOC whose underlay next hop it
 has not resolved yet (docs/datapath.rst). So when a Map-Reply names an RLOC
@@ -44,8 +57,11 @@ from lisp_controller.lisp.config import XtrSettings
 from lisp_controller.lisp.messages import LISP_CONTROL_PORT, MapNotify, MapReply, decode
 from lisp_controller.lisp.registrar import Datagram, Registrar
 from lisp_controller.lisp.resolver import Held, Resolution, Resolver
+from lisp_controller.model import MapCache, Mapping, prefix_key
 from lisp_controller.openflow import encode
 from lisp_controller.pipeline.actions import output, set_field
+from lisp_controller.pipeline.compiler import mapping_flow_mod, rloc_target
+from lisp_controller.pipeline.flows import Group
 from lisp_controller.lisp.headers import internet_checksum
 
 LOG = logging.getLogger("lisp_controller.xtr")
@@ -57,6 +73,7 @@ _ETH_IP, _ETH_IPV6 = 0x0800, 0x86DD
 PROBE_IID = 0xFFFFFF  # the Instance ID of next-hop probes: no mapping uses it
 PROBE_EVERY = 60.0  # seconds before a (bridge, RLOC) pair is probed again
 PROBE_SETTLE = 0.003  # seconds a held packet waits after its RLOC's probe (an ARP exchange)
+AHEAD_MAX = 256  # learned mappings sent ahead of a change in progress at once (the rest wait for it)
 
 
 def probe_frame() -> bytes:
@@ -118,6 +135,11 @@ class Xtr:
         self._wake = hub.Event()
         self._resolved: list[Resolution] = []
         self._resolved_ready = hub.Event()
+        # Learned mappings whose flows went ahead of a change in progress,
+        # not committed yet (see the module's docstring).
+        self._ahead = MapCache()
+        self._to_commit: list[Resolution] = []   # resolutions whose packets wait for the commit
+        self._commit_ready = hub.Event()
         self._bridges: tuple = ()
         self._probed: dict[tuple, float] = {}  # (datapath ID, RLOC) -> monotonic time of its last probe
         self.threads: list = []
@@ -128,7 +150,7 @@ class Xtr:
                  self.settings.control_address, self.sock.getsockname()[1], len(self.settings.map_servers),
                  len(self.settings.map_resolvers))
         self.threads = [hub.spawn(self._receive_loop), hub.spawn(self._timer_loop),
-                        hub.spawn(self._install_loop)]
+                        hub.spawn(self._install_loop), hub.spawn(self._commit_loop)]
         return self.threads
 
     def stop(self) -> None:
@@ -148,7 +170,7 @@ class Xtr:
             return
         source, destination = addresses
         held = Held(datapath_id, in_port, frame)
-        known = self.app.state.cache.lookup(iid, destination)
+        known = self.app.state.cache.lookup(iid, destination) or self._ahead.lookup(iid, destination)
         if known is not None and not (not known.rloc_shares() and known.action == "send-map-request"):
             # Its flow is being installed right now: the packet-out finds it.
             self._packet_out(held)
@@ -277,14 +299,60 @@ class Xtr:
                 LOG.exception("installing %d resolved mappings failed", len(batch))
 
     def _install(self, batch: list[Resolution]) -> None:
-        mappings = {m.key: m for r in batch for m in r.mappings}
-        results = self.app.apply_change(Change(learn=list(mappings.values())))
+        """Hand what ``batch`` taught to the committer, sending flows ahead
+        first while another change is being made (see the module's
+        docstring). Never waits for that change, nor for the switch: the
+        flows' barrier waits behind what the change already queued on the
+        connection, so each batch sent ahead waits in a greenthread of its
+        own and the next one is not held up."""
+        if self._busy():
+            flows = self._ahead_flows([m for r in batch for m in r.mappings][:AHEAD_MAX])
+            sessions = self._programmed()
+            if flows and sessions:
+                ahead = [r for r in batch if all(m.key in flows for m in r.mappings)]
+                batch = [r for r in batch if not all(m.key in flows for m in r.mappings)]
+                for r in ahead:
+                    for m in r.mappings:
+                        self._ahead.add(m)
+                hub.spawn(self._send_ahead, flows, sessions, ahead)
+        self._to_commit += batch
+        self._commit_ready.set()
+
+    def _commit_loop(self) -> None:
+        while True:
+            self._commit_ready.wait()
+            self._commit_ready.clear()
+            try:
+                self._commit_pending()
+            except Exception:
+                LOG.exception("installing resolved mappings failed")
+
+    def _commit_pending(self) -> None:
+        """Commit every learned mapping handed over since the last time as
+        one change, wait for the bridges' barriers, then send on the held
+        packets that waited for it (those of mappings sent ahead are out)."""
+        batch, self._to_commit = self._to_commit, []
+        ahead = list(self._ahead)
+        mappings = {m.key: m for m in ahead}
+        mappings.update((m.key, m) for r in batch for m in r.mappings)
+        if not mappings:
+            return
+        try:
+            results = self.app.apply_change(Change(learn=list(mappings.values())))
+        finally:
+            for m in ahead:   # committed (or failed: the bridges' next sync removes their flows)
+                if self._ahead.get(m.iid, m.eid) is m:
+                    self._ahead.remove(m.iid, m.eid)
         late = [r["bridge"] for r in results if r["status"] not in ("confirmed", "not-connected")]
         if late:
             LOG.warning("learned mappings not confirmed on %s; held packets sent anyway", ", ".join(late))
-        LOG.info("learned %d mappings from Map-Replies: %s%s", len(mappings), "; ".join(
-            f"[{m.iid}]{m.eid} -> {', '.join(str(r.address) for r in m.rlocs) or 'negative, ' + m.action}"
-            f" (TTL {m.ttl} min)" for m in list(mappings.values())[:5]), " ..." if len(mappings) > 5 else "")
+        if batch:
+            self._log_learned({m.key: m for r in batch for m in r.mappings}.values(), "")
+        self._release(batch)
+
+    def _release(self, batch: list[Resolution]) -> None:
+        """Send the held packets of ``batch`` on, once the next hops of their
+        RLOCs had time to resolve (see ``_probe``)."""
         settle = max((self._probed.get((h.datapath_id, address), 0.0)
                       for r in batch for h in r.held for m in r.mappings for address, _ in m.rloc_shares()),
                      default=0.0) + PROBE_SETTLE - time.monotonic()
@@ -293,6 +361,52 @@ class Xtr:
         for r in batch:
             for held in r.held:
                 self._packet_out(held)
+
+    def _busy(self) -> bool:
+        """A big change is being made or confirmed: a learned mapping
+        committed now would wait for all of it."""
+        return self.app.big_changes > 0
+
+    def _programmed(self) -> list:
+        """The sessions whose bridges this instance writes to (all, or
+        those it masters when several share an etcd store)."""
+        return [s for s in self.app.sessions.values()
+                if s.status.bridge is not None and s.writes and not s.switch.closed]
+
+    def _ahead_flows(self, mappings: list[Mapping]) -> dict:
+        """The flow-mods of those ``mappings`` that may go ahead of a change
+        in progress (no select group, nobody else's key), by key."""
+        state = self.app.state
+        return {m.key: mapping_flow_mod(m, prefix_key(m.iid, m.eid))[1] for m in mappings
+                if state.owner(m.key) in (None, m.source) and not isinstance(rloc_target(m), Group)}
+
+    def _send_ahead(self, flows: dict, sessions: list, batch: list[Resolution]) -> None:
+        """Send ``flows`` to every session's bridge, confirm them by
+        barrier, then send the held packets of ``batch`` on; the committer
+        commits their mappings when the change in progress is done."""
+        try:
+            for session in sessions:
+                for data in flows.values():
+                    session.switch.send(data)
+            for session in sessions:
+                session.switch.barrier()
+        except Exception as e:  # a bridge went away or did not answer: the packets wait for the commit
+            LOG.warning("learned flows sent ahead of a change in progress not confirmed: %s", e)
+            self._to_commit += batch
+            self._commit_ready.set()
+            return
+        if self.resolver is not None:
+            counts = self.resolver.counts
+            counts["learned_ahead"] = counts.get("learned_ahead", 0) + len(flows)
+        self._log_learned({m.key: m for r in batch for m in r.mappings}.values(), " ahead of a change in progress")
+        self._release(batch)
+        self._commit_ready.set()
+
+    def _log_learned(self, mappings, how: str) -> None:
+        mappings = list(mappings)
+        LOG.info("learned %d mappings from Map-Replies%s: %s%s", len(mappings), how, "; ".join(
+            f"[{m.iid}]{m.eid} -> {', '.join(str(r.address) for r in m.rlocs) or 'negative, ' + m.action}"
+            f" (TTL {m.ttl} min)" for m in mappings[:5]), " ..." if len(mappings) > 5 else "")
 
     # -- edges ------------------------------------------------------------------------
     def _send(self, datagrams: list[Datagram]) -> None:
