@@ -17,6 +17,7 @@ from lisp_controller.model.values import (ACTIONS, IID_MAX, PRIORITY_UNUSED, IPA
                                           _new_tuple, as_prefix, parse_action, parse_gateway, parse_host_address,
                                           parse_iid, parse_int, parse_interface_name, parse_mac, parse_prefix,
                                           parse_rloc_address)
+from lisp_controller.model.untracked import untrack
 
 
 class Rloc(NamedTuple):
@@ -277,6 +278,8 @@ class MapCache:
             bucket = lengths[length] = {}
         old = bucket.get(network)
         bucket[network] = mapping
+        untrack(mapping)  # acyclic: nothing for the collector to walk (model/untracked.py)
+        untrack(mapping.eid)
         if old is None:
             self._count += 1
             self._order.add(order_key(iid, version, network, length))
