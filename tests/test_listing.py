@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from lisp_controller.controller import listing
+from lisp_controller.controller import listing, slices
 from lisp_controller.controller.listing import CHUNK, SORTS, Query, select
 from lisp_controller.model import MapCache, Mapping, parse_prefix
 
@@ -118,13 +118,13 @@ def test_a_scan_pauses_every_chunk_and_reads_the_map_cache_as_it_was():
 
 def test_a_scan_pauses_when_its_slice_of_time_is_spent():
     """However slow each mapping is (a search on a loaded machine), the
-    hub is let go every SLICE seconds, and the page is the same."""
+    hub is let go every slices.BUDGET seconds, and the page is the same."""
     ms = varied(3000, seed=5)
     cache = MapCache(ms)
     now = [0.0]
-    calls_per_slice = round(listing.SLICE / 0.001)
+    calls_per_slice = round(slices.BUDGET / 0.001)
 
-    def clock():  # every look at the clock finds 1 ms gone: CHECK mappings take 1 ms
+    def clock():  # every look at the clock finds 1 ms gone: slices.CHECK mappings take 1 ms
         now[0] += 0.001
         return now[0]
     handled = []
@@ -136,7 +136,7 @@ def test_a_scan_pauses_when_its_slice_of_time_is_spent():
         handled.append(now[0])
 
     page = select(cache, q, pause, cookie_of=cookie_of, counts=counts, clock=clock)
-    assert len(handled) >= 3000 // (listing.CHECK * calls_per_slice) - 1
+    assert len(handled) >= 3000 // (slices.CHECK * calls_per_slice) - 1
     assert (page.mappings, page.total) == full_sort(ms, q, counts, cookie_of)
 
 

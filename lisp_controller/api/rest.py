@@ -22,6 +22,7 @@ from webob import Request, Response
 from lisp_controller.config import ApiSettings
 from lisp_controller.controller.gcpause import gc_paused
 from lisp_controller.controller.offhub import BIG_BYTES, off_hub
+from lisp_controller.controller.slices import Slices
 from lisp_controller.pipeline.compiler import groups_of
 from lisp_controller.pipeline.flows import render, render_group
 from lisp_controller.model import (IID_MAX, Endpoint, Mapping, ModelError, parse_decimal, parse_iid, parse_prefix,
@@ -297,14 +298,18 @@ class Api:
         walk, while the change goes on (docs/performance.rst, "A free hub")."""
         if not isinstance(raw, list):
             raise ModelError(field, "must be a list of mappings")
-        out = []
-        for start in range(0, len(raw), PAUSE_EVERY):
-            if start:
-                self.pause()  # never inside a collector pause (gcpause.py)
-            with gc_paused(len(raw)):
-                for i in range(start, min(start + PAUSE_EVERY, len(raw))):
+        out, i, n = [], 0, len(raw)
+        slices = Slices(self.pause, most=PAUSE_EVERY)
+        while i < n:
+            with gc_paused(n):
+                while i < n:
                     out.append(Mapping.parse(raw[i], f"{field}[{i}]", source="api"))
                     raw[i] = None
+                    i += 1
+                    if slices.due():
+                        break
+            if i < n:
+                slices.pause()  # never inside a collector pause (gcpause.py)
         return out
 
     def _iid(self, text: str) -> int:

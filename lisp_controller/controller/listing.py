@@ -12,11 +12,10 @@ million mappings a listing that sorts everything per request held the hub
   list made in C, milliseconds for a million) in slices, calling `pause`
   between them: each slice is filtered and its sort values computed, then
   sorted on its own, and only the best offset + limit of each are kept;
-  the slices are merged lazily. A slice ends after `SLICE` seconds of work
-  or `CHUNK` mappings, whichever comes first: the cost per mapping varies
-  tenfold with the filter and the machine's load, so time, not a count,
-  keeps the hub free, whatever the size; a listing shows the map-cache as
-  it was when it started.
+  the slices are merged lazily. A slice ends after a few milliseconds of
+  work or `CHUNK` mappings (controller/slices.py), so the hub is free
+  whatever the size and the filter; a listing shows the map-cache as it
+  was when it started.
 
 Pure apart from `pause`: it reads the map-cache and the counters given.
 """
@@ -28,11 +27,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from lisp_controller.controller.slices import Slices
 from lisp_controller.model import MapCache, Mapping, Prefix, order_key
 
 CHUNK = 1000  # mappings between pauses at most
-SLICE = 0.005  # seconds of work between pauses at most (give or take CHECK mappings)
-CHECK = 50  # mappings between looks at the clock
 SORTS = ("prefix", "eid", "rlocs", "ttl", "action", "source", "packets", "bytes")
 COUNTER_SORTS = ("packets", "bytes")
 _LAST_IID = 1 << 32  # above every IID (they have 32 bits)
@@ -102,31 +100,34 @@ def _scan(mappings: list[Mapping], query: Query, pause: Callable[[], None],
     value = _sort_value(query.sort, cookie_of, counts)
     runs: list[list[tuple]] = []
     total = 0
-    start, n = 0, len(mappings)
-    while start < n:
-        if start:
-            pause()
-        began, run, end = clock(), [], min(n, start + CHUNK)
-        for at in range(start, end, CHECK):
-            for m in mappings[at:min(end, at + CHECK)]:
-                if match(m):
-                    iid, (version, network, length) = m[0], m[1]
-                    run.append((value(m), order_key(iid, version, network, length), m))
-            start = min(end, at + CHECK)
-            if clock() - began >= SLICE:
-                break
-        total += len(run)
+    slices = Slices(pause, most=CHUNK, clock=clock)
+    run: list[tuple] = []
+
+    def close(run: list[tuple]) -> None:
+        """Keep the slice's best `keep`, sorted."""
         if len(run) > keep:
             run = heapq.nlargest(keep, run, key=_order) if query.descending else \
                 heapq.nsmallest(keep, run, key=_order)
         else:
             run.sort(key=_order, reverse=query.descending)
         runs.append(run)
+
+    last = len(mappings) - 1
+    for i, m in enumerate(mappings):
+        if match(m):
+            iid, (version, network, length) = m[0], m[1]
+            run.append((value(m), order_key(iid, version, network, length), m))
+        if slices.due() or i == last:
+            total += len(run)
+            close(run)
+            run = []
+            if i != last:
+                slices.pause()
     merged = heapq.merge(*runs, key=_order, reverse=query.descending)
     page = []
-    for i, item in enumerate(itertools.islice(merged, query.offset, keep)):
-        if i and i % CHUNK == 0:
-            pause()
+    for item in itertools.islice(merged, query.offset, keep):
+        if slices.due():
+            slices.pause()
         page.append(item)
     return Page(total, [m for _, _, m in page])
 
