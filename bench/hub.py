@@ -17,9 +17,10 @@ and every API request wait. This measures, in the same run:
   status page is sorted by packets and searched (`--browse` seconds),
   which the controller answers by going over the whole map-cache.
 
-`--watch FILE` runs the controller with lab/hubwatch.py: each stall of
-its hub over 50 ms, with the stacks that held it, and each slow
-collection go to FILE (JSON lines); the longest are printed per phase.
+`--watch FILE` runs the controller with lab/hubwatch.py: each round of
+its hub over 20 ms, with the stacks that held it, and each collection
+over 10 ms go to FILE (JSON lines); those over 50 ms are printed per
+phase, the longest first.
 
 `--old-page` polls as the status page did before it paged on the server
 (every mapping with counters), to compare in the same run.
@@ -171,7 +172,7 @@ def stalls(path: Path, phases: dict[str, tuple[float, float]]) -> dict:
     out = {}
     for phase, (start, end) in phases.items():
         inside = [r for r in records if start <= r["at"] <= end]
-        held = sorted((r for r in inside if "stall_ms" in r), key=lambda r: -r["stall_ms"])
+        held = sorted((r for r in inside if r.get("stall_ms", 0) >= 50), key=lambda r: -r["stall_ms"])
         collections = [r for r in inside if "gc" in r]
         out[phase] = {"stalls": len(held), "stall_ms": [r["stall_ms"] for r in held],
                       "gc_ms": [(r["gc"], r["ms"]) for r in collections]}

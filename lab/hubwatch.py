@@ -30,7 +30,7 @@ DEPTH = 16  # innermost frames kept per sample
 
 
 class HubWatch:
-    def __init__(self, path: str, threshold: float = 0.05, sample_after: float = 0.02,
+    def __init__(self, path: str, threshold: float = 0.02, sample_after: float = 0.01,
                  interval: float = 0.002, gc_threshold: float = 0.01):
         self.threshold, self.sample_after, self.interval = threshold, sample_after, interval
         self.gc_threshold = gc_threshold

@@ -11,7 +11,10 @@ A `Mapping` and its `Prefix` are tuples of numbers, strings and shared
 RLOC tuples: they can never be part of a reference cycle, so the
 collector has nothing to find in them. CPython itself stops tracking a
 plain tuple of such values; it does not for tuple subclasses, so the
-map-cache does it when it takes a mapping in (model/mapping.py). Unlike
+map-cache does it when it takes a mapping in, and `Mapping.parse` as it
+makes one (model/mapping.py): the 100,000 mappings of a bulk request are
+not walked by the collections that run while it is checked and applied,
+nor count towards the next full one. Unlike
 `gc.freeze()`, this keeps no garbage: an untracked mapping is freed as
 soon as nothing holds it, as before; and whatever it references stays
 tracked, so cycles elsewhere are still found.
