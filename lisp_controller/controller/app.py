@@ -330,7 +330,7 @@ class LispControllerApp(app_manager.OSKenApp):
                 session.switch.flow_counters(T_MAPCACHE, STATS_TIMEOUT, into=flows)
                 add_bucket_counts(buckets, session.switch.group_counters(STATS_TIMEOUT))
                 self.pathmtu.read(session.switch, session.status.bridge.label, STATS_TIMEOUT)
-            except SwitchError as e:  # gone or slow: its share is missing this time
+            except SwitchError as e:  # gone or slow: its share is missing (or partial) this time
                 LOG.warning("%s", e)
         return Snapshot(flows, buckets=buckets)
 
