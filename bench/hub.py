@@ -17,6 +17,11 @@ and every API request wait. This measures, in the same run:
   status page is sorted by packets and searched (`--browse` seconds),
   which the controller answers by going over the whole map-cache.
 
+`--watch FILE` runs the controller with lab/hubwatch.py: each round of
+its hub over 20 ms, with the stacks that held it, and each collection
+over 10 ms go to FILE (JSON lines); those over 50 ms are printed per
+phase, the longest first.
+
 `--old-page` polls as the status page did before it paged on the server
 (every mapping with counters), to compare in the same run.
 
@@ -160,6 +165,25 @@ def line(name: str, idle: dict, busy: dict) -> str:
             f" | p99 busy/idle {ratio:6.1f}x")
 
 
+def stalls(path: Path, phases: dict[str, tuple[float, float]]) -> dict:
+    """lab/hubwatch.py's records by phase (wall-clock spans), printed: the
+    longest stalls with their most frequent stack, and slow collections."""
+    records = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    out = {}
+    for phase, (start, end) in phases.items():
+        inside = [r for r in records if start <= r["at"] <= end]
+        held = sorted((r for r in inside if r.get("stall_ms", 0) >= 50), key=lambda r: -r["stall_ms"])
+        collections = [r for r in inside if "gc" in r]
+        out[phase] = {"stalls": len(held), "stall_ms": [r["stall_ms"] for r in held],
+                      "gc_ms": [(r["gc"], r["ms"]) for r in collections]}
+        print(f"{phase}: {len(held)} stalls over 50 ms; collections over 10 ms: "
+              + (", ".join(f"gen{g} {ms:.0f}" for g, ms in out[phase]["gc_ms"][:12]) or "none"))
+        for r in held[:6]:
+            top = r["stacks"][0] if r["stacks"] else [0, "?"]
+            print(f"  {r['stall_ms']:7.1f} ms ({r['samples']} samples; {top[0]} at) {top[1][:400]}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=100_000, help="mappings in the bulk request")
@@ -167,10 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--browse", type=float, default=10.0, help="seconds of sorted and searched polling")
     parser.add_argument("--old-page", action="store_true", help="poll every mapping, as the page once did")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--watch", type=Path, help="record the hub's stalls and their stacks here")
     args = parser.parse_args(argv)
 
     with Testbed() as tb:
-        bench = Bench(tb, bridges=1)
+        if args.watch:
+            args.watch.unlink(missing_ok=True)
+        bench = Bench(tb, bridges=1, hooks=("--watch-hub", str(args.watch.resolve())) if args.watch else ())
         bench.connect(1)
         ns = bench.ctl_ns.ns
         echo = EchoProbe(tb, ns, bench.ctl_ns.address)
@@ -181,10 +208,12 @@ def main(argv: list[str] | None = None) -> int:
         health.start()
         time.sleep(args.idle)
         idle_end = time.monotonic()
+        wall = {"idle": (0.0, time.time())}
         page.start()
         started = time.monotonic()
         result = bench.controller_bulk(body, args.size)
         ended = time.monotonic()
+        wall["bulk"] = (wall["idle"][1], time.time())
         page.halt.set()
         page.join(timeout=300)
         browse = HttpProbe(tb, ns, PAGE + ((OLD_PAGE,) if args.old_page else (BROWSING,)), 2.0)
@@ -192,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         browse_start = time.monotonic()
         time.sleep(args.browse)
         browse_end = time.monotonic()
+        wall["browsing"] = (wall["bulk"][1], time.time())
         for probe in (echo, health, page, browse):
             probe.halt.set()
             probe.join(timeout=300)
@@ -218,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{b['polls']['n']} polls, p50 {b['polls'].get('p50_ms', 0):.0f} ms):")
     print(line("OpenFlow echo", figures["echo"]["idle"], b["echo"]))
     print(line("GET /v1/health", figures["health"]["idle"], b["health"]))
+    if args.watch:
+        figures["stalls"] = stalls(args.watch, wall)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0

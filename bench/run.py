@@ -85,7 +85,8 @@ def config_text(ctl_address: str, bridges: int) -> str:
 
 
 class Bench:
-    def __init__(self, tb: Testbed, bridges: int):
+    def __init__(self, tb: Testbed, bridges: int, hooks: tuple[str, ...] = ()):
+        """`hooks`: lab/serve.py's options for the controller (a hub watch)."""
         self.tb = tb
         self.ctl_ns = tb.add_controller()
         segment = tb.add_segment("wan", "192.168.0.0/16")
@@ -96,7 +97,7 @@ class Bench:
         path = tb.tmpdir / "bench.toml"
         path.write_text(config_text(self.ctl_ns.address, bridges))
         self.ov = Topology(tb, path, load_config(path), self.ctl_ns, segment)
-        self.ctl = ControllerProcess(self.ov).start()
+        self.ctl = ControllerProcess(self.ov, hooks=hooks).start()
         self.api = ApiClient(around=lambda: tb.netns(self.ctl_ns.ns))
         self.connected = 0
         wait_until(lambda: self._up(), timeout=30, what="API")

@@ -18,6 +18,9 @@ refusing a stale master (docs/etcd.rst, "Bridge ownership").
 exists removes it and stops the whole process with SIGSTOP, there, in the
 middle of a write, until the test sends SIGCONT: a master frozen
 mid-write.
+`--watch-hub FILE`: write each stall of the hub (longer than 50 ms) and
+each slow collection to FILE as JSON lines, with the stacks that held it
+(lab/hubwatch.py; bench/hub.py `--watch`).
 """
 from __future__ import annotations
 
@@ -156,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fail-syncs", metavar="AFTER:COUNT")
     parser.add_argument("--no-lease-guard", action="store_true")
     parser.add_argument("--stop-in-sync", metavar="FILE")
+    parser.add_argument("--watch-hub", metavar="FILE")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="lisp-controller's arguments, after --")
     args = parser.parse_args(argv)
     rest = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -165,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         hook = FailSyncs(after, count)
     if args.stop_in_sync:
         hook = StopInSync(args.stop_in_sync, hook)
+    if args.watch_hub:  # before eventlet patches threading and time
+        from lab.hubwatch import HubWatch
+
+        HubWatch(args.watch_hub).start()
     clock = time.time if args.time_scale == 1 else scaled_clock(args.time_scale)
     from lisp_controller.__main__ import main as controller
 

@@ -219,7 +219,11 @@ def cmd_serve(args) -> int:
                  config.lisp.port, len(config.lisp.sites), ", ".join(s.name for s in config.lisp.sites) or "none")
     api = Api(app, token, config.api, pause=lambda: hub.sleep(0))
     services.append(hub.spawn(http.serve, api_socket, api, config.api.client_timeout))
+    from lisp_controller.controller import offhub
+    from lisp_controller.controller.gcpause import freeze_at_start
 
+    offhub.start()  # its threads now, not in the middle of the first big request
+    freeze_at_start()  # the code and the loaded state, out of every full collection's way
     try:
         hub.joinall(services)
     except KeyboardInterrupt:

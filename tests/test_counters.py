@@ -1,5 +1,5 @@
 """The counter cache: how often the switches are asked, whatever the polling."""
-from lisp_controller.controller.counters import CounterCache, Snapshot, add_bucket_counts, add_counts
+from lisp_controller.controller.counters import CounterCache, Snapshot, add_bucket_counts
 
 
 class Clock:
@@ -49,13 +49,6 @@ def test_a_failed_read_keeps_the_old_counters():
     cache.get()
     spawned.pop()()
     assert cache.get().counts == {1: (3, 300)} and cache.get().buckets == {5: ((1, 10), (2, 20))}
-
-
-def test_counts_of_bridges_add_up():
-    total = {}
-    add_counts(total, {1: (2, 20)})
-    add_counts(total, {1: (3, 30), 2: (1, 10)})
-    assert total == {1: (5, 50), 2: (1, 10)}
 
 
 def test_bucket_counts_of_bridges_add_up():

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from lisp_controller.controller import listing
+from lisp_controller.controller import listing, slices
 from lisp_controller.controller.listing import CHUNK, SORTS, Query, select
 from lisp_controller.model import MapCache, Mapping, parse_prefix
 
@@ -90,7 +90,8 @@ def test_every_order_and_filter_pages_like_a_full_sort(sort, monkeypatch):
     counts = {cookie_of(m): (i % 13, i * 7 % 101) for i, m in enumerate(ms) if i % 5}
     queries = [Query(), Query(iid=1000), Query(iid=1000, within=parse_prefix("128.0.0.0/1")),
                Query(within=parse_prefix("10.0.0.0/8")), Query(source="api"), Query(eid_text="fd00:"),
-               Query(rloc_text="192.168.2."), Query(words=("1001", "drop")), Query(iid=7, source="config")]
+               Query(rloc_text="192.168.2."), Query(words=("1001", "drop")), Query(iid=7, source="config"),
+               Query(words=("fd00:", "map-resolver")), Query(words=("192.168.1.", "w100", "7"))]
     for q in queries:
         for descending in (False, True):
             for offset, limit in ((0, 10), (37, 100), (0, 2000), (1490, 100)):
@@ -113,6 +114,30 @@ def test_a_scan_pauses_every_chunk_and_reads_the_map_cache_as_it_was():
     page = select(cache, Query(sort="source", limit=len(before)), pause)
     assert len(handled) >= 3  # a pause between chunks: no step went through more than CHUNK
     assert page.mappings == before  # what it was when the listing began
+
+
+def test_a_scan_pauses_when_its_slice_of_time_is_spent():
+    """However slow each mapping is (a search on a loaded machine), the
+    hub is let go every slices.BUDGET seconds, and the page is the same."""
+    ms = varied(3000, seed=5)
+    cache = MapCache(ms)
+    now = [0.0]
+    calls_per_slice = round(slices.BUDGET / 0.001)
+
+    def clock():  # every look at the clock finds 1 ms gone: slices.CHECK mappings take 1 ms
+        now[0] += 0.001
+        return now[0]
+    handled = []
+    cookie_of = lambda m: hash(m.key) & 0xFFFF  # noqa: E731
+    counts = {cookie_of(m): (i % 13, i) for i, m in enumerate(ms)}
+    q = Query(words=("1",), sort="packets", descending=True, limit=50)
+
+    def pause():
+        handled.append(now[0])
+
+    page = select(cache, q, pause, cookie_of=cookie_of, counts=counts, clock=clock)
+    assert len(handled) >= 3000 // (slices.CHECK * calls_per_slice) - 1
+    assert (page.mappings, page.total) == full_sort(ms, q, counts, cookie_of)
 
 
 def test_the_index_answers_iid_and_prefix_pages_without_a_scan(monkeypatch):

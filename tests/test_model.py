@@ -440,3 +440,25 @@ def test_the_fast_rloc_ranges_agree_with_the_reasons():
         else:
             with pytest.raises(ModelError, match="an RLOC must be a unicast address"):
                 parse_rloc_address(text)
+
+
+def test_the_map_cache_keeps_its_mappings_out_of_the_collectors_sight():
+    """Full collections walk every tracked object while the hub waits; a
+    mapping and its prefix cannot be in a cycle, so the map-cache untracks
+    them (model/untracked.py), and they are still freed when they go."""
+    import gc
+    import sys
+
+    parsed = m(7, "10.8.0.0/16", "192.0.2.1")
+    assert not gc.is_tracked(parsed) and not gc.is_tracked(parsed.eid)  # from birth: a bulk's are never walked
+    cache = MapCache()
+    mapping = Mapping(7, parse_prefix("10.9.0.0/16"), parsed.rlocs, source="api")
+    assert gc.is_tracked(mapping) and gc.is_tracked(mapping.eid)  # what Python does by itself
+    cache.add(mapping)
+    assert not gc.is_tracked(mapping) and not gc.is_tracked(mapping.eid)
+    assert cache.get(7, mapping.eid) is mapping
+    held = sys.getrefcount(mapping)
+    cache.remove(7, mapping.eid)
+    assert sys.getrefcount(mapping) == held - 1  # reference counting still frees it
+    # Whatever a mapping references keeps being tracked: cycles elsewhere are found.
+    assert gc.is_tracked(mapping.rlocs)

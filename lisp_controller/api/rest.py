@@ -22,6 +22,7 @@ from webob import Request, Response
 from lisp_controller.config import ApiSettings
 from lisp_controller.controller.gcpause import gc_paused
 from lisp_controller.controller.offhub import BIG_BYTES, off_hub
+from lisp_controller.controller.slices import Slices
 from lisp_controller.pipeline.compiler import groups_of
 from lisp_controller.pipeline.flows import render, render_group
 from lisp_controller.model import (IID_MAX, Endpoint, Mapping, ModelError, parse_decimal, parse_iid, parse_prefix,
@@ -291,15 +292,24 @@ class Api:
         return value
 
     def _mappings(self, raw: object, field: str) -> list[Mapping]:
+        """The mappings of a decoded JSON list, which this consumes: each
+        item is dropped once parsed, so the decoded body (two tracked
+        objects per mapping) leaves memory, and every full collection's
+        walk, while the change goes on (docs/performance.rst, "A free hub")."""
         if not isinstance(raw, list):
             raise ModelError(field, "must be a list of mappings")
-        out = []
-        for start in range(0, len(raw), PAUSE_EVERY):
-            if start:
-                self.pause()  # never inside a collector pause (gcpause.py)
-            with gc_paused(len(raw)):
-                for i in range(start, min(start + PAUSE_EVERY, len(raw))):
+        out, i, n = [], 0, len(raw)
+        slices = Slices(self.pause, most=PAUSE_EVERY)
+        while i < n:
+            with gc_paused(n):
+                while i < n:
                     out.append(Mapping.parse(raw[i], f"{field}[{i}]", source="api"))
+                    raw[i] = None
+                    i += 1
+                    if slices.due():
+                        break
+            if i < n:
+                slices.pause()  # never inside a collector pause (gcpause.py)
         return out
 
     def _iid(self, text: str) -> int:
@@ -559,7 +569,7 @@ class Api:
         body = self._object(self._body(req), "", {"mappings", "delete"})
         timings = {"json_ms": _ms(started)}
         mark = time.monotonic()
-        put = self._mappings(body.get("mappings", []), "mappings")
+        put = self._mappings(body.pop("mappings", []), "mappings")
         raw_delete = body.get("delete", [])
         if not isinstance(raw_delete, list):
             raise ModelError("delete", "must be a list of {iid, eid}")
@@ -579,7 +589,7 @@ class Api:
             raise ModelError("mappings", "is required (the complete set of API mappings)")
         timings = {"json_ms": _ms(started)}
         mark = time.monotonic()
-        put = self._mappings(body["mappings"], "mappings")
+        put = self._mappings(body.pop("mappings"), "mappings")
         timings["validate_ms"] = _ms(mark)
         before = len(self.ctl.state.api_mappings())
         return self._apply_change(req, Change(put=put, replace_api=True),

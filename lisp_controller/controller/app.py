@@ -20,7 +20,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from lisp_controller.pipeline.compiler import T_MAPCACHE, T_TOO_BIG, compile_bridge
 from lisp_controller.config import Config
-from lisp_controller.controller.counters import CounterCache, Snapshot, add_bucket_counts, add_counts
+from lisp_controller.controller.counters import CounterCache, Snapshot, add_bucket_counts
 from lisp_controller.controller.gcpause import BIG, breathe, gc_paused
 from lisp_controller.api.metrics import Metrics
 from lisp_controller.controller import procinfo
@@ -327,10 +327,10 @@ class LispControllerApp(app_manager.OSKenApp):
         flows, buckets = {}, {}
         for session in self._attached():
             try:
-                add_counts(flows, session.switch.flow_counters(T_MAPCACHE, STATS_TIMEOUT))
+                session.switch.flow_counters(T_MAPCACHE, STATS_TIMEOUT, into=flows)
                 add_bucket_counts(buckets, session.switch.group_counters(STATS_TIMEOUT))
                 self.pathmtu.read(session.switch, session.status.bridge.label, STATS_TIMEOUT)
-            except SwitchError as e:  # gone or slow: its share is missing this time
+            except SwitchError as e:  # gone or slow: its share is missing (or partial) this time
                 LOG.warning("%s", e)
         return Snapshot(flows, buckets=buckets)
 

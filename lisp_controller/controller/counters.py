@@ -62,13 +62,6 @@ class CounterCache:
             self._running = False
 
 
-def add_counts(total: Counts, more: Counts) -> None:
-    """Sum one bridge's counts into `total` (a mapping's flow is on every bridge)."""
-    for cookie, (packets, nbytes) in more.items():
-        p, b = total.get(cookie, (0, 0))
-        total[cookie] = (p + packets, b + nbytes)
-
-
 def add_bucket_counts(total: BucketCounts, more: BucketCounts) -> None:
     """Sum one bridge's bucket counts into `total` (a group is on every bridge)."""
     for group_id, buckets in more.items():

@@ -9,12 +9,13 @@ million mappings a listing that sorts everything per request held the hub
   (ranges of the map-cache's order index, model/mapping.py), a page is read
   straight from the index: O(log n + page), no yield needed;
 - any other order or filter goes through a snapshot of the map-cache (a
-  list made in C, milliseconds for a million) in chunks of `CHUNK`
-  mappings, calling `pause` between them: each chunk is filtered and its
-  sort values computed, then sorted on its own, and only the best
-  offset + limit of each are kept; the chunks are merged lazily. A chunk
-  is a few milliseconds of work, so the hub is never held longer, whatever
-  the size; a listing shows the map-cache as it was when it started.
+  list made in C, milliseconds for a million) in slices, calling `pause`
+  between them: each slice is filtered and its sort values computed, then
+  sorted on its own, and only the best offset + limit of each are kept;
+  the slices are merged lazily. A slice ends after a few milliseconds of
+  work or `CHUNK` mappings (controller/slices.py), so the hub is free
+  whatever the size and the filter; a listing shows the map-cache as it
+  was when it started.
 
 Pure apart from `pause`: it reads the map-cache and the counters given.
 """
@@ -22,12 +23,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
 from dataclasses import dataclass
 from typing import Callable
 
+from lisp_controller.controller.slices import Slices
 from lisp_controller.model import MapCache, Mapping, Prefix, order_key
 
-CHUNK = 1000  # mappings between pauses: at most about 15 ms even when sorting by counters
+CHUNK = 1000  # mappings between pauses at most
 SORTS = ("prefix", "eid", "rlocs", "ttl", "action", "source", "packets", "bytes")
 COUNTER_SORTS = ("packets", "bytes")
 _LAST_IID = 1 << 32  # above every IID (they have 32 bits)
@@ -66,15 +69,16 @@ class Page:
 
 def select(cache: MapCache, query: Query, pause: Callable[[], None] = lambda: None,
            cookie_of: Callable[[Mapping], int] | None = None,
-           counts: dict[int, tuple[int, int]] | None = None) -> Page:
+           counts: dict[int, tuple[int, int]] | None = None,
+           clock: Callable[[], float] = time.perf_counter) -> Page:
     """The page `query` asks for. `cookie_of` gives a mapping's flow
     cookie and `counts` the counters by cookie: needed to sort by packets
-    or bytes."""
+    or bytes. `clock` times the slices between pauses."""
     if not query.needs_scan:
         low, high = _range(query)
         page = cache.ordered(low, high, query.offset, query.offset + query.limit, query.descending)
         return Page(cache.count_between(low, high), page)
-    return _scan(cache.snapshot(), query, pause, cookie_of, counts or {})
+    return _scan(cache.snapshot(), query, pause, cookie_of, counts or {}, clock)
 
 
 def _range(query: Query) -> tuple[int, int]:
@@ -89,32 +93,41 @@ def _range(query: Query) -> tuple[int, int]:
 
 
 def _scan(mappings: list[Mapping], query: Query, pause: Callable[[], None],
-          cookie_of: Callable[[Mapping], int] | None, counts: dict) -> Page:
-    keep = query.offset + query.limit  # what each chunk may contribute to the page
+          cookie_of: Callable[[Mapping], int] | None, counts: dict,
+          clock: Callable[[], float]) -> Page:
+    keep = query.offset + query.limit  # what each slice may contribute to the page
     match = _matcher(query)
     value = _sort_value(query.sort, cookie_of, counts)
     runs: list[list[tuple]] = []
     total = 0
-    for start in range(0, len(mappings), CHUNK):
-        if start:
-            pause()
-        run = []
-        for m in mappings[start:start + CHUNK]:
-            if match(m):
-                iid, (version, network, length) = m[0], m[1]
-                run.append((value(m), order_key(iid, version, network, length), m))
-        total += len(run)
+    slices = Slices(pause, most=CHUNK, clock=clock)
+    run: list[tuple] = []
+
+    def close(run: list[tuple]) -> None:
+        """Keep the slice's best `keep`, sorted."""
         if len(run) > keep:
             run = heapq.nlargest(keep, run, key=_order) if query.descending else \
                 heapq.nsmallest(keep, run, key=_order)
         else:
             run.sort(key=_order, reverse=query.descending)
         runs.append(run)
+
+    last = len(mappings) - 1
+    for i, m in enumerate(mappings):
+        if match(m):
+            iid, (version, network, length) = m[0], m[1]
+            run.append((value(m), order_key(iid, version, network, length), m))
+        if slices.due() or i == last:
+            total += len(run)
+            close(run)
+            run = []
+            if i != last:
+                slices.pause()
     merged = heapq.merge(*runs, key=_order, reverse=query.descending)
     page = []
-    for i, item in enumerate(itertools.islice(merged, query.offset, keep)):
-        if i and i % CHUNK == 0:
-            pause()
+    for item in itertools.islice(merged, query.offset, keep):
+        if slices.due():
+            slices.pause()
         page.append(item)
     return Page(total, [m for _, _, m in page])
 
@@ -143,8 +156,7 @@ def _matcher(query: Query) -> Callable[[Mapping], bool]:
         text = query.rloc_text.lower()
         tests.append(lambda m: any(text in str(r.address) for r in m.rlocs))
     if query.words:
-        words = tuple(w.lower() for w in query.words)
-        tests.append(lambda m: all(w in _text(m) for w in words))
+        tests.append(_words_test(tuple(w.lower() for w in query.words)))
     if not tests:
         return lambda m: True
     if len(tests) == 1:
@@ -155,8 +167,37 @@ def _matcher(query: Query) -> Callable[[Mapping], bool]:
 def _text(m: Mapping) -> str:
     """What the page's search box searches: IID, EID, RLOCs (with priority
     and weight as the page shows them), action and source."""
-    rlocs = " ".join(f"{r.address} p{r.priority} w{r.weight}" for r in m.rlocs)
-    return f"{m.iid} {m.eid} {rlocs} {m.action} {m.source}".lower()
+    return f"{m.iid} {m.eid} {_rlocs_text(m.rlocs)} {m.action} {m.source}".lower()
+
+
+def _rlocs_text(rlocs: tuple) -> str:
+    return " ".join(f"{r.address} p{r.priority} w{r.weight}" for r in rlocs)
+
+
+def _words_test(words: tuple[str, ...]) -> Callable[[Mapping], bool]:
+    """`all(w in _text(m) for w in words)`, for a million mappings: a word
+    holds no space, so it is in the text exactly when it is in the EID's
+    text or in the rest's; the EID is tried first (what is searched most),
+    the rest made only when needed, and the RLOCs' text once per RLOC set
+    (a site's mappings share a few tuples; the listing's snapshot keeps
+    them alive, so an id stays theirs)."""
+    rloc_texts: dict[int, str] = {}
+
+    def test(m: Mapping) -> bool:
+        eid, rest = str(m[1]), None
+        for w in words:
+            if w in eid:
+                continue
+            if rest is None:
+                rlocs = m.rlocs
+                text = rloc_texts.get(id(rlocs))
+                if text is None:
+                    text = rloc_texts[id(rlocs)] = _rlocs_text(rlocs)
+                rest = f"{m.iid} {text} {m.action} {m.source}".lower()
+            if w not in rest:
+                return False
+        return True
+    return test
 
 
 def _sort_value(sort: str, cookie_of: Callable[[Mapping], int] | None,

@@ -21,6 +21,13 @@ BIG_ITEMS = 5000  # mappings in a change worth a thread hop (about 0.1 ms)
 BIG_BYTES = 256 * 1024  # bytes of a request body worth one
 
 
+def start() -> None:
+    """Start the thread pool now, before serving: its first use starts
+    its threads and waits for each, about 50 ms of the hub in the middle
+    of the first big request (bench/hub.py --watch saw it)."""
+    tpool.setup()
+
+
 def off_hub(big: bool, step: Callable[..., T], *args: object) -> T:
     """`step(*args)`, on a native thread when `big`; its exception is raised
     here either way."""

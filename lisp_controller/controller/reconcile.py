@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Callable, Container, Mapping, NamedTuple, TypeVar
 
+from lisp_controller.controller.slices import Slices
 from lisp_controller.pipeline.flows import Group, Meter, group_delete, group_mod, is_our_group
 from lisp_controller.openflow.wire import OFPGC_ADD, OFPGC_MODIFY
 
@@ -211,12 +212,19 @@ class Stream:
             self.group_mods += 1
             self._groups_now[group_id] = group
 
-    def record(self) -> None:
+    def record(self, pause: Callable[[], None] | None = None) -> None:
+        """Bring `installed` and `groups` up to what the bridge holds now;
+        `pause` lets the hub go between slices (a million cookies take
+        half a second: controller/slices.py). Nobody else writes them."""
+        slices = Slices(pause)
+        installed = self.installed
         for cookie, count in self._now.items():
             if count:
-                self.installed[cookie] = 1
+                installed[cookie] = 1
             else:
-                self.installed.pop(cookie, None)
+                installed.pop(cookie, None)
+            if slices.due():
+                slices.pause()
         for group_id, group in self._groups_now.items():
             if group is _ABSENT:
                 self.groups.pop(group_id, None)

@@ -590,7 +590,7 @@ class BridgeSession:
             self.sync(deep=True)
             return
         sent = bundle.count - stream.group_mods
-        stream.record()
+        stream.record(pause=lambda: hub.sleep(0))
         st.flows_installed = sum(self.installed.values())
         st.groups_installed = len(self.installed_groups)
         st.group_mods_sent += stream.group_mods

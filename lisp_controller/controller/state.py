@@ -29,12 +29,12 @@ from typing import Callable, Iterable
 from lisp_controller.pipeline.compiler import mapping_flow_mod, mapping_group, miss_flow
 from lisp_controller.config import Config
 from lisp_controller.controller.shared import SharedFlows
+from lisp_controller.controller.slices import Slices
 from lisp_controller.errors import Conflict, NotFound
 from lisp_controller.pipeline.flows import Group, encoded
 from lisp_controller.model import Bridge, Endpoint, MapCache, Mapping, ModelError, Prefix, endpoint_mappings, prefix_key
 
 Key = tuple  # (iid, IPv4Network | IPv6Network)
-PAUSE_EVERY = 2000
 
 
 @dataclass
@@ -79,6 +79,7 @@ class State:
                  endpoints: Iterable[tuple[str, Endpoint]] = (), clock: Callable[[], float] = time.time):
         self.config = config
         self.clock = clock
+        self.slice_clock = time.perf_counter  # times the slices of a big change (controller/slices.py)
         self.generation = 0
         self.cache = MapCache()
         self.shared = SharedFlows()  # the map-cache's flows, compiled once for every bridge
@@ -209,25 +210,24 @@ class State:
 
     def apply(self, change: Change, bump: bool = True, pause: Callable[[], None] | None = None,
               stream: Callable[[list[tuple[int, bytes | None]]], None] | None = None) -> None:
-        """Apply a checked (and committed) change. `pause` is called every
-        few thousand mappings so a big change lets the hub breathe.
-        `stream`, if given, receives the shared flows' changes as they are
-        made, in order, before each pause and at the end: (cookie,
-        flow-mod) for an added flow, (cookie, None) for a removed one; the
-        bridges can then take a big change while it is still being made."""
+        """Apply a checked (and committed) change. `pause` is called
+        between slices of the change (controller/slices.py: a few
+        milliseconds or 2,000 mappings) so a big change lets the hub
+        breathe. `stream`, if given, receives the shared flows' changes as
+        they are made, in order, at the end of each slice and of the
+        change: (cookie, flow-mod) for an added flow, (cookie, None) for a
+        removed one; the bridges can then take a big change while it is
+        still being made."""
         now = self.clock()
-        n = 0
         shared = self.shared
         shared.begin(track=bump, stream=stream)
         flush = shared.flush
+        slices = Slices(pause, clock=self.slice_clock)
 
         def tick() -> None:
-            nonlocal n
-            n += 1
-            if n % PAUSE_EVERY == 0:
+            if slices.due():
                 flush()
-                if pause is not None:
-                    pause()
+                slices.pause()
 
         if change.replace_api:
             keep = {m.key for m in change.put}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import operator
+from gc import is_tracked
 from dataclasses import dataclass
 from typing import Iterable, Iterator, NamedTuple
 
@@ -17,6 +18,7 @@ from lisp_controller.model.values import (ACTIONS, IID_MAX, PRIORITY_UNUSED, IPA
                                           _new_tuple, as_prefix, parse_action, parse_gateway, parse_host_address,
                                           parse_iid, parse_int, parse_interface_name, parse_mac, parse_prefix,
                                           parse_rloc_address)
+from lisp_controller.model.untracked import untrack
 
 
 class Rloc(NamedTuple):
@@ -134,7 +136,10 @@ class Mapping(NamedTuple):
         if action not in ACTIONS:
             action = parse_action(action, f"{field}.action")
         # tuple.__new__ directly: the named tuple's own __new__ is Python code.
-        return _new_tuple(cls, (iid, eid, rlocs, ttl, action, source, None))
+        mapping = _new_tuple(cls, (iid, eid, rlocs, ttl, action, source, None))
+        untrack(mapping)  # a bulk's mappings never reach the collector's old generation (model/untracked.py)
+        untrack(eid)
+        return mapping
 
 
 _NO_RLOCS: list = []
@@ -277,6 +282,9 @@ class MapCache:
             bucket = lengths[length] = {}
         old = bucket.get(network)
         bucket[network] = mapping
+        if is_tracked(mapping):  # acyclic: nothing for the collector to walk (model/untracked.py)
+            untrack(mapping)
+            untrack(mapping.eid)
         if old is None:
             self._count += 1
             self._order.add(order_key(iid, version, network, length))

@@ -96,6 +96,7 @@ class _Pending:
     error: object = None
     consume: Callable[[object], None] | None = None
     flow_stats: bool = False  # a flow dump: its replies come as bytes (tap.py)
+    finished: bool = False  # its last part arrived
 
 
 @dataclass
@@ -113,6 +114,11 @@ class Switch:
         self.label = label or f"{datapath.id:016x}"
         self.timeout = timeout
         self._pending: dict[int, _Pending] = {}
+        # Flow dumps given up on (timed out, failed) before their last part:
+        # the parts still to come are ours and dropped. Handed to os-ken,
+        # a million flows would be parsed into objects for minutes, holding
+        # the hub (docs/performance.rst, "A free hub").
+        self._abandoned: set[int] = set()
         self._next_xid = random.randint(1 << 30, 1 << 31)
         self._bundle_ids = itertools.count(1)
         # The open bundle's messages have consecutive xids: (first, count),
@@ -130,6 +136,9 @@ class Switch:
         True if it was ours. A flow-stats reply goes on as its bytes."""
         pending = self._pending.get(msg.xid)
         if pending is None:
+            if msg.xid in self._abandoned:
+                self._drop_abandoned(msg.xid, msg.flags)
+                return True
             return False
         if pending.flow_stats:
             self._flow_stats_reply(pending, msg.flags, msg.buf)
@@ -145,14 +154,24 @@ class Switch:
     def _claim(self, xid: int) -> Callable[[int, bytes], None] | None:
         """For the tap: the handler of a flow-stats reply with this xid."""
         pending = self._pending.get(xid)
-        if pending is None or not pending.flow_stats:
+        if pending is None:
+            return (lambda flags, buf: self._drop_abandoned(xid, flags)) if xid in self._abandoned else None
+        if not pending.flow_stats:
             return None
         return lambda flags, buf: self._flow_stats_reply(pending, flags, buf)
+
+    def _drop_abandoned(self, xid: int, flags: int) -> None:
+        """A part of a dump given up on: dropped; after its last, the xid is
+        no longer ours."""
+        if not flags & ofp.OFPMPF_REPLY_MORE:
+            self._abandoned.discard(xid)
 
     def _flow_stats_reply(self, pending: _Pending, flags: int, buf: bytes) -> None:
         """One part of a flow dump, as bytes: kept, or handed to the
         waiter's `consume`. Runs in os-ken's receive loop: a bad reply
         fails the request, never the loop."""
+        if not flags & ofp.OFPMPF_REPLY_MORE:
+            pending.finished = True
         if pending.event.is_set():
             return  # failed already; the rest of the dump is dropped
         try:
@@ -184,6 +203,7 @@ class Switch:
     def close(self) -> None:
         """The connection is gone: wake every waiter with an error."""
         self.closed = True
+        self._abandoned.clear()
         for pending in self._pending.values():
             pending.error = pending.error or "disconnected"
             pending.event.set()
@@ -222,6 +242,8 @@ class Switch:
             return pending.replies
         finally:
             del self._pending[xid]
+            if flow_stats and not pending.finished and not self.closed:
+                self._abandoned.add(xid)
 
     def role_request(self, role: int, generation: int = 0) -> tuple[int, int]:
         """Ask for `role` (OFPCR_ROLE_*) with `generation`; (the role, the
@@ -264,11 +286,15 @@ class Switch:
         with gc_paused(BIG):  # 100,000 entries made at once, without a yield
             return [e for buf in replies for e in verify.split_flow_stats(buf)]
 
-    def flow_counters(self, table: int, timeout: float | None = None) -> dict[int, tuple[int, int]]:
+    def flow_counters(self, table: int, timeout: float | None = None,
+                      into: dict[int, tuple[int, int]] | None = None) -> dict[int, tuple[int, int]]:
         """Packets and bytes per cookie of our flows in one table: the
         status page shows how much traffic each mapping carries. Only one
-        table is asked for, so a bridge with many local flows costs no more."""
-        counters: dict[int, tuple[int, int]] = {}
+        table is asked for, so a bridge with many local flows costs no more.
+        Summed into `into` if given (the same flows on several bridges), as
+        each reply arrives: the reading yields between replies, and no
+        later pass over a million counters holds the hub."""
+        counters: dict[int, tuple[int, int]] = {} if into is None else into
 
         def add(buf: bytes) -> None:
             for stat in flow_stats(buf):

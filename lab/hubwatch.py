@@ -1,0 +1,112 @@
+"""Where the controller's hub is held: a stall detector with stack samples.
+
+Every OpenFlow session, API request and timer shares one eventlet hub
+(docs/performance.rst, "A free hub"). The hub polls for I/O, then runs
+every greenthread that is ready, then polls again: an echo request that
+arrives meanwhile waits for the whole round. So a stall is one round
+between two polls longer than `threshold`. The hub's poll is wrapped to
+time the rounds; a native thread looks every few milliseconds and, once a
+round has run longer than `sample_after`, samples the hub thread's stack.
+Each stall is written as one JSON line: when, how long, and the stacks
+seen (innermost frames first, counted), so a benchmark says what held the
+hub, not only that it was held. Python's cyclic collections are timed too
+(gc.callbacks): a collection holds the interpreter lock, so the sampler
+cannot look inside one.
+
+Lab only (lab/serve.py `--watch-hub FILE`): a product should not pay for
+a sampler thread taking the interpreter lock.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import sys
+import threading
+import time
+import traceback
+from collections import Counter
+
+DEPTH = 16  # innermost frames kept per sample
+
+
+class HubWatch:
+    def __init__(self, path: str, threshold: float = 0.02, sample_after: float = 0.01,
+                 interval: float = 0.002, gc_threshold: float = 0.01):
+        self.threshold, self.sample_after, self.interval = threshold, sample_after, interval
+        self.gc_threshold = gc_threshold
+        self._ident = threading.get_ident  # taken before eventlet makes it name greenthreads
+        self.hub_thread = self._ident()  # the caller's: the thread the hub runs in
+        self._sleep = time.sleep  # taken before eventlet patches the time module
+        self._clock = time.monotonic
+        self._out = open(path, "a", buffering=1)
+        self._lock = threading.Lock()
+        self._round = 0  # rounds of the hub so far
+        self._round_started: float | None = None  # None: the hub is polling
+        self._stacks: dict[int, Counter] = {}  # round -> stacks sampled in it
+        self._gc_started = 0.0
+
+    def start(self) -> None:
+        """Wrap the hub's poll (eventlet's default hub class) and start
+        sampling; before eventlet patches threading and time."""
+        from eventlet import hubs
+
+        hub_class = hubs.get_default_hub().Hub
+        poll = hub_class.do_poll
+        watch = self
+
+        def do_poll(hub, seconds):
+            if watch._ident() != watch.hub_thread:
+                return poll(hub, seconds)
+            watch._round_ends()
+            try:
+                return poll(hub, seconds)
+            finally:
+                watch._round += 1
+                watch._round_started = watch._clock()
+
+        hub_class.do_poll = do_poll
+        gc.callbacks.append(self._on_gc)
+        threading.Thread(target=self._run, name="hubwatch", daemon=True).start()
+
+    def _round_ends(self) -> None:
+        started, self._round_started = self._round_started, None
+        if started is None:
+            return
+        took = self._clock() - started
+        with self._lock:
+            stacks = self._stacks.pop(self._round, None)
+        if took >= self.threshold:
+            stacks = stacks or Counter()
+            self._write({"stall_ms": round(took * 1000, 1), "at": time.time(), "samples": sum(stacks.values()),
+                         "stacks": [[n, s] for s, n in stacks.most_common(8)]})
+
+    def _write(self, record: dict) -> None:
+        self._out.write(json.dumps(record) + "\n")
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_started = self._clock()
+            return
+        took = self._clock() - self._gc_started
+        if took >= self.gc_threshold:
+            self._write({"gc": info["generation"], "at": time.time(), "ms": round(took * 1000, 1),
+                         "collected": info["collected"]})
+
+    def _run(self) -> None:
+        while True:
+            self._sleep(self.interval)
+            started, number = self._round_started, self._round
+            if started is None or self._clock() - started < self.sample_after:
+                continue
+            frame = sys._current_frames().get(self.hub_thread)
+            if frame is None:
+                return
+            stack = _stack(frame)
+            with self._lock:
+                if self._round == number:
+                    self._stacks.setdefault(number, Counter())[stack] += 1
+
+
+def _stack(frame) -> str:
+    entries = traceback.extract_stack(frame, limit=DEPTH)
+    return " < ".join(f"{'/'.join(e.filename.split('/')[-2:])}:{e.lineno} {e.name}" for e in reversed(entries))

@@ -1,0 +1,45 @@
+"""Long work on the hub, cut into slices that let it go in between.
+
+Every OpenFlow session, API request and timer shares one eventlet hub;
+work that does not yield holds all of them (docs/performance.rst, "A free
+hub"). A big change, a listing of a million mappings, a bulk request's
+parsing go item by item and ask a `Slices` after each item whether their
+slice is over: after `most` items, or after `budget` seconds of work,
+whichever comes first. The cost of an item varies tenfold with the kind
+of work and with the machine's load (a shared machine gives the process
+half a core), so a count alone would not bound the time; the count bounds
+the work when the clock is not looked at (a test's clock).
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+MOST = 2000  # items per slice at most
+BUDGET = 0.005  # seconds of work per slice at most (give or take CHECK items)
+CHECK = 50  # items between looks at the clock (a look costs about 50 ns)
+
+
+class Slices:
+    """Counts items; `due()` says when to let the hub go, `pause()` does."""
+
+    def __init__(self, pause: Callable[[], None] | None, most: int = MOST, budget: float = BUDGET,
+                 clock: Callable[[], float] = time.perf_counter):
+        self._pause, self.most, self.budget, self._clock = pause, most, budget, clock
+        self.items = 0  # in this slice
+        self.pauses = 0
+        self._began = clock()
+
+    def due(self) -> bool:
+        """Count one item; whether the slice is over."""
+        self.items += 1
+        items = self.items
+        return items >= self.most or (items % CHECK == 0 and self._clock() - self._began >= self.budget)
+
+    def pause(self) -> None:
+        """Let the hub go (if a pause was given) and start a new slice."""
+        if self._pause is not None:
+            self._pause()
+        self.pauses += 1
+        self.items = 0
+        self._began = self._clock()

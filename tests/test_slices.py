@@ -1,0 +1,86 @@
+"""controller/slices.py and its users: long work lets the hub go after a
+slice of items or of time, whichever comes first."""
+from __future__ import annotations
+
+from lisp_controller.config import parse_config
+from lisp_controller.controller import slices
+from lisp_controller.controller.slices import Slices
+from lisp_controller.controller.state import Change, State
+from lisp_controller.model import Mapping
+
+CONFIG = parse_config({"bridge": [{"datapath_id": "0000000000000001", "rloc": "192.0.2.1", "iid": 7}]})
+
+
+def _mappings(n: int) -> list[Mapping]:
+    return [Mapping.parse({"iid": 7, "eid": f"10.{i // 256 % 256}.{i % 256}.0/24", "rlocs": ["192.0.2.9"]},
+                          source="api") for i in range(n)]
+
+
+class FakeHub:
+    """A pause that records how many items went by since the last one."""
+
+    def __init__(self):
+        self.items_between: list[int] = []
+        self.items = 0
+
+    def item(self) -> None:
+        self.items += 1
+
+    def pause(self) -> None:
+        self.items_between.append(self.items)
+        self.items = 0
+
+
+def test_a_slice_ends_after_most_items_with_a_clock_that_stands_still():
+    hub = FakeHub()
+    cut = Slices(hub.pause, most=100, clock=lambda: 0.0)
+    for _ in range(1000):
+        hub.item()
+        if cut.due():
+            cut.pause()
+    assert hub.items_between == [100] * 10
+
+
+def test_a_slice_ends_when_its_time_is_spent():
+    hub = FakeHub()
+    now = [0.0]
+
+    def clock():
+        now[0] += 0.002  # every look finds 2 ms gone
+        return now[0]
+    cut = Slices(hub.pause, most=10_000, clock=clock)
+    for _ in range(1000):
+        hub.item()
+        if cut.due():
+            cut.pause()
+    # Two looks (CHECK items each) reach the budget of 5 ms... give or take one look.
+    assert hub.items_between and max(hub.items_between) <= 3 * slices.CHECK
+
+
+def test_a_big_change_yields_at_least_every_slice_of_mappings():
+    """The state step of a big change lets the hub go at least every MOST
+    mappings, and sooner when the work is slow; the stream gets each
+    slice's flows before the pause."""
+    state = State(CONFIG)
+    hub = FakeHub()
+    streamed: list[int] = []
+    state.slice_clock = lambda: 0.0  # the count alone bounds a slice
+    put = _mappings(5 * slices.MOST + 7)
+
+    def stream(batch):
+        streamed.append(len(batch))
+        hub.items += len(batch)
+    state.apply(Change(put=put), pause=hub.pause, stream=stream)
+    assert hub.items_between == [slices.MOST] * 5  # each slice's flows streamed before its pause
+    assert sum(streamed) == len(put) and len(state.cache) == len(put)
+
+    now = [0.0]
+
+    def slow_clock():
+        now[0] += 0.01  # each look at the clock finds the slice's time spent
+        return now[0]
+    state.slice_clock = slow_clock
+    hub = FakeHub()
+    state.apply(Change(delete=[m.key for m in put]), pause=hub.pause)
+    assert len(hub.items_between) >= len(put) // slices.CHECK - 1
+    assert len(state.cache) == 0
