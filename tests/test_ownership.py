@@ -102,8 +102,8 @@ def test_cluster_section_of_the_config():
     base = {"bridge": [{"datapath_id": "1", "rloc": "192.168.1.1"}], "api": {"port": 8181},
             "store": {"backend": "etcd", "endpoints": ["http://127.0.0.1:2379"]}}
     config = parse_config(base)
-    assert config.cluster.instance.endswith(":8181") and config.cluster.lease_ttl == 2
-    assert parse_config({**base, "cluster": {"instance": "ctl-a", "lease_ttl": 1}}).cluster.instance == "ctl-a"
+    assert config.cluster.instance.endswith(":8181") and config.cluster.lease_ttl == 1
+    assert parse_config({**base, "cluster": {"instance": "ctl-a", "lease_ttl": 3}}).cluster.instance == "ctl-a"
     with pytest.raises(ConfigError) as e:
         parse_config({**base, "cluster": {"instance": "two words", "lease_ttl": 0, "ttl": 3}})
     assert e.value.problems == [
