@@ -213,8 +213,9 @@ def test_a_slave_holds_the_bridge_without_writing_and_takes_over_sending_nothing
         assert f"all {len(switch.table)} flows already correct, nothing sent (deep check)" in caplog.text
         assert "meter" not in caplog.text
         change(app, session, "10.10.0.0/16")
+        requests = list(switch.requests)
         until(lambda: switch.applied == 1, "the master writes")
-        assert switch.requests[-1] == (ofp.OFPCR_ROLE_MASTER, 9)  # asserted again before the write
+        assert switch.requests == requests  # no role request per write: the switch guards its writes
         # etcd gives it to another instance: SLAVE again, no more writes.
         session.set_master(None)
         until(lambda: session.status.role == SLAVE, "SLAVE again")
@@ -232,12 +233,13 @@ def test_a_stale_master_is_refused_by_the_switch_and_gives_the_bridge_up(caplog)
     thread = running(session)
     try:
         until(lambda: session.status.role == MASTER and switch.applied == 1, "master, first sync")
-        switch.other_master(12)  # a newer master claimed the bridge meanwhile
+        switch.other_master(12)  # a newer master claimed the bridge meanwhile: this connection is SLAVE
+        requests = list(switch.requests)
         change(app, session, "10.9.0.0/16")
         until(lambda: app.membership.refusals == [(DPID, 9)], "refused")
-        assert switch.applied == 1 and switch.requests[-1] == (ofp.OFPCR_ROLE_MASTER, 9)
+        assert switch.applied == 1 and switch.requests == requests  # its write refused, nothing asked
         assert session.status.role == "deposed" and not session.writes
-        assert "the switch refused MASTER with generation 9: OFPRRFC_STALE" in caplog.text
+        assert "OFPBRC_IS_SLAVE (a newer master claimed it)" in caplog.text
         assert any("not master any more" in e for e in session.status.errors)
     finally:
         stop(session, thread)
@@ -255,5 +257,23 @@ def test_a_master_whose_lease_may_have_run_out_stops_writing_by_itself(caplog):
         until(lambda: app.membership.refusals == [(DPID, 9)], "gave up")
         assert switch.applied == 1 and len(switch.requests) == requests  # nothing sent at all
         assert "lease may have run out" in caplog.text
+    finally:
+        stop(session, thread)
+
+
+def test_a_master_claim_with_an_older_generation_is_refused_as_stale(caplog):
+    """etcd still names this instance with generation 9, but the switch has
+    seen a newer master (12): its MASTER request is refused as stale, it
+    writes nothing and gives the bridge up."""
+    app, switch, session = make_roles()
+    app.membership.guard = False  # only the switch stops it
+    switch.other_master(12)
+    session.wanted = 9
+    thread = running(session)
+    try:
+        until(lambda: app.membership.refusals == [(DPID, 9)], "refused")
+        assert switch.requests[-1] == (ofp.OFPCR_ROLE_MASTER, 9) and switch.election_id == 12
+        assert switch.applied == 0 and session.status.role == "deposed"
+        assert "the switch refused MASTER with generation 9: OFPRRFC_STALE" in caplog.text
     finally:
         stop(session, thread)

@@ -257,7 +257,8 @@ class BridgeSession:
             except SwitchError as e:
                 if not e.not_master or self.switch.closed:
                     raise
-                self._deposed(generation, str(e).removeprefix(f"bridge {self.label}: "))
+                self._deposed(generation, str(e).removeprefix(f"bridge {self.label}: ")
+                              + " (a newer master claimed it)")
 
     def _wait_for_role(self, current: int | None) -> None:
         """Until etcd changes its mind about this bridge (or the connection
@@ -611,24 +612,19 @@ class BridgeSession:
 
     def _assert_master(self) -> None:
         """Before a write: etcd still gives the bridge to this instance
-        with the generation the switch took, the lease is live, and the
-        switch agrees: MASTER is asked again with that generation, so a
-        newer master (an instance that took over while this one was
-        frozen) makes the switch refuse it as stale. One round trip, only
-        when something is to be sent."""
+        with the generation the switch took, and the lease is live; no
+        round trip. The switch guards the rest by itself: a newer master's
+        claim turns this connection into SLAVE, whose flow-mods, group-mods,
+        meter-mods and bundles it refuses (OFPBRC_IS_SLAVE), so a master
+        deposed while it was frozen learns it from the refusal of its
+        first write, and nothing of it is applied (docs/etcd.rst,
+        "Generation IDs")."""
         if not self.roles:
             return
         generation = self.status.generation
         if generation is None:
             raise Deposed("this instance is not master of the bridge")
         self._check_lease(generation)
-        try:
-            self.switch.role_request(ofp.OFPCR_ROLE_MASTER, generation)
-        except SwitchError as e:
-            if e.not_master:
-                raise Deposed(f"the switch refused MASTER with generation {generation}: "
-                              f"{_error_name(e)} (a newer master claimed it)") from None
-            raise
 
     def _flow_namer(self, local: dict[int, Flow], groups: dict[int, Group]) -> Callable[[int], str]:
         """A cookie's flow, or a group ID's group, in ovs-ofctl syntax, for
