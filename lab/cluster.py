@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from lab.etcd import EtcdCluster, free_ports
+from lab.etcd import FAST_ELECTION, EtcdCluster, free_ports
 from lab.serve import ServeProcess, spawn_here
 from lab.testbed import Hypervisor, Testbed, _sigterm_as_interrupt, wait_until
 from lisp_controller.config import ClusterSettings
@@ -44,11 +44,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "configs" / "blog-two-hypervisors.toml"
 NAMES = "abcdefghij"  # instance names, in order
 LOOPBACK = "127.0.0.1"
-# etcd grants a lease of at least 1.5 election timeouts, rounded up to a
-# second: with these members a lease of 1 s is granted, and a killed
-# master's bridges move in about 1.1 to 1.5 s (docs/etcd.rst, "Failover
-# time"). The lab's members run with them unless told otherwise.
-FAST_ELECTION = ("--heartbeat-interval=50", "--election-timeout=500")
 
 
 @dataclass
