@@ -15,7 +15,8 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from lisp_controller.api.metrics import Metrics
 from lisp_controller.config import ConfigError, parse_config
 from lisp_controller.controller.ownership import Snapshot, mastered, plan
-from lisp_controller.controller.session import MASTER, SLAVE, BridgeSession
+from lisp_controller.controller.roles import MASTER, SLAVE
+from lisp_controller.controller.session import BridgeSession
 from lisp_controller.controller.state import State
 from lisp_controller.controller.toobig import PathMtu
 from lisp_controller.openflow.switch import SwitchError
@@ -229,7 +230,7 @@ def test_a_slave_holds_the_bridge_without_writing_and_takes_over_sending_nothing
 def test_a_stale_master_is_refused_by_the_switch_and_gives_the_bridge_up(caplog):
     app, switch, session = make_roles()
     app.membership.guard = False  # only the switch stops it (as lab/serve.py --no-lease-guard)
-    session.wanted = 9
+    session.set_master(9)
     thread = running(session)
     try:
         until(lambda: session.status.role == MASTER and switch.applied == 1, "master, first sync")
@@ -247,7 +248,7 @@ def test_a_stale_master_is_refused_by_the_switch_and_gives_the_bridge_up(caplog)
 
 def test_a_master_whose_lease_may_have_run_out_stops_writing_by_itself(caplog):
     app, switch, session = make_roles()
-    session.wanted = 9
+    session.set_master(9)
     thread = running(session)
     try:
         until(lambda: switch.applied == 1, "first sync")
@@ -268,7 +269,7 @@ def test_a_master_claim_with_an_older_generation_is_refused_as_stale(caplog):
     app, switch, session = make_roles()
     app.membership.guard = False  # only the switch stops it
     switch.other_master(12)
-    session.wanted = 9
+    session.set_master(9)
     thread = running(session)
     try:
         until(lambda: app.membership.refusals == [(DPID, 9)], "refused")
