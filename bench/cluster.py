@@ -56,6 +56,7 @@ from lab.cluster import (FAST_ELECTION, Instance, LocalCluster, api_call, instan
 from lab.etcd import free_ports  # noqa: E402
 from lab.serve import ServeProcess  # noqa: E402
 from lab.testbed import Testbed, wait_until  # noqa: E402
+from lisp_controller.config import ClusterSettings  # noqa: E402
 
 CHANGED = "10.200.0.0/16"
 
@@ -267,10 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bridges", type=int, default=50)
     parser.add_argument("--changes", type=int, default=200, help="changes measured per setup (default 200)")
     parser.add_argument("--table", type=int, default=1000, help="mappings every bridge holds (default 1000)")
-    parser.add_argument("--kills", type=int, default=20, help="kill -9 of brb0's master (default 20)")
-    parser.add_argument("--lease-ttl", type=int, default=2,
-                        help="[cluster] lease_ttl (default 2, the controller's; 1 runs etcd with a 500 ms "
-                             "election timeout, docs/etcd.rst)")
+    parser.add_argument("--kills", type=int, default=20, help="kill -9 of brb0's master (default 20; 0: writes only)")
+    parser.add_argument("--lease-ttl", type=int, default=ClusterSettings.lease_ttl,
+                        help="[cluster] lease_ttl (default 1, the controller's; below 2 the etcd members run "
+                             "with a 500 ms election timeout, lab/cluster.py's FAST_ELECTION, else with etcd's "
+                             "defaults: docs/etcd.rst, \"Failover time\")")
     args = parser.parse_args(argv)
     with Testbed() as tb:
         b = Bridges(tb, args.bridges)
@@ -290,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stages, {label} (ms, medians; instances counts from where bridges starts): " +
               ", ".join(f"{k.removesuffix('_ms')} {v:.1f}" for k, v in r["stages_ms"].items()))
     rows = kills["kills"]
+    if not rows:
+        return 0
     print(f"\nfailover over {len(rows)} kills -9 of brb0's master (lease_ttl {args.lease_ttl} s; "
           f"{statistics.mean(r['bridges'] for r in rows):.1f} bridges on the killed instance), seconds from the kill:")
     for key, label in (("brb0_s", "brb0's new MASTER accepted"), ("all_s", "all its bridges' MASTER accepted"),

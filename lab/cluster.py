@@ -35,18 +35,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from lab.etcd import EtcdCluster, free_ports
+from lab.etcd import FAST_ELECTION, EtcdCluster, free_ports
 from lab.serve import ServeProcess, spawn_here
 from lab.testbed import Hypervisor, Testbed, _sigterm_as_interrupt, wait_until
+from lisp_controller.config import ClusterSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "configs" / "blog-two-hypervisors.toml"
 NAMES = "abcdefghij"  # instance names, in order
 LOOPBACK = "127.0.0.1"
-# etcd grants a lease of at least 1.5 election timeouts, rounded up to a
-# second: with these members a lease of 1 s is granted (docs/etcd.rst,
-# "Failover time").
-FAST_ELECTION = ("--heartbeat-interval=50", "--election-timeout=500")
 
 
 @dataclass
@@ -198,17 +195,19 @@ class LocalCluster:
     controllers listen on its management address; otherwise on 127.0.0.1
     here. `config` is the overlay every instance shares; `api` and
     `controller` add keys to those tables (say, confirm_timeout);
-    `lease_ttl` is [cluster]'s (default: the controller's, 2 s); each
+    `lease_ttl` is [cluster]'s (default: the controller's, 1 s); each
     instance's [cluster] instance is its name ("a", "b"...). `etcd_args`
-    go to every etcd member (FAST_ELECTION lets etcd grant a lease of
-    1 s). `hooks` are lab/serve.py's options; `stoppable` adds its
-    --stop-in-sync with each instance's `trigger` file."""
+    go to every etcd member: by default FAST_ELECTION, which lets etcd
+    grant that lease of 1 s (() runs etcd's default timings, whose
+    minimum lease is 2 s). `hooks` are lab/serve.py's options;
+    `stoppable` adds its --stop-in-sync with each instance's `trigger`
+    file."""
 
     __test__ = False
 
     def __init__(self, size: int = 3, *, config: str | Path = DEFAULT_CONFIG, testbed: Testbed | None = None,
                  etcd_size: int = 3, api: dict | None = None, controller: dict | None = None,
-                 lease_ttl: int | None = None, etcd_args: Sequence[str] = (), hooks: Sequence[str] = (),
+                 lease_ttl: int | None = None, etcd_args: Sequence[str] = FAST_ELECTION, hooks: Sequence[str] = (),
                  stoppable: bool = False, prefix: str = "/lisp-controller/", keep_tmp: bool = False):
         if not 1 <= size <= len(NAMES):
             raise ValueError(f"size must be 1 to {len(NAMES)}")
@@ -238,6 +237,11 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def lease_ttl(self) -> int:
+        """The [cluster] lease_ttl every instance runs with."""
+        return self.cluster_extra.get("lease_ttl", ClusterSettings.lease_ttl)
 
     @property
     def spawn(self):
@@ -297,7 +301,8 @@ class LocalCluster:
 
     def describe(self) -> str:
         where = f"in namespace {self.ns}" if self.ns else "here"
-        lines = [f"etcd: {len(self.etcd.members)} members {where} ({', '.join(self.etcd.endpoints)})"]
+        lines = [f"etcd: {len(self.etcd.members)} members {where} ({', '.join(self.etcd.endpoints)}), "
+                 f"flags {' '.join(self.etcd.extra_args) or '(etcd defaults)'}; lease_ttl {self.lease_ttl} s"]
         for i in self.instances:
             lines.append(f"instance {i.name}: pid {i.pid}, OpenFlow tcp:{i.address}:{i.of_port}, "
                          f"API {i.api_url} {where}\n    config {i.config_path}\n    log    {i.process.log_path}")
@@ -335,6 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hypervisors", type=int, default=0, metavar="N",
                         help="also build the config's N hypervisors and VMs (needs root), every "
                              "bridge connected to every instance")
+    parser.add_argument("--etcd-defaults", action="store_true",
+                        help="run the etcd members with etcd's default timings (heartbeat 100 ms, election "
+                             "1000 ms) instead of 50/500 ms: etcd then grants no lease under 2 s")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     with contextlib.ExitStack() as stack:
@@ -346,7 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ov = build(testbed, args.config)
             if len(ov.hypervisors) != args.hypervisors:
                 parser.error(f"{args.config} describes {len(ov.hypervisors)} bridges, not {args.hypervisors}")
-        c = stack.enter_context(LocalCluster(args.size, config=args.config, testbed=testbed))
+        c = stack.enter_context(LocalCluster(args.size, config=args.config, testbed=testbed,
+                                             etcd_args=() if args.etcd_defaults else FAST_ELECTION))
         print(c.describe())
         if ov is None:
             print("\nconnect a bridge to every instance:\n  " + c.set_controller_line())

@@ -80,9 +80,12 @@ class ClusterSettings:
 
     instance: str  # unique among the instances; owner keys name it
     # Seconds the instance's etcd lease lives without a keepalive: the
-    # failover time after a kill -9 is about this plus etcd's lease check
-    # (0.5 s). etcd grants at least 1.5 election timeouts, rounded up.
-    lease_ttl: int = 2
+    # failover time after a kill -9 is about this plus 0.1 to 0.5 s (etcd's
+    # lease check). etcd grants at least 1.5 election timeouts, rounded up:
+    # 1 s needs members with --election-timeout of at most 666 ms; with
+    # etcd's default (1000 ms) it grants 2 s, and the instance says so at
+    # start (docs/etcd.rst, "Failover time").
+    lease_ttl: int = 1
 
 
 TOKEN_ENV = "LISP_CONTROLLER_TOKEN"

@@ -23,7 +23,6 @@ from lab.cluster import Instance, LocalCluster, switch_changes
 from lab.scenario import Topology, build, wait_programmed
 from lab.testbed import Hypervisor, Testbed, wait_until
 from lisp_controller.pipeline.compiler import T_MAPCACHE
-from lisp_controller.config import ClusterSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOG = ROOT / "configs" / "blog-two-hypervisors.toml"
@@ -31,11 +30,12 @@ PREFIX = "/lisp-controller/"  # LocalCluster's default
 
 
 @contextlib.contextmanager
-def three(testbed: Testbed, **api) -> Iterator[tuple[Topology, LocalCluster]]:
+def three(testbed: Testbed, cluster_options: dict | None = None, **api) -> Iterator[tuple[Topology, LocalCluster]]:
     """hv1 on A, hv2 on C, nothing on B; every instance knows the others
-    (a write through B is answered for A and C)."""
+    (a write through B is answered for A and C). `cluster_options` go to
+    LocalCluster (lease, etcd flags)."""
     ov = build(testbed, BLOG)
-    with LocalCluster(3, config=BLOG, testbed=testbed, api=api) as cluster:
+    with LocalCluster(3, config=BLOG, testbed=testbed, api=api, **(cluster_options or {})) as cluster:
         a, b, c = cluster.instances
         hv1, hv2 = ov.hypervisors
         hv1.set_controllers(hv1.bridge, [a.target])
@@ -76,8 +76,10 @@ def test_a_write_through_b_is_on_the_bridges_of_a_and_c_when_b_answers(testbed):
     """At the moment B's answer arrives, the flow is on hv1 (A's) and hv2
     (C's); an instance that does not confirm in time is named in the
     answer, which comes at confirm_timeout; a killed one stops counting
-    once its lease is gone."""
-    with three(testbed, confirm_timeout=1.5) as (ov, cluster):
+    once its lease is gone. A lease of 2 s (etcd's default timings), so
+    that an instance frozen for confirm_timeout (1.5 s) is still alive:
+    late, not gone."""
+    with three(testbed, {"lease_ttl": 2, "etcd_args": ()}, confirm_timeout=1.5) as (ov, cluster):
         a, b, c = cluster.instances
         hv1, hv2 = ov.hypervisors
         took = []
@@ -119,7 +121,7 @@ def test_a_write_through_b_is_on_the_bridges_of_a_and_c_when_b_answers(testbed):
 
         # A killed: counted until its lease ends, then no longer waited for.
         a.process.stop(signal.SIGKILL)
-        time.sleep(ClusterSettings.lease_ttl + 1)
+        time.sleep(cluster.lease_ttl + 1)
         started = time.monotonic()
         status, body = put(cluster, b, "10.41.0.0/16")
         assert status == 201 and statuses(body) == ["confirmed"] and time.monotonic() - started < 1, body
@@ -264,7 +266,7 @@ def test_etcd_members_lost_and_back_under_three_controllers(testbed):
                 assert "no leader" in cluster.api(instance, "GET", "/v1/health")[1]["store_error"]
             # No lease can be renewed: each instance gives its bridge up (and nobody can take it).
             for instance, hv in ((a, hv1), (c, hv2)):
-                wait_until(lambda: role(cluster, instance, hv) == "slave", timeout=ClusterSettings.lease_ttl + 3,
+                wait_until(lambda: role(cluster, instance, hv) == "slave", timeout=cluster.lease_ttl + 3,
                            interval=0.1, what=f"{instance.name} giving up {hv.name}'s bridge")
             for instance in cluster.instances:
                 status, health = cluster.api(instance, "GET", "/v1/health")

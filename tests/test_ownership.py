@@ -15,7 +15,8 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from lisp_controller.api.metrics import Metrics
 from lisp_controller.config import ConfigError, parse_config
 from lisp_controller.controller.ownership import Snapshot, mastered, plan
-from lisp_controller.controller.session import MASTER, SLAVE, BridgeSession
+from lisp_controller.controller.roles import MASTER, SLAVE
+from lisp_controller.controller.session import BridgeSession
 from lisp_controller.controller.state import State
 from lisp_controller.controller.toobig import PathMtu
 from lisp_controller.openflow.switch import SwitchError
@@ -102,8 +103,8 @@ def test_cluster_section_of_the_config():
     base = {"bridge": [{"datapath_id": "1", "rloc": "192.168.1.1"}], "api": {"port": 8181},
             "store": {"backend": "etcd", "endpoints": ["http://127.0.0.1:2379"]}}
     config = parse_config(base)
-    assert config.cluster.instance.endswith(":8181") and config.cluster.lease_ttl == 2
-    assert parse_config({**base, "cluster": {"instance": "ctl-a", "lease_ttl": 1}}).cluster.instance == "ctl-a"
+    assert config.cluster.instance.endswith(":8181") and config.cluster.lease_ttl == 1
+    assert parse_config({**base, "cluster": {"instance": "ctl-a", "lease_ttl": 3}}).cluster.instance == "ctl-a"
     with pytest.raises(ConfigError) as e:
         parse_config({**base, "cluster": {"instance": "two words", "lease_ttl": 0, "ttl": 3}})
     assert e.value.problems == [
@@ -213,8 +214,9 @@ def test_a_slave_holds_the_bridge_without_writing_and_takes_over_sending_nothing
         assert f"all {len(switch.table)} flows already correct, nothing sent (deep check)" in caplog.text
         assert "meter" not in caplog.text
         change(app, session, "10.10.0.0/16")
+        requests = list(switch.requests)
         until(lambda: switch.applied == 1, "the master writes")
-        assert switch.requests[-1] == (ofp.OFPCR_ROLE_MASTER, 9)  # asserted again before the write
+        assert switch.requests == requests  # no role request per write: the switch guards its writes
         # etcd gives it to another instance: SLAVE again, no more writes.
         session.set_master(None)
         until(lambda: session.status.role == SLAVE, "SLAVE again")
@@ -228,16 +230,17 @@ def test_a_slave_holds_the_bridge_without_writing_and_takes_over_sending_nothing
 def test_a_stale_master_is_refused_by_the_switch_and_gives_the_bridge_up(caplog):
     app, switch, session = make_roles()
     app.membership.guard = False  # only the switch stops it (as lab/serve.py --no-lease-guard)
-    session.wanted = 9
+    session.set_master(9)
     thread = running(session)
     try:
         until(lambda: session.status.role == MASTER and switch.applied == 1, "master, first sync")
-        switch.other_master(12)  # a newer master claimed the bridge meanwhile
+        switch.other_master(12)  # a newer master claimed the bridge meanwhile: this connection is SLAVE
+        requests = list(switch.requests)
         change(app, session, "10.9.0.0/16")
         until(lambda: app.membership.refusals == [(DPID, 9)], "refused")
-        assert switch.applied == 1 and switch.requests[-1] == (ofp.OFPCR_ROLE_MASTER, 9)
+        assert switch.applied == 1 and switch.requests == requests  # its write refused, nothing asked
         assert session.status.role == "deposed" and not session.writes
-        assert "the switch refused MASTER with generation 9: OFPRRFC_STALE" in caplog.text
+        assert "OFPBRC_IS_SLAVE (a newer master claimed it)" in caplog.text
         assert any("not master any more" in e for e in session.status.errors)
     finally:
         stop(session, thread)
@@ -245,7 +248,7 @@ def test_a_stale_master_is_refused_by_the_switch_and_gives_the_bridge_up(caplog)
 
 def test_a_master_whose_lease_may_have_run_out_stops_writing_by_itself(caplog):
     app, switch, session = make_roles()
-    session.wanted = 9
+    session.set_master(9)
     thread = running(session)
     try:
         until(lambda: switch.applied == 1, "first sync")
@@ -255,5 +258,23 @@ def test_a_master_whose_lease_may_have_run_out_stops_writing_by_itself(caplog):
         until(lambda: app.membership.refusals == [(DPID, 9)], "gave up")
         assert switch.applied == 1 and len(switch.requests) == requests  # nothing sent at all
         assert "lease may have run out" in caplog.text
+    finally:
+        stop(session, thread)
+
+
+def test_a_master_claim_with_an_older_generation_is_refused_as_stale(caplog):
+    """etcd still names this instance with generation 9, but the switch has
+    seen a newer master (12): its MASTER request is refused as stale, it
+    writes nothing and gives the bridge up."""
+    app, switch, session = make_roles()
+    app.membership.guard = False  # only the switch stops it
+    switch.other_master(12)
+    session.set_master(9)
+    thread = running(session)
+    try:
+        until(lambda: app.membership.refusals == [(DPID, 9)], "refused")
+        assert switch.requests[-1] == (ofp.OFPCR_ROLE_MASTER, 9) and switch.election_id == 12
+        assert switch.applied == 0 and session.status.role == "deposed"
+        assert "the switch refused MASTER with generation 9: OFPRRFC_STALE" in caplog.text
     finally:
         stop(session, thread)

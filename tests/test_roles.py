@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import pytest
+
 from lab.cluster import FAST_ELECTION, Instance, LocalCluster, switch_changes, switch_master, switch_roles
 from lab.scenario import Topology, build, wait_programmed
 from lab.testbed import Hypervisor, Testbed, wait_until
@@ -146,44 +148,58 @@ def test_kill_9_of_a_master_loses_no_ping_and_the_new_master_sends_nothing(testb
         assert switch_changes(hv1)["rev_flow_table"] > after["rev_flow_table"]
 
 
-def test_a_master_frozen_past_its_lease_is_refused_by_the_switch(testbed):
+@pytest.mark.parametrize("write", ["added", "deleted"])
+def test_a_master_frozen_past_its_lease_is_refused_by_the_switch(testbed, write):
     """hv1's master stops (SIGSTOP) in the middle of a sync, with its own
     lease check off (lab/serve.py), so that only the switch can stop it.
     Its lease runs out, another instance takes the bridge with a newer
-    generation ID; SIGCONT: the frozen master's write is refused by the
-    switch (OFPRRFC_STALE), and the flows are the new master's."""
+    generation ID, which makes the old master's connection SLAVE; SIGCONT:
+    the frozen master writes without asking the switch first (no role
+    request per write), the switch refuses the write (OFPBRC_IS_SLAVE),
+    and the flows are the new master's. The write is a mapping `added`
+    (new flows only: plain flow-mods) or `deleted` (a bundle)."""
     with three(testbed, hooks=("--no-lease-guard",)) as (ov, cluster):
         hv1 = ov.hypervisors[0]
         old = by_port(cluster, switch_master(hv1))
         label = "00008ad828ce7949"
         generation = next(d for d in cluster.api(old, "GET", "/v1/datapaths")[1]["datapaths"]
                           if d["datapath_id"] == label)["generation"]
+        mapping = {"iid": 1000, "eid": "10.2.0.0/16", "rlocs": ["192.168.1.252"]}
+        if write == "deleted":
+            assert cluster.api(old, "POST", "/v1/mappings", mapping)[0] == 201
+            wait_until(lambda: any("nw_dst=10.2.0.0/16" in f for f in hv1.dump_flows()), timeout=10,
+                       what="the mapping on hv1")
 
         # A write through the master: it is stored in etcd, then the
         # master's sync of hv1 stops the process (the trigger file).
         old.trigger.write_text("")
         answers = []
-        writer = threading.Thread(target=lambda: answers.append(cluster.api(
-            old, "POST", "/v1/mappings", {"iid": 1000, "eid": "10.2.0.0/16", "rlocs": ["192.168.1.252"]})))
+        writer = threading.Thread(target=lambda: answers.append(
+            cluster.api(old, "POST", "/v1/mappings", mapping) if write == "added"
+            else cluster.api(old, "DELETE", "/v1/mappings/1000/10.2.0.0/16")))
         writer.start()
         old.process.wait_log("stopping in the sync of bridge")
         wait_until(lambda: switch_master(hv1) not in (None, old.of_port), timeout=10, interval=0.05,
                    what="another instance takes hv1's bridge")
         new = by_port(cluster, switch_master(hv1))
         # The new master has the change from etcd and puts it on the bridge.
-        wait_until(lambda: any("nw_dst=10.2.0.0/16" in f for f in hv1.dump_flows()), timeout=10,
-                   what="the stored change on hv1, by the new master")
+        wait_until(lambda: any("nw_dst=10.2.0.0/16" in f for f in hv1.dump_flows()) == (write == "added"),
+                   timeout=10, what="the stored change on hv1, by the new master")
         flows = sorted(_no_stats(hv1.dump_flows()))
 
         old.process.proc.send_signal(signal.SIGCONT)  # by its PID
         old.process.wait_log("resumed in the sync of bridge")
-        old.process.wait_log(f"the switch refused MASTER with generation {generation}: OFPRRFC_STALE")
+        old.process.wait_log("OFPBRC_IS_SLAVE (a newer master claimed it)")
+        after = old.log().split("resumed in the sync")[-1].splitlines()
+        refused = "flow-mods refused" if write == "added" else "bundle open failed"
+        assert any(label in line and f"{refused}: OFPET_BAD_REQUEST/OFPBRC_IS_SLAVE" in line for line in after), \
+            "\n".join(after)
         writer.join(30)
         time.sleep(1.0)  # room for any late write of the old master
         assert sorted(_no_stats(hv1.dump_flows())) == flows
         assert switch_master(hv1) == new.of_port
         print(f"\n{old.name} (generation {generation}) refused by the switch after {new.name} took over:\n"
-              + "\n".join(line for line in old.log().splitlines() if "OFPRRFC_STALE" in line or "lease" in line))
+              + "\n".join(line for line in old.log().splitlines() if "OFPBRC_IS_SLAVE" in line or "lease" in line))
         # The old instance comes back as an instance without bridges or
         # with new ones: never with the old generation.
         wait_until(lambda: "registered in etcd" in old.log().split("resumed in the sync")[-1], timeout=10,

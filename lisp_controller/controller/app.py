@@ -373,7 +373,7 @@ class LispControllerApp(app_manager.OSKenApp):
                 old.stop()
             session = self.sessions[dp.id] = BridgeSession(self, dp)
             if self.membership is not None:
-                session.wanted = self.membership.held.get(dp.id)
+                session.set_master(self.membership.held.get(dp.id))
             session.start()
         elif ev.state == DEAD_DISPATCHER and dp.id is not None:
             session = self.sessions.get(dp.id)

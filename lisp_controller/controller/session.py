@@ -12,6 +12,11 @@ bug) is logged with the bridge's label, shown as degraded in
 connection lives, the session starts over after a pause that doubles from
 0.5 s to 30 s and comes back to 0.5 s after a good sync. Starting over
 reads the bridge again: what a failed sync left there is not known.
+
+With an etcd store, every instance holds the bridge and one masters it:
+the session then runs under its BridgeRole (controller/roles.py), which
+holds the bridge as SLAVE and hands the session the bridge to serve while
+etcd and the switch make this instance its master.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from lisp_controller.controller.reconcile import Stream, catch_up, group_plan, reconcile, record, record_groups
+from lisp_controller.controller.roles import EQUAL, MASTER, BridgeRole, Deposed
 from lisp_controller.model import Bridge
 from lisp_controller.openflow import verify
 from lisp_controller.openflow.encode import encode_delete
@@ -39,16 +45,6 @@ MAX_ERRORS_KEPT = 50
 FIRST_RETRY = 0.5  # seconds before a failed session starts over
 LAST_RETRY = 30.0  # the longest pause between attempts
 ABORT = object()  # a streamed change failed midway: discard the bundle
-
-# Roles as the switch holds them (OpenFlow 1.3's OFPCR_ROLE_*), by name.
-MASTER, SLAVE, EQUAL = "master", "slave", "equal"
-
-
-class Deposed(Exception):
-    """This instance may no longer write to the bridge: etcd gave it to
-    another instance, this instance's lease ran out, or the switch itself
-    refused (a newer master claimed it)."""
-
 
 # Called with the bridge's label before each sync; may raise. Lets a test
 # make syncs fail (lab/serve.py); the default does nothing.
@@ -133,11 +129,12 @@ class BridgeSession:
         self.backoff = Backoff()
         self._sleep = sleep
         self._traced = False  # a traceback was logged since the last good sync
-        # With an etcd store, etcd decides who is master (app.membership):
-        # `wanted` is the generation this instance was given the bridge
-        # with, None while another instance (or none) masters it.
-        self.roles = getattr(app, "membership", None) is not None
-        self.wanted: int | None = None
+        # With an etcd store, etcd decides who is master (app.membership)
+        # and the switch must agree (controller/roles.py); None: the only
+        # controller, EQUAL, always writes.
+        membership = getattr(app, "membership", None)
+        self.role = None if membership is None else BridgeRole(
+            membership, app.metrics, self.switch, self.status, self.dirty, lambda: self.label, self._record_error)
 
     @property
     def label(self) -> str:
@@ -163,14 +160,12 @@ class BridgeSession:
     @property
     def writes(self) -> bool:
         """This instance programs the bridge: the only controller, or its master."""
-        return not self.roles or self.status.role == MASTER
+        return self.role is None or self.status.role == MASTER
 
     def set_master(self, generation: int | None) -> None:
         """etcd gave this instance the bridge with `generation` (None: took
-        it away). The session's greenthread makes the switch agree."""
-        if generation != self.wanted:
-            self.wanted = generation
-            self.mark_dirty()
+        it away); see BridgeRole.set_master."""
+        self.role.set_master(generation)
 
     def port_status(self, msg) -> None:
         port = msg.desc
@@ -196,8 +191,8 @@ class BridgeSession:
             try:
                 if not self._attach():
                     return  # not a bridge of ours: left alone
-                if self.roles:
-                    self._follow_roles(connected)
+                if self.role is not None:
+                    self.role.follow(lambda generation: self._take_over(connected, generation), self._forget)
                 else:
                     self._serve(connected)
             except Exception as e:  # noqa: BLE001 - any failure: log, mark, start over
@@ -218,7 +213,7 @@ class BridgeSession:
             if st.bridge is None:
                 return False
             self.switch.label = self.label
-            if self.roles:
+            if self.role is not None:
                 self.app.membership.connected(st.datapath_id)
         self._read_bridge("connected from " + st.address if st.failing is None else "starting over")
         return True
@@ -236,111 +231,25 @@ class BridgeSession:
                  why, len(st.ports), sum(self.installed.values()), _and_groups(len(self.installed_groups)),
                  (time.monotonic() - started) * 1000)
 
-    # -- roles (an etcd store: several instances, one master per bridge) --------
-    def _follow_roles(self, connected: float) -> None:
-        """Hold the bridge as SLAVE until etcd makes this instance its
-        master; then claim MASTER with etcd's generation ID, read the
-        bridge again (another master wrote to it) and serve it until
-        deposed. Returns only when the connection goes."""
-        while not self.switch.closed:
-            generation = self.wanted
-            if generation is None:
-                self._become_slave()
-                self._wait_for_role(None)
-                continue
-            try:
-                self._become_master(generation)
-                self._read_bridge(f"master now (generation {generation}): read to take it over")
-                self._serve(connected, deep=True)
-            except Deposed as e:
-                self._deposed(generation, str(e))
-            except SwitchError as e:
-                if not e.not_master or self.switch.closed:
-                    raise
-                self._deposed(generation, str(e).removeprefix(f"bridge {self.label}: "))
+    # -- as master (an etcd store) ----------------------------------------------------
+    def _take_over(self, connected: float, generation: int) -> None:
+        """The switch took this instance as master: read the bridge again
+        (another master wrote to it) and serve it, first with a deep check,
+        until deposed (controller/roles.py)."""
+        self._read_bridge(f"master now (generation {generation}): read to take it over")
+        self._serve(connected, deep=True)
 
-    def _wait_for_role(self, current: int | None) -> None:
-        """Until etcd changes its mind about this bridge (or the connection
-        goes); port status keeps the ports current meanwhile."""
-        while not self.switch.closed and self.wanted == current:
-            self.dirty.wait()
-            self.dirty.clear()
-
-    def _deposed(self, generation: int, why: str) -> None:
-        """No longer master: stop writing, and say why. If etcd still
-        names this instance (its lease ran out unnoticed, or the switch
-        knows a newer master), the membership learns it and gives the
-        bridge up; the session waits for etcd's next word."""
-        st = self.status
-        self._synced_bridge = None  # a full sync if it comes back
+    def _forget(self) -> None:
+        """Deposed: a full sync if the bridge comes back; a change being
+        streamed is dropped (its producer never blocks: the queue is
+        unbounded)."""
+        self._synced_bridge = None
         self.feed = None
-        if self.wanted != generation:  # SLAVE next (or MASTER again, with the new generation)
-            LOG.info("bridge %s: instance %s hands it over: %s", self.label, self.app.membership.me, why)
-            return
-        st.role, st.generation = "deposed", None
-        LOG.warning("bridge %s: instance %s stops writing to it: %s", self.label, self.app.membership.me, why)
-        self._record_error(f"not master any more: {why}")
-        self.app.metrics.inc("lisp_role_changes_total", bridge=st.bridge.label, role="deposed")
-        self.app.membership.refused(st.datapath_id, generation)
-        self._wait_for_role(generation)
 
-    def _become_slave(self) -> None:
-        """SLAVE with the switch's own generation ID (asked first): a slave
-        must not move the generation on, or the real master's next
-        request would be refused as stale. A master claiming meanwhile
-        makes ours stale: ask again."""
-        st = self.status
-        if st.role == SLAVE:
-            return
-        for _ in range(5):
-            _, current = self.switch.role_request(ofp.OFPCR_ROLE_NOCHANGE)
-            try:
-                self.switch.role_request(ofp.OFPCR_ROLE_SLAVE, current)
-            except SwitchError as e:
-                if e.not_master:
-                    continue
-                raise
-            self._role_is(SLAVE, None, "another instance masters it" if self.app.membership.master_of(
-                st.datapath_id) else "no instance masters it yet")
-            return
-        raise SwitchError(f"bridge {self.label}: the switch's generation ID kept moving; SLAVE not taken")
-
-    def _become_master(self, generation: int) -> None:
-        """MASTER with etcd's generation ID: the switch demotes whichever
-        connection was master, and refuses (OFPRRFC_STALE) if it has seen
-        a newer generation: then a newer master exists and this instance
-        is the stale one."""
-        self._check_lease(generation)
-        try:
-            self.switch.role_request(ofp.OFPCR_ROLE_MASTER, generation)
-        except SwitchError as e:
-            if e.not_master:
-                raise Deposed(f"the switch refused MASTER with generation {generation}: "
-                              f"{_error_name(e)} (a newer master claimed it)") from None
-            raise
-        self._role_is(MASTER, generation, "etcd gave it to this instance")
-
-    def _check_lease(self, generation: int | None) -> None:
-        """Deposed unless etcd still gives this bridge to this instance with
-        `generation` and the instance's lease is live (docs/etcd.rst). The
-        lease check can be turned off by a test (lab/serve.py) to show the
-        switch refusing a stale master by itself."""
-        if self.wanted != generation or generation is None:
-            raise Deposed(f"etcd no longer gives the bridge to this instance with generation {generation}")
-        problem = self.app.membership.lease_problem() if self.app.membership.guard else None
-        if problem:
-            raise Deposed(problem)
-
-    def _role_is(self, role: str, generation: int | None, why: str) -> None:
-        st = self.status
-        if st.role == role and st.generation == generation:
-            return
-        LOG.info("bridge %s: instance %s is %s%s (%s; was %s)", self.label, self.app.membership.me,
-                 role.upper(), f" with generation {generation}" if generation is not None else "", why,
-                 st.role.upper())
-        st.role, st.generation = role, generation
-        st.role_changes += 1
-        self.app.metrics.inc("lisp_role_changes_total", bridge=st.bridge.label, role=role)
+    def _assert_master(self) -> None:
+        """Before a write: still master (BridgeRole.assert_master; no round trip)."""
+        if self.role is not None:
+            self.role.assert_master()
 
     def _serve(self, connected: float, deep: bool = False) -> None:
         """Sync, then keep the bridge in sync. `deep`: the first sync
@@ -361,10 +270,8 @@ class BridgeSession:
             if self.switch.closed:
                 return
             self.dirty.clear()
-            if self.roles and self.wanted != self.status.generation:
-                self.feed = None  # its producer never blocks: the queue is unbounded
-                raise Deposed(f"etcd took the bridge from this instance (generation {self.status.generation})"
-                              if self.wanted is None else f"etcd gave it again with generation {self.wanted}")
+            if self.role is not None:
+                self.role.check_wanted()
             feed, self.feed = self.feed, None
             if feed is not None:
                 self._take_stream(feed)
@@ -459,8 +366,7 @@ class BridgeSession:
         st.flows_desired = self._local_flows + len(state.shared)
         st.groups_desired = len(groups)
         if delta is None and (deep or bridge is not self._synced_bridge):
-            if self.roles:
-                self._check_lease(self.status.generation)
+            self._assert_master()
             error = self.app.pathmtu.sync_meters(self.switch, bridge, self.label)  # before the flows
             if error:
                 self._record_error(error)
@@ -572,12 +478,11 @@ class BridgeSession:
                 bundle.add_many(((c, data if data is not None else encode_delete(c))
                                  for c, data in stream.step(batch)), batch=True)
             mark = time.monotonic()
-            if self.roles:
-                try:
-                    self._assert_master()
-                except Deposed:
-                    bundle.discard()
-                    raise
+            try:
+                self._assert_master()
+            except Deposed:
+                bundle.discard()
+                raise
             ok, errors = bundle.commit()
         finally:
             bundle.close()
@@ -608,27 +513,6 @@ class BridgeSession:
                  "confirmed by barrier", self.label, sent, st.last_stages["commit_ms"])
         self.app.metrics.observe_sync(st.bridge.label, st.last_reconcile_ms / 1000)
         self._synced()
-
-    def _assert_master(self) -> None:
-        """Before a write: etcd still gives the bridge to this instance
-        with the generation the switch took, the lease is live, and the
-        switch agrees: MASTER is asked again with that generation, so a
-        newer master (an instance that took over while this one was
-        frozen) makes the switch refuse it as stale. One round trip, only
-        when something is to be sent."""
-        if not self.roles:
-            return
-        generation = self.status.generation
-        if generation is None:
-            raise Deposed("this instance is not master of the bridge")
-        self._check_lease(generation)
-        try:
-            self.switch.role_request(ofp.OFPCR_ROLE_MASTER, generation)
-        except SwitchError as e:
-            if e.not_master:
-                raise Deposed(f"the switch refused MASTER with generation {generation}: "
-                              f"{_error_name(e)} (a newer master claimed it)") from None
-            raise
 
     def _flow_namer(self, local: dict[int, Flow], groups: dict[int, Group]) -> Callable[[int], str]:
         """A cookie's flow, or a group ID's group, in ovs-ofctl syntax, for
@@ -689,11 +573,6 @@ class BridgeSession:
         errors = self.status.errors
         errors.append(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {text}")
         del errors[:-MAX_ERRORS_KEPT]
-
-
-def _error_name(error: SwitchError) -> str:
-    """The switch's words for a refusal: "OFPRRFC_STALE"."""
-    return str(error).rsplit("/", 1)[-1]
 
 
 def _paced(items, every: int = 2048):

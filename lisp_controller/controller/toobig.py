@@ -48,7 +48,7 @@ class PathMtu:
                 LOG.info("bridge %s: meter %d %s: %d packets/s, burst %d", label, meter.meter_id,
                          "added" if command == "add" else "changed", meter.rate, meter.burst)
         except SwitchError as e:
-            if switch.closed:
+            if switch.closed or e.not_master:  # not master (any more): no write of ours goes
                 raise
             LOG.error("%s", e)
             return str(e)

@@ -80,9 +80,22 @@ class SwitchError(LispControllerError):
         """The switch refused because this connection is not (or no longer)
         its master: a SLAVE's write (OFPBRC_IS_SLAVE) or a MASTER request
         with a generation older than one it has seen (OFPRRFC_STALE)."""
-        code = (getattr(self.refusal, "type", None), getattr(self.refusal, "code", None))
-        return code in ((ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_IS_SLAVE),
-                        (ofp.OFPET_ROLE_REQUEST_FAILED, ofp.OFPRRFC_STALE))
+        return is_not_master(self.refusal)
+
+    @classmethod
+    def refused(cls, text: str, refusal: object) -> "SwitchError":
+        """`text` with the switch's words appended, keeping its refusal."""
+        error = cls(f"{text}: {describe_error(refusal)}")
+        error.refusal = refusal
+        return error
+
+
+def is_not_master(refusal: object) -> bool:
+    """The switch's error says this connection may not write (or claim)
+    the bridge: OFPBRC_IS_SLAVE or OFPRRFC_STALE (see SwitchError)."""
+    code = (getattr(refusal, "type", None), getattr(refusal, "code", None))
+    return code in ((ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_IS_SLAVE),
+                    (ofp.OFPET_ROLE_REQUEST_FAILED, ofp.OFPRRFC_STALE))
 
 
 ROLE_NAMES = {ofp.OFPCR_ROLE_NOCHANGE: "NOCHANGE", ofp.OFPCR_ROLE_EQUAL: "EQUAL",
@@ -236,9 +249,7 @@ class Switch:
                 raise SwitchError(f"bridge {self.label}: no reply to {what} "
                                   f"within {timeout or self.timeout:.0f} s")
             if pending.error is not None:
-                error = SwitchError(f"bridge {self.label}: {what} failed: {describe_error(pending.error)}")
-                error.refusal = pending.error
-                raise error
+                raise SwitchError.refused(f"bridge {self.label}: {what} failed", pending.error)
             return pending.replies
         finally:
             del self._pending[xid]
@@ -327,7 +338,7 @@ class Switch:
             self._send(encode.with_xid(msg, xid))
             self.barrier()
             if pending.error is not None:
-                raise SwitchError(f"bridge {self.label}: {what} refused: {describe_error(pending.error)}")
+                raise SwitchError.refused(f"bridge {self.label}: {what} refused", pending.error)
         finally:
             del self._pending[xid]
 
@@ -381,7 +392,9 @@ class Switch:
             # New flows only (a learned mapping): each flow-mod is atomic on
             # its own and nothing is replaced, so one write and one barrier
             # do, three round trips fewer than a bundle.
-            for cookie, err in self._pipelined(plan.add).items():
+            errors = self._pipelined(plan.add)
+            self._raise_if_slave(errors, "flow-mods")
+            for cookie, err in errors.items():
                 failed[cookie] = describe_error(err)
                 LOG.error("bridge %s: switch rejected flow %s: %s", self.label,
                           name_of(cookie) if name_of is not None else f"cookie={cookie:#x}", failed[cookie])
@@ -392,6 +405,7 @@ class Switch:
             adds = tuple((c, data) for c, data in plan.add if c not in failed)
             last = tuple(m for m in groups_last if m[0] not in failed)
             ok, rejected = self._bundle(first, deletes, adds, last)
+            self._raise_if_slave(rejected, "bundle")
             for key, err in rejected.items():
                 text = describe_error(err)
                 failed[key] = text
@@ -404,6 +418,14 @@ class Switch:
             if not rejected:
                 raise SwitchError(f"bridge {self.label}: bundle commit failed and no flow was named")
         return ApplyResult(False, 0, failed, max_attempts)
+
+    def _raise_if_slave(self, errors: dict[int, object], what: str) -> None:
+        """A write refused because this connection is SLAVE now (a newer
+        master claimed the bridge): the whole change is refused, not one
+        flow of it; raised as the SwitchError it is (`not_master`)."""
+        refusal = next((err for err in errors.values() if is_not_master(err)), None)
+        if refusal is not None:
+            raise SwitchError.refused(f"bridge {self.label}: {what} refused", refusal)
 
     def _pipelined(self, adds: tuple[tuple[int, bytes], ...]) -> dict[int, object]:
         """Send flow-mods back to back, then a barrier; the errors the
@@ -521,8 +543,8 @@ class Bundle:
             sw.request(lambda xid: encode.bundle_ctrl(xid, self.id, ofp.ONF_BCT_COMMIT_REQUEST, BUNDLE_FLAGS),
                        "bundle commit", timeout=max(sw.timeout, 60.0))
             ok = True
-        except SwitchError:
-            if sw.closed:
+        except SwitchError as e:
+            if sw.closed or e.not_master:  # not master any more: nothing of the bundle can go
                 raise
             ok = False
         # Errors for bundle messages precede the commit reply; a barrier

@@ -178,8 +178,11 @@ class Membership:
             return False
         granted = self.lease.granted
         if granted != self.ttl:
-            LOG.warning("instance %s: etcd granted a lease of %d s, not the %d s asked (etcd's minimum is "
-                        "1.5 election timeouts: docs/etcd.rst)", self.me, granted, self.ttl)
+            LOG.warning("instance %s: etcd granted a lease of %d s, not the [cluster] lease_ttl of %d s: "
+                        "etcd's minimum is 1.5 election timeouts, rounded up to a second; this instance's "
+                        "bridges move about %d s after it dies, not %d s (for %d s, run every etcd member "
+                        "with --election-timeout of at most %d ms: docs/etcd.rst, \"Failover time\")",
+                        self.me, granted, self.ttl, granted, self.ttl, self.ttl, self.ttl * 2000 // 3)
         self._lease, self.lost = lease, None
         self._published = connected
         LOG.info("instance %s: registered in etcd (lease %x, %d s)", self.me, lease, granted)
