@@ -3,12 +3,16 @@ once (the real switch is in test_api.py and test_e2e.py)."""
 from __future__ import annotations
 
 import struct
+import time
 from types import SimpleNamespace
 
 from lisp_controller.openflow import switch as switch_module
 from lisp_controller.pipeline.compiler import mapping_flow_mod
 from lisp_controller.model import Mapping, prefix_key
-from lisp_controller.openflow.switch import SEND_CHUNK, YIELD_EVERY, Switch
+from lisp_controller.openflow.switch import IN_FLIGHT, SEND_CHUNK, YIELD_EVERY, Switch
+from os_ken.lib import hub
+
+from lab.testbed import wait_until
 
 _HEADER = struct.Struct("!BBHI")
 
@@ -29,6 +33,23 @@ class AnsweringDatapath:
                 self.switch.on_reply(SimpleNamespace(xid=xid, flags=0))
             offset += length
         return True
+
+
+def _messages(writes: list[bytes]) -> list[tuple[int, int, bytes]]:
+    """(write index, OpenFlow type, message) of every message written."""
+    out = []
+    for index, buf in enumerate(writes):
+        offset = 0
+        while offset < len(buf):
+            _, mtype, length, _ = _HEADER.unpack_from(buf, offset)
+            out.append((index, mtype, buf[offset:offset + length]))
+            offset += length
+    return out
+
+
+def _bundle_bytes(writes: list[bytes]) -> bytes:
+    """What was written, without the barriers that pace a bundle."""
+    return b"".join(m for _, mtype, m in _messages(writes) if mtype != 20)
 
 
 def _flow_mods(n: int) -> list[tuple[int, bytes]]:
@@ -57,7 +78,7 @@ def test_a_streamed_batch_is_written_whole_without_yielding(monkeypatch):
     mods = _flow_mods(3 * YIELD_EVERY)
     bundle.add_many(mods, batch=True)
     assert sleeps == []
-    written = b"".join(dp.writes)
+    written = _bundle_bytes(dp.writes)
     assert bundle.count == len(mods)
     assert written.count(mods[-1][1]) == 1  # the tail went out too, not held for the next batch
     assert sum(len(data) + 24 for _, data in mods) == len(written)
@@ -68,8 +89,63 @@ def test_a_long_run_yields_for_echo_replies(monkeypatch):
     mods = _flow_mods(3 * YIELD_EVERY)
     bundle.add_many(mods)
     assert len(sleeps) == 3
-    assert sum(len(w) for w in dp.writes) <= sum(len(data) + 24 for _, data in mods)
+    assert len(_bundle_bytes(dp.writes)) <= sum(len(data) + 24 for _, data in mods)
     assert all(len(w) >= SEND_CHUNK for w in dp.writes)  # whole chunks only; the rest waits for commit
+
+
+class SlowDatapath(AnsweringDatapath):
+    """Answers requests only when told: a switch still parsing what it was sent."""
+
+    def __init__(self):
+        super().__init__()
+        self.unanswered: list[int] = []
+
+    def send(self, buf: bytes) -> bool:
+        self.writes.append(buf)
+        self.unanswered += [xid for _, _, m in _messages([buf]) for xid in [_HEADER.unpack_from(m)[3]] if xid]
+        return True
+
+    def answer(self) -> None:
+        answered, self.unanswered = self.unanswered, []
+        for xid in answered:
+            if xid in self.switch._pending:
+                self.switch.on_reply(SimpleNamespace(xid=xid, flags=0))
+
+
+def test_a_message_sent_during_a_big_bundle_waits_behind_a_bounded_part_of_it():
+    # The bundle's writer waits for the switch to confirm what it has
+    # parsed, so a learned flow sent meanwhile is not queued behind the
+    # whole bundle but behind at most IN_FLIGHT bytes of it.
+    dp = SlowDatapath()
+    sw = dp.switch = Switch(dp, "br-test")
+    mods = _flow_mods(8 * IN_FLIGHT // 150)
+    urgent = mods.pop()[1]
+    opened = []
+    hub.spawn(lambda: opened.append(sw.open_bundle()))
+    wait_until(lambda: dp.unanswered, timeout=5)
+    dp.answer()
+    bundle = wait_until(lambda: opened, timeout=5)[0]
+    dp.writes.clear()
+    done = []
+    hub.spawn(lambda: done.append(bundle.add_many(mods, batch=True)))
+    wait_until(lambda: dp.writes, timeout=5)
+    time.sleep(0.3)  # time enough to write the whole bundle, if nothing held the writer
+    assert not done
+    assert 0 < len(_bundle_bytes(dp.writes)) <= IN_FLIGHT
+    sw.send(urgent)
+    while not done:
+        dp.answer()
+        time.sleep(0.001)
+    messages = _messages(dp.writes)
+    at = next(i for i, (_, mtype, m) in enumerate(messages) if mtype == 14 and m[8:] == urgent[8:])
+    before = sum(len(m) for _, mtype, m in messages[:at] if mtype == 4)  # bundle adds
+    after = sum(len(m) for _, mtype, m in messages[at:] if mtype == 4)
+    assert 0 < before <= IN_FLIGHT
+    assert after > 4 * IN_FLIGHT  # most of the bundle went out after it
+    assert len(_bundle_bytes(dp.writes)) - len(urgent) == sum(len(d) + 24 for _, d in mods)
+    dp.answer()
+    bundle.close()
+    assert not sw._pending
 
 
 class RefusingDatapath(AnsweringDatapath):

@@ -513,8 +513,9 @@ class RecordingSwitch:
 def test_learned_flows_go_ahead_of_a_change_in_progress_and_are_committed_after_it(monkeypatch):
     """While a bulk is being made, a resolved mapping that needs no
     group and whose key nobody else holds is sent to the bridges on its own,
-    confirmed by barrier, and its held packets follow at once; the commit
-    comes when the lock is free. The others wait for the commit as before."""
+    its held packets right behind it on the same connection (the switch
+    takes them in order: tests/test_bundle_ovs.py), and only then the
+    barrier that confirms it; the commit comes when the lock is free. The others wait for the commit as before."""
     from types import SimpleNamespace
     from lisp_controller.lisp import xtr as xtr_module
     from lisp_controller.model import Rloc
@@ -549,7 +550,7 @@ def test_learned_flows_go_ahead_of_a_change_in_progress_and_are_committed_after_
             f(*args)
         out = lambda n: ("send", encode.packet_out_to_table(1, bytes([n])))
         flow = ("send", mapping_flow_mod(one, prefix_key(1000, one.eid))[1])
-        assert log == [flow, ("barrier",), out(0)] and not commits   # the installer never waits for the lock
+        assert log == [flow, out(0), ("barrier",)] and not commits   # the installer never waits for the lock
         assert x.resolver.counts["learned_ahead"] == 1
         # another packet to the EID that went ahead is sent on, not asked about again
         frame = bytes(12) + b"\x08\x00" + bytes.fromhex("4500001c0000000040110000") + \

@@ -20,13 +20,15 @@ While a bulk request is being made (it holds the change lock for seconds
 and streams its own bundle to the bridges; ``app.big_changes``), a learned
 mapping would wait behind all of it. So then its flow goes ahead: the same
 flow-mod the state will make (``mapping_flow_mod``), sent on its own to
-every bridge this instance programs and confirmed by a barrier, outside the
-bulk's open bundle; the held packets follow, and the learned change is
-committed when the lock is free (the bridges then already hold the flow:
-adding it again changes nothing). Only mappings that need no select group
-and whose key nobody else holds go ahead; the others wait as before. A bulk
-that brings a mapping for the same key still wins: its bundle commits after
-the flow that went ahead, and replaces it.
+every bridge this instance programs, outside the bulk's open bundle, the
+held packets right behind it on the same connection (a switch takes them
+in order), then a barrier to confirm it. The bundle is written paced
+(openflow/switch.py), so all of this waits behind at most 128 KB of it.
+The learned change is committed when the lock is free (the bridges then
+already hold the flow: adding it again changes nothing). Only mappings that
+need no select group and whose key nobody else holds go ahead; the others
+wait as before. A bulk that brings a mapping for the same key still wins:
+its bundle commits after the flow that went ahead, and replaces it.
 
 Open vSwitch drops a packet tunnelled to an RLOC whose underlay next hop it
 has not resolved yet (docs/datapath.rst). So when a Map-Reply names an RLOC
@@ -381,25 +383,33 @@ class Xtr:
                 if state.owner(m.key) in (None, m.source) and not isinstance(rloc_target(m), Group)}
 
     def _send_ahead(self, flows: dict, sessions: list, batch: list[Resolution]) -> None:
-        """Send ``flows`` to every session's bridge, confirm them by
-        barrier, then send the held packets of ``batch`` on; the committer
-        commits their mappings when the change in progress is done."""
+        """Send ``flows`` to every session's bridge and the held packets of
+        ``batch`` right behind them, then confirm the flows by barrier;
+        the committer commits their mappings when the change in progress
+        is done. A switch takes one connection's messages in order, so a
+        packet-out sent after its flow meets it without waiting for the
+        barrier (docs/control-plane.rst, "During a big change")."""
         try:
             for session in sessions:
                 for data in flows.values():
                     session.switch.send(data)
-            for session in sessions:
-                session.switch.barrier()
-        except Exception as e:  # a bridge went away or did not answer: the packets wait for the commit
-            LOG.warning("learned flows sent ahead of a change in progress not confirmed: %s", e)
+        except Exception as e:  # a bridge went away: the packets wait for the commit
+            LOG.warning("learned flows sent ahead of a change in progress not sent: %s", e)
             self._to_commit += batch
             self._commit_ready.set()
             return
+        self._release(batch)
         if self.resolver is not None:
             counts = self.resolver.counts
             counts["learned_ahead"] = counts.get("learned_ahead", 0) + len(flows)
-        self._log_learned({m.key: m for r in batch for m in r.mappings}.values(), " ahead of a change in progress")
-        self._release(batch)
+        try:
+            for session in sessions:
+                session.switch.barrier()
+        except Exception as e:  # the commit sends them again
+            LOG.warning("learned flows sent ahead of a change in progress not confirmed: %s", e)
+        else:
+            self._log_learned({m.key: m for r in batch for m in r.mappings}.values(),
+                              " ahead of a change in progress")
         self._commit_ready.set()
 
     def _log_learned(self, mappings, how: str) -> None:

@@ -9,6 +9,7 @@ message's xid names the flow that caused it.
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import random
@@ -32,6 +33,11 @@ BUNDLE_FLAGS = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
 PIPELINE_MAX = 64  # a plan of at most this many adds, and no deletes, skips the bundle
 SEND_CHUNK = 64 * 1024  # bytes per socket write: few greenthread switches
 YIELD_EVERY = 256  # messages encoded between yields to the hub (echo replies)
+# Bundle bytes the switch may hold unparsed at once (see Switch.send_paced):
+# whatever is sent meanwhile (a learned flow, a packet-out) waits behind at
+# most this much, about 860 bundle adds of a mapping: 20 ms for OVS 3.1
+# here (docs/performance.rst, "Learned flows during a bulk").
+IN_FLIGHT = 2 * SEND_CHUNK
 
 
 class FlowStat(NamedTuple):
@@ -138,6 +144,9 @@ class Switch:
         # and the errors received for them by offset.
         self._bundle_xids: tuple[int, int] | None = None
         self._bundle_errors: dict[int, object] = {}
+        # Paced writes not yet confirmed: (barrier xid, bytes, its waiter).
+        self._in_flight: collections.deque[tuple[int, int, _Pending]] = collections.deque()
+        self._in_flight_bytes = 0
         self.closed = False
         # Flow dumps are answered on our side of the socket, as bytes.
         self.tap = tap.install(datapath, self._claim, pause=lambda: breathe(_yield)) \
@@ -234,6 +243,41 @@ class Switch:
     def _send(self, buf: bytes) -> None:
         if self.closed or not self.dp.send(buf):
             raise SwitchError(f"bridge {self.label}: connection closed")
+
+    def send_paced(self, data: bytes) -> None:
+        """Write part of a big change (bundle adds) so that the switch never
+        has more than IN_FLIGHT bytes of it to parse: each write is followed
+        by a barrier, and the next waits for the replies of the older ones.
+        The switch takes one connection's messages in order, so a message
+        written in between (a learned flow and its packet-out) is parsed
+        after at most IN_FLIGHT bytes of the change, however big the change
+        and however much of it is ready (docs/control-plane.rst, "During a
+        big change")."""
+        queue = self._in_flight
+        while queue and self._in_flight_bytes + len(data) > IN_FLIGHT:
+            xid, size, pending = queue[0]
+            answered = pending.event.wait(self.timeout)
+            if self.closed:
+                raise SwitchError(f"bridge {self.label}: connection closed")
+            if not answered:
+                raise SwitchError(f"bridge {self.label}: no reply to the barrier after a bundle write "
+                                  f"within {self.timeout:.0f} s")
+            queue.popleft()
+            self._pending.pop(xid, None)
+            self._in_flight_bytes -= size
+        xid = self._xid()
+        pending = self._pending[xid] = _Pending()
+        queue.append((xid, len(data), pending))
+        self._in_flight_bytes += len(data)
+        self._send(data + encode.barrier(xid))
+
+    def settle_paced(self) -> None:
+        """Forget the paced writes' barriers (a later reply, such as a
+        commit's, means the switch answered them all)."""
+        for xid, _, _ in self._in_flight:
+            self._pending.pop(xid, None)
+        self._in_flight.clear()
+        self._in_flight_bytes = 0
 
     def request(self, build: Callable[[int], bytes], what: str, timeout: float | None = None,
                 consume: Callable[[object], None] | None = None, flow_stats: bool = False) -> list:
@@ -530,7 +574,7 @@ class Bundle:
             self._chunk.clear()  # in place: add_many holds it
             self._size = 0
             mark = time.monotonic()
-            self.switch._send(data)
+            self.switch.send_paced(data)
             self.waited += time.monotonic() - mark
 
     def commit(self) -> tuple[bool, dict[int, object]]:
@@ -565,6 +609,7 @@ class Bundle:
     def close(self) -> None:
         """Stop matching errors to this bundle's messages."""
         self.switch._bundle_xids, self.switch._bundle_errors = None, {}
+        self.switch.settle_paced()
 
 
 def _yield() -> None:
