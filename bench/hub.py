@@ -17,6 +17,14 @@ and every API request wait. This measures, in the same run:
   status page is sorted by packets and searched (`--browse` seconds),
   which the controller answers by going over the whole map-cache.
 
+- deep check: then, with nothing else asked, the same two while the
+  bridge's periodic deep check (every `reconcile_interval`, 60 s by
+  default) reads back all N flows, compares them with what their cookies
+  name and diffs the result against the desired flows: the phase waits for
+  the next check that begins after it starts, and samples until a while
+  after that check's comparison ended (its diff comes after it);
+  `--no-deep` leaves it out.
+
 `--watch FILE` runs the controller with lab/hubwatch.py: each round of
 its hub over 20 ms, with the stacks that held it, and each collection
 over 10 ms go to FILE (JSON lines); those over 50 ms are printed per
@@ -31,6 +39,7 @@ Prints p50, p99 and max of each, and the busy/idle ratio. Needs root
 from __future__ import annotations
 
 import argparse
+import calendar
 import json
 import socket
 import statistics
@@ -184,12 +193,32 @@ def stalls(path: Path, phases: dict[str, tuple[float, float]]) -> dict:
     return out
 
 
+def deep_check(bench: Bench, timeout: float) -> tuple[float, float, float]:
+    """Wait for brb0's next deep check that begins after now and for its
+    diff; (start, end) in monotonic time, and the check's own ms."""
+    began, wall = time.monotonic(), time.time()
+    seen = bench.datapath("brb0")["last_verify"]
+    deadline = began + timeout
+    while time.monotonic() < deadline:
+        view = bench.datapath("brb0")
+        at, ms = view["last_verify"], view["last_verify_ms"]
+        if at is not None and at != seen:
+            seen = at
+            # last_verify (whole seconds) is when the comparison ended
+            if calendar.timegm(time.strptime(at, "%Y-%m-%dT%H:%M:%SZ")) + 1 - ms / 1000 >= wall:
+                time.sleep(max(2.0, 1.5 * ms / 1000))  # its diff, then a quiet while
+                return began, time.monotonic(), ms
+        time.sleep(0.2)
+    raise RuntimeError(f"no deep check of brb0 within {timeout:.0f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=100_000, help="mappings in the bulk request")
     parser.add_argument("--idle", type=float, default=3.0, help="seconds of idle sampling first")
     parser.add_argument("--browse", type=float, default=10.0, help="seconds of sorted and searched polling")
     parser.add_argument("--old-page", action="store_true", help="poll every mapping, as the page once did")
+    parser.add_argument("--no-deep", action="store_true", help="leave out the deep check phase")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--watch", type=Path, help="record the hub's stalls and their stacks here")
     args = parser.parse_args(argv)
@@ -222,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(args.browse)
         browse_end = time.monotonic()
         wall["browsing"] = (wall["bulk"][1], time.time())
+        browse.halt.set()
+        browse.join(timeout=300)
+        deep = None
+        if not args.no_deep:
+            deep = deep_check(bench, timeout=300)
+            wall["deep check"] = (wall["browsing"][1], time.time())
         for probe in (echo, health, page, browse):
             probe.halt.set()
             probe.join(timeout=300)
@@ -237,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         "browsing": {"echo": summary(echo.between(browse_start, browse_end)),
                      "health": summary(health.between(browse_start, browse_end)),
                      "polls": summary(browse.between(browse_start, browse_end))},
+        "deep_check": None if deep is None else {
+            "verify_ms": deep[2], "echo": summary(echo.between(deep[0], deep[1])),
+            "health": summary(health.between(deep[0], deep[1]))},
         "page": "old: every mapping" if args.old_page else "one page",
     }
     print(f"bulk of {args.size:,} mappings: {result['seconds']:.2f} s, with the status page polling "
@@ -248,6 +286,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{b['polls']['n']} polls, p50 {b['polls'].get('p50_ms', 0):.0f} ms):")
     print(line("OpenFlow echo", figures["echo"]["idle"], b["echo"]))
     print(line("GET /v1/health", figures["health"]["idle"], b["health"]))
+    if deep is not None:
+        d = figures["deep_check"]
+        print(f"deep check (the comparison took {deep[2]:.0f} ms, then the diff):")
+        print(line("OpenFlow echo", figures["echo"]["idle"], d["echo"]))
+        print(line("GET /v1/health", figures["health"]["idle"], d["health"]))
     if args.watch:
         figures["stalls"] = stalls(args.watch, wall)
     if args.json:

@@ -16,7 +16,7 @@ from lisp_controller.controller.toobig import PathMtu
 from lisp_controller.pipeline.compiler import compile_meters
 from lisp_controller.api.metrics import Metrics
 from lisp_controller.config import parse_config
-from lisp_controller.controller import gcpause
+from lisp_controller.controller import gcpause, slices
 from lisp_controller.controller.session import Backoff, BridgeSession
 from lisp_controller.controller.state import Change, State
 from lisp_controller.model import Mapping
@@ -51,6 +51,7 @@ class FakeSwitch:
         self.meter_values: dict[int, object] = {}  # the meters a meter-mod may carry, by ID
         self.group_table: dict[int, object] = {}  # groups by ID (ours and others')
         self.group_mods = 0
+        self.entries_taken = 0
 
     def meters(self) -> dict:
         return dict(self.meter_table)
@@ -71,8 +72,13 @@ class FakeSwitch:
     def installed_cookies(self) -> dict[int, int]:
         return {c: len(v) for c, v in self.table.items()}
 
-    def flow_entries(self) -> list[verify.Entry]:
-        return [verify.flow_mod_entry(data) for flows in self.table.values() for data in flows]
+    def flow_entries(self):
+        """Made as they are taken, as the real switch splits its dump;
+        `entries_taken` counts them."""
+        for flows in list(self.table.values()):
+            for data in flows:
+                self.entries_taken += 1
+                yield verify.flow_mod_entry(data)
 
     def apply(self, plan, max_attempts: int = 64, name_of=None) -> ApplyResult:
         if self.failures and not self.late:
@@ -219,6 +225,78 @@ def test_a_deep_check_while_changes_wait_reports_and_repairs_nothing(caplog):
     session.sync(deep=True)
     assert sw.table == desired(app, session)
     assert "deep check found 1 duplicate, 1 unwanted and 0 missing" in caplog.text
+
+
+def _put(app, eids) -> None:
+    with app.change_lock:
+        app.state.apply(Change(put=[Mapping.parse({"iid": 1000, "eid": e, "rlocs": ["192.0.2.1"]}, source="api")
+                                    for e in eids]))
+
+
+def test_a_deep_check_lets_the_hub_go_at_least_every_slice_of_flows():
+    """Splitting the dump, comparing each flow and the diff after it are
+    cut into slices (controller/slices.py): with a clock that stands
+    still, no more than MOST flows go by between two pauses, in the
+    check and in the diff."""
+    app, sw, session, _ = make()
+    assert session._attach()
+    _put(app, [f"10.{i // 256}.{i % 256}.0/24" for i in range(3 * slices.MOST + 100)])
+    session.sync(first=True)
+    taken_at_pause: list[int] = []
+    session.pause = lambda: taken_at_pause.append(sw.entries_taken)
+    session.slice_clock = lambda: 0.0
+    sw.entries_taken = 0
+    session.sync(deep=True)
+    flows = sum(len(v) for v in sw.table.values())
+    assert sw.entries_taken == flows > 3 * slices.MOST
+    during = [n for n in taken_at_pause if n < flows]  # pauses while the dump was being compared
+    gaps = [b - a for a, b in zip([0] + during, during + [flows])]
+    assert max(gaps) <= slices.MOST and len(during) >= flows // slices.MOST
+    # Then the stray/missing counts and the diff: every cookie once more each.
+    assert len(taken_at_pause) - len(during) >= 3 * flows // slices.MOST - 1
+    assert session.status.flows_repaired == 0 and sw.table == desired(app, session)
+
+
+def test_a_change_made_while_a_deep_check_yields_is_not_taken_for_drift(caplog):
+    """The deep check compares against the desired flows as they were when
+    it began: a change that arrives while it lets the hub go (here: at its
+    first pause) repairs nothing and is sent by the next sync."""
+    app, sw, session, _ = make()
+    assert session._attach()
+    _put(app, [f"10.50.{i}.0/24" for i in range(200)])
+    session.sync(first=True)
+    assert sw.table == desired(app, session)
+    before, generation, applied = desired(app, session), app.state.generation, sw.applied
+    gone = Mapping.parse({"iid": 1000, "eid": "10.50.7.0/24", "rlocs": ["192.0.2.1"]}, source="api").key
+    pauses = []
+
+    def change_midway() -> None:
+        pauses.append(sw.entries_taken)
+        if len(pauses) == 1:  # nobody may hold the change lock while the check yields
+            assert app.change_lock.acquire(timeout=1), "the deep check holds the change lock while it yields"
+            try:
+                app.state.apply(Change(put=[Mapping.parse({"iid": 1000, "eid": "10.60.0.0/16",
+                                                           "rlocs": ["192.0.2.1"]}, source="api")],
+                                       delete=[gone]))
+            finally:
+                app.change_lock.release()
+            session.mark_dirty()
+    session.pause = change_midway
+    now = [0.0]
+
+    def slow_clock():  # every look finds the slice's time spent: a pause every CHECK items
+        now[0] += 0.01
+        return now[0]
+    session.slice_clock = slow_clock
+    caplog.set_level(logging.DEBUG, "lisp_controller")
+    session.sync(deep=True)
+    assert pauses and pauses[0] < sum(len(v) for v in before.values())  # the change came midway
+    assert app.state.generation > generation
+    assert "changed on the switch" not in caplog.text and "repairing" not in caplog.text
+    assert session.status.flows_repaired == 0 and sw.applied == applied  # nothing sent: in sync with its view
+    assert sw.table == before and session.status.synced_generation == generation
+    session.sync()  # the change, as the next sync sends it
+    assert sw.table == desired(app, session) != before
 
 
 def test_conditions_are_logged_when_they_start_and_end_and_routine_at_debug(caplog):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lisp_controller.config import parse_config
 from lisp_controller.controller import slices
+from lisp_controller.controller.reconcile import reconcile
 from lisp_controller.controller.slices import Slices
 from lisp_controller.controller.state import Change, State
 from lisp_controller.model import Mapping
@@ -84,3 +85,31 @@ def test_a_big_change_yields_at_least_every_slice_of_mappings():
     state.apply(Change(delete=[m.key for m in put]), pause=hub.pause)
     assert len(hub.items_between) >= len(put) // slices.CHECK - 1
     assert len(state.cache) == 0
+
+
+def test_the_diff_of_a_full_sync_yields_at_least_every_slice_of_cookies():
+    """reconcile() with slices pauses every MOST cookies, over what the
+    bridge holds and over each part of what is desired, and plans the
+    same as without."""
+    installed = {c: 1 for c in range(0, 3 * slices.MOST)}
+    installed[slices.MOST + 5] = 2  # a duplicate: deleted and added again
+    shared = {c: b"flow-mod %d" % c for c in range(slices.MOST, 4 * slices.MOST)}
+    local = {c: b"local %d" % c for c in range(10 * slices.MOST, 10 * slices.MOST + 7)}
+    seen: list[int] = []
+    counted = iter(range(1, 10 ** 9))
+
+    class Counting(dict):
+        """Counts the cookies the diff takes from it."""
+
+        def items(self):
+            for item in super().items():
+                hub.items = next(counted)
+                yield item
+    hub = FakeHub()
+    cut = Slices(lambda: seen.append(hub.items), clock=lambda: 0.0)
+    plan = reconcile(Counting(installed), Counting(shared), Counting(local), slices=cut)
+    assert plan == reconcile(installed, shared, local)
+    total = len(installed) + len(shared) + len(local)
+    assert seen == list(range(slices.MOST, total + 1, slices.MOST))
+    assert set(plan.delete) == set(range(slices.MOST)) | {slices.MOST + 5}
+    assert {c for c, _ in plan.add} == set(range(3 * slices.MOST, 4 * slices.MOST)) | set(local) | {slices.MOST + 5}

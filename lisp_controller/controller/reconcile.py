@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Callable, Container, Mapping, NamedTuple, TypeVar
 
-from lisp_controller.controller.slices import Slices
+from lisp_controller.controller.slices import Slices, sliced
 from lisp_controller.pipeline.flows import Group, Meter, group_delete, group_mod, is_our_group
 from lisp_controller.openflow.wire import OFPGC_ADD, OFPGC_MODIFY
 
@@ -90,13 +90,21 @@ class Plan(NamedTuple):
         return before, tuple((gid, group_delete(gid)) for gid in g.delete)
 
 
-def reconcile(installed: Mapping[int, int], *desired: Mapping[int, bytes]) -> Plan:
+def reconcile(installed: Mapping[int, int], *desired: Mapping[int, bytes], slices: Slices | None = None) -> Plan:
     """`desired` is flow-mods by cookie, in parts (the shared map-cache
     flows and a bridge's own), so the parts need not be merged into one
-    dict of a million entries."""
-    delete = [c for c, n in installed.items() if n > 1 or not any(c in part for part in desired)]
-    add = [(c, data) for i, part in enumerate(desired) for c, data in part.items()
-           if installed.get(c, 0) != 1 and not any(c in earlier for earlier in desired[:i])]
+    dict of a million entries. `slices` lets the hub go between slices of
+    cookies (a million take seconds: docs/performance.rst, "A free hub");
+    the caller sees to it that nobody changes `installed` or `desired`
+    meanwhile."""
+    first, rest = desired[0] if desired else {}, desired[1:]
+    delete = [c for c, n in sliced(installed.items(), slices)
+              if n > 1 or (c not in first and not any(c in part for part in rest))]
+    add: list[tuple[int, bytes]] = []
+    for i, part in enumerate(desired):
+        earlier = desired[:i]
+        add.extend((c, data) for c, data in sliced(part.items(), slices)
+                   if installed.get(c, 0) != 1 and not (earlier and any(c in e for e in earlier)))
     return Plan(tuple(sorted(delete)), tuple(add))
 
 

@@ -30,6 +30,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from lisp_controller.controller.reconcile import Stream, catch_up, group_plan, reconcile, record, record_groups
 from lisp_controller.controller.roles import EQUAL, MASTER, BridgeRole, Deposed
+from lisp_controller.controller.slices import Slices, sliced
 from lisp_controller.model import Bridge
 from lisp_controller.openflow import verify
 from lisp_controller.openflow.encode import encode_delete
@@ -128,6 +129,11 @@ class BridgeSession:
         self.thread = None
         self.backoff = Backoff()
         self._sleep = sleep
+        # Long work of a sync (the deep check, a full diff) lets the hub go
+        # between slices (controller/slices.py); a test gives its own
+        # pause and a clock that stands still.
+        self.pause: Callable[[], None] = lambda: hub.sleep(0)
+        self.slice_clock: Callable[[], float] = time.perf_counter
         self._traced = False  # a traceback was logged since the last good sync
         # With an etcd store, etcd decides who is master (app.membership)
         # and the switch must agree (controller/roles.py); None: the only
@@ -346,7 +352,9 @@ class BridgeSession:
                 # A deep check compares against a copy: it reads the switch
                 # outside the lock, and the state may move meanwhile.
                 expected = {**state.encoded, **local} if deep else None
-                plan = None if deep else reconcile(self.installed, state.encoded, local)
+                # Under the lock nobody changes the state, and only this
+                # greenthread changes `installed`: the diff may yield.
+                plan = None if deep else reconcile(self.installed, state.encoded, local, slices=self._slices())
                 self._local_flows = len(local)
             else:
                 plan = catch_up(self.installed, delta[0], delta[1], state.encoded)
@@ -360,7 +368,8 @@ class BridgeSession:
                 mark = time.monotonic()
                 self._deep_check(compiled, expected)
                 self._deep_check_groups(groups)
-                plan = reconcile(self.installed, expected).with_groups(group_plan(self.installed_groups, groups))
+                plan = reconcile(self.installed, expected, slices=self._slices())
+                plan = plan.with_groups(group_plan(self.installed_groups, groups))
                 stages["verify_ms"] = _ms_since(mark)
             st.flows_installed = sum(self.installed.values())
         st.flows_desired = self._local_flows + len(state.shared)
@@ -538,8 +547,12 @@ class BridgeSession:
         the bridge, so nothing of ours is in flight while it reads."""
         started = time.monotonic()
         left = self.installed
-        entries = self.switch.flow_entries()
-        verdict = verify.installed_counts(_paced(entries), expected)
+        # Split as they are compared, a slice at a time: at 1,000,000 flows
+        # the two take seconds (docs/performance.rst, "A free hub").
+        # `expected` is a copy and nobody else writes to the bridge, so a
+        # change made while this yields cannot make it see drift.
+        cut = self._slices()
+        verdict = verify.installed_counts(sliced(self.switch.flow_entries(), cut), expected)
         self.installed = verdict.counts
         self.status.last_verify = time.time()
         self.status.last_verify_ms = _ms_since(started)
@@ -550,8 +563,8 @@ class BridgeSession:
             LOG.warning("bridge %s: %d flows of ours were changed on the switch (by hand?); "
                         "replacing them with: %s", self.label, len(verdict.changed),
                         "; ".join(name(c) for c in verdict.changed[:5]))
-        stray = sum(1 for c in verdict.counts if c not in left)
-        gone = sum(1 for c in left if c not in verdict.counts)
+        stray = sum(1 for c in sliced(verdict.counts, cut) if c not in left)
+        gone = sum(1 for c in sliced(left, cut) if c not in verdict.counts)
         if verdict.duplicates or stray or gone:
             LOG.warning("bridge %s: deep check found %d duplicate, %d unwanted and %d missing "
                         "flows under our cookie; repairing", self.label, verdict.duplicates,
@@ -569,19 +582,14 @@ class BridgeSession:
                         "replacing them with: %s", self.label, len(changed),
                         "; ".join(render_group(expected[gid]) for gid in changed[:5]))
 
+    def _slices(self) -> Slices:
+        """Slices for one long step of a sync."""
+        return Slices(self.pause, clock=self.slice_clock)
+
     def _record_error(self, text: str) -> None:
         errors = self.status.errors
         errors.append(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {text}")
         del errors[:-MAX_ERRORS_KEPT]
-
-
-def _paced(items, every: int = 2048):
-    """Yield `items`, letting the hub run every `every` of them (echo
-    replies must not wait for a long comparison)."""
-    for n, item in enumerate(items, 1):
-        yield item
-        if n % every == 0:
-            hub.sleep(0)
 
 
 def _and_groups(n: int) -> str:

@@ -13,8 +13,9 @@ the work when the clock is not looked at (a test's clock).
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Iterable, Iterator, TypeVar
 
+T = TypeVar("T")
 MOST = 2000  # items per slice at most
 BUDGET = 0.005  # seconds of work per slice at most (give or take CHECK items)
 CHECK = 50  # items between looks at the clock (a look costs about 50 ns)
@@ -43,3 +44,18 @@ class Slices:
         self.pauses += 1
         self.items = 0
         self._began = self._clock()
+
+
+def sliced(items: Iterable[T], slices: Slices | None) -> Iterator[T]:
+    """`items`, letting the hub go whenever `slices` says a slice is over
+    (every item, and whatever work its consumer does with it, counts).
+    None: no pauses. The pause comes before the next item is taken, so a
+    lazy source (a dump split as it is read) is sliced too."""
+    if slices is None:
+        yield from items
+        return
+    due, pause = slices.due, slices.pause
+    for item in items:
+        yield item
+        if due():
+            pause()
