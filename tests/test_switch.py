@@ -148,6 +148,26 @@ def test_a_message_sent_during_a_big_bundle_waits_behind_a_bounded_part_of_it():
     assert not sw._pending
 
 
+def test_without_pacing_a_big_bundle_goes_out_without_waiting_for_the_switch():
+    # A controller that resolves no misses has nothing urgent to send
+    # during a bulk: its bundle is written whole, with no barrier between
+    # its parts, however slowly the switch answers.
+    dp = SlowDatapath()
+    sw = dp.switch = Switch(dp, "br-test", pace_bundles=False)
+    mods = _flow_mods(8 * IN_FLIGHT // 150)
+    opened = []
+    hub.spawn(lambda: opened.append(sw.open_bundle()))
+    wait_until(lambda: dp.unanswered, timeout=5)
+    dp.answer()
+    bundle = wait_until(lambda: opened, timeout=5)[0]
+    dp.writes.clear()
+    bundle.add_many(mods, batch=True)  # returns though the switch answered nothing
+    messages = _messages(dp.writes)
+    assert [mtype for _, mtype, _ in messages].count(20) == 0  # no barrier request
+    assert len(_bundle_bytes(dp.writes)) == sum(len(d) + 24 for _, d in mods)
+    bundle.close()
+
+
 class RefusingDatapath(AnsweringDatapath):
     """Answers requests, and refuses the flow-mods whose cookie is in `refuse`
     with an error (before the barrier's reply, as a switch does)."""

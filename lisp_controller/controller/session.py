@@ -113,7 +113,10 @@ class BridgeSession:
     def __init__(self, app: "LispControllerApp", datapath, switch: Switch | None = None,
                  sleep: Callable[[float], None] = hub.sleep):
         self.app = app
-        self.switch = switch or Switch(datapath)
+        # Bundle writes are paced only where misses are resolved: there a
+        # learned flow must not wait behind a whole bulk, elsewhere pacing
+        # would only slow the bulk (docs/performance.rst).
+        self.switch = switch or Switch(datapath, pace_bundles=app.config.xtr.resolves)
         self.status = BridgeStatus(datapath.id, "%s:%s" % tuple(datapath.address[:2]))
         self.installed: dict[int, int] = {}
         self.installed_groups: dict[int, Group | None] = {}  # our groups on the bridge, by ID

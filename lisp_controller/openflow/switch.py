@@ -128,10 +128,14 @@ class ApplyResult:
 
 
 class Switch:
-    def __init__(self, datapath, label: str = "", timeout: float = 30.0):
+    def __init__(self, datapath, label: str = "", timeout: float = 30.0, pace_bundles: bool = True):
         self.dp = datapath
         self.label = label or f"{datapath.id:016x}"
         self.timeout = timeout
+        # False: bundle writes go out as fast as the socket takes them
+        # (`send_paced` does not wait); the bulk is then faster, but a
+        # message sent meanwhile waits behind all of it.
+        self.pace_bundles = pace_bundles
         self._pending: dict[int, _Pending] = {}
         # Flow dumps given up on (timed out, failed) before their last part:
         # the parts still to come are ours and dropped. Handed to os-ken,
@@ -252,7 +256,10 @@ class Switch:
         written in between (a learned flow and its packet-out) is parsed
         after at most IN_FLIGHT bytes of the change, however big the change
         and however much of it is ready (docs/control-plane.rst, "During a
-        big change")."""
+        big change"). Without `pace_bundles`, it is a plain write."""
+        if not self.pace_bundles:
+            self._send(data)
+            return
         queue = self._in_flight
         while queue and self._in_flight_bytes + len(data) > IN_FLIGHT:
             xid, size, pending = queue[0]
