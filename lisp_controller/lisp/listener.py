@@ -130,10 +130,13 @@ class ControlListener:
     ``on(MapRegister, handler, refused=..., rate=..., latency=...)``:
     datagrams of that type are rate-limited per source, decoded and given to
     ``handler(message, raw, source)``, which returns the datagrams to send
-    (or raises ``Refused``). ``refused(reason, source)`` hears of each
-    datagram of that type refused before or by the handler; the time from
-    receipt to the answer being ready goes to the histogram ``latency``.
-    Types without a handler are dropped undecoded and counted."""
+    (or raises ``Refused``). ``decoder`` (the codec's ``decode`` unless
+    given, as ``common_request.decode_request`` for Map-Requests) makes the
+    message or raises ``LispDecodeError``. ``refused(reason, source)``
+    hears of each datagram of that type refused before or by the handler;
+    the time from receipt to the answer being ready goes to the histogram
+    ``latency``. Types without a handler are dropped undecoded and
+    counted."""
 
     def __init__(self, address: str, port: int, metrics=None, max_sources: int = 65536,
                  clock: Callable[[], float] = time.monotonic):
@@ -145,9 +148,10 @@ class ControlListener:
         self.sock: socket.socket | None = None
 
     def on(self, message_class: type, handler: Handler, refused: RefusedCallback = lambda r, s: None,
-           rate: float | None = None, latency: str | None = None) -> None:
+           rate: float | None = None, latency: str | None = None,
+           decoder: Callable[[bytes], object] = decode) -> None:
         limiter = RateLimiter(rate, self.max_sources, self.clock) if rate is not None else None
-        self._handlers[message_class.TYPE] = (handler, refused, limiter, latency)
+        self._handlers[message_class.TYPE] = (handler, refused, limiter, latency, decoder)
 
     def count(self, name: str, **labels: str) -> None:
         self.metrics.inc(name, **labels)
@@ -200,14 +204,14 @@ class ControlListener:
             self.count("lisp_control_dropped_total", reason=reason)
             self._log(source, reason, f"message type {kind} has no handler here")
             return []
-        handler, refused, limiter, latency = entry
+        handler, refused, limiter, latency, decoder = entry
         name = _TYPES[kind].__name__ if kind in _TYPES else str(kind)
         started = time.perf_counter()
         try:
             if limiter is not None and not limiter.allow(source[0]):
                 raise Refused("rate-limited", f"more than {limiter.rate:g} {name} per second")
             try:
-                message = decode(data)
+                message = decoder(data)
             except LispDecodeError as e:
                 raise Refused(decode_refusal(e), str(e)) from None
             sends = list(handler(message, data, source))

@@ -25,9 +25,10 @@ from typing import Callable, Iterable
 
 from lisp_controller.lisp.addresses import EncapsulationFormatAddress, InstanceIdAddress
 from lisp_controller.lisp.auth import sign, verify
+from lisp_controller.lisp.common_request import Query, ip_eid
 from lisp_controller.lisp.config import LispSettings, Site, SitePrefix
 from lisp_controller.lisp.messages import (LISP_CONTROL_PORT, EncapsulatedControlMessage, MapNotify, MapRegister,
-                                          MapRequest, encode, encode_map_reply)
+                                          encode, encode_map_reply)
 from lisp_controller.lisp.negative import PrefixOrder
 from lisp_controller.lisp.records import Action, EidRecord, LocatorRecord, encode_eid_record
 from lisp_controller.model import IID_MAX, PRIORITY_UNUSED, MapCache, Mapping, Prefix, Rloc
@@ -90,13 +91,11 @@ def eid_of(address: object) -> tuple[int, ipaddress.IPv4Address | ipaddress.IPv6
     """(IID, address) of an EID as records carry it: an Instance-ID LCAF
     around an IPv4/IPv6 address, or a bare address (IID 0). Anything else
     raises Refused("bad-lcaf")."""
+    found = ip_eid(address)
+    if found is not None:
+        return found
     if isinstance(address, InstanceIdAddress):
-        inner = address.address
-        if isinstance(inner, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
-            return address.instance_id, inner
-        raise Refused("bad-lcaf", f"an Instance-ID LCAF around {type(inner).__name__}")
-    if isinstance(address, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
-        return 0, address
+        raise Refused("bad-lcaf", f"an Instance-ID LCAF around {type(address.address).__name__}")
     raise Refused("bad-lcaf", f"EID is a {type(address).__name__}")
 
 
@@ -268,12 +267,14 @@ class MapResolver:
         self._answered_from: dict[tuple, Mapping] = {}
         self._answers_at = -1   # order.changes when they were made
 
-    def resolve(self, ecm: EncapsulatedControlMessage) -> Resolution:
-        request = ecm.message
-        if type(request) is not MapRequest:
-            raise Refused("not-a-map-request", type(request).__name__)
+    def resolve(self, request: EncapsulatedControlMessage | Query) -> Resolution:
+        """Answer an ECM: decoded by the codec, or its ``Query`` as
+        ``common_request.recognise`` read it (the same answer either way)."""
+        query = request if type(request) is Query else Query.of(request)
+        if query is None:
+            raise Refused("not-a-map-request", type(request.message).__name__)
         itr_type = self._itr_type
-        for itr in request.itr_rlocs:
+        for itr in query.itr_rlocs:
             if type(itr) is itr_type:
                 break
         else:
@@ -281,12 +282,8 @@ class MapResolver:
         records: list[bytes] = []
         forwards: dict[Source, None] = {}
         negative = True
-        for asked in request.records:
-            try:
-                iid, address = eid_of(asked.eid)
-            except Refused:
-                continue   # an EID we cannot look up (AFI 0 in a triggered RLOC-probe, a geo LCAF)
-            wrap = type(asked.eid) is InstanceIdAddress
+        # query.eids leaves out EIDs we cannot look up (AFI 0 in a triggered RLOC-probe, a geo LCAF).
+        for iid, address, wrap in query.eids:
             found = self.cache.lookup(iid, address) if iid <= IID_MAX else None
             if found is None:
                 records.append(self._negative(iid, address, wrap))
@@ -304,10 +301,10 @@ class MapResolver:
             raise Refused("no-usable-record", "no EID record we can look up")
         sends: list[Send] = []
         if records:
-            sends.append((encode_map_reply(request.nonce, records),
-                          (socket.inet_ntop(self._socket_family, itr.packed), ecm.inner_source_port)))
+            sends.append((encode_map_reply(query.nonce, records),
+                          (socket.inet_ntop(self._socket_family, itr.packed), query.reply_port)))
         if forwards:
-            forwarded = encode(dataclasses.replace(ecm, to_etr=True))
+            forwarded = encode(dataclasses.replace(query.decoded_ecm(), to_etr=True))
             sends += [(forwarded, target) for target in forwards]
         outcome = "forwarded" if forwards else "negative" if negative else "answered"
         return Resolution(outcome, sends)
