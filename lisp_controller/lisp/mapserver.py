@@ -23,14 +23,14 @@ import socket
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from lisp_controller.lisp.addresses import EncapsulationFormatAddress, InstanceIdAddress
+from lisp_controller.lisp.addresses import EncapsulationFormatAddress, InstanceIdAddress, encode_address
 from lisp_controller.lisp.auth import sign, verify
 from lisp_controller.lisp.common_request import Query, ip_eid
 from lisp_controller.lisp.config import LispSettings, Site, SitePrefix
 from lisp_controller.lisp.messages import (LISP_CONTROL_PORT, EncapsulatedControlMessage, MapNotify, MapRegister,
                                           encode, encode_map_reply)
 from lisp_controller.lisp.negative import PrefixOrder
-from lisp_controller.lisp.records import Action, EidRecord, LocatorRecord, encode_eid_record
+from lisp_controller.lisp.records import Action, EidRecord, LocatorRecord, eid_record_bytes, encode_locator
 from lisp_controller.model import IID_MAX, PRIORITY_UNUSED, MapCache, Mapping, Prefix, Rloc
 
 # RFC 9301 section 8.2: ETRs register every minute and a Map-Server drops a
@@ -40,6 +40,7 @@ DEFAULT_REGISTRATION_MINUTES = 3
 DEFAULT_REPLY_TTL = 1440          # minutes an ITR may cache a Map-Reply (RFC 9301 section 5.4's default)
 UNREGISTERED_TTL = 1              # RFC 9301 section 8.3: inside a site's prefix, nobody registered yet
 MAX_CACHED_ANSWERS = 200_000      # encoded positive answers kept (see MapResolver._answers)
+MAX_RLOC_SETS = 10_000            # encoded RLOC sets kept (see MapResolver._locators_of)
 
 _ACTION_OF_RECORD = {Action.NO_ACTION: "no-action", Action.NATIVELY_FORWARD: "native-forward",
                      Action.SEND_MAP_REQUEST: "send-map-request"}
@@ -266,6 +267,7 @@ class MapResolver:
         self._answers: dict[tuple, bytes] = {}
         self._answered_from: dict[tuple, Mapping] = {}
         self._answers_at = -1   # order.changes when they were made
+        self._locators: dict[tuple[Rloc, ...], bytes] = {}   # see _locators_of
 
     def resolve(self, request: EncapsulatedControlMessage | Query) -> Resolution:
         """Answer an ECM: decoded by the codec, or its ``Query`` as
@@ -318,20 +320,32 @@ class MapResolver:
         if self._answered_from.get(key) is m:
             return self._answers[key]
         prefix = self.order.narrowed(m.iid, address, m.eid)
-        locators = tuple(LocatorRecord(r.address, r.priority, min(r.weight, 255)) for r in m.rlocs)
-        action = Action.NO_ACTION if locators else _RECORD_ACTION.get(m.action, Action.DROP_NO_REASON)
-        record = encode_eid_record(EidRecord(_eid(m.iid, prefix, wrap), prefix.prefixlen, locators, ttl, action))
+        action = Action.NO_ACTION if m.rlocs else _RECORD_ACTION.get(m.action, Action.DROP_NO_REASON)
+        record = eid_record_bytes(encode_address(_eid(m.iid, prefix, wrap)), prefix.prefixlen,
+                                  self._locators_of(m.rlocs), len(m.rlocs), ttl, action)
         if prefix == m.eid:   # not narrowed: the same answer for every address it holds
             self._answers[key] = record
             self._answered_from[key] = m
         return record
+
+    def _locators_of(self, rlocs: tuple[Rloc, ...]) -> bytes:
+        """The locator records of an RLOC set, encoded once per set: the
+        mappings of a site share the few RLOC sets of its ETRs, and making
+        and encoding the records was half of a first answer's cost."""
+        encoded = self._locators.get(rlocs)
+        if encoded is None:
+            if len(self._locators) >= MAX_RLOC_SETS:
+                self._locators.clear()
+            encoded = self._locators[rlocs] = b"".join(
+                encode_locator(LocatorRecord(r.address, r.priority, min(r.weight, 255))) for r in rlocs)
+        return encoded
 
     def _negative(self, iid: int, address, wrap: bool) -> bytes:
         sites = self.server.prefixes(iid)
         hole = self.order.hole(iid, address, sites) or Prefix(address.version, int(address), address.max_prefixlen)
         inside_site = any(address in p for p in sites)
         ttl = UNREGISTERED_TTL if inside_site else self.settings.negative_ttl
-        return encode_eid_record(EidRecord(_eid(iid, hole, wrap), hole.prefixlen, (), ttl, self.negative_action))
+        return eid_record_bytes(encode_address(_eid(iid, hole, wrap)), hole.prefixlen, b"", 0, ttl, self.negative_action)
 
 
 def _eid(iid: int, prefix: Prefix, wrap: bool):
