@@ -21,7 +21,7 @@ import heapq
 import ipaddress
 import socket
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 from lisp_controller.lisp.addresses import EncapsulationFormatAddress, InstanceIdAddress, encode_address
 from lisp_controller.lisp.auth import sign, verify
@@ -236,11 +236,11 @@ class MapServer:
         return gone
 
 
-@dataclass(frozen=True)
-class Resolution:
+class Resolution(NamedTuple):
     """What a Map-Request comes to: ``outcome`` is answered, negative or
     forwarded (the label of lisp_map_requests_total), ``sends`` the
-    datagrams that carry it."""
+    datagrams that carry it. (A named tuple: made once per request, and a
+    frozen dataclass pays ``object.__setattr__`` per field.)"""
 
     outcome: str
     sends: list[Send]
