@@ -3,6 +3,7 @@ framing rules, the guard's host names and the metrics' text."""
 from __future__ import annotations
 
 import email.parser
+import random
 from types import SimpleNamespace
 
 import pytest
@@ -139,3 +140,23 @@ def test_metrics_are_exact_integers_per_controller_with_histograms_and_bridge_se
                  "lisp_openflow_errors", "lisp_map_cache_misses", "lisp_flows_repaired"):
         assert name in families, name
     assert families["lisp_sync_duration_seconds"].type == "histogram"
+
+
+def test_the_control_histograms_render_as_the_library_would():
+    """They are plain numbers (api/metrics.py, PlainHistogram); the text at
+    /metrics must be what prometheus-client's Histogram writes for the same
+    observations, bounds included."""
+    from prometheus_client import CollectorRegistry, Histogram
+    from lisp_controller.api.metrics import CONTROL_BUCKETS, CONTROL_HISTOGRAMS, render
+    rng = random.Random(5)
+    values = [rng.choice(CONTROL_BUCKETS) for _ in range(50)] + [rng.expovariate(1000) for _ in range(500)] + [3.0]
+    m = Metrics(FakeController(mappings=0, desired=0))
+    registry = CollectorRegistry(auto_describe=True)
+    reference = Histogram("lisp_map_request_seconds", CONTROL_HISTOGRAMS["lisp_map_request_seconds"],
+                          buckets=CONTROL_BUCKETS, registry=registry)
+    for value in values:
+        m.observe("lisp_map_request_seconds", value)
+        reference.observe(value)
+    ours = [line for line in m.render().splitlines() if "lisp_map_request_seconds" in line]
+    assert ours == [line for line in render(registry.collect()).splitlines()]
+    assert 'lisp_map_request_seconds_bucket{le="+Inf"} 551' in ours

@@ -130,10 +130,13 @@ class ControlListener:
     ``on(MapRegister, handler, refused=..., rate=..., latency=...)``:
     datagrams of that type are rate-limited per source, decoded and given to
     ``handler(message, raw, source)``, which returns the datagrams to send
-    (or raises ``Refused``). ``refused(reason, source)`` hears of each
-    datagram of that type refused before or by the handler; the time from
-    receipt to the answer being ready goes to the histogram ``latency``.
-    Types without a handler are dropped undecoded and counted."""
+    (or raises ``Refused``). ``decoder`` (the codec's ``decode`` unless
+    given, as ``common_request.decode_request`` for Map-Requests) makes the
+    message or raises ``LispDecodeError``. ``refused(reason, source)``
+    hears of each datagram of that type refused before or by the handler;
+    the time from receipt to the answer being ready goes to the histogram
+    ``latency``. Types without a handler are dropped undecoded and
+    counted."""
 
     def __init__(self, address: str, port: int, metrics=None, max_sources: int = 65536,
                  clock: Callable[[], float] = time.monotonic):
@@ -145,9 +148,10 @@ class ControlListener:
         self.sock: socket.socket | None = None
 
     def on(self, message_class: type, handler: Handler, refused: RefusedCallback = lambda r, s: None,
-           rate: float | None = None, latency: str | None = None) -> None:
+           rate: float | None = None, latency: str | None = None,
+           decoder: Callable[[bytes], object] = decode) -> None:
         limiter = RateLimiter(rate, self.max_sources, self.clock) if rate is not None else None
-        self._handlers[message_class.TYPE] = (handler, refused, limiter, latency)
+        self._handlers[message_class.TYPE] = (handler, refused, limiter, latency, decoder)
 
     def count(self, name: str, **labels: str) -> None:
         self.metrics.inc(name, **labels)
@@ -169,19 +173,36 @@ class ControlListener:
         return sock
 
     def serve(self) -> None:
-        """Receive and answer forever (run in its own greenthread)."""
+        """Receive and answer forever (run in its own greenthread).
+
+        Datagrams are read and answers sent on the OS socket itself, which
+        eventlet's green socket keeps non-blocking as ``fd``: its wrapper
+        adds a layer of Python per call, about a third of the time per
+        answer in a profile of the live process (docs/performance.rst). So
+        every datagram already queued is read without going through the
+        hub, and only when none is left does the greenthread wait, in the
+        green socket's ``recvfrom``; a send that would block waits in its
+        ``sendto`` the same way. Unpatched (no ``fd``), the socket is used
+        as it is."""
         sock = self.sock or self.bind()
+        direct = getattr(sock, "fd", sock)
         handled = 0
         while True:
             try:
-                data, peer = sock.recvfrom(MAX_DATAGRAM)
+                try:
+                    data, peer = direct.recvfrom(MAX_DATAGRAM)
+                except BlockingIOError:   # none queued: wait for the next one on the hub
+                    data, peer = sock.recvfrom(MAX_DATAGRAM)
             except OSError as e:   # e.g. ICMP port unreachable reported on the socket
                 self.count("lisp_control_dropped_total", reason="socket-error")
                 LOG.debug("LISP control socket: %s", e)
                 continue
             for payload, target in self.handle(data, (peer[0], peer[1])):
                 try:
-                    sock.sendto(payload, target)
+                    try:
+                        direct.sendto(payload, target)
+                    except BlockingIOError:   # the send buffer is full: wait for room on the hub
+                        sock.sendto(payload, target)
                 except OSError as e:
                     self.count("lisp_control_dropped_total", reason="send-failed")
                     if self.should_log(target[0], "send-failed"):
@@ -200,14 +221,14 @@ class ControlListener:
             self.count("lisp_control_dropped_total", reason=reason)
             self._log(source, reason, f"message type {kind} has no handler here")
             return []
-        handler, refused, limiter, latency = entry
+        handler, refused, limiter, latency, decoder = entry
         name = _TYPES[kind].__name__ if kind in _TYPES else str(kind)
         started = time.perf_counter()
         try:
             if limiter is not None and not limiter.allow(source[0]):
                 raise Refused("rate-limited", f"more than {limiter.rate:g} {name} per second")
             try:
-                message = decode(data)
+                message = decoder(data)
             except LispDecodeError as e:
                 raise Refused(decode_refusal(e), str(e)) from None
             sends = list(handler(message, data, source))

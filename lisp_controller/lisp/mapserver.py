@@ -21,15 +21,16 @@ import heapq
 import ipaddress
 import socket
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
-from lisp_controller.lisp.addresses import EncapsulationFormatAddress, InstanceIdAddress
+from lisp_controller.lisp.addresses import EncapsulationFormatAddress, InstanceIdAddress, encode_address
 from lisp_controller.lisp.auth import sign, verify
+from lisp_controller.lisp.common_request import Query, ip_eid
 from lisp_controller.lisp.config import LispSettings, Site, SitePrefix
 from lisp_controller.lisp.messages import (LISP_CONTROL_PORT, EncapsulatedControlMessage, MapNotify, MapRegister,
-                                          MapRequest, encode, encode_map_reply)
+                                          encode, encode_map_reply)
 from lisp_controller.lisp.negative import PrefixOrder
-from lisp_controller.lisp.records import Action, EidRecord, LocatorRecord, encode_eid_record
+from lisp_controller.lisp.records import Action, EidRecord, LocatorRecord, eid_record_bytes, encode_locator
 from lisp_controller.model import IID_MAX, PRIORITY_UNUSED, MapCache, Mapping, Prefix, Rloc
 
 # RFC 9301 section 8.2: ETRs register every minute and a Map-Server drops a
@@ -39,6 +40,7 @@ DEFAULT_REGISTRATION_MINUTES = 3
 DEFAULT_REPLY_TTL = 1440          # minutes an ITR may cache a Map-Reply (RFC 9301 section 5.4's default)
 UNREGISTERED_TTL = 1              # RFC 9301 section 8.3: inside a site's prefix, nobody registered yet
 MAX_CACHED_ANSWERS = 200_000      # encoded positive answers kept (see MapResolver._answers)
+MAX_RLOC_SETS = 10_000            # encoded RLOC sets kept (see MapResolver._locators_of)
 
 _ACTION_OF_RECORD = {Action.NO_ACTION: "no-action", Action.NATIVELY_FORWARD: "native-forward",
                      Action.SEND_MAP_REQUEST: "send-map-request"}
@@ -90,13 +92,11 @@ def eid_of(address: object) -> tuple[int, ipaddress.IPv4Address | ipaddress.IPv6
     """(IID, address) of an EID as records carry it: an Instance-ID LCAF
     around an IPv4/IPv6 address, or a bare address (IID 0). Anything else
     raises Refused("bad-lcaf")."""
+    found = ip_eid(address)
+    if found is not None:
+        return found
     if isinstance(address, InstanceIdAddress):
-        inner = address.address
-        if isinstance(inner, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
-            return address.instance_id, inner
-        raise Refused("bad-lcaf", f"an Instance-ID LCAF around {type(inner).__name__}")
-    if isinstance(address, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
-        return 0, address
+        raise Refused("bad-lcaf", f"an Instance-ID LCAF around {type(address.address).__name__}")
     raise Refused("bad-lcaf", f"EID is a {type(address).__name__}")
 
 
@@ -236,11 +236,11 @@ class MapServer:
         return gone
 
 
-@dataclass(frozen=True)
-class Resolution:
+class Resolution(NamedTuple):
     """What a Map-Request comes to: ``outcome`` is answered, negative or
     forwarded (the label of lisp_map_requests_total), ``sends`` the
-    datagrams that carry it."""
+    datagrams that carry it. (A named tuple: made once per request, and a
+    frozen dataclass pays ``object.__setattr__`` per field.)"""
 
     outcome: str
     sends: list[Send]
@@ -267,13 +267,16 @@ class MapResolver:
         self._answers: dict[tuple, bytes] = {}
         self._answered_from: dict[tuple, Mapping] = {}
         self._answers_at = -1   # order.changes when they were made
+        self._locators: dict[tuple[Rloc, ...], bytes] = {}   # see _locators_of
 
-    def resolve(self, ecm: EncapsulatedControlMessage) -> Resolution:
-        request = ecm.message
-        if type(request) is not MapRequest:
-            raise Refused("not-a-map-request", type(request).__name__)
+    def resolve(self, request: EncapsulatedControlMessage | Query) -> Resolution:
+        """Answer an ECM: decoded by the codec, or its ``Query`` as
+        ``common_request.recognise`` read it (the same answer either way)."""
+        query = request if type(request) is Query else Query.of(request)
+        if query is None:
+            raise Refused("not-a-map-request", type(request.message).__name__)
         itr_type = self._itr_type
-        for itr in request.itr_rlocs:
+        for itr in query.itr_rlocs:
             if type(itr) is itr_type:
                 break
         else:
@@ -281,12 +284,8 @@ class MapResolver:
         records: list[bytes] = []
         forwards: dict[Source, None] = {}
         negative = True
-        for asked in request.records:
-            try:
-                iid, address = eid_of(asked.eid)
-            except Refused:
-                continue   # an EID we cannot look up (AFI 0 in a triggered RLOC-probe, a geo LCAF)
-            wrap = type(asked.eid) is InstanceIdAddress
+        # query.eids leaves out EIDs we cannot look up (AFI 0 in a triggered RLOC-probe, a geo LCAF).
+        for iid, address, wrap in query.eids:
             found = self.cache.lookup(iid, address) if iid <= IID_MAX else None
             if found is None:
                 records.append(self._negative(iid, address, wrap))
@@ -304,10 +303,10 @@ class MapResolver:
             raise Refused("no-usable-record", "no EID record we can look up")
         sends: list[Send] = []
         if records:
-            sends.append((encode_map_reply(request.nonce, records),
-                          (socket.inet_ntop(self._socket_family, itr.packed), ecm.inner_source_port)))
+            sends.append((encode_map_reply(query.nonce, records),
+                          (socket.inet_ntop(self._socket_family, itr.packed), query.reply_port)))
         if forwards:
-            forwarded = encode(dataclasses.replace(ecm, to_etr=True))
+            forwarded = encode(dataclasses.replace(query.decoded_ecm(), to_etr=True))
             sends += [(forwarded, target) for target in forwards]
         outcome = "forwarded" if forwards else "negative" if negative else "answered"
         return Resolution(outcome, sends)
@@ -321,20 +320,32 @@ class MapResolver:
         if self._answered_from.get(key) is m:
             return self._answers[key]
         prefix = self.order.narrowed(m.iid, address, m.eid)
-        locators = tuple(LocatorRecord(r.address, r.priority, min(r.weight, 255)) for r in m.rlocs)
-        action = Action.NO_ACTION if locators else _RECORD_ACTION.get(m.action, Action.DROP_NO_REASON)
-        record = encode_eid_record(EidRecord(_eid(m.iid, prefix, wrap), prefix.prefixlen, locators, ttl, action))
+        action = Action.NO_ACTION if m.rlocs else _RECORD_ACTION.get(m.action, Action.DROP_NO_REASON)
+        record = eid_record_bytes(encode_address(_eid(m.iid, prefix, wrap)), prefix.prefixlen,
+                                  self._locators_of(m.rlocs), len(m.rlocs), ttl, action)
         if prefix == m.eid:   # not narrowed: the same answer for every address it holds
             self._answers[key] = record
             self._answered_from[key] = m
         return record
+
+    def _locators_of(self, rlocs: tuple[Rloc, ...]) -> bytes:
+        """The locator records of an RLOC set, encoded once per set: the
+        mappings of a site share the few RLOC sets of its ETRs, and making
+        and encoding the records was half of a first answer's cost."""
+        encoded = self._locators.get(rlocs)
+        if encoded is None:
+            if len(self._locators) >= MAX_RLOC_SETS:
+                self._locators.clear()
+            encoded = self._locators[rlocs] = b"".join(
+                encode_locator(LocatorRecord(r.address, r.priority, min(r.weight, 255))) for r in rlocs)
+        return encoded
 
     def _negative(self, iid: int, address, wrap: bool) -> bytes:
         sites = self.server.prefixes(iid)
         hole = self.order.hole(iid, address, sites) or Prefix(address.version, int(address), address.max_prefixlen)
         inside_site = any(address in p for p in sites)
         ttl = UNREGISTERED_TTL if inside_site else self.settings.negative_ttl
-        return encode_eid_record(EidRecord(_eid(iid, hole, wrap), hole.prefixlen, (), ttl, self.negative_action))
+        return eid_record_bytes(encode_address(_eid(iid, hole, wrap)), hole.prefixlen, b"", 0, ttl, self.negative_action)
 
 
 def _eid(iid: int, prefix: Prefix, wrap: bool):

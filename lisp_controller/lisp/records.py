@@ -8,6 +8,7 @@ zero; none of the implementations we have captured set them.
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass
 
 from .addresses import (Address, Reader, _check_address, _check_range,
@@ -30,6 +31,8 @@ _LOCAL, _PROBED, _REACHABLE = 0x4, 0x2, 0x1
 _ACTION_SHIFT, _AUTHORITATIVE = 13, 0x1000
 _EID_RECORD_HEADER = 12   # TTL, counts, ACT/A, version, EID-prefix AFI
 _LOCATOR_HEADER = 8       # priorities/weights, flags, locator AFI
+_EID_RECORD = struct.Struct("!IBBHH")   # TTL, locator count, mask-len, ACT/A, Map-Version
+_LOCATOR = struct.Struct("!BBBBH")      # priority, weight, multicast priority and weight, flags
 
 
 @dataclass(frozen=True)
@@ -104,8 +107,8 @@ class MapRequestRecord:
 def encode_locator(locator: LocatorRecord) -> bytes:
     flags = (_LOCAL if locator.local else 0) | (_PROBED if locator.probed else 0) \
         | (_REACHABLE if locator.reachable else 0)
-    return (bytes((locator.priority, locator.weight, locator.multicast_priority, locator.multicast_weight))
-            + flags.to_bytes(2, "big") + encode_address(locator.address))
+    return _LOCATOR.pack(locator.priority, locator.weight, locator.multicast_priority, locator.multicast_weight,
+                         flags) + encode_address(locator.address)
 
 
 def decode_locator(reader: Reader) -> LocatorRecord:
@@ -117,10 +120,17 @@ def decode_locator(reader: Reader) -> LocatorRecord:
 
 
 def encode_eid_record(record: EidRecord) -> bytes:
-    act_a = (int(record.action) << _ACTION_SHIFT) | (_AUTHORITATIVE if record.authoritative else 0)
-    return (record.ttl.to_bytes(4, "big") + bytes((len(record.locators), record.mask_len))
-            + act_a.to_bytes(2, "big") + record.map_version.to_bytes(2, "big")
-            + encode_address(record.eid) + b"".join(encode_locator(loc) for loc in record.locators))
+    return eid_record_bytes(encode_address(record.eid), record.mask_len, b"".join(map(encode_locator, record.locators)),
+                            len(record.locators), record.ttl, record.action, record.authoritative, record.map_version)
+
+
+def eid_record_bytes(eid: bytes, mask_len: int, locators: bytes, locator_count: int, ttl: int, action: int,
+                     authoritative: bool = False, map_version: int = 0) -> bytes:
+    """An EID record around its EID and locator records already encoded
+    (``encode_address``, ``encode_locator``): how a Map-Resolver writes an
+    answer whose RLOC set it encoded before (docs/control-plane.rst)."""
+    act_a = (action << _ACTION_SHIFT) | (_AUTHORITATIVE if authoritative else 0)
+    return _EID_RECORD.pack(ttl, locator_count, mask_len, act_a, map_version) + eid + locators
 
 
 def decode_eid_record(reader: Reader) -> EidRecord:

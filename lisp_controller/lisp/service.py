@@ -18,6 +18,7 @@ import time
 from os_ken.lib import hub
 
 from lisp_controller.controller.state import Change
+from lisp_controller.lisp.common_request import Query, decode_request
 from lisp_controller.lisp.config import ALGORITHM_NAMES, LispSettings
 from lisp_controller.lisp.listener import ControlListener
 from lisp_controller.lisp.mapserver import Key, MapResolver, MapServer, Registration, Send, Source
@@ -46,7 +47,7 @@ class MappingSystem:
         self.listener.on(MapRegister, self._register, self._register_refused, settings.register_rate,
                          "lisp_map_register_seconds")
         self.listener.on(EncapsulatedControlMessage, self._request, self._request_refused,
-                         settings.request_rate, "lisp_map_request_seconds")
+                         settings.request_rate, "lisp_map_request_seconds", decode_request)
         self._pending: dict[Key, Mapping | None] = {}   # learned (or None: forget) since the last commit
         self._wake = hub.Event()
 
@@ -73,7 +74,7 @@ class MappingSystem:
     def _register_refused(self, reason: str, source: Source) -> None:
         self.metrics.inc("lisp_map_registers_refused_total", reason=reason)
 
-    def _request(self, message: EncapsulatedControlMessage, raw: bytes, source: Source) -> list[Send]:
+    def _request(self, message: EncapsulatedControlMessage | Query, raw: bytes, source: Source) -> list[Send]:
         resolution = self.resolver.resolve(message)
         self.metrics.inc("lisp_map_requests_total", outcome=resolution.outcome)
         return resolution.sends
