@@ -112,20 +112,27 @@ class SlowDatapath(AnsweringDatapath):
                 self.switch.on_reply(SimpleNamespace(xid=xid, flags=0))
 
 
-def test_a_message_sent_during_a_big_bundle_waits_behind_a_bounded_part_of_it():
-    # The bundle's writer waits for the switch to confirm what it has
-    # parsed, so a learned flow sent meanwhile is not queued behind the
-    # whole bundle but behind at most IN_FLIGHT bytes of it.
+def _bundle_on_a_slow_switch(pace_bundles: bool):
+    """A switch that answers only when told, and a bundle open on it, with
+    the writes so far forgotten."""
     dp = SlowDatapath()
-    sw = dp.switch = Switch(dp, "br-test")
-    mods = _flow_mods(8 * IN_FLIGHT // 150)
-    urgent = mods.pop()[1]
+    sw = dp.switch = Switch(dp, "br-test", pace_bundles=pace_bundles)
     opened = []
     hub.spawn(lambda: opened.append(sw.open_bundle()))
     wait_until(lambda: dp.unanswered, timeout=5)
     dp.answer()
     bundle = wait_until(lambda: opened, timeout=5)[0]
     dp.writes.clear()
+    return dp, sw, bundle
+
+
+def test_a_message_sent_during_a_big_bundle_waits_behind_a_bounded_part_of_it():
+    # The bundle's writer waits for the switch to confirm what it has
+    # parsed, so a learned flow sent meanwhile is not queued behind the
+    # whole bundle but behind at most IN_FLIGHT bytes of it.
+    dp, sw, bundle = _bundle_on_a_slow_switch(pace_bundles=True)
+    mods = _flow_mods(8 * IN_FLIGHT // 150)
+    urgent = mods.pop()[1]
     done = []
     hub.spawn(lambda: done.append(bundle.add_many(mods, batch=True)))
     wait_until(lambda: dp.writes, timeout=5)
@@ -152,15 +159,8 @@ def test_without_pacing_a_big_bundle_goes_out_without_waiting_for_the_switch():
     # A controller that resolves no misses has nothing urgent to send
     # during a bulk: its bundle is written whole, with no barrier between
     # its parts, however slowly the switch answers.
-    dp = SlowDatapath()
-    sw = dp.switch = Switch(dp, "br-test", pace_bundles=False)
+    dp, sw, bundle = _bundle_on_a_slow_switch(pace_bundles=False)
     mods = _flow_mods(8 * IN_FLIGHT // 150)
-    opened = []
-    hub.spawn(lambda: opened.append(sw.open_bundle()))
-    wait_until(lambda: dp.unanswered, timeout=5)
-    dp.answer()
-    bundle = wait_until(lambda: opened, timeout=5)[0]
-    dp.writes.clear()
     bundle.add_many(mods, batch=True)  # returns though the switch answered nothing
     messages = _messages(dp.writes)
     assert [mtype for _, mtype, _ in messages].count(20) == 0  # no barrier request
