@@ -19,7 +19,7 @@ Layout under the prefix P (store/segments.py has the values):
   shared with store/membership.py through `share_lease`): the keys that
   exist are the controllers alive. A writer waits on them
   (`wait_applied`, by a watch) until every other controller's bridges hold
-  its change.
+  its change; store/applied_board.py keeps and follows them.
 
 A change that fits one request is written with the head in one
 transaction. A bigger one (100,000 mappings are about 9 MB; etcd takes
@@ -53,6 +53,7 @@ from typing import Callable, ContextManager, Iterable, Iterator
 
 from lisp_controller.config import EtcdSettings
 from lisp_controller.model import Endpoint, Mapping
+from lisp_controller.store.applied_board import AppliedBoard, cut
 from lisp_controller.store.base import REQUEST_KEEP, Listener, Request, StoreError, StoreStale
 from lisp_controller.store.etcdclient import (CUT, Cluster, Compacted, Failure, NotCommitted, Refused, Uncertain,
                                               b64, range_end, unb64)
@@ -67,11 +68,6 @@ SYNC_INTERVAL = 2.0  # seconds between checks that the watch keeps up
 GC_INTERVAL = 60.0  # seconds between looks for chunks of dead writers
 PAGE = 8  # chunks per read
 MERGE_MAX = 100  # segments merged at once (one op each in the commit)
-# Seconds the applied/ key of a store without a shared lease (a store used
-# on its own, as the tests and bench/etcd.py do) outlives it; a controller
-# shares its instance's lease instead (store/lease.py, `share_lease`).
-PEER_TTL = 10
-PEER_RENEW = 1.0  # seconds between looks at the lease (a new one after a loss: the key is put again)
 
 
 class EtcdStore:
@@ -101,16 +97,9 @@ class EtcdStore:
         self._stream = None
         self.watching: str | None = None  # the member the watch reads from
         self._merging = False
-        # What this controller's bridges hold (`applied`), and what every
-        # controller alive said of its own (`wait_applied`), by instance.
         self.instance = self._writer
-        self._applied: int | None = None
-        self._applied_wake = threading.Event()
-        self._peers: dict[str, int] = {}
-        self._peers_changed = threading.Condition()
-        self._peer_stream = None
-        self._shared: Lease | None = None  # the instance's lease, once shared
-        self._peer_lease: Lease | None = None  # the lease applied/ is on
+        self._board = AppliedBoard(self._cluster, self._p, settings, self._password, self.instance, self.name,
+                                   self._closed)
         try:
             self._cluster.authenticate()
             self._read_head()
@@ -418,8 +407,8 @@ class EtcdStore:
         self._listener, self._lock = on_change, lock
         self._spawn(self._watch_loop, "etcd-watch")
         self._spawn(self._check_loop, "etcd-check")
-        self._spawn(self._publish_loop, "etcd-applied")
-        self._spawn(self._peers_loop, "etcd-peers")
+        self._spawn(self._board.publish_loop, "etcd-applied")
+        self._spawn(self._board.follow_loop, "etcd-peers")
 
     def catch_up(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -544,119 +533,26 @@ class EtcdStore:
 
     def _restart_watch(self) -> None:
         """Cut the watches' streams (the loops start them again, elsewhere)."""
-        for resp in (self._stream, self._peer_stream):
-            if resp is None:
-                continue
-            with contextlib.suppress(Exception):
-                resp.raw._connection.sock.shutdown(socket.SHUT_RDWR)
-            with contextlib.suppress(Exception):
-                resp.close()
+        cut(self._stream)
+        self._board.cut_stream()
 
-    # -- what the controllers' bridges hold ----------------------------------------------
+    # -- what the controllers' bridges hold (store/applied_board.py) ------------------
     def share_lease(self, lease: Lease, instance: str) -> None:
-        """Put ``applied/<instance>`` on `lease`, the instance's own (which
-        its owner grants and renews), instead of a lease of the store's:
-        one lease per instance. Before `follow`."""
-        self._shared, self.instance = lease, instance
+        """``applied/<instance>`` goes on the instance's own lease: one lease
+        per instance. Before `follow`."""
+        self.instance = instance
+        self._board.share_lease(lease, instance)
 
     def applied(self, seq: int) -> None:
-        if self._applied is None or seq > self._applied:
-            self._applied = seq
-            self._applied_wake.set()
-
-    def _publish_loop(self) -> None:
-        """Keep ``applied/<instance>`` saying `_applied`, on the instance's
-        lease (or one of the store's own, granted here): a controller that
-        dies (or loses etcd) drops out of every writer's wait when the lease
-        ends. A new lease after a loss: the key is put again on it."""
-        key = f"{self._p}applied/{self.instance}"
-        own = self._shared is None
-        lease = self._peer_lease = self._shared or Lease(self._settings, PEER_TTL, self._password,
-                                                         name=f"store {self.name}")
-        if own:
-            lease.observe_requests(self._cluster.observe)
-        published, delay, complained = None, 0.1, False
-        while not self._closed.is_set():
-            try:
-                if own:
-                    lease.drain()
-                    if lease.id == 0:
-                        lease.grant()
-                target, lease_id = self._applied, lease.id
-                if target is not None and lease_id and (lease_id, target) != published:
-                    self._cluster.call("kv/put", {"key": b64(key), "value": b64(json.dumps({"seq": target})),
-                                                  "lease": lease_id}, idempotent=True)
-                    published = (lease_id, target)
-                delay, complained = 0.1, False
-            except (Failure, KeyError, ValueError) as e:
-                if not self._closed.is_set() and not complained:
-                    LOG.warning("store %s: cannot say which changes this controller applied (%s); "
-                                "trying again", self.name, e)
-                    complained = True
-                self._closed.wait(delay)
-                delay = min(2 * delay, 1.0)
-                continue
-            self._applied_wake.wait(PEER_RENEW)
-            self._applied_wake.clear()
-
-    def _peers_loop(self) -> None:
-        """Follow every ``applied/`` key: read them all, then watch them."""
-        prefix = f"{self._p}applied/"
-        delay = 0.1
-        while not self._closed.is_set():
-            try:
-                answer = self._cluster.call("kv/range", {"key": b64(prefix), "range_end": b64(range_end(prefix))},
-                                            idempotent=True)
-                peers = {unb64(kv["key"]).decode()[len(prefix):]: _applied_seq(kv)
-                         for kv in answer.get("kvs") or ()}
-                with self._peers_changed:
-                    self._peers = peers
-                    self._peers_changed.notify_all()
-                start = int(answer["header"]["revision"]) + 1
-                for event in self._cluster.watch(prefix, start, self._on_peer_stream, prefix=True):
-                    instance = unb64(event["kv"]["key"]).decode()[len(prefix):]
-                    with self._peers_changed:
-                        if event.get("type") == "DELETE":
-                            self._peers.pop(instance, None)
-                        else:
-                            self._peers[instance] = _applied_seq(event["kv"])
-                        self._peers_changed.notify_all()
-                    delay = 0.1
-            except CUT as e:
-                if not self._closed.is_set():
-                    LOG.debug("store %s: watch of the controllers interrupted (%s)", self.name, e)
-            except Exception:
-                if not self._closed.is_set():
-                    LOG.exception("store %s: watch of the controllers failed", self.name)
-            finally:
-                self._peer_stream = None
-            if self._closed.wait(delay):
-                return
-            delay = min(2 * delay, 2.0)
-
-    def _on_peer_stream(self, resp, url: str) -> None:
-        self._peer_stream = resp
+        self._board.applied(seq)
 
     def peers(self) -> dict[str, int]:
         """Every controller alive (this one too, once it said so), and the
         change its bridges hold."""
-        with self._peers_changed:
-            return dict(self._peers)
+        return self._board.peers()
 
     def wait_applied(self, seq: int, timeout: float) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        with self._peers_changed:
-            others = sorted(p for p in self._peers if p != self.instance)
-            while True:
-                behind = [p for p in others if self._peers.get(p, seq) < seq]
-                remaining = deadline - time.monotonic()
-                if not behind or remaining <= 0:
-                    break
-                self._peers_changed.wait(remaining)
-            peers = dict(self._peers)
-        return [{"instance": p, "applied": peers.get(p),
-                 "status": "gone" if p not in peers else "confirmed" if peers[p] >= seq else "timeout"}
-                for p in others]
+        return self._board.wait_applied(seq, timeout)
 
     def collect_garbage(self) -> list[str]:
         """Delete the chunks of segments that no head names and no live
@@ -684,22 +580,13 @@ class EtcdStore:
 
     def close(self) -> None:
         self._closed.set()
-        self._applied_wake.set()
+        self._board.close()
         self._restart_watch()
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=5)
-        own = self._peer_lease if self._peer_lease is not self._shared else None
-        if own is not None:  # the others stop waiting for this controller at once
-            with contextlib.suppress(Failure):
-                own.revoke()
-            own.close()
+        self._board.revoke_own_lease()  # the others stop waiting for this controller at once
         self._cluster.close()
-
-
-def _applied_seq(kv: dict) -> int:
-    """The change number an ``applied/`` key says."""
-    return int(json.loads(unb64(kv.get("value", "")))["seq"])
 
 
 def _ranged(answer: dict, index: int) -> dict | None:
