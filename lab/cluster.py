@@ -26,7 +26,6 @@ import http.client
 import json
 import re
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -37,7 +36,8 @@ from typing import Iterator, Sequence
 
 from lab.etcd import FAST_ELECTION, EtcdCluster, free_ports
 from lab.serve import ServeProcess, spawn_here
-from lab.testbed import Hypervisor, Testbed, _sigterm_as_interrupt, wait_until
+from lab.console import stop_on_sigterm, until_interrupted
+from lab.testbed import Hypervisor, Testbed, wait_until
 from lisp_controller.config import ClusterSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -344,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="run the etcd members with etcd's default timings (heartbeat 100 ms, election "
                              "1000 ms) instead of 50/500 ms: etcd then grants no lease under 2 s")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    stop_on_sigterm()
     with contextlib.ExitStack() as stack:
         testbed = ov = None
         if args.hypervisors:
@@ -374,11 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for vm in ov.vms:
                 print(f"  {vm.name} ({vm.ip}): ip netns exec {vm.ns} ping ...")
             print(f"try: ip netns exec {c.ns} curl {c.instances[0].api_url}/v1/datapaths")
-        print("Ctrl-C stops everything and removes it.", flush=True)
-        try:
-            signal.pause()
-        except KeyboardInterrupt:
-            pass
+        until_interrupted("Ctrl-C stops everything and removes it.")
     return 0
 
 

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from lab.testbed import _cmdline, _pid_alive, _sigterm_as_interrupt, netns, wait_until
+from lab.console import stop_on_sigterm, until_interrupted
+from lab.testbed import _cmdline, _pid_alive, netns, wait_until
 
 ETCD = "etcd"
 
@@ -276,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="etcd's default timings (heartbeat 100 ms, election 1000 ms) instead of 50/500 ms: "
                              "etcd then grants no lease under 2 s")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    stop_on_sigterm()
     with EtcdCluster(args.size, extra_args=() if args.etcd_defaults else FAST_ELECTION) as c:
         print(f"etcd cluster of {args.size} members (data and logs in {c.tmpdir}):")
         for m in c.members:
@@ -284,11 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nput this in the controller's config:\n")
         print(c.store_section())
         print(f"try: ETCDCTL_API=3 etcdctl --endpoints={','.join(c.endpoints)} endpoint status -w table")
-        print("Ctrl-C stops every member and removes the data.", flush=True)
-        try:
-            signal.pause()
-        except KeyboardInterrupt:
-            pass
+        until_interrupted("Ctrl-C stops every member and removes the data.")
     return 0
 
 

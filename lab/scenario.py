@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -26,8 +25,8 @@ from lisp_controller.config import Config, load_config
 from lisp_controller.model import Endpoint
 from lisp_controller.pipeline.profiles import DEFAULT_UNDERLAY_MTU
 from lab.serve import ServeProcess
-from lab.testbed import (HOST, VM, Controller, Hypervisor, Router, Segment, Testbed,
-                      _sigterm_as_interrupt, wait_until)
+from lab.console import stop_on_sigterm, until_interrupted
+from lab.testbed import HOST, VM, Controller, Hypervisor, Router, Segment, Testbed, wait_until
 
 @dataclass
 class Topology:
@@ -206,11 +205,7 @@ def _cmd_host(args) -> int:
               f"bridge {hv.bridge}, OVS_RUNDIR={hv.rundir}")
         for vm in vms:
             print(f"  vm {vm.name}: ip netns exec {vm.ns} ...  ({vm.ip}, {vm.mac})")
-        print("ready", flush=True)
-        try:
-            signal.pause()
-        except KeyboardInterrupt:
-            pass
+        until_interrupted("ready")
     return 0
 
 
@@ -231,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     host.add_argument("--prefix", default=None, help="namespace name prefix (default: random)")
     host.set_defaults(func=_cmd_host)
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    stop_on_sigterm()
     return args.func(args)
 
 

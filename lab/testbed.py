@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from lisp_controller.pipeline.profiles import DEFAULT_PROFILE, PROFILES
+from lab.console import stop_on_sigterm, until_interrupted
 
 T = TypeVar("T")
 
@@ -1417,12 +1418,7 @@ def _cmd_demo_topology(args: argparse.Namespace) -> int:
                   f"on {vm.hv.name}:{vm.port_name}")
         print(f"example: OVS_RUNDIR={seed.hv1.rundir} ip netns exec {seed.hv1.ns} "
               f"ovs-ofctl -O OpenFlow13 dump-flows br2")
-        try:
-            # Inside the try: a SIGTERM may arrive as soon as this line is read.
-            print("Ctrl-C tears everything down.", flush=True)
-            signal.pause()
-        except KeyboardInterrupt:
-            pass
+        until_interrupted("Ctrl-C tears everything down.")
     return 0
 
 
@@ -1440,13 +1436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="install hand-written flows and static neighbours (no controller)")
     demo.set_defaults(func=_cmd_demo_topology)
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    stop_on_sigterm()
     return args.func(args)
-
-
-def _sigterm_as_interrupt(signum: int, frame: object) -> None:
-    """SIGTERM tears down exactly like Ctrl-C does."""
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
