@@ -23,7 +23,7 @@ import socket
 from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple
 
-from lisp_controller.lisp.addresses import EncapsulationFormatAddress, InstanceIdAddress, encode_address
+from lisp_controller.lisp.addresses import EncapsulationFormatAddress, InstanceIdAddress, eid_address_bytes
 from lisp_controller.lisp.auth import sign, verify
 from lisp_controller.lisp.common_request import Query, ip_eid
 from lisp_controller.lisp.config import LispSettings, Site, SitePrefix
@@ -321,7 +321,7 @@ class MapResolver:
             return self._answers[key]
         prefix = self.order.narrowed(m.iid, address, m.eid)
         action = Action.NO_ACTION if m.rlocs else _RECORD_ACTION.get(m.action, Action.DROP_NO_REASON)
-        record = eid_record_bytes(encode_address(_eid(m.iid, prefix, wrap)), prefix.prefixlen,
+        record = eid_record_bytes(eid_address_bytes(m.iid, *prefix[:2], wrap), prefix[2],
                                   self._locators_of(m.rlocs), len(m.rlocs), ttl, action)
         if prefix == m.eid:   # not narrowed: the same answer for every address it holds
             self._answers[key] = record
@@ -345,10 +345,4 @@ class MapResolver:
         hole = self.order.hole(iid, address, sites) or Prefix(address.version, int(address), address.max_prefixlen)
         inside_site = any(address in p for p in sites)
         ttl = UNREGISTERED_TTL if inside_site else self.settings.negative_ttl
-        return eid_record_bytes(encode_address(_eid(iid, hole, wrap)), hole.prefixlen, b"", 0, ttl, self.negative_action)
-
-
-def _eid(iid: int, prefix: Prefix, wrap: bool):
-    """The EID of a reply record, written the way the request wrote its own."""
-    address = prefix.network_address
-    return InstanceIdAddress(iid, address) if wrap or iid else address
+        return eid_record_bytes(eid_address_bytes(iid, *hole[:2], wrap), hole[2], b"", 0, ttl, self.negative_action)
