@@ -226,6 +226,27 @@ def test_lifetime_refresh_withdrawal_and_expiry():
     assert state.cache.get(IID, P("10.1.7.0/24")) is None and server.counts["A"] == 0
 
 
+def test_registrations_hold_nothing_the_cyclic_collector_walks():
+    """Registrations grow with the sites (100,000 EIDs and more) and are
+    soft state refreshed every minute; what they hold cannot reference
+    back, so none of it is tracked by the collector (its full collections
+    hold the hub), and registrations naming the same RLOCs share one set."""
+    import gc
+    _, clock, state, server, _ = world()
+    for n in range(3):
+        raw, message = register(record(f"10.1.{n}.0/24", "192.0.2.5", "192.0.2.6"))
+        apply(state, server.register(raw, message, ("192.0.2.5", 4342)))
+    gc.collect()   # what is left tracked now would be walked by every full collection
+    keys = list(server.registrations)
+    first, *others = (server.registrations[k] for k in keys)
+    assert all(other.mapping.rlocs is first.mapping.rlocs for other in others)
+    for key, registration in server.registrations.items():
+        rlocs = registration.mapping.rlocs
+        held = [key, key[1], registration, registration.xtr, *rlocs, *(r.address for r in rlocs), rlocs]
+        assert not [x for x in held if gc.is_tracked(x)], key
+    assert not [entry for entry in server._expiry if gc.is_tracked(entry)]
+
+
 def _lcaf_eid_record() -> EidRecord:
     return replace(record("10.1.8.0/24", "192.0.2.5"), eid=InstanceIdAddress(IID, UnknownLcafAddress(5, b"geo!")))
 
