@@ -12,7 +12,10 @@ the client runs in the same namespace, over loopback. Measured:
    are registered;
 2. Map-Requests answered per second with those EIDs registered: ECM
    Map-Requests for random registered EIDs, a window outstanding;
-3. their latency (p50, p99) at a steady 1,000 requests per second;
+3. their latency (p50, p99, max) at a steady 1,000 requests per second,
+   the controller's CPU per answer at that rate (every answer then wakes
+   it), and its own histogram's share answered within 0.5 and 1 ms of a
+   request's arrival during that run;
 
 and 2 and 3 again against a bare UDP echo server (a Python process that
 sends each datagram back, nothing else): the floor of any Python service on
@@ -29,6 +32,7 @@ import os
 import platform
 import random
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -202,6 +206,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def profile(pid: int | None, out: Path | None, seconds: float) -> subprocess.Popen | None:
+    """py-spy sampling ``pid`` for ``seconds`` into ``out`` (collapsed
+    stacks, one line per stack and thread: where the process's time
+    goes; without --idle py-spy leaves out what waits in the kernel, but
+    not sampling without stopping the process, so the hub's poll shows).
+    None when there is nothing to profile."""
+    if pid is None or out is None:
+        return None
+    py_spy = os.environ.get("PY_SPY") or shutil.which("py-spy")
+    if py_spy is None:
+        raise SystemExit("--profile needs py-spy on PATH or in $PY_SPY")
+    proc = subprocess.Popen([py_spy, "record", "--pid", str(pid), "--rate", "1000", "--duration",
+                             str(max(1, round(seconds))), "--format", "raw", "--output", str(out),
+                             "--nonblocking", "--threads"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)   # let it attach before the requests start
+    return proc
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -212,18 +234,26 @@ def registered(tb, ns: str) -> int:
     return body["sites"][0]["registered"]
 
 
-def handler_latency(tb, ns: str) -> dict:
-    """The controller's own lisp_map_request_seconds histogram: how many
-    requests were answered within each bound once read from the socket
-    (the rest of a round trip is the socket, the hub and the scheduler)."""
+def handler_buckets(tb, ns: str) -> dict[str, float]:
+    """The controller's own lisp_map_request_seconds histogram, cumulative
+    counts by bound: from a batch's arrival to its answers sent, inside
+    the process (the rest of a round trip is the sockets, the hub and the
+    scheduler)."""
     text = ApiClient(timeout=30, around=lambda: tb.netns(ns))("GET", "/metrics")[1]
     buckets = {}
     for line in text.splitlines():
         if line.startswith('lisp_map_request_seconds_bucket{le="'):
             bound = line.split('"')[1]
             buckets[bound] = float(line.rsplit(" ", 1)[1])
-    total = buckets.get("+Inf", 0) or 1
-    return {f"within_{bound}s": round(count / total, 4) for bound, count in buckets.items() if bound != "+Inf"}
+    return buckets
+
+
+def within(after: dict[str, float], before: dict[str, float]) -> dict:
+    """The share of the requests answered between two readings of the
+    histogram within each bound."""
+    total = (after.get("+Inf", 0) - before.get("+Inf", 0)) or 1
+    return {f"within_{bound}s": round((count - before.get(bound, 0)) / total, 4)
+            for bound, count in after.items() if bound != "+Inf"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,8 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=64, help="requests outstanding in throughput runs")
     parser.add_argument("--rate", type=float, default=1000.0, help="requests per second in the latency runs")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--profile", type=Path, metavar="PREFIX",
+                        help="record the controller with py-spy during its throughput and paced runs into "
+                             "PREFIX.throughput.txt and PREFIX.paced.txt (py-spy on PATH or in $PY_SPY)")
     args = parser.parse_args(argv)
     rng = random.Random(4342)
+    load_at_start = os.getloadavg()[0]   # other work on the machine: the rates move with it
     print(f"building {args.eids} Map-Registers and {int(args.rate * args.seconds)} + 200000 Map-Requests ...",
           flush=True)
     started = time.monotonic()
@@ -266,18 +300,33 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(2)   # let the batched commits land in the map-cache
             for name, target, echo_mode, pid in (("echo", (SERVER, ECHO_PORT), True, echo.pid),
                                                  ("controller", (SERVER, 4342), False, ctl.proc.pid)):
+                profiled = pid if name == "controller" and args.profile is not None else None
+                profiler = profile(profiled, args.profile and args.profile.with_suffix(".throughput.txt"),
+                                   args.seconds)
                 cpu = cpu_seconds(pid)
                 n, per_second = windowed(sock, target, throughput_requests, args.window, args.seconds,
                                          36, 36 if echo_mode else 4)
                 cpu_us = (cpu_seconds(pid) - cpu) / max(n, 1) * 1e6
+                if profiler is not None:
+                    profiler.wait(timeout=60)
                 drain(sock)   # what the throughput run left queued must not delay the paced one
+                before = handler_buckets(tb, ns) if name == "controller" else None
+                profiler = profile(profiled, args.profile and args.profile.with_suffix(".paced.txt"),
+                                   len(latency_requests) / args.rate)
+                cpu = cpu_seconds(pid)
                 rtts = paced(sock, target, latency_requests, args.rate, echo_mode)
+                paced_cpu_us = (cpu_seconds(pid) - cpu) / max(len(rtts), 1) * 1e6
+                if profiler is not None:
+                    profiler.wait(timeout=60)
                 results[name] = {"answered_per_s": round(per_second), "cpu_us_per_answer": round(cpu_us, 1),
                                  "latency_n": len(rtts),
                                  "latency_sent": len(latency_requests),
                                  "p50_ms": round(percentile(rtts, 0.5) * 1000, 3),
-                                 "p99_ms": round(percentile(rtts, 0.99) * 1000, 3)}
-            results["controller"]["handler"] = handler_latency(tb, ns)
+                                 "p99_ms": round(percentile(rtts, 0.99) * 1000, 3),
+                                 "max_ms": round(max(rtts, default=float("nan")) * 1000, 3),
+                                 "paced_cpu_us_per_answer": round(paced_cpu_us, 1)}
+                if before is not None:
+                    results[name]["handler"] = within(handler_buckets(tb, ns), before)
         finally:
             sock.close()
         results["controller_rss_mb"] = round(int(open(f"/proc/{ctl.proc.pid}/status").read()
@@ -285,20 +334,23 @@ def main(argv: list[str] | None = None) -> int:
     c, e = results["controller"], results["echo"]
     results["ratio_answered"] = round(c["answered_per_s"] / e["answered_per_s"], 3)
     results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                          "date": datetime.date.today().isoformat()}
+                          "date": datetime.date.today().isoformat(), "load_average": [load_at_start, os.getloadavg()[0]]}
     print(f"Map-Registers (1 record, Map-Notify each): {results['registers_per_s']:>8}/s  "
           f"({results['registered']} EIDs registered)")
-    print(f"{'':32}{'answered/s':>12}{'CPU us/answer':>15}{'p50 ms':>10}{'p99 ms':>10}   "
-          f"at {args.rate:g}/s: answered")
+    print(f"{'':32}{'answered/s':>12}{'CPU us/answer':>15}   at {args.rate:g}/s:{'p50 ms':>8}{'p99 ms':>9}"
+          f"{'max ms':>9}{'CPU us/answer':>15}  answered")
     for name in ("echo", "controller"):
         r = results[name]
-        print(f"{'Map-Requests, ' + name:32}{r['answered_per_s']:>12}{r['cpu_us_per_answer']:>15}{r['p50_ms']:>10}"
-              f"{r['p99_ms']:>10}   {r['latency_n']}/{r['latency_sent']}")
+        print(f"{'Map-Requests, ' + name:32}{r['answered_per_s']:>12}{r['cpu_us_per_answer']:>15}{'':>12}"
+              f"{r['p50_ms']:>8}{r['p99_ms']:>9}{r['max_ms']:>9}{r['paced_cpu_us_per_answer']:>15}  "
+              f"{r['latency_n']}/{r['latency_sent']}")
     print(f"controller / echo: {results['ratio_answered']:.2f} of the echo's rate, "
-          f"p99 {c['p99_ms'] / e['p99_ms']:.1f} times the echo's; controller RSS {results['controller_rss_mb']} MB")
-    within = c["handler"]
-    print("inside the controller, arrival to answer: " + ", ".join(
-        f"{share:.1%} within {key[7:-1]} s" for key, share in within.items() if key[7:-1] in ("0.0005", "0.001", "0.01")))
+          f"p99 {c['p99_ms'] / e['p99_ms']:.1f} times the echo's; controller RSS {results['controller_rss_mb']} MB; "
+          f"load average {results['machine']['load_average'][0]:.2f} at the start, "
+          f"{results['machine']['load_average'][1]:.2f} at the end")
+    shares = c["handler"]
+    print(f"inside the controller at {args.rate:g}/s, arrival to answer sent: " + ", ".join(
+        f"{share:.1%} within {key[7:-1]} s" for key, share in shares.items() if key[7:-1] in ("0.0005", "0.001", "0.01")))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -160,3 +160,18 @@ def test_the_control_histograms_render_as_the_library_would():
     ours = [line for line in m.render().splitlines() if "lisp_map_request_seconds" in line]
     assert ours == [line for line in render(registry.collect()).splitlines()]
     assert 'lisp_map_request_seconds_bucket{le="+Inf"} 551' in ours
+
+
+def test_a_batch_of_control_datagrams_is_observed_as_that_many_observations():
+    """The control listener records a batch's datagrams, which share one
+    latency, with one call (lisp/listener.py): the text must be that of as
+    many single observations."""
+    from lisp_controller.api.metrics import render
+    single, batched = Metrics(FakeController(mappings=0, desired=0)), Metrics(FakeController(mappings=0, desired=0))
+    for value, count in ((2 ** -15, 7), (2 ** -12, 1), (2 ** -8, 32), (2.0, 3)):   # sums exact in binary
+        for _ in range(count):
+            single.observe("lisp_map_request_seconds", value)
+        batched.observe("lisp_map_request_seconds", value, count)
+    ours = [line for line in batched.render().splitlines() if "lisp_map_request_seconds" in line]
+    assert ours == [line for line in single.render().splitlines() if "lisp_map_request_seconds" in line]
+    assert 'lisp_map_request_seconds_count 43' in ours and 'lisp_map_request_seconds_bucket{le="0.0001"} 7' in ours

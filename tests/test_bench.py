@@ -52,7 +52,9 @@ def test_mapserver_benchmark_runs_on_a_small_n(tmp_path):
     for name in ("echo", "controller"):
         assert data[name]["answered_per_s"] > 0 and data[name]["latency_n"] == data[name]["latency_sent"] == 200
     assert "Map-Requests, controller" in r.stdout and "controller / echo" in r.stdout
-    assert "inside the controller, arrival to answer" in r.stdout and data["controller"]["handler"]
+    assert "inside the controller at 200/s, arrival to answer sent" in r.stdout and data["controller"]["handler"]
+    assert data["controller"]["paced_cpu_us_per_answer"] > 0 and data["controller"]["max_ms"] > 0
+    assert len(data["machine"]["load_average"]) == 2
 
 
 def test_rloc_sets_benchmark_runs_on_a_small_n():

@@ -359,6 +359,22 @@ def test_random_records_and_addresses_round_trip_inside_a_map_reply():
         assert decode(encode(MapReply(bytes(8), (record,)))).records == (record,)
 
 
+def test_an_eid_written_from_integers_is_what_the_codec_writes_for_its_value():
+    """The Map-Resolver writes the EID of its answers from the prefix's
+    integers (addresses.eid_address_bytes); the bytes must be the codec's
+    own encoding of the same value, bare or in an Instance-ID LCAF."""
+    from lisp_controller.lisp.addresses import eid_address_bytes, encode_address
+    rng = random.Random(4342)
+    for _ in range(3000):
+        version = rng.choice((4, 6))
+        network = rng.getrandbits(32 if version == 4 else 128)
+        iid = rng.choice((0, 1, rng.getrandbits(24), 0xFFFFFFFF))
+        wrap = rng.random() < 0.5
+        address = ipaddress.ip_address(network) if version == 4 else ipaddress.IPv6Address(network)
+        value = InstanceIdAddress(iid, address) if wrap or iid else address
+        assert eid_address_bytes(iid, version, network, wrap) == encode_address(value), (iid, address, wrap)
+
+
 def test_unknown_lcaf_types_decode_as_opaque_values():
     geo = UnknownLcafAddress(5, bytes(range(12)))
     record = EidRecord(eid("10.0.0.0"), 8, (LocatorRecord(geo),))

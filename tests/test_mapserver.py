@@ -226,6 +226,27 @@ def test_lifetime_refresh_withdrawal_and_expiry():
     assert state.cache.get(IID, P("10.1.7.0/24")) is None and server.counts["A"] == 0
 
 
+def test_registrations_hold_nothing_the_cyclic_collector_walks():
+    """Registrations grow with the sites (100,000 EIDs and more) and are
+    soft state refreshed every minute; what they hold cannot reference
+    back, so none of it is tracked by the collector (its full collections
+    hold the hub), and registrations naming the same RLOCs share one set."""
+    import gc
+    _, clock, state, server, _ = world()
+    for n in range(3):
+        raw, message = register(record(f"10.1.{n}.0/24", "192.0.2.5", "192.0.2.6"))
+        apply(state, server.register(raw, message, ("192.0.2.5", 4342)))
+    gc.collect()   # what is left tracked now would be walked by every full collection
+    keys = list(server.registrations)
+    first, *others = (server.registrations[k] for k in keys)
+    assert all(other.mapping.rlocs is first.mapping.rlocs for other in others)
+    for key, registration in server.registrations.items():
+        rlocs = registration.mapping.rlocs
+        held = [key, key[1], registration, registration.xtr, *rlocs, *(r.address for r in rlocs), rlocs]
+        assert not [x for x in held if gc.is_tracked(x)], key
+    assert not [entry for entry in server._expiry if gc.is_tracked(entry)]
+
+
 def _lcaf_eid_record() -> EidRecord:
     return replace(record("10.1.8.0/24", "192.0.2.5"), eid=InstanceIdAddress(IID, UnknownLcafAddress(5, b"geo!")))
 
@@ -383,8 +404,8 @@ class Counts:
         key = (name, tuple(sorted(labels.items())))
         self.values[key] = self.values.get(key, 0) + amount
 
-    def observe(self, name, value, **labels):
-        self.inc(name + "_count", **labels)
+    def observe(self, name, value, count=1):
+        self.inc(name + "_count", count)
 
 
 def listener_with(handler, rate=None):
@@ -418,6 +439,66 @@ def test_the_listener_classifies_refusals_and_survives_its_handlers():
     assert counts.values[("lisp_control_dropped_total", (("reason", "handler-error"),))] == 2
 
 
+class _Waited(Exception):
+    """The fake socket was asked to wait for more: the test is over."""
+
+
+class QueuedSocket:
+    """A green socket's two sides, faked: ``fd`` (the OS socket) holds the
+    queued datagrams and says BlockingIOError when none is left;
+    ``recvfrom`` (the wait on the hub) gives the next refill, or ends the
+    test. Every read and send is recorded in order."""
+
+    def __init__(self, *refills):
+        self.refills = [list(r) for r in refills]
+        self.queue, self.events, self.sent = self.refills.pop(0), [], []
+        self.fd = self._OsSide(self)
+
+    class _OsSide:
+        def __init__(self, outer):
+            self.outer = outer
+
+        def recvfrom(self, size):
+            if not self.outer.queue:
+                raise BlockingIOError
+            self.outer.events.append("read")
+            return self.outer.queue.pop(0)
+
+        def sendto(self, payload, target):
+            self.outer.events.append("send")
+            self.outer.sent.append((payload, target))
+
+    def recvfrom(self, size):
+        if not self.refills:
+            raise _Waited
+        self.events.append("wait")
+        self.queue = self.refills.pop(0)
+        return self.fd.recvfrom(size)
+
+
+def test_the_listener_reads_what_is_queued_then_answers_it_together_and_survives_garbage():
+    """serve() reads up to MAX_BATCH queued datagrams before answering any,
+    sends the batch's answers together (a waiting client is woken once per
+    batch), counts every datagram and times every answered one; an empty or
+    unhandled datagram in a batch costs only itself."""
+    from lisp_controller.lisp.listener import MAX_BATCH
+    good = fixture("map-register-notify-1rloc.pcap").payload
+    listener, counts, _, _ = listener_with(lambda m, raw, src: [(b"ok", src)])
+    first = [(good, ("192.0.2.1", n)) for n in range(MAX_BATCH + 8)]
+    first[3], first[MAX_BATCH + 2] = (b"", ("192.0.2.9", 1)), (b"\x20" * 30, ("192.0.2.9", 2))
+    later = [(good, ("192.0.2.2", 1)), (good, ("192.0.2.2", 2))]
+    listener.sock = sock = QueuedSocket(first, later)
+    with pytest.raises(_Waited):
+        listener.serve()
+    assert sock.events == (["read"] * MAX_BATCH + ["send"] * (MAX_BATCH - 1) + ["read"] * 8 + ["send"] * 7
+                           + ["wait", "read", "read", "send", "send"])
+    assert [target for _, target in sock.sent] == [src for data, src in first + later if data == good]
+    assert counts.values[("lisp_control_datagrams_total", ())] == MAX_BATCH + 8 + 2
+    assert counts.values[("latency_count", ())] == MAX_BATCH + 8 - 2 + 2
+    assert counts.values[("lisp_control_dropped_total", (("reason", "empty"),))] == 1
+    assert counts.values[("lisp_control_dropped_total", (("reason", "unhandled-type"),))] == 1
+
+
 def test_decode_errors_map_to_reasons():
     from lisp_controller.lisp import LispDecodeError
     assert decode_refusal(LispDecodeError("truncated: need 4 bytes")) == "truncated"
@@ -435,6 +516,9 @@ def test_rate_limits_per_source_with_a_bounded_number_of_sources():
     assert listener.handle(good, ("192.0.2.2", 1)) == [(b"ok", ("192.0.2.2", 1))]       # others unaffected
     clock.now += 0.5                             # one token back
     assert listener.handle(good, ("192.0.2.1", 1)) == ok and refused == ["rate-limited"]
+    limiter = RateLimiter(1, max_sources=3, clock=clock)   # a batch reads the clock once and says when
+    assert limiter.allow("a", now=clock.now) and not limiter.allow("a", now=clock.now + 0.5)
+    assert limiter.allow("a", now=clock.now + 1.5)
     limiter = RateLimiter(1, max_sources=3, clock=clock)
     for n in range(10):                          # spoofed sources: tracked up to 3, then one shared bucket
         limiter.allow(f"198.51.100.{n}")

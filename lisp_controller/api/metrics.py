@@ -131,9 +131,10 @@ class Metrics:
         for key, amount in deferred.items():
             self._series_of(key).inc(amount)
 
-    def observe(self, name: str, seconds: float) -> None:
-        """One of CONTROL_HISTOGRAMS (the control listener's latencies)."""
-        self._control[name].observe(seconds)
+    def observe(self, name: str, seconds: float, count: int = 1) -> None:
+        """One of CONTROL_HISTOGRAMS (the control listener's latencies):
+        ``count`` datagrams that took ``seconds`` each (a batch)."""
+        self._control[name].observe(seconds, count)
 
     def observe_api(self, method: str, status: int, seconds: float) -> None:
         method = method if method in METHODS else "other"  # clients choose it: bound the series
@@ -174,9 +175,10 @@ class PlainHistogram:
         self.counts = [0] * (len(self.bounds) + 1)   # per bucket, not cumulative; the last is +Inf
         self.sum = 0.0
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1   # a bucket holds values <= its bound
-        self.sum += value
+    def observe(self, value: float, count: int = 1) -> None:
+        """``count`` observations of ``value``."""
+        self.counts[bisect.bisect_left(self.bounds, value)] += count   # a bucket holds values <= its bound
+        self.sum += value * count
 
     def describe(self) -> list:
         return []

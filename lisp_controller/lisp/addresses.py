@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import struct
 from dataclasses import dataclass
 from typing import TypeVar, Union
 
@@ -227,6 +228,23 @@ def encode_address(address: Address, depth: int = 0) -> bytes:
     if isinstance(address, UnknownLcafAddress):
         return _lcaf(address.lcaf_type, address.body, address.flags, address.reserved1, address.reserved2)
     raise TypeError(f"{address!r} is not a LISP address value")
+
+
+_INSTANCE_ID_HEADER = struct.Struct("!HBBBBHIH")   # AFI 16387, Rsvd1, Flags, Type 2, IID mask-len, Length, IID, AFI
+_IP_AFI = {4: (AFI_IPV4, 4), 6: (AFI_IPV6, 16)}
+
+
+def eid_address_bytes(iid: int, version: int, network: int, wrap: bool) -> bytes:
+    """The AFI-encoded EID of a record for an IPv4/IPv6 network (an
+    integer): inside an Instance-ID LCAF (IID mask-len 0) when ``wrap`` or
+    ``iid``, else bare. The bytes ``encode_address`` writes for that value,
+    without making the value: what a Map-Resolver writes for every answer
+    it has not answered before (docs/control-plane.rst, "Performance")."""
+    afi, size = _IP_AFI[version]
+    address = network.to_bytes(size, "big")
+    if wrap or iid:
+        return _INSTANCE_ID_HEADER.pack(AFI_LCAF, 0, 0, LCAF_INSTANCE_ID, 0, 6 + size, iid, afi) + address
+    return afi.to_bytes(2, "big") + address
 
 
 def _lcaf(lcaf_type: int, body: bytes, flags: int = 0, reserved1: int = 0, reserved2: int = 0) -> bytes:

@@ -47,10 +47,12 @@ AskedEid = tuple[int, IPAddress, bool]
 
 _ECM_HEADER = 4
 _IPV4_AT, _IPV6_AT = _ECM_HEADER, _ECM_HEADER
-_IPV4 = struct.Struct("!B1xH2xHBB2x4s4s")   # version/IHL, total length, flags/fragment, TTL, protocol, addresses
-_IPV6 = struct.Struct("!4xHBx")              # payload length, next header
-_UDP = struct.Struct("!HxxH2x")              # source port, length
-_REQUEST = struct.Struct("!I8s")             # word 0, nonce
+# The inner headers and the Map-Request's first words in one read each:
+# IPv4 version/IHL, total length, flags/fragment, protocol (then its 20
+# bytes are checksummed), or IPv6 payload length and next header; then UDP
+# source port and length; then the Map-Request's word 0 and nonce.
+_IPV4_UDP_REQUEST = struct.Struct("!B1xH2xHxB10xHxxH2xI8s")
+_IPV6_UDP_REQUEST = struct.Struct("!4xHBx32xHxxH2xI8s")
 _AFI = struct.Struct("!H")
 _LCAF = struct.Struct("!H2xBxHI")            # AFI 16387, type, length, IID (the Instance-ID LCAF's body)
 _ADDRESS_SIZE = {AFI_IPV4: 4, AFI_IPV6: 16}
@@ -126,22 +128,21 @@ def _read(data: bytes) -> Query | None:
         return None
     version = data[_ECM_HEADER] >> 4
     if version == 4:
-        first, total_length, fragment, _hop_limit, protocol, _source, _destination = _IPV4.unpack_from(data, _IPV4_AT)
+        first, total_length, fragment, protocol, reply_port, udp_length, word, nonce = \
+            _IPV4_UDP_REQUEST.unpack_from(data, _IPV4_AT)
         if first != 0x45 or fragment & 0x3FFF or protocol != UDP or total_length != end - _ECM_HEADER \
                 or internet_checksum(data[_IPV4_AT:_IPV4_AT + 20]):
             return None
         udp_at = _IPV4_AT + 20
     elif version == 6:
-        payload_length, next_header = _IPV6.unpack_from(data, _IPV6_AT)
+        payload_length, next_header, reply_port, udp_length, word, nonce = _IPV6_UDP_REQUEST.unpack_from(data, _IPV6_AT)
         udp_at = _IPV6_AT + 40
         if next_header != UDP or payload_length != end - udp_at:
             return None
     else:
         return None
-    reply_port, udp_length = _UDP.unpack_from(data, udp_at)
     if udp_length != end - udp_at or udp_length < 8:
         return None
-    word, nonce = _REQUEST.unpack_from(data, udp_at + 8)
     if word >> 28 != MAP_REQUEST or word & 0xFF != 1 or word & _MAP_DATA_PRESENT:
         return None
     at = udp_at + 20

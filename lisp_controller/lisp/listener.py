@@ -28,6 +28,7 @@ LOG = logging.getLogger("lisp_controller.lisp")
 MAX_DATAGRAM = 65535
 RECEIVE_BUFFER = 4 * 1024 * 1024   # room for a burst while a big commit runs
 YIELD_EVERY = 32                   # datagrams handled between yields to the hub
+MAX_BATCH = 32                     # datagrams read from the socket before any is answered
 LOG_INTERVAL = 60.0                # seconds between two log lines for one (source, reason)
 _TYPES = {cls.TYPE: cls for cls in (MapRequest, MapReply, MapRegister, MapNotify, MapNotifyAck,
                                     EncapsulatedControlMessage)}
@@ -42,7 +43,7 @@ class NoMetrics:
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
         pass
 
-    def observe(self, name: str, value: float, **labels: str) -> None:
+    def observe(self, name: str, value: float, count: int = 1) -> None:
         pass
 
 
@@ -70,8 +71,11 @@ class RateLimiter:
         self._buckets: dict[str, list[float]] = {}   # source -> [tokens, last refill]
         self._swept = float("-inf")
 
-    def allow(self, source: str) -> bool:
-        now = self.clock()
+    def allow(self, source: str, now: float | None = None) -> bool:
+        """Whether ``source`` may send one more now (``now``: the clock,
+        when the caller read it already)."""
+        if now is None:
+            now = self.clock()
         bucket = self._buckets.get(source)
         if bucket is None:
             if len(self._buckets) >= self.max_sources:
@@ -122,6 +126,12 @@ class LogLimiter:
                 return False
         self._last[key] = now
         return True
+
+
+def _name(data: bytes) -> str:
+    """The message type of a datagram, for log lines."""
+    kind = data[0] >> 4
+    return _TYPES[kind].__name__ if kind in _TYPES else str(kind)
 
 
 class ControlListener:
@@ -177,72 +187,112 @@ class ControlListener:
 
         Datagrams are read and answers sent on the OS socket itself, which
         eventlet's green socket keeps non-blocking as ``fd``: its wrapper
-        adds a layer of Python per call, about a third of the time per
-        answer in a profile of the live process (docs/performance.rst). So
-        every datagram already queued is read without going through the
-        hub, and only when none is left does the greenthread wait, in the
-        green socket's ``recvfrom``; a send that would block waits in its
-        ``sendto`` the same way. Unpatched (no ``fd``), the socket is used
-        as it is."""
+        adds a layer of Python per call (docs/performance.rst). Whatever is
+        queued is read as one batch (up to ``MAX_BATCH``), answered, and the
+        answers sent together: a client waiting for them is woken once per
+        batch rather than once per answer, and the batch shares one reading
+        of the clocks and one count. Only when nothing is queued does the
+        greenthread wait, in the green socket's ``recvfrom``; a send that
+        would block waits in its ``sendto`` the same way. Unpatched (no
+        ``fd``), the socket is used as it is."""
         sock = self.sock or self.bind()
         direct = getattr(sock, "fd", sock)
-        handled = 0
+        since_yield = 0
         while True:
-            try:
-                try:
-                    data, peer = direct.recvfrom(MAX_DATAGRAM)
-                except BlockingIOError:   # none queued: wait for the next one on the hub
-                    data, peer = sock.recvfrom(MAX_DATAGRAM)
-            except OSError as e:   # e.g. ICMP port unreachable reported on the socket
-                self.count("lisp_control_dropped_total", reason="socket-error")
-                LOG.debug("LISP control socket: %s", e)
+            batch = self._receive(sock, direct)
+            if not batch:
                 continue
-            for payload, target in self.handle(data, (peer[0], peer[1])):
-                try:
-                    try:
-                        direct.sendto(payload, target)
-                    except BlockingIOError:   # the send buffer is full: wait for room on the hub
-                        sock.sendto(payload, target)
-                except OSError as e:
-                    self.count("lisp_control_dropped_total", reason="send-failed")
-                    if self.should_log(target[0], "send-failed"):
-                        LOG.warning("LISP control: cannot send to %s:%d: %s", target[0], target[1], e)
-            handled += 1
-            if handled % YIELD_EVERY == 0:
+            arrived, now = time.perf_counter(), self.clock()
+            self.metrics.inc("lisp_control_datagrams_total", len(batch))
+            sends: list[Send] = []
+            timed: list[str] = []   # the latency histogram of each datagram answered
+            for data, peer in batch:
+                answer, latency = self._handle(data, (peer[0], peer[1]), now)
+                sends += answer
+                if latency is not None:
+                    timed.append(latency)
+            for payload, target in sends:
+                self._send(sock, direct, payload, target)
+            if timed:   # from the batch's arrival to its answers sent
+                self._observe(timed, time.perf_counter() - arrived)
+            since_yield += len(batch)
+            if since_yield >= YIELD_EVERY:
+                since_yield = 0
                 time.sleep(0)   # the hub's sleep once monkey-patched: let others run
 
+    def _receive(self, sock, direct) -> list[tuple[bytes, tuple]]:
+        """What is queued on the socket (at most MAX_BATCH datagrams); if
+        nothing is, the next datagram, waited for on the hub."""
+        batch: list[tuple[bytes, tuple]] = []
+        try:
+            if direct is sock:   # unpatched: a blocking socket, read one at a time
+                batch.append(sock.recvfrom(MAX_DATAGRAM))
+            while len(batch) < MAX_BATCH and direct is not sock:
+                try:
+                    batch.append(direct.recvfrom(MAX_DATAGRAM))
+                except BlockingIOError:   # none queued
+                    if batch:
+                        break
+                    batch.append(sock.recvfrom(MAX_DATAGRAM))   # wait for the next one on the hub
+        except OSError as e:   # e.g. ICMP port unreachable reported on the socket
+            self.count("lisp_control_dropped_total", reason="socket-error")
+            LOG.debug("LISP control socket: %s", e)
+        return batch
+
+    def _send(self, sock, direct, payload: bytes, target: Source) -> None:
+        try:
+            try:
+                direct.sendto(payload, target)
+            except BlockingIOError:   # the send buffer is full: wait for room on the hub
+                sock.sendto(payload, target)
+        except OSError as e:
+            self.count("lisp_control_dropped_total", reason="send-failed")
+            if self.should_log(target[0], "send-failed"):
+                LOG.warning("LISP control: cannot send to %s:%d: %s", target[0], target[1], e)
+
+    def _observe(self, histograms: list[str], seconds: float) -> None:
+        """One latency for every datagram of a batch, by histogram."""
+        for name in set(histograms):
+            self.metrics.observe(name, seconds, histograms.count(name))
+
     def handle(self, data: bytes, source: Source) -> list[Send]:
-        """One datagram in, the datagrams to send out; never raises."""
-        self.count("lisp_control_datagrams_total")
-        kind = data[0] >> 4 if data else None
-        entry = self._handlers.get(kind)
+        """One datagram in, the datagrams to send out; never raises. Its
+        latency (to the answer being ready) goes to its histogram."""
+        self.metrics.inc("lisp_control_datagrams_total")
+        started = time.perf_counter()
+        sends, latency = self._handle(data, source, self.clock())
+        if latency is not None:
+            self.metrics.observe(latency, time.perf_counter() - started)
+        return sends
+
+    def _handle(self, data: bytes, source: Source, now: float) -> tuple[list[Send], str | None]:
+        """The datagrams to send for one datagram, and the latency histogram
+        to record it in (None if it was refused or has none); never raises.
+        ``now`` is the rate limits' clock when it was read."""
+        entry = self._handlers.get(data[0] >> 4) if data else None
         if entry is None:
+            kind = data[0] >> 4 if data else None
             reason = "empty" if kind is None else "unhandled-type"
             self.count("lisp_control_dropped_total", reason=reason)
             self._log(source, reason, f"message type {kind} has no handler here")
-            return []
+            return [], None
         handler, refused, limiter, latency, decoder = entry
-        name = _TYPES[kind].__name__ if kind in _TYPES else str(kind)
-        started = time.perf_counter()
         try:
-            if limiter is not None and not limiter.allow(source[0]):
-                raise Refused("rate-limited", f"more than {limiter.rate:g} {name} per second")
+            if limiter is not None and not limiter.allow(source[0], now):
+                raise Refused("rate-limited", f"more than {limiter.rate:g} {_name(data)} per second")
             try:
                 message = decoder(data)
             except LispDecodeError as e:
                 raise Refused(decode_refusal(e), str(e)) from None
-            sends = list(handler(message, data, source))
-            if latency is not None:
-                self.metrics.observe(latency, time.perf_counter() - started)
-            return sends
+            return list(handler(message, data, source)), latency
         except Refused as e:
             refused(e.reason, source)
-            self._log(source, e.reason, f"{name} refused: {e}")
+            self._log(source, e.reason, f"{_name(data)} refused: {e}")
         except Exception:   # a bug must cost one datagram, never the listener
             self.count("lisp_control_dropped_total", reason="handler-error")
             if self.should_log(source[0], "handler-error"):
-                LOG.exception("LISP control: %s from %s failed", name, source[0])
-        return []
+                LOG.exception("LISP control: %s from %s failed", _name(data), source[0])
+        return [], None
 
     def _log(self, source: Source, reason: str, text: str) -> None:
         if self.should_log(source[0], reason):

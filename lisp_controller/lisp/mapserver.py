@@ -23,7 +23,7 @@ import socket
 from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple
 
-from lisp_controller.lisp.addresses import EncapsulationFormatAddress, InstanceIdAddress, encode_address
+from lisp_controller.lisp.addresses import EncapsulationFormatAddress, InstanceIdAddress, eid_address_bytes
 from lisp_controller.lisp.auth import sign, verify
 from lisp_controller.lisp.common_request import Query, ip_eid
 from lisp_controller.lisp.config import LispSettings, Site, SitePrefix
@@ -32,6 +32,7 @@ from lisp_controller.lisp.messages import (LISP_CONTROL_PORT, EncapsulatedContro
 from lisp_controller.lisp.negative import PrefixOrder
 from lisp_controller.lisp.records import Action, EidRecord, LocatorRecord, eid_record_bytes, encode_locator
 from lisp_controller.model import IID_MAX, PRIORITY_UNUSED, MapCache, Mapping, Prefix, Rloc
+from lisp_controller.model.untracked import untrack
 
 # RFC 9301 section 8.2: ETRs register every minute and a Map-Server drops a
 # registration not refreshed for three; lispers.net instead says "time me
@@ -60,10 +61,14 @@ class Refused(Exception):
         self.reason, self.detail = reason, detail
 
 
-@dataclass(frozen=True)
-class Registration:
+class Registration(NamedTuple):
     """One EID-prefix an ETR registered: what the API shows and what the
-    Map-Resolver needs to answer for it or forward to it."""
+    Map-Resolver needs to answer for it or forward to it. A named tuple
+    of values that cannot reference it back, which the Map-Server takes
+    out of the collector's sight with its key, expiry entry and RLOC set
+    (model/untracked.py): they were six tracked objects per registration,
+    600,000 more for every full collection to walk with 100,000 EIDs
+    registered, while the hub waited (docs/performance.rst)."""
 
     site: str
     mapping: Mapping            # as handed to the controller (expires set)
@@ -108,7 +113,10 @@ def record_prefix(address: object, mask_len: int) -> Key:
         raise Refused("malformed", f"mask-len {mask_len} for an IPv{ip.version} EID")
     width = ip.max_prefixlen
     mask = ((1 << mask_len) - 1) << (width - mask_len) if mask_len else 0
-    return iid, Prefix(ip.version, int(ip) & mask, mask_len)
+    key = iid, Prefix(ip.version, int(ip) & mask, mask_len)
+    untrack(key[1])   # numbers only, kept by the registration: nothing for the collector to walk
+    untrack(key)      # (CPython untracks a plain tuple by itself only when it holds no tuple subclass)
+    return key
 
 
 def _rlocs(locators: Iterable[LocatorRecord]) -> tuple[Rloc, ...]:
@@ -133,6 +141,7 @@ class MapServer:
         self.registrations: dict[Key, Registration] = {}
         self.counts: dict[str, int] = {name: 0 for name in self.sites}
         self._expiry: list[tuple[float, int, Prefix]] = []
+        self._rloc_sets: dict[tuple[Rloc, ...], tuple[Rloc, ...]] = {}   # see _shared
         # Site prefixes per (IID, version), most specific first.
         self._prefixes: dict[tuple[int, int], list[tuple[SitePrefix, Site]]] = {}
         for site in self.sites.values():
@@ -201,7 +210,9 @@ class MapServer:
             del self.registrations[k]
         for k, registration in learn.items():
             self.registrations[k] = registration
-            heapq.heappush(self._expiry, (registration.expires, k[0], k[1]))
+            entry = (registration.expires, k[0], k[1])
+            untrack(entry)
+            heapq.heappush(self._expiry, entry)
         self.counts[site.name] = total
         notify = None
         if message.want_map_notify:
@@ -215,10 +226,30 @@ class MapServer:
             lifetime, reply_ttl = record.ttl, DEFAULT_REPLY_TTL
         else:
             lifetime, reply_ttl = DEFAULT_REGISTRATION_MINUTES, record.ttl
-        rlocs = _rlocs(record.locators)
+        rlocs = self._shared(_rlocs(record.locators))
         action = "no-action" if rlocs else _ACTION_OF_RECORD.get(record.action, "drop")
         mapping = Mapping(key[0], key[1], rlocs, lifetime, action, site.source, now + 60.0 * lifetime)
-        return Registration(site.name, mapping, source, message.xtr_id, now, message.proxy_reply, reply_ttl)
+        registration = Registration(site.name, mapping, source, message.xtr_id, now, message.proxy_reply,
+                                    reply_ttl)
+        untrack(registration)
+        return registration
+
+    def _shared(self, rlocs: tuple[Rloc, ...]) -> tuple[Rloc, ...]:
+        """One RLOC set object for all the registrations that name the
+        same RLOCs (a site's few ETRs), out of the collector's sight: each
+        register decodes its RLOCs anew, and 100,000 registrations held
+        three tracked objects each for the same set. Bounded like the
+        Map-Resolver's encoded sets."""
+        shared = self._rloc_sets.get(rlocs)
+        if shared is None:
+            if len(self._rloc_sets) >= MAX_RLOC_SETS:
+                self._rloc_sets.clear()
+            for rloc in rlocs:   # an address holds an int; an Rloc, it and two ints
+                untrack(rloc.address)
+                untrack(rloc)
+            untrack(rlocs)
+            shared = self._rloc_sets[rlocs] = rlocs
+        return shared
 
     def expire(self) -> list[Key]:
         """Drop the registrations whose time is up (the controller's state
@@ -321,7 +352,7 @@ class MapResolver:
             return self._answers[key]
         prefix = self.order.narrowed(m.iid, address, m.eid)
         action = Action.NO_ACTION if m.rlocs else _RECORD_ACTION.get(m.action, Action.DROP_NO_REASON)
-        record = eid_record_bytes(encode_address(_eid(m.iid, prefix, wrap)), prefix.prefixlen,
+        record = eid_record_bytes(eid_address_bytes(m.iid, *prefix[:2], wrap), prefix[2],
                                   self._locators_of(m.rlocs), len(m.rlocs), ttl, action)
         if prefix == m.eid:   # not narrowed: the same answer for every address it holds
             self._answers[key] = record
@@ -345,10 +376,4 @@ class MapResolver:
         hole = self.order.hole(iid, address, sites) or Prefix(address.version, int(address), address.max_prefixlen)
         inside_site = any(address in p for p in sites)
         ttl = UNREGISTERED_TTL if inside_site else self.settings.negative_ttl
-        return eid_record_bytes(encode_address(_eid(iid, hole, wrap)), hole.prefixlen, b"", 0, ttl, self.negative_action)
-
-
-def _eid(iid: int, prefix: Prefix, wrap: bool):
-    """The EID of a reply record, written the way the request wrote its own."""
-    address = prefix.network_address
-    return InstanceIdAddress(iid, address) if wrap or iid else address
+        return eid_record_bytes(eid_address_bytes(iid, *hole[:2], wrap), hole[2], b"", 0, ttl, self.negative_action)
