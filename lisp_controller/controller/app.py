@@ -31,7 +31,7 @@ from lisp_controller.errors import NotFound
 from lisp_controller.controller.admit import admit, describe_dropped
 from lisp_controller.controller.applied import Applied, Confirmations
 from lisp_controller.store import Delta, Store, StoreError, StoreStale
-from lisp_controller.openflow.switch import SwitchError, describe_error
+from lisp_controller.openflow.switch import FlowCounts, SwitchError, describe_error
 from lisp_controller.controller.toobig import PathMtu
 from lisp_controller.controller.offhub import BIG_ITEMS, off_hub
 from lisp_controller.lisp.xtr import Xtr
@@ -324,7 +324,7 @@ class LispControllerApp(app_manager.OSKenApp):
         return self.counters.get()
 
     def _read_counters(self) -> Snapshot:
-        flows, buckets = {}, {}
+        flows, buckets = FlowCounts(), {}
         for session in self._attached():
             try:
                 session.switch.flow_counters(T_MAPCACHE, STATS_TIMEOUT, into=flows)
