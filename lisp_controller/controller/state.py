@@ -260,9 +260,11 @@ class State:
             self._learn(stamp(m, now) if m.expires is None else m)
             tick()
         flush()
+        # The generation moves on once the change is whole, its history too.
+        generation = self.generation + 1 if bump else None
+        shared.end(generation, pause, self.slice_clock)
         if bump:
-            self.generation += 1
-        shared.end(self.generation if bump else None)
+            self.generation = generation
 
     def _rebuild_bridge(self, label: str) -> None:
         base = self._config_bridges[label]
