@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 from lisp_controller.controller.slices import Slices, sliced
 from lisp_controller.model import Mapping
-from lisp_controller.model.untracked import untrack
+from lisp_controller.model.untracked import untrack, untrack_all
 from lisp_controller.pipeline.actions import groups_in
 from lisp_controller.pipeline.compiler import mapping_flow, mapping_group
 from lisp_controller.pipeline.flows import Flow, Group
@@ -71,6 +71,14 @@ class SharedFlows(collections.abc.Mapping):
 
     def __len__(self) -> int:
         return len(self._source)
+
+    def untrack(self) -> None:
+        """Hide the flows by cookie from the collector again (CPython
+        tracks the dict again when a mapping is put in it): a million
+        mappings cost every full collection tens of milliseconds
+        otherwise (model/untracked.py). Flows and mappings cannot
+        reference the dict back."""
+        untrack_all((self._source,))
 
     # -- one change ------------------------------------------------------------
     def begin(self, track: bool, stream: Callable[[Journal], None] | None = None) -> None:

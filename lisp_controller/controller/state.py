@@ -33,6 +33,7 @@ from lisp_controller.controller.slices import Slices
 from lisp_controller.errors import Conflict, NotFound
 from lisp_controller.pipeline.flows import Group, encoded
 from lisp_controller.model import Bridge, Endpoint, MapCache, Mapping, ModelError, Prefix, endpoint_mappings, prefix_key
+from lisp_controller.model.untracked import untrack, untrack_all, untracked_list, untracked_set
 
 Key = tuple  # (iid, IPv4Network | IPv6Network)
 
@@ -89,7 +90,9 @@ class State:
         # Everything the control plane learned, by prefix_key, whether it is
         # in the map-cache or hidden there by a config, endpoint or API mapping.
         self.learned: dict[tuple, Mapping] = {}
-        self._expiry: list[tuple[float, int, Prefix]] = []  # heap of (expires, iid, eid)
+        # Heap of (expires, iid, eid); the collector walks neither it nor
+        # its entries (model/untracked.py: numbers and a prefix).
+        self._expiry: list[tuple[float, int, Prefix]] = untracked_list()
         self.bridges: dict[str, Bridge] = dict(self._config_bridges)
         miss = miss_flow(config.overlay.miss_action)
         self.shared.add(miss, *encoded(miss))
@@ -161,13 +164,14 @@ class State:
     def check(self, change: Change) -> None:
         """Raise Conflict, NotFound or ModelError if `change` may not be
         applied; change nothing."""
-        seen: set[Key] = set()
+        seen = untracked_set()  # prefix keys: numbers only (model/untracked.py)
         many = len(change.put) > 1 or change.replace_api
         for i, m in enumerate(change.put):
             key = m.key
-            if key in seen:
+            ikey = prefix_key(*key)
+            if ikey in seen:
                 raise ModelError(f"{_where(i, many)}.eid", f"{key_text(key)} appears twice in this request")
-            seen.add(key)
+            seen.add(ikey)
             owner = self._owned(key)
             if owner in ("config", "endpoint"):
                 raise Conflict(f"{_where(i, many)}.eid", f"{key_text(key)} is owned by the {owner} "
@@ -227,14 +231,18 @@ class State:
         def tick() -> None:
             if slices.due():
                 flush()
+                self._untrack()
                 slices.pause()
 
         if change.replace_api:
-            keep = {m.key for m in change.put}
-            for m in self.api_mappings():
-                if m.key not in keep:
+            keep = untracked_set()  # prefix keys: numbers only
+            for m in change.put:
+                keep.add(prefix_key(*m.key))
+                tick()
+            for m in self.cache.snapshot():  # the map-cache changes below
+                if m.source == "api" and prefix_key(*m.key) not in keep:
                     self._remove(m.key)
-                    tick()
+                tick()
         for key in change.delete:
             self._remove(key)
             tick()
@@ -260,11 +268,22 @@ class State:
             self._learn(stamp(m, now) if m.expires is None else m)
             tick()
         flush()
+        self._untrack()
         # The generation moves on once the change is whole, its history too.
         generation = self.generation + 1 if bump else None
         shared.end(generation, pause, self.slice_clock)
         if bump:
             self.generation = generation
+
+    def _untrack(self) -> None:
+        """Hide the dicts of a million mappings from the collector again:
+        CPython tracks a dict again when a mapping is put in it, and every
+        full collection would walk it (model/untracked.py). Between the
+        slices of a change and at its end: collections run while it
+        pauses, and after it."""
+        self.cache.untrack()
+        self.shared.untrack()
+        untrack_all((self.learned,))
 
     def _rebuild_bridge(self, label: str) -> None:
         base = self._config_bridges[label]
@@ -294,7 +313,9 @@ class State:
 
     def _schedule(self, m: Mapping) -> None:
         if m.expires is not None:
-            heapq.heappush(self._expiry, (m.expires, m.iid, m.eid))
+            entry = (m.expires, m.iid, m.eid)
+            untrack(entry)
+            heapq.heappush(self._expiry, entry)
 
     def _put(self, m: Mapping) -> None:
         key = prefix_key(m.iid, m.eid)

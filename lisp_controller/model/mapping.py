@@ -18,7 +18,7 @@ from lisp_controller.model.values import (ACTIONS, IID_MAX, PRIORITY_UNUSED, IPA
                                           _new_tuple, as_prefix, parse_action, parse_gateway, parse_host_address,
                                           parse_iid, parse_int, parse_interface_name, parse_mac, parse_prefix,
                                           parse_rloc_address)
-from lisp_controller.model.untracked import untrack
+from lisp_controller.model.untracked import untrack, untrack_all, untracked_list
 
 
 class Rloc(NamedTuple):
@@ -306,11 +306,21 @@ class MapCache:
                 self._watcher.discard((iid, version, network, length))
         return mapping
 
+    def untrack(self) -> None:
+        """Hide the map-cache's containers of a million items from the
+        collector again (model/untracked.py): its buckets, which CPython
+        tracks again when a mapping is put in, and its order index's lists
+        of ints (the sorted list makes a new one when one grows long).
+        Cheap: a few dozen buckets, one list per thousand mappings."""
+        untrack_all(bucket for lengths in self._buckets.values() for bucket in lengths.values())
+        untrack_all(self._order._lists)  # sortedcontainers' sublists: ints only
+
     def snapshot(self) -> list[Mapping]:
         """Every mapping, in no order: a list made in C (a few milliseconds
         for a million), so a caller can go through it while yielding to
-        the hub and the map-cache changes meanwhile."""
-        out: list[Mapping] = []
+        the hub and the map-cache changes meanwhile. The collector never
+        walks it (model/untracked.py)."""
+        out: list[Mapping] = untracked_list()
         for lengths in self._buckets.values():
             for bucket in lengths.values():
                 out.extend(bucket.values())
