@@ -193,7 +193,8 @@ def stalls(path: Path, phases: dict[str, tuple[float, float]]) -> dict:
               + (", ".join(f"gen{g} {ms:.0f}" for g, ms in out[phase]["gc_ms"][:12]) or "none"))
         for r in held[:6]:
             top = r["stacks"][0] if r["stacks"] else [0, "?"]
-            print(f"  {r['stall_ms']:7.1f} ms ({r['samples']} samples; {top[0]} at) {top[1][:400]}")
+            print(f"  {r['stall_ms']:7.1f} ms, {r.get('cpu_ms', float('nan')):.0f} on a CPU "
+                  f"({r['samples']} samples; {top[0]} at) {top[1][:400]}")
     return out
 
 

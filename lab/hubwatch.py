@@ -7,9 +7,11 @@ arrives meanwhile waits for the whole round. So a stall is one round
 between two polls longer than `threshold`. The hub's poll is wrapped to
 time the rounds; a native thread looks every few milliseconds and, once a
 round has run longer than `sample_after`, samples the hub thread's stack.
-Each stall is written as one JSON line: when, how long, and the stacks
-seen (innermost frames first, counted), so a benchmark says what held the
-hub, not only that it was held. Python's cyclic collections are timed too
+Each stall is written as one JSON line: when, how long, how much of it
+the hub thread spent on a CPU (`cpu_ms`: the rest it waited, for the
+interpreter lock or for a core), and the stacks seen (innermost frames
+first, counted), so a benchmark says what held the hub, not only that it
+was held. Python's cyclic collections are timed too
 (gc.callbacks): a collection holds the interpreter lock, so the sampler
 cannot look inside one.
 
@@ -52,6 +54,8 @@ class HubWatch:
         self.hub_thread = self._ident()  # the caller's: the thread the hub runs in
         self._sleep = time.sleep  # taken before eventlet patches the time module
         self._clock = time.monotonic
+        self._cpu = time.thread_time  # the hub thread's CPU time, read by the hub thread
+        self._round_cpu = 0.0
         self._out = open(path, "a", buffering=1)
         self._lock = threading.Lock()
         self._round = 0  # rounds of the hub so far
@@ -76,6 +80,7 @@ class HubWatch:
                 return poll(hub, seconds)
             finally:
                 watch._round += 1
+                watch._round_cpu = watch._cpu()
                 watch._round_started = watch._clock()
 
         hub_class.do_poll = do_poll
@@ -87,12 +92,13 @@ class HubWatch:
         if started is None:
             return
         took = self._clock() - started
+        cpu = self._cpu() - self._round_cpu
         with self._lock:
             stacks = self._stacks.pop(self._round, None)
         if took >= self.threshold:
             stacks = stacks or Counter()
-            self._write({"stall_ms": round(took * 1000, 1), "at": time.time(), "samples": sum(stacks.values()),
-                         "stacks": [[n, s] for s, n in stacks.most_common(8)]})
+            self._write({"stall_ms": round(took * 1000, 1), "cpu_ms": round(cpu * 1000, 1), "at": time.time(),
+                         "samples": sum(stacks.values()), "stacks": [[n, s] for s, n in stacks.most_common(8)]})
 
     def _write(self, record: dict) -> None:
         self._out.write(json.dumps(record) + "\n")
