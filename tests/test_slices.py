@@ -2,12 +2,14 @@
 slice of items or of time, whichever comes first."""
 from __future__ import annotations
 
+import pytest
+
 from lisp_controller.config import parse_config
 from lisp_controller.controller import slices
 from lisp_controller.controller.reconcile import reconcile
 from lisp_controller.controller.slices import Slices
 from lisp_controller.controller.state import Change, State
-from lisp_controller.model import Mapping
+from lisp_controller.model import Mapping, ModelError
 
 CONFIG = parse_config({"bridge": [{"datapath_id": "0000000000000001", "rloc": "192.0.2.1", "iid": 7}]})
 
@@ -85,6 +87,24 @@ def test_a_big_change_yields_at_least_every_slice_of_mappings():
     state.apply(Change(delete=[m.key for m in put]), pause=hub.pause)
     assert len(hub.items_between) >= len(put) // slices.CHECK - 1
     assert len(state.cache) == 0
+
+
+def test_the_check_of_a_big_change_yields_at_least_every_slice_of_mappings():
+    """State.check runs on the hub (Python on a native thread makes the
+    hub wait for the interpreter lock, controller/offhub.py) and lets it
+    go every slice; what it finds wrong is what it always found."""
+    state = State(CONFIG)
+    state.slice_clock = lambda: 0.0
+    put = _mappings(3 * slices.MOST + 7)
+    hub = FakeHub()
+    state.check(Change(put=put), pause=hub.pause)
+    assert len(hub.items_between) == 3
+    state.apply(Change(put=put[:10]))
+    hub = FakeHub()
+    state.check(Change(delete=[m.key for m in put[:10]] * (slices.MOST // 5)), pause=hub.pause)
+    assert len(hub.items_between) == 2
+    with pytest.raises(ModelError, match="appears twice"):
+        state.check(Change(put=put + put[-1:]), pause=hub.pause)
 
 
 def test_the_history_of_a_big_change_is_made_in_slices_and_whole_before_its_generation(monkeypatch):

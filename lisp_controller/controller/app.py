@@ -148,7 +148,9 @@ class LispControllerApp(app_manager.OSKenApp):
         big_change = _size(change) >= BIG_ITEMS
         seq = None  # the change's number in a shared store
         with self.change_lock:
-            off_hub(big_change, self.state.check, change)  # reads the state; only commits change it
+            # Python work, on the hub in slices, not on a native thread
+            # (offhub.py); the change lock keeps the state as it is.
+            self.state.check(change, pause=_pause if big_change else None)
             t["check_ms"] = _ms_since(started)
             if self.store is not None and change.stored:
                 mark = time.monotonic()

@@ -29,7 +29,7 @@ from typing import Callable, Iterable
 from lisp_controller.pipeline.compiler import mapping_flow_mod, mapping_group, miss_flow
 from lisp_controller.config import Config
 from lisp_controller.controller.shared import SharedFlows
-from lisp_controller.controller.slices import Slices
+from lisp_controller.controller.slices import Slices, sliced
 from lisp_controller.errors import Conflict, NotFound
 from lisp_controller.pipeline.flows import Group, encoded
 from lisp_controller.model import Bridge, Endpoint, MapCache, Mapping, ModelError, Prefix, endpoint_mappings, prefix_key
@@ -161,12 +161,15 @@ class State:
         return change
 
     # -- changing ----------------------------------------------------------
-    def check(self, change: Change) -> None:
+    def check(self, change: Change, pause: Callable[[], None] | None = None) -> None:
         """Raise Conflict, NotFound or ModelError if `change` may not be
-        applied; change nothing."""
+        applied; change nothing. `pause` is called between slices of the
+        mappings (controller/slices.py): the caller holds what keeps the
+        state as it is meanwhile (the controller's change lock)."""
         seen = untracked_set()  # prefix keys: numbers only (model/untracked.py)
         many = len(change.put) > 1 or change.replace_api
-        for i, m in enumerate(change.put):
+        slices = Slices(pause, clock=self.slice_clock)
+        for i, m in enumerate(sliced(change.put, slices)):
             key = m.key
             ikey = prefix_key(*key)
             if ikey in seen:
@@ -179,7 +182,7 @@ class State:
             if owner == "api" and change.create_only:
                 raise Conflict(f"{_where(i, many)}.eid", f"{key_text(key)} already exists "
                                "(PUT replaces a mapping)")
-        for key in change.delete:
+        for key in sliced(change.delete, slices):
             owner = self.owner(key)
             if owner is None:
                 raise NotFound("eid", f"no mapping for {key_text(key)}")
