@@ -3,6 +3,7 @@ map-cache equals the page of a full sort of the filtered mappings, for every
 order and filter, while no step between pauses handles more than a chunk."""
 from __future__ import annotations
 
+import collections
 import random
 
 import pytest
@@ -68,12 +69,18 @@ def full_sort(ms: list[Mapping], q: Query, counts: dict, cookie_of) -> list[Mapp
 
 
 def test_the_order_index_follows_adds_replacements_and_removals():
+    """So do the counts by source (the metrics and the API read them:
+    nobody counts a million mappings to know)."""
     cache = MapCache(varied(500))
     ms = list(cache)
     for m in ms[:100]:
         cache.remove(m.iid, m.eid)
     for m in ms[100:150]:
         cache.add(m._replace(ttl=9))  # a replacement is not a second entry
+    for m in ms[150:160]:
+        cache.add(m._replace(source="registered:site-a"))  # nor one of another source
+    assert cache.sources() == dict(collections.Counter(m.source for m in cache))
+    assert "registered:site-a" in cache.sources()
     want = sorted(cache, key=lambda m: (m.iid, m.eid))
     assert len(want) == 400
     assert select(cache, Query(limit=1000)).mappings == want

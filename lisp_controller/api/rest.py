@@ -564,7 +564,7 @@ class Api:
             raise ModelError("mappings", "is required (the complete set of API mappings)")
         put = body["mappings"]
         timings = {"read_ms": _ms(started)}
-        before = len(self.ctl.state.api_mappings())
+        before = self.ctl.state.cache.sources().get("api", 0)
         return self._apply_change(req, Change(put=put, replace_api=True),
                                   {"mappings": len(put), "before": before, "timings": timings}, timings=timings)
 

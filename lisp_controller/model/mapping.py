@@ -236,6 +236,7 @@ class MapCache:
         # (iid, version) -> {prefixlen: {network int: Mapping}}
         self._buckets: dict[tuple[int, int], dict[int, dict[int, Mapping]]] = {}
         self._count = 0
+        self._sources: dict[str, int] = {}  # mappings by source, kept as they come and go
         self._order = SortedList()  # order_key of every mapping
         self._watcher = None  # told of every prefix that comes and goes (see watch)
         for m in mappings:
@@ -285,7 +286,11 @@ class MapCache:
         if is_tracked(mapping):  # acyclic: nothing for the collector to walk (model/untracked.py)
             untrack(mapping)
             untrack(mapping.eid)
-        if old is None:
+        sources = self._sources
+        sources[mapping.source] = sources.get(mapping.source, 0) + 1
+        if old is not None:
+            self._forget_source(old.source)
+        else:
             self._count += 1
             self._order.add(order_key(iid, version, network, length))
             if self._watcher is not None:
@@ -299,12 +304,25 @@ class MapCache:
         mapping = bucket.pop(network, None) if bucket is not None else None
         if mapping is not None:
             self._count -= 1
+            self._forget_source(mapping.source)
             self._order.remove(order_key(iid, version, network, length))
             if not bucket:
                 del lengths[length]
             if self._watcher is not None:
                 self._watcher.discard((iid, version, network, length))
         return mapping
+
+    def sources(self) -> dict[str, int]:
+        """How many mappings each source has (config, endpoint, api, ...):
+        kept as mappings come and go, so nobody counts a million to know."""
+        return dict(self._sources)
+
+    def _forget_source(self, source: str) -> None:
+        left = self._sources[source] - 1
+        if left:
+            self._sources[source] = left
+        else:
+            del self._sources[source]
 
     def untrack(self) -> None:
         """Hide the map-cache's containers of a million items from the
