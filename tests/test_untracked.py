@@ -10,7 +10,7 @@ import gc
 from lisp_controller.config import parse_config
 from lisp_controller.controller.state import Change, State
 from lisp_controller.model import Mapping
-from lisp_controller.model.untracked import untrack, untrack_all, untracked_list, untracked_set
+from lisp_controller.model.untracked import untrack, untrack_all, untracked_list
 
 CONFIG = parse_config({"bridge": [{"datapath_id": "0000000000000001", "rloc": "192.0.2.1", "iid": 7}]})
 N = 5000
@@ -82,7 +82,8 @@ def test_untracked_containers_stay_untracked_only_where_cpython_keeps_them_so():
     which is why the map-cache's dicts are untracked again after each
     change; `untrack_all` leaves alone what is already untracked."""
     m = _mappings(1)[0]
-    items, keys, by_key = untracked_list(), untracked_set(), {}
+    items, keys, by_key = untracked_list(), set(), {}
+    untrack(keys)
     items.append(m)
     keys.add((1, 2))
     assert not gc.is_tracked(items) and not gc.is_tracked(keys)

@@ -26,7 +26,7 @@ million mappings cost every full collection 30 to 150 ms (bench/hub.py
 --census). Such containers (the map-cache's buckets, a snapshot of it,
 the mappings of a request, sets of keys made of numbers) can never be
 part of a cycle either, as nothing in them can reference the container,
-so they are untracked too (`untrack_all`). CPython never tracks a list
+so they are untracked too (`untrack_all`, `untracked_list`). CPython never tracks a list
 or a set again once untracked; it tracks a dict again as soon as it puts
 in it a value that may be tracked (a `Mapping` is one, being a tuple
 subclass), so the owners of such dicts untrack them again when a change
@@ -71,12 +71,5 @@ def untracked_list() -> list:
     """A new list the collector never walks (see the module docstring:
     for mappings and other values that cannot reference it)."""
     out: list = []
-    _untrack(out)
-    return out
-
-
-def untracked_set() -> set:
-    """A new set the collector never walks (keys made of numbers)."""
-    out: set = set()
     _untrack(out)
     return out
