@@ -30,6 +30,10 @@ its hub over 20 ms, with the stacks that held it, and each collection
 over 10 ms go to FILE (JSON lines); those over 50 ms are printed per
 phase, the longest first.
 
+`--census MS` (with `--watch`) adds, after a full collection over MS,
+what the collector walked (lab/hubwatch.py `census`); it holds the hub
+itself, so its run's figures are not for comparing.
+
 `--old-page` polls as the status page did before it paged on the server
 (every mapping with counters), to compare in the same run.
 
@@ -189,7 +193,8 @@ def stalls(path: Path, phases: dict[str, tuple[float, float]]) -> dict:
               + (", ".join(f"gen{g} {ms:.0f}" for g, ms in out[phase]["gc_ms"][:12]) or "none"))
         for r in held[:6]:
             top = r["stacks"][0] if r["stacks"] else [0, "?"]
-            print(f"  {r['stall_ms']:7.1f} ms ({r['samples']} samples; {top[0]} at) {top[1][:400]}")
+            print(f"  {r['stall_ms']:7.1f} ms, {r.get('cpu_ms', float('nan')):.0f} on a CPU "
+                  f"({r['samples']} samples; {top[0]} at) {top[1][:400]}")
     return out
 
 
@@ -221,12 +226,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-deep", action="store_true", help="leave out the deep check phase")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--watch", type=Path, help="record the hub's stalls and their stacks here")
+    parser.add_argument("--census", type=float, metavar="MS",
+                        help="with --watch: after a full collection over MS, what it walked (slows the run)")
     args = parser.parse_args(argv)
 
     with Testbed() as tb:
         if args.watch:
             args.watch.unlink(missing_ok=True)
-        bench = Bench(tb, bridges=1, hooks=("--watch-hub", str(args.watch.resolve())) if args.watch else ())
+        hooks = ("--watch-hub", str(args.watch.resolve())) if args.watch else ()
+        if args.watch and args.census:
+            hooks += ("--watch-census", str(args.census))
+        bench = Bench(tb, bridges=1, hooks=hooks)
         bench.connect(1)
         ns = bench.ctl_ns.ns
         echo = EchoProbe(tb, ns, bench.ctl_ns.address)
@@ -264,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"{type(probe).__name__} failed") from probe.error
         bench.ctl.stop()
     figures = {
-        "size": args.size, "bulk_s": result["seconds"],
+        "size": args.size, "bulk_s": result["seconds"], "bulk_timings_ms": result["timings_ms"],
         "echo": {"idle": summary(echo.between(0, idle_end)), "busy": summary(echo.between(started, ended))},
         "health": {"idle": summary(health.between(0, idle_end)),
                    "busy": summary(health.between(started, ended))},
@@ -279,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"bulk of {args.size:,} mappings: {result['seconds']:.2f} s, with the status page polling "
           f"({figures['status_page_polls']['n']} polls, p50 {figures['status_page_polls'].get('p50_ms', 0):.0f} ms)")
+    print("  its stages (ms): " + ", ".join(f"{k} {v:,.0f}" for k, v in result["timings_ms"].items()))
     print(line("OpenFlow echo", figures["echo"]["idle"], figures["echo"]["busy"]))
     print(line("GET /v1/health", figures["health"]["idle"], figures["health"]["busy"]))
     b = figures["browsing"]

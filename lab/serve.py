@@ -20,7 +20,9 @@ middle of a write, until the test sends SIGCONT: a master frozen
 mid-write.
 `--watch-hub FILE`: write each stall of the hub (longer than 50 ms) and
 each slow collection to FILE as JSON lines, with the stacks that held it
-(lab/hubwatch.py; bench/hub.py `--watch`).
+(lab/hubwatch.py; bench/hub.py `--watch`). `--watch-census MS`: after
+a full collection longer than MS, also what the collector walked
+(bench/hub.py `--census`).
 """
 from __future__ import annotations
 
@@ -160,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-lease-guard", action="store_true")
     parser.add_argument("--stop-in-sync", metavar="FILE")
     parser.add_argument("--watch-hub", metavar="FILE")
+    parser.add_argument("--watch-census", type=float, metavar="MS")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="lisp-controller's arguments, after --")
     args = parser.parse_args(argv)
     rest = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -172,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.watch_hub:  # before eventlet patches threading and time
         from lab.hubwatch import HubWatch
 
-        HubWatch(args.watch_hub).start()
+        HubWatch(args.watch_hub, census=args.watch_census is not None,
+                 census_after=(args.watch_census or 50) / 1000).start()
     clock = time.time if args.time_scale == 1 else scaled_clock(args.time_scale)
     from lisp_controller.__main__ import main as controller
 

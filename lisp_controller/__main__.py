@@ -175,7 +175,7 @@ def cmd_serve(args) -> int:
     cfg.CONF([], project="os_ken")  # os-ken's Datapath reads its socket and echo settings here
     log.info("config %s: %d bridges, %d mappings (%d from the store %s); OpenFlow on %s:%d%s; "
              "API on %s://%s:%d%s", config.source, len(config.overlay.bridges), len(state.cache),
-             len(state.api_mappings()), store.name, config.openflow_host, config.openflow_port,
+             state.cache.sources().get("api", 0), store.name, config.openflow_host, config.openflow_port,
              " (TLS)" if of_tls else "", "https" if api_tls else "http",
              config.api.host, config.api.port, " (token required for changes)" if token else "")
     _warn_open_openflow(config, log)

@@ -81,7 +81,8 @@ class FakeController:
     """What the metrics collector reads: the state and the bridges' views."""
 
     def __init__(self, mappings: int, desired: int):
-        self.state = SimpleNamespace(cache=[SimpleNamespace(source="api")] * mappings,
+        sources = {"api": mappings} if mappings else {}
+        self.state = SimpleNamespace(cache=SimpleNamespace(sources=lambda: dict(sources)),
                                      bridges={"hv1": None, "hv2": None})
         self.desired = desired
 

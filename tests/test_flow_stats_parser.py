@@ -2,6 +2,7 @@
 what os-ken's reads, the tap hands our replies over as bytes and passes
 everything else to os-ken's own receive loop unchanged, and os-ken's
 parser table is left alone."""
+import gc
 import random
 import socket
 import struct
@@ -14,7 +15,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from lisp_controller.openflow import tap
-from lisp_controller.openflow.switch import FlowStat, Switch, SwitchError, flow_stats
+from lisp_controller.openflow.switch import FlowCounts, FlowStat, Switch, SwitchError, flow_stats
 
 _PROTO = ofproto_protocol.ProtocolDesc(ofp.OFP_VERSION)
 OS_KENS_MULTIPART_PARSER = parser._MSG_PARSERS[ofp.OFPT_MULTIPART_REPLY]
@@ -202,8 +203,10 @@ def test_a_malformed_dump_fails_the_request_not_the_receive_loop():
 def test_counters_of_several_bridges_are_summed_as_their_replies_arrive():
     """The counters' refresh sums each bridge's replies straight into one
     total as they arrive (between the tap's yields), so no pass over a
-    million summed counters holds the hub after the dumps."""
-    total: dict[int, tuple[int, int]] = {}
+    million summed counters holds the hub after the dumps. The total holds
+    ints only: nothing the cyclic collector tracks (a tuple per cookie was
+    a million tracked objects, and full collections of half a second)."""
+    total = FlowCounts()
     for bridge in (1, 2):
         dp = SimpleNamespace(id=bridge, socket=ChunkedSocket(b"", 0), address=("127.0.0.1", 1))
         sw = Switch(dp, f"br{bridge}", timeout=5)
@@ -215,7 +218,47 @@ def test_counters_of_several_bridges_are_summed_as_their_replies_arrive():
             return True
         dp.send = send
         assert sw.flow_counters(1, into=total) is total
-    assert total == {0x4C00000000000001: (2 * 7, 2 * 700), 0x4CFFFFFFFFFFFFFF: (4 * 2**40, 4 * 2**50)}
+    assert dict(total.items()) == {0x4C00000000000001: (2 * 7, 2 * 700), 0x4CFFFFFFFFFFFFFF: (4 * 2**40, 4 * 2**50)}
+    assert not any(map(gc.is_tracked, total.parts)) and all(type(c) is int for part in total.parts
+                                                            for c in part.values())
+
+
+def test_counters_are_kept_in_parts_that_never_grow_big():
+    """A dict filling up to a million entries moves all of them at once
+    when it doubles (tens of milliseconds of the hub, once per refresh):
+    the counters go into parts by cookie, each a small share of them."""
+    dp = SimpleNamespace(id=1, socket=ChunkedSocket(b"", 0), address=("127.0.0.1", 1))
+    sw = Switch(dp, "br-test", timeout=5)
+    rnd = random.Random(3)
+    cookies = [0x4C00000000000000 | rnd.getrandbits(56) for _ in range(20_000)]
+    one = _entry(1, 100, 0, 1, 100, parser.OFPMatch(), [])
+    entries = [one[:24] + struct.pack("!Q", c) + one[32:] for c in cookies]  # the cookie at offset 24
+
+    def send(buf: bytes) -> bool:
+        xid = struct.unpack_from("!I", buf, 4)[0]
+        for i in range(0, len(entries), 400):
+            last = i + 400 >= len(entries)
+            flags = 0 if last else ofp.OFPMPF_REPLY_MORE
+            sw._claim(xid)(flags, _reply(flags, xid, entries[i:i + 400]))
+        return True
+    dp.send = send
+    counts = sw.flow_counters(1)
+    assert len(counts) == len(set(cookies)) and all(counts.get(c) == (1, 100) for c in cookies)
+    assert max(len(part) for part in counts.parts) < 4 * len(cookies) // FlowCounts.PARTS
+    assert cookies[0] in counts and 5 not in counts and counts.get(5) is None
+
+
+def test_counters_add_as_pairs_even_at_the_largest_counts():
+    """OpenFlow's counters have 64 bits; summed over many bridges the
+    packets never carry into the bytes."""
+    top = 2**64 - 1
+    counts = FlowCounts()
+    for _ in range(1000):
+        counts.add(9, top, top)
+    counts.add(10, 7, 0)
+    counts.add(10, 0, 5)
+    assert counts.get(9) == (1000 * top, 1000 * top) and counts.get(10) == (7, 5)
+    assert counts.get(11) is None and counts.get(11, (0, 0)) == (0, 0) and len(counts) == 2
 
 
 def test_the_rest_of_a_dump_given_up_on_is_dropped_not_handed_to_os_ken():

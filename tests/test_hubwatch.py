@@ -36,3 +36,16 @@ def test_a_greenthread_holding_the_hub_is_reported_with_its_stack(tmp_path):
     held = [s for s in stalls if any("hold_the_hub" in stack for _, stack in s["stacks"])]
     assert len(held) == 1, stalls
     assert 140 <= held[0]["stall_ms"] < 5000 and held[0]["samples"] >= 1
+    assert 0 < held[0]["cpu_ms"] <= held[0]["stall_ms"]  # busy on a CPU, as far as the machine let it
+
+
+def test_the_census_names_the_big_containers_a_full_collection_walks():
+    """bench/hub.py --census: what made a collection long is named by the
+    container that holds the references and what it holds."""
+    from lab.hubwatch import census
+
+    held = {i: [i] for i in range(20_000)}  # tracked: lists inside
+    seen = census(at_least=20_000)
+    assert [20_000, "dict of int -> list"] in seen["containers"], seen["containers"]
+    assert seen["tracked"] >= 20_000 and dict(seen["types"])["list"] >= 20_000
+    del held

@@ -3,11 +3,13 @@ map-cache equals the page of a full sort of the filtered mappings, for every
 order and filter, while no step between pauses handles more than a chunk."""
 from __future__ import annotations
 
+import collections
 import random
 
 import pytest
 
 from lisp_controller.controller import listing, slices
+from lisp_controller.controller.counters import FlowCounts
 from lisp_controller.controller.listing import CHUNK, SORTS, Query, select
 from lisp_controller.model import MapCache, Mapping, parse_prefix
 
@@ -67,12 +69,18 @@ def full_sort(ms: list[Mapping], q: Query, counts: dict, cookie_of) -> list[Mapp
 
 
 def test_the_order_index_follows_adds_replacements_and_removals():
+    """So do the counts by source (the metrics and the API read them:
+    nobody counts a million mappings to know)."""
     cache = MapCache(varied(500))
     ms = list(cache)
     for m in ms[:100]:
         cache.remove(m.iid, m.eid)
     for m in ms[100:150]:
         cache.add(m._replace(ttl=9))  # a replacement is not a second entry
+    for m in ms[150:160]:
+        cache.add(m._replace(source="registered:site-a"))  # nor one of another source
+    assert cache.sources() == dict(collections.Counter(m.source for m in cache))
+    assert "registered:site-a" in cache.sources()
     want = sorted(cache, key=lambda m: (m.iid, m.eid))
     assert len(want) == 400
     assert select(cache, Query(limit=1000)).mappings == want
@@ -88,6 +96,9 @@ def test_every_order_and_filter_pages_like_a_full_sort(sort, monkeypatch):
     cache = MapCache(ms)
     cookie_of = lambda m: hash((m.iid, m.eid)) & 0xFFFF  # noqa: E731
     counts = {cookie_of(m): (i % 13, i * 7 % 101) for i, m in enumerate(ms) if i % 5}
+    flow_counts = FlowCounts()  # as the bridges' counters are kept
+    for cookie, (packets, nbytes) in counts.items():
+        flow_counts.add(cookie, packets, nbytes)
     queries = [Query(), Query(iid=1000), Query(iid=1000, within=parse_prefix("128.0.0.0/1")),
                Query(within=parse_prefix("10.0.0.0/8")), Query(source="api"), Query(eid_text="fd00:"),
                Query(rloc_text="192.168.2."), Query(words=("1001", "drop")), Query(iid=7, source="config"),
@@ -98,7 +109,7 @@ def test_every_order_and_filter_pages_like_a_full_sort(sort, monkeypatch):
                 q2 = Query(**{**q.__dict__, "sort": sort, "descending": descending, "offset": offset,
                               "limit": limit})
                 want, total = full_sort(ms, q2, counts, cookie_of)
-                got = select(cache, q2, cookie_of=cookie_of, counts=counts)
+                got = select(cache, q2, cookie_of=cookie_of, counts=flow_counts)
                 assert (got.total, got.mappings) == (total, want), q2
 
 

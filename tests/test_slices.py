@@ -2,12 +2,14 @@
 slice of items or of time, whichever comes first."""
 from __future__ import annotations
 
+import pytest
+
 from lisp_controller.config import parse_config
 from lisp_controller.controller import slices
 from lisp_controller.controller.reconcile import reconcile
 from lisp_controller.controller.slices import Slices
 from lisp_controller.controller.state import Change, State
-from lisp_controller.model import Mapping
+from lisp_controller.model import Mapping, ModelError
 
 CONFIG = parse_config({"bridge": [{"datapath_id": "0000000000000001", "rloc": "192.0.2.1", "iid": 7}]})
 
@@ -85,6 +87,58 @@ def test_a_big_change_yields_at_least_every_slice_of_mappings():
     state.apply(Change(delete=[m.key for m in put]), pause=hub.pause)
     assert len(hub.items_between) >= len(put) // slices.CHECK - 1
     assert len(state.cache) == 0
+
+
+def test_the_check_of_a_big_change_yields_at_least_every_slice_of_mappings():
+    """State.check runs on the hub (Python on a native thread makes the
+    hub wait for the interpreter lock, controller/offhub.py) and lets it
+    go every slice; what it finds wrong is what it always found."""
+    state = State(CONFIG)
+    state.slice_clock = lambda: 0.0
+    put = _mappings(3 * slices.MOST + 7)
+    hub = FakeHub()
+    state.check(Change(put=put), pause=hub.pause)
+    assert len(hub.items_between) == 3
+    state.apply(Change(put=put[:10]))
+    hub = FakeHub()
+    state.check(Change(delete=[m.key for m in put[:10]] * (slices.MOST // 5)), pause=hub.pause)
+    assert len(hub.items_between) == 2
+    with pytest.raises(ModelError, match="appears twice"):
+        state.check(Change(put=put + put[-1:]), pause=hub.pause)
+
+
+def test_the_history_of_a_big_change_is_made_in_slices_and_whole_before_its_generation(monkeypatch):
+    """The end of a change puts its cookies into the history's arrays a
+    slice at a time (a million in one step held the hub 256 ms); until
+    that is done, neither the history nor the generation says the change
+    happened, so a bridge catching up meanwhile gets what was whole. The
+    change's sets of cookies are never walked by the collector."""
+    import gc
+
+    from lisp_controller.controller import shared as shared_module
+
+    monkeypatch.setattr(shared_module, "HISTORY_SLICE", 1000)
+    state = State(CONFIG)
+    state.slice_clock = lambda: 0.0  # the counts alone bound the slices
+    put = _mappings(3 * slices.MOST)
+    before = (state.generation, len(state.shared.history))
+    had = set(state.encoded)
+    seen, walked = [], []
+    big_sets = lambda: {id(o): len(o) for o in gc.get_objects() if type(o) is set and len(o) >= 1000}  # noqa: E731
+    others = big_sets()  # not the change's
+
+    def pause():
+        seen.append((state.generation, len(state.shared.history)))
+        walked.extend(n for i, n in big_sets().items() if i not in others)
+    state.apply(Change(put=put), pause=pause)
+    assert len(seen) == 3 + len(put) // 1000  # every MOST mappings, then every 1000 cookies
+    assert set(seen) == {before}
+    assert walked == []
+    assert state.generation == before[0] + 1 and len(state.shared.history) == before[1] + 1
+    generation, added, removed = state.shared.history[-1]
+    assert generation == state.generation and set(added) == state.encoded.keys() - had
+    assert len(added) == len(put) and len(removed) == 0
+    assert len(state.shared_delta(before[0])[0]) == len(put)
 
 
 def test_the_diff_of_a_full_sync_yields_at_least_every_slice_of_cookies():

@@ -203,8 +203,7 @@ class _StateCollector:
     def collect(self) -> Iterator[Metric]:
         state = self.views.state
         counts = dict.fromkeys(SOURCES, 0)
-        for mapping in state.cache:
-            counts[mapping.source] = counts.get(mapping.source, 0) + 1
+        counts.update(state.cache.sources())  # kept by the map-cache: no pass over a million
         g = GaugeMetricFamily("lisp_mappings", "Mappings in the map-cache, by owner", labels=["source"])
         for source, n in counts.items():
             g.add_metric([source], n)

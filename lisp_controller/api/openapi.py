@@ -122,8 +122,8 @@ SCHEMAS = {
                                   "within confirm_timeout (it still applies it); gone: it stopped meanwhile"},
         "applied": {"type": ["integer", "null"], "description": "the last change its bridges hold"}}},
     "Timings": {"type": "object", "additionalProperties": {"type": "number"},
-                "description": "milliseconds: json, validate, check, store, state (compile and encode), "
-                               "bridges (waiting for the barriers)"},
+                "description": "milliseconds: read (the body decoded and checked, one mapping at a time), "
+                               "check, store, state (compile and encode), bridges (waiting for the barriers)"},
     "Datapath": {"type": "object", "required": ["bridge", "configured", "connected"], "properties": {
         "bridge": {"type": "string"}, "configured": {"type": "boolean"},
         "datapath_id": {"type": ["string", "null"]}, "name": {"type": ["string", "null"]},

@@ -31,7 +31,7 @@ from lisp_controller.errors import NotFound
 from lisp_controller.controller.admit import admit, describe_dropped
 from lisp_controller.controller.applied import Applied, Confirmations
 from lisp_controller.store import Delta, Store, StoreError, StoreStale
-from lisp_controller.openflow.switch import SwitchError, describe_error
+from lisp_controller.openflow.switch import FlowCounts, SwitchError, describe_error
 from lisp_controller.controller.toobig import PathMtu
 from lisp_controller.controller.offhub import BIG_ITEMS, off_hub
 from lisp_controller.lisp.xtr import Xtr
@@ -148,7 +148,9 @@ class LispControllerApp(app_manager.OSKenApp):
         big_change = _size(change) >= BIG_ITEMS
         seq = None  # the change's number in a shared store
         with self.change_lock:
-            off_hub(big_change, self.state.check, change)  # reads the state; only commits change it
+            # Python work, on the hub in slices, not on a native thread
+            # (offhub.py); the change lock keeps the state as it is.
+            self.state.check(change, pause=_pause if big_change else None)
             t["check_ms"] = _ms_since(started)
             if self.store is not None and change.stored:
                 mark = time.monotonic()
@@ -324,7 +326,7 @@ class LispControllerApp(app_manager.OSKenApp):
         return self.counters.get()
 
     def _read_counters(self) -> Snapshot:
-        flows, buckets = {}, {}
+        flows, buckets = FlowCounts(), {}
         for session in self._attached():
             try:
                 session.switch.flow_counters(T_MAPCACHE, STATS_TIMEOUT, into=flows)

@@ -9,6 +9,9 @@ never more often than `cost_factor` times the duration of the last read:
 however large the table, reading it keeps at most a small share of the CPU.
 A caller never waits for the switches: it gets the last counters read
 (none at first) and the read it started shows on its next call.
+
+The counters of a million flows are a `FlowCounts` (openflow/switch.py):
+read as a dict of (packets, bytes), kept so as to cost the hub nothing.
 """
 from __future__ import annotations
 
@@ -18,9 +21,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from lisp_controller.openflow.switch import FlowCounts
 LOG = logging.getLogger(__name__)
 
-Counts = dict[int, tuple[int, int]]  # cookie -> (packets, bytes)
+# cookie -> (packets, bytes): a FlowCounts as read from the bridges, or a
+# dict (none read yet; tests).
+Counts = FlowCounts | dict[int, tuple[int, int]]
 BucketCounts = dict[int, tuple[tuple[int, int], ...]]  # group ID -> (packets, bytes) per bucket
 
 

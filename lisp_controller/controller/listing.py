@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from lisp_controller.controller.counters import Counts
 from lisp_controller.controller.slices import Slices
 from lisp_controller.model import MapCache, Mapping, Prefix, order_key
 
@@ -69,11 +70,12 @@ class Page:
 
 def select(cache: MapCache, query: Query, pause: Callable[[], None] = lambda: None,
            cookie_of: Callable[[Mapping], int] | None = None,
-           counts: dict[int, tuple[int, int]] | None = None,
+           counts: Counts | None = None,
            clock: Callable[[], float] = time.perf_counter) -> Page:
     """The page `query` asks for. `cookie_of` gives a mapping's flow
-    cookie and `counts` the counters by cookie: needed to sort by packets
-    or bytes. `clock` times the slices between pauses."""
+    cookie and `counts` the counters by cookie ((packets, bytes) from its
+    `get`): needed to sort by packets or bytes. `clock` times the slices
+    between pauses."""
     if not query.needs_scan:
         low, high = _range(query)
         page = cache.ordered(low, high, query.offset, query.offset + query.limit, query.descending)

@@ -1,14 +1,25 @@
-"""Big CPU-bound steps run on a native thread, so the hub keeps serving.
+"""Big steps that run outside the interpreter go to a native thread, so
+the hub keeps serving.
 
 The controller runs every OpenFlow session, the REST API and its timers on
 one eventlet hub (docs/architecture.rst). A step that holds the hub for
-seconds (decoding a 100 MB JSON body, checking a million-mapping change,
-one SQLite transaction writing it) makes echo replies and every API
-request wait. Such steps run in eventlet's thread pool instead: the
-interpreter hands the GIL back every few milliseconds, so the hub answers
-in between (bench/hub.py measures it). Only steps that touch nothing the
-hub changes meanwhile go there: pure functions, the state under the change
-lock (read only), the store's own connection.
+seconds makes echo replies and every API request wait. A step that spends
+its time outside the interpreter, where the interpreter lock is let go
+(one SQLite transaction writing a million rows: SQLite's own work and the
+fsync), runs in eventlet's thread pool instead, and the hub answers
+meanwhile. Only steps that touch nothing the hub changes meanwhile go
+there: pure functions, the store's own connection.
+
+Python work does not go there: it runs on the hub, in slices
+(controller/slices.py). While a native thread runs Python, the hub thread
+gives the interpreter lock away at each system call (a poll, a send, a
+receive) and waits up to the switch interval (5 ms) to take it back, so
+every echo pays several such waits (docs/performance.rst, "A free hub at
+a million mappings": an echo's p50 went from 0.2 to 5.3 ms, alone on the
+machine, while a thread ran Python). What still goes there with Python
+in it: a request body decoded whole when it is big (a bulk body only when
+it is not good JSON, to word the error: api/jsonstream.py), and the rows
+the store's transaction takes from a generator, between SQLite's steps.
 """
 from __future__ import annotations
 

@@ -14,15 +14,19 @@ from __future__ import annotations
 import array
 import collections
 import collections.abc
+import time
 from typing import Callable, Iterator
 
+from lisp_controller.controller.slices import Slices, sliced
 from lisp_controller.model import Mapping
+from lisp_controller.model.untracked import untrack, untrack_all
 from lisp_controller.pipeline.actions import groups_in
 from lisp_controller.pipeline.compiler import mapping_flow, mapping_group
 from lisp_controller.pipeline.flows import Flow, Group
 from lisp_controller.controller.reconcile import GROUP_GONE, GroupGone
 
 HISTORY_COOKIES = 2_000_000  # shared-flow changes remembered for bridges' delta syncs
+HISTORY_SLICE = 100_000  # cookies put into the history's arrays between pauses at most
 # (cookie, flow-mod) added, (cookie, None) removed; (group ID, Group) wanted,
 # (group ID, GROUP_GONE) no longer (reconcile.Stream reads them).
 Journal = list[tuple[int, bytes | Group | GroupGone | None]]
@@ -42,7 +46,8 @@ class SharedFlows(collections.abc.Mapping):
         # cookies are kept in arrays, not sets: a million ints in a set cost
         # the cyclic collector about 100 ms per full collection, an array
         # nothing (docs/performance.rst, "A free hub"), and delta() only
-        # goes through them.
+        # goes through them. The sets of the change being made are not
+        # tracked by the collector either (they hold ints only).
         self.history: collections.deque[tuple[int, array.array, array.array]] = collections.deque()
         self._history_cookies = 0  # cookies held in `history`, kept as it changes: many small commits
         self._added: set[int] | None = None
@@ -67,12 +72,22 @@ class SharedFlows(collections.abc.Mapping):
     def __len__(self) -> int:
         return len(self._source)
 
+    def untrack(self) -> None:
+        """Hide the flows by cookie from the collector again (CPython
+        tracks the dict again when a mapping is put in it): a million
+        mappings cost every full collection tens of milliseconds
+        otherwise (model/untracked.py). Flows and mappings cannot
+        reference the dict back."""
+        untrack_all((self._source,))
+
     # -- one change ------------------------------------------------------------
     def begin(self, track: bool, stream: Callable[[Journal], None] | None = None) -> None:
         """Start a change: `track` records it as a new generation; `stream`
         receives the flows' changes in order at each `flush`."""
         if track:
             self._added, self._removed = set(), set()
+            untrack(self._added)
+            untrack(self._removed)
         self._stream = stream
         self._journal = [] if stream is not None else None
 
@@ -92,13 +107,21 @@ class SharedFlows(collections.abc.Mapping):
         self._stream(first + self._journal + last)
         self._journal = []
 
-    def end(self, generation: int | None) -> None:
-        """Close the change, remembered under `generation` if it was tracked."""
+    def end(self, generation: int | None, pause: Callable[[], None] | None = None,
+            clock: Callable[[], float] = time.perf_counter) -> None:
+        """Close the change, remembered under `generation` if it was
+        tracked. Its cookies go into the history's arrays a slice at a time
+        (controller/slices.py, `pause` between them: a million in one step
+        held the hub 256 ms); the history gains the change only once it is
+        whole, so whoever asks for a delta meanwhile gets the generations
+        before."""
+        slices = Slices(pause, most=HISTORY_SLICE, clock=clock)
+        added, removed = self._added, self._removed
         self._journal = self._stream = None
         self._groups_before = {}
-        if generation is not None and self._added is not None:
-            self._remember(generation, self._added, self._removed)
         self._added = self._removed = None
+        if generation is not None and added is not None:
+            self._remember(generation, _array(added, slices), _array(removed, slices))
 
     def add(self, source: Mapping | Flow, cookie: int, data: bytes) -> None:
         other = self.encoded.get(cookie)
@@ -188,12 +211,24 @@ class SharedFlows(collections.abc.Mapping):
                     added.add(c)
         return added, removed
 
-    def _remember(self, generation: int, added: set[int], removed: set[int]) -> None:
-        self.history.append((generation, array.array("Q", added), array.array("Q", removed)))
+    def _remember(self, generation: int, added: array.array, removed: array.array) -> None:
+        self.history.append((generation, added, removed))
         self._history_cookies += len(added) + len(removed)
         while len(self.history) > 1 and self._history_cookies > HISTORY_COOKIES:
             _, a, r = self.history.popleft()
             self._history_cookies -= len(a) + len(r)
+
+
+def _array(cookies: set[int], slices: Slices | None) -> array.array:
+    """`cookies` in an array, letting the hub go between slices; the set
+    (the caller's alone by then) is emptied as it goes, so it is not
+    let go of in one step either (20 ms for a million)."""
+    return array.array("Q", sliced(_drain(cookies), slices))
+
+
+def _drain(items: set[int]) -> Iterator[int]:
+    while items:
+        yield items.pop()
 
 
 def _group_of(source: Mapping | Flow) -> Group | None:

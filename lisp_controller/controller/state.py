@@ -29,10 +29,12 @@ from typing import Callable, Iterable
 from lisp_controller.pipeline.compiler import mapping_flow_mod, mapping_group, miss_flow
 from lisp_controller.config import Config
 from lisp_controller.controller.shared import SharedFlows
-from lisp_controller.controller.slices import Slices
+from lisp_controller.controller.slices import Slices, sliced
 from lisp_controller.errors import Conflict, NotFound
 from lisp_controller.pipeline.flows import Group, encoded
-from lisp_controller.model import Bridge, Endpoint, MapCache, Mapping, ModelError, Prefix, endpoint_mappings, prefix_key
+from lisp_controller.model import (Bridge, Endpoint, MapCache, Mapping, ModelError, Prefix, endpoint_mappings,
+                                   order_key, prefix_key)
+from lisp_controller.model.untracked import untrack, untrack_all, untracked_list
 
 Key = tuple  # (iid, IPv4Network | IPv6Network)
 
@@ -89,7 +91,9 @@ class State:
         # Everything the control plane learned, by prefix_key, whether it is
         # in the map-cache or hidden there by a config, endpoint or API mapping.
         self.learned: dict[tuple, Mapping] = {}
-        self._expiry: list[tuple[float, int, Prefix]] = []  # heap of (expires, iid, eid)
+        # Heap of (expires, iid, eid); the collector walks neither it nor
+        # its entries (model/untracked.py: numbers and a prefix).
+        self._expiry: list[tuple[float, int, Prefix]] = untracked_list()
         self.bridges: dict[str, Bridge] = dict(self._config_bridges)
         miss = miss_flow(config.overlay.miss_action)
         self.shared.add(miss, *encoded(miss))
@@ -158,16 +162,20 @@ class State:
         return change
 
     # -- changing ----------------------------------------------------------
-    def check(self, change: Change) -> None:
+    def check(self, change: Change, pause: Callable[[], None] | None = None) -> None:
         """Raise Conflict, NotFound or ModelError if `change` may not be
-        applied; change nothing."""
-        seen: set[Key] = set()
+        applied; change nothing. `pause` is called between slices of the
+        mappings (controller/slices.py): the caller holds what keeps the
+        state as it is meanwhile (the controller's change lock)."""
+        seen: dict[int, None] = {}  # keys as ints (see _int_key)
         many = len(change.put) > 1 or change.replace_api
-        for i, m in enumerate(change.put):
+        slices = Slices(pause, clock=self.slice_clock)
+        for i, m in enumerate(sliced(change.put, slices)):
             key = m.key
-            if key in seen:
+            ikey = _int_key(key)
+            if ikey in seen:
                 raise ModelError(f"{_where(i, many)}.eid", f"{key_text(key)} appears twice in this request")
-            seen.add(key)
+            seen[ikey] = None
             owner = self._owned(key)
             if owner in ("config", "endpoint"):
                 raise Conflict(f"{_where(i, many)}.eid", f"{key_text(key)} is owned by the {owner} "
@@ -175,7 +183,7 @@ class State:
             if owner == "api" and change.create_only:
                 raise Conflict(f"{_where(i, many)}.eid", f"{key_text(key)} already exists "
                                "(PUT replaces a mapping)")
-        for key in change.delete:
+        for key in sliced(change.delete, slices):
             owner = self.owner(key)
             if owner is None:
                 raise NotFound("eid", f"no mapping for {key_text(key)}")
@@ -227,14 +235,18 @@ class State:
         def tick() -> None:
             if slices.due():
                 flush()
+                self._untrack()
                 slices.pause()
 
         if change.replace_api:
-            keep = {m.key for m in change.put}
-            for m in self.api_mappings():
-                if m.key not in keep:
+            keep = {}  # keys as ints (see _int_key)
+            for m in change.put:
+                keep[_int_key(m.key)] = None
+                tick()
+            for m in self.cache.snapshot():  # the map-cache changes below
+                if m.source == "api" and _int_key(m.key) not in keep:
                     self._remove(m.key)
-                    tick()
+                tick()
         for key in change.delete:
             self._remove(key)
             tick()
@@ -260,9 +272,22 @@ class State:
             self._learn(stamp(m, now) if m.expires is None else m)
             tick()
         flush()
+        self._untrack()
+        # The generation moves on once the change is whole, its history too.
+        generation = self.generation + 1 if bump else None
+        shared.end(generation, pause, self.slice_clock)
         if bump:
-            self.generation += 1
-        shared.end(self.generation if bump else None)
+            self.generation = generation
+
+    def _untrack(self) -> None:
+        """Hide the dicts of a million mappings from the collector again:
+        CPython tracks a dict again when a mapping is put in it, and every
+        full collection would walk it (model/untracked.py). Between the
+        slices of a change and at its end: collections run while it
+        pauses, and after it."""
+        self.cache.untrack()
+        self.shared.untrack()
+        untrack_all((self.learned,))
 
     def _rebuild_bridge(self, label: str) -> None:
         base = self._config_bridges[label]
@@ -292,7 +317,9 @@ class State:
 
     def _schedule(self, m: Mapping) -> None:
         if m.expires is not None:
-            heapq.heappush(self._expiry, (m.expires, m.iid, m.eid))
+            entry = (m.expires, m.iid, m.eid)
+            untrack(entry)
+            heapq.heappush(self._expiry, entry)
 
     def _put(self, m: Mapping) -> None:
         key = prefix_key(m.iid, m.eid)
@@ -320,6 +347,16 @@ class State:
             hidden = self.learned.get(ikey)
             if hidden is not None and hidden is not m:
                 self._put(hidden)
+
+
+def _int_key(key: Key) -> int:
+    """(IID, prefix) as one int (model.order_key), to remember a million
+    keys by. A dict of ints is never tracked by the cyclic collector and
+    is freed in milliseconds, in the order it was made; a set of a million
+    (IID, prefix) tuples cost every full collection a walk (a tuple
+    holding a prefix is never untracked) and 0.3 s to free, in one step
+    of the hub."""
+    return order_key(*prefix_key(*key))
 
 
 def stamp(m: Mapping, now: float) -> Mapping:

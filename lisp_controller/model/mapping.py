@@ -18,7 +18,7 @@ from lisp_controller.model.values import (ACTIONS, IID_MAX, PRIORITY_UNUSED, IPA
                                           _new_tuple, as_prefix, parse_action, parse_gateway, parse_host_address,
                                           parse_iid, parse_int, parse_interface_name, parse_mac, parse_prefix,
                                           parse_rloc_address)
-from lisp_controller.model.untracked import untrack
+from lisp_controller.model.untracked import untrack, untrack_all, untracked_list
 
 
 class Rloc(NamedTuple):
@@ -236,6 +236,7 @@ class MapCache:
         # (iid, version) -> {prefixlen: {network int: Mapping}}
         self._buckets: dict[tuple[int, int], dict[int, dict[int, Mapping]]] = {}
         self._count = 0
+        self._sources: dict[str, int] = {}  # mappings by source, kept as they come and go
         self._order = SortedList()  # order_key of every mapping
         self._watcher = None  # told of every prefix that comes and goes (see watch)
         for m in mappings:
@@ -285,7 +286,11 @@ class MapCache:
         if is_tracked(mapping):  # acyclic: nothing for the collector to walk (model/untracked.py)
             untrack(mapping)
             untrack(mapping.eid)
-        if old is None:
+        sources = self._sources
+        sources[mapping.source] = sources.get(mapping.source, 0) + 1
+        if old is not None:
+            self._forget_source(old.source)
+        else:
             self._count += 1
             self._order.add(order_key(iid, version, network, length))
             if self._watcher is not None:
@@ -299,6 +304,7 @@ class MapCache:
         mapping = bucket.pop(network, None) if bucket is not None else None
         if mapping is not None:
             self._count -= 1
+            self._forget_source(mapping.source)
             self._order.remove(order_key(iid, version, network, length))
             if not bucket:
                 del lengths[length]
@@ -306,11 +312,33 @@ class MapCache:
                 self._watcher.discard((iid, version, network, length))
         return mapping
 
+    def sources(self) -> dict[str, int]:
+        """How many mappings each source has (config, endpoint, api, ...):
+        kept as mappings come and go, so nobody counts a million to know."""
+        return dict(self._sources)
+
+    def _forget_source(self, source: str) -> None:
+        left = self._sources[source] - 1
+        if left:
+            self._sources[source] = left
+        else:
+            del self._sources[source]
+
+    def untrack(self) -> None:
+        """Hide the map-cache's containers of a million items from the
+        collector again (model/untracked.py): its buckets, which CPython
+        tracks again when a mapping is put in, and its order index's lists
+        of ints (the sorted list makes a new one when one grows long).
+        Cheap: a few dozen buckets, one list per thousand mappings."""
+        untrack_all(bucket for lengths in self._buckets.values() for bucket in lengths.values())
+        untrack_all(self._order._lists)  # sortedcontainers' sublists: ints only
+
     def snapshot(self) -> list[Mapping]:
         """Every mapping, in no order: a list made in C (a few milliseconds
         for a million), so a caller can go through it while yielding to
-        the hub and the map-cache changes meanwhile."""
-        out: list[Mapping] = []
+        the hub and the map-cache changes meanwhile. The collector never
+        walks it (model/untracked.py)."""
+        out: list[Mapping] = untracked_list()
         for lengths in self._buckets.values():
             for bucket in lengths.values():
                 out.extend(bucket.values())

@@ -1,4 +1,5 @@
-"""Keep the map-cache's mappings out of the cyclic collector's sight.
+"""Keep the map-cache's mappings, and the containers of a million of them,
+out of the cyclic collector's sight.
 
 Python frees an object when its last reference goes (reference counting);
 the cyclic collector only exists for garbage that references itself. Its
@@ -18,10 +19,26 @@ nor count towards the next full one. Unlike
 `gc.freeze()`, this keeps no garbage: an untracked mapping is freed as
 soon as nothing holds it, as before; and whatever it references stays
 tracked, so cycles elsewhere are still found.
+
+An untracked object costs a collection nothing, but a tracked container
+holding it still makes the collection look at it: a dict or a list of a
+million mappings cost every full collection 30 to 150 ms (bench/hub.py
+--census). Such containers (the map-cache's buckets, a snapshot of it,
+the mappings of a request, sets of keys made of numbers) can never be
+part of a cycle either, as nothing in them can reference the container,
+so they are untracked too (`untrack_all`, `untracked_list`). CPython never tracks a list
+or a set again once untracked; it tracks a dict again as soon as it puts
+in it a value that may be tracked (a `Mapping` is one, being a tuple
+subclass), so the owners of such dicts untrack them again when a change
+pauses or ends (`MapCache.untrack`, controller/state.py). Whatever is put
+in such a container stays a correct program either way: an untracked
+container only hides its references, it never frees anything.
 """
 from __future__ import annotations
 
+import gc
 import sys
+from typing import Iterable
 
 if sys.implementation.name == "cpython":
     import ctypes
@@ -34,8 +51,25 @@ else:  # pragma: no cover - other interpreters collect differently
         pass
 
 
-def untrack(value: tuple) -> None:
-    """Stop the collector tracking `value`, a tuple that cannot be part of
-    a reference cycle (it holds nothing that could reference it back).
-    Calling it twice is harmless."""
+def untrack(value: object) -> None:
+    """Stop the collector tracking `value`: a tuple, or a container, that
+    cannot be part of a reference cycle (it holds nothing that could
+    reference it back). Calling it twice is harmless."""
     _untrack(value)
+
+
+def untrack_all(containers: Iterable[object]) -> None:
+    """`untrack` each of `containers` the collector tracks now (a dict
+    that was put a mapping in since it was last untracked)."""
+    is_tracked = gc.is_tracked
+    for c in containers:
+        if is_tracked(c):
+            _untrack(c)
+
+
+def untracked_list() -> list:
+    """A new list the collector never walks (see the module docstring:
+    for mappings and other values that cannot reference it)."""
+    out: list = []
+    _untrack(out)
+    return out
