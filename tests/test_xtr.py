@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
 import threading
+from types import SimpleNamespace
 
 import pytest
 
@@ -18,7 +20,8 @@ from lisp_controller.lisp.config import MapServerPeer, XtrSettings
 from lisp_controller.lisp.auth import AuthKey
 from lisp_controller.lisp.registrar import MAX_MESSAGE, Registrar
 from lisp_controller.lisp.resolver import Held, Resolution, Resolver
-from lisp_controller.model import Bridge, Endpoint, MapCache, Mapping, as_prefix, parse_prefix
+from lisp_controller.model import Bridge, Endpoint, MapCache, Mapping, as_prefix, parse_prefix, prefix_key
+from lisp_controller.pipeline.compiler import mapping_flow_mod
 
 V4 = ipaddress.IPv4Address
 KEY = AuthKey(1, b"xtr-test-key")
@@ -499,72 +502,139 @@ def test_held_packets_are_bounded_per_request_and_in_all(monkeypatch):
     assert res.counts["packets_not_held"] == 12 - resolver_module.MAX_HELD + 3
 
 
-class RecordingSwitch:
-    def __init__(self, log: list):
-        self.log, self.closed = log, False
+class WireDatapath:
+    """What a real Switch (openflow/switch.py) writes, message by message.
+    It answers every barrier at once and refuses the flow-mods whose
+    cookies are in `refuse` just before, as a switch's error precedes the
+    reply to a later barrier."""
 
-    def send(self, msg: bytes) -> None:
-        self.log.append(("send", msg))
+    HEADER = struct.Struct("!BBHI")
 
-    def barrier(self) -> None:
-        self.log.append(("barrier",))
+    def __init__(self, refuse: set[int] = frozenset()):
+        self.switch = None
+        self.refuse = refuse
+        self.writes: list[list[tuple[int, bytes]]] = []  # (OpenFlow type, message) per write
+
+    def send(self, buf: bytes) -> bool:
+        messages, offset = [], 0
+        while offset < len(buf):
+            _, mtype, length, xid = self.HEADER.unpack_from(buf, offset)
+            msg = buf[offset:offset + length]
+            messages.append((mtype, msg))
+            if mtype == 14 and int.from_bytes(msg[8:16], "big") in self.refuse:  # OFPT_FLOW_MOD
+                self.switch.on_error(SimpleNamespace(xid=xid, type=5, code=1))  # OFPFMFC_TABLE_FULL
+            elif mtype == 20:  # OFPT_BARRIER_REQUEST
+                self.switch.on_reply(SimpleNamespace(xid=xid, flags=0))
+            offset += length
+        self.writes.append(messages)
+        return True
 
 
-def test_learned_flows_go_ahead_of_a_change_in_progress_and_are_committed_after_it(monkeypatch):
-    """While a bulk is being made, a resolved mapping that needs no
-    group and whose key nobody else holds is sent to the bridges on its own,
-    its held packets right behind it on the same connection (the switch
-    takes them in order: tests/test_bundle_ovs.py), and only then the
-    barrier that confirms it; the commit comes when the lock is free. The others wait for the commit as before."""
-    from types import SimpleNamespace
+def _xtr_on_a_wire(monkeypatch, refuse: set[int] = frozenset(), owners: dict | None = None):
+    """An Xtr whose one bridge (datapath 1) is a real Switch on a
+    WireDatapath; commits are recorded, greenthreads run when the test says."""
     from lisp_controller.lisp import xtr as xtr_module
-    from lisp_controller.model import Rloc
-    from lisp_controller.openflow import encode
-    from lisp_controller.pipeline.compiler import mapping_flow_mod
-    from lisp_controller.model import prefix_key
-    log: list = []
+    from lisp_controller.openflow.switch import Switch
+    dp = WireDatapath(refuse)
+    switch = dp.switch = Switch(dp, "hv1", timeout=1)
     hv1 = bridge("hv1", "192.0.2.1", {"vnet0": ["10.1.1.20"]})
-    session = SimpleNamespace(label="hv1", switch=RecordingSwitch(log), idle=True, writes=True,
-                              status=SimpleNamespace(bridge=hv1, ports={"lisp0": 3, "vnet0": 1}))
-    owners = {(1000, parse_prefix("10.7.0.0/24")): "api"}
-    commits = []
-    app = SimpleNamespace(sessions={1: session}, big_changes=0,
-                          state=SimpleNamespace(clock=Clock(), owner=owners.get, cache=MapCache()),
-                          apply_change=lambda change, wait=None: commits.append((change, wait)) or log.append(("commit",)) or [])
-    one = Mapping(1000, parse_prefix("10.9.0.0/24"), (Rloc(V4("192.0.2.1")),), ttl=5, source="map-resolver")
-    group = Mapping(1000, parse_prefix("10.8.0.0/24"), (Rloc(V4("192.0.2.1")), Rloc(V4("192.0.2.2"))), ttl=5,
-                    source="map-resolver")
-    owned = Mapping(1000, parse_prefix("10.7.0.0/24"), (Rloc(V4("192.0.2.1")),), ttl=5, source="map-resolver")
-    batch = [Resolution((1000, m.eid), [m], [Held(1, 1, bytes([n]))]) for n, m in enumerate((one, group, owned))]
+    session = SimpleNamespace(label="hv1", switch=switch, writes=True,
+                              status=SimpleNamespace(bridge=hv1, ports={"lisp0": 3, "vnet0": 1}, datapath_id=1))
+    commits: list = []
+    app = SimpleNamespace(sessions={1: session}, state=SimpleNamespace(clock=Clock(), owner=(owners or {}).get,
+                                                                       cache=MapCache()),
+                          apply_change=lambda change, wait=None: commits.append(change) or [])
+    spawned: list = []
+    monkeypatch.setattr(xtr_module.hub, "spawn", lambda f, *args: spawned.append((f, args)))
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
+    x = xtr_module.Xtr(app, resolver_settings("127.0.0.1"), sock)
+    return x, dp, commits, spawned, sock
+
+
+def _learned(eid: str, *rlocs: str) -> Mapping:
+    from lisp_controller.model import Rloc
+    return Mapping(1000, parse_prefix(eid), tuple(Rloc(V4(r)) for r in rlocs), ttl=5, source="map-resolver")
+
+
+def _frame_to(destination: str) -> bytes:
+    return bytes(12) + b"\x08\x00" + bytes.fromhex("4500001c0000000040110000") + \
+        V4("10.1.1.20").packed + V4(destination).packed + bytes(8)
+
+
+def _run(spawned: list) -> None:
+    while spawned:
+        f, args = spawned.pop(0)
+        f(*args)
+
+
+def test_a_learned_flow_goes_out_with_its_packets_right_behind_it_before_its_commit(monkeypatch):
+    """A resolved mapping that needs no group and whose key nobody else
+    holds is sent to the bridge at once: its flow-mod, a barrier and its
+    held packets in one write, without waiting for the barrier (the switch
+    takes them in order: tests/test_bundle_ovs.py) nor for the commit,
+    which comes after. A mapping with an RLOC set (its group is the
+    commit's to make) and one whose key the API holds are committed first,
+    and their packets follow."""
+    from lisp_controller.openflow import encode
+    one, group, owned = (_learned("10.9.0.0/24", "192.0.2.1"),
+                         _learned("10.8.0.0/24", "192.0.2.1", "192.0.2.2"), _learned("10.7.0.0/24", "192.0.2.1"))
+    x, dp, commits, spawned, sock = _xtr_on_a_wire(monkeypatch, owners={owned.key: "api"})
     try:
-        x = xtr_module.Xtr(app, resolver_settings("127.0.0.1"), sock)
-        x._probed[(1, V4("192.0.2.1"))] = -1e9   # nothing to wait for: no probe settles
-        app.big_changes = 1   # a bulk is being made
-        spawned = []
-        monkeypatch.setattr(xtr_module.hub, "spawn", lambda f, *args: spawned.append((f, args)))
+        batch = [Resolution(m.key, [m], [Held(1, 1, bytes([n]))]) for n, m in enumerate((one, group, owned))]
         x._install(batch)
-        assert log == [] and not commits   # the installer waits neither for the lock nor for the switch
-        for f, args in spawned:
-            f(*args)
-        out = lambda n: ("send", encode.packet_out_to_table(1, bytes([n])))
-        flow = ("send", mapping_flow_mod(one, prefix_key(1000, one.eid))[1])
-        assert log == [flow, out(0), ("barrier",)] and not commits   # the installer never waits for the lock
-        assert x.resolver.counts["learned_ahead"] == 1
-        # another packet to the EID that went ahead is sent on, not asked about again
-        frame = bytes(12) + b"\x08\x00" + bytes.fromhex("4500001c0000000040110000") + \
-            V4("10.1.1.20").packed + V4("10.9.0.7").packed + bytes(8)
-        x.packet_in(1, 1, 1000, frame)
-        assert log[-1] == ("send", encode.packet_out_to_table(1, frame)) and not x.resolver.pending()
-        app.big_changes = 0   # the bulk is done: everything is committed, the rest of the packets go
+        assert dp.writes == [] and commits == []   # the installer waits for nothing
+        _run(spawned)
+        flow = mapping_flow_mod(one, prefix_key(1000, one.eid))[1]
+        out = lambda n: encode.packet_out_to_table(1, bytes([n]))
+        (write,) = dp.writes
+        assert [t for t, _ in write] == [14, 20, 13]   # flow-mod, barrier, packet-out: one write
+        assert write[0][1][8:] == flow[8:] and write[2][1][8:] == out(0)[8:]
+        assert commits == [] and x.resolver.counts["learned_ahead"] == 1
+        assert x.flows_ahead() == {mapping_flow_mod(one, prefix_key(1000, one.eid))[0]: flow}
+        # Another packet to the EID that went ahead is sent on, not asked about again.
+        x.packet_in(1, 1, 1000, _frame_to("10.9.0.7"))
+        assert [t for t, _ in dp.writes[-1]] == [13] and not x.resolver.pending()
+        # The commit: everything learned, then the packets that waited for it.
+        dp.writes.clear()
         x._commit_pending()
-        assert [m.eid for m in commits[0][0].learn] == [one.eid, group.eid, owned.eid] and not list(x._ahead)
-        assert log[-3:] == [("commit",), out(1), out(2)]
-        # nothing in progress: the usual way, commit first, then the packets
-        log.clear()
-        x._install(batch[:1])
+        assert [m.eid for m in commits[0].learn] == [one.eid, group.eid, owned.eid]
+        assert not list(x._ahead) and x.flows_ahead() == {}
+        assert [[m[8:] for _, m in w] for w in dp.writes] == [[out(1)[8:], out(2)[8:]]]
+    finally:
+        sock.close()
+
+
+def test_a_refused_learned_flow_drops_its_packets_instead_of_sending_them_round(monkeypatch):
+    """The switch refuses one of two learned flows (a full table). Its
+    packet, sent behind it, meets no flow and comes back through the miss
+    meter: it is dropped and counted, as is the next one, and never sent
+    round again (which would loop). The other flow's packets go on."""
+    refused, fine = _learned("10.9.0.0/24", "192.0.2.1"), _learned("10.9.1.0/24", "192.0.2.1")
+    cookie = mapping_flow_mod(refused, prefix_key(1000, refused.eid))[0]
+    x, dp, commits, spawned, sock = _xtr_on_a_wire(monkeypatch, refuse={cookie})
+    try:
+        x._install([Resolution(m.key, [m], [Held(1, 1, bytes([n]))]) for n, m in enumerate((refused, fine))])
+        _run(spawned)
+        assert [t for t, _ in dp.writes[0]] == [14, 14, 20, 13, 13]
+        assert x.resolver.counts["learned_refused"] == 1
+        assert x._refused == {(1, refused.key): cookie}
+        dp.writes.clear()
+        for n in range(2):  # the packet that came back, and the next one
+            x.packet_in(1, 1, 1000, _frame_to("10.9.0.7"))
+        assert dp.writes == [] and x.resolver.counts["misses_refused"] == 2 and not x.resolver.pending()
+        x.packet_in(1, 1, 1000, _frame_to("10.9.1.7"))
+        assert [t for t, _ in dp.writes[0]] == [13]
+        # Still learned: committed like the other (the bridge's sync tries it again and reports it).
         x._commit_pending()
-        assert log == [("commit",), out(0)]
+        assert {m.eid for m in commits[0].learn} == {refused.eid, fine.eid}
+        # Asked again later (its TTL ran out) and taken this time: its packets go on again.
+        dp.refuse = set()
+        x._install([Resolution(refused.key, [refused], [])])
+        _run(spawned)
+        assert x._refused == {}
+        dp.writes.clear()
+        x.packet_in(1, 1, 1000, _frame_to("10.9.0.7"))
+        assert [t for t, _ in dp.writes[0]] == [13]
     finally:
         sock.close()

@@ -357,7 +357,10 @@ class BridgeSession:
                 expected = {**state.encoded, **local} if deep else None
                 # Under the lock nobody changes the state, and only this
                 # greenthread changes `installed`: the diff may yield.
-                plan = None if deep else reconcile(self.installed, state.encoded, local, slices=self._slices())
+                # Learned flows the xTR sent ahead of their commit are wanted
+                # too (lisp/xtr.py): a full sync must not remove them.
+                plan = None if deep else reconcile(self.installed, state.encoded, local, self.app.flows_ahead(),
+                                                   slices=self._slices())
                 self._local_flows = len(local)
             else:
                 plan = catch_up(self.installed, delta[0], delta[1], state.encoded)
@@ -369,9 +372,9 @@ class BridgeSession:
             self._report_missing_ports(compiled.missing_ports)
             if deep:  # compare whole flows first; the diff then repairs what differs
                 mark = time.monotonic()
-                self._deep_check(compiled, expected)
+                ahead = self._deep_check(compiled, expected)
                 self._deep_check_groups(groups)
-                plan = reconcile(self.installed, expected, slices=self._slices())
+                plan = reconcile(self.installed, expected, ahead, slices=self._slices())
                 plan = plan.with_groups(group_plan(self.installed_groups, groups))
                 stages["verify_ms"] = _ms_since(mark)
             st.flows_installed = sum(self.installed.values())
@@ -539,9 +542,13 @@ class BridgeSession:
             return render(flow) if flow is not None else f"cookie={key:#x}"
         return name
 
-    def _deep_check(self, compiled: Compiled, expected: dict[int, bytes]) -> None:
+    def _deep_check(self, compiled: Compiled, expected: dict[int, bytes]) -> dict[int, bytes]:
         """Read every flow of ours and count one whose content differs
-        from its cookie's flow twice, so reconcile replaces it.
+        from its cookie's flow twice, so reconcile replaces it. Returns the
+        learned flows the xTR sent ahead of their commit, as they are after
+        the read: the bridge may hold them and should (lisp/xtr.py); they
+        are not drift. Their commit waits for this session's sync, so none
+        of them is committed and dropped from the xTR's list meanwhile.
 
         Drift is what differs from what this session last left on the
         bridge (`installed`), not from `expected`: the state may have moved
@@ -566,12 +573,14 @@ class BridgeSession:
             LOG.warning("bridge %s: %d flows of ours were changed on the switch (by hand?); "
                         "replacing them with: %s", self.label, len(verdict.changed),
                         "; ".join(name(c) for c in verdict.changed[:5]))
-        stray = sum(1 for c in sliced(verdict.counts, cut) if c not in left)
+        ahead = self.app.flows_ahead()
+        stray = sum(1 for c in sliced(verdict.counts, cut) if c not in left and c not in ahead)
         gone = sum(1 for c in sliced(left, cut) if c not in verdict.counts)
         if verdict.duplicates or stray or gone:
             LOG.warning("bridge %s: deep check found %d duplicate, %d unwanted and %d missing "
                         "flows under our cookie; repairing", self.label, verdict.duplicates,
                         stray, gone)
+        return ahead
 
     def _deep_check_groups(self, expected: dict[int, Group]) -> None:
         """Read our groups back whole: one changed by hand is replaced, one
