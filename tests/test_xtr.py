@@ -387,6 +387,60 @@ def test_a_counter_not_read_yet_is_no_traffic():
     assert res.refresh_due(counters.get) == [] and res.pending() == 0  # no traffic since: left to expire
 
 
+def test_an_entry_answered_again_follows_its_new_ttl():
+    """A prefix answered again before its refresh window (another miss
+    asked about it) runs on its new TTL: its window opens two leads before
+    the new expiry, not the old one."""
+    clock = Clock()
+    res = Resolver(resolver_settings("192.0.2.50"), clock, Nonces())
+
+    def learn() -> Mapping:
+        (request,) = res.miss(1000, V4("10.1.1.20"), V4("10.9.1.1"))
+        nonce = unwrap_ecm(request.data).message.nonce
+        return res.on_reply(MapReply(nonce, (static_record(1000, "10.9.0.0/16", ["192.0.2.9"], ttl=1),))).mappings[0]
+
+    m = learn()
+    clock.now += 30
+    learn()  # expires 60 s from now, no longer 30
+    asked = []
+    counters = lambda key: asked.append(key) or 1
+    clock.now += 18  # the old window would open now
+    assert res.refresh_due(counters) == [] and asked == []
+    clock.now += 30  # the new one does
+    assert res.refresh_due(counters) == [] and asked == [m.key]
+    clock.now += 6
+    assert res.refresh_due(counters) == [] and res.pending() == 0  # no traffic: left to expire
+    clock.now += 6
+    assert res.refresh_due(counters) == [] and not res._learned
+
+
+def test_learned_state_is_shared_and_out_of_the_collectors_sight():
+    """Each learned prefix would otherwise keep seven tracked objects (its
+    refresh record, the packet's source address, its own RLOC set): at
+    40,000 prefixes, full collections of 150 ms that hold the hub
+    (docs/performance.rst). Prefixes with the same RLOC share one set; the
+    refresh record is untracked, its source address one per source."""
+    import gc
+    clock = Clock()
+    res = Resolver(resolver_settings("192.0.2.50"), clock, Nonces())
+    learned = []
+    for dst in ("10.9.1.1", "10.8.1.1"):
+        (request,) = res.miss(1000, V4("10.1.1.20"), V4(dst))
+        nonce = unwrap_ecm(request.data).message.nonce
+        (m,) = res.on_reply(MapReply(nonce, (static_record(1000, dst.rsplit(".", 2)[0] + ".0.0/16",
+                                                                ["192.0.2.9"], ttl=1),))).mappings
+        learned.append(m)
+    one, two = learned
+    assert one.rlocs is two.rlocs
+    records = [res._learned[m.key] for m in learned]
+    assert not any(gc.is_tracked(r) for r in records)
+    assert records[0].source is records[1].source
+    # The keys and the refresh schedule: tuples holding a Prefix, which
+    # Python would keep tracked for good.
+    assert len(res._looks) == 2 and not any(gc.is_tracked(x) for look in res._looks for x in (look, look[1]))
+    assert not any(gc.is_tracked(key) for key in res._learned)
+
+
 # ---------------------------------------------------------------- tshark decodes what we emit
 
 def test_tshark_decodes_every_message_the_xtr_emits_with_our_values(tmp_path):
