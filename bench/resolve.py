@@ -253,7 +253,11 @@ class Bench:
         out = {"sent": count, "delivered": len(ours), "seconds": round(last - started, 3),
                "resolutions_per_s": round(len(ours) / (last - started), 1) if ours else 0.0,
                "longest_gap_s": round(max((b - a for a, b in zip(ours, ours[1:])), default=0.0), 3),
-               "send_rate": pps, "bulk": bulk, "lost": missing[:50]}
+               "send_rate": pps, "bulk": bulk, "lost": missing[:50],
+               # when it ran (for the controller's log) and EIDs delivered per
+               # half second from the first send: where the pauses are
+               "started_at": round(time.time() - (time.perf_counter() - started), 3),
+               "delivered_per_half_s": _histogram(ours, started, 0.5)}
         if "end" in bulk_times:
             window = bulk_times["end"] - bulk_times["start"]
             inside = sum(1 for t in ours if bulk_times["start"] <= t <= bulk_times["end"])
@@ -262,11 +266,22 @@ class Bench:
             offered_end = min(bulk_times["end"], last_sent)
             offered = sum(1 for t in ours if bulk_times["start"] <= t <= offered_end)
             out.update(bulk_status=bulk_times["status"], bulk_s=round(window, 3),
+                       bulk_from_s=round(bulk_times["start"] - started, 3),
                        during_bulk_per_s=round(inside / window, 1),
                        during_bulk_offered_s=round(offered_end - bulk_times["start"], 3),
                        during_bulk_offered_per_s=round(offered / max(offered_end - bulk_times["start"], 1e-9), 1),
                        bulk_stages_ms=bulk_times.get("stages_ms"))
         return out
+
+
+def _histogram(times: list[float], start: float, width: float) -> list[int]:
+    """How many of `times` fall in each `width` seconds from `start`."""
+    out: list[int] = []
+    for t in times:
+        i = int((t - start) / width)
+        out += [0] * (i + 1 - len(out))
+        out[i] += 1
+    return out
 
 
 def machine() -> dict:
