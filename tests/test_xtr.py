@@ -280,6 +280,28 @@ def test_a_miss_is_asked_once_per_eid_as_an_ecm_and_the_reply_becomes_a_learned_
     assert res.pending() == 0
 
 
+def test_a_map_request_made_from_its_shapes_template_is_the_codecs_byte_for_byte():
+    """map_request fills the nonce, the EID and the checksums into bytes the
+    codec made once per shape (lisp/resolver.py): for any IID, EID prefix
+    (IPv4, IPv6, every length), source, ITR-RLOC, port and nonce, the
+    result is what the codec makes, the first time and after."""
+    import random
+    from lisp_controller.lisp.resolver import encoded_map_request, map_request
+    from lisp_controller.model import Prefix
+    rng = random.Random(9301)
+    for _ in range(2000):
+        version = rng.choice((4, 6))
+        bits = 32 if version == 4 else 128
+        length = rng.randrange(bits + 1)
+        eid = Prefix(version, rng.getrandbits(bits) >> (bits - length) << (bits - length) if length else 0, length)
+        source = ipaddress.ip_address(rng.getrandbits(32)) if version == 4 else ipaddress.IPv6Address(rng.getrandbits(128))
+        itr = rng.choice((ipaddress.IPv4Address(rng.getrandbits(32)), ipaddress.IPv6Address(rng.getrandbits(128))))
+        iid, port = rng.randrange(1 << 24), rng.randrange(1, 1 << 16)
+        for nonce in (rng.randbytes(8), rng.randbytes(8)):
+            assert map_request(nonce, iid, eid, source, itr, port) == \
+                encoded_map_request(nonce, iid, eid, source, itr, port), (eid, source, itr, iid, port)
+
+
 def test_a_negative_reply_becomes_a_negative_entry_with_its_action_and_ttl(peer):
     res = Resolver(resolver_settings("127.0.0.1"), Clock(), Nonces(), port=peer.client_port)
     (request,) = res.miss(1000, V4("10.1.1.20"), V4("10.66.0.1"), Held(1, 7, b"p"))
