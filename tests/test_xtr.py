@@ -614,8 +614,9 @@ def _xtr_on_a_wire(monkeypatch, refuse: set[int] = frozenset(), owners: dict | N
     dp = WireDatapath(refuse)
     switch = dp.switch = Switch(dp, "hv1", timeout=1)
     hv1 = bridge("hv1", "192.0.2.1", {"vnet0": ["10.1.1.20"]})
-    session = SimpleNamespace(label="hv1", switch=switch, writes=True,
+    session = SimpleNamespace(label="hv1", switch=switch, writes=True, noted=[],
                               status=SimpleNamespace(bridge=hv1, ports={"lisp0": 3, "vnet0": 1}, datapath_id=1))
+    session.note_installed = session.noted.extend
     commits: list = []
     app = SimpleNamespace(sessions={1: session}, state=SimpleNamespace(clock=Clock(), owner=(owners or {}).get,
                                                                        cache=MapCache()),
@@ -656,6 +657,7 @@ def test_a_learned_flow_goes_out_with_its_packets_right_behind_it_before_its_com
     one, group, owned = (_learned("10.9.0.0/24", "192.0.2.1"),
                          _learned("10.8.0.0/24", "192.0.2.1", "192.0.2.2"), _learned("10.7.0.0/24", "192.0.2.1"))
     x, dp, commits, spawned, sock = _xtr_on_a_wire(monkeypatch, owners={owned.key: "api"})
+    session = x.app.sessions[1]
     try:
         batch = [Resolution(m.key, [m], [Held(1, 1, bytes([n]))]) for n, m in enumerate((one, group, owned))]
         x._install(batch)
@@ -667,7 +669,9 @@ def test_a_learned_flow_goes_out_with_its_packets_right_behind_it_before_its_com
         assert [t for t, _ in write] == [14, 20, 13]   # flow-mod, barrier, packet-out: one write
         assert write[0][1][8:] == flow[8:] and write[2][1][8:] == out(0)[8:]
         assert commits == [] and x.resolver.counts["learned_ahead"] == 1
-        assert x.flows_ahead() == {mapping_flow_mod(one, prefix_key(1000, one.eid))[0]: flow}
+        cookie = mapping_flow_mod(one, prefix_key(1000, one.eid))[0]
+        assert x.flows_ahead() == {cookie: flow}
+        assert session.noted == [cookie]  # confirmed: the commit's sync need not send it again
         # Another packet to the EID that went ahead is sent on, not asked about again.
         x.packet_in(1, 1, 1000, _frame_to("10.9.0.7"))
         assert [t for t, _ in dp.writes[-1]] == [13] and not x.resolver.pending()
@@ -677,6 +681,24 @@ def test_a_learned_flow_goes_out_with_its_packets_right_behind_it_before_its_com
         assert [m.eid for m in commits[0].learn] == [one.eid, group.eid, owned.eid]
         assert not list(x._ahead) and x.flows_ahead() == {}
         assert [[m[8:] for _, m in w] for w in dp.writes] == [[out(1)[8:], out(2)[8:]]]
+    finally:
+        sock.close()
+
+
+def test_a_learned_flow_is_committed_once_its_bridges_answered_not_while_in_flight(monkeypatch):
+    """A commit that runs while a learned flow is still on its way leaves it
+    for the next one: by then the bridges that confirmed it were told so,
+    and the commit's sync sends them nothing (controller/session.py)."""
+    one = _learned("10.9.0.0/24", "192.0.2.1")
+    x, dp, commits, spawned, sock = _xtr_on_a_wire(monkeypatch)
+    try:
+        x._install([Resolution(one.key, [one], [])])
+        x._commit_pending()   # in flight: nothing to commit yet
+        assert commits == [] and x._ahead.get(one.iid, one.eid) is one
+        _run(spawned)
+        assert x.app.sessions[1].noted == [mapping_flow_mod(one, prefix_key(1000, one.eid))[0]]
+        x._commit_pending()
+        assert [m.eid for m in commits[0].learn] == [one.eid] and not list(x._ahead)
     finally:
         sock.close()
 
@@ -694,6 +716,7 @@ def test_a_refused_learned_flow_drops_its_packets_instead_of_sending_them_round(
         _run(spawned)
         assert [t for t, _ in dp.writes[0]] == [14, 14, 20, 13, 13]
         assert x.resolver.counts["learned_refused"] == 1
+        assert x.app.sessions[1].noted == [mapping_flow_mod(fine, prefix_key(1000, fine.eid))[0]]
         assert x._refused == {(1, refused.key): cookie}
         dp.writes.clear()
         for n in range(2):  # the packet that came back, and the next one

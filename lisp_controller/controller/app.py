@@ -205,6 +205,10 @@ class LispControllerApp(app_manager.OSKenApp):
         by cookie (lisp/xtr.py): a sync counts them as wanted."""
         return self.xtr.flows_ahead() if self.xtr is not None else {}
 
+    def flow_ahead(self, cookie: int) -> bool:
+        """Whether `cookie` is one of `flows_ahead`."""
+        return self.xtr is not None and self.xtr.flow_ahead(cookie)
+
     def _publish_applied(self) -> None:
         """Tell the other controllers (through the store) each time the
         bridges here hold a later change: every bridge connected has

@@ -25,7 +25,8 @@ adding it again changes nothing). Bundles are written paced
 (openflow/switch.py), so during a bulk all of this waits behind at most
 128 KB of it. Until its commit is confirmed, a learned flow sent this way
 is one the bridges should hold (`flows_ahead`: a deep check leaves it
-alone). Only mappings that need no select group (one RLOC, or negative)
+alone), and a bridge that confirmed it is told so (`note_installed`): the
+sync of the commit sends nothing for it. Only mappings that need no select group (one RLOC, or negative)
 and whose key nobody else holds go this way; the others are committed
 first and their packets follow the bridges' barriers. A bulk that brings a
 mapping for the same key still wins: its bundle commits after the flow
@@ -148,15 +149,21 @@ class Xtr:
         self._resolved: list[Resolution] = []
         self._resolved_ready = hub.Event()
         # Learned mappings whose flows went to the bridges ahead of their
-        # commit, until it is confirmed (see the module's docstring), and
-        # their flows: (cookie, flow-mod) by prefix_key (numbers only: a
-        # bulk holds thousands here for seconds, out of the collector's sight).
+        # commit, until it is confirmed (see the module's docstring); their
+        # flow-mods by cookie, and their cookies by prefix_key (numbers
+        # only: a bulk holds thousands here for seconds, out of the
+        # collector's sight).
         self._ahead = MapCache()
-        self._ahead_flows: dict[tuple, tuple[int, bytes]] = {}
+        self._ahead_flows: dict[int, bytes] = {}
+        self._ahead_cookies: dict[tuple, int] = {}
         # (datapath ID, mapping key) -> the cookie of the learned flow that
         # bridge refused: a packet for it there is dropped, not sent round.
         self._refused: dict[tuple[int, tuple], int] = {}
         self._to_commit: list[Resolution] = []   # resolutions whose packets wait for the commit
+        # Mappings sent ahead whose bridges answered (their barriers, or a
+        # failure): the next commit's. One still in flight waits, so that
+        # the bridges are told it is installed before the commit's sync.
+        self._sent: list[Mapping] = []
         self._commit_ready = hub.Event()
         self._bridges: tuple = ()
         self._probed: dict[tuple, float] = {}  # (datapath ID, RLOC) -> monotonic time of its last probe
@@ -338,7 +345,10 @@ class Xtr:
         for r in ahead:
             for m in r.mappings:
                 pkey = prefix_key(m.iid, m.eid)
-                flows[m.key] = self._ahead_flows[pkey] = mapping_flow_mod(m, pkey)
+                cookie, data = flows[m.key] = mapping_flow_mod(m, pkey)
+                self._ahead_flows.pop(self._ahead_cookies.get(pkey), None)  # an earlier answer's
+                self._ahead_flows[cookie] = data
+                self._ahead_cookies[pkey] = cookie
                 self._ahead.add(m)
             part.append(r)
             if len(flows) >= AHEAD_MAX:
@@ -364,7 +374,7 @@ class Xtr:
         one change, wait for the bridges' barriers, then send on the held
         packets that waited for it (those of mappings sent ahead are out)."""
         batch, self._to_commit = self._to_commit, []
-        ahead = list(self._ahead)
+        ahead, self._sent = self._sent, []
         mappings = {m.key: m for m in ahead}
         mappings.update((m.key, m) for r in batch for m in r.mappings)
         if not mappings:
@@ -377,7 +387,7 @@ class Xtr:
             for m in ahead:
                 if self._ahead.get(m.iid, m.eid) is m:
                     self._ahead.remove(m.iid, m.eid)
-                    self._ahead_flows.pop(prefix_key(m.iid, m.eid), None)
+                    self._ahead_flows.pop(self._ahead_cookies.pop(prefix_key(m.iid, m.eid), None), None)
         late = [r["bridge"] for r in results if r["status"] not in ("confirmed", "not-connected")]
         if late and batch:
             LOG.warning("learned mappings not confirmed on %s; held packets sent anyway", ", ".join(late))
@@ -388,7 +398,11 @@ class Xtr:
     def flows_ahead(self) -> dict[int, bytes]:
         """Learned flows sent to the bridges whose commit is not confirmed
         yet, by cookie: flows the bridges should hold (a copy)."""
-        return dict(self._ahead_flows.values())
+        return dict(self._ahead_flows)
+
+    def flow_ahead(self, cookie: int) -> bool:
+        """Whether `cookie` is one of `flows_ahead`."""
+        return cookie in self._ahead_flows
 
     def _release(self, batch: list[Resolution]) -> None:
         """Send the held packets of ``batch`` on, once the next hops of their
@@ -459,8 +473,15 @@ class Xtr:
             except Exception as e:  # the commit sends them again
                 confirmed = False
                 LOG.warning("bridge %s: learned flows not confirmed: %s", session.label, e)
+                continue
+            # The bridge holds them now: its sync of their commit need not
+            # send them again (the refused ones it tries again).
+            datapath_id = session.status.datapath_id
+            session.note_installed([cookie for key, (cookie, _) in flows.items()
+                                    if self._refused.get((datapath_id, key)) != cookie])
         if confirmed:
             self._log_learned({m.key: m for r in batch for m in r.mappings}.values())
+        self._sent += (m for r in batch for m in r.mappings)
         self._commit_ready.set()
 
     def _refused_flow(self, session, keys: list[tuple], flows: dict[tuple, tuple[int, bytes]],
