@@ -20,7 +20,9 @@ system (lab/fakems.py) in a namespace of its own on the management LAN:
    REST bulk request programs 100,000 unrelated mappings; resolved EIDs per
    second from the first send to the last arrival, and how many made it;
    and those resolved while the bulk ran and misses were still being
-   offered (30,000 at 2,500 a second last 12 s, longer than the bulk here).
+   offered (30,000 at 2,500 a second last 12 s, longer than the bulk here);
+   the controller's CPU time per resolution without the bulk, and the CPU
+   time of the controller and of hv1's OVS in each phase (/proc).
 
 Targets: p99 within 5 ms of the floor's p99; at least 2,000 resolutions a
 second. Prints a table and writes JSON (bench/results/resolve.json unless
@@ -284,6 +286,12 @@ def _histogram(times: list[float], start: float, width: float) -> list[int]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def machine() -> dict:
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
@@ -307,8 +315,18 @@ def main(argv: list[str] | None = None) -> int:
         b = Bench(tb, tb.tmpdir, args.eids, args.burst, args.bulk_burst)
         floor = b.floor(args.eids)
         miss, lost = b.miss_latency(args.eids)
+        pids = {"controller": b.ctl.pid, "hv1_ovs": int(b.hv1.vswitchd_pidfile.read_text())}
+        before = {k: cpu_seconds(pid) for k, pid in pids.items()}
         alone = b.rate(RATE_ALONE_FIRST, args.burst, args.pps, 0)
+        middle = {k: cpu_seconds(pid) for k, pid in pids.items()}
         rate = b.rate(RATE_FIRST, args.bulk_burst if args.bulk else args.burst, args.pps, args.bulk)
+        after = {k: cpu_seconds(pid) for k, pid in pids.items()}
+        # CPU time per resolution moves far less than resolutions per second
+        # on a machine shared with other work (bench/mapserver.py does the same).
+        for phase, start, end in ((alone, before, middle), (rate, middle, after)):
+            phase["cpu_s"] = {k: round(end[k] - start[k], 2) for k in pids}
+            phase["controller_cpu_us_per_resolution"] = round(
+                (end["controller"] - start["controller"]) / max(phase["delivered"], 1) * 1e6)
         log = b.ctl.log()
         if os.environ.get("RESOLVE_KEEP_LOG"):   # for a look at what the controller said
             Path(os.environ["RESOLVE_KEEP_LOG"]).write_text(log)
@@ -335,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"p99 over the floor: {result['p99_over_floor_ms']:+.2f} ms (target: within 5 ms); "
           f"p50 ratio {result['p50_ratio']:.2f}x")
     print(f"resolutions alone: {alone['delivered']}/{alone['sent']} EIDs in {alone['seconds']} s = "
-          f"{alone['resolutions_per_s']:.0f}/s (misses sent at {args.pps}/s)")
+          f"{alone['resolutions_per_s']:.0f}/s (misses sent at {args.pps}/s); controller CPU "
+          f"{alone['controller_cpu_us_per_resolution']} us per resolution, hv1's OVS {alone['cpu_s']['hv1_ovs']} s")
     if args.bulk:
         print(f"with a {args.bulk}-mapping bulk (HTTP {rate['bulk_status']}, {rate['bulk_s']} s): "
               f"{rate['delivered']}/{rate['sent']} EIDs in {rate['seconds']} s = {rate['resolutions_per_s']:.0f}/s; "
