@@ -650,7 +650,8 @@ def test_a_learned_flow_goes_out_with_its_packets_right_behind_it_before_its_com
     holds is sent to the bridge at once: its flow-mod, a barrier and its
     held packets in one write, without waiting for the barrier (the switch
     takes them in order: tests/test_bundle_ovs.py) nor for the commit,
-    which comes after. A mapping with an RLOC set (its group is the
+    which comes after. Written before the installer returns: a packet-out
+    for the same EID sent after follows the flow on the connection. A mapping with an RLOC set (its group is the
     commit's to make) and one whose key the API holds are committed first,
     and their packets follow."""
     from lisp_controller.openflow import encode
@@ -661,7 +662,9 @@ def test_a_learned_flow_goes_out_with_its_packets_right_behind_it_before_its_com
     try:
         batch = [Resolution(m.key, [m], [Held(1, 1, bytes([n]))]) for n, m in enumerate((one, group, owned))]
         x._install(batch)
-        assert dp.writes == [] and commits == []   # the installer waits for nothing
+        # Written before the installer returns, without waiting for the
+        # switch nor for the commit; the barrier is waited for on the side.
+        assert len(dp.writes) == 1 and commits == [] and session.noted == []
         _run(spawned)
         flow = mapping_flow_mod(one, prefix_key(1000, one.eid))[1]
         out = lambda n: encode.packet_out_to_table(1, bytes([n]))

@@ -330,9 +330,11 @@ class Xtr:
     def _install(self, batch: list[Resolution]) -> None:
         """Send the flows of what ``batch`` taught to the bridges now, each
         with its held packets right behind it, and hand the rest to the
-        committer (see the module's docstring). Never waits for a commit
-        nor for the switch: each part sent waits for its barrier in a
-        greenthread of its own, so the next batch is not held up."""
+        committer (see the module's docstring). The flow-mods are written
+        before this returns, so any packet-out sent after (``packet_in``)
+        follows them on the connection. Never waits for a commit nor for
+        the switch: each part sent waits for its barrier in a greenthread
+        of its own, so the next batch is not held up."""
         sessions = self._programmed()
         programmed = {s.status.datapath_id for s in sessions}
         ahead, later = [], []
@@ -352,10 +354,10 @@ class Xtr:
                 self._ahead.add(m)
             part.append(r)
             if len(flows) >= AHEAD_MAX:
-                hub.spawn(self._send_ahead, flows, sessions, part)
+                self._send_ahead(flows, sessions, part)
                 part, flows = [], {}
         if part:
-            hub.spawn(self._send_ahead, flows, sessions, part)
+            self._send_ahead(flows, sessions, part)
         if later:
             self._to_commit += later
             self._commit_ready.set()
@@ -439,9 +441,9 @@ class Xtr:
 
     def _send_ahead(self, flows: dict[tuple, tuple[int, bytes]], sessions: list, batch: list[Resolution]) -> None:
         """Send ``flows`` to every session's bridge and the held packets of
-        ``batch`` right behind them, then wait for the barriers; the
-        committer commits their mappings. The packets do not wait for the
-        barrier: the switch meets them with their flows (see
+        ``batch`` right behind them; a greenthread of its own waits for the
+        barriers (``_confirm``). The packets do not wait for the barrier:
+        the switch meets them with their flows (see
         Switch.send_flow_mods); only a new RLOC's probe may hold them a
         few milliseconds (``_settle_time``)."""
         packets: dict[int, list[bytes]] = {}
@@ -461,11 +463,18 @@ class Xtr:
                     flow_mods, behind, refused=functools.partial(self._refused_flow, session, keys, flows))))
             except Exception as e:  # the bridge went away: it gets them when it comes back (the commit)
                 LOG.warning("bridge %s: learned flows not sent: %s", session.label, e)
+        self._event("learned_ahead", len(flows))
+        hub.spawn(self._confirm, flows, sent, batch, packets, settle)
+
+    def _confirm(self, flows: dict[tuple, tuple[int, bytes]], sent: list, batch: list[Resolution],
+                 packets: dict[int, list[bytes]], settle: float) -> None:
+        """After ``_send_ahead``: the packets that wait for a probe, once it
+        had time; then wait for the barriers, tell each bridge's session
+        what it holds now, and hand the mappings to the committer."""
         if settle > 0:
             hub.sleep(settle)
         for datapath_id, outs in packets.items():
             self._packet_outs(datapath_id, outs)
-        self._event("learned_ahead", len(flows))
         confirmed = bool(sent)
         for session, unconfirmed in sent:
             try:
