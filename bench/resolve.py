@@ -20,7 +20,9 @@ system (lab/fakems.py) in a namespace of its own on the management LAN:
    REST bulk request programs 100,000 unrelated mappings; resolved EIDs per
    second from the first send to the last arrival, and how many made it;
    and those resolved while the bulk ran and misses were still being
-   offered (30,000 at 2,500 a second last 12 s, longer than the bulk here).
+   offered (30,000 at 2,500 a second last 12 s, longer than the bulk here);
+   the controller's CPU time per resolution without the bulk, and the CPU
+   time of the controller and of hv1's OVS in each phase (/proc).
 
 Targets: p99 within 5 ms of the floor's p99; at least 2,000 resolutions a
 second. Prints a table and writes JSON (bench/results/resolve.json unless
@@ -253,7 +255,11 @@ class Bench:
         out = {"sent": count, "delivered": len(ours), "seconds": round(last - started, 3),
                "resolutions_per_s": round(len(ours) / (last - started), 1) if ours else 0.0,
                "longest_gap_s": round(max((b - a for a, b in zip(ours, ours[1:])), default=0.0), 3),
-               "send_rate": pps, "bulk": bulk, "lost": missing[:50]}
+               "send_rate": pps, "bulk": bulk, "lost": missing[:50],
+               # when it ran (for the controller's log) and EIDs delivered per
+               # half second from the first send: where the pauses are
+               "started_at": round(time.time() - (time.perf_counter() - started), 3),
+               "delivered_per_half_s": _histogram(ours, started, 0.5)}
         if "end" in bulk_times:
             window = bulk_times["end"] - bulk_times["start"]
             inside = sum(1 for t in ours if bulk_times["start"] <= t <= bulk_times["end"])
@@ -262,11 +268,28 @@ class Bench:
             offered_end = min(bulk_times["end"], last_sent)
             offered = sum(1 for t in ours if bulk_times["start"] <= t <= offered_end)
             out.update(bulk_status=bulk_times["status"], bulk_s=round(window, 3),
+                       bulk_from_s=round(bulk_times["start"] - started, 3),
                        during_bulk_per_s=round(inside / window, 1),
                        during_bulk_offered_s=round(offered_end - bulk_times["start"], 3),
                        during_bulk_offered_per_s=round(offered / max(offered_end - bulk_times["start"], 1e-9), 1),
                        bulk_stages_ms=bulk_times.get("stages_ms"))
         return out
+
+
+def _histogram(times: list[float], start: float, width: float) -> list[int]:
+    """How many of `times` fall in each `width` seconds from `start`."""
+    out: list[int] = []
+    for t in times:
+        i = int((t - start) / width)
+        out += [0] * (i + 1 - len(out))
+        out[i] += 1
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def machine() -> dict:
@@ -292,8 +315,18 @@ def main(argv: list[str] | None = None) -> int:
         b = Bench(tb, tb.tmpdir, args.eids, args.burst, args.bulk_burst)
         floor = b.floor(args.eids)
         miss, lost = b.miss_latency(args.eids)
+        pids = {"controller": b.ctl.pid, "hv1_ovs": int(b.hv1.vswitchd_pidfile.read_text())}
+        before = {k: cpu_seconds(pid) for k, pid in pids.items()}
         alone = b.rate(RATE_ALONE_FIRST, args.burst, args.pps, 0)
+        middle = {k: cpu_seconds(pid) for k, pid in pids.items()}
         rate = b.rate(RATE_FIRST, args.bulk_burst if args.bulk else args.burst, args.pps, args.bulk)
+        after = {k: cpu_seconds(pid) for k, pid in pids.items()}
+        # CPU time per resolution moves far less than resolutions per second
+        # on a machine shared with other work (bench/mapserver.py does the same).
+        for phase, start, end in ((alone, before, middle), (rate, middle, after)):
+            phase["cpu_s"] = {k: round(end[k] - start[k], 2) for k in pids}
+            phase["controller_cpu_us_per_resolution"] = round(
+                (end["controller"] - start["controller"]) / max(phase["delivered"], 1) * 1e6)
         log = b.ctl.log()
         if os.environ.get("RESOLVE_KEEP_LOG"):   # for a look at what the controller said
             Path(os.environ["RESOLVE_KEEP_LOG"]).write_text(log)
@@ -320,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"p99 over the floor: {result['p99_over_floor_ms']:+.2f} ms (target: within 5 ms); "
           f"p50 ratio {result['p50_ratio']:.2f}x")
     print(f"resolutions alone: {alone['delivered']}/{alone['sent']} EIDs in {alone['seconds']} s = "
-          f"{alone['resolutions_per_s']:.0f}/s (misses sent at {args.pps}/s)")
+          f"{alone['resolutions_per_s']:.0f}/s (misses sent at {args.pps}/s); controller CPU "
+          f"{alone['controller_cpu_us_per_resolution']} us per resolution, hv1's OVS {alone['cpu_s']['hv1_ovs']} s")
     if args.bulk:
         print(f"with a {args.bulk}-mapping bulk (HTTP {rate['bulk_status']}, {rate['bulk_s']} s): "
               f"{rate['delivered']}/{rate['sent']} EIDs in {rate['seconds']} s = {rate['resolutions_per_s']:.0f}/s; "

@@ -7,7 +7,9 @@ big change"):
   bundle still commits whole afterwards, leaving that flow alone unless the
   bundle itself replaces it;
 - OVS takes one connection's messages in order, so a packet-out sent right
-  after a flow-mod, without waiting for a barrier, already meets the flow.
+  after a flow-mod, without waiting for a barrier, already meets the flow;
+- a flow-mod it refuses is reported before the reply to the barrier behind
+  it, and a packet sent behind it meets no flow (Switch.send_flow_mods).
 """
 from __future__ import annotations
 
@@ -34,9 +36,13 @@ def _mapping_flows(first: str, n: int, rloc: str = "192.0.2.1") -> list[tuple[in
 
 
 def _switch(testbed, name: str):
+    return _hypervisor_switch(testbed, name)[:2]
+
+
+def _hypervisor_switch(testbed, name: str):
     segment = testbed.add_segment("u", "192.168.1.0/24")
     hv = testbed.add_hypervisor(name, "192.168.1.249", 24, segment, datapath_id="000000000000a1a1")
-    return rawof.connect(hv.rundir, hv.bridge)
+    return (*rawof.connect(hv.rundir, hv.bridge), hv)
 
 
 def test_a_flow_sent_during_an_open_bundle_takes_effect_at_once_and_survives_its_commit(testbed):
@@ -90,5 +96,29 @@ def test_a_packet_out_right_after_a_flow_mod_meets_the_flow(testbed):
         assert not dp.errors, dp.errors
         missed = [c for c in cookies if counters.get(c, (0, 0))[0] != 1]
         assert not missed, f"{len(missed)} of {len(cookies)} packet-outs did not meet their flow"
+    finally:
+        dp.close()
+
+
+def test_a_refused_flow_mod_is_told_before_its_barrier_and_the_packet_behind_it_misses(testbed):
+    sw, dp, hv = _hypervisor_switch(testbed, "hv3")
+    try:
+        rest = Flow(0, 1, (), ())  # whatever no other flow takes: counted, dropped
+        sw.send_confirmed(encode.encode_add_reference(rest, COOKIE_BASE | 0x7600), "catch-all flow")
+        # Table 0 takes one more flow, then refuses (as a full table does).
+        hv.vsctl("--", "--id=@ft", "create", "Flow_Table", "flow_limit=2", "overflow_policy=refuse",
+                 "--", "set", "Bridge", hv.bridge, "flow_tables:0=@ft")
+        taken, refused = (ipaddress.IPv4Address("10.98.0.1"), ipaddress.IPv4Address("10.98.0.2"))
+        flows = [encode.encode_add_reference(Flow(0, 100, (("eth_type", 0x0800), ("ipv4_dst", d)), ()),
+                                             COOKIE_BASE | (0x7700 + i)) for i, d in enumerate((taken, refused))]
+        told = []
+        sent = sw.send_flow_mods(flows, [encode.packet_out_to_table(LOCAL, _frame(d)) for d in (taken, refused)],
+                                 refused=lambda index, error: told.append((index, error.type, error.code)))
+        sent.wait()
+        assert told == [(1, 5, 1)]  # the second: OFPET_FLOW_MOD_FAILED, OFPFMFC_TABLE_FULL
+        counters = sw.flow_counters(0)
+        assert counters.get(COOKIE_BASE | 0x7700)[0] == 1 and COOKIE_BASE | 0x7701 not in counters
+        assert counters.get(COOKIE_BASE | 0x7600)[0] == 1  # the refused flow's packet met none of its own
+        assert not dp.errors and not sw._pending and not sw._refusals
     finally:
         dp.close()

@@ -157,6 +157,39 @@ def test_resolution_registration_expiry_negative_and_failover(testbed, tmp_path)
     assert "Traceback" not in ctl.log()
 
 
+def _miss_meter_packets(hv) -> int:
+    """Packets that entered the miss meter (each a packet-in, or dropped by the meter)."""
+    text = hv.ofctl("meter-stats", hv.bridge, "meter=77")
+    return int(text.split("packet_in_count:")[1].split()[0])
+
+
+def test_a_learned_flow_the_bridge_refuses_drops_its_packets_and_never_loops(testbed, tmp_path):
+    """hv1's map-cache table is full: the learned flow for vm2's EID is
+    refused. The first packet, sent right behind the flow, meets no flow
+    and comes back through the miss meter once; it and the next packet are
+    dropped and counted, never sent round again (docs/control-plane.rst,
+    "The first packet")."""
+    ov, ctl, api, (vm1, vm2, _), _ = build_sites(testbed, tmp_path)
+    hv1 = ov.hypervisors[0]
+    full = len(hv1.dump_flows(table=1))  # the miss rule, and nothing learned yet
+    hv1.vsctl("--", "--id=@ft", "create", "Flow_Table", f"flow_limit={full}", "overflow_policy=refuse",
+              "--", "set", "Bridge", hv1.bridge, "flow_tables:1=@ft")
+    before = _miss_meter_packets(hv1)
+    resolver = lambda: api("GET", "/v1/lisp")[1]["resolver"]
+    assert vm1.ping(vm2.ip, count=1, timeout=1) == (1, 0)
+    wait_until(lambda: resolver().get("misses_refused") == 1, timeout=5, what="the first packet dropped")
+    assert resolver()["learned_refused"] == 1
+    assert vm1.ping(vm2.ip, count=1, timeout=1) == (1, 0)
+    wait_until(lambda: resolver().get("misses_refused") == 2, timeout=5, what="the next packet dropped")
+    # The first packet's miss and its one return, and the next packet's miss:
+    # sent round again, they would have gone through the meter thousands of times.
+    assert _miss_meter_packets(hv1) - before == 3
+    assert resolver()["requests_sent"] == 1  # resolved once; the packets after it were not asked about
+    assert "bridge 00008ad828ce7949 (br2): switch refused the learned flow for [1000]10.1.1.30/32" in ctl.log()
+    assert len(hv1.dump_flows(table=1)) == full
+    assert "Traceback" not in ctl.log()
+
+
 def test_endpoints_are_registered_at_once_and_withdrawn_when_deleted(testbed, tmp_path):
     ov, ctl, api, _, (ms1, _) = build_sites(testbed, tmp_path)
     wait_until(lambda: f"{IID}:10.1.1.20/32" in ms1.state()["registered"], timeout=10, what="registered")

@@ -180,7 +180,8 @@ def make_roles():
     cfg = parse_config({**CONFIG, "controller": {"reconcile_interval": 0}})
     state = State(cfg)
     app = SimpleNamespace(config=cfg, state=state, change_lock=threading.Semaphore(1), confirmed=threading.Event(),
-                          before_sync=lambda label: None, missing_ports_said={}, membership=FakeMembership(),
+                          before_sync=lambda label: None, missing_ports_said={}, membership=FakeMembership(), flows_ahead=dict,
+                          flow_ahead=lambda cookie: False,
                           bridge_for=lambda dpid, name: cfg.overlay.bridges[0], datapaths=lambda: [])
     app.metrics = Metrics(app)
     app.pathmtu = PathMtu(lambda: None)

@@ -103,7 +103,8 @@ def make(ports=None, **config):
     cfg = parse_config({**CONFIG, "controller": {**CONFIG["controller"], **config}})
     state = State(cfg)
     app = SimpleNamespace(config=cfg, state=state, change_lock=threading.Semaphore(1), confirmed=threading.Event(),
-                          before_sync=lambda label: None, missing_ports_said={},
+                          before_sync=lambda label: None, missing_ports_said={}, flows_ahead=dict,
+                          flow_ahead=lambda cookie: False,
                           bridge_for=lambda dpid, name: cfg.overlay.bridges[0], datapaths=lambda: [])
     app.metrics = Metrics(app)
     app.pathmtu = PathMtu(lambda: None)
@@ -225,6 +226,62 @@ def test_a_deep_check_while_changes_wait_reports_and_repairs_nothing(caplog):
     session.sync(deep=True)
     assert sw.table == desired(app, session)
     assert "deep check found 1 duplicate, 1 unwanted and 0 missing" in caplog.text
+
+
+def test_learned_flows_sent_ahead_of_their_commit_are_kept_by_full_and_deep_syncs(caplog):
+    """The xTR sends a learned flow to the bridge before the state holds it
+    (lisp/xtr.py): until its commit is confirmed it is wanted, not drift.
+    A deep check that finds it neither counts it as unwanted nor deletes
+    it; a full sync after reading the bridge leaves it too."""
+    from lisp_controller.model import prefix_key
+    from lisp_controller.pipeline.compiler import mapping_flow_mod
+    app, sw, session, _ = make()
+    assert session._attach()
+    session.sync(first=True)
+    learned = Mapping.parse({"iid": 1000, "eid": "10.9.0.0/24", "rlocs": ["192.0.2.9"]}, source="map-resolver")
+    cookie, data = mapping_flow_mod(learned, prefix_key(learned.iid, learned.eid))
+    sw.table[cookie] = [data]  # sent by the xTR, its commit not confirmed yet
+    app.flows_ahead = lambda: {cookie: data}
+    caplog.set_level(logging.DEBUG, "lisp_controller")
+    session.sync(deep=True)
+    assert sw.table.get(cookie) == [data] and "unwanted" not in caplog.text
+    assert session.installed.get(cookie) == 1
+    session._read_bridge("starting over")
+    session.sync(first=True)
+    assert sw.table.get(cookie) == [data]
+    # Once committed, the state wants it: nothing to send.
+    applied = sw.applied
+    with app.change_lock:
+        app.state.apply(Change(learn=[learned]))
+    app.flows_ahead = dict
+    session.sync()
+    assert sw.applied == applied and sw.table == desired(app, session)
+
+
+def test_a_learned_flow_the_bridge_confirmed_ahead_of_its_commit_is_not_sent_again():
+    """The xTR tells the session which of its learned flows the bridge
+    confirmed (note_installed): the sync of their commit sends nothing for
+    them. A noted flow that is no longer wanted (a newer answer replaced
+    it) is not taken for installed."""
+    from lisp_controller.model import prefix_key
+    from lisp_controller.pipeline.compiler import mapping_flow_mod
+    app, sw, session, _ = make()
+    app.flow_ahead = lambda cookie: False
+    assert session._attach()
+    session.sync(first=True)
+    learned = [Mapping.parse({"iid": 1000, "eid": f"10.9.{i}.0/24", "rlocs": ["192.0.2.9"]}, source="map-resolver")
+               for i in range(3)]
+    flows = [mapping_flow_mod(m, prefix_key(m.iid, m.eid)) for m in learned]
+    for cookie, data in flows:
+        sw.table[cookie] = [data]  # sent ahead by the xTR, confirmed by the bridge
+    session.note_installed([cookie for cookie, _ in flows])
+    applied = sw.applied
+    with app.change_lock:
+        app.state.apply(Change(learn=learned[:2]))  # the third was replaced before its commit
+    session.sync()
+    assert sw.applied == applied  # nothing to send
+    assert {c: session.installed.get(c) for c, _ in flows} == {flows[0][0]: 1, flows[1][0]: 1, flows[2][0]: None}
+    assert session.status.flows_installed == sum(session.installed.values())
 
 
 def _put(app, eids) -> None:

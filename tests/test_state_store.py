@@ -99,6 +99,17 @@ def test_expiry_skips_a_mapping_whose_ttl_was_renewed():
     assert state.expired().delete == [(1000, parse_prefix("10.2.0.0/16"))]
 
 
+def test_the_expiry_schedule_is_out_of_the_collectors_sight():
+    """One entry per mapping with a TTL (every learned one): a tuple
+    holding a Prefix would stay tracked for good, and 40,000 of them made
+    full collections that hold the hub longer (docs/performance.rst)."""
+    import gc
+    state = State(BLOG, clock=Clock())
+    state.apply(Change(put=[api(1000, "10.2.0.0/16", "192.0.2.1", ttl=2)]))
+    (entry,) = state._expiry
+    assert not gc.is_tracked(entry)
+
+
 def learned(iid, eid, *rlocs, source="registered:branch", **kw):
     return Mapping.parse({"iid": iid, "eid": eid, "rlocs": list(rlocs), **kw}, source=source)
 

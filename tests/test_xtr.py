@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
 import threading
+from types import SimpleNamespace
 
 import pytest
 
@@ -18,7 +20,8 @@ from lisp_controller.lisp.config import MapServerPeer, XtrSettings
 from lisp_controller.lisp.auth import AuthKey
 from lisp_controller.lisp.registrar import MAX_MESSAGE, Registrar
 from lisp_controller.lisp.resolver import Held, Resolution, Resolver
-from lisp_controller.model import Bridge, Endpoint, MapCache, Mapping, as_prefix, parse_prefix
+from lisp_controller.model import Bridge, Endpoint, MapCache, Mapping, as_prefix, parse_prefix, prefix_key
+from lisp_controller.pipeline.compiler import mapping_flow_mod
 
 V4 = ipaddress.IPv4Address
 KEY = AuthKey(1, b"xtr-test-key")
@@ -277,6 +280,28 @@ def test_a_miss_is_asked_once_per_eid_as_an_ecm_and_the_reply_becomes_a_learned_
     assert res.pending() == 0
 
 
+def test_a_map_request_made_from_its_shapes_template_is_the_codecs_byte_for_byte():
+    """map_request fills the nonce, the EID and the checksums into bytes the
+    codec made once per shape (lisp/resolver.py): for any IID, EID prefix
+    (IPv4, IPv6, every length), source, ITR-RLOC, port and nonce, the
+    result is what the codec makes, the first time and after."""
+    import random
+    from lisp_controller.lisp.resolver import encoded_map_request, map_request
+    from lisp_controller.model import Prefix
+    rng = random.Random(9301)
+    for _ in range(2000):
+        version = rng.choice((4, 6))
+        bits = 32 if version == 4 else 128
+        length = rng.randrange(bits + 1)
+        eid = Prefix(version, rng.getrandbits(bits) >> (bits - length) << (bits - length) if length else 0, length)
+        source = ipaddress.ip_address(rng.getrandbits(32)) if version == 4 else ipaddress.IPv6Address(rng.getrandbits(128))
+        itr = rng.choice((ipaddress.IPv4Address(rng.getrandbits(32)), ipaddress.IPv6Address(rng.getrandbits(128))))
+        iid, port = rng.randrange(1 << 24), rng.randrange(1, 1 << 16)
+        for nonce in (rng.randbytes(8), rng.randbytes(8)):
+            assert map_request(nonce, iid, eid, source, itr, port) == \
+                encoded_map_request(nonce, iid, eid, source, itr, port), (eid, source, itr, iid, port)
+
+
 def test_a_negative_reply_becomes_a_negative_entry_with_its_action_and_ttl(peer):
     res = Resolver(resolver_settings("127.0.0.1"), Clock(), Nonces(), port=peer.client_port)
     (request,) = res.miss(1000, V4("10.1.1.20"), V4("10.66.0.1"), Held(1, 7, b"p"))
@@ -382,6 +407,60 @@ def test_a_counter_not_read_yet_is_no_traffic():
     assert res.refresh_due(counters.get) == []  # the baseline, now
     clock.now += 5
     assert res.refresh_due(counters.get) == [] and res.pending() == 0  # no traffic since: left to expire
+
+
+def test_an_entry_answered_again_follows_its_new_ttl():
+    """A prefix answered again before its refresh window (another miss
+    asked about it) runs on its new TTL: its window opens two leads before
+    the new expiry, not the old one."""
+    clock = Clock()
+    res = Resolver(resolver_settings("192.0.2.50"), clock, Nonces())
+
+    def learn() -> Mapping:
+        (request,) = res.miss(1000, V4("10.1.1.20"), V4("10.9.1.1"))
+        nonce = unwrap_ecm(request.data).message.nonce
+        return res.on_reply(MapReply(nonce, (static_record(1000, "10.9.0.0/16", ["192.0.2.9"], ttl=1),))).mappings[0]
+
+    m = learn()
+    clock.now += 30
+    learn()  # expires 60 s from now, no longer 30
+    asked = []
+    counters = lambda key: asked.append(key) or 1
+    clock.now += 18  # the old window would open now
+    assert res.refresh_due(counters) == [] and asked == []
+    clock.now += 30  # the new one does
+    assert res.refresh_due(counters) == [] and asked == [m.key]
+    clock.now += 6
+    assert res.refresh_due(counters) == [] and res.pending() == 0  # no traffic: left to expire
+    clock.now += 6
+    assert res.refresh_due(counters) == [] and not res._learned
+
+
+def test_learned_state_is_shared_and_out_of_the_collectors_sight():
+    """Each learned prefix would otherwise keep seven tracked objects (its
+    refresh record, the packet's source address, its own RLOC set): at
+    40,000 prefixes, full collections of 150 ms that hold the hub
+    (docs/performance.rst). Prefixes with the same RLOC share one set; the
+    refresh record is untracked, its source address one per source."""
+    import gc
+    clock = Clock()
+    res = Resolver(resolver_settings("192.0.2.50"), clock, Nonces())
+    learned = []
+    for dst in ("10.9.1.1", "10.8.1.1"):
+        (request,) = res.miss(1000, V4("10.1.1.20"), V4(dst))
+        nonce = unwrap_ecm(request.data).message.nonce
+        (m,) = res.on_reply(MapReply(nonce, (static_record(1000, dst.rsplit(".", 2)[0] + ".0.0/16",
+                                                                ["192.0.2.9"], ttl=1),))).mappings
+        learned.append(m)
+    one, two = learned
+    assert one.rlocs is two.rlocs
+    records = [res._learned[m.key] for m in learned]
+    assert not any(gc.is_tracked(r) for r in records)
+    assert records[0].source is records[1].source
+    # The keys and the refresh schedule: tuples holding a Prefix, which
+    # Python would keep tracked for good.
+    assert len(res._looks) == 2 and not any(gc.is_tracked(x) for look in res._looks for x in (look, look[1]))
+    assert not any(gc.is_tracked(key) for key in res._learned)
 
 
 # ---------------------------------------------------------------- tshark decodes what we emit
@@ -499,72 +578,165 @@ def test_held_packets_are_bounded_per_request_and_in_all(monkeypatch):
     assert res.counts["packets_not_held"] == 12 - resolver_module.MAX_HELD + 3
 
 
-class RecordingSwitch:
-    def __init__(self, log: list):
-        self.log, self.closed = log, False
+class WireDatapath:
+    """What a real Switch (openflow/switch.py) writes, message by message.
+    It answers every barrier at once and refuses the flow-mods whose
+    cookies are in `refuse` just before, as a switch's error precedes the
+    reply to a later barrier."""
 
-    def send(self, msg: bytes) -> None:
-        self.log.append(("send", msg))
+    HEADER = struct.Struct("!BBHI")
 
-    def barrier(self) -> None:
-        self.log.append(("barrier",))
+    def __init__(self, refuse: set[int] = frozenset()):
+        self.switch = None
+        self.refuse = refuse
+        self.writes: list[list[tuple[int, bytes]]] = []  # (OpenFlow type, message) per write
+
+    def send(self, buf: bytes) -> bool:
+        messages, offset = [], 0
+        while offset < len(buf):
+            _, mtype, length, xid = self.HEADER.unpack_from(buf, offset)
+            msg = buf[offset:offset + length]
+            messages.append((mtype, msg))
+            if mtype == 14 and int.from_bytes(msg[8:16], "big") in self.refuse:  # OFPT_FLOW_MOD
+                self.switch.on_error(SimpleNamespace(xid=xid, type=5, code=1))  # OFPFMFC_TABLE_FULL
+            elif mtype == 20:  # OFPT_BARRIER_REQUEST
+                self.switch.on_reply(SimpleNamespace(xid=xid, flags=0))
+            offset += length
+        self.writes.append(messages)
+        return True
 
 
-def test_learned_flows_go_ahead_of_a_change_in_progress_and_are_committed_after_it(monkeypatch):
-    """While a bulk is being made, a resolved mapping that needs no
-    group and whose key nobody else holds is sent to the bridges on its own,
-    its held packets right behind it on the same connection (the switch
-    takes them in order: tests/test_bundle_ovs.py), and only then the
-    barrier that confirms it; the commit comes when the lock is free. The others wait for the commit as before."""
-    from types import SimpleNamespace
+def _xtr_on_a_wire(monkeypatch, refuse: set[int] = frozenset(), owners: dict | None = None):
+    """An Xtr whose one bridge (datapath 1) is a real Switch on a
+    WireDatapath; commits are recorded, greenthreads run when the test says."""
     from lisp_controller.lisp import xtr as xtr_module
-    from lisp_controller.model import Rloc
-    from lisp_controller.openflow import encode
-    from lisp_controller.pipeline.compiler import mapping_flow_mod
-    from lisp_controller.model import prefix_key
-    log: list = []
+    from lisp_controller.openflow.switch import Switch
+    dp = WireDatapath(refuse)
+    switch = dp.switch = Switch(dp, "hv1", timeout=1)
     hv1 = bridge("hv1", "192.0.2.1", {"vnet0": ["10.1.1.20"]})
-    session = SimpleNamespace(label="hv1", switch=RecordingSwitch(log), idle=True, writes=True,
-                              status=SimpleNamespace(bridge=hv1, ports={"lisp0": 3, "vnet0": 1}))
-    owners = {(1000, parse_prefix("10.7.0.0/24")): "api"}
-    commits = []
-    app = SimpleNamespace(sessions={1: session}, big_changes=0,
-                          state=SimpleNamespace(clock=Clock(), owner=owners.get, cache=MapCache()),
-                          apply_change=lambda change, wait=None: commits.append((change, wait)) or log.append(("commit",)) or [])
-    one = Mapping(1000, parse_prefix("10.9.0.0/24"), (Rloc(V4("192.0.2.1")),), ttl=5, source="map-resolver")
-    group = Mapping(1000, parse_prefix("10.8.0.0/24"), (Rloc(V4("192.0.2.1")), Rloc(V4("192.0.2.2"))), ttl=5,
-                    source="map-resolver")
-    owned = Mapping(1000, parse_prefix("10.7.0.0/24"), (Rloc(V4("192.0.2.1")),), ttl=5, source="map-resolver")
-    batch = [Resolution((1000, m.eid), [m], [Held(1, 1, bytes([n]))]) for n, m in enumerate((one, group, owned))]
+    session = SimpleNamespace(label="hv1", switch=switch, writes=True, noted=[],
+                              status=SimpleNamespace(bridge=hv1, ports={"lisp0": 3, "vnet0": 1}, datapath_id=1))
+    session.note_installed = session.noted.extend
+    commits: list = []
+    app = SimpleNamespace(sessions={1: session}, state=SimpleNamespace(clock=Clock(), owner=(owners or {}).get,
+                                                                       cache=MapCache()),
+                          apply_change=lambda change, wait=None: commits.append(change) or [])
+    spawned: list = []
+    monkeypatch.setattr(xtr_module.hub, "spawn", lambda f, *args: spawned.append((f, args)))
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
+    x = xtr_module.Xtr(app, resolver_settings("127.0.0.1"), sock)
+    return x, dp, commits, spawned, sock
+
+
+def _learned(eid: str, *rlocs: str) -> Mapping:
+    from lisp_controller.model import Rloc
+    return Mapping(1000, parse_prefix(eid), tuple(Rloc(V4(r)) for r in rlocs), ttl=5, source="map-resolver")
+
+
+def _frame_to(destination: str) -> bytes:
+    return bytes(12) + b"\x08\x00" + bytes.fromhex("4500001c0000000040110000") + \
+        V4("10.1.1.20").packed + V4(destination).packed + bytes(8)
+
+
+def _run(spawned: list) -> None:
+    while spawned:
+        f, args = spawned.pop(0)
+        f(*args)
+
+
+def test_a_learned_flow_goes_out_with_its_packets_right_behind_it_before_its_commit(monkeypatch):
+    """A resolved mapping that needs no group and whose key nobody else
+    holds is sent to the bridge at once: its flow-mod, a barrier and its
+    held packets in one write, without waiting for the barrier (the switch
+    takes them in order: tests/test_bundle_ovs.py) nor for the commit,
+    which comes after. Written before the installer returns: a packet-out
+    for the same EID sent after follows the flow on the connection. A mapping with an RLOC set (its group is the
+    commit's to make) and one whose key the API holds are committed first,
+    and their packets follow."""
+    from lisp_controller.openflow import encode
+    one, group, owned = (_learned("10.9.0.0/24", "192.0.2.1"),
+                         _learned("10.8.0.0/24", "192.0.2.1", "192.0.2.2"), _learned("10.7.0.0/24", "192.0.2.1"))
+    x, dp, commits, spawned, sock = _xtr_on_a_wire(monkeypatch, owners={owned.key: "api"})
+    session = x.app.sessions[1]
     try:
-        x = xtr_module.Xtr(app, resolver_settings("127.0.0.1"), sock)
-        x._probed[(1, V4("192.0.2.1"))] = -1e9   # nothing to wait for: no probe settles
-        app.big_changes = 1   # a bulk is being made
-        spawned = []
-        monkeypatch.setattr(xtr_module.hub, "spawn", lambda f, *args: spawned.append((f, args)))
+        batch = [Resolution(m.key, [m], [Held(1, 1, bytes([n]))]) for n, m in enumerate((one, group, owned))]
         x._install(batch)
-        assert log == [] and not commits   # the installer waits neither for the lock nor for the switch
-        for f, args in spawned:
-            f(*args)
-        out = lambda n: ("send", encode.packet_out_to_table(1, bytes([n])))
-        flow = ("send", mapping_flow_mod(one, prefix_key(1000, one.eid))[1])
-        assert log == [flow, out(0), ("barrier",)] and not commits   # the installer never waits for the lock
-        assert x.resolver.counts["learned_ahead"] == 1
-        # another packet to the EID that went ahead is sent on, not asked about again
-        frame = bytes(12) + b"\x08\x00" + bytes.fromhex("4500001c0000000040110000") + \
-            V4("10.1.1.20").packed + V4("10.9.0.7").packed + bytes(8)
-        x.packet_in(1, 1, 1000, frame)
-        assert log[-1] == ("send", encode.packet_out_to_table(1, frame)) and not x.resolver.pending()
-        app.big_changes = 0   # the bulk is done: everything is committed, the rest of the packets go
+        # Written before the installer returns, without waiting for the
+        # switch nor for the commit; the barrier is waited for on the side.
+        assert len(dp.writes) == 1 and commits == [] and session.noted == []
+        _run(spawned)
+        flow = mapping_flow_mod(one, prefix_key(1000, one.eid))[1]
+        out = lambda n: encode.packet_out_to_table(1, bytes([n]))
+        (write,) = dp.writes
+        assert [t for t, _ in write] == [14, 20, 13]   # flow-mod, barrier, packet-out: one write
+        assert write[0][1][8:] == flow[8:] and write[2][1][8:] == out(0)[8:]
+        assert commits == [] and x.resolver.counts["learned_ahead"] == 1
+        cookie = mapping_flow_mod(one, prefix_key(1000, one.eid))[0]
+        assert x.flows_ahead() == {cookie: flow}
+        assert session.noted == [cookie]  # confirmed: the commit's sync need not send it again
+        # Another packet to the EID that went ahead is sent on, not asked about again.
+        x.packet_in(1, 1, 1000, _frame_to("10.9.0.7"))
+        assert [t for t, _ in dp.writes[-1]] == [13] and not x.resolver.pending()
+        # The commit: everything learned, then the packets that waited for it.
+        dp.writes.clear()
         x._commit_pending()
-        assert [m.eid for m in commits[0][0].learn] == [one.eid, group.eid, owned.eid] and not list(x._ahead)
-        assert log[-3:] == [("commit",), out(1), out(2)]
-        # nothing in progress: the usual way, commit first, then the packets
-        log.clear()
-        x._install(batch[:1])
+        assert [m.eid for m in commits[0].learn] == [one.eid, group.eid, owned.eid]
+        assert not list(x._ahead) and x.flows_ahead() == {}
+        assert [[m[8:] for _, m in w] for w in dp.writes] == [[out(1)[8:], out(2)[8:]]]
+    finally:
+        sock.close()
+
+
+def test_a_learned_flow_is_committed_once_its_bridges_answered_not_while_in_flight(monkeypatch):
+    """A commit that runs while a learned flow is still on its way leaves it
+    for the next one: by then the bridges that confirmed it were told so,
+    and the commit's sync sends them nothing (controller/session.py)."""
+    one = _learned("10.9.0.0/24", "192.0.2.1")
+    x, dp, commits, spawned, sock = _xtr_on_a_wire(monkeypatch)
+    try:
+        x._install([Resolution(one.key, [one], [])])
+        x._commit_pending()   # in flight: nothing to commit yet
+        assert commits == [] and x._ahead.get(one.iid, one.eid) is one
+        _run(spawned)
+        assert x.app.sessions[1].noted == [mapping_flow_mod(one, prefix_key(1000, one.eid))[0]]
         x._commit_pending()
-        assert log == [("commit",), out(0)]
+        assert [m.eid for m in commits[0].learn] == [one.eid] and not list(x._ahead)
+    finally:
+        sock.close()
+
+
+def test_a_refused_learned_flow_drops_its_packets_instead_of_sending_them_round(monkeypatch):
+    """The switch refuses one of two learned flows (a full table). Its
+    packet, sent behind it, meets no flow and comes back through the miss
+    meter: it is dropped and counted, as is the next one, and never sent
+    round again (which would loop). The other flow's packets go on."""
+    refused, fine = _learned("10.9.0.0/24", "192.0.2.1"), _learned("10.9.1.0/24", "192.0.2.1")
+    cookie = mapping_flow_mod(refused, prefix_key(1000, refused.eid))[0]
+    x, dp, commits, spawned, sock = _xtr_on_a_wire(monkeypatch, refuse={cookie})
+    try:
+        x._install([Resolution(m.key, [m], [Held(1, 1, bytes([n]))]) for n, m in enumerate((refused, fine))])
+        _run(spawned)
+        assert [t for t, _ in dp.writes[0]] == [14, 14, 20, 13, 13]
+        assert x.resolver.counts["learned_refused"] == 1
+        assert x.app.sessions[1].noted == [mapping_flow_mod(fine, prefix_key(1000, fine.eid))[0]]
+        assert x._refused == {(1, refused.key): cookie}
+        dp.writes.clear()
+        for n in range(2):  # the packet that came back, and the next one
+            x.packet_in(1, 1, 1000, _frame_to("10.9.0.7"))
+        assert dp.writes == [] and x.resolver.counts["misses_refused"] == 2 and not x.resolver.pending()
+        x.packet_in(1, 1, 1000, _frame_to("10.9.1.7"))
+        assert [t for t, _ in dp.writes[0]] == [13]
+        # Still learned: committed like the other (the bridge's sync tries it again and reports it).
+        x._commit_pending()
+        assert {m.eid for m in commits[0].learn} == {refused.eid, fine.eid}
+        # Asked again later (its TTL ran out) and taken this time: its packets go on again.
+        dp.refuse = set()
+        x._install([Resolution(refused.key, [refused], [])])
+        _run(spawned)
+        assert x._refused == {}
+        dp.writes.clear()
+        x.packet_in(1, 1, 1000, _frame_to("10.9.0.7"))
+        assert [t for t, _ in dp.writes[0]] == [13]
     finally:
         sock.close()

@@ -4,7 +4,8 @@ A session reads the bridge (ports, our flows and groups), syncs it, then loops:
 wait for a change or the periodic deep check, compile, diff, send the
 difference as one bundle. Everything a bridge is sent goes through this
 one greenthread, so a deep check never sees a sync half done
-(docs/reliability.rst).
+(docs/reliability.rst); except the flows the xTR learned and sent ahead of
+their commit (lisp/xtr.py), which a sync counts as wanted (`flows_ahead`).
 
 Supervision: whatever fails (the switch refuses or does not answer, or a
 bug) is logged with the bridge's label, shown as degraded in
@@ -125,6 +126,9 @@ class BridgeSession:
         self._synced_bridge: Bridge | None = None
         self._synced_ports: dict[str, int] = {}
         self._local_flows = 0
+        # Flows others confirmed on the bridge since the last sync (the
+        # xTR's learned flows sent ahead of their commit: note_installed).
+        self._noted: list[int] = []
         self.dirty = hub.Event()
         self.idle = False  # waiting for work, with nothing half sent
         # A big change being made right now, batch by batch (see `stream`).
@@ -165,6 +169,29 @@ class BridgeSession:
 
     def mark_dirty(self) -> None:
         self.dirty.set()
+
+    def note_installed(self, cookies: list[int]) -> None:
+        """The bridge confirmed these flows, which the xTR sent it ahead of
+        their commit (lisp/xtr.py): the next sync counts them as installed,
+        so the commit's sync does not send them again. Only this session's
+        greenthread changes `installed`; it takes them in then."""
+        self._noted += cookies
+
+    def _take_noted(self) -> None:
+        """Count the flows noted since the last sync as installed, those
+        still wanted (a newer answer or an API mapping for the same prefix
+        may have replaced one on the bridge since). Nothing this session
+        sent meanwhile removed them: a sync keeps the flows sent ahead."""
+        if not self._noted:
+            return
+        noted, self._noted = self._noted, []
+        wanted, ahead, installed = self.app.state.encoded, self.app.flow_ahead, self.installed
+        taken = 0
+        for cookie in noted:
+            if cookie not in installed and (cookie in wanted or ahead(cookie)):
+                installed[cookie] = 1
+                taken += 1
+        self.status.flows_installed += taken
 
     @property
     def writes(self) -> bool:
@@ -338,6 +365,7 @@ class BridgeSession:
         # Plan under the change lock: a big change applied to the state
         # yields to the hub midway, and a bridge must never see half of it.
         with self.app.change_lock:
+            self._take_noted()
             generation = state.generation
             bridge = state.bridge(st.bridge.label)
             # The ports this plan is for: port events may change st.ports
@@ -357,7 +385,10 @@ class BridgeSession:
                 expected = {**state.encoded, **local} if deep else None
                 # Under the lock nobody changes the state, and only this
                 # greenthread changes `installed`: the diff may yield.
-                plan = None if deep else reconcile(self.installed, state.encoded, local, slices=self._slices())
+                # Learned flows the xTR sent ahead of their commit are wanted
+                # too (lisp/xtr.py): a full sync must not remove them.
+                plan = None if deep else reconcile(self.installed, state.encoded, local, self.app.flows_ahead(),
+                                                   slices=self._slices())
                 self._local_flows = len(local)
             else:
                 plan = catch_up(self.installed, delta[0], delta[1], state.encoded)
@@ -369,9 +400,9 @@ class BridgeSession:
             self._report_missing_ports(compiled.missing_ports)
             if deep:  # compare whole flows first; the diff then repairs what differs
                 mark = time.monotonic()
-                self._deep_check(compiled, expected)
+                ahead = self._deep_check(compiled, expected)
                 self._deep_check_groups(groups)
-                plan = reconcile(self.installed, expected, slices=self._slices())
+                plan = reconcile(self.installed, expected, ahead, slices=self._slices())
                 plan = plan.with_groups(group_plan(self.installed_groups, groups))
                 stages["verify_ms"] = _ms_since(mark)
             st.flows_installed = sum(self.installed.values())
@@ -474,6 +505,7 @@ class BridgeSession:
         the next (two cores), and commits once all of it is in."""
         st = self.status
         started = time.monotonic()
+        self._take_noted()
         stream = Stream(self.installed, self.installed_groups)
         bundle = self.switch.open_bundle()  # anonymous: the cheapest messages
         try:
@@ -539,9 +571,13 @@ class BridgeSession:
             return render(flow) if flow is not None else f"cookie={key:#x}"
         return name
 
-    def _deep_check(self, compiled: Compiled, expected: dict[int, bytes]) -> None:
+    def _deep_check(self, compiled: Compiled, expected: dict[int, bytes]) -> dict[int, bytes]:
         """Read every flow of ours and count one whose content differs
-        from its cookie's flow twice, so reconcile replaces it.
+        from its cookie's flow twice, so reconcile replaces it. Returns the
+        learned flows the xTR sent ahead of their commit, as they are after
+        the read: the bridge may hold them and should (lisp/xtr.py); they
+        are not drift. Their commit waits for this session's sync, so none
+        of them is committed and dropped from the xTR's list meanwhile.
 
         Drift is what differs from what this session last left on the
         bridge (`installed`), not from `expected`: the state may have moved
@@ -566,12 +602,14 @@ class BridgeSession:
             LOG.warning("bridge %s: %d flows of ours were changed on the switch (by hand?); "
                         "replacing them with: %s", self.label, len(verdict.changed),
                         "; ".join(name(c) for c in verdict.changed[:5]))
-        stray = sum(1 for c in sliced(verdict.counts, cut) if c not in left)
+        ahead = self.app.flows_ahead()
+        stray = sum(1 for c in sliced(verdict.counts, cut) if c not in left and c not in ahead)
         gone = sum(1 for c in sliced(left, cut) if c not in verdict.counts)
         if verdict.duplicates or stray or gone:
             LOG.warning("bridge %s: deep check found %d duplicate, %d unwanted and %d missing "
                         "flows under our cookie; repairing", self.label, verdict.duplicates,
                         stray, gone)
+        return ahead
 
     def _deep_check_groups(self, expected: dict[int, Group]) -> None:
         """Read our groups back whole: one changed by hand is replaced, one

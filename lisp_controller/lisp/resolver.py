@@ -23,6 +23,7 @@ Rules:
 """
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import os
 import time
@@ -31,16 +32,19 @@ from typing import Callable, NamedTuple
 
 from lisp_controller.lisp.addresses import EncapsulationFormatAddress, InstanceIdAddress
 from lisp_controller.lisp.config import XtrSettings
+from lisp_controller.lisp.headers import UDP, internet_checksum, udp_checksum
 from lisp_controller.lisp.messages import LISP_CONTROL_PORT, MapReply, MapRequest, encode, wrap_in_ecm
 from lisp_controller.lisp.records import Action, EidRecord, MapRequestRecord
 from lisp_controller.lisp.registrar import Datagram
 from lisp_controller.model import IPAddress, Mapping, Prefix, Rloc, as_prefix
+from lisp_controller.model.untracked import untrack
 
 RETRY_WAITS = (1.0, 2.0, 4.0)  # seconds after a send before the next one
 GIVE_UP_AFTER = 4.0  # seconds after the last send
 MAX_HELD = 8  # packets held per request for the packet-out
 MAX_HELD_TOTAL = 8192  # packets held at once (about 12 MB of frames at most); beyond, they are dropped
 MAX_PENDING = 65536  # requests waiting at once; beyond, misses are dropped (and counted)
+MAX_SOURCES = 65536  # distinct packet sources and RLOC sets kept shared; beyond, sharing starts again
 PRIORITY_UNUSED = 255
 
 # RFC 9301 ACT values -> what the map-cache does (model.ACTIONS)
@@ -81,12 +85,21 @@ class Resolution(NamedTuple):
     held: list[Held]
 
 
-@dataclass
-class _Learned:
-    source: IPAddress  # a packet source seen for it: the inner source of a refresh
+class _Learned(NamedTuple):
+    """What the refresh needs of a learned prefix. Numbers and a shared
+    address, out of the collector's sight (model/untracked.py): a hundred
+    thousand learned prefixes add nothing to a full collection, which
+    holds the hub (docs/performance.rst, "A free hub")."""
+
+    source: IPAddress  # a packet source seen for it: the inner source of a refresh (one object per source)
     expires: float
     lead: float  # seconds: see Resolver.refresh_due
     baseline: int | None = None  # packets counted when the refresh window opened
+
+
+def _untracked(learned: _Learned) -> _Learned:
+    untrack(learned)
+    return learned
 
 
 class Resolver:
@@ -106,6 +119,12 @@ class Resolver:
         self._requests: dict[Key, _Request] = {}
         self._by_nonce: dict[bytes, Key] = {}
         self._learned: dict[Key, _Learned] = {}
+        # When each learned prefix next needs a look (its refresh window
+        # opens, its decision falls): (time, key, expires), a heap, so a
+        # look costs the prefixes due, not all of them. An entry whose
+        # prefix was answered again since (another `expires`) is stale.
+        self._looks: list[tuple[float, Key, float]] = []
+        self._sources: dict[IPAddress, IPAddress] = {}  # one object per packet source (see _Learned)
         self._held = 0  # packets held by all requests
         self.counts: dict[str, int] = {}
 
@@ -181,8 +200,14 @@ class Resolver:
         index = request.nonces.index(reply.nonce)
         self.preferred = (request.resolver - (len(request.nonces) - 1 - index)) % len(self.settings.map_resolvers)
         self._drop(key)
+        source = self._sources.setdefault(request.source, request.source)
+        if len(self._sources) > MAX_SOURCES:
+            self._sources.clear()
         for m in mappings:
-            self._learned[m.key] = _Learned(request.source, now + 60.0 * m.ttl, min(60.0, max(2.0, 6.0 * m.ttl)))
+            learned = _Learned(source, now + 60.0 * m.ttl, min(60.0, max(2.0, 6.0 * m.ttl)))
+            mkey = m.key
+            self._learned[mkey] = _untracked(learned)
+            self._look(learned.expires - 2 * learned.lead, mkey, learned.expires)
         self._count("replies_negative" if not mappings[0].rlocs else "replies_accepted")
         forward = any(bool(m.rloc_shares()) or m.action != "send-map-request" for m in mappings)
         return Resolution(key, mappings, request.held if forward else [])
@@ -197,20 +222,42 @@ class Resolver:
         and the decision falls one lead before (a lead is a tenth of the
         TTL, from 2 to 60 seconds)."""
         now = self.ttl_clock()
-        out = []
-        for key, learned in list(self._learned.items()):
-            left = learned.expires - now
-            lead = learned.lead
-            if left <= 0:
+        out, later = [], []
+        looks = self._looks
+        while looks and looks[0][0] <= now:
+            _, key, expires = heapq.heappop(looks)
+            learned = self._learned.get(key)
+            if learned is None or learned.expires != expires:
+                continue  # gone, or answered again since: its own look is in the heap
+            if expires <= now:
                 del self._learned[key]
-            elif learned.baseline is None and left <= 2 * lead:
-                learned.baseline = packets(key)  # None (not read yet): asked again next time
-            elif learned.baseline is not None and left <= lead:
+            elif learned.baseline is None:
+                baseline = packets(key)  # None (not read yet): asked again next time
+                if baseline is not None:
+                    self._learned[key] = learned = _untracked(learned._replace(baseline=baseline))
+                later.append((now if baseline is None else expires - learned.lead, key, expires))
+            else:
                 count = packets(key)
                 if count is not None and count > learned.baseline:
                     out += self.refresh(key)
                 del self._learned[key]  # tracked again when the answer comes
+        for look in later:
+            self._look(*look)
+        if len(looks) > 2 * len(self._learned) + 1024:  # mostly stale: start again from the entries
+            self._looks = []
+            for k, l in self._learned.items():
+                self._look(l.expires - (l.lead if l.baseline is not None else 2 * l.lead), k, l.expires)
         return out
+
+    def _look(self, when: float, key: Key, expires: float) -> None:
+        """Look at learned prefix `key` again at `when`. The key and the
+        entry are tuples of numbers and a Prefix, untracked like the
+        prefix itself (a tuple holding a tuple subclass stays tracked for
+        good otherwise: model/untracked.py)."""
+        untrack(key)
+        look = (when, key, expires)
+        untrack(look)
+        heapq.heappush(self._looks, look)
 
     # -- internals ---------------------------------------------------------------
     def _send(self, key: Key, request: _Request) -> Datagram:
@@ -249,10 +296,78 @@ def map_request(nonce: bytes, iid: int, eid: Prefix, source: IPAddress, itr_rloc
                 port: int = LISP_CONTROL_PORT) -> bytes:
     """The ECM-encapsulated Map-Request for `eid` in `iid` (RFC 9301
     sections 5.2 and 5.8): inner header from the packet's source to the
-    EID asked about, source EID and record in the IID's LCAF."""
+    EID asked about, source EID and record in the IID's LCAF.
+
+    The codec makes it (`encoded_map_request`) once per shape: requests of
+    one IID, source, ITR-RLOC, port and prefix length differ only in the
+    nonce, the EID's address (at the end, and as the inner destination)
+    and the inner checksums, which are filled in here: a sixth of the
+    codec's time, paid for every miss (a test holds the two equal)."""
+    shape = (iid, eid.version, eid.prefixlen, source, itr_rloc, port)
+    template = _REQUESTS.get(shape)
+    if template is None:
+        if len(_REQUESTS) > MAX_SOURCES:
+            _REQUESTS.clear()
+        template = _REQUESTS[shape] = _request_template(iid, eid, source, itr_rloc, port)
+    if template is _NO_TEMPLATE:
+        return encoded_map_request(nonce, iid, eid, source, itr_rloc, port)
+    head, width, at, udp, pseudo = template
+    address = eid[1].to_bytes(width, "big")  # the prefix's network address
+    data = bytearray(head)
+    data[at:at + 8] = nonce
+    data[-width:] = address
+    if width == 4:
+        data[_IP + 16:_IP + 20] = address
+        data[_IP + 10:_IP + 12] = internet_checksum(bytes(data[_IP:_IP + 20])).to_bytes(2, "big")
+    else:
+        data[_IP + 24:_IP + 40] = address
+    segment = bytes(data[udp:])
+    pseudo = pseudo[0] + address + pseudo[1]  # source, destination, then protocol and length
+    data[udp + 6:udp + 8] = (internet_checksum(pseudo + segment) or 0xFFFF).to_bytes(2, "big")
+    return bytes(data)
+
+
+def encoded_map_request(nonce: bytes, iid: int, eid: Prefix, source: IPAddress, itr_rloc: IPAddress,
+                        port: int = LISP_CONTROL_PORT) -> bytes:
+    """`map_request`, made by the codec."""
     request = MapRequest(nonce, (MapRequestRecord(InstanceIdAddress(iid, eid.network_address), eid.prefixlen),),
                          (itr_rloc,), InstanceIdAddress(iid, source))
     return encode(wrap_in_ecm(request, source, eid.network_address, inner_source_port=port))
+
+
+_REQUESTS: dict[tuple, object] = {}  # shape -> (bytes to fill in, EID width, where the nonce goes)
+_NO_TEMPLATE = object()  # a shape whose bytes are not laid out as `map_request` expects
+_IP = 4  # the inner IP header, after the ECM's
+
+
+def _request_template(iid: int, eid: Prefix, source: IPAddress, itr_rloc: IPAddress, port: int) -> object:
+    """The codec's request of this shape, once it is checked that the nonce
+    and the EID's address sit where `map_request` writes them (the nonce
+    after the inner headers and the request's first word, the EID last and
+    as the inner destination); else _NO_TEMPLATE."""
+    width = 4 if eid.version == 4 else 16
+    bits = 8 * width
+    probe = Prefix(eid.version, ((1 << eid.prefixlen) - 1) << (bits - eid.prefixlen), eid.prefixlen)
+    nonce = bytes(range(1, 9))
+    data = encoded_map_request(nonce, iid, probe, source, itr_rloc, port)
+    address = probe.network_address.packed
+    at = _IP + (20 if width == 4 else 40) + 8 + 4
+    destination = _IP + (16 if width == 4 else 24)
+    if data[at:at + 8] != nonce or not data.endswith(address) or data[destination:destination + width] != address:
+        return _NO_TEMPLATE
+    head = bytearray(data)
+    udp = _IP + (20 if width == 4 else 40)
+    head[udp + 6:udp + 8] = bytes(2)  # the checksums are computed over their field zeroed
+    if width == 4:
+        head[_IP + 10:_IP + 12] = bytes(2)
+    # The UDP pseudo-header around the destination (headers.udp_checksum's).
+    length = len(data) - udp
+    pseudo = (source.packed, bytes((0, UDP)) + length.to_bytes(2, "big")) if width == 4 else \
+        (source.packed, length.to_bytes(4, "big") + bytes((0, 0, 0, UDP)))
+    if udp_checksum(source, probe.network_address, bytes(head[udp:])) != \
+            (internet_checksum(pseudo[0] + address + pseudo[1] + bytes(head[udp:])) or 0xFFFF):
+        return _NO_TEMPLATE
+    return bytes(head), width, at, udp, pseudo
 
 
 def _ip(address: object) -> IPAddress | None:
@@ -288,5 +403,20 @@ def _mapping(record: EidRecord, request: _Request) -> Mapping | None:
         rlocs.append(Rloc(rloc, loc.priority if loc.reachable else PRIORITY_UNUSED, loc.weight))
     if record.locators and not rlocs:
         return None
-    return Mapping(request.iid, prefix, tuple(rlocs), ttl=record.ttl, action=_ACTIONS[record.action],
+    return Mapping(request.iid, prefix, _shared_rlocs(tuple(rlocs)), ttl=record.ttl, action=_ACTIONS[record.action],
                    source="map-resolver")
+
+
+_RLOC_SETS: dict[tuple[Rloc, ...], tuple[Rloc, ...]] = {}
+
+
+def _shared_rlocs(rlocs: tuple[Rloc, ...]) -> tuple[Rloc, ...]:
+    """One tuple per distinct RLOC set, as the config and the API share
+    theirs (model/mapping.py): the learned prefixes of a site share a few
+    RLOCs, and each copy would be three objects for the collector to walk."""
+    shared = _RLOC_SETS.get(rlocs)
+    if shared is None:
+        if len(_RLOC_SETS) > MAX_SOURCES:
+            _RLOC_SETS.clear()
+        shared = _RLOC_SETS[rlocs] = rlocs
+    return shared

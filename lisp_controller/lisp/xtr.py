@@ -10,25 +10,33 @@ back. Four greenthreads drive the pure logic:
   and hands Map-Notifies to the registrar, Map-Replies to the resolver;
 * the timer runs registrations, retries and refreshes when they are due,
   and registers at once when the endpoints change (`wake`);
-* the installer takes what Map-Replies taught, and the committer commits
-  all of it that gathered meanwhile as one change (learned mappings: never
-  stored, below config, endpoint and API ones), waits for every bridge's
-  barrier and only then sends the held packets on with a packet-out, so a
-  miss costs no packet.
+* the installer sends what Map-Replies taught to the bridges at once, and
+  the committer commits all of it that gathered meanwhile as one change
+  (learned mappings: never stored, below config, endpoint and API ones).
 
-While a bulk request is being made (it holds the change lock for seconds
-and streams its own bundle to the bridges; ``app.big_changes``), a learned
-mapping would wait behind all of it. So then its flow goes ahead: the same
-flow-mod the state will make (``mapping_flow_mod``), sent on its own to
-every bridge this instance programs, outside the bulk's open bundle, the
-held packets right behind it on the same connection (a switch takes them
-in order), then a barrier to confirm it. The bundle is written paced
-(openflow/switch.py), so all of this waits behind at most 128 KB of it.
-The learned change is committed when the lock is free (the bridges then
-already hold the flow: adding it again changes nothing). Only mappings that
-need no select group and whose key nobody else holds go ahead; the others
-wait as before. A bulk that brings a mapping for the same key still wins:
-its bundle commits after the flow that went ahead, and replaces it.
+A learned mapping's flow does not wait for its commit: the installer sends
+the same flow-mod the state will make (``mapping_flow_mod``) to every
+bridge this instance programs, outside any bundle, with the held packets
+right behind it on the same connection (a switch takes one connection's
+messages in order, so they meet the flow: tests/test_bundle_ovs.py), and a
+barrier to confirm it. The commit comes when the change lock is free, which
+a bulk request holds for seconds (the bridges then already hold the flow:
+adding it again changes nothing). Bundles are written paced
+(openflow/switch.py), so during a bulk all of this waits behind at most
+128 KB of it. Until its commit is confirmed, a learned flow sent this way
+is one the bridges should hold (`flows_ahead`: a deep check leaves it
+alone), and a bridge that confirmed it is told so (`note_installed`): the
+sync of the commit sends nothing for it. Only mappings that need no select group (one RLOC, or negative)
+and whose key nobody else holds go this way; the others are committed
+first and their packets follow the bridges' barriers. A bulk that brings a
+mapping for the same key still wins: its bundle commits after the flow
+that went ahead, and replaces it.
+
+A switch that refuses a learned flow (a full table) says so before it
+reads the packets behind it; they miss again and come back through the
+miss meter, and are dropped and counted (``misses_refused``), as is any
+later packet for that mapping there: sent round again, they would loop
+(docs/control-plane.rst, "The first packet").
 
 Open vSwitch drops a packet tunnelled to an RLOC whose underlay next hop it
 has not resolved yet (docs/datapath.rst). So when a Map-Reply names an RLOC
@@ -43,6 +51,7 @@ but its public `apply_change`, `state`, `sessions` and `mapping_counters`.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import socket
@@ -61,6 +70,7 @@ from lisp_controller.lisp.registrar import Datagram, Registrar
 from lisp_controller.lisp.resolver import Held, Resolution, Resolver
 from lisp_controller.model import MapCache, Mapping, prefix_key
 from lisp_controller.openflow import encode
+from lisp_controller.openflow.switch import describe_error
 from lisp_controller.pipeline.actions import output, set_field
 from lisp_controller.pipeline.compiler import mapping_flow_mod, rloc_target
 from lisp_controller.pipeline.flows import Group
@@ -75,7 +85,8 @@ _ETH_IP, _ETH_IPV6 = 0x0800, 0x86DD
 PROBE_IID = 0xFFFFFF  # the Instance ID of next-hop probes: no mapping uses it
 PROBE_EVERY = 60.0  # seconds before a (bridge, RLOC) pair is probed again
 PROBE_SETTLE = 0.003  # seconds a held packet waits after its RLOC's probe (an ARP exchange)
-AHEAD_MAX = 256  # learned mappings sent ahead of a change in progress at once (the rest wait for it)
+AHEAD_MAX = 256  # learned flows sent in one write (a batch of more goes in several)
+REFUSED_KEPT = 65536  # refused (bridge, mapping) pairs remembered at most
 
 
 def probe_frame() -> bytes:
@@ -137,10 +148,22 @@ class Xtr:
         self._wake = hub.Event()
         self._resolved: list[Resolution] = []
         self._resolved_ready = hub.Event()
-        # Learned mappings whose flows went ahead of a change in progress,
-        # not committed yet (see the module's docstring).
+        # Learned mappings whose flows went to the bridges ahead of their
+        # commit, until it is confirmed (see the module's docstring); their
+        # flow-mods by cookie, and their cookies by prefix_key (numbers
+        # only: a bulk holds thousands here for seconds, out of the
+        # collector's sight).
         self._ahead = MapCache()
+        self._ahead_flows: dict[int, bytes] = {}
+        self._ahead_cookies: dict[tuple, int] = {}
+        # (datapath ID, mapping key) -> the cookie of the learned flow that
+        # bridge refused: a packet for it there is dropped, not sent round.
+        self._refused: dict[tuple[int, tuple], int] = {}
         self._to_commit: list[Resolution] = []   # resolutions whose packets wait for the commit
+        # Mappings sent ahead whose bridges answered (their barriers, or a
+        # failure): the next commit's. One still in flight waits, so that
+        # the bridges are told it is installed before the commit's sync.
+        self._sent: list[Mapping] = []
         self._commit_ready = hub.Event()
         self._bridges: tuple = ()
         self._probed: dict[tuple, float] = {}  # (datapath ID, RLOC) -> monotonic time of its last probe
@@ -174,6 +197,10 @@ class Xtr:
         held = Held(datapath_id, in_port, frame)
         known = self.app.state.cache.lookup(iid, destination) or self._ahead.lookup(iid, destination)
         if known is not None and not (not known.rloc_shares() and known.action == "send-map-request"):
+            refused = self._refused.get((datapath_id, known.key))
+            if refused is not None and refused == mapping_flow_mod(known, prefix_key(known.iid, known.eid))[0]:
+                self._event("misses_refused")  # its flow was refused here: sent round again, it would loop
+                return
             # Its flow is being installed right now: the packet-out finds it.
             self._packet_out(held)
             return
@@ -301,24 +328,39 @@ class Xtr:
                 LOG.exception("installing %d resolved mappings failed", len(batch))
 
     def _install(self, batch: list[Resolution]) -> None:
-        """Hand what ``batch`` taught to the committer, sending flows ahead
-        first while another change is being made (see the module's
-        docstring). Never waits for that change, nor for the switch: the
-        flows' barrier waits behind what the change already queued on the
-        connection, so each batch sent ahead waits in a greenthread of its
-        own and the next one is not held up."""
-        if self._busy():
-            flows = self._ahead_flows([m for r in batch for m in r.mappings][:AHEAD_MAX])
-            sessions = self._programmed()
-            if flows and sessions:
-                ahead = [r for r in batch if all(m.key in flows for m in r.mappings)]
-                batch = [r for r in batch if not all(m.key in flows for m in r.mappings)]
-                for r in ahead:
-                    for m in r.mappings:
-                        self._ahead.add(m)
-                hub.spawn(self._send_ahead, flows, sessions, ahead)
-        self._to_commit += batch
-        self._commit_ready.set()
+        """Send the flows of what ``batch`` taught to the bridges now, each
+        with its held packets right behind it, and hand the rest to the
+        committer (see the module's docstring). The flow-mods are written
+        before this returns, so any packet-out sent after (``packet_in``)
+        follows them on the connection. Never waits for a commit nor for
+        the switch: each part sent waits for its barrier in a greenthread
+        of its own, so the next batch is not held up."""
+        sessions = self._programmed()
+        programmed = {s.status.datapath_id for s in sessions}
+        ahead, later = [], []
+        for r in batch:
+            goes = bool(sessions) and all(self._may_go_ahead(m) for m in r.mappings) and \
+                all(h.datapath_id in programmed for h in r.held)
+            (ahead if goes else later).append(r)
+        part: list[Resolution] = []
+        flows: dict[tuple, tuple[int, bytes]] = {}  # mapping key -> (cookie, flow-mod)
+        for r in ahead:
+            for m in r.mappings:
+                pkey = prefix_key(m.iid, m.eid)
+                cookie, data = flows[m.key] = mapping_flow_mod(m, pkey)
+                self._ahead_flows.pop(self._ahead_cookies.get(pkey), None)  # an earlier answer's
+                self._ahead_flows[cookie] = data
+                self._ahead_cookies[pkey] = cookie
+                self._ahead.add(m)
+            part.append(r)
+            if len(flows) >= AHEAD_MAX:
+                self._send_ahead(flows, sessions, part)
+                part, flows = [], {}
+        if part:
+            self._send_ahead(flows, sessions, part)
+        if later:
+            self._to_commit += later
+            self._commit_ready.set()
 
     def _commit_loop(self) -> None:
         while True:
@@ -334,7 +376,7 @@ class Xtr:
         one change, wait for the bridges' barriers, then send on the held
         packets that waited for it (those of mappings sent ahead are out)."""
         batch, self._to_commit = self._to_commit, []
-        ahead = list(self._ahead)
+        ahead, self._sent = self._sent, []
         mappings = {m.key: m for m in ahead}
         mappings.update((m.key, m) for r in batch for m in r.mappings)
         if not mappings:
@@ -342,32 +384,48 @@ class Xtr:
         try:
             results = self.app.apply_change(Change(learn=list(mappings.values())))
         finally:
-            for m in ahead:   # committed (or failed: the bridges' next sync removes their flows)
+            # Committed and confirmed (or failed: the bridges' next sync
+            # removes their flows); one that came again meanwhile stays.
+            for m in ahead:
                 if self._ahead.get(m.iid, m.eid) is m:
                     self._ahead.remove(m.iid, m.eid)
+                    self._ahead_flows.pop(self._ahead_cookies.pop(prefix_key(m.iid, m.eid), None), None)
         late = [r["bridge"] for r in results if r["status"] not in ("confirmed", "not-connected")]
-        if late:
+        if late and batch:
             LOG.warning("learned mappings not confirmed on %s; held packets sent anyway", ", ".join(late))
         if batch:
-            self._log_learned({m.key: m for r in batch for m in r.mappings}.values(), "")
+            self._log_learned({m.key: m for r in batch for m in r.mappings}.values())
         self._release(batch)
+
+    def flows_ahead(self) -> dict[int, bytes]:
+        """Learned flows sent to the bridges whose commit is not confirmed
+        yet, by cookie: flows the bridges should hold (a copy)."""
+        return dict(self._ahead_flows)
+
+    def flow_ahead(self, cookie: int) -> bool:
+        """Whether `cookie` is one of `flows_ahead`."""
+        return cookie in self._ahead_flows
 
     def _release(self, batch: list[Resolution]) -> None:
         """Send the held packets of ``batch`` on, once the next hops of their
         RLOCs had time to resolve (see ``_probe``)."""
-        settle = max((self._probed.get((h.datapath_id, address), 0.0)
-                      for r in batch for h in r.held for m in r.mappings for address, _ in m.rloc_shares()),
-                     default=0.0) + PROBE_SETTLE - time.monotonic()
+        settle = self._settle_time(batch)
         if settle > 0:
             hub.sleep(settle)
+        by_bridge: dict[int, list[bytes]] = {}
         for r in batch:
             for held in r.held:
-                self._packet_out(held)
+                by_bridge.setdefault(held.datapath_id, []).append(encode.packet_out_to_table(held.in_port, held.data))
+        for datapath_id, packets in by_bridge.items():
+            self._packet_outs(datapath_id, packets)
 
-    def _busy(self) -> bool:
-        """A big change is being made or confirmed: a learned mapping
-        committed now would wait for all of it."""
-        return self.app.big_changes > 0
+    def _settle_time(self, batch: list[Resolution]) -> float:
+        """Seconds the held packets of ``batch`` should still wait for the
+        next-hop probes of their RLOCs to be answered (an ARP exchange; see
+        ``_probe``); 0 or less: none."""
+        return max((self._probed.get((h.datapath_id, address), 0.0)
+                    for r in batch for h in r.held for m in r.mappings for address, _ in m.rloc_shares()),
+                   default=0.0) + PROBE_SETTLE - time.monotonic()
 
     def _programmed(self) -> list:
         """The sessions whose bridges this instance writes to (all, or
@@ -375,46 +433,83 @@ class Xtr:
         return [s for s in self.app.sessions.values()
                 if s.status.bridge is not None and s.writes and not s.switch.closed]
 
-    def _ahead_flows(self, mappings: list[Mapping]) -> dict:
-        """The flow-mods of those ``mappings`` that may go ahead of a change
-        in progress (no select group, nobody else's key), by key."""
-        state = self.app.state
-        return {m.key: mapping_flow_mod(m, prefix_key(m.iid, m.eid))[1] for m in mappings
-                if state.owner(m.key) in (None, m.source) and not isinstance(rloc_target(m), Group)}
+    def _may_go_ahead(self, m: Mapping) -> bool:
+        """A learned mapping whose flow may go to the bridges before its
+        commit: it needs no select group (the commit makes those), and no
+        config, API, endpoint or registered mapping holds its key."""
+        return self.app.state.owner(m.key) in (None, m.source) and not isinstance(rloc_target(m), Group)
 
-    def _send_ahead(self, flows: dict, sessions: list, batch: list[Resolution]) -> None:
+    def _send_ahead(self, flows: dict[tuple, tuple[int, bytes]], sessions: list, batch: list[Resolution]) -> None:
         """Send ``flows`` to every session's bridge and the held packets of
-        ``batch`` right behind them, then confirm the flows by barrier;
-        the committer commits their mappings when the change in progress
-        is done. A switch takes one connection's messages in order, so a
-        packet-out sent after its flow meets it without waiting for the
-        barrier (docs/control-plane.rst, "During a big change")."""
-        try:
-            for session in sessions:
-                for data in flows.values():
-                    session.switch.send(data)
-        except Exception as e:  # a bridge went away: the packets wait for the commit
-            LOG.warning("learned flows sent ahead of a change in progress not sent: %s", e)
-            self._to_commit += batch
-            self._commit_ready.set()
-            return
-        self._release(batch)
-        if self.resolver is not None:
-            counts = self.resolver.counts
-            counts["learned_ahead"] = counts.get("learned_ahead", 0) + len(flows)
-        try:
-            for session in sessions:
-                session.switch.barrier()
-        except Exception as e:  # the commit sends them again
-            LOG.warning("learned flows sent ahead of a change in progress not confirmed: %s", e)
-        else:
-            self._log_learned({m.key: m for r in batch for m in r.mappings}.values(),
-                              " ahead of a change in progress")
+        ``batch`` right behind them; a greenthread of its own waits for the
+        barriers (``_confirm``). The packets do not wait for the barrier:
+        the switch meets them with their flows (see
+        Switch.send_flow_mods); only a new RLOC's probe may hold them a
+        few milliseconds (``_settle_time``)."""
+        packets: dict[int, list[bytes]] = {}
+        for r in batch:
+            for held in r.held:
+                packets.setdefault(held.datapath_id, []).append(encode.packet_out_to_table(held.in_port, held.data))
+        settle = self._settle_time(batch)
+        keys = list(flows)
+        flow_mods = [data for _, data in flows.values()]
+        sent = []
+        for session in sessions:
+            for key in keys:  # refused before, maybe: tried again now (a refusal comes back after this)
+                self._refused.pop((session.status.datapath_id, key), None)
+            behind = packets.pop(session.status.datapath_id, ()) if settle <= 0 else ()
+            try:
+                sent.append((session, session.switch.send_flow_mods(
+                    flow_mods, behind, refused=functools.partial(self._refused_flow, session, keys, flows))))
+            except Exception as e:  # the bridge went away: it gets them when it comes back (the commit)
+                LOG.warning("bridge %s: learned flows not sent: %s", session.label, e)
+        self._event("learned_ahead", len(flows))
+        hub.spawn(self._confirm, flows, sent, batch, packets, settle)
+
+    def _confirm(self, flows: dict[tuple, tuple[int, bytes]], sent: list, batch: list[Resolution],
+                 packets: dict[int, list[bytes]], settle: float) -> None:
+        """After ``_send_ahead``: the packets that wait for a probe, once it
+        had time; then wait for the barriers, tell each bridge's session
+        what it holds now, and hand the mappings to the committer."""
+        if settle > 0:
+            hub.sleep(settle)
+        for datapath_id, outs in packets.items():
+            self._packet_outs(datapath_id, outs)
+        confirmed = bool(sent)
+        for session, unconfirmed in sent:
+            try:
+                unconfirmed.wait()
+            except Exception as e:  # the commit sends them again
+                confirmed = False
+                LOG.warning("bridge %s: learned flows not confirmed: %s", session.label, e)
+                continue
+            # The bridge holds them now: its sync of their commit need not
+            # send them again (the refused ones it tries again).
+            datapath_id = session.status.datapath_id
+            session.note_installed([cookie for key, (cookie, _) in flows.items()
+                                    if self._refused.get((datapath_id, key)) != cookie])
+        if confirmed:
+            self._log_learned({m.key: m for r in batch for m in r.mappings}.values())
+        self._sent += (m for r in batch for m in r.mappings)
         self._commit_ready.set()
 
-    def _log_learned(self, mappings, how: str) -> None:
+    def _refused_flow(self, session, keys: list[tuple], flows: dict[tuple, tuple[int, bytes]],
+                      index: int, error) -> None:
+        """The switch of ``session`` refused the learned flow of mapping
+        ``keys[index]``: remember it, so its packets there are dropped (see
+        ``packet_in``). Runs in os-ken's event thread, before the packets
+        sent behind the flow can come back."""
+        key = keys[index]
+        if len(self._refused) >= REFUSED_KEPT:
+            self._refused.clear()
+        self._refused[(session.status.datapath_id, key)] = flows[key][0]
+        self._event("learned_refused")
+        LOG.error("bridge %s: switch refused the learned flow for [%d]%s: %s; its packets there are dropped",
+                  session.label, key[0], key[1], describe_error(error))
+
+    def _log_learned(self, mappings) -> None:
         mappings = list(mappings)
-        LOG.info("learned %d mappings from Map-Replies%s: %s%s", len(mappings), how, "; ".join(
+        LOG.info("learned %d mappings from Map-Replies: %s%s", len(mappings), "; ".join(
             f"[{m.iid}]{m.eid} -> {', '.join(str(r.address) for r in m.rlocs) or 'negative, ' + m.action}"
             f" (TTL {m.ttl} min)" for m in mappings[:5]), " ..." if len(mappings) > 5 else "")
 
@@ -428,13 +523,16 @@ class Xtr:
                 LOG.warning("LISP control message to %s not sent: %s", d.destination, e)
 
     def _packet_out(self, held: Held) -> None:
-        session = self.app.sessions.get(held.datapath_id)
+        self._packet_outs(held.datapath_id, [encode.packet_out_to_table(held.in_port, held.data)])
+
+    def _packet_outs(self, datapath_id: int, packets: list[bytes]) -> None:
+        session = self.app.sessions.get(datapath_id)
         if session is None:
             return
         try:
-            session.switch.send(encode.packet_out_to_table(held.in_port, held.data))
-        except Exception as e:  # the bridge just went away: the packet is lost, nothing else
-            LOG.warning("bridge %s: packet-out of a resolved packet failed: %s", session.label, e)
+            session.switch.send_many(packets)
+        except Exception as e:  # the bridge just went away: the packets are lost, nothing else
+            LOG.warning("bridge %s: packet-out of %d resolved packets failed: %s", session.label, len(packets), e)
 
     def _probe(self, result: Resolution) -> None:
         """Make each bridge holding packets for these mappings resolve the
@@ -470,6 +568,11 @@ class Xtr:
     def _count(self, name: str) -> str:
         self.counts[name] = self.counts.get(name, 0) + 1
         return name
+
+    def _event(self, name: str, n: int = 1) -> None:
+        """Count a resolver event of this module's (GET /v1/lisp ``resolver``)."""
+        if self.resolver is not None:
+            self.resolver.counts[name] = self.resolver.counts.get(name, 0) + n
 
 
 def _iso(t: float | None) -> str | None:

@@ -16,7 +16,7 @@ import random
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3 as ofp
@@ -199,6 +199,9 @@ class Switch:
         # Paced writes not yet confirmed: (barrier xid, bytes, its waiter).
         self._in_flight: collections.deque[tuple[int, int, _Pending]] = collections.deque()
         self._in_flight_bytes = 0
+        # Flow-mods sent without waiting (send_flow_mods): xid -> (whom to
+        # tell if the switch refuses it, its index in what was sent).
+        self._refusals: dict[int, tuple[Callable[[int, object], None], int]] = {}
         self.closed = False
         # Flow dumps are answered on our side of the socket, as bytes.
         self.tap = tap.install(datapath, self._claim, pause=lambda: breathe(_yield)) \
@@ -267,6 +270,14 @@ class Switch:
             if offset < count:
                 self._bundle_errors[offset] = msg
                 return True
+        refusal = self._refusals.pop(msg.xid, None)
+        if refusal is not None:
+            handler, index = refusal
+            try:
+                handler(index, msg)
+            except Exception:  # runs in os-ken's event thread: a bug there must not stop it
+                LOG.exception("bridge %s: handling a refused flow-mod failed", self.label)
+            return True
         pending = self._pending.get(msg.xid)
         if pending is None:
             return False
@@ -278,6 +289,7 @@ class Switch:
         """The connection is gone: wake every waiter with an error."""
         self.closed = True
         self._abandoned.clear()
+        self._refusals.clear()
         for pending in self._pending.values():
             pending.error = pending.error or "disconnected"
             pending.event.set()
@@ -430,6 +442,45 @@ class Switch:
         """Send a message that needs no answer (a packet-out), now."""
         self._send(encode.with_xid(msg, self._xid()))
 
+    def send_many(self, msgs: Sequence[bytes]) -> None:
+        """Send messages that need no answer (packet-outs) in one write:
+        one item of the datapath's send queue, one system call."""
+        if msgs:
+            first = self._xid(len(msgs))
+            self._send(b"".join(encode.with_xid(m, first + i) for i, m in enumerate(msgs)))
+
+    def send_flow_mods(self, flow_mods: Sequence[bytes], then: Sequence[bytes] = (),
+                       refused: Callable[[int, object], None] | None = None) -> "Unconfirmed":
+        """Send `flow_mods`, a barrier and `then` (packet-outs of packets
+        that must meet those flows) in one write, without waiting for the
+        switch. A switch takes one connection's messages in order and
+        applies a flow-mod before it reads the next message, so a packet
+        sent after its flow meets it (tests/test_bundle_ovs.py). For each
+        flow-mod the switch refuses, `refused(index, error)` is called as
+        its error arrives: before the barrier's reply and before any
+        packet-in a packet of `then` causes, which follow it on the same
+        connection. `wait()` on the result waits for the barrier's reply."""
+        n = len(flow_mods)
+        first = self._xid(n + 1 + len(then))
+        if refused is not None:
+            for i in range(n):
+                self._refusals[first + i] = (refused, i)
+        done = self._pending[first + n] = _Pending()
+        parts = [encode.with_xid(m, first + i) for i, m in enumerate(flow_mods)]
+        parts.append(encode.barrier(first + n))
+        parts += (encode.with_xid(m, first + n + 1 + i) for i, m in enumerate(then))
+        try:
+            self._send(b"".join(parts))
+        except SwitchError:
+            self._forget_refusals(first, n)
+            del self._pending[first + n]
+            raise
+        return Unconfirmed(self, first, n, done)
+
+    def _forget_refusals(self, first: int, count: int) -> None:
+        for xid in range(first, first + count):
+            self._refusals.pop(xid, None)
+
     def send_confirmed(self, msg: bytes, what: str) -> None:
         """Send a message that has no reply and confirm it with a barrier;
         SwitchError with the switch's words if it refused it (an error
@@ -562,6 +613,29 @@ class Switch:
         """An open ONF bundle: named, for up to `capacity` messages, or
         anonymous if `capacity` is 0 (see Bundle)."""
         return Bundle(self, capacity)
+
+
+class Unconfirmed:
+    """Flow-mods sent without waiting for the switch (Switch.send_flow_mods)."""
+
+    def __init__(self, switch: Switch, first: int, count: int, barrier: _Pending):
+        self.switch, self._first, self._count, self._barrier = switch, first, count, barrier
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Until the switch answered the barrier behind the flow-mods: every
+        refusal among them has been handed over by then. SwitchError if it
+        did not answer in time or went away."""
+        sw = self.switch
+        try:
+            answered = self._barrier.event.wait(timeout or sw.timeout)
+            if self._barrier.error is not None or sw.closed:
+                raise SwitchError(f"bridge {sw.label}: connection closed")
+            if not answered:
+                raise SwitchError(f"bridge {sw.label}: no reply to the barrier behind "
+                                  f"{self._count} flow-mods within {timeout or sw.timeout:.0f} s")
+        finally:
+            sw._pending.pop(self._first + self._count, None)
+            sw._forget_refusals(self._first, self._count)
 
 
 class Bundle:
