@@ -412,11 +412,7 @@ class Xtr:
         settle = self._settle_time(batch)
         if settle > 0:
             hub.sleep(settle)
-        by_bridge: dict[int, list[bytes]] = {}
-        for r in batch:
-            for held in r.held:
-                by_bridge.setdefault(held.datapath_id, []).append(encode.packet_out_to_table(held.in_port, held.data))
-        for datapath_id, packets in by_bridge.items():
+        for datapath_id, packets in _packet_outs_by_bridge(batch).items():
             self._packet_outs(datapath_id, packets)
 
     def _settle_time(self, batch: list[Resolution]) -> float:
@@ -446,10 +442,7 @@ class Xtr:
         the switch meets them with their flows (see
         Switch.send_flow_mods); only a new RLOC's probe may hold them a
         few milliseconds (``_settle_time``)."""
-        packets: dict[int, list[bytes]] = {}
-        for r in batch:
-            for held in r.held:
-                packets.setdefault(held.datapath_id, []).append(encode.packet_out_to_table(held.in_port, held.data))
+        packets = _packet_outs_by_bridge(batch)
         settle = self._settle_time(batch)
         keys = list(flows)
         flow_mods = [data for _, data in flows.values()]
@@ -577,3 +570,13 @@ class Xtr:
 
 def _iso(t: float | None) -> str | None:
     return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _packet_outs_by_bridge(batch: list[Resolution]) -> dict[int, list[bytes]]:
+    """The packet-outs of the held packets of ``batch``, by the datapath ID
+    of the bridge they came from (each bridge's go in one write)."""
+    packets: dict[int, list[bytes]] = {}
+    for r in batch:
+        for held in r.held:
+            packets.setdefault(held.datapath_id, []).append(encode.packet_out_to_table(held.in_port, held.data))
+    return packets
