@@ -15,7 +15,7 @@ from pathlib import Path
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from lisp_controller.openflow import encode
-from lisp_controller.openflow.switch import BUNDLE_FLAGS as FLAGS
+from lisp_controller.openflow.bundle import BUNDLE_FLAGS as FLAGS
 
 _HEADER = struct.Struct("!BBHI")
 BUNDLE_ID = 0xB0

@@ -16,7 +16,7 @@ from lisp_controller.api.server import framing_problem
 from lisp_controller.config import ConfigError
 from lisp_controller.errors import Conflict, LispControllerError, NotFound
 from lisp_controller.model import ModelError
-from lisp_controller.openflow.switch import SwitchError
+from lisp_controller.openflow.errors import SwitchError
 from lisp_controller.openflow.tls import TlsError
 from lisp_controller.store.sqlite import StoreError
 

@@ -15,7 +15,9 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from lisp_controller.openflow import tap
-from lisp_controller.openflow.switch import FlowCounts, FlowStat, Switch, SwitchError, flow_stats
+from lisp_controller.openflow.errors import SwitchError
+from lisp_controller.openflow.flowstats import FlowCounts, FlowStat, flow_stats
+from lisp_controller.openflow.switch import Switch
 
 _PROTO = ofproto_protocol.ProtocolDesc(ofp.OFP_VERSION)
 OS_KENS_MULTIPART_PARSER = parser._MSG_PARSERS[ofp.OFPT_MULTIPART_REPLY]

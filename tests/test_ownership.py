@@ -19,7 +19,7 @@ from lisp_controller.controller.roles import MASTER, SLAVE
 from lisp_controller.controller.session import BridgeSession
 from lisp_controller.controller.state import State
 from lisp_controller.controller.toobig import PathMtu
-from lisp_controller.openflow.switch import SwitchError
+from lisp_controller.openflow.errors import SwitchError
 from lisp_controller.pipeline.compiler import compile_meters
 
 from .test_session import CONFIG, DPID, FakeSwitch, change, desired, running, stop, until

@@ -21,7 +21,8 @@ from lisp_controller.controller.session import Backoff, BridgeSession
 from lisp_controller.controller.state import Change, State
 from lisp_controller.model import Mapping
 from lisp_controller.openflow import verify
-from lisp_controller.openflow.switch import ApplyResult, SwitchError
+from lisp_controller.openflow.errors import SwitchError
+from lisp_controller.openflow.switch import ApplyResult
 from lisp_controller.openflow.wire import with_cookie
 from lisp_controller.pipeline.compiler import compile_local
 from lisp_controller.pipeline.flows import Group, flow_mods, is_our_group

@@ -9,7 +9,8 @@ from types import SimpleNamespace
 from lisp_controller.openflow import switch as switch_module
 from lisp_controller.pipeline.compiler import mapping_flow_mod
 from lisp_controller.model import Mapping, prefix_key
-from lisp_controller.openflow.switch import IN_FLIGHT, SEND_CHUNK, YIELD_EVERY, Switch
+from lisp_controller.openflow.bundle import SEND_CHUNK, YIELD_EVERY
+from lisp_controller.openflow.switch import IN_FLIGHT, Switch
 from os_ken.lib import hub
 
 from lab.testbed import wait_until

@@ -31,7 +31,8 @@ from lisp_controller.errors import NotFound
 from lisp_controller.controller.admit import admit, describe_dropped
 from lisp_controller.controller.applied import Applied, Confirmations
 from lisp_controller.store import Delta, Store, StoreError, StoreStale
-from lisp_controller.openflow.switch import FlowCounts, SwitchError, describe_error
+from lisp_controller.openflow.errors import SwitchError, describe_error
+from lisp_controller.openflow.flowstats import FlowCounts
 from lisp_controller.controller.toobig import PathMtu
 from lisp_controller.controller.offhub import BIG_ITEMS, off_hub
 from lisp_controller.lisp.xtr import Xtr

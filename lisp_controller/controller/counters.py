@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from lisp_controller.openflow.switch import FlowCounts
+from lisp_controller.openflow.flowstats import FlowCounts
 LOG = logging.getLogger(__name__)
 
 # cookie -> (packets, bytes): a FlowCounts as read from the bridges, or a

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Callable
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from lisp_controller.openflow.switch import Switch, SwitchError
+from lisp_controller.openflow.errors import SwitchError
+from lisp_controller.openflow.switch import Switch
 
 if TYPE_CHECKING:
     from os_ken.lib import hub

@@ -35,7 +35,8 @@ from lisp_controller.controller.slices import Slices, sliced
 from lisp_controller.model import Bridge
 from lisp_controller.openflow import verify
 from lisp_controller.openflow.encode import encode_delete
-from lisp_controller.openflow.switch import Switch, SwitchError, port_name
+from lisp_controller.openflow.errors import SwitchError
+from lisp_controller.openflow.switch import Switch, port_name
 from lisp_controller.pipeline.compiler import Compiled, compile_local
 from lisp_controller.pipeline.flows import Flow, Group, flow_mods, render, render_group
 

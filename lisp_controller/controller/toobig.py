@@ -13,7 +13,8 @@ from typing import Callable
 from lisp_controller.controller.reconcile import meter_plan
 from lisp_controller.model import Bridge
 from lisp_controller.openflow.encode import METER_ADD, METER_MODIFY, meter_mod, packet_out
-from lisp_controller.openflow.switch import Switch, SwitchError
+from lisp_controller.openflow.errors import SwitchError
+from lisp_controller.openflow.switch import Switch
 from lisp_controller.pipeline import pathmtu
 from lisp_controller.pipeline.compiler import METER_TOO_BIG, compile_meters
 from lisp_controller.pipeline.profiles import tunnel_mtu

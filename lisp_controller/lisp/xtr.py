@@ -70,7 +70,7 @@ from lisp_controller.lisp.registrar import Datagram, Registrar
 from lisp_controller.lisp.resolver import Held, Resolution, Resolver
 from lisp_controller.model import MapCache, Mapping, prefix_key
 from lisp_controller.openflow import encode
-from lisp_controller.openflow.switch import describe_error
+from lisp_controller.openflow.errors import describe_error
 from lisp_controller.pipeline.actions import output, set_field
 from lisp_controller.pipeline.compiler import mapping_flow_mod, rloc_target
 from lisp_controller.pipeline.flows import Group

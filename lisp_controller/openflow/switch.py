@@ -14,146 +14,28 @@ import itertools
 import logging
 import random
 import struct
-import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import Callable, Iterator, Sequence
 
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from lisp_controller.errors import LispControllerError
 from lisp_controller.openflow import encode, tap, verify
+from lisp_controller.openflow.bundle import SEND_CHUNK, Bundle
+from lisp_controller.openflow.errors import ROLE_NAMES, SwitchError, describe_error, is_not_master
+from lisp_controller.openflow.flowstats import FlowCounts, flow_stats
 from lisp_controller.controller.gcpause import BIG, breathe, gc_paused
 from lisp_controller.pipeline.flows import COOKIE_BASE, COOKIE_TAG_MASK, Group, Meter, is_our_group
 from lisp_controller.controller.reconcile import Plan
 
 LOG = logging.getLogger(__name__)
 
-BUNDLE_FLAGS = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
 PIPELINE_MAX = 64  # a plan of at most this many adds, and no deletes, skips the bundle
-SEND_CHUNK = 64 * 1024  # bytes per socket write: few greenthread switches
-YIELD_EVERY = 256  # messages encoded between yields to the hub (echo replies)
 # Bundle bytes the switch may hold unparsed at once (see Switch.send_paced):
 # whatever is sent meanwhile (a learned flow, a packet-out) waits behind at
 # most this much, about 860 bundle adds of a mapping: 20 ms for OVS 3.1
 # here (docs/performance.rst, "Learned flows during a bulk").
 IN_FLIGHT = 2 * SEND_CHUNK
-
-
-class FlowStat(NamedTuple):
-    """The part of an ofp_flow_stats entry we use, in wire order."""
-
-    length: int
-    table_id: int
-    priority: int
-    cookie: int
-    packet_count: int
-    byte_count: int
-
-
-class FlowCounts:
-    """Packets and bytes of flows by cookie, as a dict of (packets, bytes)
-    reads (`get`, `in`, `len`, `items`), kept so that a million of them
-    cost the hub nothing between reads (docs/performance.rst, "A free
-    hub"):
-
-    - each flow's pair is one int, bytes above `PACKETS_BITS` and packets
-      below: ints are not tracked by Python's cyclic collector, so neither
-      is a dict of them; a tuple per cookie was a million tracked objects,
-      whose making started full collections of 0.4 to 0.6 s. Packed
-      values add as their pairs do, so the bridges' counters are summed
-      with one + (OpenFlow's counters have 64 bits: the packets of 2**32
-      bridges summed still fit below the bytes);
-    - they are kept in `PARTS` dicts by the cookie's low bits (a content
-      hash: the parts fill evenly). One dict filling up to a million
-      entries doubles its table now and then, moving every entry in one
-      step the hub cannot interrupt (33 ms at 700,000 entries here, 67 at
-      1,400,000, and twice that on a loaded machine, once per refresh); a
-      part of a million counters holds 4,000."""
-
-    PARTS = 256
-    PACKETS_BITS = 96
-    _PACKETS = (1 << PACKETS_BITS) - 1
-    __slots__ = ("parts",)
-
-    def __init__(self) -> None:
-        self.parts: list[dict[int, int]] = [{} for _ in range(self.PARTS)]
-
-    def add(self, cookie: int, packets: int, nbytes: int) -> None:
-        part = self.parts[cookie % self.PARTS]
-        part[cookie] = part.get(cookie, 0) + (nbytes << self.PACKETS_BITS | packets)
-
-    def get(self, cookie: int, default: tuple[int, int] | None = None) -> tuple[int, int] | None:
-        value = self.parts[cookie % self.PARTS].get(cookie)
-        return default if value is None else (value & self._PACKETS, value >> self.PACKETS_BITS)
-
-    def __contains__(self, cookie: object) -> bool:
-        return isinstance(cookie, int) and cookie in self.parts[cookie % self.PARTS]
-
-    def __len__(self) -> int:
-        return sum(map(len, self.parts))
-
-    def items(self) -> Iterator[tuple[int, tuple[int, int]]]:
-        for part in self.parts:
-            for cookie in part:
-                yield cookie, self.get(cookie)
-
-
-# ofp_flow_stats up to the match, skipping what we do not use: length,
-# table, pad, duration (8), priority, idle/hard/flags (6), pad (4), cookie,
-# packets, bytes.
-_FLOW_STATS_HEAD = struct.Struct("!HBx8xH6x4xQQQ")
-_MULTIPART_HEAD = struct.Struct("!HH")
-
-
-def flow_stats(buf: bytes) -> list[FlowStat]:
-    """The fixed head of each entry of one OFPMP_FLOW multipart reply
-    message: reconcile and the counters need nothing else, and os-ken's
-    parser would build match and instruction objects for every flow."""
-    end = min(len(buf), struct.unpack_from("!H", buf, 2)[0])
-    body = []
-    unpack, make, append = _FLOW_STATS_HEAD.unpack_from, FlowStat._make, body.append
-    offset = ofp.OFP_MULTIPART_REPLY_SIZE
-    while offset + _FLOW_STATS_HEAD.size <= end:
-        entry = make(unpack(buf, offset))
-        if entry.length < _FLOW_STATS_HEAD.size:
-            raise ValueError(f"flow-stats entry of {entry.length} bytes at offset {offset}")
-        append(entry)
-        offset += entry.length
-    return body
-
-
-class SwitchError(LispControllerError):
-    """The switch failed a request, timed out, or went away. `refusal`:
-    the switch's error message, if it refused."""
-
-    refusal: object = None
-
-    @property
-    def not_master(self) -> bool:
-        """The switch refused because this connection is not (or no longer)
-        its master: a SLAVE's write (OFPBRC_IS_SLAVE) or a MASTER request
-        with a generation older than one it has seen (OFPRRFC_STALE)."""
-        return is_not_master(self.refusal)
-
-    @classmethod
-    def refused(cls, text: str, refusal: object) -> "SwitchError":
-        """`text` with the switch's words appended, keeping its refusal."""
-        error = cls(f"{text}: {describe_error(refusal)}")
-        error.refusal = refusal
-        return error
-
-
-def is_not_master(refusal: object) -> bool:
-    """The switch's error says this connection may not write (or claim)
-    the bridge: OFPBRC_IS_SLAVE or OFPRRFC_STALE (see SwitchError)."""
-    code = (getattr(refusal, "type", None), getattr(refusal, "code", None))
-    return code in ((ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_IS_SLAVE),
-                    (ofp.OFPET_ROLE_REQUEST_FAILED, ofp.OFPRRFC_STALE))
-
-
-ROLE_NAMES = {ofp.OFPCR_ROLE_NOCHANGE: "NOCHANGE", ofp.OFPCR_ROLE_EQUAL: "EQUAL",
-              ofp.OFPCR_ROLE_MASTER: "MASTER", ofp.OFPCR_ROLE_SLAVE: "SLAVE"}
 
 
 @dataclass
@@ -638,112 +520,6 @@ class Unconfirmed:
             sw._forget_refusals(self._first, self._count)
 
 
-class Bundle:
-    """One open atomic, ordered ONF bundle. Messages go out as they are
-    added, in 64 KB writes, so the switch parses them while the caller
-    makes the rest; nothing takes effect before `commit`.
-
-    Named, each message gets its own xid from a block reserved at open, so
-    an error names its message by offset, whatever other requests go out
-    meanwhile. Anonymous, every message has xid 0, the xid our stored
-    flow-mods already carry, so a message is a cached 24-byte head plus the
-    flow-mod as it is: the cheapest way to send a big change; an error then
-    says only that something was refused, and the caller sends the change
-    again named."""
-
-    def __init__(self, switch: Switch, capacity: int = 0):
-        self.switch = switch
-        self.id = next(switch._bundle_ids) & 0xFFFFFFFF
-        switch.request(lambda xid: encode.bundle_ctrl(xid, self.id, ofp.ONF_BCT_OPEN_REQUEST, BUNDLE_FLAGS),
-                       "bundle open")
-        self.named = capacity > 0
-        self.first = switch._xid(capacity) if self.named else 0
-        self.capacity = capacity
-        self.count = 0  # messages added
-        self.cookies: list[int] = []  # named: of each message, by offset (errors name them)
-        self._heads: dict[int, bytes] = {}  # anonymous: message head by flow-mod length
-        self._chunk: list[bytes] = []
-        self._size = 0
-        self.waited = 0.0  # seconds spent waiting for the switch to take our writes
-        switch._bundle_xids, switch._bundle_errors = (self.first, max(capacity, 1)), {}
-
-    def add_many(self, messages, batch: bool = False) -> None:
-        """Add (cookie, flow-mod with xid 0) pairs, in order. A long run
-        yields to the hub every few hundred messages (echo replies); a
-        `batch` is one bounded part of a stream, written out whole and at
-        once: its caller yields between batches, and a yield midway would
-        let the producer run ahead while the switch sits idle."""
-        cookies, chunk, heads = self.cookies, self._chunk, self._heads
-        every = 0 if batch else YIELD_EVERY
-        for cookie, inner in messages:
-            n = self.count
-            self.count += 1
-            if self.named:
-                if n >= self.capacity:
-                    raise SwitchError(f"bridge {self.switch.label}: more than {self.capacity} "
-                                      "messages in one bundle")
-                cookies.append(cookie)
-                buf = encode.bundle_add((self.first + n) & 0xFFFFFFFF, self.id, BUNDLE_FLAGS, inner)
-                chunk.append(buf)
-                self._size += len(buf)
-            else:
-                head = heads.get(len(inner))
-                if head is None:
-                    head = heads[len(inner)] = encode.bundle_add(0, self.id, BUNDLE_FLAGS, inner)[:-len(inner)]
-                chunk.append(head)
-                chunk.append(inner)
-                self._size += len(head) + len(inner)
-            if self._size >= SEND_CHUNK:
-                self._flush()
-            if every and n % every == every - 1:
-                hub.sleep(0)
-        if batch:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._chunk:
-            data = b"".join(self._chunk)
-            self._chunk.clear()  # in place: add_many holds it
-            self._size = 0
-            mark = time.monotonic()
-            self.switch.send_paced(data)
-            self.waited += time.monotonic() - mark
-
-    def commit(self) -> tuple[bool, dict[int, object]]:
-        """(committed?, the switch's errors by cookie): errors for messages
-        refused, at commit or as they arrived. A refused commit changes
-        nothing on the switch. Anonymous, the cookie of every error is 0."""
-        sw = self.switch
-        self._flush()
-        try:
-            sw.request(lambda xid: encode.bundle_ctrl(xid, self.id, ofp.ONF_BCT_COMMIT_REQUEST, BUNDLE_FLAGS),
-                       "bundle commit", timeout=max(sw.timeout, 60.0))
-            ok = True
-        except SwitchError as e:
-            if sw.closed or e.not_master:  # not master any more: nothing of the bundle can go
-                raise
-            ok = False
-        # Errors for bundle messages precede the commit reply; a barrier
-        # makes sure none is still in flight before we read them.
-        sw.barrier()
-        if not self.named:
-            return ok, {0: err for err in sw._bundle_errors.values()}
-        return ok, {self.cookies[offset]: err for offset, err in sw._bundle_errors.items()
-                    if offset < len(self.cookies)}
-
-    def discard(self) -> None:
-        """Drop the bundle on the switch: nothing of it is applied."""
-        self._chunk.clear()
-        self._size = 0
-        self.switch.request(lambda xid: encode.bundle_ctrl(xid, self.id, ofp.ONF_BCT_DISCARD_REQUEST,
-                                                           BUNDLE_FLAGS), "bundle discard")
-
-    def close(self) -> None:
-        """Stop matching errors to this bundle's messages."""
-        self.switch._bundle_xids, self.switch._bundle_errors = None, {}
-        self.switch.settle_paced()
-
-
 def _yield() -> None:
     hub.sleep(0)
 
@@ -751,42 +527,3 @@ def _yield() -> None:
 def port_name(port) -> str:
     """os-ken gives port names as bytes."""
     return port.name.decode(errors="replace") if isinstance(port.name, bytes) else port.name
-
-
-def describe_error(err: object) -> str:
-    """An OpenFlow error as words: type and code names from os-ken's tables."""
-    if isinstance(err, str):
-        return err
-    etype, code = getattr(err, "type", None), getattr(err, "code", None)
-    type_name = _ERROR_TYPES.get(etype, f"type {etype}")
-    code_name = _ERROR_CODES.get((etype, code), f"code {code}")
-    return f"{type_name}/{code_name}"
-
-
-def _error_names():
-    types, codes = {}, {}
-    prefixes = {}
-    for name in dir(ofp):
-        if name.startswith("OFPET_"):
-            value = getattr(ofp, name)
-            types[value] = name
-    # Code constants are named after their type (OFPBAC_ for BAD_ACTION...).
-    type_prefix = {
-        ofp.OFPET_HELLO_FAILED: "OFPHFC_", ofp.OFPET_BAD_REQUEST: "OFPBRC_",
-        ofp.OFPET_BAD_ACTION: "OFPBAC_", ofp.OFPET_BAD_INSTRUCTION: "OFPBIC_",
-        ofp.OFPET_BAD_MATCH: "OFPBMC_", ofp.OFPET_FLOW_MOD_FAILED: "OFPFMFC_",
-        ofp.OFPET_GROUP_MOD_FAILED: "OFPGMFC_", ofp.OFPET_PORT_MOD_FAILED: "OFPPMFC_",
-        ofp.OFPET_TABLE_MOD_FAILED: "OFPTMFC_", ofp.OFPET_QUEUE_OP_FAILED: "OFPQOFC_",
-        ofp.OFPET_SWITCH_CONFIG_FAILED: "OFPSCFC_", ofp.OFPET_ROLE_REQUEST_FAILED: "OFPRRFC_",
-        ofp.OFPET_METER_MOD_FAILED: "OFPMMFC_", ofp.OFPET_TABLE_FEATURES_FAILED: "OFPTFFC_",
-    }
-    for etype, prefix in type_prefix.items():
-        prefixes[prefix] = etype
-    for name in dir(ofp):
-        for prefix, etype in prefixes.items():
-            if name.startswith(prefix):
-                codes[(etype, getattr(ofp, name))] = name
-    return types, codes
-
-
-_ERROR_TYPES, _ERROR_CODES = _error_names()
