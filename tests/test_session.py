@@ -157,6 +157,19 @@ def test_backoff_doubles_to_its_limit_and_resets():
     assert b.next() == 0.5
 
 
+@pytest.mark.parametrize("lisp, paced", [({}, False),
+                                         ({"map_resolvers": ["127.0.0.1"], "control_address": "127.0.0.1"}, True)])
+def test_bundle_writes_are_paced_only_where_misses_are_resolved(lisp, paced):
+    """A resolved miss's learned flow waits behind at most IN_FLIGHT bytes
+    of a bulk's bundle when map-resolvers are configured; without them
+    nothing waits for a resolution, and the bulk goes out unpaced
+    (docs/performance.rst, "Learned flows during a bulk")."""
+    app, _, _, _ = make()
+    app.config = parse_config({**CONFIG, "lisp": lisp})
+    session = BridgeSession(app, SimpleNamespace(id=DPID, address=("10.0.0.1", 4000)))
+    assert session.switch.pace_bundles is paced
+
+
 def test_a_failing_session_starts_over_on_the_same_connection_and_repairs_the_bridge(caplog):
     app, sw, session, sleeps = make()
     sw.failures = [SwitchError(f"bridge {DPID:016x} (br2): no reply to barrier within 30 s"),
