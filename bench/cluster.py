@@ -55,7 +55,8 @@ from lab.cluster import (FAST_ELECTION, Instance, LocalCluster, api_call, instan
                          switch_changes, switch_roles)
 from lab.etcd import free_ports  # noqa: E402
 from lab.serve import ServeProcess  # noqa: E402
-from lab.testbed import Testbed, wait_until  # noqa: E402
+from lab.processes import wait_until  # noqa: E402
+from lab.testbed import Testbed  # noqa: E402
 from lisp_controller.config import ClusterSettings  # noqa: E402
 
 CHANGED = "10.200.0.0/16"

@@ -44,7 +44,8 @@ sys.path.insert(0, str(ROOT))
 
 from lab.lisp_peer import eid_record  # noqa: E402
 from lab.scenario import ControllerProcess, build  # noqa: E402
-from lab.testbed import Testbed, wait_until  # noqa: E402
+from lab.processes import wait_until  # noqa: E402
+from lab.testbed import Testbed  # noqa: E402
 from lisp_controller.cli.api import ApiClient  # noqa: E402
 from lisp_controller.lisp import (AuthKey, InstanceIdAddress, MapRegister, MapRequest, MapRequestRecord,  # noqa: E402
                                   encode, sign, wrap_in_ecm)

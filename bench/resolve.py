@@ -48,7 +48,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lab.scenario import ControllerProcess, Topology  # noqa: E402
-from lab.testbed import Testbed, wait_until  # noqa: E402
+from lab.processes import wait_until  # noqa: E402
+from lab.testbed import Testbed  # noqa: E402
 from lisp_controller.cli.api import ApiClient  # noqa: E402
 from lisp_controller.config import load_config  # noqa: E402
 from lisp_controller.lisp import decode  # noqa: E402

@@ -45,7 +45,8 @@ from lisp_controller.config import load_config  # noqa: E402
 from lisp_controller.pipeline.flows import render  # noqa: E402
 from lisp_controller.model import Mapping  # noqa: E402
 from lab.scenario import ControllerProcess, Topology  # noqa: E402
-from lab.testbed import Testbed, wait_until  # noqa: E402
+from lab.processes import wait_until  # noqa: E402
+from lab.testbed import Testbed  # noqa: E402
 
 IID = 4242
 RLOC = "192.168.7.7"

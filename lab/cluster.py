@@ -37,7 +37,9 @@ from typing import Iterator, Sequence
 from lab.etcd import FAST_ELECTION, EtcdCluster, free_ports
 from lab.serve import ServeProcess, spawn_here
 from lab.console import stop_on_sigterm, until_interrupted
-from lab.testbed import Hypervisor, Testbed, wait_until
+from lab.nodes import Hypervisor
+from lab.processes import wait_until
+from lab.testbed import Testbed
 from lisp_controller.config import ClusterSettings
 
 ROOT = Path(__file__).resolve().parent.parent

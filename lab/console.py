@@ -1,4 +1,4 @@
-"""What the lab's commands (``python -m lab.testbed``, ``lab.etcd``,
+"""What the lab's commands (``python -m lab.seed``, ``lab.etcd``,
 ``lab.cluster``, ``lab.scenario``) do at the console: hold what they built
 until Ctrl-C or SIGTERM, then let their with-blocks tear it all down."""
 from __future__ import annotations

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from lab.scenario import ControllerProcess, build, wait_programmed
-from lab.testbed import DATAPATHS, Testbed
+from lab.nodes import DATAPATHS
+from lab.testbed import Testbed
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "blog-two-hypervisors.toml"
 

@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from lab.console import stop_on_sigterm, until_interrupted
-from lab.testbed import _cmdline, _pid_alive, netns, wait_until
+from lab.netns import netns
+from lab.processes import cmdline, pid_alive, wait_until
 
 ETCD = "etcd"
 
@@ -158,7 +159,7 @@ class EtcdCluster:
     def _owns(self, m: Member) -> bool:
         """Ours and alive: its command line names our temp dir (guards
         against a recycled PID)."""
-        return m.proc is not None and _pid_alive(m.proc.pid) and str(self.tmpdir) in _cmdline(m.proc.pid)
+        return m.proc is not None and pid_alive(m.proc.pid) and str(self.tmpdir) in cmdline(m.proc.pid)
 
     def kill(self, index: int, sig: int = signal.SIGKILL) -> None:
         """Stop member `index` at once (kill -9 by default) by its PID."""

@@ -26,7 +26,9 @@ from lisp_controller.model import Endpoint
 from lisp_controller.pipeline.profiles import DEFAULT_UNDERLAY_MTU
 from lab.serve import ServeProcess
 from lab.console import stop_on_sigterm, until_interrupted
-from lab.testbed import HOST, VM, Controller, Hypervisor, Router, Segment, Testbed, wait_until
+from lab.nodes import VM, Controller, Hypervisor, Router, Segment
+from lab.processes import wait_until
+from lab.testbed import HOST, Testbed
 
 @dataclass
 class Topology:

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from lab.testbed import wait_until
+from lab.processes import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent  # where the child imports lab.serve from
 Spawn = Callable[..., "subprocess.Popen[bytes]"]  # (args, env=, stdout=, stderr=) -> a started process

@@ -23,7 +23,9 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from lab.testbed import Testbed, netns, wait_until
+from lab.netns import netns
+from lab.processes import wait_until
+from lab.testbed import Testbed
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

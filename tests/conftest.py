@@ -15,7 +15,8 @@ from collections.abc import Iterator
 import pytest
 
 from lab.etcd import EtcdCluster
-from lab.testbed import OVS_VSWITCHD_DPDK, Testbed
+from lab.nodes import OVS_VSWITCHD_DPDK
+from lab.testbed import Testbed
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

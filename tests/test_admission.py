@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from lab.scenario import ControllerProcess, build, wait_programmed
-from lab.testbed import wait_until
+from lab.processes import wait_until
 
 from .rogue import HEADER, HELLO, Rogue, message
 from .test_api import Client
@@ -113,7 +113,7 @@ def test_a_displaced_session_that_still_answers_is_adopted_again(testbed):
     hv1 = ov.hypervisors[0]
     held = datapaths(api)[HV1]
     pid = hv1.vswitchd_pid()
-    assert pid is not None and testbed._owns_pid(pid)
+    assert pid is not None and testbed.owns_pid(pid)
     intruder = None
     os.kill(pid, signal.SIGSTOP)
     try:

@@ -16,7 +16,7 @@ from lisp_controller.api.rest import _COMPILED, ROUTES
 from lisp_controller.api.openapi import document
 from lisp_controller.cli.api import ApiClient
 from lab.scenario import ControllerProcess, build, wait_programmed
-from lab.testbed import wait_until
+from lab.processes import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOG = ROOT / "configs" / "blog-two-hypervisors.toml"

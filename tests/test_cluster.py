@@ -21,7 +21,9 @@ from typing import Iterator
 
 from lab.cluster import Instance, LocalCluster, switch_changes
 from lab.scenario import Topology, build, wait_programmed
-from lab.testbed import Hypervisor, Testbed, wait_until
+from lab.nodes import Hypervisor
+from lab.processes import wait_until
+from lab.testbed import Testbed
 from lisp_controller.pipeline.compiler import T_MAPCACHE
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from lab.scenario import ControllerProcess, Topology, wait_programmed
-from lab.testbed import static_flows, wait_until
+from lab.processes import wait_until
+from lab.seed import static_flows
 from lisp_controller.config import load_config
 from tests.test_api import Client
 
@@ -327,7 +328,7 @@ class MapServerProcess:
     with its API on 127.0.0.1 there."""
 
     def __init__(self, tb, name: str, host: int, segment):
-        from lab.testbed import Controller
+        from lab.nodes import Controller
         ns, self.address = tb.add_mgmt_host(name, host)
         path = tb.tmpdir / f"{name}.toml"
         path.write_text(MAP_SERVER_CONFIG.replace("{address}", self.address))

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from lab.testbed import OVS_VSWITCHD_DPDK, TestbedError, Testbed
+from lab.nodes import OVS_VSWITCHD_DPDK
+from lab.processes import TestbedError
+from lab.testbed import Testbed
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lab.scenario import ControllerProcess, build, wait_programmed
-from lab.testbed import wait_until
+from lab.processes import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOG = ROOT / "configs" / "blog-two-hypervisors.toml"

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from lab.scenario import ControllerProcess, build, wait_programmed
-from lab.testbed import wait_until
+from lab.processes import wait_until
 
 from .browser import Browser
 from .test_api import Client

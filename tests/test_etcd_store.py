@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from lab.etcd import EtcdCluster
-from lab.testbed import wait_until
+from lab.processes import wait_until
 from lisp_controller.config import ConfigError, EtcdSettings, parse_config
 from lisp_controller.controller.applied import Applied, Confirmations
 from lisp_controller.model import Endpoint, Mapping, Rloc, parse_prefix

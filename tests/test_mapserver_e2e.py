@@ -20,7 +20,8 @@ from pathlib import Path
 
 from lab.lisp_peer import LispPeer, eid_record
 from lab.scenario import ControllerProcess, build, wait_programmed
-from lab.testbed import static_flows, wait_until
+from lab.processes import wait_until
+from lab.seed import static_flows
 from lisp_controller.lisp import (Action, AuthKey, EncapsulatedControlMessage, InstanceIdAddress, MapNotify,
                                   decode, encode, verify)
 from tests.pcap import udp_frames

@@ -20,7 +20,7 @@ import pytest
 
 from lab.scenario import ControllerProcess, build, wait_programmed
 from lisp_controller.pipeline.compiler import METER_TOO_BIG as TOO_BIG_METER, TOO_BIG_BURST, TOO_BIG_PPS
-from lab.testbed import wait_until
+from lab.processes import wait_until
 
 from .browser import Browser
 from .test_api import Client

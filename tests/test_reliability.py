@@ -24,7 +24,7 @@ import pytest
 
 from lab.scenario import ControllerProcess, build, wait_programmed
 from lisp_controller.cli.api import ApiClient
-from lab.testbed import wait_until
+from lab.processes import wait_until
 
 from .test_api import Client, _cli
 

@@ -11,7 +11,7 @@ import threading
 import time
 
 from lab.scenario import ControllerProcess, build, wait_programmed
-from lab.testbed import wait_until
+from lab.processes import wait_until
 
 from .test_api import Client
 from .test_reliability import BLOG, HV1, all_shapes, cookies, datapaths, ours, wait_deep_checks

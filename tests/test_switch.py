@@ -13,7 +13,7 @@ from lisp_controller.openflow.bundle import SEND_CHUNK, YIELD_EVERY
 from lisp_controller.openflow.switch import IN_FLIGHT, Switch
 from os_ken.lib import hub
 
-from lab.testbed import wait_until
+from lab.processes import wait_until
 
 _HEADER = struct.Struct("!BBHI")
 

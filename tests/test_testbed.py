@@ -1,7 +1,7 @@
 """The namespace testbed, and proof that the datapath carries LISP-shaped
 traffic with hand-written flows, before any controller exists.
 
-The flows (lab.testbed.static_flows) are the recipe's table 0
+The flows (lab.seed.static_flows) are the recipe's table 0
 with destination-keyed map-cache rules: what the controller will compile
 (docs/datapath.rst, "The pipeline") collapsed into one table.
 """
@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from .conftest import require_lab
-from lab.testbed import (
-    SEED_IID, CommandError, SeedTopology, Testbed, UnsafeTarget, build_seed_topology,
-    current_netns, install_static_seed, static_flows, wait_until)
+from lab.netns import current_netns
+from lab.processes import CommandError, UnsafeTarget, wait_until
+from lab.seed import SEED_IID, SeedTopology, build_seed_topology, install_static_seed, static_flows
+from lab.testbed import Testbed
 
 PING_COUNT = 10
 
@@ -142,10 +143,10 @@ def test_restart_vswitchd_keeps_ports_and_loses_flows(testbed):
 def test_a_pidfile_lock_is_seen_while_held_and_not_after(tmp_path):
     """restart_vswitchd waits for this before starting the new daemon: the
     old one's threads may hold the lock after its main thread died."""
-    from lab.testbed import _pidfile_locked, _threads_alive
+    from lab.processes import pidfile_locked, threads_alive
 
     pidfile = tmp_path / "daemon.pid"
-    assert not _pidfile_locked(pidfile)  # no file: nothing holds it
+    assert not pidfile_locked(pidfile)  # no file: nothing holds it
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import fcntl, sys, time
 f = open({str(pidfile)!r}, "w")
@@ -155,21 +156,21 @@ time.sleep(30)
 """], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        assert _pidfile_locked(pidfile) and _threads_alive(holder.pid)
-        assert _pidfile_locked(pidfile)  # asking takes no lock of its own
+        assert pidfile_locked(pidfile) and threads_alive(holder.pid)
+        assert pidfile_locked(pidfile)  # asking takes no lock of its own
     finally:
         holder.kill()
         holder.wait()
-    assert not _pidfile_locked(pidfile) and not _threads_alive(holder.pid)
+    assert not pidfile_locked(pidfile) and not threads_alive(holder.pid)
 
 
 def test_restart_vswitchd_again_and_again(testbed):
-    from lab.testbed import _pidfile_locked
+    from lab.processes import pidfile_locked
 
     seed = build_seed_topology(testbed)
     pids = {seed.hv1.vswitchd_pid()}
     for _ in range(5):
-        assert _pidfile_locked(seed.hv1.vswitchd_pidfile)  # what the wait looks at is real
+        assert pidfile_locked(seed.hv1.vswitchd_pidfile)  # what the wait looks at is real
         seed.hv1.restart_vswitchd()
         pids.add(seed.hv1.vswitchd_pid())
     assert len(pids) == 6 and len(testbed.daemon_pids()) >= 2
@@ -240,7 +241,7 @@ def test_atexit_tears_down_a_testbed_nobody_closed():
 def test_cli_demo_topology_builds_and_tears_down_on_sigterm():
     require_lab()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lab.testbed", "demo-topology", "--static-flows"],
+        [sys.executable, "-m", "lab.seed", "demo-topology", "--static-flows"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
@@ -287,6 +288,6 @@ def test_wait_until_returns_value_or_times_out():
 
 
 def test_cli_help():
-    out = subprocess.run([sys.executable, "-m", "lab.testbed", "--help"],
+    out = subprocess.run([sys.executable, "-m", "lab.seed", "--help"],
                          capture_output=True, text=True, check=True).stdout
     assert "demo-topology" in out

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from lisp_controller.config import load_config
-from lab.testbed import wait_until
+from lab.processes import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 VAGRANTFILE = ROOT / "Vagrantfile"
