@@ -81,7 +81,7 @@ class LispControllerApp(app_manager.OSKenApp):
         self.metrics = Metrics(self)
         if self.membership is not None:
             self.membership.on_roles = self._on_roles
-        self.counters = CounterCache(self._read_counters, hub.spawn)
+        self.counters = CounterCache(self._read_counters, hub.spawn, pause=lambda: hub.sleep(0))
         self.pathmtu = PathMtu(self.counters.get)
         self.mapping_system = None  # lisp/service.py's MappingSystem, when [lisp] listen is set
         self.threads.append(hub.spawn(self._expire_loop))

@@ -31,8 +31,9 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from lisp_controller.controller.reconcile import Stream, catch_up, group_plan, reconcile, record, record_groups
 from lisp_controller.controller.roles import EQUAL, MASTER, BridgeRole, Deposed
-from lisp_controller.controller.slices import Slices, sliced
+from lisp_controller.controller.slices import PARTS_AT_ONCE, Slices, let_go, sliced
 from lisp_controller.model import Bridge
+from lisp_controller.model.parted import PartedDict
 from lisp_controller.openflow import verify
 from lisp_controller.openflow.encode import encode_delete
 from lisp_controller.openflow.errors import SwitchError
@@ -382,8 +383,10 @@ class BridgeSession:
                 compiled = compile_local(bridge, ports, state.shared)
                 local = flow_mods(compiled.flows)
                 # A deep check compares against a copy: it reads the switch
-                # outside the lock, and the state may move meanwhile.
-                expected = {**state.encoded, **local} if deep else None
+                # outside the lock, and the state may move meanwhile. Made a
+                # part at a time (a copy of a million held the hub 40 to 54
+                # ms); nobody changes the state while this yields.
+                expected = self._expected_flows(local) if deep else None
                 # Under the lock nobody changes the state, and only this
                 # greenthread changes `installed`: the diff may yield.
                 # Learned flows the xTR sent ahead of their commit are wanted
@@ -404,6 +407,7 @@ class BridgeSession:
                 ahead = self._deep_check(compiled, expected)
                 self._deep_check_groups(groups)
                 plan = reconcile(self.installed, expected, ahead, slices=self._slices())
+                let_go(expected, self.pause, self.slice_clock)  # a million decrefs: in parts too
                 plan = plan.with_groups(group_plan(self.installed_groups, groups))
                 stages["verify_ms"] = _ms_since(mark)
             st.flows_installed = sum(self.installed.values())
@@ -610,7 +614,18 @@ class BridgeSession:
             LOG.warning("bridge %s: deep check found %d duplicate, %d unwanted and %d missing "
                         "flows under our cookie; repairing", self.label, verdict.duplicates,
                         stray, gone)
+        let_go(left, self.pause, self.slice_clock)  # the counts before: this session's alone
         return ahead
+
+    def _expected_flows(self, local: dict[int, bytes]) -> PartedDict:
+        """The shared flow-mods and the bridge's own, copied a part at a
+        time, letting the hub go between slices of parts."""
+        expected = PartedDict()
+        for _ in sliced(expected.copying(self.app.state.encoded),
+                        Slices(self.pause, most=PARTS_AT_ONCE, clock=self.slice_clock)):
+            pass
+        expected.update(local)
+        return expected
 
     def _deep_check_groups(self, expected: dict[int, Group]) -> None:
         """Read our groups back whole: one changed by hand is replaced, one
