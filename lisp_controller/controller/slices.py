@@ -49,6 +49,11 @@ class Slices:
         self._began = self._clock()
 
 
+def ms_since(mark: float) -> float:
+    """Milliseconds since `mark` (time.monotonic), as the status shows them."""
+    return round((time.monotonic() - mark) * 1000, 1)
+
+
 def sliced(items: Iterable[T], slices: Slices | None) -> Iterator[T]:
     """`items`, letting the hub go whenever `slices` says a slice is over
     (every item, and whatever work its consumer does with it, counts).
