@@ -221,7 +221,8 @@ class BridgeSession:
         (full) sync."""
         st = self.status
         started = time.monotonic()
-        self.installed = self.switch.installed_cookies()
+        before, self.installed = self.installed, self.switch.installed_cookies()
+        let_go(before, self.pause, self.slice_clock)  # after starting over: a million, in parts
         self.installed_groups = self.switch.groups()
         self.synced_bridge = None  # the first sync of an attempt is a full one
         st.flows_installed, st.groups_installed = sum(self.installed.values()), len(self.installed_groups)
