@@ -217,16 +217,18 @@ def installed_counts(entries: Iterable[Entry], expected: Mapping[int, bytes]) ->
     up to 77 ms."""
     counts = PartedDict()
     parts, size = counts.parts, counts.PARTS
+    # The parts' lookups inlined: a million times, a method call each is 0.6 s.
+    wanted = expected.parts if isinstance(expected, PartedDict) else None
     changed: dict[int, None] = {}
     duplicates = 0  # counted as they come: no second pass over a million counts
     for entry in entries:
         cookie = entry.cookie
-        part = parts[cookie % size]  # counts.get and counts[cookie] =, inlined: a million times
+        part = parts[cookie % size]
         seen = part.get(cookie, 0)
         part[cookie] = seen + 1
         if seen:
             duplicates += 1
-        flow_mod = expected.get(cookie)
+        flow_mod = expected.get(cookie) if wanted is None else wanted[cookie % size].get(cookie)
         if flow_mod is not None and cookie not in changed and not same_flow(entry, flow_mod):
             changed[cookie] = None
     for cookie in changed:
