@@ -286,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             "verify_ms": deep[2], "echo": summary(echo.between(deep[0], deep[1])),
             "health": summary(health.between(deep[0], deep[1]))},
         "page": "old: every mapping" if args.old_page else "one page",
+        "phases": wall,  # wall-clock spans, to read the watch's records by phase
     }
     print(f"bulk of {args.size:,} mappings: {result['seconds']:.2f} s, with the status page polling "
           f"({figures['status_page_polls']['n']} polls, p50 {figures['status_page_polls'].get('p50_ms', 0):.0f} ms)")

@@ -16,6 +16,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from lisp_controller.openflow import tap
 from lisp_controller.openflow.errors import SwitchError
+from lisp_controller.model.parted import PartedDict
 from lisp_controller.openflow.flowstats import FlowCounts, FlowStat, flow_stats
 from lisp_controller.openflow.switch import Switch
 
@@ -180,6 +181,7 @@ def test_a_switch_gets_flow_dumps_through_the_tap_over_a_real_socket():
     for t in threads:
         t.join(5)
     assert counts == {0x4C00000000000001: 1, 0x4CFFFFFFFFFFFFFF: 2, 0x1234: 2}
+    assert isinstance(counts, PartedDict)  # the session's `installed`: a bulk fills it up to a million
     assert seen == [_port_status(3), _echo(6)]
     ours.close()
     theirs.close()

@@ -209,7 +209,8 @@ def test_a_slave_holds_the_bridge_without_writing_and_takes_over_sending_nothing
         switch.meter_table = dict(switch.meter_values)
         switch.other_master(7)
         session.set_master(9)
-        until(lambda: session.status.role == MASTER and session.status.last_verify is not None, "takeover")
+        until(lambda: session.status.role == MASTER and session.status.last_verify is not None and session.idle,
+                  "takeover")  # idle: the sync that began with the deep check is over
         assert switch.requests[-1] == (ofp.OFPCR_ROLE_MASTER, 9) and switch.election_id == 9
         assert switch.applied == 0  # read, deep check, nothing sent
         assert f"all {len(switch.table)} flows already correct, nothing sent (deep check)" in caplog.text

@@ -328,10 +328,53 @@ def test_a_deep_check_lets_the_hub_go_at_least_every_slice_of_flows():
     assert session.status.flows_repaired == 0 and sw.table == desired(app, session)
 
 
+def test_a_deep_check_of_50000_flows_never_steps_over_all_of_them_at_once():
+    """A C-level step over a whole dict (a copy, a table doubling as it
+    fills, freeing it) holds the hub tens of milliseconds at a million
+    flows (docs/performance.rst, "A free hub"). The deep check keeps its
+    maps in parts (model/parted.py): no block it allocates, the copy of
+    the desired flows and the counts it reads included, is more than a
+    part of them, and the counts from before are let go of across pauses."""
+    import tracemalloc
+    from lisp_controller.model.parted import PartedDict
+    app, sw, session, _ = make()
+    assert session._attach()
+    _put(app, [f"10.{i // 256}.{i % 256}.0/24" for i in range(50_000)])
+    session.sync(first=True)
+    flows = sum(len(v) for v in sw.table.values())
+    before = session.installed  # read from the bridge; the deep check replaces it
+    assert len(before) == flows > 50_000
+    left_at_pauses: list[int] = []
+    largest: list[int] = []
+
+    def largest_block() -> int:  # of those the controller's code allocated since tracing began
+        return max((t.size for t in tracemalloc.take_snapshot().traces
+                    if "lisp_controller" in t.traceback[0].filename), default=0)
+
+    def pause() -> None:
+        left_at_pauses.append(len(before))
+        if not largest and sw.entries_taken > flows // 2:  # mid-comparison: the copy and half the counts
+            largest.append(largest_block())
+    session.pause = pause
+    session.slice_clock = lambda: 0.0
+    tracemalloc.start()
+    try:
+        session.sync(deep=True)
+        largest.append(largest_block())  # the counts, whole, are the bridge's installed flows now
+    finally:
+        tracemalloc.stop()
+    assert isinstance(session.installed, PartedDict) and session.installed == {c: 1 for c in sw.table}
+    # A dict of 50,000 entries is a block of over 1 MB; a part, a few kB.
+    assert len(largest) == 2 and max(largest) < 64 * 1024, largest
+    assert len(before) == 0 and any(0 < n < flows for n in left_at_pauses)  # let go of in pieces
+    assert session.status.flows_repaired == 0 and sw.table == desired(app, session)
+
+
 def test_a_change_made_while_a_deep_check_yields_is_not_taken_for_drift(caplog):
     """The deep check compares against the desired flows as they were when
     it began: a change that arrives while it lets the hub go (here: at its
-    first pause) repairs nothing and is sent by the next sync."""
+    first pause while comparing, after the copy it compares against) repairs
+    nothing and is sent by the next sync."""
     app, sw, session, _ = make()
     assert session._attach()
     _put(app, [f"10.50.{i}.0/24" for i in range(200)])
@@ -342,8 +385,10 @@ def test_a_change_made_while_a_deep_check_yields_is_not_taken_for_drift(caplog):
     pauses = []
 
     def change_midway() -> None:
+        if not sw.entries_taken:
+            return  # the copy of the desired flows, made under the change lock
         pauses.append(sw.entries_taken)
-        if len(pauses) == 1:  # nobody may hold the change lock while the check yields
+        if len(pauses) == 1:  # nobody may hold the change lock while the check compares
             assert app.change_lock.acquire(timeout=1), "the deep check holds the change lock while it yields"
             try:
                 app.state.apply(Change(put=[Mapping.parse({"iid": 1000, "eid": "10.60.0.0/16",

@@ -24,7 +24,8 @@ from lisp_controller.controller.counters import CounterCache, Snapshot, add_buck
 from lisp_controller.controller.gcpause import BIG, breathe, gc_paused
 from lisp_controller.api.metrics import Metrics
 from lisp_controller.controller import procinfo
-from lisp_controller.controller.session import ABORT, BridgeSession, SyncHook
+from lisp_controller.controller.session import BridgeSession, SyncHook
+from lisp_controller.controller.streaming import ABORT, open_feed, streamable
 from lisp_controller.model import Bridge
 from lisp_controller.controller.state import Change, Conflict, State
 from lisp_controller.errors import NotFound
@@ -81,7 +82,7 @@ class LispControllerApp(app_manager.OSKenApp):
         self.metrics = Metrics(self)
         if self.membership is not None:
             self.membership.on_roles = self._on_roles
-        self.counters = CounterCache(self._read_counters, hub.spawn)
+        self.counters = CounterCache(self._read_counters, hub.spawn, pause=lambda: hub.sleep(0))
         self.pathmtu = PathMtu(self.counters.get)
         self.mapping_system = None  # lisp/service.py's MappingSystem, when [lisp] listen is set
         self.threads.append(hub.spawn(self._expire_loop))
@@ -164,8 +165,8 @@ class LispControllerApp(app_manager.OSKenApp):
             # it is being made; the others catch up after. A stream carries
             # map-cache flows only, so endpoint changes take the usual path.
             streams = big and not change.put_endpoints and not change.delete_endpoints
-            fed = [s for s in self._programmed() if s.streamable()] if streams else []
-            feeds = [s.stream() for s in fed]
+            fed = [s for s in self._programmed() if streamable(s)] if streams else []
+            feeds = [open_feed(s) for s in fed]
             try:
                 with gc_paused(_size(change)):  # lifted while it yields
                     self.state.apply(change, pause=_pause,

@@ -31,7 +31,7 @@ from lisp_controller.openflow.switch import Switch
 if TYPE_CHECKING:
     from os_ken.lib import hub
 
-    from lisp_controller.controller.session import BridgeStatus
+    from lisp_controller.controller.bridgestatus import BridgeStatus
     from lisp_controller.store.membership import Membership
 
 LOG = logging.getLogger("lisp_controller")

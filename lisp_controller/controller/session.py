@@ -6,6 +6,9 @@ difference as one bundle. Everything a bridge is sent goes through this
 one greenthread, so a deep check never sees a sync half done
 (docs/reliability.rst); except the flows the xTR learned and sent ahead of
 their commit (lisp/xtr.py), which a sync counts as wanted (`flows_ahead`).
+The deep check is controller/deepcheck.py; a big change streamed in as it
+is made, controller/streaming.py; what the session shows of the bridge,
+controller/bridgestatus.py.
 
 Supervision: whatever fails (the switch refuses or does not answer, or a
 bug) is logged with the bridge's label, shown as degraded in
@@ -23,22 +26,22 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from lisp_controller.controller.reconcile import Stream, catch_up, group_plan, reconcile, record, record_groups
-from lisp_controller.controller.roles import EQUAL, MASTER, BridgeRole, Deposed
-from lisp_controller.controller.slices import Slices, sliced
+from lisp_controller.controller.deepcheck import deep_check, deep_check_groups, expected_flows, flow_namer, parts_slices
+from lisp_controller.controller.reconcile import catch_up, group_plan, reconcile, record, record_groups
+from lisp_controller.controller.bridgestatus import BridgeStatus, and_groups, groups_text, report_missing_ports
+from lisp_controller.controller.roles import MASTER, BridgeRole
+from lisp_controller.controller.slices import Slices, let_go, ms_since
+from lisp_controller.controller.streaming import take_stream
 from lisp_controller.model import Bridge
-from lisp_controller.openflow import verify
-from lisp_controller.openflow.encode import encode_delete
 from lisp_controller.openflow.errors import SwitchError
 from lisp_controller.openflow.switch import Switch, port_name
-from lisp_controller.pipeline.compiler import Compiled, compile_local
-from lisp_controller.pipeline.flows import Flow, Group, flow_mods, render, render_group
+from lisp_controller.pipeline.compiler import compile_local
+from lisp_controller.pipeline.flows import Group, flow_mods
 
 if TYPE_CHECKING:
     from lisp_controller.controller.app import LispControllerApp
@@ -47,52 +50,10 @@ LOG = logging.getLogger("lisp_controller")
 MAX_ERRORS_KEPT = 50
 FIRST_RETRY = 0.5  # seconds before a failed session starts over
 LAST_RETRY = 30.0  # the longest pause between attempts
-ABORT = object()  # a streamed change failed midway: discard the bundle
 
 # Called with the bridge's label before each sync; may raise. Lets a test
 # make syncs fail (lab/serve.py); the default does nothing.
 SyncHook = Callable[[str], None]
-
-
-@dataclass
-class BridgeStatus:
-    """What the API and logs say about one bridge."""
-
-    datapath_id: int
-    address: str
-    name: str | None = None
-    bridge: Bridge | None = None
-    connected_since: float = field(default_factory=time.time)
-    ports: dict[str, int] = field(default_factory=dict)
-    flows_desired: int = 0
-    flows_installed: int = 0
-    groups_desired: int = 0
-    groups_installed: int = 0
-    missing_ports: tuple[str, ...] = ()
-    last_reconcile: float | None = None
-    last_reconcile_ms: float | None = None
-    flow_mods_sent: int = 0
-    group_mods_sent: int = 0
-    synced_generation: int = -1  # state generation the bridge last confirmed
-    verified_ms: float | None = None  # from connection to the first full sync
-    last_stages: dict = field(default_factory=dict)  # milliseconds of the last sync's stages
-    last_rejected: int = 0  # flows the switch refused in that sync
-    last_verify: float | None = None  # the last deep check (whole flows compared)
-    last_verify_ms: float | None = None  # its duration: the dump and the comparison
-    flows_repaired: int = 0  # flows found changed by hand and replaced, since connecting
-    session_failures: int = 0  # times the session failed and started over, since connecting
-    # OpenFlow role of this instance's connection (docs/etcd.rst, "Bridge
-    # ownership"): equal without an etcd store (the only controller), else
-    # master or slave, and the generation ID the switch took as master.
-    role: str = EQUAL
-    generation: int | None = None
-    role_changes: int = 0
-    failing: str | None = None  # why the session is starting over now; None once in sync
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def degraded(self) -> bool:
-        return bool(self.errors) or self.failing is not None
 
 
 class Backoff:
@@ -124,9 +85,9 @@ class BridgeSession:
         self.installed_groups: dict[int, Group | None] = {}  # our groups on the bridge, by ID
         # What the last sync planned against: if neither the bridge's config
         # nor its ports changed since, the next one can send just the delta.
-        self._synced_bridge: Bridge | None = None
-        self._synced_ports: dict[str, int] = {}
-        self._local_flows = 0
+        self.synced_bridge: Bridge | None = None
+        self.synced_ports: dict[str, int] = {}
+        self.local_flows = 0
         # Flows others confirmed on the bridge since the last sync (the
         # xTR's learned flows sent ahead of their commit: note_installed).
         self._noted: list[int] = []
@@ -178,7 +139,7 @@ class BridgeSession:
         greenthread changes `installed`; it takes them in then."""
         self._noted += cookies
 
-    def _take_noted(self) -> None:
+    def take_noted(self) -> None:
         """Count the flows noted since the last sync as installed, those
         still wanted (a newer answer or an API mapping for the same prefix
         may have replaced one on the bridge since). Nothing this session
@@ -260,12 +221,13 @@ class BridgeSession:
         (full) sync."""
         st = self.status
         started = time.monotonic()
-        self.installed = self.switch.installed_cookies()
+        before, self.installed = self.installed, self.switch.installed_cookies()
+        let_go(before, self.pause, self.slice_clock)  # after starting over: a million, in parts
         self.installed_groups = self.switch.groups()
-        self._synced_bridge = None  # the first sync of an attempt is a full one
+        self.synced_bridge = None  # the first sync of an attempt is a full one
         st.flows_installed, st.groups_installed = sum(self.installed.values()), len(self.installed_groups)
         LOG.info("bridge %s: %s, %d ports, %d flows%s of ours installed (read in %.0f ms)", self.label,
-                 why, len(st.ports), sum(self.installed.values()), _and_groups(len(self.installed_groups)),
+                 why, len(st.ports), sum(self.installed.values()), and_groups(len(self.installed_groups)),
                  (time.monotonic() - started) * 1000)
 
     # -- as master (an etcd store) ----------------------------------------------------
@@ -280,10 +242,10 @@ class BridgeSession:
         """Deposed: a full sync if the bridge comes back; a change being
         streamed is dropped (its producer never blocks: the queue is
         unbounded)."""
-        self._synced_bridge = None
+        self.synced_bridge = None
         self.feed = None
 
-    def _assert_master(self) -> None:
+    def assert_master(self) -> None:
         """Before a write: still master (BridgeRole.assert_master; no round trip)."""
         if self.role is not None:
             self.role.assert_master()
@@ -295,7 +257,7 @@ class BridgeSession:
         self.dirty.clear()
         self.sync(deep=deep, first=True)
         if st.verified_ms is None:
-            st.verified_ms = _ms_since(connected)
+            st.verified_ms = ms_since(connected)
         interval = self.app.config.reconcile_interval
         next_check = time.monotonic() + interval
         while True:
@@ -311,7 +273,7 @@ class BridgeSession:
                 self.role.check_wanted()
             feed, self.feed = self.feed, None
             if feed is not None:
-                self._take_stream(feed)
+                take_stream(self, feed)
                 continue
             deep = bool(interval) and time.monotonic() >= next_check
             self.sync(deep=deep)
@@ -341,7 +303,7 @@ class BridgeSession:
                       self.label, text, delay, st.session_failures)
         self._sleep(delay)
 
-    def _synced(self) -> None:
+    def synced(self) -> None:
         """A sync went through: the session is healthy again, and commits
         waiting for this generation wake now."""
         self.app.confirmed.set()
@@ -366,14 +328,14 @@ class BridgeSession:
         # Plan under the change lock: a big change applied to the state
         # yields to the hub midway, and a bridge must never see half of it.
         with self.app.change_lock:
-            self._take_noted()
+            self.take_noted()
             generation = state.generation
             bridge = state.bridge(st.bridge.label)
             # The ports this plan is for: port events may change st.ports
             # while the plan is being sent, and the next sync must see that.
             ports = dict(st.ports)
             delta = None
-            if not deep and bridge is self._synced_bridge and ports == self._synced_ports \
+            if not deep and bridge is self.synced_bridge and ports == self.synced_ports \
                     and not bridge.proxy_arp:
                 # Only shared flows changed since the last sync: send those
                 # (proxy ARP answers depend on every mapping: full path).
@@ -381,51 +343,52 @@ class BridgeSession:
             if delta is None:
                 compiled = compile_local(bridge, ports, state.shared)
                 local = flow_mods(compiled.flows)
-                # A deep check compares against a copy: it reads the switch
-                # outside the lock, and the state may move meanwhile.
-                expected = {**state.encoded, **local} if deep else None
+                # A deep check compares against a copy, made a part at a
+                # time (controller/deepcheck.py).
+                expected = expected_flows(state.encoded, local, parts_slices(self)) if deep else None
                 # Under the lock nobody changes the state, and only this
                 # greenthread changes `installed`: the diff may yield.
                 # Learned flows the xTR sent ahead of their commit are wanted
                 # too (lisp/xtr.py): a full sync must not remove them.
                 plan = None if deep else reconcile(self.installed, state.encoded, local, self.app.flows_ahead(),
-                                                   slices=self._slices())
-                self._local_flows = len(local)
+                                                   slices=self.slices())
+                self.local_flows = len(local)
             else:
                 plan = catch_up(self.installed, delta[0], delta[1], state.encoded)
             groups = dict(state.shared.groups)  # few: one per RLOC set in use
             if plan is not None:
                 plan = plan.with_groups(group_plan(self.installed_groups, groups))
-        stages = {"plan_ms": _ms_since(started)}
+        stages = {"plan_ms": ms_since(started)}
         if delta is None:
-            self._report_missing_ports(compiled.missing_ports)
+            report_missing_ports(st, compiled.missing_ports, self.app.missing_ports_said, self.label)
             if deep:  # compare whole flows first; the diff then repairs what differs
                 mark = time.monotonic()
-                ahead = self._deep_check(compiled, expected)
-                self._deep_check_groups(groups)
-                plan = reconcile(self.installed, expected, ahead, slices=self._slices())
+                ahead = deep_check(self, compiled, expected)
+                deep_check_groups(self, groups)
+                plan = reconcile(self.installed, expected, ahead, slices=self.slices())
+                let_go(expected, self.pause, self.slice_clock)  # a million decrefs: in parts too
                 plan = plan.with_groups(group_plan(self.installed_groups, groups))
-                stages["verify_ms"] = _ms_since(mark)
+                stages["verify_ms"] = ms_since(mark)
             st.flows_installed = sum(self.installed.values())
-        st.flows_desired = self._local_flows + len(state.shared)
+        st.flows_desired = self.local_flows + len(state.shared)
         st.groups_desired = len(groups)
-        if delta is None and (deep or bridge is not self._synced_bridge):
-            self._assert_master()
+        if delta is None and (deep or bridge is not self.synced_bridge):
+            self.assert_master()
             error = self.app.pathmtu.sync_meters(self.switch, bridge, self.label)  # before the flows
             if error:
                 self._record_error(error)
         rejected = 0
         if plan:
-            self._assert_master()
+            self.assert_master()
             mark = time.monotonic()
-            flow_of = self._flow_namer(compiled.flows if delta is None else {}, groups)
+            flow_of = flow_namer(state.shared, compiled.flows if delta is None else {}, groups)
             result = self.switch.apply(plan, name_of=flow_of)
-            stages["switch_ms"] = _ms_since(mark)  # encode what is new, bundle, commit, barrier
+            stages["switch_ms"] = ms_since(mark)  # encode what is new, bundle, commit, barrier
             if not result.committed:  # the switch holds what it held; the periodic check retries
                 text = f"change not applied: the bundle was refused {result.attempts} times"
                 LOG.error("bridge %s: %s", self.label, text)
                 self._record_error(text)
-                self._synced_bridge = None  # the next sync is a full one
+                self.synced_bridge = None  # the next sync is a full one
                 return
             st.flow_mods_sent += result.sent
             st.group_mods_sent += result.groups_sent
@@ -449,182 +412,23 @@ class BridgeSession:
             LOG.info("bridge %s: %d flows removed, %d added%s%s in %.0f ms, confirmed by barrier",
                      self.label, len(plan.delete), len(plan.add) - len(result.failed),
                      f", {len(result.failed)} rejected" if result.failed else "",
-                     _groups_text(plan.groups), (time.monotonic() - started) * 1000)
+                     groups_text(plan.groups), (time.monotonic() - started) * 1000)
         elif delta is None:
             # Said once per connection (and after starting over); routine after.
             LOG.log(logging.INFO if first else logging.DEBUG,
                     "bridge %s: all %d flows%s already correct, nothing sent%s", self.label,
-                    st.flows_desired, _and_groups(st.groups_desired), " (deep check)" if deep else "")
+                    st.flows_desired, and_groups(st.groups_desired), " (deep check)" if deep else "")
         st.groups_installed = len(self.installed_groups)
-        self._synced_bridge, self._synced_ports = bridge, ports
+        self.synced_bridge, self.synced_ports = bridge, ports
         st.last_reconcile = time.time()
         st.last_reconcile_ms = (time.monotonic() - started) * 1000
         st.synced_generation = generation
         st.last_rejected = rejected
         st.last_stages = stages
         self.app.metrics.observe_sync(st.bridge.label, st.last_reconcile_ms / 1000)
-        self._synced()
+        self.synced()
 
-    def _report_missing_ports(self, missing: tuple[str, ...]) -> None:
-        """A configured port the bridge lacks is a condition that lasts:
-        said when it starts, when the set changes and when it ends, not
-        on every sync (and not again on a reconnect: the app remembers)."""
-        st = self.status
-        st.missing_ports = missing
-        said = self.app.missing_ports_said.get(st.bridge.label, ())
-        if missing == said:
-            return
-        self.app.missing_ports_said[st.bridge.label] = missing
-        if missing:
-            LOG.warning("bridge %s: configured ports not on the bridge: %s (their flows are left out)",
-                        self.label, ", ".join(missing))
-        else:
-            LOG.info("bridge %s: every configured port is on the bridge now (%s was missing)",
-                     self.label, ", ".join(said))
-
-    def streamable(self) -> bool:
-        """True if this bridge can take the change about to be made as a
-        stream: it is idle and holds exactly the current state, so the
-        change's own flow edits are all it needs (called under the change
-        lock, before the change)."""
-        st, state = self.status, self.app.state
-        bridge = state.bridge(st.bridge.label) if st.bridge is not None else None
-        return (self.idle and not self.dirty.is_set() and self.feed is None and not self.switch.closed
-                and bridge is not None and bridge is self._synced_bridge and not bridge.proxy_arp
-                and st.ports == self._synced_ports and st.synced_generation == state.generation)
-
-    def stream(self) -> "hub.Queue":
-        """Open a feed for the change about to be made: the state puts its
-        flow edits in batches as it makes them, then END (or ABORT)."""
-        self.feed = hub.Queue()
-        self.mark_dirty()
-        return self.feed
-
-    def _take_stream(self, feed: "hub.Queue") -> None:
-        """Send a big change into an open bundle while the state is still
-        making it: the switch parses one batch while the controller makes
-        the next (two cores), and commits once all of it is in."""
-        st = self.status
-        started = time.monotonic()
-        self._take_noted()
-        stream = Stream(self.installed, self.installed_groups)
-        bundle = self.switch.open_bundle()  # anonymous: the cheapest messages
-        try:
-            while True:
-                batch = feed.get()
-                if batch is ABORT:
-                    bundle.discard()
-                    self._synced_bridge = None  # the next sync is a full one
-                    self.mark_dirty()
-                    return
-                if isinstance(batch, tuple):  # END
-                    generation = batch[1]
-                    break
-                bundle.add_many(((c, data if data is not None else encode_delete(c))
-                                 for c, data in stream.step(batch)), batch=True)
-            mark = time.monotonic()
-            try:
-                self._assert_master()
-            except Deposed:
-                bundle.discard()
-                raise
-            ok, errors = bundle.commit()
-        finally:
-            bundle.close()
-        if not ok or errors:
-            # Something was refused (the anonymous bundle cannot say what):
-            # read the bridge back and send what differs, named, so the
-            # refused flows are found, reported and left out.
-            LOG.warning("bridge %s: the switch refused part of the streamed change; "
-                        "checking the bridge and sending it again as a whole", self.label)
-            self.sync(deep=True)
-            return
-        sent = bundle.count - stream.group_mods
-        stream.record(pause=lambda: hub.sleep(0))
-        st.flows_installed = sum(self.installed.values())
-        st.groups_installed = len(self.installed_groups)
-        st.group_mods_sent += stream.group_mods
-        self.app.metrics.inc("lisp_group_mods_sent_total", stream.group_mods)
-        st.flows_desired = self._local_flows + len(self.app.state.shared)
-        st.flow_mods_sent += sent
-        self.app.metrics.inc("lisp_flow_mods_sent_total", sent)
-        st.last_stages = {"stream_ms": _ms_since(started), "commit_ms": _ms_since(mark),
-                          "send_wait_ms": round(bundle.waited * 1000, 1)}
-        st.last_reconcile = time.time()
-        st.last_reconcile_ms = _ms_since(started)
-        st.last_rejected = 0
-        st.synced_generation = generation
-        LOG.info("bridge %s: %d flow-mods streamed while the change was made, committed in %.0f ms, "
-                 "confirmed by barrier", self.label, sent, st.last_stages["commit_ms"])
-        self.app.metrics.observe_sync(st.bridge.label, st.last_reconcile_ms / 1000)
-        self._synced()
-
-    def _flow_namer(self, local: dict[int, Flow], groups: dict[int, Group]) -> Callable[[int], str]:
-        """A cookie's flow, or a group ID's group, in ovs-ofctl syntax, for
-        logs and errors."""
-        shared = self.app.state.shared
-
-        def name(key: int) -> str:
-            group = groups.get(key)  # group IDs and our cookies never meet (Plan.group_mods)
-            if group is not None:
-                return render_group(group)
-            flow = local.get(key) or shared.get(key)
-            return render(flow) if flow is not None else f"cookie={key:#x}"
-        return name
-
-    def _deep_check(self, compiled: Compiled, expected: dict[int, bytes]) -> dict[int, bytes]:
-        """Read every flow of ours and count one whose content differs
-        from its cookie's flow twice, so reconcile replaces it. Returns the
-        learned flows the xTR sent ahead of their commit, as they are after
-        the read: the bridge may hold them and should (lisp/xtr.py); they
-        are not drift. Their commit waits for this session's sync, so none
-        of them is committed and dropped from the xTR's list meanwhile.
-
-        Drift is what differs from what this session last left on the
-        bridge (`installed`), not from `expected`: the state may have moved
-        since the last sync, and the difference that makes is the sync
-        about to be sent, not a repair. Only this greenthread writes to
-        the bridge, so nothing of ours is in flight while it reads."""
-        started = time.monotonic()
-        left = self.installed
-        # Split as they are compared, a slice at a time: at 1,000,000 flows
-        # the two take seconds (docs/performance.rst, "A free hub").
-        # `expected` is a copy and nobody else writes to the bridge, so a
-        # change made while this yields cannot make it see drift.
-        cut = self._slices()
-        verdict = verify.installed_counts(sliced(self.switch.flow_entries(), cut), expected)
-        self.installed = verdict.counts
-        self.status.last_verify = time.time()
-        self.status.last_verify_ms = _ms_since(started)
-        if verdict.changed:
-            self.status.flows_repaired += len(verdict.changed)
-            self.app.metrics.inc("lisp_flows_repaired_total", len(verdict.changed))
-            name = self._flow_namer(compiled.flows, {})
-            LOG.warning("bridge %s: %d flows of ours were changed on the switch (by hand?); "
-                        "replacing them with: %s", self.label, len(verdict.changed),
-                        "; ".join(name(c) for c in verdict.changed[:5]))
-        ahead = self.app.flows_ahead()
-        stray = sum(1 for c in sliced(verdict.counts, cut) if c not in left and c not in ahead)
-        gone = sum(1 for c in sliced(left, cut) if c not in verdict.counts)
-        if verdict.duplicates or stray or gone:
-            LOG.warning("bridge %s: deep check found %d duplicate, %d unwanted and %d missing "
-                        "flows under our cookie; repairing", self.label, verdict.duplicates,
-                        stray, gone)
-        return ahead
-
-    def _deep_check_groups(self, expected: dict[int, Group]) -> None:
-        """Read our groups back whole: one changed by hand is replaced, one
-        deleted is added back, one we no longer use is deleted."""
-        self.installed_groups = self.switch.groups()
-        changed = [gid for gid, g in self.installed_groups.items() if gid in expected and g != expected[gid]]
-        if changed:
-            self.status.flows_repaired += len(changed)
-            self.app.metrics.inc("lisp_flows_repaired_total", len(changed))
-            LOG.warning("bridge %s: %d groups of ours were changed on the switch (by hand?); "
-                        "replacing them with: %s", self.label, len(changed),
-                        "; ".join(render_group(expected[gid]) for gid in changed[:5]))
-
-    def _slices(self) -> Slices:
+    def slices(self) -> Slices:
         """Slices for one long step of a sync."""
         return Slices(self.pause, clock=self.slice_clock)
 
@@ -633,18 +437,3 @@ class BridgeSession:
         errors.append(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {text}")
         del errors[:-MAX_ERRORS_KEPT]
 
-
-def _and_groups(n: int) -> str:
-    """" and 2 groups" for a log line about flows; nothing without groups."""
-    return f" and {n} group{'' if n == 1 else 's'}" if n else ""
-
-
-def _groups_text(plan) -> str:
-    """What a sync did to groups, for its log line; nothing if nothing."""
-    if not len(plan):
-        return ""
-    return f"; groups: {len(plan.add)} added, {len(plan.modify)} changed, {len(plan.delete)} removed"
-
-
-def _ms_since(mark: float) -> float:
-    return round((time.monotonic() - mark) * 1000, 1)

@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 
 from lisp_controller.controller.slices import Slices, sliced
 from lisp_controller.model import Mapping
+from lisp_controller.model.parted import PartedDict
 from lisp_controller.model.untracked import untrack, untrack_all
 from lisp_controller.pipeline.actions import groups_in
 from lisp_controller.pipeline.compiler import mapping_flow, mapping_group
@@ -34,14 +35,17 @@ Journal = list[tuple[int, bytes | Group | GroupGone | None]]
 
 class SharedFlows(collections.abc.Mapping):
     """Shared flows by cookie (a `Mapping` of cookie -> `Flow`), with their
-    bytes in `encoded`. A flow is held as what it is made from: a `Mapping`
-    (its `Flow` is made again when asked for, which is rare: errors, the
-    flows API, proxy ARP) or a `Flow`. Holding a million `Flow` values would
+    bytes in `encoded` (a `PartedDict`). A flow is held as what it is made
+    from: a `Mapping` (its `Flow` is made again when asked for, which is
+    rare: errors, the flows API, proxy ARP) or a `Flow`. Holding a million `Flow` values would
     cost 200 bytes per mapping; the bridges only ever need `encoded`."""
 
     def __init__(self) -> None:
         self._source: dict[int, Mapping | Flow] = {}
-        self.encoded: dict[int, bytes] = {}
+        # In parts (model/parted.py): a deep check copies it, a part at a
+        # time, and it fills up to a million during a bulk without one
+        # dict doubling its table in one step.
+        self.encoded: PartedDict = PartedDict()
         # (generation, cookies added, cookies removed), oldest first. The
         # cookies are kept in arrays, not sets: a million ints in a set cost
         # the cyclic collector about 100 ms per full collection, an array
@@ -124,7 +128,8 @@ class SharedFlows(collections.abc.Mapping):
             self._remember(generation, _array(added, slices), _array(removed, slices))
 
     def add(self, source: Mapping | Flow, cookie: int, data: bytes) -> None:
-        other = self.encoded.get(cookie)
+        encoded = self.encoded.part(cookie)  # one call, not two: a million times in a bulk
+        other = encoded.get(cookie)
         if other is not None:
             if other != data:
                 raise RuntimeError(f"cookie collision {cookie:#x}")
@@ -132,7 +137,7 @@ class SharedFlows(collections.abc.Mapping):
             if replaced is not None:
                 self._release(replaced)
         self._source[cookie] = source
-        self.encoded[cookie] = data
+        encoded[cookie] = data
         group = _group_of(source)
         if group is not None:
             self._use(group)

@@ -15,10 +15,13 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterable, Iterator, TypeVar
 
+from lisp_controller.model.parted import PartedDict
+
 T = TypeVar("T")
 MOST = 2000  # items per slice at most
 BUDGET = 0.005  # seconds of work per slice at most (give or take CHECK items)
 CHECK = 50  # items between looks at the clock (a look costs about 50 ns)
+PARTS_AT_ONCE = 16  # parts of a PartedDict let go of per slice at most (64,000 entries of a million)
 
 
 class Slices:
@@ -46,6 +49,11 @@ class Slices:
         self._began = self._clock()
 
 
+def ms_since(mark: float) -> float:
+    """Milliseconds since `mark` (time.monotonic), as the status shows them."""
+    return round((time.monotonic() - mark) * 1000, 1)
+
+
 def sliced(items: Iterable[T], slices: Slices | None) -> Iterator[T]:
     """`items`, letting the hub go whenever `slices` says a slice is over
     (every item, and whatever work its consumer does with it, counts).
@@ -59,3 +67,22 @@ def sliced(items: Iterable[T], slices: Slices | None) -> Iterator[T]:
         yield item
         if due():
             pause()
+
+
+def let_go(big: PartedDict | dict, pause: Callable[[], None] | None,
+           clock: Callable[[], float] = time.perf_counter) -> None:
+    """Empty `big`, which its caller was the last to hold, a slice at a
+    time: dropping the last reference to a million entries frees them in
+    one step of the hub (48 ms for a million ints; docs/performance.rst,
+    "A free hub"). A `PartedDict` goes a part at a time, a dict an entry
+    at a time; whoever else still held it would see it emptied."""
+    if isinstance(big, PartedDict):
+        for _ in sliced(big.emptying(), Slices(pause, most=PARTS_AT_ONCE, clock=clock)):
+            pass
+        return
+    slices = Slices(pause, clock=clock)
+    popitem = big.popitem
+    while big:
+        popitem()
+        if slices.due():
+            slices.pause()

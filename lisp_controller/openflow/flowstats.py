@@ -13,6 +13,8 @@ from typing import Iterator, NamedTuple
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
+from lisp_controller.model.parted import PartedDict
+
 
 class FlowStat(NamedTuple):
     """The part of an ofp_flow_stats entry we use, in wire order."""
@@ -25,11 +27,11 @@ class FlowStat(NamedTuple):
     byte_count: int
 
 
-class FlowCounts:
+class FlowCounts(PartedDict):
     """Packets and bytes of flows by cookie, as a dict of (packets, bytes)
-    reads (`get`, `in`, `len`, `items`), kept so that a million of them
-    cost the hub nothing between reads (docs/performance.rst, "A free
-    hub"):
+    reads (`get`, `[]`, `in`, `len`, `items`, `values`), kept so that a
+    million of them cost the hub nothing between reads (docs/performance.rst,
+    "A free hub"):
 
     - each flow's pair is one int, bytes above `PACKETS_BITS` and packets
       below: ints are not tracked by Python's cyclic collector, so neither
@@ -38,39 +40,38 @@ class FlowCounts:
       values add as their pairs do, so the bridges' counters are summed
       with one + (OpenFlow's counters have 64 bits: the packets of 2**32
       bridges summed still fit below the bytes);
-    - they are kept in `PARTS` dicts by the cookie's low bits (a content
-      hash: the parts fill evenly). One dict filling up to a million
-      entries doubles its table now and then, moving every entry in one
-      step the hub cannot interrupt (33 ms at 700,000 entries here, 67 at
-      1,400,000, and twice that on a loaded machine, once per refresh); a
-      part of a million counters holds 4,000."""
+    - they are a `PartedDict` (model/parted.py): filling one dict up to a
+      million entries doubled its table now and then in one step the hub
+      cannot interrupt (33 ms at 700,000 entries here, 67 at 1,400,000),
+      and the previous counters, let go of at each refresh, are let go of
+      a part at a time (controller/counters.py)."""
 
-    PARTS = 256
     PACKETS_BITS = 96
     _PACKETS = (1 << PACKETS_BITS) - 1
-    __slots__ = ("parts",)
-
-    def __init__(self) -> None:
-        self.parts: list[dict[int, int]] = [{} for _ in range(self.PARTS)]
+    __slots__ = ()
 
     def add(self, cookie: int, packets: int, nbytes: int) -> None:
         part = self.parts[cookie % self.PARTS]
         part[cookie] = part.get(cookie, 0) + (nbytes << self.PACKETS_BITS | packets)
 
+    def _pair(self, value: int) -> tuple[int, int]:
+        return value & self._PACKETS, value >> self.PACKETS_BITS
+
+    def __getitem__(self, cookie: int) -> tuple[int, int]:
+        return self._pair(self.parts[cookie % self.PARTS][cookie])
+
     def get(self, cookie: int, default: tuple[int, int] | None = None) -> tuple[int, int] | None:
         value = self.parts[cookie % self.PARTS].get(cookie)
-        return default if value is None else (value & self._PACKETS, value >> self.PACKETS_BITS)
+        return default if value is None else self._pair(value)
 
-    def __contains__(self, cookie: object) -> bool:
-        return isinstance(cookie, int) and cookie in self.parts[cookie % self.PARTS]
-
-    def __len__(self) -> int:
-        return sum(map(len, self.parts))
-
-    def items(self) -> Iterator[tuple[int, tuple[int, int]]]:
+    def items(self) -> Iterator[tuple[int, tuple[int, int]]]:  # type: ignore[override]
+        pair = self._pair
         for part in self.parts:
-            for cookie in part:
-                yield cookie, self.get(cookie)
+            for cookie, value in part.items():
+                yield cookie, pair(value)
+
+    def values(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        return map(self._pair, super().values())
 
 
 # ofp_flow_stats up to the match, skipping what we do not use: length,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import struct
 from typing import Iterable, Iterator, Mapping, NamedTuple
 
+from lisp_controller.model.parted import PartedDict
 from lisp_controller.openflow import wire
 
 # ofp_flow_stats head: length, table, pad, duration (8), priority,
@@ -199,7 +200,7 @@ def same_flow(entry: Entry, flow_mod: bytes) -> bool:
 
 
 class Verdict(NamedTuple):
-    counts: dict[int, int]  # flows per cookie as reconcile.py should see them
+    counts: PartedDict  # flows per cookie as reconcile.py should see them
     changed: tuple[int, ...]  # cookies with a flow whose content is not the cookie's flow
     duplicates: int  # flows beyond the first under one cookie
 
@@ -211,17 +212,23 @@ def installed_counts(entries: Iterable[Entry], expected: Mapping[int, bytes]) ->
     ordered bundle). `expected` holds our flow-mod bytes by cookie for the
     flows we want; other cookies are removed anyway. One pass over
     `entries`, so a caller that slices them (controller/slices.py) slices
-    all of the work."""
-    counts: dict[int, int] = {}
+    all of the work. The counts are a `PartedDict` (model/parted.py): one
+    dict filling up to a million counts doubled its table in one step of
+    up to 77 ms."""
+    counts = PartedDict()
+    parts, size = counts.parts, counts.PARTS
+    # The parts' lookups inlined: a million times, a method call each is 0.6 s.
+    wanted = expected.parts if isinstance(expected, PartedDict) else None
     changed: dict[int, None] = {}
     duplicates = 0  # counted as they come: no second pass over a million counts
     for entry in entries:
         cookie = entry.cookie
-        seen = counts.get(cookie, 0)
-        counts[cookie] = seen + 1
+        part = parts[cookie % size]
+        seen = part.get(cookie, 0)
+        part[cookie] = seen + 1
         if seen:
             duplicates += 1
-        flow_mod = expected.get(cookie)
+        flow_mod = expected.get(cookie) if wanted is None else wanted[cookie % size].get(cookie)
         if flow_mod is not None and cookie not in changed and not same_flow(entry, flow_mod):
             changed[cookie] = None
     for cookie in changed:
