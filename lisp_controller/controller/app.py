@@ -34,7 +34,7 @@ from lisp_controller.store import Delta, Store, StoreError, StoreStale
 from lisp_controller.openflow.errors import SwitchError, describe_error
 from lisp_controller.openflow.flowstats import FlowCounts
 from lisp_controller.controller.toobig import PathMtu
-from lisp_controller.controller.offhub import BIG_ITEMS, off_hub
+from lisp_controller.controller.offhub import BIG_ITEMS
 from lisp_controller.lisp.xtr import Xtr
 
 LOG = logging.getLogger("lisp_controller")
@@ -146,9 +146,8 @@ class LispControllerApp(app_manager.OSKenApp):
             if self.store is not None and change.stored:
                 mark = time.monotonic()
                 try:
-                    off_hub(big_change and self.store.blocks, self.store.write, change.put, change.delete,
-                            change.replace_api, change.put_endpoints, change.delete_endpoints,
-                            change.request)
+                    self.store.write(change.put, change.delete, change.replace_api, change.put_endpoints,
+                                     change.delete_endpoints, change.request, big=big_change)
                 except StoreStale:  # not a failure of the store: apply_change() catches up
                     raise
                 except StoreError as e:  # nothing applied: memory and bridges stay as stored
