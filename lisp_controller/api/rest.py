@@ -16,15 +16,14 @@ import json
 import logging
 import re
 import time
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 from webob import Request, Response
 
 from lisp_controller.config import ApiSettings
 from lisp_controller.controller.offhub import BIG_BYTES, off_hub
 from lisp_controller.controller.slices import Slices
-from lisp_controller.pipeline.compiler import groups_of
-from lisp_controller.pipeline.flows import render, render_group
+from lisp_controller.pipeline.flows import render_group
 from lisp_controller.model import (IID_MAX, Endpoint, Mapping, ModelError, parse_decimal, parse_iid, parse_prefix,
                                    refers_to)
 from lisp_controller.model.untracked import untrack
@@ -40,6 +39,7 @@ from lisp_controller.store import Request as Recorded, StoreError
 
 LOG = logging.getLogger("lisp_controller.api.rest")
 PAUSE_EVERY = 1000  # parsed mappings between yields to the hub
+WRITE_PARTS = 1000  # flows written to the client at once
 SOURCES = ("config", "endpoint", "api")
 KEY_HEADER = "Idempotency-Key"
 # GET /v1/mappings: a page is at most LIMIT_MAX rows, so building and
@@ -657,15 +657,18 @@ class Api:
         form = req.GET.get("format", "json")
         if form not in ("json", "text"):
             raise ModelError("format", f"must be json or text, got {form!r}")
-        flows = self.ctl.bridge_flows(d["bridge"]) if d["configured"] else []
-        lines = [render(f) for f in sorted(flows)]
+        # Made and written a slice at a time: a million flows never hold
+        # the hub (controller/flowlist.py).
+        listed = self.ctl.bridge_flows(d["bridge"], self.pause) if d["configured"] else None
+        lines = listed.lines() if listed is not None else iter(())
         if form == "text":
-            resp = Response(content_type="text/plain", charset="utf-8")
-            resp.text = "".join(line + "\n" for line in lines)
-            return resp
-        groups = [render_group(g) for _, g in sorted(groups_of(flows).items())]
-        return json_response({"bridge": d["bridge"], "connected": d["connected"], "flows": lines,
-                              "groups": groups})
+            return Response(content_type="text/plain", charset="utf-8",
+                            app_iter=_written("", (line + "\n" for line in lines), ""))
+        groups = [render_group(g) for _, g in sorted(listed.groups.items())] if listed is not None else []
+        head = '{"bridge":%s,"connected":%s,"flows":[' % (json.dumps(d["bridge"]), json.dumps(d["connected"]))
+        tail = '],"groups":%s}' % json.dumps(groups, separators=(",", ":"))
+        return Response(content_type="application/json", charset="utf-8",
+                        app_iter=_written(head, map(json.dumps, lines), tail, ","))
 
     # -- sites (the Map-Server's) ----------------------------------------------
     def list_sites(self, req):
@@ -678,6 +681,22 @@ class Api:
         if view is None:
             raise NotFound("site", f"no site {site!r} in the config")
         return json_response({"site": view})
+
+
+def _written(head: str, parts: Iterable[str], tail: str, sep: str = "") -> Iterator[bytes]:
+    """A body written as it is made: `head`, `parts` joined by `sep`,
+    `tail`, in pieces of WRITE_PARTS parts."""
+    yield head.encode()
+    batch: list[str] = []
+    first = True
+    for part in parts:
+        batch.append(part)
+        if len(batch) == WRITE_PARTS:
+            yield ((sep if not first else "") + sep.join(batch)).encode()
+            first, batch = False, []
+    if batch:
+        yield ((sep if not first else "") + sep.join(batch)).encode()
+    yield tail.encode()
 
 
 def _iso(t: float | None) -> str | None:

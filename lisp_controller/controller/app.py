@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from typing import Callable
 
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
@@ -18,8 +19,9 @@ from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_c
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from lisp_controller.pipeline.compiler import T_MAPCACHE, T_TOO_BIG, compile_bridge
+from lisp_controller.pipeline.compiler import T_MAPCACHE, T_TOO_BIG, compile_local
 from lisp_controller.config import Config
+from lisp_controller.controller.flowlist import FlowList
 from lisp_controller.controller.counters import CounterCache, Snapshot, add_bucket_counts
 from lisp_controller.controller.gcpause import BIG, breathe, gc_paused
 from lisp_controller.api.metrics import Metrics
@@ -335,11 +337,14 @@ class LispControllerApp(app_manager.OSKenApp):
                 LOG.warning("%s", e)
         return Snapshot(flows, buckets=buckets)
 
-    def bridge_flows(self, label: str) -> list:
-        """The flows the bridge should hold now (what it holds, once synced)."""
+    def bridge_flows(self, label: str, pause: Callable[[], None]) -> FlowList:
+        """The flows the bridge should hold now (what it holds, once
+        synced), to be listed letting the hub go (controller/flowlist.py)."""
         session = next((s for s in self._attached() if s.status.bridge.label == label), None)
         ports = session.status.ports if session is not None else {}
-        return list(compile_bridge(self.state.bridge(label), ports, self.state.shared).flows.values())
+        shared = self.state.shared
+        own = compile_local(self.state.bridge(label), ports, shared).flows
+        return FlowList(own, *shared.snapshot(), shared.groups, pause)
 
     def bridge_for(self, datapath_id: int, name: str | None) -> Bridge | None:
         """The configured bridge this datapath is, or None (logged)."""
