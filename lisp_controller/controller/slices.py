@@ -12,6 +12,7 @@ the work when the clock is not looked at (a test's clock).
 """
 from __future__ import annotations
 
+import heapq
 import time
 from typing import Callable, Iterable, Iterator, TypeVar
 
@@ -19,6 +20,7 @@ T = TypeVar("T")
 MOST = 2000  # items per slice at most
 BUDGET = 0.005  # seconds of work per slice at most (give or take CHECK items)
 CHECK = 50  # items between looks at the clock (a look costs about 50 ns)
+RUN = 20_000  # items `sorted_sliced` sorts in one step (about 2 ms of ints)
 
 
 class Slices:
@@ -59,3 +61,13 @@ def sliced(items: Iterable[T], slices: Slices | None) -> Iterator[T]:
         yield item
         if due():
             pause()
+
+
+def sorted_sliced(items: list[T], slices: Slices | None) -> list[T]:
+    """`sorted(items)`, letting the hub go as `sliced` does: runs of RUN
+    items sorted on their own, then merged (a million cookies sorted in
+    one step held the hub 0.3 to 1 s). None: one sort."""
+    if slices is None or len(items) <= RUN:
+        return sorted(items)
+    runs = [sorted(items[i:i + RUN]) for i in sliced(range(0, len(items), RUN), slices)]
+    return list(sliced(heapq.merge(*runs), slices))
