@@ -62,9 +62,22 @@ class FlowList:
         self.count = sum(map(len, runs))
 
     def lines(self) -> Iterator[str]:
-        """Each flow as `ovs-ofctl add-flow` takes it, cookie first, in order."""
-        for table, priority, text, cookie in sliced(heapq.merge(*self._runs), Slices(self._pause)):
+        """Each flow as `ovs-ofctl add-flow` takes it, cookie first, in
+        order. Each row is let go as it is written: freeing a million at
+        the end took 90 ms in one step."""
+        runs, self._runs = self._runs, []
+        merged = heapq.merge(*map(_drained, runs))
+        del runs
+        for table, priority, text, cookie in sliced(merged, Slices(self._pause)):
             yield f"cookie={cookie:#x},{text}"
+
+
+def _drained(run: list) -> Iterator:
+    """The items of `run` in order, each gone from it once taken."""
+    run.reverse()
+    pop = run.pop
+    while run:
+        yield pop()
 
 
 def _chain(own: Iterable[tuple[int, Flow]], shared: Iterable[tuple[int, object]],

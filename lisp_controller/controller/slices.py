@@ -69,5 +69,8 @@ def sorted_sliced(items: list[T], slices: Slices | None) -> list[T]:
     one step held the hub 0.3 to 1 s). None: one sort."""
     if slices is None or len(items) <= RUN:
         return sorted(items)
-    runs = [sorted(items[i:i + RUN]) for i in sliced(range(0, len(items), RUN), slices)]
+    runs = []
+    for i in range(0, len(items), RUN):
+        runs.append(sorted(items[i:i + RUN]))
+        slices.pause()  # a run is a slice's worth of work
     return list(sliced(heapq.merge(*runs), slices))
