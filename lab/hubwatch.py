@@ -125,6 +125,12 @@ class HubWatch:
             if frame is None:
                 return
             stack = _stack(frame)
+            # Not one moment longer: a frame held here keeps its function's
+            # locals alive after it returns, and the last reference then
+            # goes here, on this thread, which frees them holding the
+            # interpreter lock while the hub waits (a plan of 2,000,000
+            # flow-mods: 90 ms; docs/performance.rst, "More paths at a million").
+            del frame
             with self._lock:
                 if self._round == number:
                     self._stacks.setdefault(number, Counter())[stack] += 1
@@ -158,12 +164,8 @@ def _holds(container) -> str:
 
 def _stack(frame) -> str:
     """The innermost DEPTH frames, innermost first, read straight off the
-    frames into one string. Not `traceback.extract_stack`: its objects
-    (and linecache's reads) made the sampler start the cyclic collector's
-    collections itself, holding the interpreter lock through them while
-    the hub thread waited for it: rounds of 150 to 300 ms with a few ms of
-    the hub's CPU and no sample, made by the watch (docs/performance.rst,
-    "More paths at a million")."""
+    frames into one string (no source lines: `traceback.extract_stack`
+    reads them through linecache, a few system calls per frame)."""
     parts = []
     while frame is not None and len(parts) < DEPTH:
         code = frame.f_code
