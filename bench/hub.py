@@ -17,6 +17,15 @@ and every API request wait. This measures, in the same run:
   status page is sorted by packets and searched (`--browse` seconds),
   which the controller answers by going over the whole map-cache.
 
+- flows: then `GET /v1/datapaths/brb0/flows`, every flow the bridge
+  should hold (N and a few), once, the same two meanwhile; `--no-flows`
+  leaves it out.
+- reconnect: then the bridge goes away (its controller target pointed at
+  a port nobody listens on: it keeps its flows), every one of the N
+  mappings gets another RLOC (a change of N adds and N deletes), and the
+  bridge comes back: the same two from its return until it is verified
+  and a while after; `--no-reconnect` leaves it out.
+
 - deep check: then, with nothing else asked, the same two while the
   bridge's periodic deep check (every `reconcile_interval`, 60 s by
   default) reads back all N flows, compares them with what their cookies
@@ -56,9 +65,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import Bench, bulk_body  # noqa: E402
+from bench.run import RLOC, Bench, bulk_body  # noqa: E402
 from lisp_controller.cli.api import ApiClient  # noqa: E402
-from lab.testbed import Testbed  # noqa: E402
+from lab.testbed import Testbed, wait_until  # noqa: E402
 
 OFPT_HELLO, OFPT_ECHO_REQUEST, OFPT_ECHO_REPLY = 0, 2, 3
 OFPT_FEATURES_REQUEST, OFPT_FEATURES_REPLY = 5, 6
@@ -67,6 +76,7 @@ PAGE = ("/v1/datapaths", "/v1/endpoints", "/v1/lisp")
 FIRST_PAGE = "/v1/mappings?counters=true&limit=100&offset=0&sort=prefix&order=asc"
 BROWSING = "/v1/mappings?counters=true&limit=100&offset=0&sort=packets&order=desc&q=10.1"
 OLD_PAGE = "/v1/mappings?counters=true"
+RLOC_AWAY = "192.168.7.8"  # every mapping's RLOC in the change made while brb0 is away
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -217,6 +227,50 @@ def deep_check(bench: Bench, timeout: float) -> tuple[float, float, float]:
     raise RuntimeError(f"no deep check of brb0 within {timeout:.0f} s")
 
 
+def flows_phase(bench: Bench) -> tuple[float, float, dict]:
+    """GET brb0's flows once, by curl (decoding 165 MB here would hold
+    this process's interpreter lock, and so its probes, for seconds);
+    (start, end) in monotonic time and what came."""
+    flows = bench.datapath("brb0")["flows_desired"]
+    started = time.monotonic()
+    out = bench.tb.run(bench.ctl_ns.ns, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+                       "http://127.0.0.1:8080/v1/datapaths/brb0/flows", timeout=900).stdout.split()
+    ended = time.monotonic()
+    if out[0] != "200":
+        raise RuntimeError(f"flows of brb0: HTTP {out[0]}")
+    time.sleep(1.0)  # what the answer left behind (freeing it), then a quiet while
+    return started, time.monotonic(), {"seconds": ended - started, "flows": flows, "bytes": int(out[1])}
+
+
+def reconnect_phase(bench: Bench, body: bytes, wall: dict) -> tuple[float, float, dict]:
+    """brb0 away (its target a port nobody listens on: a secure bridge
+    keeps its flows), every mapping moved to another RLOC, brb0 back;
+    (start, end) of its return in monotonic time. The change's own span
+    goes into `wall` as a phase of its own."""
+    before = wall[next(reversed(wall))][1]
+    old = bench.datapath("brb0")["address"]
+    bench.hv.set_controller("brb0", bench.ctl_ns.address, of_port=6654)
+    wait_until(lambda: not bench.datapath("brb0")["connected"], timeout=60, what="brb0 away")
+    started = time.perf_counter()
+    status, out = bench.http("POST", "/v1/mappings/bulk", body.replace(RLOC.encode(), RLOC_AWAY.encode()))
+    if status != 200:
+        raise RuntimeError(f"bulk while away: {status} {str(out)[:300]}")
+    change_s = time.perf_counter() - started
+    wall["change while away"] = (before, time.time())
+    time.sleep(1.0)
+    mods = bench.metric("lisp_flow_mods_sent_total")
+    back, back_wall = time.monotonic(), time.time()
+    bench.hv.set_controller("brb0", bench.ctl_ns.address)
+    wait_until(lambda: (lambda d: d["connected"] and d["address"] != old and d["verified_ms"] is not None)(
+        bench.datapath("brb0")), timeout=600, what="brb0 back and verified")
+    verified = bench.datapath("brb0")["verified_ms"]
+    time.sleep(max(2.0, verified / 2000))  # what the sync left behind, then a quiet while
+    wall["reconnect"] = (back_wall, time.time())
+    return back, time.monotonic(), {"change_s": change_s, "change_timings_ms": out["timings"],
+                                    "verified_ms": verified,
+                                    "flow_mods": bench.metric("lisp_flow_mods_sent_total") - mods}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=100_000, help="mappings in the bulk request")
@@ -224,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--browse", type=float, default=10.0, help="seconds of sorted and searched polling")
     parser.add_argument("--old-page", action="store_true", help="poll every mapping, as the page once did")
     parser.add_argument("--no-deep", action="store_true", help="leave out the deep check phase")
+    parser.add_argument("--no-flows", action="store_true", help="leave out the flows phase")
+    parser.add_argument("--no-reconnect", action="store_true", help="leave out the reconnect phase")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--watch", type=Path, help="record the hub's stalls and their stacks here")
     parser.add_argument("--census", type=float, metavar="MS",
@@ -263,10 +319,20 @@ def main(argv: list[str] | None = None) -> int:
         wall["browsing"] = (wall["bulk"][1], time.time())
         browse.halt.set()
         browse.join(timeout=300)
+        last = "browsing"
+        flows = None
+        if not args.no_flows:
+            flows = flows_phase(bench)
+            wall["flows"] = (wall[last][1], time.time())
+            last = "flows"
+        away = None
+        if not args.no_reconnect:
+            away = reconnect_phase(bench, body, wall)
+            last = "reconnect"
         deep = None
         if not args.no_deep:
             deep = deep_check(bench, timeout=300)
-            wall["deep check"] = (wall["browsing"][1], time.time())
+            wall["deep check"] = (wall[last][1], time.time())
         for probe in (echo, health, page, browse):
             probe.halt.set()
             probe.join(timeout=300)
@@ -287,6 +353,12 @@ def main(argv: list[str] | None = None) -> int:
             "health": summary(health.between(deep[0], deep[1]))},
         "page": "old: every mapping" if args.old_page else "one page",
         "phases": wall,  # wall-clock spans, to read the watch's records by phase
+        "flows": None if flows is None else {
+            **flows[2], "echo": summary(echo.between(flows[0], flows[1])),
+            "health": summary(health.between(flows[0], flows[1]))},
+        "reconnect": None if away is None else {
+            **away[2], "echo": summary(echo.between(away[0], away[1])),
+            "health": summary(health.between(away[0], away[1]))},
     }
     print(f"bulk of {args.size:,} mappings: {result['seconds']:.2f} s, with the status page polling "
           f"({figures['status_page_polls']['n']} polls, p50 {figures['status_page_polls'].get('p50_ms', 0):.0f} ms)")
@@ -298,6 +370,17 @@ def main(argv: list[str] | None = None) -> int:
           f"{b['polls']['n']} polls, p50 {b['polls'].get('p50_ms', 0):.0f} ms):")
     print(line("OpenFlow echo", figures["echo"]["idle"], b["echo"]))
     print(line("GET /v1/health", figures["health"]["idle"], b["health"]))
+    if flows is not None:
+        f = figures["flows"]
+        print(f"flows of brb0 ({f['flows']:,} flows, {f['bytes'] / 1e6:.0f} MB in {f['seconds']:.2f} s):")
+        print(line("OpenFlow echo", figures["echo"]["idle"], f["echo"]))
+        print(line("GET /v1/health", figures["health"]["idle"], f["health"]))
+    if away is not None:
+        r = figures["reconnect"]
+        print(f"reconnect after a change of {args.size:,} made while away ({r['change_s']:.1f} s): "
+              f"back and verified in {r['verified_ms'] / 1000:.1f} s, {r['flow_mods']:,.0f} flow-mods:")
+        print(line("OpenFlow echo", figures["echo"]["idle"], r["echo"]))
+        print(line("GET /v1/health", figures["health"]["idle"], r["health"]))
     if deep is not None:
         d = figures["deep_check"]
         print(f"deep check (the comparison took {deep[2]:.0f} ms, then the diff):")

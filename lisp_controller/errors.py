@@ -3,7 +3,7 @@
 Every error the controller reports to a person derives from
 `LispControllerError` and says what went wrong, in words, and which input
 (`field`) was at fault when there is one. What a kind of error means for
-HTTP is decided in one table in the API (`lisp_controller/api/rest.py`),
+HTTP is decided in one table in the API (`lisp_controller/api/answers.py`),
 never where the error is raised: the model, the state and the store know
 nothing of HTTP.
 

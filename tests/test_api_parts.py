@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lisp_controller.api.guard import _loopback_name, exposure_problem
 from lisp_controller.api.metrics import Metrics
-from lisp_controller.api.rest import ERROR_STATUS, BadFraming, KeyInProgress, status_of
+from lisp_controller.api.answers import ERROR_STATUS, BadFraming, KeyInProgress, status_of
 from lisp_controller.api.server import framing_problem
 from lisp_controller.config import ConfigError
 from lisp_controller.errors import Conflict, LispControllerError, NotFound

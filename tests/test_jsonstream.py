@@ -13,7 +13,7 @@ import pytest
 
 from lisp_controller.api import jsonstream
 from lisp_controller.api.jsonstream import ListOf, decode, read_object
-from lisp_controller.api.rest import DELETES, MAPPINGS
+from lisp_controller.api.mappings import DELETES, MAPPINGS
 from lisp_controller.controller.slices import Slices
 from lisp_controller.model import Mapping, ModelError
 

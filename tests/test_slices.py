@@ -167,3 +167,35 @@ def test_the_diff_of_a_full_sync_yields_at_least_every_slice_of_cookies():
     assert seen == list(range(slices.MOST, total + 1, slices.MOST))
     assert set(plan.delete) == set(range(slices.MOST)) | {slices.MOST + 5}
     assert {c for c, _ in plan.add} == set(range(3 * slices.MOST, 4 * slices.MOST)) | set(local) | {slices.MOST + 5}
+
+
+def test_a_sort_a_catch_up_and_a_history_delta_in_slices_equal_them_in_one_step():
+    import array
+    import random
+
+    from lisp_controller.controller.reconcile import catch_up, record
+    from lisp_controller.controller.shared import SharedFlows
+    from lisp_controller.controller.slices import RUN, sorted_sliced
+
+    rng = random.Random(7)
+    pauses = []
+    slices = Slices(lambda: pauses.append(1), most=500)
+    items = [rng.getrandbits(63) for _ in range(3 * RUN + 17)]
+    assert sorted_sliced(items, slices) == sorted(items) and len(pauses) >= 10
+    shared = SharedFlows()
+    first, second, third = ([rng.getrandbits(63) for _ in range(3000)] for _ in range(3))
+    shared.history.extend([(1, array.array("Q", first), array.array("Q")),
+                           (2, array.array("Q", second), array.array("Q", first[:1000])),
+                           (3, array.array("Q", third + first[:10]), array.array("Q", second[:500]))])
+    before = len(pauses)
+    assert shared.delta(1, 3, slices) == shared.delta(1, 3) and len(pauses) > before
+    added, removed = shared.delta(1, 3)
+    installed = {c: 1 for c in first + second[:700]}
+    desired = {c: b"%d" % c for c in added}
+    before = len(pauses)
+    plan = catch_up(installed, added, removed, desired, slices)
+    assert plan == catch_up(installed, added, removed, desired) and len(pauses) > before
+    whole, cut = dict(installed), dict(installed)
+    before = len(pauses)
+    assert record(cut, plan, {plan.add[0][0]}, slices) == record(whole, plan, {plan.add[0][0]}) and cut == whole
+    assert len(pauses) > before

@@ -37,7 +37,7 @@ PIECE = 1 << 20  # bytes of the body decoded into text at a time
 _SPACE = re.compile(r"[ \t\n\r]*")  # JSON's whitespace
 # After a list item: its comma and the space up to the next item, or the list's end.
 _AFTER_ITEM = re.compile(r"[ \t\n\r]*(?:,[ \t\n\r]*|(\]))")
-_DECODER = json.JSONDecoder(object_pairs_hook=unique_keys)  # as the whole body is decoded (api/rest.py)
+_DECODER = json.JSONDecoder(object_pairs_hook=unique_keys)  # as the whole body is decoded (api/rest.py, `_body`)
 
 
 def decode(data: bytes) -> object:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from typing import Callable
 
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
@@ -18,8 +19,9 @@ from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_c
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from lisp_controller.pipeline.compiler import T_MAPCACHE, T_TOO_BIG, compile_bridge
+from lisp_controller.pipeline.compiler import T_MAPCACHE, T_TOO_BIG, compile_local
 from lisp_controller.config import Config
+from lisp_controller.controller.flowlist import FlowList
 from lisp_controller.controller.counters import CounterCache, Snapshot, add_bucket_counts
 from lisp_controller.controller.gcpause import BIG, breathe, gc_paused
 from lisp_controller.api.metrics import Metrics
@@ -35,7 +37,7 @@ from lisp_controller.store import Delta, Store, StoreError, StoreStale
 from lisp_controller.openflow.errors import SwitchError, describe_error
 from lisp_controller.openflow.flowstats import FlowCounts
 from lisp_controller.controller.toobig import PathMtu
-from lisp_controller.controller.offhub import BIG_ITEMS, off_hub
+from lisp_controller.controller.offhub import BIG_ITEMS
 from lisp_controller.lisp.xtr import Xtr
 
 LOG = logging.getLogger("lisp_controller")
@@ -147,9 +149,8 @@ class LispControllerApp(app_manager.OSKenApp):
             if self.store is not None and change.stored:
                 mark = time.monotonic()
                 try:
-                    off_hub(big_change and self.store.blocks, self.store.write, change.put, change.delete,
-                            change.replace_api, change.put_endpoints, change.delete_endpoints,
-                            change.request)
+                    self.store.write(change.put, change.delete, change.replace_api, change.put_endpoints,
+                                     change.delete_endpoints, change.request, big=big_change)
                 except StoreStale:  # not a failure of the store: apply_change() catches up
                     raise
                 except StoreError as e:  # nothing applied: memory and bridges stay as stored
@@ -337,11 +338,14 @@ class LispControllerApp(app_manager.OSKenApp):
                 LOG.warning("%s", e)
         return Snapshot(flows, buckets=buckets)
 
-    def bridge_flows(self, label: str) -> list:
-        """The flows the bridge should hold now (what it holds, once synced)."""
+    def bridge_flows(self, label: str, pause: Callable[[], None]) -> FlowList:
+        """The flows the bridge should hold now (what it holds, once
+        synced), to be listed letting the hub go (controller/flowlist.py)."""
         session = next((s for s in self._attached() if s.status.bridge.label == label), None)
         ports = session.status.ports if session is not None else {}
-        return list(compile_bridge(self.state.bridge(label), ports, self.state.shared).flows.values())
+        shared = self.state.shared
+        own = compile_local(self.state.bridge(label), ports, shared).flows
+        return FlowList(own, *shared.snapshot(), shared.groups, pause)
 
     def bridge_for(self, datapath_id: int, name: str | None) -> Bridge | None:
         """The configured bridge this datapath is, or None (logged)."""

@@ -20,12 +20,18 @@ machine, while a thread ran Python). What still goes there with Python
 in it: a request body decoded whole when it is big (a bulk body only when
 it is not good JSON, to word the error: api/jsonstream.py), and the rows
 the store's transaction takes from a generator, between SQLite's steps.
+
+A resource that both the hub and a native thread use (the SQLite store's
+one connection) is used one step at a time (`Turns`): a step on the hub
+that comes while a thread's transaction is open waits for it as a
+greenthread, so the hub serves meanwhile, and never runs inside that
+transaction.
 """
 from __future__ import annotations
 
 from typing import Callable, TypeVar
 
-from eventlet import tpool
+from eventlet import semaphore, tpool
 
 T = TypeVar("T")
 BIG_ITEMS = 5000  # mappings in a change worth a thread hop (about 0.1 ms)
@@ -43,3 +49,18 @@ def off_hub(big: bool, step: Callable[..., T], *args: object) -> T:
     """`step(*args)`, on a native thread when `big`; its exception is raised
     here either way."""
     return tpool.execute(step, *args) if big else step(*args)
+
+
+class Turns:
+    """One step at a time on a resource, whether the step runs on the hub
+    or on a native thread: a step waits for the one before it to end as a
+    greenthread waits (the hub serves meanwhile), never on a native lock.
+    A step given to `run` must not call `run` again (one turn, not nested)."""
+
+    def __init__(self) -> None:
+        self._turn = semaphore.Semaphore(1)
+
+    def run(self, big: bool, step: Callable[..., T], *args: object) -> T:
+        """`off_hub(big, step, *args)`, once every step before it ended."""
+        with self._turn:
+            return off_hub(big, step, *args)

@@ -339,7 +339,7 @@ class BridgeSession:
                     and not bridge.proxy_arp:
                 # Only shared flows changed since the last sync: send those
                 # (proxy ARP answers depend on every mapping: full path).
-                delta = state.shared_delta(st.synced_generation)
+                delta = state.shared_delta(st.synced_generation, self.slices())
             if delta is None:
                 compiled = compile_local(bridge, ports, state.shared)
                 local = flow_mods(compiled.flows)
@@ -354,7 +354,7 @@ class BridgeSession:
                                                    slices=self.slices())
                 self.local_flows = len(local)
             else:
-                plan = catch_up(self.installed, delta[0], delta[1], state.encoded)
+                plan = catch_up(self.installed, delta[0], delta[1], state.encoded, self.slices())
             groups = dict(state.shared.groups)  # few: one per RLOC set in use
             if plan is not None:
                 plan = plan.with_groups(group_plan(self.installed_groups, groups))
@@ -395,7 +395,7 @@ class BridgeSession:
             self.app.metrics.inc("lisp_flow_mods_sent_total", result.sent)
             self.app.metrics.inc("lisp_group_mods_sent_total", result.groups_sent)
             failed = set(result.failed)
-            st.flows_installed += record(self.installed, plan, failed)
+            st.flows_installed += record(self.installed, plan, failed, self.slices())
             record_groups(self.installed_groups, plan.groups, failed)
             rejected = len(result.failed)
             if result.failed:

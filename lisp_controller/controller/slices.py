@@ -12,6 +12,7 @@ the work when the clock is not looked at (a test's clock).
 """
 from __future__ import annotations
 
+import heapq
 import time
 from typing import Callable, Iterable, Iterator, TypeVar
 
@@ -22,6 +23,7 @@ MOST = 2000  # items per slice at most
 BUDGET = 0.005  # seconds of work per slice at most (give or take CHECK items)
 CHECK = 50  # items between looks at the clock (a look costs about 50 ns)
 PARTS_AT_ONCE = 16  # parts of a PartedDict let go of per slice at most (64,000 entries of a million)
+RUN = 20_000  # items `sorted_sliced` sorts in one step (about 2 ms of ints)
 
 
 class Slices:
@@ -86,3 +88,16 @@ def let_go(big: PartedDict | dict, pause: Callable[[], None] | None,
         popitem()
         if slices.due():
             slices.pause()
+
+
+def sorted_sliced(items: list[T], slices: Slices | None) -> list[T]:
+    """`sorted(items)`, letting the hub go as `sliced` does: runs of RUN
+    items sorted on their own, then merged (a million cookies sorted in
+    one step held the hub 0.3 to 1 s). None: one sort."""
+    if slices is None or len(items) <= RUN:
+        return sorted(items)
+    runs = []
+    for i in range(0, len(items), RUN):
+        runs.append(sorted(items[i:i + RUN]))
+        slices.pause()  # a run is a slice's worth of work
+    return list(sliced(heapq.merge(*runs), slices))

@@ -133,10 +133,11 @@ class State:
         """A bridge by label, name or datapath ID."""
         return next((b for b in self.bridges.values() if b.answers_to(ref)), None)
 
-    def shared_delta(self, since: int) -> tuple[set[int], set[int]] | None:
+    def shared_delta(self, since: int, slices: Slices | None = None) -> tuple[set[int], set[int]] | None:
         """Cookies of shared flows added and removed after generation
-        `since`, or None if the history no longer reaches back that far."""
-        return self.shared.delta(since, self.generation)
+        `since`, or None if the history no longer reaches back that far
+        (`slices`: controller/shared.py, `delta`)."""
+        return self.shared.delta(since, self.generation, slices)
 
     def expired(self) -> Change:
         """What has reached its TTL: API mappings to delete (and from the

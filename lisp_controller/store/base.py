@@ -73,9 +73,6 @@ class Store(Protocol):
     # Why changes cannot be stored now, when the store was opened
     # read-only; None when it is writable.
     read_only: str | None
-    # Whether a write blocks its thread (SQLite) rather than yielding to the
-    # hub (etcd's HTTP client): a big one then runs off the hub (offhub.py).
-    blocks: bool
     # A shared store numbers the changes of all controllers in one order:
     # how many this controller holds (after a write: that write's number).
     # None: a store of one controller.
@@ -86,9 +83,13 @@ class Store(Protocol):
 
     def write(self, put: Iterable[Mapping] = (), delete: Iterable[tuple] = (), replace_all: bool = False,
               put_endpoints: Iterable[tuple[str, Endpoint]] = (),
-              delete_endpoints: Iterable[tuple[str, str]] = (), request: Request | None = None) -> None:
+              delete_endpoints: Iterable[tuple[str, str]] = (), request: Request | None = None,
+              big: bool = False) -> None:
         """One change, all or nothing, durable when this returns, and
-        `request` recorded with it. Raises StoreError (StoreStale: see
+        `request` recorded with it. `big`: a change worth a native thread
+        (controller/offhub.py), where a store whose write would hold its
+        thread (SQLite) makes it; one that yields to the hub meanwhile
+        (etcd's HTTP client) makes it where it is. Raises StoreError (StoreStale: see
         there) having changed nothing. With `follow`, call it holding the
         lock given there."""
 

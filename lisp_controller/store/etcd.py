@@ -73,8 +73,6 @@ MERGE_MAX = 100  # segments merged at once (one op each in the commit)
 class EtcdStore:
     """The store of several controllers on one etcd cluster (store/base.py)."""
 
-    blocks = False  # its HTTP client yields to the hub while etcd works
-
     def __init__(self, settings: EtcdSettings, password: str | None = None, *, chunk_bytes: int = CHUNK_BYTES,
                  lease_ttl: int = LEASE_TTL, sync_interval: float = SYNC_INTERVAL):
         self.name = f"etcd {','.join(settings.endpoints)} {settings.prefix}"
@@ -181,7 +179,10 @@ class EtcdStore:
     # -- writing -------------------------------------------------------------------
     def write(self, put: Iterable[Mapping] = (), delete: Iterable[tuple] = (), replace_all: bool = False,
               put_endpoints: Iterable[tuple[str, Endpoint]] = (),
-              delete_endpoints: Iterable[tuple[str, str]] = (), request: Request | None = None) -> None:
+              delete_endpoints: Iterable[tuple[str, str]] = (), request: Request | None = None,
+              big: bool = False) -> None:
+        """(store/base.py) `big` changes nothing: the HTTP client yields
+        to the hub while etcd works."""
         delta = RowDelta.of_change(put, delete, replace_all, put_endpoints, delete_endpoints)
         if delta.empty():
             return

@@ -6,6 +6,11 @@ also survives a power cut. Config-owned entries are never stored.
 
 A request sent with an Idempotency-Key is recorded in the same
 transaction as its change (store/base.py, `Request`).
+
+The one connection is used one step at a time (controller/offhub.py,
+`Turns`): a big write runs on a native thread, and a read or the record of
+an answer that the hub asks for meanwhile waits for that transaction to
+end instead of running inside it (and being rolled back with it).
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from pathlib import Path
 from urllib.parse import quote
 from typing import ContextManager, Iterable
 
+from lisp_controller.controller.offhub import Turns
 from lisp_controller.model import Endpoint, Mapping
 from lisp_controller.store.base import REQUEST_KEEP, Listener, Request, StoreError
 from lisp_controller.store.rows import endpoint_from_row, endpoint_row, mapping_rows, mappings_from_rows
@@ -71,7 +77,6 @@ def _os_reason(path: Path) -> str:
 class Store:
     """The store of one controller, in one SQLite file (store/base.py)."""
 
-    blocks = True  # a transaction holds its thread until fsync
     seq = None  # one controller: no order to share
 
     def __init__(self, path: str | Path):
@@ -80,6 +85,7 @@ class Store:
         # Why changes cannot be stored, when the store had to be opened
         # read-only; None when it is writable.
         self.read_only: str | None = None
+        self._turns = Turns()  # every use of `db` (the module docstring)
         self.db = self._open_any()
 
     def _open_any(self) -> sqlite3.Connection:
@@ -145,7 +151,7 @@ class Store:
         return self.read_only is None
 
     def close(self) -> None:
-        self.db.close()
+        self._turns.run(False, self.db.close)
 
     def follow(self, on_change: Listener, lock: ContextManager) -> None:
         """Nothing to follow: this controller is the only writer."""
@@ -160,6 +166,9 @@ class Store:
         return []
 
     def load(self) -> tuple[list[Mapping], list[tuple[str, Endpoint]]]:
+        return self._turns.run(False, self._load)
+
+    def _load(self) -> tuple[list[Mapping], list[tuple[str, Endpoint]]]:
         try:
             mappings = mappings_from_rows(self.db.execute(
                 "SELECT iid, eid, rlocs, ttl, action, expires FROM mappings"))
@@ -171,9 +180,16 @@ class Store:
 
     def write(self, put: Iterable[Mapping] = (), delete: Iterable[tuple] = (), replace_all: bool = False,
               put_endpoints: Iterable[tuple[str, Endpoint]] = (),
-              delete_endpoints: Iterable[tuple[str, str]] = (), request: Request | None = None) -> None:
+              delete_endpoints: Iterable[tuple[str, str]] = (), request: Request | None = None,
+              big: bool = False) -> None:
         """One transaction: everything or nothing, the request's record
-        included."""
+        included; a big one on a native thread (SQLite lets the interpreter
+        lock go while it works: controller/offhub.py)."""
+        self._turns.run(big, self._write, put, delete, replace_all, put_endpoints, delete_endpoints, request)
+
+    def _write(self, put: Iterable[Mapping], delete: Iterable[tuple], replace_all: bool,
+               put_endpoints: Iterable[tuple[str, Endpoint]], delete_endpoints: Iterable[tuple[str, str]],
+               request: Request | None) -> None:
         if not self._writable():
             raise StoreError(self.read_only)
         try:
@@ -202,6 +218,9 @@ class Store:
 
     def record_answer(self, key: str, body: str) -> None:
         """The complete answer of a recorded request, once it is known."""
+        self._turns.run(False, self._record_answer, key, body)
+
+    def _record_answer(self, key: str, body: str) -> None:
         try:
             self.db.execute("UPDATE requests SET body=?, answered=1 WHERE key=?", (body, key))
         except sqlite3.Error as exc:
@@ -210,6 +229,9 @@ class Store:
     def request(self, key: str) -> Request | None:
         """The recorded request with this key, if one was committed in the
         last REQUEST_KEEP seconds."""
+        return self._turns.run(False, self._request, key)
+
+    def _request(self, key: str) -> Request | None:
         try:
             row = self.db.execute("SELECT * FROM requests WHERE key=? AND created >= ?",
                                   (key, time.time() - REQUEST_KEEP)).fetchone()
