@@ -9,8 +9,11 @@ handler is caught and counted for that one datagram, and what is logged about
 a source is logged once per reason per minute. Nothing about a refusal is
 sent back.
 
-Handlers return the datagrams to send; they never block. The loop yields to
-the hub every few datagrams so a flood cannot starve OpenFlow or the API.
+Handlers return the datagrams to send; they never block. ``serve`` reads
+the socket on the hub and yields to it every few datagrams so a flood
+cannot starve OpenFlow or the API; the controller instead reads it on a
+native thread (lisp/listener_thread.py), which answers what a handler's
+``alone`` can and hands the rest to the same code here, on the hub.
 """
 from __future__ import annotations
 
