@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import eventlet
 import eventlet.event
+from eventlet.green import socket as green_socket
 import pytest
 
 from lisp_controller.api.metrics import Metrics
@@ -75,9 +76,10 @@ class System:
         app.metrics = self.metrics = Metrics(SimpleNamespace(state=self.state, datapaths=lambda: [],
                                                              mapping_system=None))
         self.ms = MappingSystem(app, parsed.lisp)
-        self.ms.listener.port = 0   # any free port
-        self.ms.bind()
-        self.address = self.ms.listener.sock.getsockname()
+        sock = green_socket.socket(socket.AF_INET, socket.SOCK_DGRAM)   # as bind() makes it, monkey-patched
+        sock.bind(("127.0.0.1", 0))   # any free port
+        self.ms.listener.sock = sock
+        self.address = sock.getsockname()
         self.greenthreads = self.ms.start()
         eventlet.sleep(0)   # let the greenthreads start
 
