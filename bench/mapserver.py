@@ -36,6 +36,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -249,6 +250,37 @@ def handler_buckets(tb, ns: str) -> dict[str, float]:
     return buckets
 
 
+def health_rtts(tb, ns: str, seconds: float, interval: float = 0.02) -> list[float]:
+    """Round trips of GET /v1/health, one every ``interval`` s for
+    ``seconds``: how long the hub takes to get to an API request."""
+    client = ApiClient(timeout=30, around=lambda: tb.netns(ns))
+    rtts, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        started = time.perf_counter()
+        client("GET", "/v1/health")
+        rtts.append(time.perf_counter() - started)
+        time.sleep(max(0.0, interval - (time.perf_counter() - started)))
+    return rtts
+
+
+def hub_while_answering(tb, ns: str, sock: socket.socket, payloads: list[bytes], rate: float) -> dict:
+    """GET /v1/health round trips idle, then while the controller answers
+    ``payloads`` at ``rate`` a second (the hub shares the interpreter
+    with the listener's thread: docs/performance.rst)."""
+    idle = health_rtts(tb, ns, len(payloads) / rate)
+    busy: list[float] = []
+    poller = threading.Thread(target=lambda: busy.extend(health_rtts(tb, ns, len(payloads) / rate)))
+    poller.start()
+    rtts = paced(sock, (SERVER, 4342), payloads, rate)
+    poller.join()
+    drain(sock)
+    ms = lambda values, q: round(percentile(values, q) * 1000, 3)   # noqa: E731
+    return {"rate": rate, "answered": len(rtts), "sent": len(payloads),
+            "health_idle_p50_ms": ms(idle, 0.5), "health_idle_p99_ms": ms(idle, 0.99),
+            "health_busy_p50_ms": ms(busy, 0.5), "health_busy_p99_ms": ms(busy, 0.99),
+            "health_busy_max_ms": round(max(busy, default=float("nan")) * 1000, 3)}
+
+
 def within(after: dict[str, float], before: dict[str, float]) -> dict:
     """The share of the requests answered between two readings of the
     histogram within each bound."""
@@ -263,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="length of the throughput runs")
     parser.add_argument("--window", type=int, default=64, help="requests outstanding in throughput runs")
     parser.add_argument("--rate", type=float, default=1000.0, help="requests per second in the latency runs")
+    parser.add_argument("--hub-rate", type=float, default=10000.0,
+                        help="requests per second while the API's latency is measured (0: leave it out)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--profile", type=Path, metavar="PREFIX",
                         help="record the controller with py-spy during its throughput and paced runs into "
@@ -328,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
                                  "paced_cpu_us_per_answer": round(paced_cpu_us, 1)}
                 if before is not None:
                     results[name]["handler"] = within(handler_buckets(tb, ns), before)
+            if args.hub_rate:
+                results["hub"] = hub_while_answering(tb, ns, sock, throughput_requests[:int(args.hub_rate * 3)],
+                                                     args.hub_rate)
         finally:
             sock.close()
         results["controller_rss_mb"] = round(int(open(f"/proc/{ctl.proc.pid}/status").read()
@@ -352,6 +389,11 @@ def main(argv: list[str] | None = None) -> int:
     shares = c["handler"]
     print(f"inside the controller at {args.rate:g}/s, arrival to answer sent: " + ", ".join(
         f"{share:.1%} within {key[7:-1]} s" for key, share in shares.items() if key[7:-1] in ("0.0005", "0.001", "0.01")))
+    if "hub" in results:
+        h = results["hub"]
+        print(f"GET /v1/health p50/p99 ms: idle {h['health_idle_p50_ms']}/{h['health_idle_p99_ms']}, while "
+              f"answering {h['rate']:g}/s ({h['answered']}/{h['sent']} answered) {h['health_busy_p50_ms']}/"
+              f"{h['health_busy_p99_ms']} (max {h['health_busy_max_ms']})")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -107,6 +107,7 @@ class Metrics:
         # and looks up its arguments on every call.
         self._series: dict[tuple, object] = {}
         self._deferred: dict[tuple, float] = {}   # PER_DATAGRAM counts not yet in their series
+        self._followed: list[tuple[ThreadCounts, dict[tuple, float]]] = []   # and what was taken of them
         self.registry.register(_StateCollector(views))
 
     # -- recording (called by the controller and the API) ------------------
@@ -126,10 +127,23 @@ class Metrics:
             series = self._series[key] = counter.labels(**labels) if labels else counter
         return series
 
+    def follow(self, counts: ThreadCounts) -> None:
+        """Add what another OS thread counts in ``counts`` to these series
+        when scraped (the control listener's thread, docs/control-plane.rst)."""
+        self._followed.append((counts, {}))
+        for name, histogram in counts.histograms.items():
+            self._control[name].others.append(histogram)
+
     def _flush(self) -> None:
         deferred, self._deferred = self._deferred, {}
         for key, amount in deferred.items():
             self._series_of(key).inc(amount)
+        for counts, taken in self._followed:
+            for key, total in dict(counts.counts).items():   # a copy made in C: the thread cannot change it midway
+                amount = total - taken.get(key, 0)
+                if amount:
+                    taken[key] = total
+                    self._series_of(key).inc(amount)
 
     def observe(self, name: str, seconds: float, count: int = 1) -> None:
         """One of CONTROL_HISTOGRAMS (the control listener's latencies):
@@ -174,6 +188,7 @@ class PlainHistogram:
         self.bounds = tuple(buckets)
         self.counts = [0] * (len(self.bounds) + 1)   # per bucket, not cumulative; the last is +Inf
         self.sum = 0.0
+        self.others: list[PlainHistogram] = []   # kept by other threads, added in when scraped (Metrics.follow)
 
     def observe(self, value: float, count: int = 1) -> None:
         """``count`` observations of ``value``."""
@@ -184,11 +199,37 @@ class PlainHistogram:
         return []
 
     def collect(self) -> Iterator[Metric]:
+        counts, total_sum = list(self.counts), self.sum
+        for other in self.others:   # copies made in C, read while their thread may add to them
+            counts = [a + b for a, b in zip(counts, list(other.counts))]
+            total_sum += other.sum
         buckets, total = [], 0
-        for bound, count in zip((*self.bounds, math.inf), self.counts):
+        for bound, count in zip((*self.bounds, math.inf), counts):
             total += count
             buckets.append((floatToGoString(bound), total))
-        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=self.sum)
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total_sum)
+
+
+class ThreadCounts:
+    """Counters and control latencies kept by one OS thread other than the
+    hub's: the control listener's, which answers the common Map-Requests
+    (docs/control-plane.rst, "The listener thread"). Only that thread
+    writes them, as plain numbers (no lock: the library's is a green one
+    here, which a native thread must not take); the hub's ``Metrics``
+    reads them when scraped (``Metrics.follow``). A scrape may see a
+    histogram's count one batch ahead of its sum, never a count lost."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple, float] = {}   # (name, *labels) -> total so far
+        self.histograms = {name: PlainHistogram(name, text, CONTROL_BUCKETS)
+                           for name, text in CONTROL_HISTOGRAMS.items()}
+
+    def inc(self, name: str, amount: float = 1, **labels: str) -> None:
+        key = (name, *labels.items())
+        self.counts[key] = self.counts.get(key, 0) + amount
+
+    def observe(self, name: str, seconds: float, count: int = 1) -> None:
+        self.histograms[name].observe(seconds, count)
 
 
 class _StateCollector:

@@ -9,14 +9,18 @@ handler is caught and counted for that one datagram, and what is logged about
 a source is logged once per reason per minute. Nothing about a refusal is
 sent back.
 
-Handlers return the datagrams to send; they never block. The loop yields to
-the hub every few datagrams so a flood cannot starve OpenFlow or the API.
+Handlers return the datagrams to send; they never block. ``serve`` reads
+the socket on the hub and yields to it every few datagrams so a flood
+cannot starve OpenFlow or the API; the controller instead reads it on a
+native thread (lisp/listener_thread.py), which answers what a handler's
+``alone`` can and hands the rest to the same code here, on the hub.
 """
 from __future__ import annotations
 
 import logging
 import socket
 import time
+import traceback
 from typing import Callable, Iterable
 
 from lisp_controller.lisp.addresses import LispDecodeError
@@ -35,6 +39,14 @@ _TYPES = {cls.TYPE: cls for cls in (MapRequest, MapReply, MapRegister, MapNotify
 
 Handler = Callable[[object, bytes, Source], Iterable[Send]]
 RefusedCallback = Callable[[str, Source], None]
+# What the listener thread answers alone (lisp/listener_thread.py): the
+# datagrams to send, or None for the hub to answer; raises Refused.
+Alone = Callable[[bytes, Source], "list[Send] | None"]
+Report = Callable[..., None]   # report(function, *args): call it now (hub) or hand it to the hub (thread)
+
+
+def _now(function: Callable[..., None], *args) -> None:
+    function(*args)
 
 
 class NoMetrics:
@@ -44,6 +56,9 @@ class NoMetrics:
         pass
 
     def observe(self, name: str, value: float, count: int = 1) -> None:
+        pass
+
+    def follow(self, counts: object) -> None:
         pass
 
 
@@ -146,7 +161,10 @@ class ControlListener:
     hears of each datagram of that type refused before or by the handler;
     the time from receipt to the answer being ready goes to the histogram
     ``latency``. Types without a handler are dropped undecoded and
-    counted."""
+    counted. ``alone(raw, source)`` answers datagrams of that type on the
+    listener thread, when one serves (lisp/listener_thread.py): the
+    datagrams to send, or None to hand the datagram to ``handler`` on the
+    hub."""
 
     def __init__(self, address: str, port: int, metrics=None, max_sources: int = 65536,
                  clock: Callable[[], float] = time.monotonic):
@@ -159,9 +177,9 @@ class ControlListener:
 
     def on(self, message_class: type, handler: Handler, refused: RefusedCallback = lambda r, s: None,
            rate: float | None = None, latency: str | None = None,
-           decoder: Callable[[bytes], object] = decode) -> None:
+           decoder: Callable[[bytes], object] = decode, alone: Alone | None = None) -> None:
         limiter = RateLimiter(rate, self.max_sources, self.clock) if rate is not None else None
-        self._handlers[message_class.TYPE] = (handler, refused, limiter, latency, decoder)
+        self._handlers[message_class.TYPE] = (handler, refused, limiter, latency, decoder, alone)
 
     def count(self, name: str, **labels: str) -> None:
         self.metrics.inc(name, **labels)
@@ -265,34 +283,79 @@ class ControlListener:
             self.metrics.observe(latency, time.perf_counter() - started)
         return sends
 
-    def _handle(self, data: bytes, source: Source, now: float) -> tuple[list[Send], str | None]:
+    def _handle(self, data: bytes, source: Source, now: float, report: Report = _now,
+                alone: bool = False) -> tuple[list[Send] | None, str | None]:
         """The datagrams to send for one datagram, and the latency histogram
         to record it in (None if it was refused or has none); never raises.
-        ``now`` is the rate limits' clock when it was read."""
+        ``now`` is the rate limits' clock when it was read. On the listener
+        thread (``alone``) only the type's ``alone`` answers, None (for the
+        datagrams) means the hub's handler must, and what is counted or
+        logged about a refusal goes through ``report`` to the hub."""
         entry = self._handlers.get(data[0] >> 4) if data else None
         if entry is None:
             kind = data[0] >> 4 if data else None
             reason = "empty" if kind is None else "unhandled-type"
-            self.count("lisp_control_dropped_total", reason=reason)
-            self._log(source, reason, f"message type {kind} has no handler here")
+            report(self._drop, reason, source, f"message type {kind} has no handler here")
             return [], None
-        handler, refused, limiter, latency, decoder = entry
+        handler, refused, limiter, latency, decoder, answer_alone = entry
+        if limiter is not None and not limiter.allow(source[0], now):
+            report(self._refuse, refused, source, "rate-limited",
+                   f"{_name(data)} refused: rate-limited: more than {limiter.rate:g} {_name(data)} per second")
+            return [], None
+        if not alone:
+            return self._answer(entry, data, source)
+        if answer_alone is None:
+            return None, latency
         try:
-            if limiter is not None and not limiter.allow(source[0], now):
-                raise Refused("rate-limited", f"more than {limiter.rate:g} {_name(data)} per second")
+            sends = answer_alone(data, source)
+            return (None if sends is None else list(sends)), latency
+        except Refused as e:
+            report(self._refuse, refused, source, e.reason, f"{_name(data)} refused: {e}")
+        except Exception:   # a bug must cost one datagram, never the listener
+            report(self._fail, source, data, traceback.format_exc())
+        return [], None
+
+    def _answer(self, entry: tuple, data: bytes, source: Source) -> tuple[list[Send], str | None]:
+        """Decode and answer an admitted datagram on the hub; never raises."""
+        handler, refused, _, latency, decoder, _ = entry
+        try:
             try:
                 message = decoder(data)
             except LispDecodeError as e:
                 raise Refused(decode_refusal(e), str(e)) from None
             return list(handler(message, data, source)), latency
         except Refused as e:
-            refused(e.reason, source)
-            self._log(source, e.reason, f"{_name(data)} refused: {e}")
+            self._refuse(refused, source, e.reason, f"{_name(data)} refused: {e}")
         except Exception:   # a bug must cost one datagram, never the listener
-            self.count("lisp_control_dropped_total", reason="handler-error")
-            if self.should_log(source[0], "handler-error"):
-                LOG.exception("LISP control: %s from %s failed", _name(data), source[0])
+            self._fail(source, data, None)
         return [], None
+
+    def answer_handed(self, data: bytes, source: Source, arrived: float) -> list[Send]:
+        """On the hub, a datagram the listener thread admitted but could not
+        answer alone: decoded and given to its handler (``arrived``: when
+        its batch was read, on ``time.perf_counter``)."""
+        sends, latency = self._answer(self._handlers[data[0] >> 4], data, source)
+        if latency is not None:
+            self.metrics.observe(latency, time.perf_counter() - arrived)
+        return sends
+
+    def _drop(self, reason: str, source: Source, text: str) -> None:
+        self.count("lisp_control_dropped_total", reason=reason)
+        self._log(source, reason, text)
+
+    def _refuse(self, refused: RefusedCallback, source: Source, reason: str, text: str) -> None:
+        refused(reason, source)
+        self._log(source, reason, text)
+
+    def _fail(self, source: Source, data: bytes, trace: str | None) -> None:
+        """A handler's bug (``trace``: its traceback, if it was on the thread)."""
+        self.count("lisp_control_dropped_total", reason="handler-error")
+        if self.should_log(source[0], "handler-error"):
+            if trace is None:
+                LOG.exception("LISP control: %s from %s failed", _name(data), source[0])
+            else:
+                LOG.error("LISP control: %s from %s failed on the listener thread:\n%s", _name(data), source[0],
+                          trace.rstrip())
 
     def _log(self, source: Source, reason: str, text: str) -> None:
         if self.should_log(source[0], reason):

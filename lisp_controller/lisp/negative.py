@@ -79,9 +79,14 @@ class PrefixOrder:
     def __len__(self) -> int:
         return len(self._keys)
 
-    def add(self, key: tuple[int, int, int, int]) -> None:
+    def add(self, key: tuple[int, int, int, int], mapping: object = None) -> None:
         self._keys.add(key)
         self.changes += 1
+
+    def replace(self, key: tuple[int, int, int, int], mapping: object) -> None:
+        """A mapping put in place of another: the prefixes stay as they are
+        (answers cached from the old mapping are told apart by identity,
+        see ``MapResolver._positive``)."""
 
     def discard(self, key: tuple[int, int, int, int]) -> None:
         self._keys.discard(key)

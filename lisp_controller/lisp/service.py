@@ -21,8 +21,10 @@ from lisp_controller.controller.state import Change
 from lisp_controller.lisp.common_request import Query, decode_request
 from lisp_controller.lisp.config import ALGORITHM_NAMES, LispSettings
 from lisp_controller.lisp.listener import ControlListener
+from lisp_controller.lisp.listener_thread import ListenerThread
 from lisp_controller.lisp.mapserver import Key, MapResolver, MapServer, Registration, Send, Source
 from lisp_controller.lisp.messages import EncapsulatedControlMessage, MapRegister
+from lisp_controller.lisp.mirror import ResolverMirror
 from lisp_controller.lisp.negative import PrefixOrder
 from lisp_controller.model import Mapping
 
@@ -44,10 +46,10 @@ class MappingSystem:
         self.metrics = app.metrics   # its names: api/metrics.py (COUNTERS, CONTROL_HISTOGRAMS)
         self.listener = ControlListener(settings.listen, settings.port, self.metrics, settings.max_sources)
         self.resolver = MapResolver(state.cache, self.order, self.server, settings, self.listener.family)
-        self.listener.on(MapRegister, self._register, self._register_refused, settings.register_rate,
-                         "lisp_map_register_seconds")
-        self.listener.on(EncapsulatedControlMessage, self._request, self._request_refused,
-                         settings.request_rate, "lisp_map_request_seconds", decode_request)
+        # The common Map-Requests are answered on the listener's thread from a
+        # copy of what the resolver reads, fed by the hub (lisp/mirror.py).
+        self.thread: ListenerThread | None = None
+        self.mirror: ResolverMirror | None = None
         self._pending: dict[Key, Mapping | None] = {}   # learned (or None: forget) since the last commit
         self._wake = hub.Event()
 
@@ -56,20 +58,43 @@ class MappingSystem:
         self.listener.bind()
 
     def start(self) -> list:
-        return [hub.spawn(self.listener.serve), hub.spawn(self._apply_loop), hub.spawn(self._expire_loop)]
+        """The listener's thread and the greenthreads of the mapping system."""
+        self.thread = ListenerThread(self.listener)
+        self.mirror = ResolverMirror(self.app.state.cache, self.server, self.settings, self.listener.family,
+                                     self.thread.counts.inc)
+        self.thread.before_batch = self.mirror.catch_up
+        self.listener.on(MapRegister, self._register, self._register_refused, self.settings.register_rate,
+                         "lisp_map_register_seconds")
+        self.listener.on(EncapsulatedControlMessage, self._request, self._request_refused,
+                         self.settings.request_rate, "lisp_map_request_seconds", decode_request,
+                         alone=self.mirror.answer)
+        return [hub.spawn(self.thread.serve), hub.spawn(self._apply_loop), hub.spawn(self._expire_loop)]
+
+    def stop(self) -> None:
+        """Stop the listener's thread and close its socket (also done when
+        its greenthread is killed)."""
+        if self.thread is not None:
+            self.thread.stop()
 
     # -- handlers (called by the listener, one datagram each) --------------------
     def _register(self, message: MapRegister, raw: bytes, source: Source) -> list[Send]:
         accepted = self.server.register(raw, message, source)
         for m in accepted.learn:
             self._pending[m.key] = m
+            self._registered(m.key)
         for key in accepted.forget:
             self._pending[key] = None
+            self._registered(key)
         self._wake.set()
         self.metrics.inc("lisp_map_registers_accepted_total")
         LOG.debug("site %s: Map-Register from %s:%d: %d registered, %d withdrawn", accepted.site, *source,
                   len(accepted.learn), len(accepted.forget))
         return [(accepted.notify, source)] if accepted.notify is not None else []
+
+    def _registered(self, key: Key) -> None:
+        """Tell the listener thread's copy what the Map-Server holds for ``key`` now."""
+        if self.mirror is not None:
+            self.mirror.registered(key, self.server.registrations.get(key))
 
     def _register_refused(self, reason: str, source: Source) -> None:
         self.metrics.inc("lisp_map_registers_refused_total", reason=reason)
@@ -112,6 +137,7 @@ class MappingSystem:
                          ", ".join(f"{iid}:{eid}" for iid, eid in gone[:10]))
                 for key in gone:   # the state forgets them by itself; this makes sure
                     self._pending.setdefault(key, None)
+                    self._registered(key)
                 self._wake.set()
 
     # -- views for the API ---------------------------------------------------------

@@ -238,7 +238,7 @@ class MapCache:
         self._count = 0
         self._sources: dict[str, int] = {}  # mappings by source, kept as they come and go
         self._order = SortedList()  # order_key of every mapping
-        self._watcher = None  # told of every prefix that comes and goes (see watch)
+        self._watchers: list = []  # told of every mapping that comes, is replaced or goes (see watch)
         for m in mappings:
             self.add(m)
 
@@ -254,16 +254,19 @@ class MapCache:
         return self.get(*key) is not None
 
     def watch(self, watcher) -> None:
-        """Call ``watcher.add(key)`` for every prefix held now and each one
-        added later, ``watcher.discard(key)`` for each one removed (keys are
-        ``prefix_key`` tuples). The Map-Resolver keeps its prefixes in
-        address order this way (lisp/negative.py); without a watcher the
-        map-cache pays nothing."""
-        self._watcher = watcher
+        """Call ``watcher.add(key, mapping)`` for every mapping held now and
+        each prefix added later, ``watcher.replace(key, mapping)`` for each
+        mapping put in place of another, ``watcher.discard(key)`` for each
+        prefix removed (keys are ``prefix_key`` tuples), as each change is
+        made. The Map-Resolver keeps its prefixes in address order this way
+        (lisp/negative.py), and the control listener's thread its copy of
+        the map-cache (lisp/mirror.py); without a watcher the map-cache pays
+        nothing."""
+        self._watchers.append(watcher)
         for (iid, version), lengths in self._buckets.items():
             for length, bucket in lengths.items():
-                for network in bucket:
-                    watcher.add((iid, version, network, length))
+                for network, mapping in bucket.items():
+                    watcher.add((iid, version, network, length), mapping)
 
     def get(self, iid: int, eid: Prefix) -> Mapping | None:
         _, version, network, length = prefix_key(iid, eid)
@@ -290,11 +293,13 @@ class MapCache:
         sources[mapping.source] = sources.get(mapping.source, 0) + 1
         if old is not None:
             self._forget_source(old.source)
+            for watcher in self._watchers:
+                watcher.replace((iid, version, network, length), mapping)
         else:
             self._count += 1
             self._order.add(order_key(iid, version, network, length))
-            if self._watcher is not None:
-                self._watcher.add((iid, version, network, length))
+            for watcher in self._watchers:
+                watcher.add((iid, version, network, length), mapping)
         return old
 
     def remove(self, iid: int, eid: Prefix, key: tuple | None = None) -> Mapping | None:
@@ -308,8 +313,8 @@ class MapCache:
             self._order.remove(order_key(iid, version, network, length))
             if not bucket:
                 del lengths[length]
-            if self._watcher is not None:
-                self._watcher.discard((iid, version, network, length))
+            for watcher in self._watchers:
+                watcher.discard((iid, version, network, length))
         return mapping
 
     def sources(self) -> dict[str, int]:
