@@ -67,7 +67,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.run import RLOC, Bench, bulk_body  # noqa: E402
 from lisp_controller.cli.api import ApiClient  # noqa: E402
-from lab.testbed import Testbed, wait_until  # noqa: E402
+from lab.processes import wait_until  # noqa: E402
+from lab.testbed import Testbed  # noqa: E402
 
 OFPT_HELLO, OFPT_ECHO_REQUEST, OFPT_ECHO_REPLY = 0, 2, 3
 OFPT_FEATURES_REQUEST, OFPT_FEATURES_REPLY = 5, 6

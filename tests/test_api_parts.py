@@ -167,7 +167,6 @@ def test_a_batch_of_control_datagrams_is_observed_as_that_many_observations():
     """The control listener records a batch's datagrams, which share one
     latency, with one call (lisp/listener.py): the text must be that of as
     many single observations."""
-    from lisp_controller.api.metrics import render
     single, batched = Metrics(FakeController(mappings=0, desired=0)), Metrics(FakeController(mappings=0, desired=0))
     for value, count in ((2 ** -15, 7), (2 ** -12, 1), (2 ** -8, 32), (2.0, 3)):   # sums exact in binary
         for _ in range(count):
