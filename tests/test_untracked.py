@@ -98,3 +98,20 @@ def test_untracked_containers_stay_untracked_only_where_cpython_keeps_them_so():
     assert gc.is_tracked(by_key)
     untrack_all((by_key, items))
     assert not gc.is_tracked(by_key) and by_key == {1: m, 2: m} and items == [m]
+
+
+def test_many_small_changes_leave_nothing_tracked_in_the_history():
+    """The history of shared flows keeps thousands of small changes until
+    its bound in cookies lets them go: numbers only, none of it tracked
+    (a bridge flapping under changes grew three tracked objects a change)."""
+    state = State(CONFIG)
+    state.apply(Change(put=_mappings(10)))
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(200):
+        state.apply(Change(put=[Mapping.parse({"iid": 7, "eid": f"10.{100 + i // 100}.{i % 100}.0/24",
+                                               "rlocs": ["192.0.2.9"]}, source="api")]))
+    history = state.shared.history
+    assert len(history) > 200 and not any(gc.is_tracked(x) for e in history for x in (e, e[1], e[2]))
+    gc.collect()
+    assert len(gc.get_objects()) - before < 200, "a tracked object or more per change"

@@ -232,7 +232,12 @@ class SharedFlows(collections.abc.Mapping):
         return added, removed
 
     def _remember(self, generation: int, added: array.array, removed: array.array) -> None:
-        self.history.append((generation, added, removed))
+        # Numbers only: the collector has nothing to find in an entry, and
+        # thousands of small changes would otherwise keep three tracked
+        # objects each until the history lets them go (model/untracked.py).
+        entry = (generation, added, removed)
+        untrack_all((entry, added, removed))
+        self.history.append(entry)
         self._history_cookies += len(added) + len(removed)
         while len(self.history) > 1 and self._history_cookies > HISTORY_COOKIES:
             _, a, r = self.history.popleft()
