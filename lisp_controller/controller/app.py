@@ -205,12 +205,12 @@ class LispControllerApp(app_manager.OSKenApp):
 
     def flows_ahead(self) -> dict[int, bytes]:
         """Learned flows the xTR sent to the bridges ahead of their commit,
-        by cookie (lisp/xtr.py): a sync counts them as wanted."""
-        return self.xtr.flows_ahead() if self.xtr is not None else {}
+        by cookie (lisp/installer.py): a sync counts them as wanted."""
+        return self.xtr.installer.flows_ahead() if self.xtr is not None else {}
 
     def flow_ahead(self, cookie: int) -> bool:
         """Whether `cookie` is one of `flows_ahead`."""
-        return self.xtr is not None and self.xtr.flow_ahead(cookie)
+        return self.xtr is not None and self.xtr.installer.flow_ahead(cookie)
 
     def _publish_applied(self) -> None:
         """Tell the other controllers (through the store) each time the
