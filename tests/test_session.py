@@ -244,7 +244,7 @@ def test_a_deep_check_while_changes_wait_reports_and_repairs_nothing(caplog):
 
 def test_learned_flows_sent_ahead_of_their_commit_are_kept_by_full_and_deep_syncs(caplog):
     """The xTR sends a learned flow to the bridge before the state holds it
-    (lisp/xtr.py): until its commit is confirmed it is wanted, not drift.
+    (lisp/installer.py): until its commit is confirmed it is wanted, not drift.
     A deep check that finds it neither counts it as unwanted nor deletes
     it; a full sync after reading the bridge leaves it too."""
     from lisp_controller.model import prefix_key

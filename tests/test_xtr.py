@@ -528,6 +528,7 @@ def test_a_new_rloc_is_probed_once_before_the_held_packets_go(monkeypatch):
     """OVS drops a packet to an RLOC whose next hop it has not resolved: the
     xTR makes it resolve it first, once per bridge and RLOC a minute."""
     from types import SimpleNamespace
+    from lisp_controller.lisp import installer as installer_module
     from lisp_controller.lisp import xtr as xtr_module
     from lisp_controller.openflow import encode
     sent = []
@@ -544,15 +545,15 @@ def test_a_new_rloc_is_probed_once_before_the_held_packets_go(monkeypatch):
         local = Mapping(1000, parse_prefix("10.8.0.0/16"), (xtr_module_rloc("192.0.2.1"),), ttl=5,
                         source="map-resolver")
         held = Held(1, 1, b"frame")
-        x._probe(Resolution((1000, remote.eid), [remote, local], [held]))
-        x._probe(Resolution((1000, remote.eid), [remote], [held]))  # within the minute: not again
+        x.installer.probe(Resolution((1000, remote.eid), [remote, local], [held]))
+        x.installer.probe(Resolution((1000, remote.eid), [remote], [held]))  # within the minute: not again
     finally:
         sock.close()
     from lisp_controller.pipeline.actions import output, set_field
     assert sent == [encode.packet_out((set_field("tun_ipv4_dst", V4("192.0.2.9")),
-                                       set_field("tunnel_id", xtr_module.PROBE_IID), output(3)),
-                                      xtr_module.probe_frame())]
-    frame = xtr_module.probe_frame()
+                                       set_field("tunnel_id", installer_module.PROBE_IID), output(3)),
+                                      installer_module.probe_frame())]
+    frame = installer_module.probe_frame()
     assert frame[12:14] == b"\x08\x00" and frame[14 + 8] == 0  # IPv4, TTL 0
 
 
@@ -609,6 +610,7 @@ class WireDatapath:
 def _xtr_on_a_wire(monkeypatch, refuse: set[int] = frozenset(), owners: dict | None = None):
     """An Xtr whose one bridge (datapath 1) is a real Switch on a
     WireDatapath; commits are recorded, greenthreads run when the test says."""
+    from lisp_controller.lisp import installer as installer_module
     from lisp_controller.lisp import xtr as xtr_module
     from lisp_controller.openflow.switch import Switch
     dp = WireDatapath(refuse)
@@ -622,7 +624,7 @@ def _xtr_on_a_wire(monkeypatch, refuse: set[int] = frozenset(), owners: dict | N
                                                                        cache=MapCache()),
                           apply_change=lambda change, wait=None: commits.append(change) or [])
     spawned: list = []
-    monkeypatch.setattr(xtr_module.hub, "spawn", lambda f, *args: spawned.append((f, args)))
+    monkeypatch.setattr(installer_module.hub, "spawn", lambda f, *args: spawned.append((f, args)))
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     x = xtr_module.Xtr(app, resolver_settings("127.0.0.1"), sock)
@@ -661,7 +663,7 @@ def test_a_learned_flow_goes_out_with_its_packets_right_behind_it_before_its_com
     session = x.app.sessions[1]
     try:
         batch = [Resolution(m.key, [m], [Held(1, 1, bytes([n]))]) for n, m in enumerate((one, group, owned))]
-        x._install(batch)
+        x.installer.install(batch)
         # Written before the installer returns, without waiting for the
         # switch nor for the commit; the barrier is waited for on the side.
         assert len(dp.writes) == 1 and commits == [] and session.noted == []
@@ -673,16 +675,16 @@ def test_a_learned_flow_goes_out_with_its_packets_right_behind_it_before_its_com
         assert write[0][1][8:] == flow[8:] and write[2][1][8:] == out(0)[8:]
         assert commits == [] and x.resolver.counts["learned_ahead"] == 1
         cookie = mapping_flow_mod(one, prefix_key(1000, one.eid))[0]
-        assert x.flows_ahead() == {cookie: flow}
+        assert x.installer.flows_ahead() == {cookie: flow}
         assert session.noted == [cookie]  # confirmed: the commit's sync need not send it again
         # Another packet to the EID that went ahead is sent on, not asked about again.
         x.packet_in(1, 1, 1000, _frame_to("10.9.0.7"))
         assert [t for t, _ in dp.writes[-1]] == [13] and not x.resolver.pending()
         # The commit: everything learned, then the packets that waited for it.
         dp.writes.clear()
-        x._commit_pending()
+        x.installer.commit_pending()
         assert [m.eid for m in commits[0].learn] == [one.eid, group.eid, owned.eid]
-        assert not list(x._ahead) and x.flows_ahead() == {}
+        assert not list(x.installer._ahead) and x.installer.flows_ahead() == {}
         assert [[m[8:] for _, m in w] for w in dp.writes] == [[out(1)[8:], out(2)[8:]]]
     finally:
         sock.close()
@@ -695,13 +697,13 @@ def test_a_learned_flow_is_committed_once_its_bridges_answered_not_while_in_flig
     one = _learned("10.9.0.0/24", "192.0.2.1")
     x, dp, commits, spawned, sock = _xtr_on_a_wire(monkeypatch)
     try:
-        x._install([Resolution(one.key, [one], [])])
-        x._commit_pending()   # in flight: nothing to commit yet
-        assert commits == [] and x._ahead.get(one.iid, one.eid) is one
+        x.installer.install([Resolution(one.key, [one], [])])
+        x.installer.commit_pending()   # in flight: nothing to commit yet
+        assert commits == [] and x.installer._ahead.get(one.iid, one.eid) is one
         _run(spawned)
         assert x.app.sessions[1].noted == [mapping_flow_mod(one, prefix_key(1000, one.eid))[0]]
-        x._commit_pending()
-        assert [m.eid for m in commits[0].learn] == [one.eid] and not list(x._ahead)
+        x.installer.commit_pending()
+        assert [m.eid for m in commits[0].learn] == [one.eid] and not list(x.installer._ahead)
     finally:
         sock.close()
 
@@ -715,12 +717,12 @@ def test_a_refused_learned_flow_drops_its_packets_instead_of_sending_them_round(
     cookie = mapping_flow_mod(refused, prefix_key(1000, refused.eid))[0]
     x, dp, commits, spawned, sock = _xtr_on_a_wire(monkeypatch, refuse={cookie})
     try:
-        x._install([Resolution(m.key, [m], [Held(1, 1, bytes([n]))]) for n, m in enumerate((refused, fine))])
+        x.installer.install([Resolution(m.key, [m], [Held(1, 1, bytes([n]))]) for n, m in enumerate((refused, fine))])
         _run(spawned)
         assert [t for t, _ in dp.writes[0]] == [14, 14, 20, 13, 13]
         assert x.resolver.counts["learned_refused"] == 1
         assert x.app.sessions[1].noted == [mapping_flow_mod(fine, prefix_key(1000, fine.eid))[0]]
-        assert x._refused == {(1, refused.key): cookie}
+        assert x.installer._refused == {(1, refused.key): cookie}
         dp.writes.clear()
         for n in range(2):  # the packet that came back, and the next one
             x.packet_in(1, 1, 1000, _frame_to("10.9.0.7"))
@@ -728,13 +730,13 @@ def test_a_refused_learned_flow_drops_its_packets_instead_of_sending_them_round(
         x.packet_in(1, 1, 1000, _frame_to("10.9.1.7"))
         assert [t for t, _ in dp.writes[0]] == [13]
         # Still learned: committed like the other (the bridge's sync tries it again and reports it).
-        x._commit_pending()
+        x.installer.commit_pending()
         assert {m.eid for m in commits[0].learn} == {refused.eid, fine.eid}
         # Asked again later (its TTL ran out) and taken this time: its packets go on again.
         dp.refuse = set()
-        x._install([Resolution(refused.key, [refused], [])])
+        x.installer.install([Resolution(refused.key, [refused], [])])
         _run(spawned)
-        assert x._refused == {}
+        assert x.installer._refused == {}
         dp.writes.clear()
         x.packet_in(1, 1, 1000, _frame_to("10.9.0.7"))
         assert [t for t, _ in dp.writes[0]] == [13]

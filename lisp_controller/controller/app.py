@@ -21,6 +21,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from lisp_controller.pipeline.compiler import T_MAPCACHE, T_TOO_BIG, compile_local
 from lisp_controller.config import Config
+from lisp_controller.controller.bridgestatus import datapath_view
 from lisp_controller.controller.flowlist import FlowList
 from lisp_controller.controller.counters import CounterCache, Snapshot, add_bucket_counts
 from lisp_controller.controller.gcpause import BIG, breathe, gc_paused
@@ -205,12 +206,12 @@ class LispControllerApp(app_manager.OSKenApp):
 
     def flows_ahead(self) -> dict[int, bytes]:
         """Learned flows the xTR sent to the bridges ahead of their commit,
-        by cookie (lisp/xtr.py): a sync counts them as wanted."""
-        return self.xtr.flows_ahead() if self.xtr is not None else {}
+        by cookie (lisp/installer.py): a sync counts them as wanted."""
+        return self.xtr.installer.flows_ahead() if self.xtr is not None else {}
 
     def flow_ahead(self, cookie: int) -> bool:
         """Whether `cookie` is one of `flows_ahead`."""
-        return self.xtr is not None and self.xtr.flow_ahead(cookie)
+        return self.xtr is not None and self.xtr.installer.flow_ahead(cookie)
 
     def _publish_applied(self) -> None:
         """Tell the other controllers (through the store) each time the
@@ -301,10 +302,11 @@ class LispControllerApp(app_manager.OSKenApp):
     def datapaths(self) -> list[dict]:
         """Every configured bridge, connected or not, then any connected
         datapath the config does not know."""
-        by_label = {s.status.bridge.label: s for s in self._attached()}
-        out = [{**_datapath_view(b, by_label.get(b.label), self.membership), **self.pathmtu.view(b)}
+        by_label = {s.status.bridge.label: s.status for s in self._attached()}
+        out = [{**datapath_view(b, by_label.get(b.label), self.membership), **self.pathmtu.view(b)}
                for b in self.state.bridges.values()]
-        out += [_datapath_view(None, s, self.membership) for s in self.sessions.values() if s.status.bridge is None]
+        out += [datapath_view(None, s.status, self.membership) for s in self.sessions.values()
+                if s.status.bridge is None]
         return out
 
     def instances(self) -> dict:
@@ -463,47 +465,3 @@ def _nothing(label: str) -> None:
 def _size(change: Change) -> int:
     """Mappings a change puts, learns and deletes."""
     return len(change.put) + len(change.delete) + len(change.learn) + len(change.forget)
-
-
-def _iso(t: float | None) -> str | None:
-    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
-def _datapath_view(bridge: Bridge | None, session: BridgeSession | None, membership=None) -> dict:
-    st = session.status if session is not None else None
-    dpid = bridge.datapath_id if bridge is not None and bridge.datapath_id is not None else \
-        (st.datapath_id if st is not None else None)
-    return {
-        "bridge": bridge.label if bridge is not None else f"{st.datapath_id:016x}",
-        "configured": bridge is not None,
-        "datapath_id": f"{dpid:016x}" if dpid is not None else None,
-        "name": (st.name if st is not None else None) or (bridge.name if bridge is not None else None),
-        "connected": st is not None,
-        "connected_since": _iso(st.connected_since) if st else None,
-        "address": st.address if st else None,
-        "rloc": str(bridge.rloc) if bridge else None,
-        "tunnel_profile": bridge.profile if bridge else None,
-        "tunnel_port": bridge.tunnel_port if bridge else None,
-        "ports": dict(sorted(st.ports.items(), key=lambda kv: kv[1])) if st else {},
-        "missing_ports": list(st.missing_ports) if st else [],
-        "flows_desired": st.flows_desired if st else None,
-        "flows_installed": st.flows_installed if st else None,
-        "flow_mods_sent": st.flow_mods_sent if st else 0,
-        "groups_desired": st.groups_desired if st else None,
-        "groups_installed": st.groups_installed if st else None,
-        "group_mods_sent": st.group_mods_sent if st else 0,
-        "last_reconcile": _iso(st.last_reconcile) if st else None,
-        "last_reconcile_ms": round(st.last_reconcile_ms, 1) if st and st.last_reconcile_ms is not None else None,
-        "verified_ms": st.verified_ms if st else None,
-        "last_verify": _iso(st.last_verify) if st else None,
-        "last_verify_ms": st.last_verify_ms if st else None,
-        "flows_repaired": st.flows_repaired if st else 0,
-        "flows_rejected": st.last_rejected if st else 0,
-        "errors": list(st.errors) if st else [],
-        "degraded": bool(st and st.degraded),
-        # OpenFlow role of this instance's connection, and the instance etcd
-        # names master (docs/etcd.rst); alone: equal, and no master named.
-        "role": st.role if st else None,
-        "generation": st.generation if st else None,
-        "master": membership.master_of(dpid) if membership is not None and dpid is not None else None,
-    }

@@ -1,6 +1,6 @@
 """What the API and logs say about one bridge: its session's status
-(controller/session.py keeps it up to date; `/v1/datapaths` shows it) and
-the words its log lines share."""
+(controller/session.py keeps it up to date; `/v1/datapaths` shows it,
+`datapath_view`) and the words its log lines share."""
 from __future__ import annotations
 
 import logging
@@ -82,3 +82,49 @@ def groups_text(plan) -> str:
     if not len(plan):
         return ""
     return f"; groups: {len(plan.add)} added, {len(plan.modify)} changed, {len(plan.delete)} removed"
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def datapath_view(bridge: Bridge | None, st: BridgeStatus | None, membership=None) -> dict:
+    """One entry of ``/v1/datapaths``: a configured bridge (``bridge``), a
+    connected datapath (``st``, its session's status), or both; with
+    several instances, which one masters it (``membership``)."""
+    dpid = bridge.datapath_id if bridge is not None and bridge.datapath_id is not None else \
+        (st.datapath_id if st is not None else None)
+    return {
+        "bridge": bridge.label if bridge is not None else f"{st.datapath_id:016x}",
+        "configured": bridge is not None,
+        "datapath_id": f"{dpid:016x}" if dpid is not None else None,
+        "name": (st.name if st is not None else None) or (bridge.name if bridge is not None else None),
+        "connected": st is not None,
+        "connected_since": _iso(st.connected_since) if st else None,
+        "address": st.address if st else None,
+        "rloc": str(bridge.rloc) if bridge else None,
+        "tunnel_profile": bridge.profile if bridge else None,
+        "tunnel_port": bridge.tunnel_port if bridge else None,
+        "ports": dict(sorted(st.ports.items(), key=lambda kv: kv[1])) if st else {},
+        "missing_ports": list(st.missing_ports) if st else [],
+        "flows_desired": st.flows_desired if st else None,
+        "flows_installed": st.flows_installed if st else None,
+        "flow_mods_sent": st.flow_mods_sent if st else 0,
+        "groups_desired": st.groups_desired if st else None,
+        "groups_installed": st.groups_installed if st else None,
+        "group_mods_sent": st.group_mods_sent if st else 0,
+        "last_reconcile": _iso(st.last_reconcile) if st else None,
+        "last_reconcile_ms": round(st.last_reconcile_ms, 1) if st and st.last_reconcile_ms is not None else None,
+        "verified_ms": st.verified_ms if st else None,
+        "last_verify": _iso(st.last_verify) if st else None,
+        "last_verify_ms": st.last_verify_ms if st else None,
+        "flows_repaired": st.flows_repaired if st else 0,
+        "flows_rejected": st.last_rejected if st else 0,
+        "errors": list(st.errors) if st else [],
+        "degraded": bool(st and st.degraded),
+        # OpenFlow role of this instance's connection, and the instance etcd
+        # names master (docs/etcd.rst); alone: equal, and no master named.
+        "role": st.role if st else None,
+        "generation": st.generation if st else None,
+        "master": membership.master_of(dpid) if membership is not None and dpid is not None else None,
+    }

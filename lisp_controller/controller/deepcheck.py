@@ -60,7 +60,7 @@ def deep_check(session: "BridgeSession", compiled: Compiled, expected: Mapping[i
     """Read every flow of ours and count one whose content differs from
     its cookie's flow twice, so reconcile replaces it. Returns the learned
     flows the xTR sent ahead of their commit, as they are after the read:
-    the bridge may hold them and should (lisp/xtr.py); they are not drift.
+    the bridge may hold them and should (lisp/installer.py); they are not drift.
     Their commit waits for this session's sync, so none of them is
     committed and dropped from the xTR's list meanwhile.
 

@@ -2,8 +2,9 @@
 the LISP control listener and the sites this controller is the Map-Server of
 (docs/control-plane.rst).
 
-Kept apart from ``lisp_controller/config.py`` so the control plane's settings
-have one home; ``parse_lisp`` collects problems in the same one-line form.
+Kept apart from the config package (``lisp_controller/config/``) so the
+control plane's settings have one home; ``parse_lisp`` collects problems in
+the same one-line form.
 """
 from __future__ import annotations
 
