@@ -5,7 +5,7 @@ wait for a change or the periodic deep check, compile, diff, send the
 difference as one bundle. Everything a bridge is sent goes through this
 one greenthread, so a deep check never sees a sync half done
 (docs/reliability.rst); except the flows the xTR learned and sent ahead of
-their commit (lisp/xtr.py), which a sync counts as wanted (`flows_ahead`).
+their commit (lisp/installer.py), which a sync counts as wanted (`flows_ahead`).
 The deep check is controller/deepcheck.py; a big change streamed in as it
 is made, controller/streaming.py; what the session shows of the bridge,
 controller/bridgestatus.py.
@@ -134,7 +134,7 @@ class BridgeSession:
 
     def note_installed(self, cookies: list[int]) -> None:
         """The bridge confirmed these flows, which the xTR sent it ahead of
-        their commit (lisp/xtr.py): the next sync counts them as installed,
+        their commit (lisp/installer.py): the next sync counts them as installed,
         so the commit's sync does not send them again. Only this session's
         greenthread changes `installed`; it takes them in then."""
         self._noted += cookies
@@ -349,7 +349,7 @@ class BridgeSession:
                 # Under the lock nobody changes the state, and only this
                 # greenthread changes `installed`: the diff may yield.
                 # Learned flows the xTR sent ahead of their commit are wanted
-                # too (lisp/xtr.py): a full sync must not remove them.
+                # too (lisp/installer.py): a full sync must not remove them.
                 plan = None if deep else reconcile(self.installed, state.encoded, local, self.app.flows_ahead(),
                                                    slices=self.slices())
                 self.local_flows = len(local)
