@@ -52,6 +52,7 @@ import time
 from typing import Callable, ContextManager, Iterable, Iterator
 
 from lisp_controller.config import EtcdSettings
+from lisp_controller.controller.slices import Slices
 from lisp_controller.model import Endpoint, Mapping
 from lisp_controller.store.applied_board import AppliedBoard, cut
 from lisp_controller.store.base import REQUEST_KEEP, Listener, Request, StoreError, StoreStale
@@ -70,14 +71,22 @@ PAGE = 8  # chunks per read
 MERGE_MAX = 100  # segments merged at once (one op each in the commit)
 
 
+def _let_the_hub_run() -> None:
+    time.sleep(0)  # green: the controller monkey-patches time (lisp_controller/__main__.py)
+
+
 class EtcdStore:
     """The store of several controllers on one etcd cluster (store/base.py)."""
 
     def __init__(self, settings: EtcdSettings, password: str | None = None, *, chunk_bytes: int = CHUNK_BYTES,
-                 lease_ttl: int = LEASE_TTL, sync_interval: float = SYNC_INTERVAL):
+                 lease_ttl: int = LEASE_TTL, sync_interval: float = SYNC_INTERVAL,
+                 pause: Callable[[], None] = _let_the_hub_run):
+        """`pause`: lets the hub run between slices of a big change's
+        Python work (segments.py); a test counts them."""
         self.name = f"etcd {','.join(settings.endpoints)} {settings.prefix}"
         self.read_only: str | None = None
         self.chunk_bytes, self.lease_ttl, self.sync_interval = chunk_bytes, lease_ttl, sync_interval
+        self._pause = pause
         self._p = settings.prefix
         self._head_key = self._p + "head"
         self._writer = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -141,22 +150,22 @@ class EtcdStore:
                 return
             start = unb64(kvs[-1]["key"]).decode() + "\0"
 
-    def _read_segment(self, segment: Segment, revision: int | None, pause: bool = False) -> RowDelta:
-        chunks = []
-        for _, value in self._range(f"{self._p}seg/{segment.id}/", revision):
-            chunks.append(value)
-            if pause:
-                time.sleep(0)  # a merge reads megabytes: let the hub breathe
+    def _slices(self) -> Slices:
+        """For a change of any size read from etcd or a big one written."""
+        return Slices(self._pause)
+
+    def _read_segment(self, segment: Segment, revision: int | None, slices: Slices | None = None) -> RowDelta:
+        chunks = list(self._range(f"{self._p}seg/{segment.id}/", revision))
         if len(chunks) != segment.chunks:
             raise Refused(f"segment {segment.id} has {len(chunks)} of its {segment.chunks} chunks")
         try:
-            return decode(chunks)
+            return decode((value for _, value in chunks), slices)
         except (ValueError, KeyError, TypeError, IndexError) as e:
             raise Refused(f"segment {segment.id} is not readable: {e}") from None
 
-    def _read_all(self) -> tuple[Manifest, int, int, RowDelta]:
+    def _read_all(self, slices: Slices | None = None) -> tuple[Manifest, int, int, RowDelta]:
         manifest, head_mod, revision = self._read_head()
-        rows = compose(self._read_segment(s, revision) for s in manifest.segments).as_base()
+        rows = compose((self._read_segment(s, revision, slices) for s in manifest.segments), slices).as_base()
         return manifest, head_mod, revision, rows
 
     def load(self) -> tuple[list[Mapping], list[tuple[str, Endpoint]]]:
@@ -181,12 +190,13 @@ class EtcdStore:
               put_endpoints: Iterable[tuple[str, Endpoint]] = (),
               delete_endpoints: Iterable[tuple[str, str]] = (), request: Request | None = None,
               big: bool = False) -> None:
-        """(store/base.py) `big` changes nothing: the HTTP client yields
-        to the hub while etcd works."""
-        delta = RowDelta.of_change(put, delete, replace_all, put_endpoints, delete_endpoints)
+        """(store/base.py) The HTTP client yields to the hub while etcd
+        works; a `big` change's rows and chunks are made in slices."""
+        slices = self._slices() if big else None
+        delta = RowDelta.of_change(put, delete, replace_all, put_endpoints, delete_endpoints, slices)
         if delta.empty():
             return
-        chunks = encode(delta, self.chunk_bytes)
+        chunks = encode(delta, self.chunk_bytes, slices)
         segment = Segment(secrets.token_hex(8), len(chunks), sum(map(len, chunks)))
         try:
             extra = [] if request is None else [self._request_put(request)]
@@ -366,10 +376,11 @@ class EtcdStore:
         if start is None:
             return
         old = base.segments[start:start + MERGE_MAX]
-        rows = compose(self._read_segment(s, None, pause=True) for s in old)
+        slices = self._slices()
+        rows = compose((self._read_segment(s, None, slices) for s in old), slices)
         if start == 0:
             rows = rows.as_base()
-        chunks = encode(rows, self.chunk_bytes)
+        chunks = encode(rows, self.chunk_bytes, slices)
         segment = Segment(secrets.token_hex(8), len(chunks), sum(map(len, chunks)))
         with self._staged(segment, chunks) as marker:
             for _ in range(20):
@@ -464,14 +475,19 @@ class EtcdStore:
         manifest = Manifest.decode(unb64(kv["value"]))
         rows = None
         segment = next((s for s in manifest.segments if s.id == manifest.last), None)
-        if manifest.seq == self._manifest.seq + 1 and segment is not None:
-            rows = self._read_segment(segment, revision)
+        # This controller's own change (its writer's answer may come after
+        # the watch's) is not read back: the write adopts it.
+        own = manifest.writer == self._writer
+        if manifest.seq == self._manifest.seq + 1 and segment is not None and not own:
+            rows = self._read_segment(segment, revision, self._slices())
         with self._lock:
             if revision <= self.revision:
                 return
             if manifest.seq == self._manifest.seq:
                 self._adopt(manifest, revision, revision)  # a merge: nothing changed
                 return
+            if own and segment is not None and manifest.seq == self._manifest.seq + 1:
+                rows = self._read_segment(segment, revision, self._slices())  # its answer was lost
             if rows is not None and manifest.seq == self._manifest.seq + 1:
                 self._deliver(rows, manifest.seq)
                 self._adopt(manifest, revision, revision)
@@ -486,7 +502,7 @@ class EtcdStore:
                  " (replacing all)" if rows.replace_all else "", len(rows.endpoint_puts),
                  len(rows.endpoint_deletes))
         if self._listener is not None:
-            delta = rows.delta()
+            delta = rows.delta(self._slices())
             delta.seq = seq
             try:
                 self._listener(delta)
@@ -496,7 +512,7 @@ class EtcdStore:
     def _reload(self, why: str) -> None:
         """Read everything and hand it over as one replacing change."""
         LOG.warning("store %s: %s; reading everything again", self.name, why)
-        manifest, head_mod, revision, rows = self._read_all()
+        manifest, head_mod, revision, rows = self._read_all(self._slices())
         with self._lock:
             if revision <= self.revision:
                 return
