@@ -10,6 +10,8 @@ etcd cluster (lab/etcd.py) and count the store's pauses.
 """
 from __future__ import annotations
 
+import gc
+import sys
 import threading
 import time
 
@@ -82,6 +84,39 @@ def test_a_big_write_and_a_change_read_from_the_watch_let_the_hub_go(etcd_cluste
     before = len(writer_pauses)
     a.write(put=[mapping("10.99.0.0/16", "192.168.50.9")])  # small: no slices
     assert len(writer_pauses) == before
+    for s in (a, b):
+        s.close()
+
+
+def test_no_collection_runs_inside_a_big_changes_slices_but_between_them(etcd_cluster):
+    """A collection over a million mappings' objects takes 20-40 ms; one
+    inside a slice made hub rounds of 60-80 ms (bench/hub.py --store etcd):
+    the collector is paused in the slices and runs in their pauses."""
+    inside = []  # the steps a collection started in
+
+    def started(phase, info):
+        if phase != "start":
+            return
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code.co_name in ("of_change", "encode", "decode", "delta") and \
+                    frame.f_code.co_filename.endswith("segments.py"):
+                inside.append(frame.f_code.co_name)
+                return
+            frame = frame.f_back
+
+    a = EtcdStore(settings(etcd_cluster), pause=lambda: None)
+    b = EtcdStore(settings(etcd_cluster), pause=lambda: None)
+    seen = View(b.load())
+    a.load()
+    b.follow(seen.apply, threading.Lock())
+    gc.callbacks.append(started)
+    try:
+        a.write(put=many(), big=True)
+        wait_until(lambda: len(seen.mappings) == N, timeout=30, what="B has A's change")
+    finally:
+        gc.callbacks.remove(started)
+    assert inside == []
     for s in (a, b):
         s.close()
 

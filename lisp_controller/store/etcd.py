@@ -39,6 +39,7 @@ import time
 from typing import Callable, ContextManager, Iterator
 
 from lisp_controller.config import EtcdSettings
+from lisp_controller.controller.gcpause import BIG, breathe, gc_paused
 from lisp_controller.controller.slices import Slices
 from lisp_controller.model import Endpoint, Mapping
 from lisp_controller.store.applied_board import AppliedBoard
@@ -138,15 +139,17 @@ class EtcdStore(Writing, Merging, Following):
             start = unb64(kvs[-1]["key"]).decode() + "\0"
 
     def _slices(self) -> Slices:
-        """For a change of any size read from etcd or a big one written."""
-        return Slices(self._pause)
+        """For a change of any size read from etcd or a big one written:
+        each pause lets the collector run while the hub does."""
+        return Slices(lambda: breathe(self._pause))
 
     def _read_segment(self, segment: Segment, revision: int | None, slices: Slices | None = None) -> RowDelta:
         chunks = list(self._range(f"{self._p}seg/{segment.id}/", revision))
         if len(chunks) != segment.chunks:
             raise Refused(f"segment {segment.id} has {len(chunks)} of its {segment.chunks} chunks")
         try:
-            return decode((value for _, value in chunks), slices)
+            with gc_paused(BIG if slices is not None else 0):  # lifted while its slices let the hub go
+                return decode((value for _, value in chunks), slices)
         except (ValueError, KeyError, TypeError, IndexError) as e:
             raise Refused(f"segment {segment.id} is not readable: {e}") from None
 

@@ -23,6 +23,7 @@ import threading
 import time
 from typing import Callable, ContextManager
 
+from lisp_controller.controller.gcpause import BIG, gc_paused
 from lisp_controller.controller.slices import let_go
 from lisp_controller.store.applied_board import cut
 from lisp_controller.store.base import Listener
@@ -123,7 +124,8 @@ class Following:
                  " (replacing all)" if rows.replace_all else "", len(rows.endpoint_puts),
                  len(rows.endpoint_deletes))
         if self._listener is not None:
-            delta = rows.delta(self._slices())
+            with gc_paused(BIG):  # lifted while its slices let the hub go
+                delta = rows.delta(self._slices())
             delta.seq = seq
             try:
                 self._listener(delta)
