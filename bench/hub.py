@@ -43,6 +43,12 @@ phase, the longest first.
 what the collector walked (lab/hubwatch.py `census`); it holds the hub
 itself, so its run's figures are not for comparing.
 
+`--store etcd` runs the controller on the etcd store (docs/etcd.rst)
+instead of SQLite: a real cluster of `--etcd-members` members (lab/etcd.py,
+etcd's default timings, fsync on) in the controller's namespace, stopped at
+the end; the bulk and the change while away are then written to etcd in
+chunks, and the controller reads them back from its watch.
+
 `--old-page` polls as the status page did before it paged on the server
 (every mapping with counters), to compare in the same run.
 
@@ -53,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import calendar
+import contextlib
 import json
 import socket
 import statistics
@@ -67,6 +74,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.run import RLOC, Bench, bulk_body  # noqa: E402
 from lisp_controller.cli.api import ApiClient  # noqa: E402
+from lab.etcd import EtcdCluster  # noqa: E402
 from lab.processes import wait_until  # noqa: E402
 from lab.testbed import Testbed  # noqa: E402
 
@@ -272,6 +280,17 @@ def reconnect_phase(bench: Bench, body: bytes, wall: dict) -> tuple[float, float
                                     "flow_mods": bench.metric("lisp_flow_mods_sent_total") - mods}
 
 
+def store_section(tb: Testbed, store: str, members: int, stack: contextlib.ExitStack) -> str:
+    """The controller's [store]: "" for SQLite (lab/scenario.py gives it a
+    file), else an etcd cluster in the controller's namespace, closed by
+    `stack`. One instance: its lease at etcd's default minimum (2 s)."""
+    if store == "sqlite":
+        return ""
+    ctl = tb.add_controller()
+    cluster = stack.enter_context(EtcdCluster(members, ns=ctl.ns))
+    return cluster.store_section() + '[cluster]\ninstance = "bench"\nlease_ttl = 2\n'
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=100_000, help="mappings in the bulk request")
@@ -281,19 +300,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-deep", action="store_true", help="leave out the deep check phase")
     parser.add_argument("--no-flows", action="store_true", help="leave out the flows phase")
     parser.add_argument("--no-reconnect", action="store_true", help="leave out the reconnect phase")
+    parser.add_argument("--store", choices=("sqlite", "etcd"), default="sqlite", help="the controller's store")
+    parser.add_argument("--etcd-members", type=int, default=1, help="with --store etcd: the cluster's members")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--watch", type=Path, help="record the hub's stalls and their stacks here")
     parser.add_argument("--census", type=float, metavar="MS",
                         help="with --watch: after a full collection over MS, what it walked (slows the run)")
     args = parser.parse_args(argv)
 
-    with Testbed() as tb:
+    with Testbed() as tb, contextlib.ExitStack() as stack:
         if args.watch:
             args.watch.unlink(missing_ok=True)
         hooks = ("--watch-hub", str(args.watch.resolve())) if args.watch else ()
         if args.watch and args.census:
             hooks += ("--watch-census", str(args.census))
-        bench = Bench(tb, bridges=1, hooks=hooks)
+        bench = Bench(tb, bridges=1, hooks=hooks,
+                      store_section=store_section(tb, args.store, args.etcd_members, stack))
         bench.connect(1)
         ns = bench.ctl_ns.ns
         echo = EchoProbe(tb, ns, bench.ctl_ns.address)
@@ -341,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"{type(probe).__name__} failed") from probe.error
         bench.ctl.stop()
     figures = {
-        "size": args.size, "bulk_s": result["seconds"], "bulk_timings_ms": result["timings_ms"],
+        "size": args.size, "store": args.store if args.store == "sqlite" else f"etcd, {args.etcd_members} members",
+        "bulk_s": result["seconds"], "bulk_timings_ms": result["timings_ms"],
         "echo": {"idle": summary(echo.between(0, idle_end)), "busy": summary(echo.between(started, ended))},
         "health": {"idle": summary(health.between(0, idle_end)),
                    "busy": summary(health.between(started, ended))},

@@ -75,8 +75,11 @@ def baseline_flow_mods(n: int) -> list[bytes]:
             for i in range(n)]
 
 
-def config_text(ctl_address: str, bridges: int) -> str:
-    parts = [f'[controller]\nlisten = "{ctl_address}"\nport = 6653\n',
+def config_text(ctl_address: str, bridges: int, store_section: str = "") -> str:
+    """`store_section`: a [store] (and [cluster]) TOML; none: the SQLite
+    store the controller is given with --store."""
+    parts = [store_section,
+             f'[controller]\nlisten = "{ctl_address}"\nport = 6653\n',
              "[api]\nconfirm_timeout = 600.0\nmax_body_bytes = 1073741824\n"]
     for i in range(bridges):
         rloc = "192.168.1.1" if i == 0 else f"192.168.2.{i}"
@@ -86,19 +89,22 @@ def config_text(ctl_address: str, bridges: int) -> str:
 
 
 class Bench:
-    def __init__(self, tb: Testbed, bridges: int, hooks: tuple[str, ...] = ()):
-        """`hooks`: lab/serve.py's options for the controller (a hub watch)."""
+    def __init__(self, tb: Testbed, bridges: int, hooks: tuple[str, ...] = (), store_section: str = ""):
+        """`hooks`: lab/serve.py's options for the controller (a hub watch);
+        `store_section`: the controller's [store] in its config (an etcd
+        cluster in the controller's namespace, tb.controller); none: an
+        SQLite file in the testbed's temp dir."""
         self.tb = tb
-        self.ctl_ns = tb.add_controller()
+        self.ctl_ns = tb.controller or tb.add_controller()
         segment = tb.add_segment("wan", "192.168.0.0/16")
         self.hv = tb.add_hypervisor("hv1", "192.168.1.1", 16, segment, 0xBE00, bridge="brb0",
                                     tunnel_port="lisp0")
         for i in range(1, bridges):
             self.hv.add_vm_bridge(f"brb{i}", 0xBE00 + i, f"lisp{i}", "lisp-gpe", local_ip=f"192.168.2.{i}")
         path = tb.tmpdir / "bench.toml"
-        path.write_text(config_text(self.ctl_ns.address, bridges))
+        path.write_text(config_text(self.ctl_ns.address, bridges, store_section))
         self.ov = Topology(tb, path, load_config(path), self.ctl_ns, segment)
-        self.ctl = ControllerProcess(self.ov, hooks=hooks).start()
+        self.ctl = ControllerProcess(self.ov, hooks=hooks, config_path=path if store_section else None).start()
         self.api = ApiClient(around=lambda: tb.netns(self.ctl_ns.ns))
         self.connected = 0
         wait_until(lambda: self._up(), timeout=30, what="API")

@@ -21,27 +21,14 @@ Layout under the prefix P (store/segments.py has the values):
   (`wait_applied`, by a watch) until every other controller's bridges hold
   its change; store/applied_board.py keeps and follows them.
 
-A change that fits one request is written with the head in one
-transaction. A bigger one (100,000 mappings are about 9 MB; etcd takes
-128 operations and 1.5 MiB per request) is first written as chunks nobody
-reads, then committed by the same small transaction on the head: until
-then no controller sees any of it, and if the writer dies its chunks are
-collected once its lease is gone.
-
-Each controller watches the head. A new head with ``seq`` one more than
-its own brings the segment named ``last``, read at that revision and
-handed to `on_change`; a head with the same ``seq`` is a merge (nothing
-changed); anything else, or a watch that etcd compacted away, makes it read
-everything again. A write compares the head this controller holds, so it
-was checked against every change before it, or it fails with StoreStale.
-
-The client is etcd3gw (etcd's v3 JSON gateway, green under eventlet). Its
-watcher ignores the notice of a watch cancelled by compaction, so the watch
-stream is read here.
+The store is one class in four modules, each read in one sitting: this
+one holds its state, reads segments and answers the API's questions;
+store/etcdwrite.py writes a change (staged chunks, the commit on the head);
+store/etcdwatch.py follows the other controllers' changes; store/etcdmerge.py
+merges segments and collects the chunks of writers that died.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -49,35 +36,45 @@ import secrets
 import socket
 import threading
 import time
-from typing import Callable, ContextManager, Iterable, Iterator
+from typing import Callable, ContextManager, Iterator
 
 from lisp_controller.config import EtcdSettings
+from lisp_controller.controller.gcpause import BIG, breathe, gc_paused
+from lisp_controller.controller.slices import Slices
 from lisp_controller.model import Endpoint, Mapping
-from lisp_controller.store.applied_board import AppliedBoard, cut
-from lisp_controller.store.base import REQUEST_KEEP, Listener, Request, StoreError, StoreStale
-from lisp_controller.store.etcdclient import (CUT, Cluster, Compacted, Failure, NotCommitted, Refused, Uncertain,
-                                              b64, range_end, unb64)
+from lisp_controller.store.applied_board import AppliedBoard
+from lisp_controller.store.base import REQUEST_KEEP, Listener, Request, StoreError
+from lisp_controller.store.etcdclient import Cluster, Failure, Refused, b64, range_end, unb64
+from lisp_controller.store.etcdmerge import Merging
+from lisp_controller.store.etcdwatch import Following
+from lisp_controller.store.etcdwrite import Writing
 from lisp_controller.store.lease import Lease
-from lisp_controller.store.segments import Manifest, RowDelta, Segment, compose, decode, encode, plan_merge
+from lisp_controller.store.segments import Manifest, RowDelta, Segment, compose, decode
 
 LOG = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1_000_000  # a chunk and its request stay under etcd's 1.5 MiB
 LEASE_TTL = 10  # seconds staged chunks outlive a writer that died
 SYNC_INTERVAL = 2.0  # seconds between checks that the watch keeps up
-GC_INTERVAL = 60.0  # seconds between looks for chunks of dead writers
 PAGE = 8  # chunks per read
-MERGE_MAX = 100  # segments merged at once (one op each in the commit)
 
 
-class EtcdStore:
+def _let_the_hub_run() -> None:
+    time.sleep(0)  # green: the controller monkey-patches time (lisp_controller/__main__.py)
+
+
+class EtcdStore(Writing, Merging, Following):
     """The store of several controllers on one etcd cluster (store/base.py)."""
 
     def __init__(self, settings: EtcdSettings, password: str | None = None, *, chunk_bytes: int = CHUNK_BYTES,
-                 lease_ttl: int = LEASE_TTL, sync_interval: float = SYNC_INTERVAL):
+                 lease_ttl: int = LEASE_TTL, sync_interval: float = SYNC_INTERVAL,
+                 pause: Callable[[], None] = _let_the_hub_run):
+        """`pause`: lets the hub run between slices of a big change's
+        Python work (segments.py); a test counts them."""
         self.name = f"etcd {','.join(settings.endpoints)} {settings.prefix}"
         self.read_only: str | None = None
         self.chunk_bytes, self.lease_ttl, self.sync_interval = chunk_bytes, lease_ttl, sync_interval
+        self._pause = pause
         self._p = settings.prefix
         self._head_key = self._p + "head"
         self._writer = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -141,22 +138,24 @@ class EtcdStore:
                 return
             start = unb64(kvs[-1]["key"]).decode() + "\0"
 
-    def _read_segment(self, segment: Segment, revision: int | None, pause: bool = False) -> RowDelta:
-        chunks = []
-        for _, value in self._range(f"{self._p}seg/{segment.id}/", revision):
-            chunks.append(value)
-            if pause:
-                time.sleep(0)  # a merge reads megabytes: let the hub breathe
+    def _slices(self) -> Slices:
+        """For a change of any size read from etcd or a big one written:
+        each pause lets the collector run while the hub does."""
+        return Slices(lambda: breathe(self._pause))
+
+    def _read_segment(self, segment: Segment, revision: int | None, slices: Slices | None = None) -> RowDelta:
+        chunks = list(self._range(f"{self._p}seg/{segment.id}/", revision))
         if len(chunks) != segment.chunks:
             raise Refused(f"segment {segment.id} has {len(chunks)} of its {segment.chunks} chunks")
         try:
-            return decode(chunks)
+            with gc_paused(BIG if slices is not None else 0):  # lifted while its slices let the hub go
+                return decode((value for _, value in chunks), slices)
         except (ValueError, KeyError, TypeError, IndexError) as e:
             raise Refused(f"segment {segment.id} is not readable: {e}") from None
 
-    def _read_all(self) -> tuple[Manifest, int, int, RowDelta]:
+    def _read_all(self, slices: Slices | None = None) -> tuple[Manifest, int, int, RowDelta]:
         manifest, head_mod, revision = self._read_head()
-        rows = compose(self._read_segment(s, revision) for s in manifest.segments).as_base()
+        rows = compose((self._read_segment(s, revision, slices) for s in manifest.segments), slices).as_base()
         return manifest, head_mod, revision, rows
 
     def load(self) -> tuple[list[Mapping], list[tuple[str, Endpoint]]]:
@@ -175,138 +174,6 @@ class EtcdStore:
         self._manifest, self._head_mod = manifest, head_mod
         self.revision = max(self.revision, revision)
         self._known = max(self._known, head_mod)
-
-    # -- writing -------------------------------------------------------------------
-    def write(self, put: Iterable[Mapping] = (), delete: Iterable[tuple] = (), replace_all: bool = False,
-              put_endpoints: Iterable[tuple[str, Endpoint]] = (),
-              delete_endpoints: Iterable[tuple[str, str]] = (), request: Request | None = None,
-              big: bool = False) -> None:
-        """(store/base.py) `big` changes nothing: the HTTP client yields
-        to the hub while etcd works."""
-        delta = RowDelta.of_change(put, delete, replace_all, put_endpoints, delete_endpoints)
-        if delta.empty():
-            return
-        chunks = encode(delta, self.chunk_bytes)
-        segment = Segment(secrets.token_hex(8), len(chunks), sum(map(len, chunks)))
-        try:
-            extra = [] if request is None else [self._request_put(request)]
-            if len(chunks) == 1:
-                self._commit_change(segment, chunks[0], None, extra)
-            else:
-                with self._staged(segment, chunks) as marker:
-                    self._commit_change(segment, None, marker, extra)
-        except Failure as e:
-            raise StoreError(f"store {self.name}: cannot write: {e}") from None
-        self._endpoint_keys -= delta.endpoint_deletes
-        self._endpoint_keys |= delta.endpoint_puts.keys()
-        self._maybe_merge()
-
-    @contextlib.contextmanager
-    def _staged(self, segment: Segment, chunks: list[bytes]) -> Iterator[str]:
-        """Write `chunks` where nobody reads them, under a live marker; on
-        failure remove them (or leave them to the collector)."""
-        # (a grant repeated after a lost answer leaves a lease that just expires)
-        lease = self._cluster.call("lease/grant", {"TTL": self.lease_ttl, "ID": 0}, idempotent=True)["ID"]
-        marker = f"{self._p}staging/{segment.id}"
-        done = False
-        try:
-            self._cluster.call("kv/put", {"key": b64(marker), "value": b64(self._writer), "lease": lease},
-                               idempotent=True)
-            renewed = time.monotonic()
-            for n, chunk in enumerate(chunks):
-                self._put_chunk(f"{self._p}seg/{segment.id}/{n:06d}", chunk)
-                if time.monotonic() - renewed > self.lease_ttl / 3:
-                    answer = self._cluster.call("lease/keepalive", {"ID": lease}, idempotent=True)
-                    if int(answer.get("result", {}).get("TTL", 0)) <= 0:
-                        raise Refused(f"the lease of the staged chunks ran out after chunk {n + 1}")
-                    renewed = time.monotonic()
-            LOG.debug("store %s: staged %d chunks of segment %s", self.name, len(chunks), segment.id)
-            yield marker
-            done = True
-        finally:
-            with contextlib.suppress(Failure):
-                if not done:
-                    self._cluster.call("kv/deleterange", {"key": b64(f"{self._p}seg/{segment.id}/"),
-                                       "range_end": b64(range_end(f"{self._p}seg/{segment.id}/"))},
-                                       idempotent=True)
-                self._cluster.call("kv/lease/revoke", {"ID": lease}, idempotent=True)
-
-    def _put_chunk(self, key: str, chunk: bytes) -> None:
-        self._cluster.call("kv/put", {"key": b64(key), "value": b64(chunk)}, idempotent=True)
-
-    def _txn(self, compare: list, success: list, failure: list) -> dict:
-        return self._cluster.call("kv/txn", {"compare": compare, "success": success, "failure": failure},
-                                  idempotent=False)
-
-    def _head_compare(self, head_mod: int) -> dict:
-        return {"key": b64(self._head_key), "target": "MOD", "result": "EQUAL", "mod_revision": head_mod}
-
-    def _commit_change(self, segment: Segment, inline: bytes | None, marker: str | None,
-                       extra: list | None = None) -> None:
-        """The one small transaction that makes a change visible (with
-        `extra` operations: a request's record)."""
-        fenced = False
-        for _ in range(10):
-            base, base_mod = self._manifest, self._head_mod
-            new = base.changed(segment, self._writer)
-            compare = [self._head_compare(base_mod)]
-            success = [{"request_put": {"key": b64(self._head_key), "value": b64(new.encode())}}]
-            failure = [{"request_range": {"key": b64(self._head_key)}}]
-            success += extra or []
-            if inline is not None:
-                success.append({"request_put": {"key": b64(f"{self._p}seg/{segment.id}/000000"),
-                                                "value": b64(inline)}})
-            if marker is not None:
-                compare.append({"key": b64(marker), "target": "CREATE", "result": "GREATER", "create_revision": 0})
-                success.append({"request_delete_range": {"key": b64(marker)}})
-                failure.append({"request_range": {"key": b64(marker)}})
-            try:
-                answer = self._txn(compare, success, failure)
-            except Uncertain as e:
-                try:
-                    answer = self._settle(segment, base, base_mod, e)
-                except NotCommitted:
-                    if fenced:
-                        raise
-                    fenced = True  # a leader went away mid-commit: once more, now that it was fenced
-                    continue
-            if answer.get("succeeded"):
-                revision = int(answer["header"]["revision"])
-                self._adopt(new, revision, revision)
-                return
-            head = _ranged(answer, 0)
-            if marker is not None and _ranged(answer, 1) is None:
-                raise Refused(f"the staged chunks' lease ({self.lease_ttl} s) ran out before the commit")
-            now = Manifest.decode(unb64(head["value"])) if head else Manifest()
-            now_mod = int(head["mod_revision"]) if head else 0
-            if now.seq != base.seq or head is None:
-                self._known = max(self._known, now_mod)
-                raise StoreStale(f"store {self.name}: another controller committed change {now.seq} "
-                                 f"before this one (this controller holds {base.seq})")
-            self._adopt(now, now_mod, now_mod)  # a merge only: same changes, other segments
-        raise Refused("the head kept changing (merges); try again")
-
-    def _settle(self, segment: Segment, base: Manifest, base_mod: int, error: Failure) -> dict:
-        """A commit whose answer was lost: make sure it can no longer
-        happen (a fence on the head), or learn that it did."""
-        fence = base  # the same value written again: only its revision changes
-        try:
-            answer = self._txn([self._head_compare(base_mod)],
-                               [{"request_put": {"key": b64(self._head_key), "value": b64(fence.encode())}}],
-                               [{"request_range": {"key": b64(self._head_key)}}])
-        except Failure as e:
-            raise Uncertain(f"{error}; then {e}: whether the change was committed is not known; if it was, "
-                             "every controller applies it when etcd answers again") from None
-        if answer.get("succeeded"):
-            revision = int(answer["header"]["revision"])
-            self._adopt(fence, revision, revision)
-            raise NotCommitted(f"{error} (the change was not committed)")
-        head = _ranged(answer, 0)
-        now = Manifest.decode(unb64(head["value"])) if head else Manifest()
-        if now.seq == base.seq + 1 and now.last == segment.id:
-            return {"succeeded": True, "header": {"revision": head["mod_revision"]}}
-        self._known = max(self._known, int(head["mod_revision"]) if head else 0)
-        raise StoreStale(f"store {self.name}: {error}; other changes were committed meanwhile")
 
     # -- requests with an Idempotency-Key ---------------------------------------------
     def _request_put(self, request: Request) -> dict:
@@ -339,203 +206,10 @@ class EtcdStore:
         except Failure as e:
             raise StoreError(f"store {self.name}: cannot write: {e}") from None
 
-    # -- merging -------------------------------------------------------------------
-    def _maybe_merge(self) -> None:
-        if self._merging or self._closed.is_set() or \
-                plan_merge([s.size for s in self._manifest.segments]) is None:
-            return
-        self._merging = True
-        self._spawn(self._merge, "etcd-merge")
-
-    def _merge(self) -> None:
-        try:
-            self._merge_once()
-        except (Failure, StoreError) as e:
-            if not self._closed.is_set():
-                LOG.warning("store %s: merging segments postponed: %s", self.name, e)
-        except Exception:
-            if not self._closed.is_set():  # closing cuts the connections under it
-                LOG.exception("store %s: merging segments failed", self.name)
-        finally:
-            self._merging = False
-
-    def _merge_once(self) -> None:
-        with self._lock:
-            base = self._manifest
-        start = plan_merge([s.size for s in base.segments])
-        if start is None:
-            return
-        old = base.segments[start:start + MERGE_MAX]
-        rows = compose(self._read_segment(s, None, pause=True) for s in old)
-        if start == 0:
-            rows = rows.as_base()
-        chunks = encode(rows, self.chunk_bytes)
-        segment = Segment(secrets.token_hex(8), len(chunks), sum(map(len, chunks)))
-        with self._staged(segment, chunks) as marker:
-            for _ in range(20):
-                with self._lock:
-                    cur, cur_mod = self._manifest, self._head_mod
-                if cur.segments[start:start + len(old)] != old:
-                    return  # merged by someone else meanwhile
-                new = cur.merged(start, len(old), segment)
-                success = [{"request_put": {"key": b64(self._head_key), "value": b64(new.encode())}},
-                           {"request_delete_range": {"key": b64(marker)}}]
-                for s in old:
-                    prefix = f"{self._p}seg/{s.id}/"
-                    success.append({"request_delete_range": {"key": b64(prefix), "range_end": b64(range_end(prefix))}})
-                answer = self._txn([self._head_compare(cur_mod),
-                                    {"key": b64(marker), "target": "CREATE", "result": "GREATER",
-                                     "create_revision": 0}], success, [])
-                if answer.get("succeeded"):
-                    revision = int(answer["header"]["revision"])
-                    with self._lock:
-                        if self._head_mod == cur_mod:
-                            self._adopt(new, revision, revision)
-                    LOG.info("store %s: merged %d segments (%d bytes) into one of %d bytes", self.name,
-                             len(old), sum(s.size for s in old), segment.size)
-                    return
-                if self._closed.wait(0.05):
-                    return
-            raise Refused("the head kept changing")
-
     @property
     def seq(self) -> int:
         """Changes this controller holds (after its write: the write's number)."""
         return self._manifest.seq
-
-    # -- following other controllers ------------------------------------------------
-    def follow(self, on_change: Listener, lock: ContextManager) -> None:
-        self._listener, self._lock = on_change, lock
-        self._spawn(self._watch_loop, "etcd-watch")
-        self._spawn(self._check_loop, "etcd-check")
-        self._spawn(self._board.publish_loop, "etcd-applied")
-        self._spawn(self._board.follow_loop, "etcd-peers")
-
-    def catch_up(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while self.revision < self._known:
-            if time.monotonic() >= deadline or self._closed.is_set():
-                return False
-            time.sleep(0.005)
-        return True
-
-    def _spawn(self, target: Callable[[], None], name: str) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)
-        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-        thread.start()
-
-    def _watch_loop(self) -> None:
-        delay, complained = 0.1, False
-        while not self._closed.is_set():
-            try:
-                for event in self._cluster.watch(self._head_key, self.revision + 1, self._on_stream):
-                    self._on_event(event)
-                    delay, complained = 0.1, False
-            except Compacted as e:
-                self._reload(f"the watch fell behind what etcd keeps ({e})")
-                continue
-            except CUT as e:
-                if not self._closed.is_set() and not complained:
-                    LOG.warning("store %s: watch interrupted (%s); resuming after revision %d", self.name,
-                                e, self.revision)
-                    complained = True
-            except Exception:
-                if not self._closed.is_set():  # closing cuts the stream under the reader
-                    LOG.exception("store %s: watch failed; resuming after revision %d", self.name,
-                                  self.revision)
-            finally:
-                self._stream = self.watching = None
-            if self._closed.wait(delay):
-                return
-            delay = min(2 * delay, 2.0)
-
-    def _on_stream(self, resp, url: str) -> None:
-        self._stream, self.watching = resp, url
-        LOG.info("store %s: watching from revision %d on %s", self.name, self.revision + 1, url)
-
-    def _on_event(self, event: dict) -> None:
-        kv = event["kv"]
-        revision = int(kv["mod_revision"])
-        if revision <= self.revision:
-            return  # this controller's own write, or a merge it made
-        if event.get("type") == "DELETE":
-            self._reload(f"{self._head_key} was deleted")
-            return
-        manifest = Manifest.decode(unb64(kv["value"]))
-        rows = None
-        segment = next((s for s in manifest.segments if s.id == manifest.last), None)
-        if manifest.seq == self._manifest.seq + 1 and segment is not None:
-            rows = self._read_segment(segment, revision)
-        with self._lock:
-            if revision <= self.revision:
-                return
-            if manifest.seq == self._manifest.seq:
-                self._adopt(manifest, revision, revision)  # a merge: nothing changed
-                return
-            if rows is not None and manifest.seq == self._manifest.seq + 1:
-                self._deliver(rows, manifest.seq)
-                self._adopt(manifest, revision, revision)
-                return
-        self._reload(f"the head went from change {self._manifest.seq} to {manifest.seq}")
-
-    def _deliver(self, rows: RowDelta, seq: int) -> None:
-        self._endpoint_keys -= rows.endpoint_deletes
-        self._endpoint_keys |= rows.endpoint_puts.keys()
-        LOG.info("store %s: change %d from another controller: %d mappings put, %d deleted%s, "
-                 "%d endpoints put, %d deleted", self.name, seq, len(rows.puts), len(rows.deletes),
-                 " (replacing all)" if rows.replace_all else "", len(rows.endpoint_puts),
-                 len(rows.endpoint_deletes))
-        if self._listener is not None:
-            delta = rows.delta()
-            delta.seq = seq
-            try:
-                self._listener(delta)
-            except Exception:
-                LOG.exception("store %s: applying change %d failed", self.name, seq)
-
-    def _reload(self, why: str) -> None:
-        """Read everything and hand it over as one replacing change."""
-        LOG.warning("store %s: %s; reading everything again", self.name, why)
-        manifest, head_mod, revision, rows = self._read_all()
-        with self._lock:
-            if revision <= self.revision:
-                return
-            rows.replace_all = True
-            rows.endpoint_deletes = self._endpoint_keys - rows.endpoint_puts.keys()
-            self._deliver(rows, manifest.seq)
-            self._adopt(manifest, head_mod, revision)
-
-    def _check_loop(self) -> None:
-        """Every change reaches this controller within a bounded time: a
-        watch that falls behind the head (a member that froze, a lost
-        connection nobody closed) is restarted; dead writers' chunks go."""
-        behind_since = None
-        last_gc = time.monotonic()
-        while not self._closed.wait(self.sync_interval):
-            try:
-                _, head_mod, _ = self._read_head(keys_only=True)
-                self._known = max(self._known, head_mod)
-                if head_mod <= self.revision:
-                    behind_since = None
-                elif behind_since is None:
-                    behind_since = time.monotonic()
-                elif time.monotonic() - behind_since >= self.sync_interval:
-                    LOG.warning("store %s: the watch on %s is behind the head (revision %d < %d); restarting it",
-                                self.name, self.watching, self.revision, head_mod)
-                    self._restart_watch()
-                    behind_since = None
-                if time.monotonic() - last_gc >= GC_INTERVAL:
-                    last_gc = time.monotonic()
-                    self.collect_garbage()
-            except Failure as e:
-                LOG.debug("store %s: check postponed: %s", self.name, e)
-            except Exception:
-                LOG.exception("store %s: check failed", self.name)
-
-    def _restart_watch(self) -> None:
-        """Cut the watches' streams (the loops start them again, elsewhere)."""
-        cut(self._stream)
-        self._board.cut_stream()
 
     # -- what the controllers' bridges hold (store/applied_board.py) ------------------
     def share_lease(self, lease: Lease, instance: str) -> None:
@@ -555,30 +229,6 @@ class EtcdStore:
     def wait_applied(self, seq: int, timeout: float) -> list[dict]:
         return self._board.wait_applied(seq, timeout)
 
-    def collect_garbage(self) -> list[str]:
-        """Delete the chunks of segments that no head names and no live
-        writer stages (a writer killed midway); returns their ids."""
-        manifest, head_mod, _ = self._read_head()
-        named = {s.id for s in manifest.segments}
-        staging = {key.rsplit("/", 1)[1] for key, _ in self._range(f"{self._p}staging/", keys_only=True, limit=1000)}
-        seen = {key[len(self._p) + 4:].split("/", 1)[0]
-                for key, _ in self._range(f"{self._p}seg/", keys_only=True, limit=1000)}
-        gone = []
-        for sid in sorted(seen - named - staging):
-            prefix = f"{self._p}seg/{sid}/"
-            answer = self._txn([self._head_compare(head_mod),
-                                {"key": b64(f"{self._p}staging/{sid}"), "target": "CREATE", "result": "EQUAL",
-                                 "create_revision": 0}],
-                               [{"request_delete_range": {"key": b64(prefix), "range_end": b64(range_end(prefix))}}],
-                               [])
-            if not answer.get("succeeded"):
-                break  # the head moved: judge again next time
-            gone.append(sid)
-        if gone:
-            LOG.info("store %s: removed the chunks of %d segments no commit named: %s", self.name, len(gone),
-                     ", ".join(gone))
-        return gone
-
     def close(self) -> None:
         self._closed.set()
         self._board.close()
@@ -588,12 +238,3 @@ class EtcdStore:
                 thread.join(timeout=5)
         self._board.revoke_own_lease()  # the others stop waiting for this controller at once
         self._cluster.close()
-
-
-def _ranged(answer: dict, index: int) -> dict | None:
-    """The key-value of the `index`-th range in a transaction's answer, or None."""
-    responses = answer.get("responses") or []
-    if index >= len(responses):
-        return None
-    kvs = responses[index].get("response_range", {}).get("kvs") or []
-    return kvs[0] if kvs else None

@@ -5,6 +5,12 @@ says which segments make up the store (docs/etcd.rst, "Layout").
 Pure: store/etcd.py does the I/O. A segment is one delta, written as one or
 more chunks; the store's content is its segments composed in manifest
 order, the first applied to nothing.
+
+A million mappings are seconds of Python for each step here (rows of the
+change, encoding, decoding, composing, mappings of the rows), all on the
+controller's hub: given a `Slices` (controller/slices.py), each step lets
+the hub go between items (docs/performance.rst, "The etcd store at a
+million"); None, it runs in one go.
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from lisp_controller.controller.slices import Slices, sliced
 from lisp_controller.model import Endpoint, Mapping, parse_prefix
 from lisp_controller.store.base import Delta
 from lisp_controller.store.rows import (EndpointRow, MappingRow, endpoint_from_row, endpoint_row, mapping_rows,
@@ -34,11 +41,12 @@ class RowDelta:
     @classmethod
     def of_change(cls, put: Iterable[Mapping] = (), delete: Iterable[tuple] = (), replace_all: bool = False,
                   put_endpoints: Iterable[tuple[str, Endpoint]] = (),
-                  delete_endpoints: Iterable[tuple[str, str]] = ()) -> "RowDelta":
+                  delete_endpoints: Iterable[tuple[str, str]] = (), slices: Slices | None = None) -> "RowDelta":
         d = cls(replace_all)
-        d.puts = {(row[0], row[1]): row for row in mapping_rows(put)}
+        d.puts = {(row[0], row[1]): row for row in mapping_rows(sliced(put, slices))}
         if not replace_all:  # replace_all deletes everything not put
-            d.deletes = {(iid, str(eid)) for iid, eid in delete} - d.puts.keys()
+            puts = d.puts
+            d.deletes = {(iid, str(eid)) for iid, eid in sliced(delete, slices) if (iid, str(eid)) not in puts}
         for bridge, ep in put_endpoints:
             d.endpoint_puts[(bridge, ep.port)] = endpoint_row(bridge, ep)
         d.endpoint_deletes = {tuple(k) for k in delete_endpoints} - d.endpoint_puts.keys()
@@ -47,17 +55,23 @@ class RowDelta:
     def empty(self) -> bool:
         return not (self.replace_all or self.puts or self.deletes or self.endpoint_puts or self.endpoint_deletes)
 
-    def then(self, later: "RowDelta") -> "RowDelta":
+    def then(self, later: "RowDelta", slices: Slices | None = None) -> "RowDelta":
         """This delta followed by `later`, as one delta (changes self)."""
         if later.replace_all:
-            self.replace_all, self.puts, self.deletes = True, dict(later.puts), set()
+            self.replace_all, self.puts, self.deletes = True, {}, set()
         else:
-            for key in later.deletes:
+            for key in sliced(later.deletes, slices):
                 self.puts.pop(key, None)
             if not self.replace_all:
-                self.deletes -= later.puts.keys()
+                for key in sliced(later.puts, slices):
+                    self.deletes.discard(key)
                 self.deletes |= later.deletes
+        if slices is None:
             self.puts.update(later.puts)
+        else:
+            puts = self.puts
+            for key, row in sliced(later.puts.items(), slices):
+                puts[key] = row
         for key in later.endpoint_deletes:
             self.endpoint_puts.pop(key, None)
         self.endpoint_deletes -= later.endpoint_puts.keys()
@@ -69,25 +83,25 @@ class RowDelta:
         """Applied to nothing, deletes mean nothing: a first segment keeps puts only."""
         return RowDelta(False, self.puts, set(), self.endpoint_puts, set())
 
-    def delta(self) -> Delta:
+    def delta(self, slices: Slices | None = None) -> Delta:
         """The model values the controller's state applies."""
-        return Delta(put=mappings_from_rows(self.puts.values()),
+        return Delta(put=mappings_from_rows(sliced(self.puts.values(), slices)),
                      delete=[(iid, parse_prefix(eid)) for iid, eid in self.deletes],
                      replace_all=self.replace_all,
                      put_endpoints=[endpoint_from_row(row) for row in self.endpoint_puts.values()],
                      delete_endpoints=sorted(self.endpoint_deletes))
 
 
-def compose(deltas: Iterable[RowDelta]) -> RowDelta:
+def compose(deltas: Iterable[RowDelta], slices: Slices | None = None) -> RowDelta:
     """Deltas applied in order, as one."""
     out = RowDelta()
     for d in deltas:
-        out.then(d)
+        out.then(d, slices)
     return out
 
 
 # -- chunks -------------------------------------------------------------------------
-def encode(delta: RowDelta, limit: int) -> list[bytes]:
+def encode(delta: RowDelta, limit: int, slices: Slices | None = None) -> list[bytes]:
     """The delta as JSON chunks of at most about `limit` bytes each, so each
     fits one etcd request (docs/etcd.rst). Chunk 0 carries replace_all.
     RLOC sets are written once per chunk and referred to by index."""
@@ -117,7 +131,7 @@ def encode(delta: RowDelta, limit: int) -> list[bytes]:
 
     current_rlocs: dict[str, int] = {}
     start()
-    for iid, eid, rlocs, ttl, action, expires in delta.puts.values():
+    for iid, eid, rlocs, ttl, action, expires in sliced(delta.puts.values(), slices):
         cost = 40 + len(eid) + len(action)
         index = current_rlocs.get(rlocs)
         if size + cost + (len(rlocs) + 3 if index is None else 0) > limit and size > 100:
@@ -129,7 +143,7 @@ def encode(delta: RowDelta, limit: int) -> list[bytes]:
             size += len(rlocs) + 3
         current["put"].append([iid, eid, index, ttl, action, expires])
         size += cost
-    for iid, eid in delta.deletes:
+    for iid, eid in sliced(delta.deletes, slices):
         add("delete", [iid, eid], 16 + len(eid))
     for row in delta.endpoint_puts.values():
         add("put_endpoints", list(row), 40 + sum(len(str(v)) for v in row))
@@ -140,7 +154,7 @@ def encode(delta: RowDelta, limit: int) -> list[bytes]:
     return chunks
 
 
-def decode(chunks: Iterable[bytes]) -> RowDelta:
+def decode(chunks: Iterable[bytes], slices: Slices | None = None) -> RowDelta:
     """A delta from its chunks, in order. Raises ValueError if they are not ours."""
     d = RowDelta()
     for i, raw in enumerate(chunks):
@@ -150,9 +164,10 @@ def decode(chunks: Iterable[bytes]) -> RowDelta:
         if i == 0:
             d.replace_all = bool(c.get("replace_all"))
         rlocs = c["rlocs"]
-        for iid, eid, index, ttl, action, expires in c["put"]:
-            d.puts[(iid, eid)] = (iid, eid, rlocs[index], ttl, action, expires)
-        d.deletes.update((iid, eid) for iid, eid in c["delete"])
+        puts = d.puts
+        for iid, eid, index, ttl, action, expires in sliced(c["put"], slices):
+            puts[(iid, eid)] = (iid, eid, rlocs[index], ttl, action, expires)
+        d.deletes.update((iid, eid) for iid, eid in sliced(c["delete"], slices))
         for row in c["put_endpoints"]:
             d.endpoint_puts[(row[0], row[1])] = tuple(row)
         d.endpoint_deletes.update((b, p) for b, p in c["delete_endpoints"])
