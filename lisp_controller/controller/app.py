@@ -346,8 +346,11 @@ class LispControllerApp(app_manager.OSKenApp):
         session = next((s for s in self._attached() if s.status.bridge.label == label), None)
         ports = session.status.ports if session is not None else {}
         shared = self.state.shared
-        own = compile_local(self.state.bridge(label), ports, shared).flows
-        return FlowList(own, *shared.snapshot(), shared.groups, pause)
+        with self.change_lock:  # the snapshot lets the hub go: no change may come in between
+            own = compile_local(self.state.bridge(label), ports, shared).flows
+            cookies, sources = shared.snapshot(pause)
+            groups = dict(shared.groups)  # few: one per RLOC set in use
+        return FlowList(own, cookies, sources, groups, pause)  # made and rendered with the lock free
 
     def bridge_for(self, datapath_id: int, name: str | None) -> Bridge | None:
         """The configured bridge this datapath is, or None (logged)."""

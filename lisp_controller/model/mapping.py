@@ -18,6 +18,7 @@ from lisp_controller.model.values import (ACTIONS, IID_MAX, PRIORITY_UNUSED, IPA
                                           _new_tuple, as_prefix, parse_action, parse_gateway, parse_host_address,
                                           parse_iid, parse_int, parse_interface_name, parse_mac, parse_prefix,
                                           parse_rloc_address)
+from lisp_controller.model.parted import PrefixParts
 from lisp_controller.model.untracked import untrack, untrack_all, untracked_list
 
 
@@ -219,14 +220,22 @@ def from_order_key(key: int) -> tuple[int, int, int, int]:
     return key >> 137, 6 if key >> 136 & 1 else 4, key >> 8 & _NETWORK_MASK, key & 0xFF
 
 
+# Prefixes of one length in one dict at most; a bucket that grows past
+# this is kept in parts from then on (model/parted.py): a dict of a million
+# doubled its table in one step of 55 to 95 ms during a bulk
+# (docs/performance.rst, "Single steps at a million").
+PARTED_AT = 32_768
+
+
 class MapCache:
     """Mappings by (IID, prefix) with longest-prefix-match lookup per IID,
     and in (IID, prefix) order.
 
     Prefixes are bucketed by (IID, version, length); a lookup tries the
     lengths present, longest first, so it costs at most 33 (or 129) dict
-    probes however many mappings there are. Iteration goes bucket by
-    bucket. The order index (`ordered`) keeps every key as an `order_key`
+    probes however many mappings there are; a bucket of more than
+    `PARTED_AT` prefixes is kept in parts (`PrefixParts`). Iteration goes
+    bucket by bucket. The order index (`ordered`) keeps every key as an `order_key`
     in a sorted list, kept as mappings come and go (under a microsecond
     each, in order, about 2 at random), so a page of the map-cache in
     order costs O(log n + page), never a sort of the whole
@@ -234,7 +243,7 @@ class MapCache:
 
     def __init__(self, mappings: Iterable[Mapping] = ()):
         # (iid, version) -> {prefixlen: {network int: Mapping}}
-        self._buckets: dict[tuple[int, int], dict[int, dict[int, Mapping]]] = {}
+        self._buckets: dict[tuple[int, int], dict[int, dict[int, Mapping] | PrefixParts]] = {}
         self._count = 0
         self._sources: dict[str, int] = {}  # mappings by source, kept as they come and go
         self._order = SortedList()  # order_key of every mapping
@@ -284,8 +293,11 @@ class MapCache:
         bucket = lengths.get(length)
         if bucket is None:
             bucket = lengths[length] = {}
-        old = bucket.get(network)
-        bucket[network] = mapping
+        elif type(bucket) is dict and len(bucket) >= PARTED_AT:
+            bucket = lengths[length] = PrefixParts(bucket.items())  # one step of PARTED_AT entries
+        held = bucket if type(bucket) is dict else bucket.parts[network % PrefixParts.PARTS]
+        old = held.get(network)
+        held[network] = mapping
         if is_tracked(mapping):  # acyclic: nothing for the collector to walk (model/untracked.py)
             untrack(mapping)
             untrack(mapping.eid)
@@ -335,7 +347,8 @@ class MapCache:
         tracks again when a mapping is put in, and its order index's lists
         of ints (the sorted list makes a new one when one grows long).
         Cheap: a few dozen buckets, one list per thousand mappings."""
-        untrack_all(bucket for lengths in self._buckets.values() for bucket in lengths.values())
+        untrack_all(part for lengths in self._buckets.values() for bucket in lengths.values()
+                    for part in (bucket.parts if isinstance(bucket, PrefixParts) else (bucket,)))
         untrack_all(self._order._lists)  # sortedcontainers' sublists: ints only
 
     def snapshot(self) -> list[Mapping]:
