@@ -80,7 +80,7 @@ def select(cache: MapCache, query: Query, pause: Callable[[], None] = lambda: No
         low, high = _range(query)
         page = cache.ordered(low, high, query.offset, query.offset + query.limit, query.descending)
         return Page(cache.count_between(low, high), page)
-    return _scan(cache.snapshot(), query, pause, cookie_of, counts or {}, clock)
+    return _scan(cache.snapshot(pause), query, pause, cookie_of, counts or {}, clock)
 
 
 def _range(query: Query) -> tuple[int, int]:
