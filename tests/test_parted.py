@@ -79,7 +79,7 @@ def test_flow_counts_are_a_parted_dict_of_pairs():
 
 
 def _largest_dicts(root: object) -> list[tuple[int, str]]:
-    """(entries, where) of the biggest dicts reachable from `root` through
+    """(entries, where) of the biggest dicts and sets reachable from `root` through
     attributes, dicts and small lists: a dict of N entries doubles its
     table in one step over all of them as it fills."""
     seen, todo, found = set(), [(root, "")], []
@@ -91,7 +91,9 @@ def _largest_dicts(root: object) -> list[tuple[int, str]]:
         if isinstance(obj, dict):
             found.append((len(obj), path))
             todo += [(v, f"{path}[{k!r}]") for k, v in list(obj.items())[:1000]]
-        elif isinstance(obj, (list, set)):
+        elif isinstance(obj, set):
+            found.append((len(obj), path))
+        elif isinstance(obj, list):
             todo += [(v, f"{path}[]") for v in list(obj)[:1000]]
         else:
             names = list(getattr(obj, "__dict__", ()))
@@ -148,3 +150,29 @@ def test_the_shared_flows_snapshot_is_made_a_few_parts_at_a_time():
     cookies, sources = shared.snapshot(pause=lambda: pauses.append(1))
     assert dict(zip(cookies, sources)) == flows and len(cookies) == len(flows)
     assert len(pauses) == PartedDict.PARTS // PARTS_AT_ONCE
+
+
+def test_a_change_being_made_and_a_bridge_s_stream_of_it_hold_no_dict_or_set_of_it_all(monkeypatch):
+    # The cookies a change adds (a set) and a stream's flows per cookie (a
+    # dict), filled up to a million during a bulk, doubled their tables in
+    # steps of 60 and 78 ms (docs/performance.rst, "Single steps at a million").
+    from lisp_controller.config import parse_config
+    from lisp_controller.controller.reconcile import Stream
+    from lisp_controller.controller.state import Change, State
+    from lisp_controller.model import Mapping
+    state = State(parse_config({"bridge": [{"datapath_id": "0000000000000001", "rloc": "192.0.2.1", "iid": 7}]}))
+    from lisp_controller.model import mapping
+    monkeypatch.setattr(mapping, "PARTED_AT", 500, raising=False)  # the map-cache's bucket in parts early
+    n, largest = 40_000, []
+    state.apply(Change(put=[Mapping.parse({"iid": 7, "eid": f"10.{i // 65536}.{i // 256 % 256}.{i % 256}/32",
+                                           "rlocs": ["192.0.2.9"]}, source="api") for i in range(n)]),
+                pause=lambda: largest.append(_largest_dicts(state)[0]))
+    added, removed = state.shared_delta(state.generation - 1)
+    assert len(added) == n and not removed  # the change as a whole went into the history
+    assert largest and max(largest)[0] < n // 50, max(largest)  # main: the change's set of 40,000 added
+    stream, installed = Stream({}), {}
+    stream.installed = installed
+    assert len(stream.step([(c, b"flow-mod") for c in range(n)])) == n
+    assert _largest_dicts(stream)[0][0] < n // 50, _largest_dicts(stream)  # main: 40,000 in ._now
+    stream.record()
+    assert installed == {c: 1 for c in range(n)} and len(stream._now) == 0  # let go of as recorded
