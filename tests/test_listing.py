@@ -127,6 +127,19 @@ def test_a_scan_pauses_every_chunk_and_reads_the_map_cache_as_it_was():
     assert page.mappings == before  # what it was when the listing began
 
 
+def test_a_scan_lets_go_of_its_snapshot_across_pauses(monkeypatch):
+    # A million references dropped at once: tens of ms in one step
+    # (docs/performance.rst, "Single steps at a million").
+    cache = MapCache(varied(3 * CHUNK + 10, seed=4))
+    taken = []
+    snapshot = cache.snapshot
+    monkeypatch.setattr(cache, "snapshot", lambda pause=None: taken.append(snapshot(pause)) or taken[-1])
+    monkeypatch.setattr(slices, "LIST_PART", 10, raising=False)  # 160 a slice
+    left = []
+    select(cache, Query(sort="source", limit=10), lambda: left.append(len(taken[0])))
+    assert taken[0] == [] and any(0 < n < len(cache) for n in left)
+
+
 def test_a_scan_pauses_when_its_slice_of_time_is_spent():
     """However slow each mapping is (a search on a loaded machine), the
     hub is let go every slices.BUDGET seconds, and the page is the same."""

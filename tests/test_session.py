@@ -370,6 +370,37 @@ def test_a_deep_check_of_50000_flows_never_steps_over_all_of_them_at_once():
     assert session.status.flows_repaired == 0 and sw.table == desired(app, session)
 
 
+def test_the_plan_of_a_sync_is_let_go_of_in_slices_once_it_is_recorded(monkeypatch):
+    """A bridge back after every mapping moved gets a plan of a million
+    deletes and a million adds; dropped at once, it was freed in one step
+    of the hub (117 to 172 ms: docs/performance.rst, "Single steps at a
+    million"). The session lets go of it a slice at a time once recorded."""
+    app, sw, session, _ = make()
+    assert session._attach()
+    eids = [f"10.{i // 256}.{i % 256}.0/24" for i in range(20_000)]
+    _put(app, eids)
+    plans, sizes, left_at_pauses = [], [], []
+    apply = sw.apply
+
+    def keep(plan, *args, **kwargs):
+        plans.append(plan)
+        sizes.append((len(plan.delete), len(plan.add)))
+        return apply(plan, *args, **kwargs)
+    sw.apply = keep
+    session.sync(first=True)
+    with app.change_lock:  # every mapping to another RLOC: 20,000 deletes and 20,000 adds
+        app.state.apply(Change(put=[Mapping.parse({"iid": 1000, "eid": e, "rlocs": ["192.0.2.2"]}, source="api")
+                                    for e in eids]))
+    session.pause = lambda: left_at_pauses.append(len(plans[-1].delete) + len(plans[-1].add))
+    session.slice_clock = lambda: 0.0
+    monkeypatch.setattr(slices, "LIST_PART", 500, raising=False)  # 8,000 items a slice: at a million, 64,000
+    session.sync()
+    assert sw.table == desired(app, session)
+    assert len(plans) == 2 and sizes[1] == (20_000, 20_000)
+    assert all(len(p.delete) == len(p.add) == 0 for p in plans)  # main: the plans as they were
+    assert any(0 < n < 40_000 for n in left_at_pauses)  # let go of in pieces, not whole after a pause
+
+
 def test_a_change_made_while_a_deep_check_yields_is_not_taken_for_drift(caplog):
     """The deep check compares against the desired flows as they were when
     it began: a change that arrives while it lets the hub go (here: at its

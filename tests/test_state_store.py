@@ -227,7 +227,7 @@ def test_shared_delta_nets_changes_across_generations():
     plan = catch_up(installed, added, removed, state.encoded)
     full = reconcile(installed, state.encoded)
     assert set(plan.delete) == set(full.delete) and dict(plan.add) == dict(full.add)
-    assert len(plan.add) == 2 and plan.delete == ()
+    assert len(plan.add) == 2 and not plan.delete
     assert state.shared_delta(state.generation) == (set(), set())
     # From the middle: only what came after.
     mid_added, mid_removed = state.shared_delta(start + 2)

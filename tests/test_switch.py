@@ -208,3 +208,76 @@ def test_packet_out_to_table_is_os_kens_encoding():
     from lisp_controller.openflow import encode
     for frame in (b"", bytes(range(60)), bytes(1500)):
         assert encode.packet_out_to_table(7, frame) == encode.packet_out_to_table_reference(7, frame)
+
+
+class _Counted(list):
+    """A plan's list that counts the items taken from it (`taken[0]`)."""
+
+    def __init__(self, items, taken: list[int]):
+        super().__init__(items)
+        self.taken = taken
+
+    def __iter__(self):
+        for item in super().__iter__():
+            self.taken[0] += 1
+            yield item
+
+
+class BundleRefusingDatapath(AnsweringDatapath):
+    """Refuses the bundled flow-mods whose cookie is in `refuse` (an error
+    for the bundle message), and then the bundle's commit, as OVS does."""
+
+    def __init__(self, refuse: set[int]):
+        super().__init__()
+        self.refuse = refuse
+        self.refused = False
+        self.bundles: list[list[int]] = [[]]  # the cookies of each bundle's flow-mods, in order
+
+    def send(self, buf: bytes) -> bool:
+        offset = 0
+        while offset < len(buf):
+            _, mtype, length, xid = _HEADER.unpack_from(buf, offset)
+            exp_type, = struct.unpack_from("!I", buf, offset + 12) if mtype == 4 else (0,)
+            cookie, = struct.unpack_from("!Q", buf, offset + 32) if exp_type == 2301 else (None,)
+            if cookie is not None:
+                self.bundles[-1].append(cookie)
+            if cookie in self.refuse:
+                self.switch.on_error(SimpleNamespace(xid=xid, type=5, code=0))  # OFPET_FLOW_MOD_FAILED
+                self.refused = True
+            elif exp_type == 2300 and struct.unpack_from("!H", buf, offset + 20)[0] == 4:
+                self.bundles.append([])
+            if exp_type == 2300 and struct.unpack_from("!H", buf, offset + 20)[0] == 4 and self.refused:
+                self.refused = False  # the commit of a bundle with a refused message fails
+                self.switch.on_error(SimpleNamespace(xid=xid, type=17, code=0))  # OFPET_BUNDLE_FAILED
+                offset += length
+                continue
+            offset += length
+        return super().send(buf)
+
+
+def test_a_big_plan_goes_out_taken_a_few_hundred_flows_between_yields(monkeypatch):
+    # At a reconnect after a change of a million the plan holds 2,000,000
+    # flows; copying them (without the refused ones) before the bundle held
+    # the hub 0.6 s in one step (docs/performance.rst, "Single steps at a
+    # million"). Each flow is taken as it goes out, the hub let go every
+    # few hundred, on the first attempt and on a retry without a refused flow.
+    from lisp_controller.controller.reconcile import Plan
+    old, new = _flow_mods(4000)[:2000], _flow_mods(4000)[2000:]
+    refused = new[1234][0]
+    dp = BundleRefusingDatapath({refused})
+    sw = dp.switch = Switch(dp, "br-test")
+    taken, most = [0], [0]
+
+    def sleep(_seconds):
+        most[0] = max(most[0], taken[0])
+        taken[0] = 0
+
+    monkeypatch.setattr(switch_module.hub, "sleep", sleep)
+    plan = Plan(_Counted((c for c, _ in old), taken), _Counted(new, taken))
+    result = sw.apply(plan)
+    sleep(0)
+    assert result.committed and result.attempts == 2 and list(result.failed) == [refused]
+    assert result.sent == len(old) + len(new) - 1
+    assert most[0] <= 2 * YIELD_EVERY  # main: 4,000 (the whole plan) before the first yield
+    whole = [c for c, _ in old] + [c for c, _ in new]
+    assert dp.bundles == [whole, [c for c in whole if c != refused], []]

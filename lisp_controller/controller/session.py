@@ -32,7 +32,7 @@ from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from lisp_controller.controller.deepcheck import deep_check, deep_check_groups, expected_flows, flow_namer, parts_slices
-from lisp_controller.controller.reconcile import catch_up, group_plan, reconcile, record, record_groups
+from lisp_controller.controller.reconcile import catch_up, group_plan, let_go_plan, reconcile, record, record_groups
 from lisp_controller.controller.bridgestatus import BridgeStatus, and_groups, groups_text, report_missing_ports
 from lisp_controller.controller.roles import MASTER, BridgeRole
 from lisp_controller.controller.slices import Slices, let_go, ms_since
@@ -389,6 +389,7 @@ class BridgeSession:
                 LOG.error("bridge %s: %s", self.label, text)
                 self._record_error(text)
                 self.synced_bridge = None  # the next sync is a full one
+                let_go_plan(plan, self.pause, self.slice_clock)
                 return
             st.flow_mods_sent += result.sent
             st.group_mods_sent += result.groups_sent
@@ -413,6 +414,7 @@ class BridgeSession:
                      self.label, len(plan.delete), len(plan.add) - len(result.failed),
                      f", {len(result.failed)} rejected" if result.failed else "",
                      groups_text(plan.groups), (time.monotonic() - started) * 1000)
+            let_go_plan(plan, self.pause, self.slice_clock)  # two million at a reconnect: in slices
         elif delta is None:
             # Said once per connection (and after starting over); routine after.
             LOG.log(logging.INFO if first else logging.DEBUG,

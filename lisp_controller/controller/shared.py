@@ -17,7 +17,7 @@ import collections.abc
 import time
 from typing import Callable, Iterator
 
-from lisp_controller.controller.slices import Slices, sliced
+from lisp_controller.controller.slices import PARTS_AT_ONCE, Slices, sliced
 from lisp_controller.model import Mapping
 from lisp_controller.model.parted import PartedDict
 from lisp_controller.model.untracked import untrack, untrack_all, untracked_list
@@ -41,7 +41,9 @@ class SharedFlows(collections.abc.Mapping):
     cost 200 bytes per mapping; the bridges only ever need `encoded`."""
 
     def __init__(self) -> None:
-        self._source: dict[int, Mapping | Flow] = {}
+        # In parts too: filling up to a million during a bulk, one dict
+        # doubled its table in one step of 55 to 95 ms.
+        self._source: PartedDict = PartedDict()
         # In parts (model/parted.py): a deep check copies it, a part at a
         # time, and it fills up to a million during a bulk without one
         # dict doubling its table in one step.
@@ -54,8 +56,11 @@ class SharedFlows(collections.abc.Mapping):
         # tracked by the collector either (they hold ints only).
         self.history: collections.deque[tuple[int, array.array, array.array]] = collections.deque()
         self._history_cookies = 0  # cookies held in `history`, kept as it changes: many small commits
-        self._added: set[int] | None = None
-        self._removed: set[int] | None = None
+        # The cookies the change being made adds and removes: sets of up
+        # to a million, in parts (a set of a million doubled its table in
+        # one step of 32 to 60 ms), a cookie's entry None.
+        self._added: PartedDict | None = None
+        self._removed: PartedDict | None = None
         self._journal: Journal | None = None
         self._stream: Callable[[Journal], None] | None = None
         self.groups: dict[int, Group] = {}  # the groups the flows use, by ID
@@ -76,14 +81,20 @@ class SharedFlows(collections.abc.Mapping):
     def __len__(self) -> int:
         return len(self._source)
 
-    def snapshot(self) -> tuple[list[int], list[Mapping | Flow]]:
+    def snapshot(self, pause: Callable[[], None] | None = None) -> tuple[list[int], list[Mapping | Flow]]:
         """The cookies, and what each flow is made from, in the same order:
-        two lists made in C (milliseconds for a million), to go through
-        while yielding to the hub as the flows change (controller/flowlist.py).
-        The collector never walks them."""
+        two lists made in C, a part at a time, `pause` letting the hub go
+        every PARTS_AT_ONCE parts (made whole, the two took 53 to 89 ms
+        at a million); the caller sees to it that nobody changes the flows
+        meanwhile (the change lock). The lists are then the caller's to go
+        through while yielding to the hub as the flows change
+        (controller/flowlist.py). The collector never walks them."""
         cookies, sources = untracked_list(), untracked_list()
-        cookies.extend(self._source)
-        sources.extend(self._source.values())
+        for i, part in enumerate(self._source.parts, 1):
+            cookies.extend(part)
+            sources.extend(part.values())
+            if pause is not None and i % PARTS_AT_ONCE == 0:
+                pause()
         return cookies, sources
 
     def untrack(self) -> None:
@@ -92,16 +103,14 @@ class SharedFlows(collections.abc.Mapping):
         mappings cost every full collection tens of milliseconds
         otherwise (model/untracked.py). Flows and mappings cannot
         reference the dict back."""
-        untrack_all((self._source,))
+        untrack_all(self._source.parts)
 
     # -- one change ------------------------------------------------------------
     def begin(self, track: bool, stream: Callable[[Journal], None] | None = None) -> None:
         """Start a change: `track` records it as a new generation; `stream`
         receives the flows' changes in order at each `flush`."""
         if track:
-            self._added, self._removed = set(), set()
-            untrack(self._added)
-            untrack(self._removed)
+            self._added, self._removed = PartedDict(), PartedDict()
         self._stream = stream
         self._journal = [] if stream is not None else None
 
@@ -139,14 +148,15 @@ class SharedFlows(collections.abc.Mapping):
 
     def add(self, source: Mapping | Flow, cookie: int, data: bytes) -> None:
         encoded = self.encoded.part(cookie)  # one call, not two: a million times in a bulk
+        sources = self._source.parts[cookie % PartedDict.PARTS]
         other = encoded.get(cookie)
         if other is not None:
             if other != data:
                 raise RuntimeError(f"cookie collision {cookie:#x}")
-            replaced = _group_of(self._source[cookie])
+            replaced = _group_of(sources[cookie])
             if replaced is not None:
                 self._release(replaced)
-        self._source[cookie] = source
+        sources[cookie] = source
         encoded[cookie] = data
         group = _group_of(source)
         if group is not None:
@@ -154,27 +164,30 @@ class SharedFlows(collections.abc.Mapping):
         if self._journal is not None:
             self._journal.append((cookie, data))
         if self._added is not None:
-            if cookie in self._removed:
-                self._removed.discard(cookie)  # removed and put back: no change
+            removed = self._removed.parts[cookie % PartedDict.PARTS]
+            if cookie in removed:
+                del removed[cookie]  # removed and put back: no change
             else:
-                self._added.add(cookie)
+                self._added.parts[cookie % PartedDict.PARTS][cookie] = None
 
     def renew(self, cookie: int, source: Mapping) -> None:
         """The same flow made from a newer mapping (a new TTL, say)."""
         self._source[cookie] = source
 
     def drop(self, cookie: int) -> None:
-        group = _group_of(self._source.pop(cookie))
-        del self.encoded[cookie]
+        part = cookie % PartedDict.PARTS  # the same part in each: a million times in a bulk
+        group = _group_of(self._source.parts[part].pop(cookie))
+        del self.encoded.parts[part][cookie]
         if group is not None:
             self._release(group)
         if self._journal is not None:
             self._journal.append((cookie, None))
         if self._added is not None:
-            if cookie in self._added:
-                self._added.discard(cookie)
+            added = self._added.parts[part]
+            if cookie in added:
+                del added[cookie]
             else:
-                self._removed.add(cookie)
+                self._removed.parts[part][cookie] = None
 
     def users(self, group_id: int) -> int:
         """How many flows (mappings) use the group."""
@@ -244,16 +257,18 @@ class SharedFlows(collections.abc.Mapping):
             self._history_cookies -= len(a) + len(r)
 
 
-def _array(cookies: set[int], slices: Slices | None) -> array.array:
-    """`cookies` in an array, letting the hub go between slices; the set
-    (the caller's alone by then) is emptied as it goes, so it is not
-    let go of in one step either (20 ms for a million)."""
+def _array(cookies: PartedDict, slices: Slices | None) -> array.array:
+    """`cookies` in an array, letting the hub go between slices; they
+    (the caller's alone by then) are let go of a part at a time as they
+    go in, so not in one step either (20 ms for a million)."""
     return array.array("Q", sliced(_drain(cookies), slices))
 
 
-def _drain(items: set[int]) -> Iterator[int]:
-    while items:
-        yield items.pop()
+def _drain(items: PartedDict) -> Iterator[int]:
+    parts = items.parts
+    for i in range(len(parts)):
+        part, parts[i] = parts[i], {}
+        yield from part
 
 
 def _group_of(source: Mapping | Flow) -> Group | None:

@@ -10,7 +10,7 @@ import ipaddress
 import operator
 from gc import is_tracked
 from dataclasses import dataclass
-from typing import Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 from sortedcontainers import SortedList
 
@@ -18,6 +18,7 @@ from lisp_controller.model.values import (ACTIONS, IID_MAX, PRIORITY_UNUSED, IPA
                                           _new_tuple, as_prefix, parse_action, parse_gateway, parse_host_address,
                                           parse_iid, parse_int, parse_interface_name, parse_mac, parse_prefix,
                                           parse_rloc_address)
+from lisp_controller.model.parted import PrefixParts
 from lisp_controller.model.untracked import untrack, untrack_all, untracked_list
 
 
@@ -219,14 +220,23 @@ def from_order_key(key: int) -> tuple[int, int, int, int]:
     return key >> 137, 6 if key >> 136 & 1 else 4, key >> 8 & _NETWORK_MASK, key & 0xFF
 
 
+# Prefixes of one length in one dict at most; a bucket that grows past
+# this is kept in parts from then on (model/parted.py): a dict of a million
+# doubled its table in one step of 55 to 95 ms during a bulk
+# (docs/performance.rst, "Single steps at a million").
+PARTED_AT = 32_768
+SNAPSHOT_PARTS = 16  # parts of a bucket `MapCache.snapshot` takes between pauses (64,000 mappings of a million)
+
+
 class MapCache:
     """Mappings by (IID, prefix) with longest-prefix-match lookup per IID,
     and in (IID, prefix) order.
 
     Prefixes are bucketed by (IID, version, length); a lookup tries the
     lengths present, longest first, so it costs at most 33 (or 129) dict
-    probes however many mappings there are. Iteration goes bucket by
-    bucket. The order index (`ordered`) keeps every key as an `order_key`
+    probes however many mappings there are; a bucket of more than
+    `PARTED_AT` prefixes is kept in parts (`PrefixParts`). Iteration goes
+    bucket by bucket. The order index (`ordered`) keeps every key as an `order_key`
     in a sorted list, kept as mappings come and go (under a microsecond
     each, in order, about 2 at random), so a page of the map-cache in
     order costs O(log n + page), never a sort of the whole
@@ -234,7 +244,7 @@ class MapCache:
 
     def __init__(self, mappings: Iterable[Mapping] = ()):
         # (iid, version) -> {prefixlen: {network int: Mapping}}
-        self._buckets: dict[tuple[int, int], dict[int, dict[int, Mapping]]] = {}
+        self._buckets: dict[tuple[int, int], dict[int, dict[int, Mapping] | PrefixParts]] = {}
         self._count = 0
         self._sources: dict[str, int] = {}  # mappings by source, kept as they come and go
         self._order = SortedList()  # order_key of every mapping
@@ -284,8 +294,11 @@ class MapCache:
         bucket = lengths.get(length)
         if bucket is None:
             bucket = lengths[length] = {}
-        old = bucket.get(network)
-        bucket[network] = mapping
+        elif type(bucket) is dict and len(bucket) >= PARTED_AT:
+            bucket = lengths[length] = PrefixParts(bucket.items())  # one step of PARTED_AT entries
+        held = bucket if type(bucket) is dict else bucket.parts[network % PrefixParts.PARTS]
+        old = held.get(network)
+        held[network] = mapping
         if is_tracked(mapping):  # acyclic: nothing for the collector to walk (model/untracked.py)
             untrack(mapping)
             untrack(mapping.eid)
@@ -335,18 +348,30 @@ class MapCache:
         tracks again when a mapping is put in, and its order index's lists
         of ints (the sorted list makes a new one when one grows long).
         Cheap: a few dozen buckets, one list per thousand mappings."""
-        untrack_all(bucket for lengths in self._buckets.values() for bucket in lengths.values())
+        untrack_all(part for lengths in self._buckets.values() for bucket in lengths.values()
+                    for part in (bucket.parts if isinstance(bucket, PrefixParts) else (bucket,)))
         untrack_all(self._order._lists)  # sortedcontainers' sublists: ints only
 
-    def snapshot(self) -> list[Mapping]:
-        """Every mapping, in no order: a list made in C (a few milliseconds
-        for a million), so a caller can go through it while yielding to
-        the hub and the map-cache changes meanwhile. The collector never
-        walks it (model/untracked.py)."""
+    def snapshot(self, pause: Callable[[], None] | None = None) -> list[Mapping]:
+        """Every mapping, in no order: a list made in C, so a caller can go
+        through it while yielding to the hub and the map-cache changes
+        meanwhile. A bucket in parts is taken a part at a time, `pause`
+        letting the hub go every SNAPSHOT_PARTS parts (a million in one
+        step took 70 to 190 ms): a prefix always lives in the same part,
+        so a change meanwhile shows each prefix once, before or after it.
+        The collector never walks the list (model/untracked.py)."""
         out: list[Mapping] = untracked_list()
-        for lengths in self._buckets.values():
-            for bucket in lengths.values():
-                out.extend(bucket.values())
+        taken = 0
+        for lengths in list(self._buckets.values()):  # a bucket may come or go at a pause
+            for bucket in list(lengths.values()):
+                if type(bucket) is not PrefixParts:
+                    out.extend(bucket.values())
+                    continue
+                for part in bucket.parts:
+                    out.extend(part.values())
+                    taken += 1
+                    if pause is not None and taken % SNAPSHOT_PARTS == 0:
+                        pause()
         return out
 
     def count_between(self, low: int, high: int) -> int:

@@ -67,6 +67,9 @@ class PartedDict(MutableMapping):
     def __len__(self) -> int:
         return sum(map(len, self.parts))
 
+    def __bool__(self) -> bool:
+        return any(self.parts)  # stops at the first part with an entry, not a sum of 256
+
     def __iter__(self) -> Iterator[int]:
         return _chain(self.parts)
 
@@ -104,3 +107,13 @@ class PartedDict(MutableMapping):
             held = len(part)
             del part  # freed here: one part's entries in one step
             yield held
+
+
+class PrefixParts(PartedDict):
+    """A map-cache bucket of a million prefixes of one length by network
+    (model/mapping.py `MapCache`): their networks end in as many zero bits
+    as the prefix leaves, so they are parted by a prime, `PARTS` = 251,
+    which spreads multiples of any power of two evenly."""
+
+    PARTS = 251
+    __slots__ = ()
