@@ -341,8 +341,8 @@ def _warn_refused(mappings, endpoints, log) -> None:
 
 def main(argv: list[str] | None = None, clock: Callable[[], float] = time.time,
          before_sync: Callable[[str], None] | None = None, lease_guard: bool = True) -> int:
-    """`clock` (wall time), `before_sync` (called before each bridge
-    sync) and `lease_guard` False (no check of the etcd lease before a
+    """`clock` (wall time), `before_sync` (called as each bridge
+    sync starts planning) and `lease_guard` False (no check of the etcd lease before a
     write, so the switch alone refuses a stale master) are passed in by
     tests only (lab/serve.py)."""
     parser = argparse.ArgumentParser(prog="lisp-controller",

@@ -323,11 +323,13 @@ class BridgeSession:
         then are repaired. `first`: the first sync of an attempt."""
         st = self.status
         state = self.app.state
-        self.app.before_sync(self.label)
         started = time.monotonic()
         # Plan under the change lock: a big change applied to the state
         # yields to the hub midway, and a bridge must never see half of it.
         with self.app.change_lock:
+            # A test's hook sees the state this sync will plan from: not
+            # one a change being stored meanwhile is about to replace.
+            self.app.before_sync(self.label)
             self.take_noted()
             generation = state.generation
             bridge = state.bridge(st.bridge.label)
