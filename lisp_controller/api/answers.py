@@ -100,10 +100,6 @@ def iso(t: float | None) -> str | None:
     return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
-def ms_since(mark: float) -> float:
-    return round((time.monotonic() - mark) * 1000, 1)
-
-
 def has_body(req: Request) -> bool:
     return bool(req.content_length) or "HTTP_TRANSFER_ENCODING" in req.environ
 

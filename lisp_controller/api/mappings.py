@@ -15,7 +15,8 @@ import time
 
 from webob import Request
 
-from lisp_controller.api.answers import bool_param, int_param, iso, json_response, ms_since
+from lisp_controller.api.answers import bool_param, int_param, iso, json_response
+from lisp_controller.controller.slices import ms_since
 from lisp_controller.api.jsonstream import ListOf
 from lisp_controller.controller.listing import COUNTER_SORTS, SORTS, Query, select
 from lisp_controller.controller.state import Change

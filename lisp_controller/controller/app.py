@@ -23,7 +23,7 @@ from lisp_controller.pipeline.compiler import T_MAPCACHE, T_TOO_BIG, compile_loc
 from lisp_controller.config import Config
 from lisp_controller.controller.bridgestatus import datapath_view
 from lisp_controller.controller.flowlist import FlowList
-from lisp_controller.controller.slices import let_go
+from lisp_controller.controller.slices import let_go, ms_since
 from lisp_controller.controller.counters import CounterCache, Snapshot, add_bucket_counts
 from lisp_controller.controller.gcpause import BIG, breathe, gc_paused
 from lisp_controller.api.metrics import Metrics
@@ -147,7 +147,7 @@ class LispControllerApp(app_manager.OSKenApp):
             # Python work, on the hub in slices, not on a native thread
             # (offhub.py); the change lock keeps the state as it is.
             self.state.check(change, pause=_pause if big_change else None)
-            t["check_ms"] = _ms_since(started)
+            t["check_ms"] = ms_since(started)
             if self.store is not None and change.stored:
                 mark = time.monotonic()
                 try:
@@ -161,7 +161,7 @@ class LispControllerApp(app_manager.OSKenApp):
                     raise
                 self.store_error = None
                 seq = self.store.seq
-                t["store_ms"] = _ms_since(mark)
+                t["store_ms"] = ms_since(mark)
             mark = time.monotonic()
             big = len(change.put) + len(change.delete) + len(change.learn) >= BIG or change.replace_api
             # Bridges that hold the current state take a big change while
@@ -182,7 +182,7 @@ class LispControllerApp(app_manager.OSKenApp):
             if seq is not None:
                 self.applied.note(seq, target)
                 self.applied_wake.set()
-            t["state_ms"] = _ms_since(mark)  # compile and encode map-cache flows (and stream them)
+            t["state_ms"] = ms_since(mark)  # compile and encode map-cache flows (and stream them)
             if self.xtr is not None and (change.put_endpoints or change.delete_endpoints):
                 self.xtr.wake()  # register or withdraw now
             for session in list(self.sessions.values()):
@@ -191,11 +191,11 @@ class LispControllerApp(app_manager.OSKenApp):
         mark = time.monotonic()
         timeout = self.config.api.confirm_timeout if wait is None else wait
         results = self.wait_confirmed(target, timeout)
-        t["bridges_ms"] = _ms_since(mark)
+        t["bridges_ms"] = ms_since(mark)
         self.metrics.observe_barrier_wait(time.monotonic() - mark)
         if seq is not None:
             others = self.store.wait_applied(seq, max(0.0, timeout - (time.monotonic() - mark)))
-            t["instances_ms"] = _ms_since(mark)
+            t["instances_ms"] = ms_since(mark)
             late = [f"{o['instance']} ({o['status']}, holds change {o['applied']})" for o in others
                     if o["status"] != "confirmed"]
             if late and timeout > 0:
@@ -450,10 +450,6 @@ class LispControllerApp(app_manager.OSKenApp):
 def _put_all(feeds: list, item: object) -> None:
     for feed in feeds:
         feed.put(item)
-
-
-def _ms_since(mark: float) -> float:
-    return round((time.monotonic() - mark) * 1000, 1)
 
 
 def _pause() -> None:
